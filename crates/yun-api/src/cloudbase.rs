@@ -1,0 +1,131 @@
+//! `POST /admin`: the CloudBase server protocol (`../shared/cloudbase-protocol.md` §1–2).
+//! Always HTTP 200 with a JSON body; errors are `{requestId, code, message}`.
+
+use std::net::SocketAddr;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use yun_app::{CallerContext, SignedRequest};
+use yun_types::{new_id, EnvId, FunctionName, YunError};
+
+use crate::AppState;
+
+/// `request_data` may be up to 6 MB (SCF's synchronous payload limit); leave room.
+const ADMIN_BODY_LIMIT: usize = 8 << 20;
+
+#[derive(Deserialize)]
+pub struct AdminQuery {
+    env: Option<String>,
+    #[serde(rename = "seqId")]
+    seq_id: Option<String>,
+}
+
+fn envelope_error(request_id: &str, e: &YunError) -> Response {
+    Json(json!({ "requestId": request_id, "code": e.code.cloudbase(), "message": e.message }))
+        .into_response()
+}
+
+fn str_param<'a>(body: &'a Map<String, Value>, key: &str) -> Result<&'a str, YunError> {
+    match body.get(key) {
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(YunError::invalid_param(format!("{key} must be a string"))),
+        None => Err(YunError::invalid_param(format!("{key} is required"))),
+    }
+}
+
+pub async fn admin(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(query): Query<AdminQuery>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let request_id = new_id("");
+    match handle(&app, &request_id, peer, query, &uri, &headers, body).await {
+        Ok(data) => Json(json!({ "requestId": request_id, "data": data })).into_response(),
+        Err(e) => {
+            tracing::debug!(code = %e.code, message = %e.message, "admin request failed");
+            envelope_error(&request_id, &e)
+        }
+    }
+}
+
+async fn handle(
+    app: &AppState,
+    request_id: &str,
+    peer: SocketAddr,
+    query: AdminQuery,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Value, YunError> {
+    let bytes = crate::body::read(body, ADMIN_BODY_LIMIT).await?;
+    let body: Map<String, Value> = serde_json::from_slice(&bytes)
+        .map_err(|e| YunError::invalid_param(format!("the body must be a JSON object: {e}")))?;
+    let env_name = query
+        .env
+        .filter(|e| !e.is_empty())
+        .or_else(|| {
+            body.get("envName")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .ok_or_else(|| YunError::invalid_param("no env: pass ?env= or envName"))?;
+    let env = EnvId::parse(&env_name)
+        .map_err(|e| YunError::new(yun_types::ErrorCode::InvalidEnv, e.to_string()))?;
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let host = header("host").unwrap_or_default();
+    let signed = SignedRequest {
+        authorization: headers.get("authorization").and_then(|v| v.to_str().ok()),
+        timestamp: headers.get("x-timestamp").and_then(|v| v.to_str().ok()),
+        expires: headers
+            .get("x-signature-expires")
+            .and_then(|v| v.to_str().ok()),
+        host: &host,
+        path: uri.path(),
+        query: uri.query().unwrap_or(""),
+        header: &header,
+        body: &body,
+    };
+    let identity = app.authenticate_signed(&signed, &env).await?;
+    let action = str_param(&body, "action")?;
+    match action {
+        "functions.invokeFunction" => {
+            let name = FunctionName::parse(str_param(&body, "function_name")?)
+                .map_err(|e| YunError::invalid_param(e.to_string()))?;
+            let event = match body.get("request_data") {
+                None | Some(Value::Null) => String::new(),
+                Some(Value::String(s)) => s.clone(),
+                Some(_) => {
+                    return Err(YunError::invalid_param(
+                        "request_data must be a JSON string",
+                    ))
+                }
+            };
+            let caller = CallerContext {
+                request_id: request_id.to_owned(),
+                source: header("x-tcb-source").unwrap_or_default(),
+                client_ip: Some(peer.ip().to_string()),
+                seq_id: query.seq_id,
+            };
+            let invocation = app.invoke(&identity, &name, event, &caller).await?;
+            let value = invocation.result?;
+            Ok(json!({ "response_data": value }))
+        }
+        other => Err(YunError::new(
+            yun_types::ErrorCode::InvalidAction,
+            format!("action {other:?} is not supported by this Yun server"),
+        )),
+    }
+}

@@ -1,0 +1,266 @@
+//! HTTP functions: `ANY /{env}/{path}` runs the function whose HTTP path is the longest
+//! prefix of `path`. The event follows SCF's API-gateway shape; the function returns a
+//! plain value (JSON 200) or `{statusCode, headers, body, isBase64Encoded}`.
+//! Public: no key needed, as an SCF HTTP trigger without auth.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine as _;
+use serde_json::{json, Map, Value};
+use yun_app::CallerContext;
+use yun_types::{new_id, EnvId, ErrorCode, YunError};
+
+use crate::AppState;
+
+/// SCF's synchronous request payload limit.
+const HTTP_BODY_LIMIT: usize = 6 << 20;
+const REQUEST_ID_HEADER: &str = "x-yun-request-id";
+
+fn error_response(e: &YunError, request_id: &str) -> Response {
+    let status =
+        StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (
+        status,
+        Json(json!({ "error": { "code": e.code.cloudbase(), "message": e.message }, "request_id": request_id })),
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, v);
+    }
+    response
+}
+
+pub async fn serve_root(
+    state: State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(env): Path<String>,
+    method: Method,
+    query: RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    run(state, peer, env, "/".into(), method, query, headers, body).await
+}
+
+pub async fn serve(
+    state: State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((env, path)): Path<(String, String)>,
+    method: Method,
+    query: RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    run(
+        state,
+        peer,
+        env,
+        format!("/{path}"),
+        method,
+        query,
+        headers,
+        body,
+    )
+    .await
+}
+
+fn parse_query(raw: Option<&str>) -> Map<String, Value> {
+    let mut out = Map::new();
+    for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        out.insert(percent_decode(k), Value::String(percent_decode(v)));
+    }
+    out
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match u8::from_str_radix(
+                    std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
+                    16,
+                ) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    State(app): State<AppState>,
+    peer: SocketAddr,
+    env: String,
+    path: String,
+    method: Method,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let request_id = new_id("");
+    let not_found = || {
+        error_response(
+            &YunError::new(ErrorCode::NotFound, "no function serves this path"),
+            &request_id,
+        )
+    };
+    let Ok(env) = EnvId::parse(&env) else {
+        return not_found();
+    };
+    let bytes = match crate::body::read(body, HTTP_BODY_LIMIT).await {
+        Ok(b) => b,
+        Err(e) => return error_response(&e, &request_id),
+    };
+    let (body_text, is_base64) = match std::str::from_utf8(&bytes) {
+        Ok(text) => (text.to_owned(), false),
+        Err(_) => (
+            base64::engine::general_purpose::STANDARD.encode(&bytes),
+            true,
+        ),
+    };
+    let header_map: BTreeMap<String, String> = headers
+        .iter()
+        .filter_map(|(k, v)| {
+            v.to_str()
+                .ok()
+                .map(|v| (k.as_str().to_owned(), v.to_owned()))
+        })
+        .collect();
+    let client_ip = Some(peer.ip().to_string());
+    let event = json!({
+        "httpMethod": method.as_str(),
+        "path": path,
+        "headers": header_map,
+        "queryStringParameters": parse_query(query.as_deref()),
+        "body": body_text,
+        "isBase64Encoded": is_base64,
+        "requestContext": {
+            "requestId": request_id,
+            "envId": env.as_str(),
+            "httpMethod": method.as_str(),
+            "path": path,
+            "sourceIp": client_ip,
+        },
+    });
+    let caller = CallerContext {
+        request_id: request_id.clone(),
+        source: "http".into(),
+        client_ip,
+        seq_id: None,
+    };
+    let invocation = match app
+        .invoke_public_http(&env, &path, event.to_string(), &caller)
+        .await
+    {
+        Ok(Some(invocation)) => invocation,
+        Ok(None) => return not_found(),
+        Err(e) => return error_response(&e, &request_id),
+    };
+    let mut response = match invocation.result {
+        Ok(value) => render(&value).unwrap_or_else(|e| error_response(&e, &request_id)),
+        Err(e) => return error_response(&e, &request_id),
+    };
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, v);
+    }
+    response
+}
+
+/// Turns a function's return value (JSON text) into an HTTP response.
+fn render(value: &str) -> Result<Response, YunError> {
+    let parsed: Value = serde_json::from_str(value).unwrap_or(Value::Null);
+    let Some(status) = parsed.get("statusCode").and_then(Value::as_u64) else {
+        return Ok(([("content-type", "application/json")], value.to_owned()).into_response());
+    };
+    let bad = |why: &str| {
+        YunError::new(
+            ErrorCode::FunctionExecuteFail,
+            format!("invalid HTTP response from the function: {why}"),
+        )
+    };
+    let status = u16::try_from(status)
+        .ok()
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .ok_or_else(|| bad("statusCode out of range"))?;
+    let body = match parsed.get("body") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s))
+            if parsed.get("isBase64Encoded").and_then(Value::as_bool) == Some(true) =>
+        {
+            base64::engine::general_purpose::STANDARD
+                .decode(s)
+                .map_err(|_| bad("body is not base64"))?
+        }
+        Some(Value::String(s)) => s.clone().into_bytes(),
+        Some(other) => other.to_string().into_bytes(),
+    };
+    let mut response = (status, body).into_response();
+    if let Some(headers) = parsed.get("headers").and_then(Value::as_object) {
+        for (k, v) in headers {
+            let text = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            let name = HeaderName::try_from(k.as_str()).map_err(|_| bad("invalid header name"))?;
+            let value = HeaderValue::from_str(&text).map_err(|_| bad("invalid header value"))?;
+            response.headers_mut().insert(name, value);
+        }
+    }
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings_decode() {
+        let q = parse_query(Some("a=1&b=x%20y&c=&d&e=%zz&f=a+b"));
+        assert_eq!(q["a"], "1");
+        assert_eq!(q["b"], "x y");
+        assert_eq!(q["c"], "");
+        assert_eq!(q["d"], "");
+        assert_eq!(q["e"], "%zz");
+        assert_eq!(q["f"], "a b");
+    }
+
+    #[test]
+    fn plain_values_are_json_and_objects_with_status_are_responses() {
+        let r = render(r#"{"a":1}"#).unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let r = render(r#"{"statusCode":201,"headers":{"x-a":"b"},"body":"hi"}"#).unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        assert_eq!(r.headers()["x-a"], "b");
+        let r = render(r#"{"statusCode":200,"body":"aGk=","isBase64Encoded":true}"#).unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(
+            render(r#"{"statusCode":99999}"#).unwrap_err().code,
+            ErrorCode::FunctionExecuteFail
+        );
+        assert_eq!(
+            render(r#"{"statusCode":200,"headers":{"bad header":"x"}}"#)
+                .unwrap_err()
+                .code,
+            ErrorCode::FunctionExecuteFail
+        );
+    }
+}

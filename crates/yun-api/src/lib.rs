@@ -1,0 +1,35 @@
+//! Yun's HTTP surfaces, all on one port: the CloudBase `/admin` protocol, the management
+//! API under `/api/v1` (described by `openapi.json`), HTTP functions under `/{env}/…`,
+//! and `/healthz` + `/readyz`. Handlers parse, call one `App` method, and render: no
+//! SQL, no processes here.
+
+mod body;
+mod cloudbase;
+mod http_functions;
+mod management;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{any, get, post};
+use axum::Router;
+use yun_app::App;
+
+pub use management::{management_routes, OPENAPI};
+
+pub type AppState = Arc<App>;
+
+/// The whole HTTP surface. Serve it with `into_make_service_with_connect_info::<SocketAddr>()`.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ready" }))
+        .route("/admin", post(cloudbase::admin))
+        .merge(management::router())
+        .route("/{env}", any(http_functions::serve_root))
+        .route("/{env}/", any(http_functions::serve_root))
+        .route("/{env}/{*path}", any(http_functions::serve))
+        // Each surface reads its body with its own limit and answers in its own protocol.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(app)
+}

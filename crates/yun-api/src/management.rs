@@ -1,0 +1,495 @@
+//! The management API: REST + JSON under `/api/v1`, authenticated with an env's key as
+//! HTTP Basic (`SecretId:SecretKey`). The CLI uses only this. Errors are
+//! `{"error": {"code", "message"}}` with the status from the error table.
+//!
+//! Routes are listed once in [`management_routes`]; the router is built from that list
+//! and a test checks it against `openapi.json`, so the document cannot drift.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::handler::Handler;
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{on, MethodFilter, MethodRouter};
+use axum::{Json, Router};
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use yun_app::{CallerContext, DeployRequest, Identity, LogFilter};
+use yun_types::{new_id, EnvId, ErrorCode, FunctionName, YunError};
+
+use crate::AppState;
+
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// A deploy carries the code base64-encoded: 64 MiB of archive.
+const DEPLOY_BODY_LIMIT: usize = 90 << 20;
+const JSON_BODY_LIMIT: usize = 8 << 20;
+
+pub struct ApiError {
+    error: YunError,
+    request_id: Option<String>,
+}
+
+impl From<YunError> for ApiError {
+    fn from(error: YunError) -> Self {
+        Self {
+            error,
+            request_id: None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.error.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut body = json!({ "error": { "code": self.error.code.cloudbase(), "message": self.error.message } });
+        if let Some(id) = self.request_id {
+            body["request_id"] = Value::String(id);
+        }
+        (status, Json(body)).into_response()
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+fn ok(value: impl serde::Serialize) -> ApiResult {
+    Ok(Json(value).into_response())
+}
+
+fn basic_credentials(headers: &HeaderMap) -> Result<(String, String), YunError> {
+    let missing = || {
+        YunError::new(
+            ErrorCode::SignParamInvalid,
+            "send the key as HTTP Basic auth: SecretId:SecretKey",
+        )
+    };
+    let value = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(missing)?;
+    let encoded = value.strip_prefix("Basic ").ok_or_else(missing)?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .map_err(|_| missing())?;
+    let text = String::from_utf8(decoded).map_err(|_| missing())?;
+    let (id, key) = text.split_once(':').ok_or_else(missing)?;
+    Ok((id.to_owned(), key.to_owned()))
+}
+
+async fn identity(
+    app: &AppState,
+    headers: &HeaderMap,
+    env: Option<&str>,
+) -> Result<Identity, YunError> {
+    let (id, key) = basic_credentials(headers)?;
+    let env = env
+        .map(|e| EnvId::parse(e).map_err(|e| YunError::new(ErrorCode::InvalidEnv, e.to_string())))
+        .transpose()?;
+    app.authenticate_key(&id, &key, env.as_ref()).await
+}
+
+fn function_name(name: &str) -> Result<FunctionName, YunError> {
+    FunctionName::parse(name).map_err(|e| YunError::invalid_param(e.to_string()))
+}
+
+async fn json_body<T: serde::de::DeserializeOwned>(
+    body: Body,
+    limit: usize,
+) -> Result<T, YunError> {
+    let bytes = crate::body::read(body, limit).await?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| YunError::invalid_param(format!("invalid JSON body: {e}")))
+}
+
+// ---- envs ----
+
+async fn list_envs(State(app): State<AppState>, headers: HeaderMap) -> ApiResult {
+    let who = identity(&app, &headers, None).await?;
+    ok(json!({ "envs": app.list_envs(&who).await? }))
+}
+
+#[derive(Deserialize)]
+struct CreateEnv {
+    id: String,
+}
+
+async fn create_env(State(app): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult {
+    let who = identity(&app, &headers, None).await?;
+    let req: CreateEnv = json_body(body, JSON_BODY_LIMIT).await?;
+    let env = EnvId::parse(&req.id).map_err(|e| YunError::invalid_param(e.to_string()))?;
+    let (record, key) = app.create_env(&who, &env).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "env": record, "key": key })),
+    )
+        .into_response())
+}
+
+async fn delete_env(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(env): Path<String>,
+) -> ApiResult {
+    let who = identity(&app, &headers, None).await?;
+    let env =
+        EnvId::parse(&env).map_err(|e| YunError::new(ErrorCode::InvalidEnv, e.to_string()))?;
+    app.delete_env(&who, &env).await?;
+    ok(json!({ "deleted": env }))
+}
+
+// ---- keys ----
+
+async fn list_keys(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(env): Path<String>,
+) -> ApiResult {
+    let who = identity(&app, &headers, Some(&env)).await?;
+    ok(json!({ "keys": app.list_keys(&who).await? }))
+}
+
+#[derive(Deserialize, Default)]
+struct CreateKey {
+    #[serde(default)]
+    description: String,
+}
+
+async fn create_key(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(env): Path<String>,
+    body: Body,
+) -> ApiResult {
+    let who = identity(&app, &headers, Some(&env)).await?;
+    let req: CreateKey = json_body(body, JSON_BODY_LIMIT).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "key": app.create_key(&who, &req.description).await? })),
+    )
+        .into_response())
+}
+
+async fn revoke_key(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path((env, secret_id)): Path<(String, String)>,
+) -> ApiResult {
+    let who = identity(&app, &headers, Some(&env)).await?;
+    app.revoke_key(&who, &secret_id).await?;
+    ok(json!({ "revoked": secret_id }))
+}
+
+// ---- functions ----
+
+async fn list_functions(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(env): Path<String>,
+) -> ApiResult {
+    let who = identity(&app, &headers, Some(&env)).await?;
+    let functions = app.list_functions(&who).await?;
+    let listed: Vec<Value> = functions
+        .into_iter()
+        .map(|f| {
+            let (idle, busy) = app.runtime().instance_counts(&f.spec.env, &f.spec.name);
+            let mut v = serde_json::to_value(&f).unwrap_or_default();
+            v["instances"] = json!({ "idle": idle, "busy": busy });
+            v
+        })
+        .collect();
+    ok(json!({ "functions": listed }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Deploy {
+    code_base64: String,
+    handler: Option<String>,
+    timeout_ms: Option<u64>,
+    memory_mb: Option<u32>,
+    max_instances: Option<u32>,
+    env_vars: Option<BTreeMap<String, String>>,
+    http_path: Option<String>,
+}
+
+async fn deploy_function(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path((env, name)): Path<(String, String)>,
+    body: Body,
+) -> ApiResult {
+    let who = identity(&app, &headers, Some(&env)).await?;
+    let name = function_name(&name)?;
+    let req: Deploy = json_body(body, DEPLOY_BODY_LIMIT).await?;
+    let archive = base64::engine::general_purpose::STANDARD
+        .decode(req.code_base64.as_bytes())
+        .map_err(|e| YunError::invalid_param(format!("code_base64 is not base64: {e}")))?;
+    let record = app
+        .deploy(
+            &who,
+            &name,
+            DeployRequest {
+                archive,
+                handler: req.handler,
+                timeout_ms: req.timeout_ms,
+                memory_mb: req.memory_mb,
+                max_instances: req.max_instances,
+                env_vars: req.env_vars,
+                http_path: req.http_path,
+            },
+        )
+        .await?;
+    ok(json!({ "function": record }))
+}
+
+async fn get_function(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path((env, name)): Path<(String, String)>,
+) -> ApiResult {
+    let who = identity(&app, &headers, Some(&env)).await?;
+    ok(json!({ "function": app.get_function(&who, &function_name(&name)?).await? }))
+}
+
+async fn delete_function(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path((env, name)): Path<(String, String)>,
+) -> ApiResult {
+    let who = identity(&app, &headers, Some(&env)).await?;
+    app.delete_function(&who, &function_name(&name)?).await?;
+    ok(json!({ "deleted": name }))
+}
+
+async fn invoke_function(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path((env, name)): Path<(String, String)>,
+    body: Body,
+) -> ApiResult {
+    let who = identity(&app, &headers, Some(&env)).await?;
+    let name = function_name(&name)?;
+    let bytes = crate::body::read(body, JSON_BODY_LIMIT).await?;
+    let event = String::from_utf8(bytes.to_vec())
+        .map_err(|_| YunError::invalid_param("the event must be UTF-8 JSON"))?;
+    let caller = CallerContext {
+        request_id: new_id(""),
+        source: "management_api".into(),
+        client_ip: Some(peer.ip().to_string()),
+        seq_id: None,
+    };
+    let invocation = app.invoke(&who, &name, event, &caller).await?;
+    match invocation.result {
+        Ok(value) => {
+            let result: Value = serde_json::from_str(&value).unwrap_or(Value::String(value));
+            ok(json!({
+                "request_id": invocation.request_id,
+                "result": result,
+                "cold_start": invocation.cold_start,
+                "duration_ms": invocation.duration_ms,
+            }))
+        }
+        Err(error) => Err(ApiError {
+            error,
+            request_id: Some(invocation.request_id),
+        }),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct LogParams {
+    request_id: Option<String>,
+    since_ms: Option<i64>,
+    until_ms: Option<i64>,
+    stream: Option<String>,
+    contains: Option<String>,
+    after_id: Option<i64>,
+    limit: Option<u32>,
+}
+
+impl From<LogParams> for LogFilter {
+    fn from(p: LogParams) -> Self {
+        LogFilter {
+            request_id: p.request_id,
+            since_ms: p.since_ms,
+            until_ms: p.until_ms,
+            stream: p.stream,
+            contains: p.contains,
+            after_id: p.after_id,
+            limit: p.limit,
+        }
+    }
+}
+
+async fn function_logs(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path((env, name)): Path<(String, String)>,
+    Query(params): Query<LogParams>,
+) -> ApiResult {
+    let who = identity(&app, &headers, Some(&env)).await?;
+    ok(json!({ "logs": app.logs(&who, Some(&function_name(&name)?), params.into()).await? }))
+}
+
+async fn env_logs(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(env): Path<String>,
+    Query(params): Query<LogParams>,
+) -> ApiResult {
+    let who = identity(&app, &headers, Some(&env)).await?;
+    ok(json!({ "logs": app.logs(&who, None, params.into()).await? }))
+}
+
+#[derive(Deserialize)]
+struct LimitParams {
+    limit: Option<u32>,
+}
+
+async fn function_invocations(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path((env, name)): Path<(String, String)>,
+    Query(params): Query<LimitParams>,
+) -> ApiResult {
+    let who = identity(&app, &headers, Some(&env)).await?;
+    let name = function_name(&name)?;
+    ok(
+        json!({ "invocations": app.invocations(&who, Some(&name), params.limit.unwrap_or(100)).await? }),
+    )
+}
+
+async fn get_invocation(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path((env, request_id)): Path<(String, String)>,
+) -> ApiResult {
+    let who = identity(&app, &headers, Some(&env)).await?;
+    ok(json!({ "invocation": app.invocation(&who, &request_id).await? }))
+}
+
+async fn openapi() -> Response {
+    ([("content-type", "application/json")], OPENAPI).into_response()
+}
+
+fn route<H, T>(
+    method: Method,
+    path: &'static str,
+    handler: H,
+) -> (Method, &'static str, MethodRouter<AppState>)
+where
+    H: Handler<T, AppState>,
+    T: 'static,
+{
+    let filter =
+        MethodFilter::try_from(method.clone()).expect("management routes use standard methods");
+    (method, path, on(filter, handler))
+}
+
+/// Every management route: (method, path, handler). The router and the OpenAPI drift
+/// test both read this list.
+pub fn management_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
+    vec![
+        route(Method::GET, "/api/v1/openapi.json", openapi),
+        route(Method::GET, "/api/v1/envs", list_envs),
+        route(Method::POST, "/api/v1/envs", create_env),
+        route(Method::DELETE, "/api/v1/envs/{env}", delete_env),
+        route(Method::GET, "/api/v1/envs/{env}/keys", list_keys),
+        route(Method::POST, "/api/v1/envs/{env}/keys", create_key),
+        route(
+            Method::DELETE,
+            "/api/v1/envs/{env}/keys/{secret_id}",
+            revoke_key,
+        ),
+        route(Method::GET, "/api/v1/envs/{env}/functions", list_functions),
+        route(
+            Method::GET,
+            "/api/v1/envs/{env}/functions/{name}",
+            get_function,
+        ),
+        route(
+            Method::PUT,
+            "/api/v1/envs/{env}/functions/{name}",
+            deploy_function,
+        ),
+        route(
+            Method::DELETE,
+            "/api/v1/envs/{env}/functions/{name}",
+            delete_function,
+        ),
+        route(
+            Method::POST,
+            "/api/v1/envs/{env}/functions/{name}/invoke",
+            invoke_function,
+        ),
+        route(
+            Method::GET,
+            "/api/v1/envs/{env}/functions/{name}/logs",
+            function_logs,
+        ),
+        route(
+            Method::GET,
+            "/api/v1/envs/{env}/functions/{name}/invocations",
+            function_invocations,
+        ),
+        route(Method::GET, "/api/v1/envs/{env}/logs", env_logs),
+        route(
+            Method::GET,
+            "/api/v1/envs/{env}/invocations/{request_id}",
+            get_invocation,
+        ),
+    ]
+}
+
+pub(crate) fn router() -> Router<AppState> {
+    let mut by_path: BTreeMap<&'static str, MethodRouter<AppState>> = BTreeMap::new();
+    for (_, path, handler) in management_routes() {
+        let merged = match by_path.remove(path) {
+            Some(existing) => existing.merge(handler),
+            None => handler,
+        };
+        by_path.insert(path, merged);
+    }
+    by_path
+        .into_iter()
+        .fold(Router::new(), |router, (path, handler)| {
+            router.route(path, handler)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn openapi_document_matches_the_routes() {
+        let spec: Value = serde_json::from_str(OPENAPI).expect("openapi.json parses");
+        let documented: BTreeSet<(String, String)> = spec["paths"]
+            .as_object()
+            .expect("paths")
+            .iter()
+            .flat_map(|(path, ops)| {
+                ops.as_object()
+                    .expect("operations")
+                    .keys()
+                    .map(move |m| (m.to_uppercase(), path.clone()))
+            })
+            .collect();
+        let served: BTreeSet<(String, String)> = management_routes()
+            .into_iter()
+            .map(|(m, p, _)| (m.to_string(), p.to_owned()))
+            .collect();
+        assert_eq!(
+            documented, served,
+            "openapi.json and management_routes() disagree"
+        );
+    }
+}

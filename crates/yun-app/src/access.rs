@@ -1,0 +1,149 @@
+//! Resolving a request to exactly one env and one identity.
+
+use serde_json::{Map, Value};
+use yun_auth::tc3::{self, Authorization, RequestParts};
+use yun_auth::{Caller, Identity, TempCredentialIssuer};
+use yun_meta::{KeyRecord, KeyRole};
+use yun_types::{EnvId, ErrorCode, YunError};
+
+use crate::{unix_now, App};
+
+/// A CloudBase `/admin` request as received, for signature verification.
+pub struct SignedRequest<'a> {
+    pub authorization: Option<&'a str>,
+    pub timestamp: Option<&'a str>,
+    pub expires: Option<&'a str>,
+    pub host: &'a str,
+    pub path: &'a str,
+    pub query: &'a str,
+    pub header: &'a (dyn Fn(&str) -> Option<String> + Sync),
+    pub body: &'a Map<String, Value>,
+}
+
+fn key_caller(key: &KeyRecord) -> Caller {
+    match key.role {
+        KeyRole::Platform => Caller::PlatformKey {
+            secret_id: key.secret_id.clone(),
+        },
+        KeyRole::Env => Caller::EnvKey {
+            secret_id: key.secret_id.clone(),
+        },
+    }
+}
+
+impl App {
+    /// Checks that the env exists and that a key of `home` with `caller` may act in it.
+    async fn admit_to_env(
+        &self,
+        home: &EnvId,
+        caller: Caller,
+        env: &EnvId,
+    ) -> Result<Identity, YunError> {
+        let allowed = match &caller {
+            Caller::PlatformKey { .. } => true,
+            Caller::EnvKey { .. } | Caller::Function { .. } => home == env,
+            Caller::Anonymous => false,
+        };
+        if !allowed {
+            return Err(YunError::new(
+                ErrorCode::PermissionDenied,
+                format!("this credential may not act in env {env}"),
+            ));
+        }
+        if self.meta.get_env(env).await?.is_none() {
+            return Err(YunError::new(
+                ErrorCode::InvalidEnv,
+                format!("env {env} does not exist"),
+            ));
+        }
+        Ok(Identity {
+            env: env.clone(),
+            caller,
+        })
+    }
+
+    /// A permanent key presented directly (management API, HTTP Basic), acting in `env`
+    /// or, when `None`, in the key's own env.
+    pub async fn authenticate_key(
+        &self,
+        secret_id: &str,
+        secret_key: &str,
+        env: Option<&EnvId>,
+    ) -> Result<Identity, YunError> {
+        let unknown = || {
+            YunError::new(
+                ErrorCode::InvalidSecretId,
+                "unknown or revoked SecretId, or wrong SecretKey",
+            )
+        };
+        let key = self
+            .meta
+            .get_key(secret_id)
+            .await?
+            .filter(|k| k.revoked_at.is_none())
+            .ok_or_else(unknown)?;
+        let same = key.secret_key.len() == secret_key.len()
+            && key
+                .secret_key
+                .bytes()
+                .zip(secret_key.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if !same {
+            return Err(unknown());
+        }
+        self.admit_to_env(&key.env, key_caller(&key), env.unwrap_or(&key.env))
+            .await
+    }
+
+    /// Verifies a TC3-signed `/admin` request and resolves it in `env`.
+    pub async fn authenticate_signed(
+        &self,
+        req: &SignedRequest<'_>,
+        env: &EnvId,
+    ) -> Result<Identity, YunError> {
+        let missing =
+            |what: &str| YunError::new(ErrorCode::SignParamInvalid, format!("missing {what}"));
+        let auth = Authorization::parse(
+            req.authorization
+                .ok_or_else(|| missing("Authorization header"))?,
+        )?;
+        let timestamp: i64 = req
+            .timestamp
+            .ok_or_else(|| missing("X-Timestamp header"))?
+            .trim()
+            .parse()
+            .map_err(|_| {
+                YunError::new(ErrorCode::SignParamInvalid, "X-Timestamp is not a number")
+            })?;
+        let expires: i64 = req
+            .expires
+            .and_then(|e| e.trim().parse().ok())
+            .unwrap_or(tc3::MAX_SIGNATURE_AGE_SECS);
+        let now = unix_now();
+        let (home, caller, secret_key) = if TempCredentialIssuer::is_temp(&auth.secret_id) {
+            let token = req.body.get("sessionToken").and_then(Value::as_str);
+            let (identity, key) = self.issuer.resolve(&auth.secret_id, token, now)?;
+            (identity.env, identity.caller, key)
+        } else {
+            let key = self
+                .meta
+                .get_key(&auth.secret_id)
+                .await?
+                .filter(|k| k.revoked_at.is_none())
+                .ok_or_else(|| {
+                    YunError::new(ErrorCode::InvalidSecretId, "unknown or revoked SecretId")
+                })?;
+            (key.env.clone(), key_caller(&key), key.secret_key)
+        };
+        let parts = RequestParts {
+            host: req.host,
+            path: req.path,
+            query: req.query,
+            header: req.header,
+            body: req.body,
+        };
+        tc3::verify(&auth, &secret_key, timestamp, expires, now, &parts)?;
+        self.admit_to_env(&home, caller, env).await
+    }
+}

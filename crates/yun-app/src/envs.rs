@@ -1,0 +1,154 @@
+//! Environments and their keys.
+
+use serde::Serialize;
+use yun_auth::{Caller, Identity};
+use yun_meta::{EnvRecord, KeyRecord, KeyRole};
+use yun_types::{new_id, EnvId, ErrorCode, YunError};
+
+use crate::{unix_now, App};
+
+/// What `yun dev` prints on first start and writes to `credentials.json`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Credentials {
+    pub url: String,
+    pub env_id: String,
+    pub secret_id: String,
+    pub secret_key: String,
+}
+
+/// A freshly created key: the only time its SecretKey is shown.
+#[derive(Debug, Clone, Serialize)]
+pub struct NewKey {
+    pub env: EnvId,
+    pub secret_id: String,
+    pub secret_key: String,
+    pub role: KeyRole,
+    pub description: String,
+}
+
+fn mint_key(env: &EnvId, role: KeyRole, description: &str) -> KeyRecord {
+    KeyRecord {
+        // Tencent Cloud's SecretIds start with AKID; the SDKs treat them as opaque.
+        secret_id: new_id("AKID"),
+        secret_key: new_id(""),
+        env: env.clone(),
+        role,
+        description: description.to_owned(),
+        created_at: unix_now(),
+        revoked_at: None,
+    }
+}
+
+impl From<KeyRecord> for NewKey {
+    fn from(k: KeyRecord) -> Self {
+        NewKey {
+            env: k.env,
+            secret_id: k.secret_id,
+            secret_key: k.secret_key,
+            role: k.role,
+            description: k.description,
+        }
+    }
+}
+
+impl App {
+    /// First start: when no env exists, creates `env` and a platform key for it.
+    pub async fn initialize(&self, env: &EnvId) -> Result<Option<NewKey>, YunError> {
+        if !self.meta.list_envs().await?.is_empty() {
+            return Ok(None);
+        }
+        self.meta.create_env(env).await?;
+        let key = mint_key(env, KeyRole::Platform, "created by yun dev on first start");
+        self.meta.insert_key(&key).await?;
+        tracing::info!(env = %env, secret_id = %key.secret_id, "initialized the first env and platform key");
+        Ok(Some(key.into()))
+    }
+
+    /// Creates an env and its first env-scoped key.
+    pub async fn create_env(
+        &self,
+        identity: &Identity,
+        env: &EnvId,
+    ) -> Result<(EnvRecord, NewKey), YunError> {
+        Self::require_platform(identity)?;
+        let record = self.meta.create_env(env).await?;
+        let key = mint_key(env, KeyRole::Env, "first key of the env");
+        self.meta.insert_key(&key).await?;
+        Ok((record, key.into()))
+    }
+
+    pub async fn list_envs(&self, identity: &Identity) -> Result<Vec<EnvRecord>, YunError> {
+        let all = self.meta.list_envs().await?;
+        Ok(match identity.caller {
+            Caller::PlatformKey { .. } => all,
+            _ => all.into_iter().filter(|e| e.id == identity.env).collect(),
+        })
+    }
+
+    /// Deletes an env with everything it owns: keys, functions, code, logs.
+    pub async fn delete_env(&self, identity: &Identity, env: &EnvId) -> Result<(), YunError> {
+        Self::require_platform(identity)?;
+        if let Caller::PlatformKey { secret_id } = &identity.caller {
+            if self
+                .meta
+                .get_key(secret_id)
+                .await?
+                .is_some_and(|k| &k.env == env)
+            {
+                return Err(YunError::invalid_param(
+                    "refusing to delete the env that holds the key making the request",
+                ));
+            }
+        }
+        for function in self.meta.list_functions(env).await? {
+            self.forget_function(env, &function.spec.name);
+        }
+        if !self.meta.delete_env(env).await? {
+            return Err(YunError::new(
+                ErrorCode::InvalidEnv,
+                format!("env {env} does not exist"),
+            ));
+        }
+        let dir = self.settings.functions_dir.join(env.as_str());
+        if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not remove env code");
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn create_key(
+        &self,
+        identity: &Identity,
+        description: &str,
+    ) -> Result<NewKey, YunError> {
+        let key = mint_key(&identity.env, KeyRole::Env, description);
+        self.meta.insert_key(&key).await?;
+        Ok(key.into())
+    }
+
+    /// The env's keys, SecretKeys masked.
+    pub async fn list_keys(&self, identity: &Identity) -> Result<Vec<KeyRecord>, YunError> {
+        let mut keys = self.meta.list_keys(&identity.env).await?;
+        for key in &mut keys {
+            key.secret_key = format!("{}…", &key.secret_key[..4.min(key.secret_key.len())]);
+        }
+        Ok(keys)
+    }
+
+    pub async fn revoke_key(&self, identity: &Identity, secret_id: &str) -> Result<(), YunError> {
+        if !self
+            .meta
+            .revoke_key(&identity.env, secret_id, unix_now())
+            .await?
+        {
+            return Err(YunError::new(
+                ErrorCode::NotFound,
+                format!("env {} has no live key {secret_id}", identity.env),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,667 @@
+//! Deploying, listing, invoking and deleting functions; their logs and records.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use yun_auth::{Caller, Identity};
+use yun_functions::package::{self, PackageLimits};
+use yun_functions::{FunctionSpec, InvokeError, InvokeRequest, LAYER_PACKAGES};
+use yun_meta::{
+    FunctionRecord, InvocationRecord, InvocationStatus, LogLine, LogQuery, NewFunction, NewLogLine,
+};
+use yun_types::{new_id, EnvId, ErrorCode, FunctionName, YunError};
+
+use crate::{unix_now, App};
+
+const DEFAULT_HANDLER: &str = "index.main";
+/// SCF's defaults and bounds.
+const DEFAULT_TIMEOUT_MS: u64 = 3_000;
+const TIMEOUT_MS_RANGE: std::ops::RangeInclusive<u64> = 100..=900_000;
+const DEFAULT_MEMORY_MB: u32 = 256;
+const MEMORY_MB_RANGE: std::ops::RangeInclusive<u32> = 64..=3_072;
+const DEFAULT_MAX_INSTANCES: u32 = 10;
+const MAX_INSTANCES_RANGE: std::ops::RangeInclusive<u32> = 1..=1_000;
+const NPM_INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
+/// Variables the platform sets; a deploy may not override them.
+const RESERVED_ENV_PREFIXES: &[&str] = &["TENCENTCLOUD_", "SCF_", "TCB_", "WX_", "YUN_"];
+
+#[derive(Debug, Clone, Default)]
+pub struct DeployRequest {
+    pub archive: Vec<u8>,
+    /// Unset fields keep the previous version's value, or the default.
+    pub handler: Option<String>,
+    pub timeout_ms: Option<u64>,
+    pub memory_mb: Option<u32>,
+    pub max_instances: Option<u32>,
+    pub env_vars: Option<BTreeMap<String, String>>,
+    /// `Some("")` removes the HTTP path.
+    pub http_path: Option<String>,
+}
+
+/// Who is calling, beyond the identity: what a function sees in its context.
+#[derive(Debug, Clone, Default)]
+pub struct CallerContext {
+    /// The id of the request being served; the invocation, its logs and its record
+    /// carry it, so the id a caller sees is the one to search logs by.
+    pub request_id: String,
+    /// `TCB_SOURCE`, e.g. `admin_sdk`, `http`, `cli`.
+    pub source: String,
+    pub client_ip: Option<String>,
+    /// The caller's `seqId`, continued into the callee's `TCB_SEQID`.
+    pub seq_id: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Invocation {
+    pub request_id: String,
+    /// The function's return value as JSON text.
+    #[serde(skip)]
+    pub result: Result<String, YunError>,
+    pub cold_start: bool,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct LogFilter {
+    pub request_id: Option<String>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    pub stream: Option<String>,
+    pub contains: Option<String>,
+    pub after_id: Option<i64>,
+    pub limit: Option<u32>,
+}
+
+fn check_range<T: PartialOrd + std::fmt::Display + Copy>(
+    what: &str,
+    value: T,
+    range: &std::ops::RangeInclusive<T>,
+) -> Result<T, YunError> {
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(YunError::invalid_param(format!(
+            "{what} must be between {} and {}, got {value}",
+            range.start(),
+            range.end()
+        )))
+    }
+}
+
+fn check_env_vars(vars: &BTreeMap<String, String>) -> Result<(), YunError> {
+    for key in vars.keys() {
+        let valid = key
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !valid {
+            return Err(YunError::invalid_param(format!(
+                "environment variable name {key:?} is not valid"
+            )));
+        }
+        if RESERVED_ENV_PREFIXES.iter().any(|p| key.starts_with(p)) {
+            return Err(YunError::invalid_param(format!(
+                "environment variable {key} uses a prefix the platform reserves"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `/a/b-c` style: absolute, safe characters, no empty, `.` or `..` segments.
+fn check_http_path(path: &str) -> Result<(), YunError> {
+    let bad = || {
+        YunError::invalid_param(format!(
+            "HTTP path {path:?} must look like /name or /a/b (letters, digits, - _ .)"
+        ))
+    };
+    let rest = path.strip_prefix('/').ok_or_else(bad)?;
+    if path.len() > 200 {
+        return Err(bad());
+    }
+    if rest.is_empty() {
+        return Ok(());
+    }
+    for segment in rest.split('/') {
+        let ok = !segment.is_empty()
+            && segment != "."
+            && segment != ".."
+            && segment
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !ok {
+            return Err(bad());
+        }
+    }
+    Ok(())
+}
+
+impl App {
+    fn code_dir(&self, env: &EnvId, name: &FunctionName) -> PathBuf {
+        self.settings
+            .functions_dir
+            .join(env.as_str())
+            .join(name.as_str())
+    }
+
+    fn static_env(&self, spec: &NewFunction) -> BTreeMap<String, String> {
+        let mut env = spec.env_vars.clone();
+        let platform = [
+            ("TENCENTCLOUD_RUNENV", "SCF".to_owned()),
+            ("TENCENTCLOUD_REGION", self.settings.region.clone()),
+            ("SCF_NAMESPACE", spec.env.to_string()),
+            ("TCB_ENV", spec.env.to_string()),
+            ("SCF_FUNCTIONNAME", spec.name.to_string()),
+            ("SCF_FUNCTIONVERSION", "$LATEST".to_owned()),
+            ("SCF_RUNTIME", "Nodejs".to_owned()),
+            (
+                "TCB_CONTEXT_CNFG",
+                serde_json::json!({ "URL": format!("{}/admin", self.settings.public_url) })
+                    .to_string(),
+            ),
+        ];
+        env.extend(platform.into_iter().map(|(k, v)| (k.to_owned(), v)));
+        env
+    }
+
+    fn runtime_spec(&self, record: &FunctionRecord) -> FunctionSpec {
+        let spec = &record.spec;
+        FunctionSpec {
+            env: spec.env.clone(),
+            name: spec.name.clone(),
+            version: record.version,
+            code_dir: self
+                .code_dir(&spec.env, &spec.name)
+                .join(&spec.code_id)
+                .to_string_lossy()
+                .into_owned(),
+            handler: spec.handler.clone(),
+            timeout: Duration::from_millis(spec.timeout_ms),
+            memory_mb: spec.memory_mb,
+            max_instances: spec.max_instances as usize,
+            static_env: self.static_env(spec),
+        }
+    }
+
+    pub(crate) fn forget_function(&self, env: &EnvId, name: &FunctionName) {
+        if let Ok(mut cache) = self.functions.write() {
+            cache.remove(&(env.clone(), name.clone()));
+        }
+        self.runtime.retire(env, name);
+    }
+
+    async fn function(
+        &self,
+        env: &EnvId,
+        name: &FunctionName,
+    ) -> Result<Arc<FunctionRecord>, YunError> {
+        let key = (env.clone(), name.clone());
+        if let Some(hit) = self
+            .functions
+            .read()
+            .ok()
+            .and_then(|c| c.get(&key).cloned())
+        {
+            return Ok(hit);
+        }
+        let record = self.meta.get_function(env, name).await?.ok_or_else(|| {
+            YunError::new(
+                ErrorCode::FunctionNotFound,
+                format!("function {name} does not exist in env {env}"),
+            )
+        })?;
+        let record = Arc::new(record);
+        if let Ok(mut cache) = self.functions.write() {
+            cache.insert(key, record.clone());
+        }
+        Ok(record)
+    }
+
+    /// Deploys a new version. The code is unpacked, its dependencies installed and its
+    /// handler loaded in a throwaway instance before the version is recorded; on any
+    /// failure nothing of the attempt remains and the previous version keeps serving.
+    pub async fn deploy(
+        &self,
+        identity: &Identity,
+        name: &FunctionName,
+        req: DeployRequest,
+    ) -> Result<FunctionRecord, YunError> {
+        let env = &identity.env;
+        let previous = self.meta.get_function(env, name).await?.map(|r| r.spec);
+        let handler = req
+            .handler
+            .or_else(|| previous.as_ref().map(|p| p.handler.clone()))
+            .unwrap_or_else(|| DEFAULT_HANDLER.into());
+        let timeout_ms = check_range(
+            "timeout_ms",
+            req.timeout_ms
+                .or(previous.as_ref().map(|p| p.timeout_ms))
+                .unwrap_or(DEFAULT_TIMEOUT_MS),
+            &TIMEOUT_MS_RANGE,
+        )?;
+        let memory_mb = check_range(
+            "memory_mb",
+            req.memory_mb
+                .or(previous.as_ref().map(|p| p.memory_mb))
+                .unwrap_or(DEFAULT_MEMORY_MB),
+            &MEMORY_MB_RANGE,
+        )?;
+        let max_instances = check_range(
+            "max_instances",
+            req.max_instances
+                .or(previous.as_ref().map(|p| p.max_instances))
+                .unwrap_or(DEFAULT_MAX_INSTANCES),
+            &MAX_INSTANCES_RANGE,
+        )?;
+        let env_vars = req
+            .env_vars
+            .or(previous.as_ref().map(|p| p.env_vars.clone()))
+            .unwrap_or_default();
+        check_env_vars(&env_vars)?;
+        let http_path = match req.http_path {
+            Some(p) if p.is_empty() => None,
+            Some(p) => Some(p),
+            None => previous.as_ref().and_then(|p| p.http_path.clone()),
+        };
+        if let Some(p) = &http_path {
+            check_http_path(p)?;
+        }
+        if req.archive.is_empty() {
+            return Err(YunError::invalid_param("the code archive is empty"));
+        }
+
+        let code_id = new_id("v");
+        let dir = self.code_dir(env, name).join(&code_id);
+        let spec = NewFunction {
+            env: env.clone(),
+            name: name.clone(),
+            handler,
+            timeout_ms,
+            memory_mb,
+            max_instances,
+            env_vars,
+            http_path,
+            code_sha256: package::sha256_hex(&req.archive),
+            code_size: req.archive.len() as u64,
+            code_id: code_id.clone(),
+        };
+        let staged = self.stage(&spec, req.archive, dir.clone()).await;
+        let stored = match staged {
+            Ok(()) => self.meta.put_function(&spec, unix_now()).await,
+            Err(e) => Err(e),
+        };
+        let record = match stored {
+            Ok(record) => record,
+            Err(e) => {
+                let _ = tokio::fs::remove_dir_all(&dir).await;
+                return Err(e);
+            }
+        };
+        self.forget_function(env, name);
+        self.remove_old_code(env, name, &code_id, previous.map(|p| p.code_id))
+            .await;
+        tracing::info!(env = %env, function = %name, version = record.version, by = %identity.label(), "deployed");
+        Ok(record)
+    }
+
+    async fn stage(
+        &self,
+        spec: &NewFunction,
+        archive: Vec<u8>,
+        dir: PathBuf,
+    ) -> Result<(), YunError> {
+        let unpack_dir = dir.clone();
+        tokio::task::spawn_blocking(move || {
+            package::unpack(&archive, &unpack_dir, PackageLimits::default())
+        })
+        .await
+        .map_err(YunError::internal)??;
+        package::check_handler_file(&dir, &spec.handler)?;
+        if !package::missing_dependencies(&dir, LAYER_PACKAGES)?.is_empty() {
+            package::npm_install(
+                &dir,
+                &self.settings.npm,
+                &self.settings.npm_cache,
+                NPM_INSTALL_TIMEOUT,
+            )
+            .await?;
+        }
+        let record = FunctionRecord {
+            spec: spec.clone(),
+            version: 0,
+            created_at: 0,
+            updated_at: 0,
+        };
+        self.runtime
+            .check_loads(&self.runtime_spec(&record))
+            .await
+            .map_err(|e| match e {
+                InvokeError::Load(js) => YunError::new(
+                    ErrorCode::FunctionCodeInvalid,
+                    format!("the function does not load: {}", js.summary()),
+                ),
+                other => YunError::internal(other.message()),
+            })
+    }
+
+    /// Keeps the new code and the one before it (its instances may still be finishing).
+    async fn remove_old_code(
+        &self,
+        env: &EnvId,
+        name: &FunctionName,
+        current: &str,
+        previous: Option<String>,
+    ) {
+        let Ok(mut entries) = tokio::fs::read_dir(self.code_dir(env, name)).await else {
+            return;
+        };
+        while let Ok(Some(entry)) = entries.next_entry().await {
+            let file_name = entry.file_name().to_string_lossy().into_owned();
+            if file_name != current && Some(&file_name) != previous.as_ref() {
+                let _ = tokio::fs::remove_dir_all(entry.path()).await;
+            }
+        }
+    }
+
+    pub async fn list_functions(
+        &self,
+        identity: &Identity,
+    ) -> Result<Vec<FunctionRecord>, YunError> {
+        self.meta.list_functions(&identity.env).await
+    }
+
+    pub async fn get_function(
+        &self,
+        identity: &Identity,
+        name: &FunctionName,
+    ) -> Result<FunctionRecord, YunError> {
+        Ok((*self.function(&identity.env, name).await?).clone())
+    }
+
+    pub async fn delete_function(
+        &self,
+        identity: &Identity,
+        name: &FunctionName,
+    ) -> Result<(), YunError> {
+        if !self.meta.delete_function(&identity.env, name).await? {
+            return Err(YunError::new(
+                ErrorCode::FunctionNotFound,
+                format!("function {name} does not exist in env {}", identity.env),
+            ));
+        }
+        self.forget_function(&identity.env, name);
+        let _ = tokio::fs::remove_dir_all(self.code_dir(&identity.env, name)).await;
+        Ok(())
+    }
+
+    async fn function_for_http_path(
+        &self,
+        env: &EnvId,
+        path: &str,
+    ) -> Result<Option<FunctionName>, YunError> {
+        // Longest matching prefix, segment by segment: `/a/b/c` tries `/a/b/c`, `/a/b`, `/a`, `/`.
+        let mut candidate = path.trim_end_matches('/').to_owned();
+        loop {
+            let probe = if candidate.is_empty() {
+                "/"
+            } else {
+                candidate.as_str()
+            };
+            if let Some(record) = self.meta.function_by_http_path(env, probe).await? {
+                return Ok(Some(record.spec.name));
+            }
+            match candidate.rfind('/') {
+                Some(i) if !candidate.is_empty() => candidate.truncate(i),
+                _ => return Ok(None),
+            }
+        }
+    }
+
+    fn invocation_env(
+        &self,
+        identity: &Identity,
+        spec: &FunctionSpec,
+        caller: &CallerContext,
+        request_id: &str,
+    ) -> BTreeMap<String, String> {
+        let expires = unix_now() + spec.timeout.as_secs() as i64 + 300;
+        let credential = self.issuer.issue(&spec.env, &spec.name, expires);
+        let source = match identity.caller {
+            Caller::Function { .. } => "function",
+            _ => caller.source.as_str(),
+        };
+        let client_ip = caller.client_ip.clone().unwrap_or_default();
+        let seq_id = caller
+            .seq_id
+            .clone()
+            .unwrap_or_else(|| request_id.to_owned());
+        let mut env: BTreeMap<String, String> = [
+            ("TENCENTCLOUD_SECRETID", credential.secret_id),
+            ("TENCENTCLOUD_SECRETKEY", credential.secret_key),
+            ("TENCENTCLOUD_SESSIONTOKEN", credential.session_token),
+            ("WX_CONTEXT_KEYS", "WX_OPENID,WX_APPID,WX_UNIONID,WX_CLIENTIP,WX_CLIENTIPV6".into()),
+            ("TCB_CONTEXT_KEYS", "TCB_ENV,TCB_SEQID,TCB_SOURCE,TCB_UUID,TCB_ISANONYMOUS_USER,TCB_CUSTOM_USER_ID,TCB_SOURCE_IP".into()),
+            // End users arrive with the auth issue; admin and function callers have none.
+            ("WX_OPENID", String::new()),
+            ("WX_APPID", String::new()),
+            ("WX_UNIONID", String::new()),
+            ("WX_CLIENTIP", client_ip.clone()),
+            ("WX_CLIENTIPV6", String::new()),
+            ("TCB_UUID", String::new()),
+            ("TCB_ISANONYMOUS_USER", String::new()),
+            ("TCB_CUSTOM_USER_ID", String::new()),
+            ("TCB_SOURCE_IP", client_ip),
+            ("TCB_SEQID", seq_id),
+            ("TCB_SOURCE", source.to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        env.insert("TCB_ENV".into(), spec.env.to_string());
+        env
+    }
+
+    /// Runs the function once. `event` is JSON text (empty means `{}`).
+    pub async fn invoke(
+        &self,
+        identity: &Identity,
+        name: &FunctionName,
+        event: String,
+        caller: &CallerContext,
+    ) -> Result<Invocation, YunError> {
+        if !event.is_empty() {
+            serde_json::from_str::<serde::de::IgnoredAny>(&event).map_err(|e| {
+                YunError::invalid_param(format!("the event is not valid JSON: {e}"))
+            })?;
+        }
+        let record = self.function(&identity.env, name).await?;
+        let spec = self.runtime_spec(&record);
+        let request_id = caller.request_id.clone();
+        let started_at_ms = yun_functions::instance::unix_ms();
+        let env = self.invocation_env(identity, &spec, caller, &request_id);
+        let report = self
+            .runtime
+            .invoke(
+                &spec,
+                InvokeRequest {
+                    request_id: request_id.clone(),
+                    event,
+                    env,
+                },
+            )
+            .await;
+        let duration_ms = report.duration.as_millis() as u64;
+        let (status, result) = match report.result {
+            Ok(value) => (InvocationStatus::Success, Ok(value)),
+            Err(e) => {
+                let status = match &e {
+                    InvokeError::Throttled { .. } => InvocationStatus::Throttled,
+                    InvokeError::Failed(f) => f.status(),
+                    InvokeError::Load(_) | InvokeError::Unavailable(_) => InvocationStatus::Error,
+                };
+                let error = match &e {
+                    InvokeError::Throttled { .. } => {
+                        YunError::new(ErrorCode::ConcurrencyLimit, e.message())
+                    }
+                    InvokeError::Unavailable(_) => YunError::internal(e.message()),
+                    InvokeError::Load(_) | InvokeError::Failed(_) => {
+                        YunError::new(ErrorCode::FunctionExecuteFail, e.message())
+                    }
+                };
+                (status, Err(error))
+            }
+        };
+        let platform_line = |message: String| NewLogLine {
+            env: identity.env.clone(),
+            function: name.clone(),
+            request_id: request_id.clone(),
+            at_ms: yun_functions::instance::unix_ms(),
+            stream: "platform".into(),
+            message,
+        };
+        if let Err(e) = &result {
+            self.recorder
+                .log(platform_line(format!("invocation failed: {}", e.message)))
+                .await;
+        }
+        self.recorder
+            .log(platform_line(format!(
+                "REPORT duration={duration_ms}ms memory_peak={}KB cold_start={} status={}",
+                report.memory_peak_kb,
+                report.cold_start,
+                status.as_str()
+            )))
+            .await;
+        self.recorder
+            .invocation(InvocationRecord {
+                request_id: request_id.clone(),
+                env: identity.env.clone(),
+                function: name.clone(),
+                version: record.version,
+                started_at_ms,
+                duration_ms,
+                billed_ms: duration_ms.max(1),
+                memory_peak_kb: report.memory_peak_kb,
+                status,
+                cold_start: report.cold_start,
+                error: result.as_ref().err().map(|e| e.message.clone()),
+            })
+            .await;
+        Ok(Invocation {
+            request_id,
+            result,
+            cold_start: report.cold_start,
+            duration_ms,
+        })
+    }
+
+    pub async fn logs(
+        &self,
+        identity: &Identity,
+        function: Option<&FunctionName>,
+        filter: LogFilter,
+    ) -> Result<Vec<LogLine>, YunError> {
+        self.meta
+            .query_logs(&LogQuery {
+                env: identity.env.clone(),
+                function: function.cloned(),
+                request_id: filter.request_id,
+                since_ms: filter.since_ms,
+                until_ms: filter.until_ms,
+                stream: filter.stream,
+                contains: filter.contains,
+                after_id: filter.after_id,
+                limit: filter.limit.unwrap_or(1000).min(10_000),
+            })
+            .await
+    }
+
+    pub async fn invocations(
+        &self,
+        identity: &Identity,
+        function: Option<&FunctionName>,
+        limit: u32,
+    ) -> Result<Vec<InvocationRecord>, YunError> {
+        self.meta
+            .list_invocations(&identity.env, function, limit.min(1000))
+            .await
+    }
+
+    pub async fn invocation(
+        &self,
+        identity: &Identity,
+        request_id: &str,
+    ) -> Result<InvocationRecord, YunError> {
+        self.meta
+            .get_invocation(&identity.env, request_id)
+            .await?
+            .ok_or_else(|| {
+                YunError::new(
+                    ErrorCode::NotFound,
+                    format!("no invocation {request_id} in env {}", identity.env),
+                )
+            })
+    }
+
+    /// Invokes the function serving `path` in `env` for unauthenticated HTTP traffic.
+    /// `None` when no function serves the path.
+    pub async fn invoke_public_http(
+        &self,
+        env: &EnvId,
+        path: &str,
+        event: String,
+        caller: &CallerContext,
+    ) -> Result<Option<Invocation>, YunError> {
+        if self.meta.get_env(env).await?.is_none() {
+            return Ok(None);
+        }
+        let Some(name) = self.function_for_http_path(env, path).await? else {
+            return Ok(None);
+        };
+        let identity = Identity {
+            env: env.clone(),
+            caller: Caller::Anonymous,
+        };
+        self.invoke(&identity, &name, event, caller).await.map(Some)
+    }
+
+    /// Waits until queued logs and records are stored (tests, shutdown).
+    pub async fn flush_records(&self) {
+        self.recorder.flush().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_paths_are_checked() {
+        for ok in ["/", "/hello", "/a/b-c/d_e.json"] {
+            assert!(check_http_path(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "hello", "/a//b", "/a/../b", "/a/./b", "/a b", "/a?x"] {
+            assert!(check_http_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn env_var_names_are_checked() {
+        let vars = |k: &str| BTreeMap::from([(k.to_owned(), "v".to_owned())]);
+        assert!(check_env_vars(&vars("DB_URL")).is_ok());
+        for bad in [
+            "1X",
+            "A-B",
+            "",
+            "TENCENTCLOUD_SECRETKEY",
+            "TCB_ENV",
+            "YUN_X",
+        ] {
+            assert!(check_env_vars(&vars(bad)).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! Yun's use-cases. Every entry point takes the caller's resolved [`Identity`] and acts in
+//! `identity.env` only. Owns the ordering of side effects (files, metadata, instances)
+//! so that a failed deploy leaves nothing behind. No HTTP types here: the `yun-api`
+//! handlers stay thin and call these methods.
+
+mod access;
+mod envs;
+mod functions;
+mod recorder;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use yun_auth::TempCredentialIssuer;
+use yun_functions::Runtime;
+use yun_meta::{FunctionRecord, MetaStore};
+use yun_types::{EnvId, FunctionName};
+
+pub use access::SignedRequest;
+pub use envs::{Credentials, NewKey};
+pub use functions::{CallerContext, DeployRequest, Invocation, LogFilter};
+pub use recorder::Recorder;
+pub use yun_auth::{Caller, Identity};
+
+/// Settings fixed at start-up.
+#[derive(Debug, Clone)]
+pub struct AppSettings {
+    /// The URL functions use to reach Yun (`TCB_CONTEXT_CNFG`), e.g. `http://127.0.0.1:8787`.
+    pub public_url: String,
+    /// Root of deployed function code: `{functions_dir}/{env}/{name}/{code_id}`.
+    pub functions_dir: PathBuf,
+    pub npm: PathBuf,
+    pub npm_cache: PathBuf,
+    /// Reported to functions as `TENCENTCLOUD_REGION`.
+    pub region: String,
+}
+
+pub struct App {
+    meta: Arc<dyn MetaStore>,
+    runtime: Arc<Runtime>,
+    issuer: TempCredentialIssuer,
+    settings: AppSettings,
+    recorder: Recorder,
+    /// Function metadata read on every invocation; invalidated on deploy and delete.
+    functions: RwLock<HashMap<(EnvId, FunctionName), Arc<FunctionRecord>>>,
+}
+
+impl App {
+    pub async fn new(
+        meta: Arc<dyn MetaStore>,
+        runtime: Arc<Runtime>,
+        recorder: Recorder,
+        settings: AppSettings,
+    ) -> yun_meta::Result<Self> {
+        let master = meta.master_key().await?;
+        Ok(Self {
+            meta,
+            runtime,
+            issuer: TempCredentialIssuer::new(&master),
+            settings,
+            recorder,
+            functions: RwLock::new(HashMap::new()),
+        })
+    }
+
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    pub fn settings(&self) -> &AppSettings {
+        &self.settings
+    }
+
+    /// Identity checks that need no store: whether the caller may act in `identity.env`
+    /// at the platform level (create and delete envs).
+    fn require_platform(identity: &Identity) -> Result<(), yun_types::YunError> {
+        match identity.caller {
+            Caller::PlatformKey { .. } => Ok(()),
+            _ => Err(yun_types::YunError::new(
+                yun_types::ErrorCode::PermissionDenied,
+                "this needs a platform key",
+            )),
+        }
+    }
+}
+
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

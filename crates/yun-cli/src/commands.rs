@@ -1,0 +1,481 @@
+//! The client commands: `env`, `key`, `fn`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use base64::Engine as _;
+use clap::Subcommand;
+use indicatif::{ProgressBar, ProgressStyle};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::client::Client;
+use crate::output::{self, text};
+use crate::Connection;
+
+#[derive(Subcommand)]
+pub enum EnvCommand {
+    List,
+    /// Create an env; prints its first key.
+    Create {
+        id: String,
+    },
+    /// Delete an env and everything in it.
+    Delete {
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum KeyCommand {
+    List,
+    /// Create a key for the env; the SecretKey is shown only now.
+    Create {
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    Revoke {
+        secret_id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum FnCommand {
+    /// Pack a function folder and deploy it as a new version.
+    Deploy {
+        dir: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// file.export to call (default index.main).
+        #[arg(long)]
+        handler: Option<String>,
+        /// Time limit per invocation, e.g. 3s, 500ms, 10 (seconds).
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<Duration>,
+        /// Memory limit in MB.
+        #[arg(long)]
+        memory: Option<u32>,
+        #[arg(long)]
+        max_instances: Option<u32>,
+        /// K=V, repeatable. Replaces the previous version's variables when given.
+        #[arg(long = "env-var")]
+        env_vars: Vec<String>,
+        /// Expose the function over HTTP at /{env}{path}; "" removes it.
+        #[arg(long)]
+        http_path: Option<String>,
+    },
+    /// Invoke synchronously and print the result.
+    Invoke {
+        name: String,
+        /// The event, as JSON.
+        #[arg(long, default_value = "{}")]
+        data: String,
+    },
+    /// Show logs; -f follows.
+    Logs {
+        name: String,
+        #[arg(long)]
+        request_id: Option<String>,
+        /// Only lines newer than this, e.g. 10m, 2h.
+        #[arg(long, value_parser = parse_duration)]
+        since: Option<Duration>,
+        #[arg(short = 'f', long)]
+        follow: bool,
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
+    List,
+    Delete {
+        name: String,
+    },
+}
+
+/// `500ms`, `3s`, `10m`, `2h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 3s, 10m, 2h"))?;
+    Ok(match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    })
+}
+
+pub async fn env(command: EnvCommand, conn: Connection) -> anyhow::Result<()> {
+    let client = Client::connect(&conn)?;
+    match command {
+        EnvCommand::List => {
+            let v = client.request(Method::GET, "/api/v1/envs", None).await?;
+            if conn.json {
+                return Ok(output::json(&v));
+            }
+            let rows = v["envs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| vec![text(e.get("id")), text(e.get("created_at"))])
+                .collect();
+            output::table(&["ENV", "CREATED_AT"], rows);
+        }
+        EnvCommand::Create { id } => {
+            let v = client
+                .request(Method::POST, "/api/v1/envs", Some(json!({ "id": id })))
+                .await?;
+            if conn.json {
+                return Ok(output::json(&v));
+            }
+            println!(
+                "Created env {id}.\n  SecretId   {}\n  SecretKey  {}",
+                text(v.pointer("/key/secret_id")),
+                text(v.pointer("/key/secret_key"))
+            );
+        }
+        EnvCommand::Delete { id } => {
+            let v = client
+                .request(Method::DELETE, &format!("/api/v1/envs/{id}"), None)
+                .await?;
+            if conn.json {
+                return Ok(output::json(&v));
+            }
+            println!("Deleted env {id}.");
+        }
+    }
+    Ok(())
+}
+
+pub async fn key(command: KeyCommand, conn: Connection) -> anyhow::Result<()> {
+    let client = Client::connect(&conn)?;
+    match command {
+        KeyCommand::List => {
+            let v = client
+                .request(Method::GET, &client.env_path("/keys"), None)
+                .await?;
+            if conn.json {
+                return Ok(output::json(&v));
+            }
+            let rows = v["keys"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|k| {
+                    let state = if k["revoked_at"].is_null() {
+                        "active"
+                    } else {
+                        "revoked"
+                    };
+                    vec![
+                        text(k.get("secret_id")),
+                        text(k.get("role")),
+                        state.into(),
+                        text(k.get("description")),
+                    ]
+                })
+                .collect();
+            output::table(&["SECRET_ID", "ROLE", "STATE", "DESCRIPTION"], rows);
+        }
+        KeyCommand::Create { description } => {
+            let v = client
+                .request(
+                    Method::POST,
+                    &client.env_path("/keys"),
+                    Some(json!({ "description": description })),
+                )
+                .await?;
+            if conn.json {
+                return Ok(output::json(&v));
+            }
+            println!(
+                "SecretId   {}\nSecretKey  {}",
+                text(v.pointer("/key/secret_id")),
+                text(v.pointer("/key/secret_key"))
+            );
+        }
+        KeyCommand::Revoke { secret_id } => {
+            let v = client
+                .request(
+                    Method::DELETE,
+                    &client.env_path(&format!("/keys/{secret_id}")),
+                    None,
+                )
+                .await?;
+            if conn.json {
+                return Ok(output::json(&v));
+            }
+            println!("Revoked {secret_id}.");
+        }
+    }
+    Ok(())
+}
+
+/// Every regular file, folder and symlink under `dir` (symlinks stored as links; the
+/// server refuses ones that point outside). `.git` is left out.
+fn collect_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(current) = stack.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&current)
+            .with_context(|| format!("cannot read {}", current.display()))?
+            .collect::<Result<_, _>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            if entry.file_name() == ".git" {
+                continue;
+            }
+            let path = entry.path();
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                stack.push(path.clone());
+            }
+            out.push(path);
+        }
+    }
+    Ok(out)
+}
+
+fn pack(dir: &Path) -> anyhow::Result<Vec<u8>> {
+    if !dir.is_dir() {
+        bail!("{} is not a folder", dir.display());
+    }
+    let files = collect_files(dir)?;
+    let bar = ProgressBar::new(files.len() as u64).with_style(
+        ProgressStyle::with_template("packing   {bar:30} {pos}/{len} files")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::default(),
+    ));
+    builder.follow_symlinks(false);
+    for path in files {
+        let rel = path.strip_prefix(dir).unwrap_or(&path);
+        if path.is_symlink() || path.is_file() {
+            builder
+                .append_path_with_name(&path, rel)
+                .with_context(|| format!("cannot pack {}", path.display()))?;
+        } else {
+            builder.append_dir(rel, &path)?;
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(builder.into_inner()?.finish()?)
+}
+
+pub async fn function(command: FnCommand, conn: Connection) -> anyhow::Result<()> {
+    let client = Client::connect(&conn)?;
+    match command {
+        FnCommand::Deploy {
+            dir,
+            name,
+            handler,
+            timeout,
+            memory,
+            max_instances,
+            env_vars,
+            http_path,
+        } => {
+            let archive = pack(&dir)?;
+            let vars: Option<BTreeMap<String, String>> = if env_vars.is_empty() {
+                None
+            } else {
+                Some(
+                    env_vars
+                        .iter()
+                        .map(|kv| {
+                            kv.split_once('=')
+                                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                                .with_context(|| format!("--env-var {kv:?} must be K=V"))
+                        })
+                        .collect::<anyhow::Result<_>>()?,
+                )
+            };
+            let spinner = ProgressBar::new_spinner().with_message(format!(
+                "uploading {} KiB, installing, checking the handler",
+                archive.len() / 1024
+            ));
+            spinner.enable_steady_tick(Duration::from_millis(100));
+            let body = json!({
+                "code_base64": base64::engine::general_purpose::STANDARD.encode(&archive),
+                "handler": handler,
+                "timeout_ms": timeout.map(|t| t.as_millis() as u64),
+                "memory_mb": memory,
+                "max_instances": max_instances,
+                "env_vars": vars,
+                "http_path": http_path,
+            });
+            let result = client
+                .request(
+                    Method::PUT,
+                    &client.env_path(&format!("/functions/{name}")),
+                    Some(body),
+                )
+                .await;
+            spinner.finish_and_clear();
+            let v = result?;
+            if conn.json {
+                return Ok(output::json(&v));
+            }
+            let f = &v["function"];
+            println!(
+                "Deployed {name} version {} ({} bytes, sha256 {}).",
+                text(f.get("version")),
+                text(f.get("code_size")),
+                &text(f.get("code_sha256"))[..12.min(text(f.get("code_sha256")).len())]
+            );
+            if let Some(path) = f.get("http_path").and_then(Value::as_str) {
+                println!("HTTP: {}/{}{}", client.url, client.env, path);
+            }
+        }
+        FnCommand::Invoke { name, data } => {
+            let event: Value = serde_json::from_str(&data).context("--data must be JSON")?;
+            let v = client
+                .request(
+                    Method::POST,
+                    &client.env_path(&format!("/functions/{name}/invoke")),
+                    Some(event),
+                )
+                .await?;
+            if conn.json {
+                return Ok(output::json(&v));
+            }
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&v["result"]).unwrap_or_default()
+            );
+            eprintln!(
+                "request id {}  {} ms{}",
+                text(v.get("request_id")),
+                text(v.get("duration_ms")),
+                if v["cold_start"] == true {
+                    "  cold start"
+                } else {
+                    ""
+                }
+            );
+        }
+        FnCommand::Logs {
+            name,
+            request_id,
+            since,
+            follow,
+            limit,
+        } => {
+            let mut query: Vec<(&str, String)> = vec![("limit", limit.to_string())];
+            if let Some(id) = request_id {
+                query.push(("request_id", id));
+            }
+            if let Some(since) = since {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)?
+                    .as_millis() as i64;
+                query.push(("since_ms", (now - since.as_millis() as i64).to_string()));
+            }
+            let path = client.env_path(&format!("/functions/{name}/logs"));
+            let mut after: Option<i64> = None;
+            loop {
+                let mut q = query.clone();
+                if let Some(id) = after {
+                    q.push(("after_id", id.to_string()));
+                }
+                let v = client.send(Method::GET, &path, &q, None).await?;
+                let lines = v["logs"].as_array().cloned().unwrap_or_default();
+                for line in &lines {
+                    if conn.json {
+                        println!("{line}");
+                    } else {
+                        println!(
+                            "{} {} {:<8} {}",
+                            text(line.get("at_ms")),
+                            text(line.get("request_id")),
+                            text(line.get("stream")),
+                            text(line.get("message"))
+                        );
+                    }
+                }
+                if let Some(last) = lines.last().and_then(|l| l["id"].as_i64()) {
+                    after = Some(last);
+                }
+                if !follow {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        FnCommand::List => {
+            let v = client
+                .request(Method::GET, &client.env_path("/functions"), None)
+                .await?;
+            if conn.json {
+                return Ok(output::json(&v));
+            }
+            let rows = v["functions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|f| {
+                    vec![
+                        text(f.get("name")),
+                        text(f.get("version")),
+                        format!("{}ms", text(f.get("timeout_ms"))),
+                        format!("{}MB", text(f.get("memory_mb"))),
+                        text(f.get("max_instances")),
+                        format!(
+                            "{}/{}",
+                            text(f.pointer("/instances/busy")),
+                            text(f.pointer("/instances/idle"))
+                        ),
+                        text(f.get("http_path")),
+                    ]
+                })
+                .collect();
+            output::table(
+                &[
+                    "NAME",
+                    "VERSION",
+                    "TIMEOUT",
+                    "MEMORY",
+                    "MAX",
+                    "BUSY/IDLE",
+                    "HTTP_PATH",
+                ],
+                rows,
+            );
+        }
+        FnCommand::Delete { name } => {
+            let v = client
+                .request(
+                    Method::DELETE,
+                    &client.env_path(&format!("/functions/{name}")),
+                    None,
+                )
+                .await?;
+            if conn.json {
+                return Ok(output::json(&v));
+            }
+            println!("Deleted {name}.");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert!(parse_duration("3x").is_err());
+        assert!(parse_duration("ms").is_err());
+    }
+}

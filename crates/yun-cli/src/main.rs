@@ -1,0 +1,160 @@
+//! The `yun` command. `yun dev` runs an embedded node; every other command is a client of
+//! the management API. Errors print as one line and exit non-zero.
+
+mod client;
+mod commands;
+mod output;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "yun",
+    version,
+    about = "Yun: a self-hosted serverless backend (functions, database, storage, auth)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the management API is and which key to use. Flags win over env vars, which win
+/// over `./.yun/credentials.json`.
+#[derive(Args, Clone, Debug)]
+pub struct Connection {
+    /// Yun's URL, e.g. http://127.0.0.1:8787
+    #[arg(long, env = "YUN_URL", global = true)]
+    pub url: Option<String>,
+    /// The env to act in.
+    #[arg(long, env = "YUN_ENV", global = true)]
+    pub env: Option<String>,
+    #[arg(long, env = "YUN_SECRET_ID", global = true)]
+    pub secret_id: Option<String>,
+    #[arg(long, env = "YUN_SECRET_KEY", global = true, hide_env_values = true)]
+    pub secret_key: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run Yun on this machine with the embedded backends (SQLite, local files).
+    Dev(DevArgs),
+    /// Environments: create, list, delete.
+    Env {
+        #[command(subcommand)]
+        command: commands::EnvCommand,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Keys of the env: create, list, revoke.
+    Key {
+        #[command(subcommand)]
+        command: commands::KeyCommand,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Cloud functions: deploy, invoke, logs, list, delete.
+    Fn {
+        #[command(subcommand)]
+        command: commands::FnCommand,
+        #[command(flatten)]
+        conn: Connection,
+    },
+}
+
+#[derive(Args)]
+struct DevArgs {
+    /// Where Yun keeps its data.
+    #[arg(long, default_value = ".yun")]
+    data_dir: PathBuf,
+    /// Address to listen on (loopback by default: nothing is exposed to the network).
+    #[arg(long, default_value = "127.0.0.1:8787")]
+    listen: SocketAddr,
+    /// Folder whose node_modules holds wx-server-sdk and @cloudbase/node-sdk (default: installed into the data dir).
+    #[arg(long)]
+    node_layer: Option<PathBuf>,
+    /// Pre-started Node processes kept per memory size.
+    #[arg(long, default_value_t = 2)]
+    stem_cells: usize,
+    /// Stop an instance after it has been idle this long (e.g. 60s, 5m).
+    #[arg(long, default_value = "5m", value_parser = commands::parse_duration)]
+    idle_timeout: std::time::Duration,
+    /// How long an invocation waits for a free instance before it is throttled.
+    #[arg(long, default_value = "3s", value_parser = commands::parse_duration)]
+    queue_timeout: std::time::Duration,
+    #[arg(long, default_value = "node")]
+    node: PathBuf,
+    #[arg(long, default_value = "npm")]
+    npm: PathBuf,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Dev(args) => dev(args).await,
+            Command::Env { command, conn } => commands::env(command, conn).await,
+            Command::Key { command, conn } => commands::key(command, conn).await,
+            Command::Fn { command, conn } => commands::function(command, conn).await,
+        }
+    });
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn dev(args: DevArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("YUN_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let server = yun_server::Server::start_dev(yun_server::DevConfig {
+        data_dir: args.data_dir,
+        listen: args.listen,
+        default_env: yun_types::EnvId::parse("dev").expect("valid"),
+        node: args.node,
+        npm: args.npm,
+        node_layer: args.node_layer,
+        stem_cells: args.stem_cells,
+        idle_timeout: args.idle_timeout,
+        queue_timeout: args.queue_timeout,
+    })
+    .await?;
+    output::dev_banner(&server);
+    server.serve(shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,66 @@
+//! Human output: aligned tables and the `yun dev` banner. `--json` bypasses all of it.
+
+use serde_json::Value;
+
+pub fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    if rows.is_empty() {
+        println!("(none)");
+    }
+    for row in rows {
+        line(row);
+    }
+}
+
+pub fn json(value: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
+}
+
+pub fn text(value: Option<&Value>) -> String {
+    match value {
+        None | Some(Value::Null) => "-".into(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+pub fn dev_banner(server: &yun_server::Server) {
+    let c = &server.credentials;
+    println!("Yun is running (embedded mode: SQLite + local files)\n");
+    println!("  URL         {}", c.url);
+    println!("  Env         {}", c.env_id);
+    println!("  SecretId    {}", c.secret_id);
+    println!("  SecretKey   {}", c.secret_key);
+    println!(
+        "  Data        {} (credentials in credentials.json)",
+        server.data_dir.display()
+    );
+    println!("  Isolation   {}", server.isolation);
+    if server.first_start {
+        println!(
+            "\nFirst start: created env {} and a platform key.",
+            c.env_id
+        );
+    }
+    println!(
+        "\nPoint the SDKs at {}/admin (serviceUrl). Press Ctrl-C to stop.",
+        c.url
+    );
+}

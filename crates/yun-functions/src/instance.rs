@@ -1,0 +1,471 @@
+//! One instance: an OS process running the bootstrap, in its own process group, talking
+//! protocol v1 over a socket pair on its fd 0. Owned by exactly one pool slot at a time;
+//! handles one invocation at a time.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt as _;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::process::Child;
+use tokio::sync::mpsc;
+use yun_meta::{InvocationStatus, NewLogLine};
+use yun_types::{EnvId, FunctionName};
+
+use crate::protocol::{
+    read_frame, write_frame, FrameError, HostMessage, InstanceMessage, JsError, PROTOCOL_VERSION,
+};
+use crate::sandbox::{InstanceCgroup, Sandbox};
+
+/// How long a new process may take to start the runtime and preload the layer.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long loading the user's module may take.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(20);
+/// Raw (non-intercepted) output kept for crash diagnosis.
+const RAW_TAIL_BYTES: usize = 8 * 1024;
+
+/// How instances are started: fixed for the life of the runtime.
+#[derive(Debug, Clone)]
+pub struct SpawnConfig {
+    pub node: PathBuf,
+    pub bootstrap: PathBuf,
+    /// A folder whose `node_modules` holds the platform SDKs.
+    pub layer_dir: Option<PathBuf>,
+    /// Drop to this uid/gid (when Yun runs as root) so instances cannot read Yun's files.
+    pub run_as: Option<(u32, u32)>,
+    pub sandbox: Arc<Sandbox>,
+}
+
+/// Where an invocation's output goes.
+#[derive(Clone)]
+pub struct LogTarget {
+    pub env: EnvId,
+    pub function: FunctionName,
+    pub request_id: String,
+    pub sink: mpsc::Sender<NewLogLine>,
+}
+
+impl LogTarget {
+    fn line(&self, stream: &str, message: String) -> NewLogLine {
+        NewLogLine {
+            env: self.env.clone(),
+            function: self.function.clone(),
+            request_id: self.request_id.clone(),
+            at_ms: unix_ms(),
+            stream: stream.into(),
+            message,
+        }
+    }
+}
+
+pub fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[derive(Default)]
+struct RawOutput {
+    tail: VecDeque<u8>,
+    target: Option<LogTarget>,
+}
+
+/// Why an invocation failed, and whether its instance may serve again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The handler threw or rejected; the instance is healthy.
+    Error(JsError),
+    /// The result was larger than the output limit; the instance is healthy.
+    OutputTooLarge {
+        bytes: usize,
+        limit: usize,
+    },
+    Timeout(Duration),
+    /// The process died or hit an uncaught error outside the handler's promise.
+    Crashed(String),
+    OutOfMemory,
+}
+
+impl Failure {
+    pub fn status(&self) -> InvocationStatus {
+        match self {
+            Failure::Error(_) | Failure::OutputTooLarge { .. } => InvocationStatus::Error,
+            Failure::Timeout(_) => InvocationStatus::Timeout,
+            Failure::Crashed(_) => InvocationStatus::Crashed,
+            Failure::OutOfMemory => InvocationStatus::OutOfMemory,
+        }
+    }
+
+    pub fn instance_survives(&self) -> bool {
+        matches!(self, Failure::Error(_) | Failure::OutputTooLarge { .. })
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Failure::Error(e) => e.summary(),
+            Failure::OutputTooLarge { bytes, limit } => {
+                format!("function result is {bytes} bytes, over the {limit}-byte limit")
+            }
+            Failure::Timeout(t) => format!("Task timed out after {} ms", t.as_millis()),
+            Failure::Crashed(why) => why.clone(),
+            Failure::OutOfMemory => "function exceeded its memory limit and was killed".into(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum LoadFailure {
+    /// The user's module threw, or has no such export: a code problem.
+    Code(JsError),
+    /// The process could not start or died: a platform problem.
+    Process(String),
+}
+
+impl std::fmt::Display for LoadFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoadFailure::Code(e) => write!(f, "{}", e.summary()),
+            LoadFailure::Process(why) => write!(f, "{why}"),
+        }
+    }
+}
+
+/// What one invocation needs besides the instance.
+pub struct InvokeInput<'a> {
+    pub request_id: &'a str,
+    pub event: &'a str,
+    pub context: &'a Value,
+    pub env: &'a BTreeMap<String, String>,
+    pub timeout: Duration,
+    pub output_limit: usize,
+    pub log_limit: usize,
+}
+
+pub struct Instance {
+    pub id: u64,
+    pid: u32,
+    child: Child,
+    reader: OwnedReadHalf,
+    writer: OwnedWriteHalf,
+    raw: Arc<Mutex<RawOutput>>,
+    cgroup: Option<InstanceCgroup>,
+    /// The `--max-old-space-size` class this process was started with.
+    pub memory_mb: u32,
+    pub peak_rss_kb: u64,
+    sandbox: Arc<Sandbox>,
+}
+
+fn heap_limit_mb(memory_mb: u32) -> u32 {
+    // Leave a quarter of the budget for code, buffers and native memory.
+    (memory_mb * 3 / 4).max(16)
+}
+
+fn spawn_raw_reader(
+    stream: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    name: &'static str,
+    raw: Arc<Mutex<RawOutput>>,
+) {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stream).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let Ok(mut out) = raw.lock() else { return };
+            out.tail.extend(line.bytes().chain(std::iter::once(b'\n')));
+            let excess = out.tail.len().saturating_sub(RAW_TAIL_BYTES);
+            out.tail.drain(..excess);
+            if let Some(target) = &out.target {
+                // Raw output bypasses the bootstrap (native code, V8 fatal errors); rare,
+                // so dropping under back-pressure is acceptable here.
+                let _ = target.sink.try_send(target.line(name, line));
+            }
+        }
+    });
+}
+
+impl Instance {
+    /// Starts a process and waits for its `ready` frame. With `preload`, the bootstrap
+    /// loads the layer SDKs first (a stem cell).
+    pub async fn spawn(
+        cfg: &SpawnConfig,
+        id: u64,
+        memory_mb: u32,
+        preload: bool,
+    ) -> Result<Self, String> {
+        let (host, child_end) =
+            std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
+        let mut cmd = std::process::Command::new(&cfg.node);
+        cmd.arg(format!("--max-old-space-size={}", heap_limit_mb(memory_mb)))
+            .arg(&cfg.bootstrap)
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("HOME", "/tmp")
+            .env("TMPDIR", "/tmp")
+            .env("LANG", "C.UTF-8")
+            .env("YUN_PRELOAD", if preload { "1" } else { "0" })
+            .current_dir("/")
+            .stdin(Stdio::from(OwnedFd::from(child_end)))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        if let Some(layer) = &cfg.layer_dir {
+            cmd.env("YUN_NODE_LAYER", layer);
+        }
+        if let Some((uid, gid)) = cfg.run_as {
+            cmd.uid(uid).gid(gid);
+        }
+        let mut cmd = tokio::process::Command::from(cmd);
+        cmd.kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", cfg.node.display()))?;
+        let pid = child.id().ok_or("instance exited at once")?;
+        let raw = Arc::new(Mutex::new(RawOutput::default()));
+        if let Some(out) = child.stdout.take() {
+            spawn_raw_reader(out, "stdout", raw.clone());
+        }
+        if let Some(err) = child.stderr.take() {
+            spawn_raw_reader(err, "stderr", raw.clone());
+        }
+        host.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let (reader, writer) = tokio::net::UnixStream::from_std(host)
+            .map_err(|e| e.to_string())?
+            .into_split();
+        let mut instance = Instance {
+            id,
+            pid,
+            child,
+            reader,
+            writer,
+            raw,
+            cgroup: None,
+            memory_mb,
+            peak_rss_kb: 0,
+            sandbox: cfg.sandbox.clone(),
+        };
+        match tokio::time::timeout(READY_TIMEOUT, read_frame(&mut instance.reader)).await {
+            Ok(Ok(InstanceMessage::Ready {
+                v: PROTOCOL_VERSION,
+                ..
+            })) => Ok(instance),
+            Ok(Ok(InstanceMessage::Ready { v, .. })) => Err(format!(
+                "bootstrap speaks protocol v{v}, expected v{PROTOCOL_VERSION}"
+            )),
+            Ok(Ok(other)) => Err(format!("unexpected first frame {other:?}")),
+            Ok(Err(e)) => Err(format!(
+                "instance failed to start: {e}; output: {}",
+                instance.raw_tail()
+            )),
+            Err(_) => Err("instance did not become ready in time".into()),
+        }
+    }
+
+    fn raw_tail(&self) -> String {
+        self.raw
+            .lock()
+            .map(|o| {
+                String::from_utf8_lossy(&o.tail.iter().copied().collect::<Vec<_>>()).into_owned()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Specialises the process to one function: confines it, sets its env, loads its code.
+    pub async fn load(
+        &mut self,
+        code_dir: &str,
+        handler: &str,
+        env: &BTreeMap<String, String>,
+        memory_mb: u32,
+    ) -> Result<(), LoadFailure> {
+        self.cgroup = self.sandbox.confine(self.id, self.pid, memory_mb);
+        let message = HostMessage::Load {
+            code_dir,
+            handler,
+            env,
+        };
+        write_frame(&mut self.writer, &message)
+            .await
+            .map_err(|e| LoadFailure::Process(e.to_string()))?;
+        loop {
+            let frame = tokio::time::timeout(LOAD_TIMEOUT, read_frame(&mut self.reader))
+                .await
+                .map_err(|_| LoadFailure::Process("loading the function timed out".into()))?;
+            match frame {
+                Ok(InstanceMessage::Loaded) => return Ok(()),
+                Ok(InstanceMessage::LoadError { error }) => return Err(LoadFailure::Code(error)),
+                // Top-level console output while the module loads has no request yet.
+                Ok(InstanceMessage::Log { .. }) => continue,
+                Ok(InstanceMessage::Fatal { error, .. }) => return Err(LoadFailure::Code(error)),
+                Ok(other) => {
+                    return Err(LoadFailure::Process(format!("unexpected frame {other:?}")))
+                }
+                Err(e) => {
+                    return Err(LoadFailure::Process(format!(
+                        "{e}; output: {}",
+                        self.raw_tail()
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Runs one invocation. On a failure that does not leave the instance healthy, the
+    /// process group is already killed when this returns.
+    pub async fn invoke(
+        &mut self,
+        input: &InvokeInput<'_>,
+        logs: &LogTarget,
+    ) -> Result<String, Failure> {
+        if let Ok(mut raw) = self.raw.lock() {
+            raw.target = Some(logs.clone());
+        }
+        let outcome = match tokio::time::timeout(input.timeout, self.exchange(input, logs)).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                self.kill();
+                Err(Failure::Timeout(input.timeout))
+            }
+        };
+        if let Ok(mut raw) = self.raw.lock() {
+            raw.target = None;
+        }
+        if let Some(peak) = self.cgroup.as_ref().and_then(InstanceCgroup::peak_kb) {
+            self.peak_rss_kb = self.peak_rss_kb.max(peak);
+        }
+        outcome
+    }
+
+    async fn exchange(
+        &mut self,
+        input: &InvokeInput<'_>,
+        logs: &LogTarget,
+    ) -> Result<String, Failure> {
+        let message = HostMessage::Invoke {
+            request_id: input.request_id,
+            event: input.event,
+            context: input.context,
+            env: input.env,
+        };
+        if let Err(e) = write_frame(&mut self.writer, &message).await {
+            return Err(self.died(&e).await);
+        }
+        let mut logged = 0usize;
+        loop {
+            match read_frame(&mut self.reader).await {
+                Ok(InstanceMessage::Log { stream, data }) => {
+                    if logged < input.log_limit {
+                        logged += data.len();
+                        let mut text = data.strip_suffix('\n').unwrap_or(&data).to_owned();
+                        if logged >= input.log_limit {
+                            text.push_str("\n[yun: log output of this invocation truncated]");
+                        }
+                        let _ = logs.sink.send(logs.line(&stream, text)).await;
+                    }
+                }
+                Ok(InstanceMessage::Result {
+                    request_id,
+                    ok,
+                    value,
+                    error,
+                    rss_kb,
+                }) if request_id == input.request_id => {
+                    self.peak_rss_kb = self.peak_rss_kb.max(rss_kb);
+                    return match (ok, value, error) {
+                        (true, Some(value), _) if value.len() > input.output_limit => {
+                            Err(Failure::OutputTooLarge {
+                                bytes: value.len(),
+                                limit: input.output_limit,
+                            })
+                        }
+                        (true, Some(value), _) => Ok(value),
+                        (false, _, Some(error)) => {
+                            if !error.stack.is_empty() {
+                                let _ = logs
+                                    .sink
+                                    .send(logs.line("stderr", error.stack.clone()))
+                                    .await;
+                            }
+                            Err(Failure::Error(error))
+                        }
+                        _ => {
+                            self.kill();
+                            Err(Failure::Crashed("malformed result frame".into()))
+                        }
+                    };
+                }
+                Ok(InstanceMessage::Fatal { kind, error, .. }) => {
+                    let _ = logs
+                        .sink
+                        .send(logs.line(
+                            "stderr",
+                            if error.stack.is_empty() {
+                                error.summary()
+                            } else {
+                                error.stack.clone()
+                            },
+                        ))
+                        .await;
+                    self.kill();
+                    return Err(Failure::Crashed(format!(
+                        "{}: {}",
+                        kind.replace('_', " "),
+                        error.summary()
+                    )));
+                }
+                Ok(other) => {
+                    self.kill();
+                    return Err(Failure::Crashed(format!(
+                        "protocol violation: unexpected frame {other:?}"
+                    )));
+                }
+                Err(e) => return Err(self.died(&e).await),
+            }
+        }
+    }
+
+    /// The channel broke: find out how the process ended.
+    async fn died(&mut self, cause: &FrameError) -> Failure {
+        let status = tokio::time::timeout(Duration::from_secs(2), self.child.wait()).await;
+        self.kill();
+        let tail = self.raw_tail();
+        if self.cgroup.as_ref().is_some_and(InstanceCgroup::oom_killed)
+            || tail.contains("heap out of memory")
+            || tail.contains("Reached heap limit")
+        {
+            return Failure::OutOfMemory;
+        }
+        use std::os::unix::process::ExitStatusExt as _;
+        match status {
+            Ok(Ok(s)) if s.code().is_some() => Failure::Crashed(format!(
+                "function process exited with code {}",
+                s.code().unwrap_or_default()
+            )),
+            Ok(Ok(s)) => Failure::Crashed(format!(
+                "function process was killed by signal {}",
+                s.signal().unwrap_or_default()
+            )),
+            _ => Failure::Crashed(format!("function process stopped responding ({cause})")),
+        }
+    }
+
+    /// Kills the whole process group (the function may have started children).
+    pub fn kill(&mut self) {
+        if let Ok(pid) = i32::try_from(self.pid) {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        let _ = self.child.start_kill();
+    }
+
+    /// Kills and waits, so the cgroup can be removed.
+    pub async fn shutdown(mut self) {
+        self.kill();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.child.wait()).await;
+        drop(self.cgroup.take());
+    }
+}

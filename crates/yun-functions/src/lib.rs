@@ -1,0 +1,23 @@
+//! The functions runtime. A function version runs in instances: OS processes running a
+//! bootstrap shipped in this crate (`js/bootstrap.js`), one invocation at a time, talking
+//! the framed protocol of [`protocol`]. [`pool`] decides (pure, clock passed in);
+//! [`runtime`] carries the decisions out; [`package`] unpacks and installs code.
+//!
+//! Knows nothing of HTTP, signatures or where metadata is stored.
+
+pub mod instance;
+pub mod package;
+pub mod pool;
+pub mod protocol;
+pub mod runtime;
+pub mod sandbox;
+
+pub use instance::{Failure, SpawnConfig};
+pub use runtime::{
+    install_bootstrap, FunctionSpec, InvokeError, InvokeReport, InvokeRequest, Runtime,
+    RuntimeConfig,
+};
+pub use sandbox::Sandbox;
+
+/// Packages the platform layer provides to every Node function.
+pub const LAYER_PACKAGES: &[&str] = &["wx-server-sdk", "@cloudbase/node-sdk"];

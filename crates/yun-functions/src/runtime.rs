@@ -1,0 +1,427 @@
+//! The functions runtime: one pool per deployed function version, a stem-cell pool per
+//! memory class, and a reaper. Decisions come from [`crate::pool::PoolState`]; this file
+//! only carries them out (processes, waiting, clocks).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::sync::{mpsc, Notify};
+use yun_meta::NewLogLine;
+use yun_types::{EnvId, FunctionName};
+
+use crate::instance::{Failure, Instance, InvokeInput, LoadFailure, LogTarget, SpawnConfig};
+use crate::pool::{throttled, Admission, PoolPolicy, PoolState};
+use crate::protocol::JsError;
+
+const BOOTSTRAP_JS: &str = include_str!("../js/bootstrap.js");
+
+/// Writes the bootstrap shipped in this binary into `dir` and returns its path.
+pub fn install_bootstrap(dir: &Path) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(format!(
+        "bootstrap-v{}.js",
+        crate::protocol::PROTOCOL_VERSION
+    ));
+    std::fs::write(&path, BOOTSTRAP_JS)?;
+    Ok(path)
+}
+
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    pub spawn: SpawnConfig,
+    /// Pre-started processes kept per memory class in use.
+    pub stem_cells: usize,
+    /// The memory class whose stem cells are started at boot.
+    pub default_memory_mb: u32,
+    pub idle_timeout: Duration,
+    pub queue_timeout: Duration,
+    /// Largest function result, in bytes of JSON (SCF: 6 MB).
+    pub output_limit: usize,
+    /// Log bytes kept per invocation.
+    pub log_limit: usize,
+}
+
+/// One deployed version of a function, as the runtime needs it.
+#[derive(Debug, Clone)]
+pub struct FunctionSpec {
+    pub env: EnvId,
+    pub name: FunctionName,
+    pub version: i64,
+    pub code_dir: String,
+    pub handler: String,
+    pub timeout: Duration,
+    pub memory_mb: u32,
+    pub max_instances: usize,
+    /// Set once when an instance loads the function (user vars and platform vars).
+    pub static_env: BTreeMap<String, String>,
+}
+
+pub struct InvokeRequest {
+    pub request_id: String,
+    /// The event as JSON text (`request_data`); empty means `{}`.
+    pub event: String,
+    /// Set in `process.env` for this invocation only: identity, credentials, seq id.
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug)]
+pub enum InvokeError {
+    /// Every instance stayed busy for the whole queue timeout.
+    Throttled {
+        max_instances: usize,
+        waited: Duration,
+    },
+    /// The function's code failed to load (syntax error, missing export).
+    Load(JsError),
+    Failed(Failure),
+    /// Yun could not start an instance.
+    Unavailable(String),
+}
+
+impl InvokeError {
+    pub fn message(&self) -> String {
+        match self {
+            InvokeError::Throttled {
+                max_instances,
+                waited,
+            } => format!(
+                "all {max_instances} instances stayed busy for {} ms; retry later",
+                waited.as_millis()
+            ),
+            InvokeError::Load(e) => format!("function failed to load: {}", e.summary()),
+            InvokeError::Failed(f) => f.message(),
+            InvokeError::Unavailable(why) => format!("could not start an instance: {why}"),
+        }
+    }
+}
+
+pub struct InvokeReport {
+    pub result: Result<String, InvokeError>,
+    pub cold_start: bool,
+    pub duration: Duration,
+    pub memory_peak_kb: u64,
+}
+
+struct FunctionPool {
+    version: i64,
+    policy: PoolPolicy,
+    state: Mutex<PoolState<Instance>>,
+    released: Notify,
+    retired: AtomicBool,
+}
+
+type PoolKey = (EnvId, FunctionName);
+
+pub struct Runtime {
+    cfg: RuntimeConfig,
+    pools: Mutex<HashMap<PoolKey, Arc<FunctionPool>>>,
+    stems: Mutex<HashMap<u32, VecDeque<Instance>>>,
+    stem_requests: mpsc::UnboundedSender<u32>,
+    next_instance: AtomicU64,
+    logs: mpsc::Sender<NewLogLine>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding a pool lock cannot leave the state half-updated (every
+    // mutation is a single call), so recovering the guard is sound.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Runtime {
+    /// Starts the runtime and its background tasks (stem-cell filler, reaper).
+    pub fn start(cfg: RuntimeConfig, logs: mpsc::Sender<NewLogLine>) -> Arc<Self> {
+        let (stem_requests, requests) = mpsc::unbounded_channel();
+        let runtime = Arc::new(Self {
+            cfg,
+            pools: Mutex::new(HashMap::new()),
+            stems: Mutex::new(HashMap::new()),
+            stem_requests,
+            next_instance: AtomicU64::new(1),
+            logs,
+        });
+        tokio::spawn(Self::fill_stems(Arc::downgrade(&runtime), requests));
+        tokio::spawn(Self::reap_loop(Arc::downgrade(&runtime)));
+        if runtime.cfg.stem_cells > 0 {
+            let _ = runtime.stem_requests.send(runtime.cfg.default_memory_mb);
+        }
+        runtime
+    }
+
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.cfg
+    }
+
+    fn instance_id(&self) -> u64 {
+        self.next_instance.fetch_add(1, Ordering::Relaxed)
+    }
+
+    async fn fill_stems(
+        runtime: std::sync::Weak<Self>,
+        mut requests: mpsc::UnboundedReceiver<u32>,
+    ) {
+        while let Some(class) = requests.recv().await {
+            loop {
+                let Some(rt) = runtime.upgrade() else { return };
+                if lock(&rt.stems).get(&class).map_or(0, VecDeque::len) >= rt.cfg.stem_cells {
+                    break;
+                }
+                match Instance::spawn(&rt.cfg.spawn, rt.instance_id(), class, true).await {
+                    Ok(stem) => lock(&rt.stems).entry(class).or_default().push_back(stem),
+                    Err(e) => {
+                        tracing::warn!(error = %e, memory_mb = class, "stem cell failed to start");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn reap_loop(runtime: std::sync::Weak<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            let Some(rt) = runtime.upgrade() else { return };
+            let pools: Vec<Arc<FunctionPool>> = lock(&rt.pools).values().cloned().collect();
+            let now = Instant::now();
+            for pool in pools {
+                let expired = lock(&pool.state).reap(&pool.policy, now);
+                for instance in expired {
+                    tracing::debug!(instance = instance.id, "reaping idle instance");
+                    tokio::spawn(instance.shutdown());
+                }
+            }
+        }
+    }
+
+    fn pool_for(&self, spec: &FunctionSpec) -> Arc<FunctionPool> {
+        let key = (spec.env.clone(), spec.name.clone());
+        let mut pools = lock(&self.pools);
+        if let Some(pool) = pools.get(&key) {
+            if pool.version == spec.version {
+                return pool.clone();
+            }
+            retire_pool(pool);
+        }
+        let pool = Arc::new(FunctionPool {
+            version: spec.version,
+            policy: PoolPolicy {
+                max_instances: spec.max_instances,
+                idle_timeout: self.cfg.idle_timeout,
+                keep_warm: 0,
+                queue_timeout: self.cfg.queue_timeout,
+            },
+            state: Mutex::new(PoolState::default()),
+            released: Notify::new(),
+            retired: AtomicBool::new(false),
+        });
+        pools.insert(key, pool.clone());
+        pool
+    }
+
+    /// Stops the function's instances (after their current invocation): a new version
+    /// was deployed or the function was deleted.
+    pub fn retire(&self, env: &EnvId, name: &FunctionName) {
+        if let Some(pool) = lock(&self.pools).remove(&(env.clone(), name.clone())) {
+            retire_pool(&pool);
+        }
+    }
+
+    /// Instances (idle, busy) of a function; for tests, metrics and `fn list`.
+    pub fn instance_counts(&self, env: &EnvId, name: &FunctionName) -> (usize, usize) {
+        lock(&self.pools)
+            .get(&(env.clone(), name.clone()))
+            .map_or((0, 0), |p| {
+                let s = lock(&p.state);
+                (s.idle_count(), s.busy_count())
+            })
+    }
+
+    async fn cold_instance(&self, spec: &FunctionSpec) -> Result<Instance, InvokeError> {
+        let stem = lock(&self.stems)
+            .get_mut(&spec.memory_mb)
+            .and_then(VecDeque::pop_front);
+        if self.cfg.stem_cells > 0 {
+            let _ = self.stem_requests.send(spec.memory_mb);
+        }
+        let mut instance = match stem {
+            Some(stem) => stem,
+            None => Instance::spawn(&self.cfg.spawn, self.instance_id(), spec.memory_mb, false)
+                .await
+                .map_err(InvokeError::Unavailable)?,
+        };
+        match instance
+            .load(
+                &spec.code_dir,
+                &spec.handler,
+                &spec.static_env,
+                spec.memory_mb,
+            )
+            .await
+        {
+            Ok(()) => Ok(instance),
+            Err(failure) => {
+                tokio::spawn(instance.shutdown());
+                Err(match failure {
+                    LoadFailure::Code(e) => InvokeError::Load(e),
+                    LoadFailure::Process(why) => InvokeError::Unavailable(why),
+                })
+            }
+        }
+    }
+
+    /// Loads the function in a fresh instance and throws it away: a deploy-time check
+    /// that the code loads and exports its handler.
+    pub async fn check_loads(&self, spec: &FunctionSpec) -> Result<(), InvokeError> {
+        let mut instance =
+            Instance::spawn(&self.cfg.spawn, self.instance_id(), spec.memory_mb, false)
+                .await
+                .map_err(InvokeError::Unavailable)?;
+        let result = instance
+            .load(
+                &spec.code_dir,
+                &spec.handler,
+                &spec.static_env,
+                spec.memory_mb,
+            )
+            .await;
+        instance.shutdown().await;
+        result.map_err(|failure| match failure {
+            LoadFailure::Code(e) => InvokeError::Load(e),
+            LoadFailure::Process(why) => InvokeError::Unavailable(why),
+        })
+    }
+
+    async fn admit(
+        &self,
+        pool: &FunctionPool,
+        arrived: Instant,
+    ) -> Result<Option<Instance>, InvokeError> {
+        loop {
+            let released = pool.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            match lock(&pool.state).admit(&pool.policy) {
+                Admission::Warm(instance) => return Ok(Some(instance)),
+                Admission::Cold => return Ok(None),
+                Admission::Wait => {}
+            }
+            let now = Instant::now();
+            if throttled(&pool.policy, arrived, now) {
+                return Err(InvokeError::Throttled {
+                    max_instances: pool.policy.max_instances,
+                    waited: now - arrived,
+                });
+            }
+            let deadline = arrived + pool.policy.queue_timeout;
+            tokio::select! {
+                _ = released => {}
+                _ = tokio::time::sleep_until(deadline.into()) => {}
+            }
+        }
+    }
+
+    pub async fn invoke(&self, spec: &FunctionSpec, request: InvokeRequest) -> InvokeReport {
+        let arrived = Instant::now();
+        let pool = self.pool_for(spec);
+        let report = |result, cold_start, memory_peak_kb| InvokeReport {
+            result,
+            cold_start,
+            duration: arrived.elapsed(),
+            memory_peak_kb,
+        };
+        let warm = match self.admit(&pool, arrived).await {
+            Ok(warm) => warm,
+            Err(e) => return report(Err(e), false, 0),
+        };
+        let cold_start = warm.is_none();
+        let mut instance = match warm {
+            Some(instance) => instance,
+            None => match self.cold_instance(spec).await {
+                Ok(instance) => instance,
+                Err(e) => {
+                    lock(&pool.state).discard();
+                    pool.released.notify_one();
+                    return report(Err(e), true, 0);
+                }
+            },
+        };
+        let context = json!({
+            "request_id": request.request_id,
+            "function_name": spec.name.as_str(),
+            "function_version": "$LATEST",
+            "namespace": spec.env.as_str(),
+            "memory_limit_in_mb": spec.memory_mb,
+            "time_limit_in_ms": spec.timeout.as_millis() as u64,
+            "callbackWaitsForEmptyEventLoop": false,
+            "environment": serde_json::to_string(&context_environment(&request.env)).unwrap_or_default(),
+        });
+        let target = LogTarget {
+            env: spec.env.clone(),
+            function: spec.name.clone(),
+            request_id: request.request_id.clone(),
+            sink: self.logs.clone(),
+        };
+        let input = InvokeInput {
+            request_id: &request.request_id,
+            event: &request.event,
+            context: &context,
+            env: &request.env,
+            timeout: spec.timeout,
+            output_limit: self.cfg.output_limit,
+            log_limit: self.cfg.log_limit,
+        };
+        let outcome = instance.invoke(&input, &target).await;
+        let peak = instance.peak_rss_kb;
+        let healthy = match &outcome {
+            Ok(_) => true,
+            Err(f) => f.instance_survives(),
+        };
+        if healthy && !pool.retired.load(Ordering::Acquire) {
+            lock(&pool.state).release(instance, Instant::now());
+        } else {
+            lock(&pool.state).discard();
+            tokio::spawn(instance.shutdown());
+        }
+        pool.released.notify_one();
+        report(outcome.map_err(InvokeError::Failed), cold_start, peak)
+    }
+
+    /// Stops every instance and stem cell; called once at shutdown.
+    pub async fn shutdown(&self) {
+        let pools: Vec<Arc<FunctionPool>> = lock(&self.pools).drain().map(|(_, p)| p).collect();
+        let mut instances: Vec<Instance> =
+            pools.iter().flat_map(|p| lock(&p.state).drain()).collect();
+        instances.extend(lock(&self.stems).drain().flat_map(|(_, v)| v));
+        for pool in &pools {
+            pool.retired.store(true, Ordering::Release);
+        }
+        for instance in instances {
+            instance.shutdown().await;
+        }
+        self.cfg.spawn.sandbox.cleanup();
+    }
+}
+
+fn retire_pool(pool: &FunctionPool) {
+    pool.retired.store(true, Ordering::Release);
+    for instance in lock(&pool.state).drain() {
+        tokio::spawn(instance.shutdown());
+    }
+    // Waiters on a retired pool retry on the new one after their deadline at worst;
+    // wake them now so they see the retirement.
+    pool.released.notify_waiters();
+}
+
+/// `context.environment`: the per-invocation variables minus the credential itself.
+fn context_environment(env: &BTreeMap<String, String>) -> BTreeMap<&str, &str> {
+    env.iter()
+        .filter(|(k, _)| {
+            !k.starts_with("TENCENTCLOUD_SECRET") && k.as_str() != "TENCENTCLOUD_SESSIONTOKEN"
+        })
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
+}

@@ -1,0 +1,66 @@
+//! Platform metadata: envs, keys, function versions, invocation records and function logs.
+//!
+//! [`MetaStore`] is the seam; [`sqlite::SqliteMetaStore`] is the embedded backend (the
+//! PostgreSQL one arrives with cluster mode). Nothing above this crate sees SQL. Must not
+//! depend on HTTP, process or function-runtime crates.
+
+mod model;
+pub mod sqlite;
+
+pub use model::*;
+
+use async_trait::async_trait;
+use yun_types::{EnvId, FunctionName, YunError};
+
+pub type Result<T> = std::result::Result<T, YunError>;
+
+/// Metadata persistence. Calls are short (one statement or one transaction); the
+/// write-heavy streams (invocations, logs) arrive in batches from a background writer.
+/// Every method that reads or writes env-owned rows takes the env: nothing crosses envs.
+#[async_trait]
+pub trait MetaStore: Send + Sync + 'static {
+    /// The platform master key (signs temporary credentials); created on first call.
+    async fn master_key(&self) -> Result<Vec<u8>>;
+
+    async fn create_env(&self, env: &EnvId) -> Result<EnvRecord>;
+    async fn get_env(&self, env: &EnvId) -> Result<Option<EnvRecord>>;
+    async fn list_envs(&self) -> Result<Vec<EnvRecord>>;
+    /// Deletes the env and every row it owns. Returns false when it did not exist.
+    async fn delete_env(&self, env: &EnvId) -> Result<bool>;
+
+    async fn insert_key(&self, key: &KeyRecord) -> Result<()>;
+    async fn get_key(&self, secret_id: &str) -> Result<Option<KeyRecord>>;
+    async fn list_keys(&self, env: &EnvId) -> Result<Vec<KeyRecord>>;
+    /// Marks the key revoked at `now`; false when the env has no such live key.
+    async fn revoke_key(&self, env: &EnvId, secret_id: &str, now: i64) -> Result<bool>;
+
+    /// Stores a new version of the function (version = previous + 1, or 1).
+    async fn put_function(&self, function: &NewFunction, now: i64) -> Result<FunctionRecord>;
+    async fn get_function(
+        &self,
+        env: &EnvId,
+        name: &FunctionName,
+    ) -> Result<Option<FunctionRecord>>;
+    async fn list_functions(&self, env: &EnvId) -> Result<Vec<FunctionRecord>>;
+    async fn delete_function(&self, env: &EnvId, name: &FunctionName) -> Result<bool>;
+    async fn function_by_http_path(
+        &self,
+        env: &EnvId,
+        path: &str,
+    ) -> Result<Option<FunctionRecord>>;
+
+    async fn append_invocations(&self, records: Vec<InvocationRecord>) -> Result<()>;
+    async fn append_logs(&self, lines: Vec<NewLogLine>) -> Result<()>;
+    async fn get_invocation(
+        &self,
+        env: &EnvId,
+        request_id: &str,
+    ) -> Result<Option<InvocationRecord>>;
+    async fn list_invocations(
+        &self,
+        env: &EnvId,
+        function: Option<&FunctionName>,
+        limit: u32,
+    ) -> Result<Vec<InvocationRecord>>;
+    async fn query_logs(&self, query: &LogQuery) -> Result<Vec<LogLine>>;
+}

@@ -1,0 +1,157 @@
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use yun_types::{EnvId, FunctionName};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EnvRecord {
+    pub id: EnvId,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// What a key may do.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyRole {
+    /// Everything in its own env, plus creating and deleting envs and acting in any env.
+    Platform,
+    /// Everything in its own env and nothing else.
+    Env,
+}
+
+impl KeyRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Platform => "platform",
+            Self::Env => "env",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub secret_id: String,
+    /// Kept in the clear: HMAC verification needs it (as Tencent Cloud's own API keys).
+    pub secret_key: String,
+    pub env: EnvId,
+    pub role: KeyRole,
+    pub description: String,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+/// Function settings a deploy supplies.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NewFunction {
+    pub env: EnvId,
+    pub name: FunctionName,
+    /// `file.export`, e.g. `index.main`.
+    pub handler: String,
+    pub timeout_ms: u64,
+    pub memory_mb: u32,
+    pub max_instances: u32,
+    pub env_vars: BTreeMap<String, String>,
+    /// Exposes the function at `/{env}{http_path}` when set.
+    pub http_path: Option<String>,
+    pub code_sha256: String,
+    pub code_size: u64,
+    /// Folder name of this version's unpacked code under the function's code folder.
+    pub code_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FunctionRecord {
+    #[serde(flatten)]
+    pub spec: NewFunction,
+    /// Increments on every deploy; instances of an older version are drained.
+    pub version: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum InvocationStatus {
+    Success,
+    Error,
+    Timeout,
+    Crashed,
+    OutOfMemory,
+    Throttled,
+}
+
+impl InvocationStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Error => "error",
+            Self::Timeout => "timeout",
+            Self::Crashed => "crashed",
+            Self::OutOfMemory => "out_of_memory",
+            Self::Throttled => "throttled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Success,
+            Self::Error,
+            Self::Timeout,
+            Self::Crashed,
+            Self::OutOfMemory,
+            Self::Throttled,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InvocationRecord {
+    pub request_id: String,
+    pub env: EnvId,
+    pub function: FunctionName,
+    pub version: i64,
+    /// Unix milliseconds.
+    pub started_at_ms: i64,
+    pub duration_ms: u64,
+    /// Duration rounded up to the next millisecond block SCF bills in (1 ms).
+    pub billed_ms: u64,
+    /// Peak resident memory of the instance in KiB, as last reported.
+    pub memory_peak_kb: u64,
+    pub status: InvocationStatus,
+    pub cold_start: bool,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NewLogLine {
+    pub env: EnvId,
+    pub function: FunctionName,
+    pub request_id: String,
+    pub at_ms: i64,
+    /// `stdout`, `stderr` or `platform` (Yun's own note about the invocation).
+    pub stream: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LogLine {
+    /// Monotonic; `after_id` pages and follows with it.
+    pub id: i64,
+    #[serde(flatten)]
+    pub line: NewLogLine,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogQuery {
+    pub env: EnvId,
+    pub function: Option<FunctionName>,
+    pub request_id: Option<String>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    pub stream: Option<String>,
+    pub contains: Option<String>,
+    pub after_id: Option<i64>,
+    pub limit: u32,
+}

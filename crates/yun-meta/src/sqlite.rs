@@ -1,0 +1,736 @@
+//! The embedded backend: one SQLite file in the data dir, WAL mode,
+//! `synchronous=NORMAL` (a committed transaction survives a process crash; an OS crash
+//! may lose the last moments, which is the trade-off ARCHITECTURE.md states).
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use yun_types::{EnvId, ErrorCode, FunctionName, YunError};
+
+use crate::*;
+
+/// Numbered migrations; `PRAGMA user_version` records how many ran. Never edit one that
+/// has shipped: append.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE settings (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE envs (id TEXT PRIMARY KEY, created_at INTEGER NOT NULL);
+CREATE TABLE keys (
+    secret_id TEXT PRIMARY KEY,
+    secret_key TEXT NOT NULL,
+    env TEXT NOT NULL REFERENCES envs(id) ON DELETE CASCADE,
+    role TEXT NOT NULL,
+    description TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER
+);
+CREATE INDEX keys_env ON keys(env);
+CREATE TABLE functions (
+    env TEXT NOT NULL REFERENCES envs(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    spec TEXT NOT NULL,
+    http_path TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (env, name)
+);
+CREATE UNIQUE INDEX functions_http_path ON functions(env, http_path) WHERE http_path IS NOT NULL;
+CREATE TABLE invocations (
+    request_id TEXT PRIMARY KEY,
+    env TEXT NOT NULL,
+    function TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    started_at_ms INTEGER NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    billed_ms INTEGER NOT NULL,
+    memory_peak_kb INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    cold_start INTEGER NOT NULL,
+    error TEXT
+);
+CREATE INDEX invocations_by_function ON invocations(env, function, started_at_ms);
+CREATE TABLE logs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    env TEXT NOT NULL,
+    function TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    stream TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX logs_by_function ON logs(env, function, id);
+CREATE INDEX logs_by_request ON logs(request_id);
+"#];
+
+#[derive(Clone)]
+pub struct SqliteMetaStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+fn db_err(e: impl std::fmt::Display) -> YunError {
+    YunError::internal(format!("sqlite: {e}"))
+}
+
+impl SqliteMetaStore {
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path).map_err(db_err)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;",
+        )
+        .map_err(db_err)?;
+        Self::migrate(&conn)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    fn migrate(conn: &Connection) -> Result<()> {
+        let applied: usize = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(db_err)?;
+        if applied > MIGRATIONS.len() {
+            return Err(YunError::internal(format!(
+                "the data dir was written by a newer Yun (schema {applied}, this build knows {})",
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+            conn.execute_batch(&format!(
+                "BEGIN; {sql}; PRAGMA user_version = {}; COMMIT;",
+                i + 1
+            ))
+            .map_err(db_err)?;
+            tracing::info!(migration = i + 1, "applied metadata migration");
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on the connection off the async threads.
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn
+                .lock()
+                .map_err(|_| YunError::internal("metadata connection poisoned"))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(db_err)?
+    }
+}
+
+fn env_col(row: &Row<'_>, idx: usize) -> rusqlite::Result<EnvId> {
+    let s: String = row.get(idx)?;
+    EnvId::parse(&s).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn fn_col(row: &Row<'_>, idx: usize) -> rusqlite::Result<FunctionName> {
+    let s: String = row.get(idx)?;
+    FunctionName::parse(&s).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn key_row(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
+    let role: String = row.get(3)?;
+    Ok(KeyRecord {
+        secret_id: row.get(0)?,
+        secret_key: row.get(1)?,
+        env: env_col(row, 2)?,
+        role: if role == "platform" {
+            KeyRole::Platform
+        } else {
+            KeyRole::Env
+        },
+        description: row.get(4)?,
+        created_at: row.get(5)?,
+        revoked_at: row.get(6)?,
+    })
+}
+
+const KEY_COLS: &str = "secret_id, secret_key, env, role, description, created_at, revoked_at";
+
+fn function_row(row: &Row<'_>) -> rusqlite::Result<FunctionRecord> {
+    let spec: String = row.get(0)?;
+    let spec: NewFunction = serde_json::from_str(&spec).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })?;
+    Ok(FunctionRecord {
+        spec,
+        version: row.get(1)?,
+        created_at: row.get(2)?,
+        updated_at: row.get(3)?,
+    })
+}
+
+const FUNCTION_COLS: &str = "spec, version, created_at, updated_at";
+
+fn invocation_row(row: &Row<'_>) -> rusqlite::Result<InvocationRecord> {
+    let status: String = row.get(8)?;
+    Ok(InvocationRecord {
+        request_id: row.get(0)?,
+        env: env_col(row, 1)?,
+        function: fn_col(row, 2)?,
+        version: row.get(3)?,
+        started_at_ms: row.get(4)?,
+        duration_ms: row.get(5)?,
+        billed_ms: row.get(6)?,
+        memory_peak_kb: row.get(7)?,
+        status: InvocationStatus::parse(&status).unwrap_or(InvocationStatus::Error),
+        cold_start: row.get(9)?,
+        error: row.get(10)?,
+    })
+}
+
+const INVOCATION_COLS: &str =
+    "request_id, env, function, version, started_at_ms, duration_ms, billed_ms, memory_peak_kb, status, cold_start, error";
+
+#[async_trait]
+impl MetaStore for SqliteMetaStore {
+    async fn master_key(&self) -> Result<Vec<u8>> {
+        self.with(|conn| {
+            let existing: Option<Vec<u8>> = conn
+                .query_row(
+                    "SELECT value FROM settings WHERE key = 'master_key'",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db_err)?;
+            if let Some(key) = existing {
+                return Ok(key);
+            }
+            let key = yun_types::new_id("").into_bytes();
+            conn.execute(
+                "INSERT INTO settings (key, value) VALUES ('master_key', ?1)",
+                params![key],
+            )
+            .map_err(db_err)?;
+            Ok(key)
+        })
+        .await
+    }
+
+    async fn create_env(&self, env: &EnvId) -> Result<EnvRecord> {
+        let env = env.clone();
+        self.with(move |conn| {
+            let now = unix_now();
+            let inserted = conn
+                .execute(
+                    "INSERT OR IGNORE INTO envs (id, created_at) VALUES (?1, ?2)",
+                    params![env.as_str(), now],
+                )
+                .map_err(db_err)?;
+            if inserted == 0 {
+                return Err(YunError::new(
+                    ErrorCode::AlreadyExists,
+                    format!("env {env} already exists"),
+                ));
+            }
+            Ok(EnvRecord {
+                id: env,
+                created_at: now,
+            })
+        })
+        .await
+    }
+
+    async fn get_env(&self, env: &EnvId) -> Result<Option<EnvRecord>> {
+        let env = env.clone();
+        self.with(move |conn| {
+            conn.query_row(
+                "SELECT id, created_at FROM envs WHERE id = ?1",
+                params![env.as_str()],
+                |r| {
+                    Ok(EnvRecord {
+                        id: env_col(r, 0)?,
+                        created_at: r.get(1)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn list_envs(&self) -> Result<Vec<EnvRecord>> {
+        self.with(|conn| {
+            let mut stmt = conn
+                .prepare("SELECT id, created_at FROM envs ORDER BY id")
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(EnvRecord {
+                        id: env_col(r, 0)?,
+                        created_at: r.get(1)?,
+                    })
+                })
+                .map_err(db_err)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn delete_env(&self, env: &EnvId) -> Result<bool> {
+        let env = env.clone();
+        self.with(move |conn| {
+            let tx = conn.transaction().map_err(db_err)?;
+            // keys and functions cascade; the append-only streams are deleted explicitly.
+            tx.execute(
+                "DELETE FROM invocations WHERE env = ?1",
+                params![env.as_str()],
+            )
+            .map_err(db_err)?;
+            tx.execute("DELETE FROM logs WHERE env = ?1", params![env.as_str()])
+                .map_err(db_err)?;
+            let n = tx
+                .execute("DELETE FROM envs WHERE id = ?1", params![env.as_str()])
+                .map_err(db_err)?;
+            tx.commit().map_err(db_err)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn insert_key(&self, key: &KeyRecord) -> Result<()> {
+        let key = key.clone();
+        self.with(move |conn| {
+            conn.execute(
+                &format!("INSERT INTO keys ({KEY_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+                params![
+                    key.secret_id,
+                    key.secret_key,
+                    key.env.as_str(),
+                    key.role.as_str(),
+                    key.description,
+                    key.created_at,
+                    key.revoked_at
+                ],
+            )
+            .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_key(&self, secret_id: &str) -> Result<Option<KeyRecord>> {
+        let secret_id = secret_id.to_owned();
+        self.with(move |conn| {
+            conn.query_row(
+                &format!("SELECT {KEY_COLS} FROM keys WHERE secret_id = ?1"),
+                params![secret_id],
+                key_row,
+            )
+            .optional()
+            .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn list_keys(&self, env: &EnvId) -> Result<Vec<KeyRecord>> {
+        let env = env.clone();
+        self.with(move |conn| {
+            let mut stmt = conn
+                .prepare(&format!(
+                    "SELECT {KEY_COLS} FROM keys WHERE env = ?1 ORDER BY created_at, secret_id"
+                ))
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map(params![env.as_str()], key_row)
+                .map_err(db_err)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn revoke_key(&self, env: &EnvId, secret_id: &str, now: i64) -> Result<bool> {
+        let (env, secret_id) = (env.clone(), secret_id.to_owned());
+        self.with(move |conn| {
+            let n = conn
+                .execute(
+                    "UPDATE keys SET revoked_at = ?3 WHERE env = ?1 AND secret_id = ?2 AND revoked_at IS NULL",
+                    params![env.as_str(), secret_id, now],
+                )
+                .map_err(db_err)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn put_function(&self, function: &NewFunction, now: i64) -> Result<FunctionRecord> {
+        let spec = function.clone();
+        self.with(move |conn| {
+            let tx = conn.transaction().map_err(db_err)?;
+            let previous: Option<(i64, i64)> = tx
+                .query_row(
+                    "SELECT version, created_at FROM functions WHERE env = ?1 AND name = ?2",
+                    params![spec.env.as_str(), spec.name.as_str()],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(db_err)?;
+            let (version, created_at) = previous.map_or((1, now), |(v, c)| (v + 1, c));
+            let json = serde_json::to_string(&spec).map_err(db_err)?;
+            let result = tx.execute(
+                "INSERT INTO functions (env, name, version, spec, http_path, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (env, name) DO UPDATE SET version = excluded.version, spec = excluded.spec,
+                   http_path = excluded.http_path, updated_at = excluded.updated_at",
+                params![spec.env.as_str(), spec.name.as_str(), version, json, spec.http_path, created_at, now],
+            );
+            match result {
+                Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+                    return Err(YunError::new(
+                        ErrorCode::AlreadyExists,
+                        format!("another function already serves HTTP path {:?}", spec.http_path.unwrap_or_default()),
+                    ));
+                }
+                other => other.map_err(db_err)?,
+            };
+            tx.commit().map_err(db_err)?;
+            Ok(FunctionRecord { spec, version, created_at, updated_at: now })
+        })
+        .await
+    }
+
+    async fn get_function(
+        &self,
+        env: &EnvId,
+        name: &FunctionName,
+    ) -> Result<Option<FunctionRecord>> {
+        let (env, name) = (env.clone(), name.clone());
+        self.with(move |conn| {
+            conn.query_row(
+                &format!("SELECT {FUNCTION_COLS} FROM functions WHERE env = ?1 AND name = ?2"),
+                params![env.as_str(), name.as_str()],
+                function_row,
+            )
+            .optional()
+            .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn list_functions(&self, env: &EnvId) -> Result<Vec<FunctionRecord>> {
+        let env = env.clone();
+        self.with(move |conn| {
+            let mut stmt = conn
+                .prepare(&format!(
+                    "SELECT {FUNCTION_COLS} FROM functions WHERE env = ?1 ORDER BY name"
+                ))
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map(params![env.as_str()], function_row)
+                .map_err(db_err)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn delete_function(&self, env: &EnvId, name: &FunctionName) -> Result<bool> {
+        let (env, name) = (env.clone(), name.clone());
+        self.with(move |conn| {
+            let n = conn
+                .execute(
+                    "DELETE FROM functions WHERE env = ?1 AND name = ?2",
+                    params![env.as_str(), name.as_str()],
+                )
+                .map_err(db_err)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn function_by_http_path(
+        &self,
+        env: &EnvId,
+        path: &str,
+    ) -> Result<Option<FunctionRecord>> {
+        let (env, path) = (env.clone(), path.to_owned());
+        self.with(move |conn| {
+            conn.query_row(
+                &format!("SELECT {FUNCTION_COLS} FROM functions WHERE env = ?1 AND http_path = ?2"),
+                params![env.as_str(), path],
+                function_row,
+            )
+            .optional()
+            .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn append_invocations(&self, records: Vec<InvocationRecord>) -> Result<()> {
+        self.with(move |conn| {
+            let tx = conn.transaction().map_err(db_err)?;
+            {
+                let mut stmt = tx
+                    .prepare_cached(&format!(
+                        "INSERT OR REPLACE INTO invocations ({INVOCATION_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+                    ))
+                    .map_err(db_err)?;
+                for r in &records {
+                    stmt.execute(params![
+                        r.request_id, r.env.as_str(), r.function.as_str(), r.version, r.started_at_ms,
+                        r.duration_ms, r.billed_ms, r.memory_peak_kb, r.status.as_str(), r.cold_start, r.error
+                    ])
+                    .map_err(db_err)?;
+                }
+            }
+            tx.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn append_logs(&self, lines: Vec<NewLogLine>) -> Result<()> {
+        self.with(move |conn| {
+            let tx = conn.transaction().map_err(db_err)?;
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "INSERT INTO logs (env, function, request_id, at_ms, stream, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )
+                    .map_err(db_err)?;
+                for l in &lines {
+                    stmt.execute(params![l.env.as_str(), l.function.as_str(), l.request_id, l.at_ms, l.stream, l.message])
+                        .map_err(db_err)?;
+                }
+            }
+            tx.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn get_invocation(
+        &self,
+        env: &EnvId,
+        request_id: &str,
+    ) -> Result<Option<InvocationRecord>> {
+        let (env, request_id) = (env.clone(), request_id.to_owned());
+        self.with(move |conn| {
+            conn.query_row(
+                &format!(
+                    "SELECT {INVOCATION_COLS} FROM invocations WHERE env = ?1 AND request_id = ?2"
+                ),
+                params![env.as_str(), request_id],
+                invocation_row,
+            )
+            .optional()
+            .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn list_invocations(
+        &self,
+        env: &EnvId,
+        function: Option<&FunctionName>,
+        limit: u32,
+    ) -> Result<Vec<InvocationRecord>> {
+        let (env, function) = (env.clone(), function.cloned());
+        self.with(move |conn| {
+            let mut stmt = conn
+                .prepare(&format!(
+                    "SELECT {INVOCATION_COLS} FROM invocations WHERE env = ?1 AND (?2 IS NULL OR function = ?2)
+                     ORDER BY started_at_ms DESC LIMIT ?3"
+                ))
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map(params![env.as_str(), function.as_ref().map(|f| f.as_str()), limit], invocation_row)
+                .map_err(db_err)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn query_logs(&self, q: &LogQuery) -> Result<Vec<LogLine>> {
+        let q = q.clone();
+        self.with(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT id, env, function, request_id, at_ms, stream, message FROM logs
+                     WHERE env = ?1 AND (?2 IS NULL OR function = ?2) AND (?3 IS NULL OR request_id = ?3)
+                       AND (?4 IS NULL OR at_ms >= ?4) AND (?5 IS NULL OR at_ms <= ?5)
+                       AND (?6 IS NULL OR stream = ?6) AND (?7 IS NULL OR instr(message, ?7) > 0)
+                       AND (?8 IS NULL OR id > ?8)
+                     ORDER BY id LIMIT ?9",
+                )
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map(
+                    params![
+                        q.env.as_str(), q.function.as_ref().map(|f| f.as_str()), q.request_id, q.since_ms,
+                        q.until_ms, q.stream, q.contains, q.after_id, q.limit
+                    ],
+                    |r| {
+                        Ok(LogLine {
+                            id: r.get(0)?,
+                            line: NewLogLine {
+                                env: env_col(r, 1)?,
+                                function: fn_col(r, 2)?,
+                                request_id: r.get(3)?,
+                                at_ms: r.get(4)?,
+                                stream: r.get(5)?,
+                                message: r.get(6)?,
+                            },
+                        })
+                    },
+                )
+                .map_err(db_err)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)
+        })
+        .await
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(s: &str) -> EnvId {
+        EnvId::parse(s).unwrap()
+    }
+
+    fn function(e: &str, name: &str, http: Option<&str>) -> NewFunction {
+        NewFunction {
+            env: env(e),
+            name: FunctionName::parse(name).unwrap(),
+            handler: "index.main".into(),
+            timeout_ms: 3000,
+            memory_mb: 128,
+            max_instances: 4,
+            env_vars: Default::default(),
+            http_path: http.map(str::to_owned),
+            code_sha256: "x".into(),
+            code_size: 1,
+            code_id: "c1".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn rows_stay_in_their_env_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        let store = SqliteMetaStore::open(&path).unwrap();
+        let master = store.master_key().await.unwrap();
+        store.create_env(&env("a")).await.unwrap();
+        store.create_env(&env("b")).await.unwrap();
+        assert_eq!(
+            store.create_env(&env("a")).await.unwrap_err().code,
+            ErrorCode::AlreadyExists
+        );
+
+        let v1 = store
+            .put_function(&function("a", "hello", Some("/hi")), 1)
+            .await
+            .unwrap();
+        let v2 = store
+            .put_function(&function("a", "hello", Some("/hi")), 2)
+            .await
+            .unwrap();
+        assert_eq!((v1.version, v2.version, v2.created_at), (1, 2, 1));
+        let clash = store
+            .put_function(&function("a", "other", Some("/hi")), 3)
+            .await
+            .unwrap_err();
+        assert_eq!(clash.code, ErrorCode::AlreadyExists);
+        // The same path in another env is another route.
+        store
+            .put_function(&function("b", "other", Some("/hi")), 3)
+            .await
+            .unwrap();
+
+        assert!(store
+            .get_function(&env("b"), &FunctionName::parse("hello").unwrap())
+            .await
+            .unwrap()
+            .is_none());
+        assert_eq!(store.list_functions(&env("a")).await.unwrap().len(), 1);
+        drop(store);
+
+        let store = SqliteMetaStore::open(&path).unwrap();
+        assert_eq!(store.master_key().await.unwrap(), master);
+        let found = store
+            .function_by_http_path(&env("a"), "/hi")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(found.version, 2);
+        assert!(store.delete_env(&env("a")).await.unwrap());
+        assert!(store.list_functions(&env("a")).await.unwrap().is_empty());
+        assert_eq!(store.list_functions(&env("b")).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn logs_filter_by_request_and_follow_by_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteMetaStore::open(&dir.path().join("meta.db")).unwrap();
+        store.create_env(&env("a")).await.unwrap();
+        let line = |rid: &str, msg: &str| NewLogLine {
+            env: env("a"),
+            function: FunctionName::parse("f").unwrap(),
+            request_id: rid.into(),
+            at_ms: 10,
+            stream: "stdout".into(),
+            message: msg.into(),
+        };
+        store
+            .append_logs(vec![
+                line("r1", "one"),
+                line("r2", "two"),
+                line("r1", "three"),
+            ])
+            .await
+            .unwrap();
+        let q = LogQuery {
+            env: env("a"),
+            function: None,
+            request_id: Some("r1".into()),
+            since_ms: None,
+            until_ms: None,
+            stream: None,
+            contains: None,
+            after_id: None,
+            limit: 100,
+        };
+        let got: Vec<String> = store
+            .query_logs(&q)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| l.line.message)
+            .collect();
+        assert_eq!(got, ["one", "three"]);
+        let first = store.query_logs(&q).await.unwrap()[0].id;
+        let later = store
+            .query_logs(&LogQuery {
+                after_id: Some(first),
+                ..q.clone()
+            })
+            .await
+            .unwrap();
+        assert_eq!(later.len(), 1);
+        let other_env = store
+            .query_logs(&LogQuery {
+                env: env("b"),
+                request_id: None,
+                ..q
+            })
+            .await
+            .unwrap();
+        assert!(other_env.is_empty());
+    }
+}

@@ -1,0 +1,311 @@
+//! The composition root: the one place that names concrete backends. Opens the stores,
+//! builds the [`App`], starts the functions runtime and serves every HTTP surface on one
+//! port; shuts down in reverse order (stop accepting, stop instances, flush records).
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use yun_app::{App, AppSettings, Credentials, Recorder};
+use yun_functions::{install_bootstrap, Runtime, RuntimeConfig, Sandbox, SpawnConfig};
+use yun_meta::sqlite::SqliteMetaStore;
+use yun_meta::MetaStore;
+use yun_types::{EnvId, YunError};
+
+/// Settings of an embedded (`yun dev`) node.
+#[derive(Debug, Clone)]
+pub struct DevConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// The env created on first start.
+    pub default_env: EnvId,
+    pub node: PathBuf,
+    pub npm: PathBuf,
+    /// A folder whose `node_modules` holds `wx-server-sdk` and `@cloudbase/node-sdk`;
+    /// defaults to `{data_dir}/layers/node`, installed with npm on first start.
+    pub node_layer: Option<PathBuf>,
+    pub stem_cells: usize,
+    pub idle_timeout: Duration,
+    pub queue_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Yun(#[from] YunError),
+}
+
+fn io_err<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> ServerError + 'a {
+    move |source| ServerError::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn make_dir(path: &Path, mode: u32) -> Result<(), ServerError> {
+    std::fs::create_dir_all(path).map_err(io_err("cannot create", path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(io_err("cannot set permissions of", path))
+}
+
+/// The versions the platform layer installs: the ones the conformance suite pins.
+const LAYER_PACKAGES: &[&str] = &["wx-server-sdk@4.0.2", "@cloudbase/node-sdk@3.18.3"];
+
+/// A started node, ready to serve.
+pub struct Server {
+    pub url: String,
+    pub credentials: Credentials,
+    /// Whether this start created the env and key.
+    pub first_start: bool,
+    pub isolation: String,
+    pub data_dir: PathBuf,
+    listener: tokio::net::TcpListener,
+    app: Arc<App>,
+}
+
+/// Instances run as `nobody` when Yun runs as root, provided they can reach their code.
+fn instance_user(functions_dir: &Path) -> Option<(u32, u32)> {
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    let user = nix::unistd::User::from_name("nobody").ok().flatten()?;
+    let blocked = functions_dir.ancestors().find(|dir| {
+        std::fs::metadata(dir)
+            .map(|m| m.permissions().mode() & 0o001 == 0)
+            .unwrap_or(true)
+    });
+    if let Some(dir) = blocked {
+        tracing::warn!(dir = %dir.display(), "instances run as root: this folder is not traversable by other users");
+        return None;
+    }
+    Some((user.uid.as_raw(), user.gid.as_raw()))
+}
+
+fn ensure_layer(layer: &Path, npm: &Path) {
+    if layer
+        .join("node_modules/wx-server-sdk/package.json")
+        .is_file()
+    {
+        return;
+    }
+    let (layer, npm) = (layer.to_owned(), npm.to_owned());
+    tokio::spawn(async move {
+        tracing::info!(dir = %layer.display(), "installing the Node SDK layer (wx-server-sdk, @cloudbase/node-sdk) with npm");
+        let _ = std::fs::write(
+            layer.join("package.json"),
+            r#"{"name":"yun-node-layer","private":true}"#,
+        );
+        let status = tokio::process::Command::new(&npm)
+            .args([
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--loglevel=error",
+                "--ignore-scripts",
+            ])
+            .args(LAYER_PACKAGES)
+            .current_dir(&layer)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .await;
+        match status {
+            Ok(s) if s.success() => {
+                tracing::info!("Node SDK layer installed; new instances preload it")
+            }
+            other => tracing::warn!(
+                ?other,
+                "could not install the Node SDK layer; functions must ship their SDKs"
+            ),
+        }
+    });
+}
+
+impl Server {
+    /// Opens (or creates) the data dir, binds the port, and prepares everything; call
+    /// [`Server::serve`] to start answering.
+    pub async fn start_dev(cfg: DevConfig) -> Result<Self, ServerError> {
+        // The data dir is traversable but not listable; only the parts instances need
+        // (code, bootstrap, layer) are readable by others.
+        make_dir(&cfg.data_dir, 0o711)?;
+        let meta_dir = cfg.data_dir.join("meta");
+        make_dir(&meta_dir, 0o700)?;
+        let functions_dir = cfg.data_dir.join("functions");
+        make_dir(&functions_dir, 0o755)?;
+        let runtime_dir = cfg.data_dir.join("runtime");
+        make_dir(&runtime_dir, 0o755)?;
+        let npm_cache = cfg.data_dir.join("npm-cache");
+        make_dir(&npm_cache, 0o700)?;
+        let layer = match &cfg.node_layer {
+            Some(dir) => dir.clone(),
+            None => {
+                let dir = cfg.data_dir.join("layers/node");
+                make_dir(&dir, 0o755)?;
+                ensure_layer(&dir, &cfg.npm);
+                dir
+            }
+        };
+
+        let meta: Arc<dyn MetaStore> = Arc::new(SqliteMetaStore::open(&meta_dir.join("yun.db"))?);
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: cfg.listen,
+                source,
+            })?;
+        let local = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+        let url = format!("http://{local}");
+
+        let sandbox = Arc::new(Sandbox::detect(&format!("yun-{}", std::process::id())));
+        let isolation = format!(
+            "{}; {}",
+            sandbox.describe(),
+            match instance_user(&functions_dir) {
+                Some(_) => "instances run as user nobody",
+                None => "instances run as the current user",
+            }
+        );
+        let recorder = Recorder::start(meta.clone());
+        let runtime = Runtime::start(
+            RuntimeConfig {
+                spawn: SpawnConfig {
+                    node: cfg.node.clone(),
+                    bootstrap: install_bootstrap(&runtime_dir)
+                        .map_err(io_err("cannot write the bootstrap to", &runtime_dir))?,
+                    layer_dir: Some(layer),
+                    run_as: instance_user(&functions_dir),
+                    sandbox,
+                },
+                stem_cells: cfg.stem_cells,
+                default_memory_mb: 256,
+                idle_timeout: cfg.idle_timeout,
+                queue_timeout: cfg.queue_timeout,
+                output_limit: 6 << 20,
+                log_limit: 1 << 20,
+            },
+            recorder.log_sender(),
+        );
+        let settings = AppSettings {
+            public_url: url.clone(),
+            functions_dir,
+            npm: cfg.npm.clone(),
+            npm_cache,
+            region: "ap-shanghai".into(),
+        };
+        let app = Arc::new(App::new(meta.clone(), runtime, recorder, settings).await?);
+
+        let credentials_path = cfg.data_dir.join("credentials.json");
+        let first = app.initialize(&cfg.default_env).await?;
+        let credentials = match (&first, std::fs::read(&credentials_path)) {
+            (Some(key), _) => Credentials {
+                url: url.clone(),
+                env_id: key.env.to_string(),
+                secret_id: key.secret_id.clone(),
+                secret_key: key.secret_key.clone(),
+            },
+            (None, Ok(bytes)) => {
+                let old: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                let field = |k: &str| {
+                    old.get(k)
+                        .and_then(|v| v.as_str())
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                Credentials {
+                    url: url.clone(),
+                    env_id: field("envId"),
+                    secret_id: field("secretId"),
+                    secret_key: field("secretKey"),
+                }
+            }
+            (None, Err(_)) => Credentials {
+                url: url.clone(),
+                env_id: cfg.default_env.to_string(),
+                secret_id: String::new(),
+                secret_key: String::new(),
+            },
+        };
+        write_credentials(&credentials_path, &credentials)?;
+        Ok(Self {
+            url,
+            credentials,
+            first_start: first.is_some(),
+            isolation,
+            data_dir: cfg.data_dir,
+            listener,
+            app,
+        })
+    }
+
+    /// Serves until `shutdown` resolves, then stops instances and flushes records.
+    pub async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let router = yun_api::router(self.app.clone());
+        let local = self
+            .listener
+            .local_addr()
+            .map_err(|source| ServerError::Bind {
+                addr: ([0, 0, 0, 0], 0).into(),
+                source,
+            })?;
+        tracing::info!(url = %self.url, "serving");
+        axum::serve(
+            self.listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: local,
+            source,
+        })?;
+        tracing::info!("stopping instances");
+        self.app.runtime().shutdown().await;
+        self.app.flush_records().await;
+        tracing::info!("stopped cleanly");
+        Ok(())
+    }
+}
+
+fn write_credentials(path: &Path, credentials: &Credentials) -> Result<(), ServerError> {
+    let text = serde_json::to_string_pretty(credentials).map_err(YunError::internal)?;
+    // Write then rename, so a crash never leaves a half-written file; 0600 before content.
+    let tmp = path.with_extension("json.tmp");
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err("cannot write", &tmp))?;
+        file.write_all(text.as_bytes())
+            .map_err(io_err("cannot write", &tmp))?;
+        file.sync_all().map_err(io_err("cannot write", &tmp))?;
+    }
+    std::fs::rename(&tmp, path).map_err(io_err("cannot write", path))
+}

@@ -1,0 +1,115 @@
+use std::fmt;
+
+/// Every error a caller can be shown. One row per code: the CloudBase string code the
+/// official SDKs read from the envelope, and the HTTP status the management API returns.
+/// Tests assert these codes, never the prose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// A parameter is missing, malformed or out of range.
+    InvalidParam,
+    /// The `/admin` action is not one Yun serves.
+    InvalidAction,
+    /// The request body is larger than the surface accepts.
+    PayloadTooLarge,
+    /// The Authorization header or its parts are missing or malformed.
+    SignParamInvalid,
+    /// The signature timestamp is outside its validity window.
+    SignExpired,
+    /// The signature does not match the request.
+    SignInvalid,
+    /// The SecretId is unknown, revoked or expired.
+    InvalidSecretId,
+    /// No such env.
+    InvalidEnv,
+    /// The caller is authenticated but may not do this (e.g. another env's key).
+    PermissionDenied,
+    /// No such function.
+    FunctionNotFound,
+    /// The function's code is invalid (archive, package, missing `main`).
+    FunctionCodeInvalid,
+    /// The function ran and failed: threw, crashed, timed out, ran out of memory.
+    FunctionExecuteFail,
+    /// Too many concurrent invocations of one function: the queue wait ran out.
+    ConcurrencyLimit,
+    /// The named thing (env, key, log) does not exist.
+    NotFound,
+    /// The thing already exists.
+    AlreadyExists,
+    /// A fault inside Yun; details are in the server log, not the response.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The string code the CloudBase SDKs read (`TcbError.code`, wx-server-sdk's errCode map).
+    pub fn cloudbase(self) -> &'static str {
+        match self {
+            Self::InvalidParam | Self::PayloadTooLarge | Self::FunctionCodeInvalid => {
+                "INVALID_PARAM"
+            }
+            Self::InvalidAction => "INVALID_ACTION",
+            Self::SignParamInvalid => "SIGN_PARAM_INVALID",
+            Self::SignExpired => "SIGN_EXPIRED_ERROR",
+            Self::SignInvalid => "SIGN_INVALID_ERROR",
+            Self::InvalidSecretId => "INVALID_SECRET_ID",
+            // The misspelling is CloudBase's own; the SDKs match on it.
+            Self::InvalidEnv => "INVALIID_ENV",
+            Self::PermissionDenied => "PERMISSION_DENIED",
+            Self::FunctionNotFound => "FUNCTION_NOT_FOUND",
+            Self::FunctionExecuteFail => "FUNCTIONS_EXECUTE_FAIL",
+            Self::ConcurrencyLimit => "EXCEED_CONCURRENT_REQUEST_LIMIT",
+            Self::NotFound => "RESOURCE_NOT_FOUND",
+            Self::AlreadyExists => "RESOURCE_ALREADY_EXISTS",
+            Self::Internal => "SYS_ERR",
+        }
+    }
+
+    /// The HTTP status of the management API and HTTP-function surfaces.
+    pub fn http_status(self) -> u16 {
+        match self {
+            Self::InvalidParam | Self::InvalidAction | Self::FunctionCodeInvalid => 400,
+            Self::SignParamInvalid | Self::SignExpired | Self::SignInvalid => 401,
+            Self::InvalidSecretId => 401,
+            Self::PermissionDenied => 403,
+            Self::InvalidEnv | Self::FunctionNotFound | Self::NotFound => 404,
+            Self::AlreadyExists => 409,
+            Self::PayloadTooLarge => 413,
+            Self::ConcurrencyLimit => 429,
+            Self::FunctionExecuteFail => 502,
+            Self::Internal => 500,
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.cloudbase())
+    }
+}
+
+/// An error meant for a caller: a code from the table and a message safe to show.
+/// Internal faults are logged where they happen and reach callers as [`ErrorCode::Internal`].
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct YunError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl YunError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid_param(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidParam, message)
+    }
+
+    /// Logs the real cause with its chain and returns the generic error callers see.
+    pub fn internal(cause: impl fmt::Display) -> Self {
+        tracing::error!(cause = %cause, "internal error");
+        Self::new(ErrorCode::Internal, "internal error, see the server log")
+    }
+}
