@@ -37,7 +37,9 @@ pub enum KeyCommand {
         description: String,
     },
     Revoke {
-        secret_id: String,
+        /// The SecretId to revoke (named apart from the global --secret-id).
+        #[arg(value_name = "SECRET_ID")]
+        key_id: String,
     },
 }
 
@@ -198,18 +200,18 @@ pub async fn key(command: KeyCommand, conn: Connection) -> anyhow::Result<()> {
                 text(v.pointer("/key/secret_key"))
             );
         }
-        KeyCommand::Revoke { secret_id } => {
+        KeyCommand::Revoke { key_id } => {
             let v = client
                 .request(
                     Method::DELETE,
-                    &client.env_path(&format!("/keys/{secret_id}")),
+                    &client.env_path(&format!("/keys/{key_id}")),
                     None,
                 )
                 .await?;
             if conn.json {
                 return Ok(output::json(&v));
             }
-            println!("Revoked {secret_id}.");
+            println!("Revoked {key_id}.");
         }
     }
     Ok(())

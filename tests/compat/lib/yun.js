@@ -1,0 +1,97 @@
+'use strict';
+// Test harness: starts a real `yun dev` on a free loopback port in a temp data dir and
+// drives it with the official SDKs and the `yun` CLI.
+const { spawn, execFile } = require('node:child_process');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+const tcb = require('@cloudbase/node-sdk');
+
+const BIN = process.env.YUN_BIN || path.resolve(__dirname, '../../../target/debug/yun');
+// This folder's node_modules holds the pinned SDKs; Yun uses it as its Node layer.
+const LAYER = path.resolve(__dirname, '..');
+const FUNCTIONS = path.resolve(__dirname, '../functions');
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function waitFor(check, what, timeoutMs = 20000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(50);
+  }
+}
+
+async function startYun(extraArgs = []) {
+  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'yun-compat-'));
+  const child = spawn(BIN, ['dev', '--data-dir', dataDir, '--listen', '127.0.0.1:0', '--node-layer', LAYER, ...extraArgs], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, YUN_LOG: 'warn' },
+  });
+  let output = '';
+  child.stdout.on('data', (d) => (output += d));
+  child.stderr.on('data', (d) => (output += d));
+  const exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
+  const credentialsPath = path.join(dataDir, 'credentials.json');
+  const creds = await waitFor(async () => {
+    if (child.exitCode !== null) throw new Error(`yun exited early:\n${output}`);
+    try {
+      const c = JSON.parse(fs.readFileSync(credentialsPath, 'utf8'));
+      const res = await fetch(`${c.url}/healthz`);
+      return res.ok ? c : null;
+    } catch (_) {
+      return null;
+    }
+  }, 'yun to start');
+
+  const yun = {
+    ...creds,
+    dataDir,
+    child,
+    output: () => output,
+    /** An @cloudbase/node-sdk app for an env, with a key. */
+    admin(opts = {}) {
+      return tcb.init({
+        env: opts.env || creds.envId,
+        secretId: opts.secretId || creds.secretId,
+        secretKey: opts.secretKey || creds.secretKey,
+        serviceUrl: `${creds.url}/admin`,
+        timeout: 30000,
+      });
+    },
+    /** Runs the yun CLI against this server; resolves {code, stdout, stderr}. */
+    cli(args, env = {}) {
+      return new Promise((resolve) => {
+        execFile(BIN, args, {
+          env: { ...process.env, YUN_URL: creds.url, YUN_ENV: creds.envId, YUN_SECRET_ID: creds.secretId, YUN_SECRET_KEY: creds.secretKey, ...env },
+          cwd: os.tmpdir(),
+          maxBuffer: 64 << 20,
+        }, (err, stdout, stderr) => resolve({ code: err ? err.code : 0, stdout, stderr }));
+      });
+    },
+    async cliJson(args, env) {
+      const r = await yun.cli([...args, '--json'], env);
+      if (r.code !== 0) throw new Error(`yun ${args.join(' ')} failed (${r.code}): ${r.stderr}`);
+      return JSON.parse(r.stdout);
+    },
+    /** Deploys tests/compat/functions/<dir> as <name> with extra CLI flags. */
+    deploy(dir, name, flags = [], env) {
+      return yun.cliJson(['fn', 'deploy', path.join(FUNCTIONS, dir), '--name', name, ...flags], env);
+    },
+    /** Log lines of one invocation, via `yun fn logs --json` (one JSON object a line). */
+    async logs(name, requestId) {
+      const r = await yun.cli(['fn', 'logs', name, '--request-id', requestId, '--json']);
+      if (r.code !== 0) throw new Error(`yun fn logs failed: ${r.stderr}`);
+      return r.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l));
+    },
+    async stop(signal = 'SIGINT') {
+      if (child.exitCode === null) child.kill(signal);
+      return exited;
+    },
+  };
+  return yun;
+}
+
+module.exports = { startYun, sleep, waitFor, BIN, FUNCTIONS };
