@@ -116,38 +116,35 @@ pub async fn env(command: EnvCommand, conn: Connection) -> anyhow::Result<()> {
     match command {
         EnvCommand::List => {
             let v = client.request(Method::GET, "/api/v1/envs", None).await?;
-            if conn.json {
-                return Ok(output::json(&v));
-            }
-            let rows = v["envs"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|e| vec![text(e.get("id")), text(e.get("created_at"))])
-                .collect();
-            output::table(&["ENV", "CREATED_AT"], rows);
+            output::emit(conn.json, &v, |v| {
+                let rows = v["envs"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|e| vec![text(e.get("id")), text(e.get("created_at"))])
+                    .collect();
+                output::table(&["ENV", "CREATED_AT"], rows);
+            });
         }
         EnvCommand::Create { id } => {
             let v = client
                 .request(Method::POST, "/api/v1/envs", Some(json!({ "id": id })))
                 .await?;
-            if conn.json {
-                return Ok(output::json(&v));
-            }
-            println!(
-                "Created env {id}.\n  SecretId   {}\n  SecretKey  {}",
-                text(v.pointer("/key/secret_id")),
-                text(v.pointer("/key/secret_key"))
-            );
+            output::emit(conn.json, &v, |v| {
+                println!(
+                    "Created env {id}.\n  SecretId   {}\n  SecretKey  {}",
+                    text(v.pointer("/key/secret_id")),
+                    text(v.pointer("/key/secret_key"))
+                );
+            });
         }
         EnvCommand::Delete { id } => {
             let v = client
                 .request(Method::DELETE, &format!("/api/v1/envs/{id}"), None)
                 .await?;
-            if conn.json {
-                return Ok(output::json(&v));
-            }
-            println!("Deleted env {id}.");
+            output::emit(conn.json, &v, |_| {
+                println!("Deleted env {id}.");
+            });
         }
     }
     Ok(())
@@ -160,28 +157,27 @@ pub async fn key(command: KeyCommand, conn: Connection) -> anyhow::Result<()> {
             let v = client
                 .request(Method::GET, &client.env_path("/keys"), None)
                 .await?;
-            if conn.json {
-                return Ok(output::json(&v));
-            }
-            let rows = v["keys"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|k| {
-                    let state = if k["revoked_at"].is_null() {
-                        "active"
-                    } else {
-                        "revoked"
-                    };
-                    vec![
-                        text(k.get("secret_id")),
-                        text(k.get("role")),
-                        state.into(),
-                        text(k.get("description")),
-                    ]
-                })
-                .collect();
-            output::table(&["SECRET_ID", "ROLE", "STATE", "DESCRIPTION"], rows);
+            output::emit(conn.json, &v, |v| {
+                let rows = v["keys"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|k| {
+                        let state = if k["revoked_at"].is_null() {
+                            "active"
+                        } else {
+                            "revoked"
+                        };
+                        vec![
+                            text(k.get("secret_id")),
+                            text(k.get("role")),
+                            state.into(),
+                            text(k.get("description")),
+                        ]
+                    })
+                    .collect();
+                output::table(&["SECRET_ID", "ROLE", "STATE", "DESCRIPTION"], rows);
+            });
         }
         KeyCommand::Create { description } => {
             let v = client
@@ -191,14 +187,13 @@ pub async fn key(command: KeyCommand, conn: Connection) -> anyhow::Result<()> {
                     Some(json!({ "description": description })),
                 )
                 .await?;
-            if conn.json {
-                return Ok(output::json(&v));
-            }
-            println!(
-                "SecretId   {}\nSecretKey  {}",
-                text(v.pointer("/key/secret_id")),
-                text(v.pointer("/key/secret_key"))
-            );
+            output::emit(conn.json, &v, |v| {
+                println!(
+                    "SecretId   {}\nSecretKey  {}",
+                    text(v.pointer("/key/secret_id")),
+                    text(v.pointer("/key/secret_key"))
+                );
+            });
         }
         KeyCommand::Revoke { key_id } => {
             let v = client
@@ -208,10 +203,9 @@ pub async fn key(command: KeyCommand, conn: Connection) -> anyhow::Result<()> {
                     None,
                 )
                 .await?;
-            if conn.json {
-                return Ok(output::json(&v));
-            }
-            println!("Revoked {key_id}.");
+            output::emit(conn.json, &v, |_| {
+                println!("Revoked {key_id}.");
+            });
         }
     }
     Ok(())
@@ -322,19 +316,18 @@ pub async fn function(command: FnCommand, conn: Connection) -> anyhow::Result<()
                 .await;
             spinner.finish_and_clear();
             let v = result?;
-            if conn.json {
-                return Ok(output::json(&v));
-            }
-            let f = &v["function"];
-            println!(
-                "Deployed {name} version {} ({} bytes, sha256 {}).",
-                text(f.get("version")),
-                text(f.get("code_size")),
-                &text(f.get("code_sha256"))[..12.min(text(f.get("code_sha256")).len())]
-            );
-            if let Some(path) = f.get("http_path").and_then(Value::as_str) {
-                println!("HTTP: {}/{}{}", client.url, client.env, path);
-            }
+            output::emit(conn.json, &v, |v| {
+                let f = &v["function"];
+                println!(
+                    "Deployed {name} version {} ({} bytes, sha256 {}).",
+                    text(f.get("version")),
+                    text(f.get("code_size")),
+                    &text(f.get("code_sha256"))[..12.min(text(f.get("code_sha256")).len())]
+                );
+                if let Some(path) = f.get("http_path").and_then(Value::as_str) {
+                    println!("HTTP: {}/{}{}", client.url, client.env, path);
+                }
+            });
         }
         FnCommand::Invoke { name, data } => {
             let event: Value = serde_json::from_str(&data).context("--data must be JSON")?;
@@ -345,23 +338,22 @@ pub async fn function(command: FnCommand, conn: Connection) -> anyhow::Result<()
                     Some(event),
                 )
                 .await?;
-            if conn.json {
-                return Ok(output::json(&v));
-            }
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&v["result"]).unwrap_or_default()
-            );
-            eprintln!(
-                "request id {}  {} ms{}",
-                text(v.get("request_id")),
-                text(v.get("duration_ms")),
-                if v["cold_start"] == true {
-                    "  cold start"
-                } else {
-                    ""
-                }
-            );
+            output::emit(conn.json, &v, |v| {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&v["result"]).unwrap_or_default()
+                );
+                eprintln!(
+                    "request id {}  {} ms{}",
+                    text(v.get("request_id")),
+                    text(v.get("duration_ms")),
+                    if v["cold_start"] == true {
+                        "  cold start"
+                    } else {
+                        ""
+                    }
+                );
+            });
         }
         FnCommand::Logs {
             name,
@@ -415,41 +407,40 @@ pub async fn function(command: FnCommand, conn: Connection) -> anyhow::Result<()
             let v = client
                 .request(Method::GET, &client.env_path("/functions"), None)
                 .await?;
-            if conn.json {
-                return Ok(output::json(&v));
-            }
-            let rows = v["functions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|f| {
-                    vec![
-                        text(f.get("name")),
-                        text(f.get("version")),
-                        format!("{}ms", text(f.get("timeout_ms"))),
-                        format!("{}MB", text(f.get("memory_mb"))),
-                        text(f.get("max_instances")),
-                        format!(
-                            "{}/{}",
-                            text(f.pointer("/instances/busy")),
-                            text(f.pointer("/instances/idle"))
-                        ),
-                        text(f.get("http_path")),
-                    ]
-                })
-                .collect();
-            output::table(
-                &[
-                    "NAME",
-                    "VERSION",
-                    "TIMEOUT",
-                    "MEMORY",
-                    "MAX",
-                    "BUSY/IDLE",
-                    "HTTP_PATH",
-                ],
-                rows,
-            );
+            output::emit(conn.json, &v, |v| {
+                let rows = v["functions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|f| {
+                        vec![
+                            text(f.get("name")),
+                            text(f.get("version")),
+                            format!("{}ms", text(f.get("timeout_ms"))),
+                            format!("{}MB", text(f.get("memory_mb"))),
+                            text(f.get("max_instances")),
+                            format!(
+                                "{}/{}",
+                                text(f.pointer("/instances/busy")),
+                                text(f.pointer("/instances/idle"))
+                            ),
+                            text(f.get("http_path")),
+                        ]
+                    })
+                    .collect();
+                output::table(
+                    &[
+                        "NAME",
+                        "VERSION",
+                        "TIMEOUT",
+                        "MEMORY",
+                        "MAX",
+                        "BUSY/IDLE",
+                        "HTTP_PATH",
+                    ],
+                    rows,
+                );
+            });
         }
         FnCommand::Delete { name } => {
             let v = client
@@ -459,10 +450,9 @@ pub async fn function(command: FnCommand, conn: Connection) -> anyhow::Result<()
                     None,
                 )
                 .await?;
-            if conn.json {
-                return Ok(output::json(&v));
-            }
-            println!("Deleted {name}.");
+            output::emit(conn.json, &v, |_| {
+                println!("Deleted {name}.");
+            });
         }
     }
     Ok(())

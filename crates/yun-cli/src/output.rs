@@ -26,11 +26,16 @@ pub fn table(headers: &[&str], rows: Vec<Vec<String>>) {
     }
 }
 
-pub fn json(value: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).unwrap_or_default()
-    );
+/// Prints `value` as JSON for scripts, or through `human` for people.
+pub fn emit(json: bool, value: &Value, human: impl FnOnce(&Value)) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        );
+    } else {
+        human(value);
+    }
 }
 
 pub fn text(value: Option<&Value>) -> String {

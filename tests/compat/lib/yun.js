@@ -24,8 +24,7 @@ async function waitFor(check, what, timeoutMs = 20000) {
   }
 }
 
-async function startYun(extraArgs = []) {
-  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'yun-compat-'));
+async function startYun(extraArgs = [], { dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'yun-compat-')) } = {}) {
   const child = spawn(BIN, ['dev', '--data-dir', dataDir, '--listen', '127.0.0.1:0', '--node-layer', LAYER, ...extraArgs], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, YUN_LOG: 'warn' },
