@@ -1,0 +1,133 @@
+//! A real node in-process: scale to zero, invocation records, provisioning of instances
+//! per function. The SDK-facing behaviour is covered by `tests/compat`.
+
+use std::time::Duration;
+
+use serde_json::json;
+use yun_testkit::{Options, TestYun};
+
+const ECHO: &[(&str, &str)] = &[(
+    "index.js",
+    "exports.main = async (e) => ({ e, pid: process.pid })",
+)];
+
+fn pid(envelope: &serde_json::Value) -> u64 {
+    let data: serde_json::Value = serde_json::from_str(
+        envelope["data"]["response_data"]
+            .as_str()
+            .expect("response_data"),
+    )
+    .expect("JSON");
+    data["pid"].as_u64().expect("pid")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_instances_are_reaped_to_zero_and_the_next_call_is_cold() {
+    let yun = TestYun::start(Options {
+        idle_timeout: Duration::from_millis(300),
+        ..Options::default()
+    })
+    .await;
+    yun.deploy("echo", ECHO, json!({})).await;
+
+    let first = yun.invoke("echo", json!({ "n": 1 })).await;
+    let second = yun.invoke("echo", json!({ "n": 2 })).await;
+    assert_eq!(pid(&first), pid(&second), "warm reuse");
+    assert_eq!(
+        yun.invocation_record(first["requestId"].as_str().unwrap())
+            .await["cold_start"],
+        true
+    );
+    assert_eq!(
+        yun.invocation_record(second["requestId"].as_str().unwrap())
+            .await["cold_start"],
+        false
+    );
+
+    let mut idle = u64::MAX;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (_, list) = yun
+            .management(reqwest::Method::GET, "/api/v1/envs/dev/functions", None)
+            .await;
+        idle = list["functions"][0]["instances"]["idle"].as_u64().unwrap();
+        if idle == 0 {
+            break;
+        }
+    }
+    assert_eq!(idle, 0, "the idle instance was reaped");
+    let alive = std::path::Path::new(&format!("/proc/{}", pid(&first))).exists();
+    assert!(!alive, "the reaped instance's process is gone");
+
+    let third = yun.invoke("echo", json!({ "n": 3 })).await;
+    assert_ne!(pid(&third), pid(&first));
+    assert_eq!(
+        yun.invocation_record(third["requestId"].as_str().unwrap())
+            .await["cold_start"],
+        true
+    );
+    yun.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invocation_records_carry_status_duration_and_memory() {
+    let yun = TestYun::start(Options::default()).await;
+    yun.deploy(
+        "mixed",
+        &[("index.js", "exports.main = async (e) => { if (e.fail) throw new Error('nope'); await new Promise(r => setTimeout(r, 50)); return 1 }")],
+        json!({ "timeout_ms": 2000 }),
+    )
+    .await;
+    let ok = yun.invoke("mixed", json!({})).await;
+    let failed = yun.invoke("mixed", json!({ "fail": true })).await;
+    assert_eq!(failed["code"], "FUNCTIONS_EXECUTE_FAIL");
+
+    let ok = yun
+        .invocation_record(ok["requestId"].as_str().unwrap())
+        .await;
+    assert_eq!(ok["status"], "success");
+    assert!(ok["duration_ms"].as_u64().unwrap() >= 50);
+    assert!(ok["billed_ms"].as_u64().unwrap() >= ok["duration_ms"].as_u64().unwrap());
+    assert!(ok["memory_peak_kb"].as_u64().unwrap() > 1000, "{ok}");
+    assert_eq!(ok["version"], 1);
+
+    let failed = yun
+        .invocation_record(failed["requestId"].as_str().unwrap())
+        .await;
+    assert_eq!(failed["status"], "error");
+    assert_eq!(failed["error"], "Error: nope");
+    yun.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_scale_out_up_to_the_cap() {
+    let yun = TestYun::start(Options::default()).await;
+    yun.deploy(
+        "sleepy",
+        &[("index.js", "exports.main = async () => { await new Promise(r => setTimeout(r, 400)); return process.pid }")],
+        json!({ "max_instances": 3 }),
+    )
+    .await;
+    let (a, b, c) = tokio::join!(
+        yun.invoke("sleepy", json!({})),
+        yun.invoke("sleepy", json!({})),
+        yun.invoke("sleepy", json!({}))
+    );
+    let results = [a, b, c];
+    let mut pids: Vec<String> = results
+        .iter()
+        .map(|r| r["data"]["response_data"].as_str().unwrap().to_owned())
+        .collect();
+    pids.sort();
+    pids.dedup();
+    assert_eq!(
+        pids.len(),
+        3,
+        "three concurrent calls ran in three instances: {results:?}"
+    );
+    let (_, list) = yun
+        .management(reqwest::Method::GET, "/api/v1/envs/dev/functions", None)
+        .await;
+    assert_eq!(list["functions"][0]["instances"]["idle"], 3);
+    yun.stop().await;
+}
