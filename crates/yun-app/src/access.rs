@@ -50,7 +50,7 @@ impl App {
                 format!("this credential may not act in env {env}"),
             ));
         }
-        if self.meta.get_env(env).await?.is_none() {
+        if !self.env_exists(env).await? {
             return Err(YunError::new(
                 ErrorCode::InvalidEnv,
                 format!("env {env} does not exist"),
@@ -76,12 +76,7 @@ impl App {
                 "unknown or revoked SecretId, or wrong SecretKey",
             )
         };
-        let key = self
-            .meta
-            .get_key(secret_id)
-            .await?
-            .filter(|k| k.revoked_at.is_none())
-            .ok_or_else(unknown)?;
+        let key = self.live_key(secret_id).await?.ok_or_else(unknown)?;
         let same = key.secret_key.len() == secret_key.len()
             && key
                 .secret_key
@@ -126,14 +121,9 @@ impl App {
             let (identity, key) = self.issuer.resolve(&auth.secret_id, token, now)?;
             (identity.env, identity.caller, key)
         } else {
-            let key = self
-                .meta
-                .get_key(&auth.secret_id)
-                .await?
-                .filter(|k| k.revoked_at.is_none())
-                .ok_or_else(|| {
-                    YunError::new(ErrorCode::InvalidSecretId, "unknown or revoked SecretId")
-                })?;
+            let key = self.live_key(&auth.secret_id).await?.ok_or_else(|| {
+                YunError::new(ErrorCode::InvalidSecretId, "unknown or revoked SecretId")
+            })?;
             (key.env.clone(), key_caller(&key), key.secret_key)
         };
         let parts = RequestParts {

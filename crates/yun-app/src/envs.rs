@@ -104,7 +104,9 @@ impl App {
         for function in self.meta.list_functions(env).await? {
             self.forget_function(env, &function.spec.name);
         }
-        if !self.meta.delete_env(env).await? {
+        let deleted = self.meta.delete_env(env).await?;
+        self.forget_env(env);
+        if !deleted {
             return Err(YunError::new(
                 ErrorCode::InvalidEnv,
                 format!("env {env} does not exist"),
@@ -139,11 +141,12 @@ impl App {
     }
 
     pub async fn revoke_key(&self, identity: &Identity, secret_id: &str) -> Result<(), YunError> {
-        if !self
+        let revoked = self
             .meta
             .revoke_key(&identity.env, secret_id, unix_now())
-            .await?
-        {
+            .await?;
+        self.forget_key(secret_id);
+        if !revoked {
             return Err(YunError::new(
                 ErrorCode::NotFound,
                 format!("env {} has no live key {secret_id}", identity.env),

@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -187,40 +186,6 @@ impl App {
         }
     }
 
-    pub(crate) fn forget_function(&self, env: &EnvId, name: &FunctionName) {
-        if let Ok(mut cache) = self.functions.write() {
-            cache.remove(&(env.clone(), name.clone()));
-        }
-        self.runtime.retire(env, name);
-    }
-
-    async fn function(
-        &self,
-        env: &EnvId,
-        name: &FunctionName,
-    ) -> Result<Arc<FunctionRecord>, YunError> {
-        let key = (env.clone(), name.clone());
-        if let Some(hit) = self
-            .functions
-            .read()
-            .ok()
-            .and_then(|c| c.get(&key).cloned())
-        {
-            return Ok(hit);
-        }
-        let record = self.meta.get_function(env, name).await?.ok_or_else(|| {
-            YunError::new(
-                ErrorCode::FunctionNotFound,
-                format!("function {name} does not exist in env {env}"),
-            )
-        })?;
-        let record = Arc::new(record);
-        if let Ok(mut cache) = self.functions.write() {
-            cache.insert(key, record.clone());
-        }
-        Ok(record)
-    }
-
     /// Deploys a new version. The code is unpacked, its dependencies installed and its
     /// handler loaded in a throwaway instance before the version is recorded; on any
     /// failure nothing of the attempt remains and the previous version keeps serving.
@@ -396,29 +361,6 @@ impl App {
         self.forget_function(&identity.env, name);
         let _ = tokio::fs::remove_dir_all(self.code_dir(&identity.env, name)).await;
         Ok(())
-    }
-
-    async fn function_for_http_path(
-        &self,
-        env: &EnvId,
-        path: &str,
-    ) -> Result<Option<FunctionName>, YunError> {
-        // Longest matching prefix, segment by segment: `/a/b/c` tries `/a/b/c`, `/a/b`, `/a`, `/`.
-        let mut candidate = path.trim_end_matches('/').to_owned();
-        loop {
-            let probe = if candidate.is_empty() {
-                "/"
-            } else {
-                candidate.as_str()
-            };
-            if let Some(record) = self.meta.function_by_http_path(env, probe).await? {
-                return Ok(Some(record.spec.name));
-            }
-            match candidate.rfind('/') {
-                Some(i) if !candidate.is_empty() => candidate.truncate(i),
-                _ => return Ok(None),
-            }
-        }
     }
 
     fn invocation_env(
@@ -616,10 +558,10 @@ impl App {
         event: String,
         caller: &CallerContext,
     ) -> Result<Option<Invocation>, YunError> {
-        if self.meta.get_env(env).await?.is_none() {
+        if !self.env_exists(env).await? {
             return Ok(None);
         }
-        let Some(name) = self.function_for_http_path(env, path).await? else {
+        let Some(name) = match_route(&self.routes(env).await?, path) else {
             return Ok(None);
         };
         let identity = Identity {
@@ -635,9 +577,40 @@ impl App {
     }
 }
 
+/// The function serving `path`: the route equal to it or the longest one that is a
+/// whole-segment prefix of it (`/api` serves `/api` and `/api/x`, not `/apix`).
+/// `routes` is sorted longest first.
+fn match_route(routes: &[(String, FunctionName)], path: &str) -> Option<FunctionName> {
+    routes.iter().find_map(|(route, name)| {
+        let matches = route == "/"
+            || path == route
+            || path
+                .strip_prefix(route.as_str())
+                .is_some_and(|rest| rest.starts_with('/'));
+        matches.then(|| name.clone())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routes_match_whole_segments_longest_first() {
+        let f = |s: &str| FunctionName::parse(s).unwrap();
+        let routes = vec![
+            ("/api/v2".to_owned(), f("v2")),
+            ("/api".to_owned(), f("api")),
+            ("/".to_owned(), f("root")),
+        ];
+        assert_eq!(match_route(&routes, "/api/v2/users"), Some(f("v2")));
+        assert_eq!(match_route(&routes, "/api/v2"), Some(f("v2")));
+        assert_eq!(match_route(&routes, "/api/v20"), Some(f("api")));
+        assert_eq!(match_route(&routes, "/api"), Some(f("api")));
+        assert_eq!(match_route(&routes, "/apix"), Some(f("root")));
+        assert_eq!(match_route(&routes[..2], "/apix"), None);
+        assert_eq!(match_route(&[], "/"), None);
+    }
 
     #[test]
     fn http_paths_are_checked() {

@@ -4,18 +4,17 @@
 //! handlers stay thin and call these methods.
 
 mod access;
+mod cache;
 mod envs;
 mod functions;
 mod recorder;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use yun_auth::TempCredentialIssuer;
 use yun_functions::Runtime;
-use yun_meta::{FunctionRecord, MetaStore};
-use yun_types::{EnvId, FunctionName};
+use yun_meta::MetaStore;
 
 pub use access::SignedRequest;
 pub use envs::{Credentials, NewKey};
@@ -42,8 +41,7 @@ pub struct App {
     issuer: TempCredentialIssuer,
     settings: AppSettings,
     recorder: Recorder,
-    /// Function metadata read on every invocation; invalidated on deploy and delete.
-    functions: RwLock<HashMap<(EnvId, FunctionName), Arc<FunctionRecord>>>,
+    cache: cache::MetaCache,
 }
 
 impl App {
@@ -60,7 +58,7 @@ impl App {
             issuer: TempCredentialIssuer::new(&master),
             settings,
             recorder,
-            functions: RwLock::new(HashMap::new()),
+            cache: cache::MetaCache::default(),
         })
     }
 

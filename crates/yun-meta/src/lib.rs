@@ -43,11 +43,6 @@ pub trait MetaStore: Send + Sync + 'static {
     ) -> Result<Option<FunctionRecord>>;
     async fn list_functions(&self, env: &EnvId) -> Result<Vec<FunctionRecord>>;
     async fn delete_function(&self, env: &EnvId, name: &FunctionName) -> Result<bool>;
-    async fn function_by_http_path(
-        &self,
-        env: &EnvId,
-        path: &str,
-    ) -> Result<Option<FunctionRecord>>;
 
     async fn append_invocations(&self, records: Vec<InvocationRecord>) -> Result<()>;
     async fn append_logs(&self, lines: Vec<NewLogLine>) -> Result<()>;

@@ -2,7 +2,7 @@
 //! `synchronous=NORMAL` (a committed transaction survives a process crash; an OS crash
 //! may lose the last moments, which is the trade-off ARCHITECTURE.md states).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -64,9 +64,14 @@ CREATE INDEX logs_by_function ON logs(env, function, id);
 CREATE INDEX logs_by_request ON logs(request_id);
 "#];
 
+/// One writer connection (SQLite allows one writer) and a pool of read-only ones: in
+/// WAL mode readers never wait for the writer, so lookups on the request path do not
+/// queue behind a batch of log inserts.
 #[derive(Clone)]
 pub struct SqliteMetaStore {
+    path: PathBuf,
     conn: Arc<Mutex<Connection>>,
+    readers: Arc<Mutex<Vec<Connection>>>,
 }
 
 fn db_err(e: impl std::fmt::Display) -> YunError {
@@ -82,6 +87,8 @@ impl SqliteMetaStore {
         .map_err(db_err)?;
         Self::migrate(&conn)?;
         Ok(Self {
+            path: path.to_owned(),
+            readers: Arc::new(Mutex::new(Vec::new())),
             conn: Arc::new(Mutex::new(conn)),
         })
     }
@@ -105,6 +112,38 @@ impl SqliteMetaStore {
             tracing::info!(migration = i + 1, "applied metadata migration");
         }
         Ok(())
+    }
+
+    /// Runs `f` on a read-only connection off the async threads.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (readers, path) = (self.readers.clone(), self.path.clone());
+        tokio::task::spawn_blocking(move || {
+            let pooled = readers.lock().ok().and_then(|mut r| r.pop());
+            let conn = match pooled {
+                Some(conn) => conn,
+                None => {
+                    let conn = Connection::open_with_flags(
+                        &path,
+                        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                    )
+                    .map_err(db_err)?;
+                    conn.execute_batch("PRAGMA busy_timeout=5000;")
+                        .map_err(db_err)?;
+                    conn
+                }
+            };
+            let result = f(&conn);
+            if let Ok(mut r) = readers.lock() {
+                r.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(db_err)?
     }
 
     /// Runs `f` on the connection off the async threads.
@@ -244,7 +283,7 @@ impl MetaStore for SqliteMetaStore {
 
     async fn get_env(&self, env: &EnvId) -> Result<Option<EnvRecord>> {
         let env = env.clone();
-        self.with(move |conn| {
+        self.read(move |conn| {
             conn.query_row(
                 "SELECT id, created_at FROM envs WHERE id = ?1",
                 params![env.as_str()],
@@ -262,7 +301,7 @@ impl MetaStore for SqliteMetaStore {
     }
 
     async fn list_envs(&self) -> Result<Vec<EnvRecord>> {
-        self.with(|conn| {
+        self.read(|conn| {
             let mut stmt = conn
                 .prepare("SELECT id, created_at FROM envs ORDER BY id")
                 .map_err(db_err)?;
@@ -323,7 +362,7 @@ impl MetaStore for SqliteMetaStore {
 
     async fn get_key(&self, secret_id: &str) -> Result<Option<KeyRecord>> {
         let secret_id = secret_id.to_owned();
-        self.with(move |conn| {
+        self.read(move |conn| {
             conn.query_row(
                 &format!("SELECT {KEY_COLS} FROM keys WHERE secret_id = ?1"),
                 params![secret_id],
@@ -337,7 +376,7 @@ impl MetaStore for SqliteMetaStore {
 
     async fn list_keys(&self, env: &EnvId) -> Result<Vec<KeyRecord>> {
         let env = env.clone();
-        self.with(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn
                 .prepare(&format!(
                     "SELECT {KEY_COLS} FROM keys WHERE env = ?1 ORDER BY created_at, secret_id"
@@ -407,7 +446,7 @@ impl MetaStore for SqliteMetaStore {
         name: &FunctionName,
     ) -> Result<Option<FunctionRecord>> {
         let (env, name) = (env.clone(), name.clone());
-        self.with(move |conn| {
+        self.read(move |conn| {
             conn.query_row(
                 &format!("SELECT {FUNCTION_COLS} FROM functions WHERE env = ?1 AND name = ?2"),
                 params![env.as_str(), name.as_str()],
@@ -421,7 +460,7 @@ impl MetaStore for SqliteMetaStore {
 
     async fn list_functions(&self, env: &EnvId) -> Result<Vec<FunctionRecord>> {
         let env = env.clone();
-        self.with(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn
                 .prepare(&format!(
                     "SELECT {FUNCTION_COLS} FROM functions WHERE env = ?1 ORDER BY name"
@@ -445,24 +484,6 @@ impl MetaStore for SqliteMetaStore {
                 )
                 .map_err(db_err)?;
             Ok(n > 0)
-        })
-        .await
-    }
-
-    async fn function_by_http_path(
-        &self,
-        env: &EnvId,
-        path: &str,
-    ) -> Result<Option<FunctionRecord>> {
-        let (env, path) = (env.clone(), path.to_owned());
-        self.with(move |conn| {
-            conn.query_row(
-                &format!("SELECT {FUNCTION_COLS} FROM functions WHERE env = ?1 AND http_path = ?2"),
-                params![env.as_str(), path],
-                function_row,
-            )
-            .optional()
-            .map_err(db_err)
         })
         .await
     }
@@ -514,7 +535,7 @@ impl MetaStore for SqliteMetaStore {
         request_id: &str,
     ) -> Result<Option<InvocationRecord>> {
         let (env, request_id) = (env.clone(), request_id.to_owned());
-        self.with(move |conn| {
+        self.read(move |conn| {
             conn.query_row(
                 &format!(
                     "SELECT {INVOCATION_COLS} FROM invocations WHERE env = ?1 AND request_id = ?2"
@@ -535,7 +556,7 @@ impl MetaStore for SqliteMetaStore {
         limit: u32,
     ) -> Result<Vec<InvocationRecord>> {
         let (env, function) = (env.clone(), function.cloned());
-        self.with(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn
                 .prepare(&format!(
                     "SELECT {INVOCATION_COLS} FROM invocations WHERE env = ?1 AND (?2 IS NULL OR function = ?2)
@@ -552,7 +573,7 @@ impl MetaStore for SqliteMetaStore {
 
     async fn query_logs(&self, q: &LogQuery) -> Result<Vec<LogLine>> {
         let q = q.clone();
-        self.with(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT id, env, function, request_id, at_ms, stream, message FROM logs
@@ -664,7 +685,7 @@ mod tests {
         let store = SqliteMetaStore::open(&path).unwrap();
         assert_eq!(store.master_key().await.unwrap(), master);
         let found = store
-            .function_by_http_path(&env("a"), "/hi")
+            .get_function(&env("a"), &FunctionName::parse("hello").unwrap())
             .await
             .unwrap()
             .unwrap();

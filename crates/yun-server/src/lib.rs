@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt as _;
 use yun_app::{App, AppSettings, Credentials, Recorder};
 use yun_functions::{install_bootstrap, Runtime, RuntimeConfig, Sandbox, SpawnConfig};
 use yun_meta::sqlite::SqliteMetaStore;
@@ -271,8 +272,14 @@ impl Server {
                 source,
             })?;
         tracing::info!(url = %self.url, "serving");
+        // Responses are small and latency-bound: send them without Nagle's delay.
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
+        });
         axum::serve(
-            self.listener,
+            listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(shutdown)

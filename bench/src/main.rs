@@ -1,0 +1,411 @@
+//! Yun benchmarks. Every figure is printed next to a baseline measured in the same run
+//! (these machines are noisy; absolute numbers drift, ratios much less). Bounded in
+//! time and count; all traffic stays on 127.0.0.1.
+//!
+//! `bench/run` builds `yun` in release mode and runs this.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+const CONNECTIONS: usize = 32;
+const LOAD_SECONDS: u64 = 5;
+const LATENCY_REQUESTS: usize = 2000;
+const COLD_STARTS: usize = 20;
+const DEPLOYED_FUNCTIONS: usize = 100;
+
+struct Yun {
+    child: tokio::process::Child,
+    url: String,
+    env: String,
+    id: String,
+    key: String,
+    _dir: tempfile::TempDir,
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+async fn spawn_yun(bin: &Path, extra: &[&str]) -> Yun {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let layer = repo().join("tests/compat");
+    let child = tokio::process::Command::new(bin)
+        .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .arg("--node-layer")
+        .arg(&layer)
+        .args(extra)
+        .env("YUN_LOG", "warn")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start yun");
+    let creds_path = dir.path().join("credentials.json");
+    for _ in 0..400 {
+        if let Ok(bytes) = std::fs::read(&creds_path) {
+            let c: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            let url = c["url"].as_str().unwrap_or_default().to_owned();
+            if reqwest::get(format!("{url}/healthz"))
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                let s = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
+                return Yun {
+                    child,
+                    url,
+                    env: s("envId"),
+                    id: s("secretId"),
+                    key: s("secretKey"),
+                    _dir: dir,
+                };
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("yun did not start");
+}
+
+impl Yun {
+    async fn deploy(
+        &self,
+        http: &reqwest::Client,
+        name: &str,
+        files: &[(&str, &str)],
+        settings: Value,
+    ) {
+        let mut body = settings.as_object().cloned().unwrap_or_default();
+        body.insert(
+            "code_base64".into(),
+            json!(base64::engine::general_purpose::STANDARD.encode(yun_testkit::archive(files))),
+        );
+        let res = http
+            .put(format!(
+                "{}/api/v1/envs/{}/functions/{name}",
+                self.url, self.env
+            ))
+            .basic_auth(&self.id, Some(&self.key))
+            .json(&body)
+            .send()
+            .await
+            .expect("deploy");
+        assert!(
+            res.status().is_success(),
+            "deploy {name}: {}",
+            res.text().await.unwrap_or_default()
+        );
+    }
+
+    async fn invoke(&self, http: &reqwest::Client, name: &str) -> Value {
+        yun_testkit::signed_admin_request(http, &self.url, &self.env, &self.id, &self.key, json!({ "action": "functions.invokeFunction", "function_name": name, "request_data": "{}" }))
+            .send()
+            .await
+            .expect("invoke")
+            .json()
+            .await
+            .expect("JSON")
+    }
+
+    fn rss_kb(&self) -> u64 {
+        self.child.id().map_or(0, rss_kb)
+    }
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1000.0)
+}
+
+struct Load {
+    rps: f64,
+    p50: Duration,
+    p99: Duration,
+    errors: usize,
+}
+
+/// `connections` clients, each sending GET requests back to back for `seconds`.
+async fn load(url: &str, connections: usize, seconds: u64) -> Load {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let url = url.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let http = reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .build()
+                .expect("client");
+            let (mut latencies, mut errors) = (Vec::new(), 0usize);
+            while Instant::now() < deadline {
+                let start = Instant::now();
+                match http.get(&url).send().await {
+                    Ok(r) if r.status().is_success() => {
+                        let _ = r.bytes().await;
+                        latencies.push(start.elapsed());
+                    }
+                    _ => errors += 1,
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let (mut all, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        let (l, e) = t.await.expect("load task");
+        all.extend(l);
+        errors += e;
+    }
+    all.sort();
+    Load {
+        rps: all.len() as f64 / seconds as f64,
+        p50: percentile(&all, 0.5),
+        p99: percentile(&all, 0.99),
+        errors,
+    }
+}
+
+async fn wait_http(url: &str) {
+    for _ in 0..200 {
+        if reqwest::get(url).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{url} did not come up");
+}
+
+#[tokio::main]
+async fn main() {
+    let bin = std::env::var_os("YUN_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/release/yun"));
+    let http = reqwest::Client::new();
+    println!("# Yun benchmarks ({})\n", bin.display());
+
+    // ---- warm: HTTP function vs bare Node ----
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+        l.local_addr().expect("addr").port()
+    };
+    let mut bare = tokio::process::Command::new("node")
+        .arg(repo().join("bench/bare-node.js"))
+        .arg(port.to_string())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node");
+    let bare_url = format!("http://127.0.0.1:{port}/hello");
+    wait_http(&bare_url).await;
+
+    let yun = spawn_yun(&bin, &[]).await;
+    let handler = [("index.js", "exports.main = async () => ({ ok: true })")];
+    yun.deploy(&http, "hello", &handler, json!({ "http_path": "/hello" }))
+        .await;
+    yun.deploy(
+        &http,
+        "hello1",
+        &handler,
+        json!({ "http_path": "/hello1", "max_instances": 1 }),
+    )
+    .await;
+    let yun_url = format!("{}/{}/hello", yun.url, yun.env);
+    let yun1_url = format!("{}/{}/hello1", yun.url, yun.env);
+
+    // Sequential latency: what Yun adds to one request.
+    let sequential = |url: String| async move {
+        let client = reqwest::Client::new();
+        let mut lat = Vec::with_capacity(LATENCY_REQUESTS);
+        for i in 0..LATENCY_REQUESTS + 200 {
+            let start = Instant::now();
+            let r = client.get(&url).send().await.expect("request");
+            let _ = r.bytes().await;
+            if i >= 200 {
+                lat.push(start.elapsed());
+            }
+        }
+        lat.sort();
+        lat
+    };
+    let bare_seq = sequential(bare_url.clone()).await;
+    let yun_seq = sequential(yun_url.clone()).await;
+    println!("## Warm HTTP function, 1 connection, {LATENCY_REQUESTS} requests");
+    println!("| | p50 | p99 |\n|---|---|---|");
+    println!(
+        "| bare Node http | {} | {} |",
+        ms(percentile(&bare_seq, 0.5)),
+        ms(percentile(&bare_seq, 0.99))
+    );
+    println!(
+        "| Yun | {} | {} |",
+        ms(percentile(&yun_seq, 0.5)),
+        ms(percentile(&yun_seq, 0.99))
+    );
+    println!(
+        "| Yun added | {} | {} |\n",
+        ms(percentile(&yun_seq, 0.5).saturating_sub(percentile(&bare_seq, 0.5))),
+        ms(percentile(&yun_seq, 0.99).saturating_sub(percentile(&bare_seq, 0.99)))
+    );
+
+    let bare_load = load(&bare_url, CONNECTIONS, LOAD_SECONDS).await;
+    let yun_load = load(&yun_url, CONNECTIONS, LOAD_SECONDS).await;
+    let yun1_load = load(&yun1_url, CONNECTIONS, LOAD_SECONDS).await;
+    println!("## Warm HTTP function, {CONNECTIONS} connections, {LOAD_SECONDS} s each");
+    println!("| | req/s | ratio | p50 | p99 | errors |\n|---|---|---|---|---|---|");
+    for (name, l) in [
+        ("bare Node http (1 process)", &bare_load),
+        ("Yun, max 10 instances", &yun_load),
+        ("Yun, max 1 instance", &yun1_load),
+    ] {
+        println!(
+            "| {name} | {:.0} | {:.2}× | {} | {} | {} |",
+            l.rps,
+            l.rps / bare_load.rps,
+            ms(l.p50),
+            ms(l.p99),
+            l.errors
+        );
+    }
+    let _ = bare.kill().await;
+
+    // ---- memory ----
+    let warm_pids: Vec<u32> = {
+        let mut pids = Vec::new();
+        let probe = [("index.js", "exports.main = async () => process.pid")];
+        for name in ["probe-a", "probe-b", "probe-c"] {
+            yun.deploy(&http, name, &probe, json!({})).await;
+            let env = yun.invoke(&http, name).await;
+            pids.push(
+                env["data"]["response_data"]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0),
+            );
+        }
+        pids
+    };
+    let instance_rss: Vec<u64> = warm_pids.iter().map(|p| rss_kb(*p)).collect();
+    println!("\n## Memory");
+    println!("| | RSS |\n|---|---|");
+    println!(
+        "| warm idle instance (trivial function) | {} MiB |",
+        instance_rss.iter().sum::<u64>() / instance_rss.len().max(1) as u64 / 1024
+    );
+    let before = yun.rss_kb();
+    let started = Instant::now();
+    for i in 0..DEPLOYED_FUNCTIONS {
+        yun.deploy(&http, &format!("f{i:03}"), &handler, json!({}))
+            .await;
+    }
+    let deploy_time = started.elapsed();
+    println!(
+        "| Yun process, before deploying {DEPLOYED_FUNCTIONS} more functions | {} MiB |",
+        before / 1024
+    );
+    println!(
+        "| Yun process, after ({} deploys in {:.1} s) | {} MiB |",
+        DEPLOYED_FUNCTIONS,
+        deploy_time.as_secs_f64(),
+        yun.rss_kb() / 1024
+    );
+    drop(yun);
+
+    // ---- cold start ----
+    let node_spawn = {
+        let mut samples = Vec::new();
+        for _ in 0..5 {
+            let start = Instant::now();
+            let status = tokio::process::Command::new("node")
+                .args(["-e", "require('wx-server-sdk')"])
+                .current_dir(repo().join("tests/compat"))
+                .status()
+                .await
+                .expect("node");
+            assert!(status.success());
+            samples.push(start.elapsed());
+        }
+        samples.sort();
+        samples
+    };
+    let sdk_fn = [("index.js", "const cloud = require('wx-server-sdk');\ncloud.init({ env: cloud.DYNAMIC_CURRENT_ENV });\nexports.main = async () => 'ok';\n")];
+    let yun = spawn_yun(&bin, &["--idle-timeout", "1s"]).await;
+    let mut after_deploy = Vec::new();
+    for i in 0..COLD_STARTS {
+        yun.deploy(
+            &http,
+            "cold",
+            &sdk_fn,
+            json!({ "env_vars": { "ROUND": i.to_string() } }),
+        )
+        .await;
+        // Let the stem-cell pool refill, as it does between real deploys.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let start = Instant::now();
+        let r = yun.invoke(&http, "cold").await;
+        after_deploy.push(start.elapsed());
+        assert_eq!(r["data"]["response_data"], "\"ok\"", "{r}");
+    }
+    let mut after_reap = Vec::new();
+    for _ in 0..COLD_STARTS {
+        tokio::time::sleep(Duration::from_millis(1700)).await;
+        let start = Instant::now();
+        let r = yun.invoke(&http, "cold").await;
+        after_reap.push(start.elapsed());
+        assert_eq!(r["data"]["response_data"], "\"ok\"", "{r}");
+    }
+    let mut warm = Vec::new();
+    for _ in 0..COLD_STARTS {
+        let start = Instant::now();
+        yun.invoke(&http, "cold").await;
+        warm.push(start.elapsed());
+    }
+    after_deploy.sort();
+    after_reap.sort();
+    warm.sort();
+    println!(
+        "\n## Cold start of a wx-server-sdk function (signed /admin call, client-side latency)"
+    );
+    println!("| | p50 | max |\n|---|---|---|");
+    println!(
+        "| baseline: `node -e \"require('wx-server-sdk')\"` | {} | {} |",
+        ms(percentile(&node_spawn, 0.5)),
+        ms(*node_spawn.last().unwrap_or(&Duration::ZERO))
+    );
+    println!(
+        "| Yun first call after deploy (n={COLD_STARTS}) | {} | {} |",
+        ms(percentile(&after_deploy, 0.5)),
+        ms(*after_deploy.last().unwrap_or(&Duration::ZERO))
+    );
+    println!(
+        "| Yun first call after idle reap (n={COLD_STARTS}) | {} | {} |",
+        ms(percentile(&after_reap, 0.5)),
+        ms(*after_reap.last().unwrap_or(&Duration::ZERO))
+    );
+    println!(
+        "| Yun warm call, same function | {} | {} |",
+        ms(percentile(&warm, 0.5)),
+        ms(*warm.last().unwrap_or(&Duration::ZERO))
+    );
+    println!(
+        "\ncold start p50 vs node+require baseline: {:.1}× faster",
+        percentile(&node_spawn, 0.5).as_secs_f64() / percentile(&after_reap, 0.5).as_secs_f64()
+    );
+}

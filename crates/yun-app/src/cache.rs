@@ -1,0 +1,137 @@
+//! Read-through caches of the metadata every request reads: keys, envs, function
+//! records and each env's HTTP routes. Every write path in this crate invalidates what
+//! it changed, so on this node a revoked key, a deleted env or a new deploy takes effect
+//! at once. (A cluster of nodes will need these invalidations broadcast.)
+//!
+//! Only positive answers are cached: unknown ids and paths are caller-controlled, and
+//! caching them would let callers grow memory without bound.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+
+use yun_meta::{FunctionRecord, KeyRecord};
+use yun_types::{EnvId, ErrorCode, FunctionName, YunError};
+
+use crate::App;
+
+/// An env's HTTP routes: (path, function), longest path first.
+pub(crate) type Routes = Arc<Vec<(String, FunctionName)>>;
+
+#[derive(Default)]
+pub(crate) struct MetaCache {
+    keys: RwLock<HashMap<String, KeyRecord>>,
+    envs: RwLock<HashSet<EnvId>>,
+    functions: RwLock<HashMap<(EnvId, FunctionName), Arc<FunctionRecord>>>,
+    routes: RwLock<HashMap<EnvId, Routes>>,
+}
+
+fn read<K: std::hash::Hash + Eq, V: Clone>(map: &RwLock<HashMap<K, V>>, key: &K) -> Option<V> {
+    map.read().ok().and_then(|m| m.get(key).cloned())
+}
+
+fn write<K: std::hash::Hash + Eq, V>(map: &RwLock<HashMap<K, V>>, key: K, value: V) {
+    if let Ok(mut m) = map.write() {
+        m.insert(key, value);
+    }
+}
+
+impl App {
+    /// A live (not revoked) permanent key.
+    pub(crate) async fn live_key(&self, secret_id: &str) -> Result<Option<KeyRecord>, YunError> {
+        if let Some(key) = read(&self.cache.keys, &secret_id.to_owned()) {
+            return Ok(Some(key));
+        }
+        let key = self
+            .meta
+            .get_key(secret_id)
+            .await?
+            .filter(|k| k.revoked_at.is_none());
+        if let Some(key) = &key {
+            write(&self.cache.keys, secret_id.to_owned(), key.clone());
+        }
+        Ok(key)
+    }
+
+    pub(crate) async fn env_exists(&self, env: &EnvId) -> Result<bool, YunError> {
+        if self.cache.envs.read().is_ok_and(|s| s.contains(env)) {
+            return Ok(true);
+        }
+        let exists = self.meta.get_env(env).await?.is_some();
+        if exists {
+            if let Ok(mut s) = self.cache.envs.write() {
+                s.insert(env.clone());
+            }
+        }
+        Ok(exists)
+    }
+
+    pub(crate) async fn function(
+        &self,
+        env: &EnvId,
+        name: &FunctionName,
+    ) -> Result<Arc<FunctionRecord>, YunError> {
+        let key = (env.clone(), name.clone());
+        if let Some(hit) = read(&self.cache.functions, &key) {
+            return Ok(hit);
+        }
+        let record = self.meta.get_function(env, name).await?.ok_or_else(|| {
+            YunError::new(
+                ErrorCode::FunctionNotFound,
+                format!("function {name} does not exist in env {env}"),
+            )
+        })?;
+        let record = Arc::new(record);
+        write(&self.cache.functions, key, record.clone());
+        Ok(record)
+    }
+
+    pub(crate) async fn routes(&self, env: &EnvId) -> Result<Routes, YunError> {
+        if let Some(routes) = read(&self.cache.routes, env) {
+            return Ok(routes);
+        }
+        let mut routes: Vec<(String, FunctionName)> = self
+            .meta
+            .list_functions(env)
+            .await?
+            .into_iter()
+            .filter_map(|f| Some((f.spec.http_path?, f.spec.name)))
+            .collect();
+        routes.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
+        let routes = Arc::new(routes);
+        write(&self.cache.routes, env.clone(), routes.clone());
+        Ok(routes)
+    }
+
+    pub(crate) fn forget_key(&self, secret_id: &str) {
+        if let Ok(mut m) = self.cache.keys.write() {
+            m.remove(secret_id);
+        }
+    }
+
+    /// A function was deployed or deleted: drop its record and its env's routes, and
+    /// retire its instances.
+    pub(crate) fn forget_function(&self, env: &EnvId, name: &FunctionName) {
+        if let Ok(mut m) = self.cache.functions.write() {
+            m.remove(&(env.clone(), name.clone()));
+        }
+        if let Ok(mut m) = self.cache.routes.write() {
+            m.remove(env);
+        }
+        self.runtime.retire(env, name);
+    }
+
+    pub(crate) fn forget_env(&self, env: &EnvId) {
+        if let Ok(mut s) = self.cache.envs.write() {
+            s.remove(env);
+        }
+        if let Ok(mut m) = self.cache.keys.write() {
+            m.retain(|_, k| &k.env != env);
+        }
+        if let Ok(mut m) = self.cache.functions.write() {
+            m.retain(|(e, _), _| e != env);
+        }
+        if let Ok(mut m) = self.cache.routes.write() {
+            m.remove(env);
+        }
+    }
+}
