@@ -81,22 +81,65 @@ pub struct Server {
     app: Arc<App>,
 }
 
+/// The first folder on the way to `path` that other users cannot traverse.
+fn blocked_ancestor(path: &Path) -> Option<&Path> {
+    path.ancestors().find(|dir| {
+        std::fs::metadata(dir)
+            .map(|m| m.permissions().mode() & 0o001 == 0)
+            .unwrap_or(true)
+    })
+}
+
 /// Instances run as `nobody` when Yun runs as root, provided they can reach their code.
 fn instance_user(functions_dir: &Path) -> Option<(u32, u32)> {
     if !nix::unistd::geteuid().is_root() {
         return None;
     }
     let user = nix::unistd::User::from_name("nobody").ok().flatten()?;
-    let blocked = functions_dir.ancestors().find(|dir| {
-        std::fs::metadata(dir)
-            .map(|m| m.permissions().mode() & 0o001 == 0)
-            .unwrap_or(true)
-    });
-    if let Some(dir) = blocked {
+    if let Some(dir) = blocked_ancestor(functions_dir) {
         tracing::warn!(dir = %dir.display(), "instances run as root: this folder is not traversable by other users");
         return None;
     }
     Some((user.uid.as_raw(), user.gid.as_raw()))
+}
+
+/// A layer folder the instance user cannot reach (say, inside a private home or a 0700
+/// temp dir) is mirrored into the data dir with hard links (copies across file systems),
+/// so instances can read it and still run unprivileged.
+fn reachable_layer(source: &Path, data_dir: &Path) -> Result<PathBuf, ServerError> {
+    let Some(blocked) = blocked_ancestor(source) else {
+        return Ok(source.to_owned());
+    };
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(source.to_owned());
+    }
+    let mirror = data_dir.join("layers/mirror");
+    tracing::info!(source = %source.display(), blocked = %blocked.display(), mirror = %mirror.display(), "mirroring the Node layer where instances can read it");
+    if mirror.exists() {
+        std::fs::remove_dir_all(&mirror).map_err(io_err("cannot replace", &mirror))?;
+    }
+    mirror_tree(source, &mirror)?;
+    Ok(mirror)
+}
+
+fn mirror_tree(from: &Path, to: &Path) -> Result<(), ServerError> {
+    make_dir(to, 0o755)?;
+    for entry in std::fs::read_dir(from).map_err(io_err("cannot read", from))? {
+        let entry = entry.map_err(io_err("cannot read", from))?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry.file_type().map_err(io_err("cannot read", &src))?;
+        if kind.is_dir() {
+            mirror_tree(&src, &dst)?;
+        } else if kind.is_symlink() {
+            let target = std::fs::read_link(&src).map_err(io_err("cannot read", &src))?;
+            std::os::unix::fs::symlink(target, &dst).map_err(io_err("cannot link", &dst))?;
+        } else if std::fs::hard_link(&src, &dst).is_err() {
+            std::fs::copy(&src, &dst).map_err(io_err("cannot copy to", &dst))?;
+            std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o644))
+                .map_err(io_err("cannot set permissions of", &dst))?;
+        }
+    }
+    Ok(())
 }
 
 fn ensure_layer(layer: &Path, npm: &Path) {
@@ -155,7 +198,7 @@ impl Server {
         let npm_cache = cfg.data_dir.join("npm-cache");
         make_dir(&npm_cache, 0o700)?;
         let layer = match &cfg.node_layer {
-            Some(dir) => dir.clone(),
+            Some(dir) => reachable_layer(dir, &cfg.data_dir)?,
             None => {
                 let dir = cfg.data_dir.join("layers/node");
                 make_dir(&dir, 0o755)?;
@@ -178,10 +221,11 @@ impl Server {
         let url = format!("http://{local}");
 
         let sandbox = Arc::new(Sandbox::detect(&format!("yun-{}", std::process::id())));
+        let run_as = instance_user(&functions_dir);
         let isolation = format!(
             "{}; {}",
             sandbox.describe(),
-            match instance_user(&functions_dir) {
+            match run_as {
                 Some(_) => "instances run as user nobody",
                 None => "instances run as the current user",
             }
@@ -194,7 +238,7 @@ impl Server {
                     bootstrap: install_bootstrap(&runtime_dir)
                         .map_err(io_err("cannot write the bootstrap to", &runtime_dir))?,
                     layer_dir: Some(layer),
-                    run_as: instance_user(&functions_dir),
+                    run_as,
                     sandbox,
                 },
                 stem_cells: cfg.stem_cells,
@@ -315,4 +359,38 @@ fn write_credentials(path: &Path, credentials: &Credentials) -> Result<(), Serve
         file.sync_all().map_err(io_err("cannot write", &tmp))?;
     }
     std::fs::rename(&tmp, path).map_err(io_err("cannot write", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_folders_are_found_and_layers_mirrored_with_links() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let private = root.path().join("private");
+        std::fs::create_dir_all(private.join("layer/node_modules/pkg")).unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let layer = private.join("layer");
+        std::fs::write(
+            layer.join("node_modules/pkg/index.js"),
+            "module.exports = 1",
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("pkg", layer.join("node_modules/alias")).unwrap();
+        assert_eq!(blocked_ancestor(&layer), Some(private.as_path()));
+
+        let mirror = root.path().join("mirror");
+        mirror_tree(&layer, &mirror).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(mirror.join("node_modules/alias/index.js")).unwrap(),
+            "module.exports = 1"
+        );
+        assert_eq!(
+            std::fs::metadata(&mirror).unwrap().permissions().mode() & 0o777,
+            0o755
+        );
+        assert_eq!(blocked_ancestor(&mirror.join("node_modules")), None);
+    }
 }
