@@ -225,6 +225,9 @@ impl Instance {
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", cfg.node.display()))?;
+        // The command holds our copy of the child's socket end; close it so that a
+        // process dying at start shows up as EOF at once, not as a ready timeout.
+        drop(cmd);
         let pid = child.id().ok_or("instance exited at once")?;
         let raw = Arc::new(Mutex::new(RawOutput::default()));
         if let Some(out) = child.stdout.take() {
@@ -467,5 +470,26 @@ impl Instance {
         self.kill();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.child.wait()).await;
         drop(self.cgroup.take());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_process_that_dies_at_start_is_reported_at_once() {
+        let cfg = SpawnConfig {
+            node: "/bin/false".into(),
+            bootstrap: "/nonexistent".into(),
+            layer_dir: None,
+            run_as: None,
+            sandbox: Arc::new(Sandbox::HeapFlagOnly { why: "test".into() }),
+        };
+        let err = Instance::spawn(&cfg, 1, 128, false)
+            .await
+            .err()
+            .expect("spawn must fail");
+        assert!(err.starts_with("instance failed to start"), "{err}");
     }
 }

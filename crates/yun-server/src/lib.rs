@@ -185,10 +185,19 @@ fn ensure_layer(layer: &Path, npm: &Path) {
 impl Server {
     /// Opens (or creates) the data dir, binds the port, and prepares everything; call
     /// [`Server::serve`] to start answering.
-    pub async fn start_dev(cfg: DevConfig) -> Result<Self, ServerError> {
+    pub async fn start_dev(mut cfg: DevConfig) -> Result<Self, ServerError> {
         // The data dir is traversable but not listable; only the parts instances need
         // (code, bootstrap, layer) are readable by others.
         make_dir(&cfg.data_dir, 0o711)?;
+        // Instances run with `/` as their working folder: every path they get is absolute.
+        cfg.data_dir = std::fs::canonicalize(&cfg.data_dir)
+            .map_err(io_err("cannot resolve", &cfg.data_dir))?;
+        if let Some(layer) = &cfg.node_layer {
+            cfg.node_layer = Some(
+                std::fs::canonicalize(layer)
+                    .map_err(io_err("cannot find the Node layer", layer))?,
+            );
+        }
         let meta_dir = cfg.data_dir.join("meta");
         make_dir(&meta_dir, 0o700)?;
         let functions_dir = cfg.data_dir.join("functions");

@@ -24,8 +24,15 @@ async function waitFor(check, what, timeoutMs = 20000) {
   }
 }
 
-async function startYun(extraArgs = [], { dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'yun-compat-')) } = {}) {
-  const child = spawn(BIN, ['dev', '--data-dir', dataDir, '--listen', '127.0.0.1:0', '--node-layer', LAYER, ...extraArgs], {
+/**
+ * Starts `yun dev`. With `cwd`, it runs there with the default relative data dir, as a
+ * newcomer types it.
+ */
+async function startYun(extraArgs = [], { dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'yun-compat-')), cwd } = {}) {
+  const dataArgs = cwd ? [] : ['--data-dir', dataDir];
+  if (cwd) dataDir = path.join(cwd, '.yun');
+  const child = spawn(BIN, ['dev', ...dataArgs, '--listen', '127.0.0.1:0', '--node-layer', LAYER, ...extraArgs], {
+    cwd,
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, YUN_LOG: 'warn' },
   });

@@ -117,3 +117,16 @@ test('credentials.json is private; Ctrl-C stops instances; a restart keeps every
     await again.stop();
   }
 });
+
+test('yun dev in a folder with the default relative data dir serves functions', async () => {
+  const cwd = fs.mkdtempSync(require('node:path').join(require('node:os').tmpdir(), 'yun-cwd-'));
+  const local = await startYun([], { cwd });
+  try {
+    assert.ok(fs.existsSync(`${cwd}/.yun/credentials.json`));
+    await local.deploy('echo', 'echo');
+    const res = await local.admin().callFunction({ name: 'echo', data: { from: 'relative data dir' } });
+    assert.equal(res.result.event.from, 'relative data dir');
+  } finally {
+    await local.stop();
+  }
+});
