@@ -9,10 +9,18 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
+use yun_auth::TempCredential;
+use yun_functions::FunctionSpec;
 use yun_meta::{FunctionRecord, KeyRecord};
 use yun_types::{EnvId, ErrorCode, FunctionName, YunError};
 
 use crate::App;
+
+/// A function's record and the runtime spec derived from it (built once per version).
+pub(crate) struct LoadedFunction {
+    pub record: FunctionRecord,
+    pub spec: FunctionSpec,
+}
 
 /// An env's HTTP routes: (path, function), longest path first.
 pub(crate) type Routes = Arc<Vec<(String, FunctionName)>>;
@@ -21,9 +29,15 @@ pub(crate) type Routes = Arc<Vec<(String, FunctionName)>>;
 pub(crate) struct MetaCache {
     keys: RwLock<HashMap<String, KeyRecord>>,
     envs: RwLock<HashSet<EnvId>>,
-    functions: RwLock<HashMap<(EnvId, FunctionName), Arc<FunctionRecord>>>,
+    functions: RwLock<HashMap<(EnvId, FunctionName), Arc<LoadedFunction>>>,
     routes: RwLock<HashMap<EnvId, Routes>>,
+    credentials: RwLock<HashMap<(EnvId, FunctionName), TempCredential>>,
 }
+
+/// A function credential is issued for this long past the invocation's time limit ...
+const CREDENTIAL_LIFETIME_SECS: i64 = 900;
+/// ... and reused while it still outlives the invocation by this much.
+const CREDENTIAL_MARGIN_SECS: i64 = 300;
 
 fn read<K: std::hash::Hash + Eq, V: Clone>(map: &RwLock<HashMap<K, V>>, key: &K) -> Option<V> {
     map.read().ok().and_then(|m| m.get(key).cloned())
@@ -69,7 +83,7 @@ impl App {
         &self,
         env: &EnvId,
         name: &FunctionName,
-    ) -> Result<Arc<FunctionRecord>, YunError> {
+    ) -> Result<Arc<LoadedFunction>, YunError> {
         let key = (env.clone(), name.clone());
         if let Some(hit) = read(&self.cache.functions, &key) {
             return Ok(hit);
@@ -80,9 +94,12 @@ impl App {
                 format!("function {name} does not exist in env {env}"),
             )
         })?;
-        let record = Arc::new(record);
-        write(&self.cache.functions, key, record.clone());
-        Ok(record)
+        let loaded = Arc::new(LoadedFunction {
+            spec: self.runtime_spec(&record),
+            record,
+        });
+        write(&self.cache.functions, key, loaded.clone());
+        Ok(loaded)
     }
 
     pub(crate) async fn routes(&self, env: &EnvId) -> Result<Routes, YunError> {
@@ -102,6 +119,29 @@ impl App {
         Ok(routes)
     }
 
+    /// The credential injected into a function's invocations: reused while it outlives
+    /// this invocation by a margin, so it rotates about every ten minutes instead of
+    /// costing a new one (and new `process.env` values) per call.
+    pub(crate) fn function_credential(
+        &self,
+        env: &EnvId,
+        name: &FunctionName,
+        timeout_secs: i64,
+    ) -> TempCredential {
+        let now = crate::unix_now();
+        let key = (env.clone(), name.clone());
+        if let Some(cred) = read(&self.cache.credentials, &key) {
+            if cred.expires_at - now >= timeout_secs + CREDENTIAL_MARGIN_SECS {
+                return cred;
+            }
+        }
+        let cred = self
+            .issuer
+            .issue(env, name, now + timeout_secs + CREDENTIAL_LIFETIME_SECS);
+        write(&self.cache.credentials, key, cred.clone());
+        cred
+    }
+
     pub(crate) fn forget_key(&self, secret_id: &str) {
         if let Ok(mut m) = self.cache.keys.write() {
             m.remove(secret_id);
@@ -116,6 +156,9 @@ impl App {
         }
         if let Ok(mut m) = self.cache.routes.write() {
             m.remove(env);
+        }
+        if let Ok(mut m) = self.cache.credentials.write() {
+            m.remove(&(env.clone(), name.clone()));
         }
         self.runtime.retire(env, name);
     }
@@ -132,6 +175,9 @@ impl App {
         }
         if let Ok(mut m) = self.cache.routes.write() {
             m.remove(env);
+        }
+        if let Ok(mut m) = self.cache.credentials.write() {
+            m.retain(|(e, _), _| e != env);
         }
     }
 }

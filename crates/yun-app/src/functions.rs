@@ -167,7 +167,7 @@ impl App {
         env
     }
 
-    fn runtime_spec(&self, record: &FunctionRecord) -> FunctionSpec {
+    pub(crate) fn runtime_spec(&self, record: &FunctionRecord) -> FunctionSpec {
         let spec = &record.spec;
         FunctionSpec {
             env: spec.env.clone(),
@@ -344,7 +344,7 @@ impl App {
         identity: &Identity,
         name: &FunctionName,
     ) -> Result<FunctionRecord, YunError> {
-        Ok((*self.function(&identity.env, name).await?).clone())
+        Ok(self.function(&identity.env, name).await?.record.clone())
     }
 
     pub async fn delete_function(
@@ -370,8 +370,8 @@ impl App {
         caller: &CallerContext,
         request_id: &str,
     ) -> BTreeMap<String, String> {
-        let expires = unix_now() + spec.timeout.as_secs() as i64 + 300;
-        let credential = self.issuer.issue(&spec.env, &spec.name, expires);
+        let credential =
+            self.function_credential(&spec.env, &spec.name, spec.timeout.as_secs() as i64);
         let source = match identity.caller {
             Caller::Function { .. } => "function",
             _ => caller.source.as_str(),
@@ -420,15 +420,15 @@ impl App {
                 YunError::invalid_param(format!("the event is not valid JSON: {e}"))
             })?;
         }
-        let record = self.function(&identity.env, name).await?;
-        let spec = self.runtime_spec(&record);
+        let loaded = self.function(&identity.env, name).await?;
+        let spec = &loaded.spec;
         let request_id = caller.request_id.clone();
         let started_at_ms = yun_functions::instance::unix_ms();
-        let env = self.invocation_env(identity, &spec, caller, &request_id);
+        let env = self.invocation_env(identity, spec, caller, &request_id);
         let report = self
             .runtime
             .invoke(
-                &spec,
+                spec,
                 InvokeRequest {
                     request_id: request_id.clone(),
                     event,
@@ -471,19 +471,11 @@ impl App {
                 .await;
         }
         self.recorder
-            .log(platform_line(format!(
-                "REPORT duration={duration_ms}ms memory_peak={}KB cold_start={} status={}",
-                report.memory_peak_kb,
-                report.cold_start,
-                status.as_str()
-            )))
-            .await;
-        self.recorder
             .invocation(InvocationRecord {
                 request_id: request_id.clone(),
                 env: identity.env.clone(),
                 function: name.clone(),
-                version: record.version,
+                version: loaded.record.version,
                 started_at_ms,
                 duration_ms,
                 billed_ms: duration_ms.max(1),

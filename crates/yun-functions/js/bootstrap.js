@@ -92,9 +92,12 @@ function load(message) {
 }
 
 async function invoke(message) {
-  for (const k of invocationEnvKeys) if (!staticEnvKeys.includes(k)) delete process.env[k];
-  invocationEnvKeys = Object.keys(message.env || {});
-  for (const [k, v] of Object.entries(message.env || {})) process.env[k] = v;
+  // process.env writes are C++ calls into setenv; most values repeat between
+  // invocations, so only what changed is written.
+  const env = message.env || {};
+  for (const k of invocationEnvKeys) if (!(k in env) && !staticEnvKeys.includes(k)) delete process.env[k];
+  invocationEnvKeys = Object.keys(env);
+  for (const k of invocationEnvKeys) if (process.env[k] !== env[k]) process.env[k] = env[k];
   current = message.request_id;
   const respond = (reply) => {
     reply.request_id = message.request_id;

@@ -338,9 +338,6 @@ impl Instance {
         if let Ok(mut raw) = self.raw.lock() {
             raw.target = None;
         }
-        if let Some(peak) = self.cgroup.as_ref().and_then(InstanceCgroup::peak_kb) {
-            self.peak_rss_kb = self.peak_rss_kb.max(peak);
-        }
         outcome
     }
 

@@ -127,13 +127,6 @@ impl InstanceCgroup {
             .and_then(|n| n.trim().parse::<u64>().ok())
             .is_some_and(|n| n > 0)
     }
-
-    /// Peak memory use in KiB.
-    pub fn peak_kb(&self) -> Option<u64> {
-        let text =
-            std::fs::read_to_string(self.memory_dir.join("memory.max_usage_in_bytes")).ok()?;
-        text.trim().parse::<u64>().ok().map(|b| b / 1024)
-    }
 }
 
 impl Drop for InstanceCgroup {
