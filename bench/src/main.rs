@@ -384,26 +384,29 @@ async fn main() {
         "\n## Cold start of a wx-server-sdk function (signed /admin call, client-side latency)"
     );
     println!("| | p50 | max |\n|---|---|---|");
-    println!(
-        "| baseline: `node -e \"require('wx-server-sdk')\"` | {} | {} |",
-        ms(percentile(&node_spawn, 0.5)),
-        ms(*node_spawn.last().unwrap_or(&Duration::ZERO))
-    );
-    println!(
-        "| Yun first call after deploy (n={COLD_STARTS}) | {} | {} |",
-        ms(percentile(&after_deploy, 0.5)),
-        ms(*after_deploy.last().unwrap_or(&Duration::ZERO))
-    );
-    println!(
-        "| Yun first call after idle reap (n={COLD_STARTS}) | {} | {} |",
-        ms(percentile(&after_reap, 0.5)),
-        ms(*after_reap.last().unwrap_or(&Duration::ZERO))
-    );
-    println!(
-        "| Yun warm call, same function | {} | {} |",
-        ms(percentile(&warm, 0.5)),
-        ms(*warm.last().unwrap_or(&Duration::ZERO))
-    );
+    let rows = [
+        (
+            "baseline: `node -e \"require('wx-server-sdk')\"`".to_owned(),
+            &node_spawn,
+        ),
+        (
+            format!("Yun first call after deploy (n={COLD_STARTS})"),
+            &after_deploy,
+        ),
+        (
+            format!("Yun first call after idle reap (n={COLD_STARTS})"),
+            &after_reap,
+        ),
+        ("Yun warm call, same function".to_owned(), &warm),
+    ];
+    for (label, samples) in rows {
+        let max = samples.last().copied().unwrap_or(Duration::ZERO);
+        println!(
+            "| {label} | {} | {} |",
+            ms(percentile(samples, 0.5)),
+            ms(max)
+        );
+    }
     println!(
         "\ncold start p50 vs node+require baseline: {:.1}× faster",
         percentile(&node_spawn, 0.5).as_secs_f64() / percentile(&after_reap, 0.5).as_secs_f64()

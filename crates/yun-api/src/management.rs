@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, RawPathParams, State};
 use axum::handler::Handler;
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter, MethodRouter};
@@ -81,16 +82,47 @@ fn basic_credentials(headers: &HeaderMap) -> Result<(String, String), YunError> 
     Ok((id.to_owned(), key.to_owned()))
 }
 
-async fn identity(
+/// The caller, authenticated with its key and admitted to the `{env}` of the path. A
+/// handler taking this can only act in that env.
+pub struct InEnv(Identity);
+
+/// The caller in its own key's env: the env-level routes (`/api/v1/envs`).
+pub struct KeyHolder(Identity);
+
+async fn authenticate(
     app: &AppState,
     headers: &HeaderMap,
     env: Option<&str>,
-) -> Result<Identity, YunError> {
+) -> Result<Identity, ApiError> {
     let (id, key) = basic_credentials(headers)?;
     let env = env
         .map(|e| EnvId::parse(e).map_err(|e| YunError::new(ErrorCode::InvalidEnv, e.to_string())))
         .transpose()?;
-    app.authenticate_key(&id, &key, env.as_ref()).await
+    Ok(app.authenticate_key(&id, &key, env.as_ref()).await?)
+}
+
+impl FromRequestParts<AppState> for InEnv {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        let params = RawPathParams::from_request_parts(parts, app)
+            .await
+            .map_err(|e| YunError::invalid_param(e.to_string()))?;
+        let env = params
+            .iter()
+            .find(|(name, _)| *name == "env")
+            .map(|(_, value)| value.to_owned());
+        let env = env.ok_or_else(|| YunError::internal("InEnv used on a route without {env}"))?;
+        Ok(Self(authenticate(app, &parts.headers, Some(&env)).await?))
+    }
+}
+
+impl FromRequestParts<AppState> for KeyHolder {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        Ok(Self(authenticate(app, &parts.headers, None).await?))
+    }
 }
 
 fn function_name(name: &str) -> Result<FunctionName, YunError> {
@@ -108,8 +140,7 @@ async fn json_body<T: serde::de::DeserializeOwned>(
 
 // ---- envs ----
 
-async fn list_envs(State(app): State<AppState>, headers: HeaderMap) -> ApiResult {
-    let who = identity(&app, &headers, None).await?;
+async fn list_envs(State(app): State<AppState>, KeyHolder(who): KeyHolder) -> ApiResult {
     ok(json!({ "envs": app.list_envs(&who).await? }))
 }
 
@@ -118,8 +149,11 @@ struct CreateEnv {
     id: String,
 }
 
-async fn create_env(State(app): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult {
-    let who = identity(&app, &headers, None).await?;
+async fn create_env(
+    State(app): State<AppState>,
+    KeyHolder(who): KeyHolder,
+    body: Body,
+) -> ApiResult {
     let req: CreateEnv = json_body(body, JSON_BODY_LIMIT).await?;
     let env = EnvId::parse(&req.id).map_err(|e| YunError::invalid_param(e.to_string()))?;
     let (record, key) = app.create_env(&who, &env).await?;
@@ -132,10 +166,9 @@ async fn create_env(State(app): State<AppState>, headers: HeaderMap, body: Body)
 
 async fn delete_env(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    KeyHolder(who): KeyHolder,
     Path(env): Path<String>,
 ) -> ApiResult {
-    let who = identity(&app, &headers, None).await?;
     let env =
         EnvId::parse(&env).map_err(|e| YunError::new(ErrorCode::InvalidEnv, e.to_string()))?;
     app.delete_env(&who, &env).await?;
@@ -144,12 +177,7 @@ async fn delete_env(
 
 // ---- keys ----
 
-async fn list_keys(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-    Path(env): Path<String>,
-) -> ApiResult {
-    let who = identity(&app, &headers, Some(&env)).await?;
+async fn list_keys(State(app): State<AppState>, InEnv(who): InEnv) -> ApiResult {
     ok(json!({ "keys": app.list_keys(&who).await? }))
 }
 
@@ -159,13 +187,7 @@ struct CreateKey {
     description: String,
 }
 
-async fn create_key(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-    Path(env): Path<String>,
-    body: Body,
-) -> ApiResult {
-    let who = identity(&app, &headers, Some(&env)).await?;
+async fn create_key(State(app): State<AppState>, InEnv(who): InEnv, body: Body) -> ApiResult {
     let req: CreateKey = json_body(body, JSON_BODY_LIMIT).await?;
     Ok((
         StatusCode::CREATED,
@@ -176,22 +198,16 @@ async fn create_key(
 
 async fn revoke_key(
     State(app): State<AppState>,
-    headers: HeaderMap,
-    Path((env, secret_id)): Path<(String, String)>,
+    InEnv(who): InEnv,
+    Path((_, secret_id)): Path<(String, String)>,
 ) -> ApiResult {
-    let who = identity(&app, &headers, Some(&env)).await?;
     app.revoke_key(&who, &secret_id).await?;
     ok(json!({ "revoked": secret_id }))
 }
 
 // ---- functions ----
 
-async fn list_functions(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-    Path(env): Path<String>,
-) -> ApiResult {
-    let who = identity(&app, &headers, Some(&env)).await?;
+async fn list_functions(State(app): State<AppState>, InEnv(who): InEnv) -> ApiResult {
     let functions = app.list_functions(&who).await?;
     let listed: Vec<Value> = functions
         .into_iter()
@@ -219,49 +235,40 @@ struct Deploy {
 
 async fn deploy_function(
     State(app): State<AppState>,
-    headers: HeaderMap,
-    Path((env, name)): Path<(String, String)>,
+    InEnv(who): InEnv,
+    Path((_, name)): Path<(String, String)>,
     body: Body,
 ) -> ApiResult {
-    let who = identity(&app, &headers, Some(&env)).await?;
     let name = function_name(&name)?;
     let req: Deploy = json_body(body, DEPLOY_BODY_LIMIT).await?;
     let archive = base64::engine::general_purpose::STANDARD
         .decode(req.code_base64.as_bytes())
         .map_err(|e| YunError::invalid_param(format!("code_base64 is not base64: {e}")))?;
-    let record = app
-        .deploy(
-            &who,
-            &name,
-            DeployRequest {
-                archive,
-                handler: req.handler,
-                timeout_ms: req.timeout_ms,
-                memory_mb: req.memory_mb,
-                max_instances: req.max_instances,
-                env_vars: req.env_vars,
-                http_path: req.http_path,
-            },
-        )
-        .await?;
-    ok(json!({ "function": record }))
+    let request = DeployRequest {
+        archive,
+        handler: req.handler,
+        timeout_ms: req.timeout_ms,
+        memory_mb: req.memory_mb,
+        max_instances: req.max_instances,
+        env_vars: req.env_vars,
+        http_path: req.http_path,
+    };
+    ok(json!({ "function": app.deploy(&who, &name, request).await? }))
 }
 
 async fn get_function(
     State(app): State<AppState>,
-    headers: HeaderMap,
-    Path((env, name)): Path<(String, String)>,
+    InEnv(who): InEnv,
+    Path((_, name)): Path<(String, String)>,
 ) -> ApiResult {
-    let who = identity(&app, &headers, Some(&env)).await?;
     ok(json!({ "function": app.get_function(&who, &function_name(&name)?).await? }))
 }
 
 async fn delete_function(
     State(app): State<AppState>,
-    headers: HeaderMap,
-    Path((env, name)): Path<(String, String)>,
+    InEnv(who): InEnv,
+    Path((_, name)): Path<(String, String)>,
 ) -> ApiResult {
-    let who = identity(&app, &headers, Some(&env)).await?;
     app.delete_function(&who, &function_name(&name)?).await?;
     ok(json!({ "deleted": name }))
 }
@@ -269,11 +276,10 @@ async fn delete_function(
 async fn invoke_function(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Path((env, name)): Path<(String, String)>,
+    InEnv(who): InEnv,
+    Path((_, name)): Path<(String, String)>,
     body: Body,
 ) -> ApiResult {
-    let who = identity(&app, &headers, Some(&env)).await?;
     let name = function_name(&name)?;
     let bytes = crate::body::read(body, JSON_BODY_LIMIT).await?;
     let event = String::from_utf8(bytes.to_vec())
@@ -302,50 +308,21 @@ async fn invoke_function(
     }
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct LogParams {
-    request_id: Option<String>,
-    since_ms: Option<i64>,
-    until_ms: Option<i64>,
-    stream: Option<String>,
-    contains: Option<String>,
-    after_id: Option<i64>,
-    limit: Option<u32>,
-}
-
-impl From<LogParams> for LogFilter {
-    fn from(p: LogParams) -> Self {
-        LogFilter {
-            request_id: p.request_id,
-            since_ms: p.since_ms,
-            until_ms: p.until_ms,
-            stream: p.stream,
-            contains: p.contains,
-            after_id: p.after_id,
-            limit: p.limit,
-        }
-    }
-}
-
 async fn function_logs(
     State(app): State<AppState>,
-    headers: HeaderMap,
-    Path((env, name)): Path<(String, String)>,
-    Query(params): Query<LogParams>,
+    InEnv(who): InEnv,
+    Path((_, name)): Path<(String, String)>,
+    Query(filter): Query<LogFilter>,
 ) -> ApiResult {
-    let who = identity(&app, &headers, Some(&env)).await?;
-    ok(json!({ "logs": app.logs(&who, Some(&function_name(&name)?), params.into()).await? }))
+    ok(json!({ "logs": app.logs(&who, Some(&function_name(&name)?), filter).await? }))
 }
 
 async fn env_logs(
     State(app): State<AppState>,
-    headers: HeaderMap,
-    Path(env): Path<String>,
-    Query(params): Query<LogParams>,
+    InEnv(who): InEnv,
+    Query(filter): Query<LogFilter>,
 ) -> ApiResult {
-    let who = identity(&app, &headers, Some(&env)).await?;
-    ok(json!({ "logs": app.logs(&who, None, params.into()).await? }))
+    ok(json!({ "logs": app.logs(&who, None, filter).await? }))
 }
 
 #[derive(Deserialize)]
@@ -355,11 +332,10 @@ struct LimitParams {
 
 async fn function_invocations(
     State(app): State<AppState>,
-    headers: HeaderMap,
-    Path((env, name)): Path<(String, String)>,
+    InEnv(who): InEnv,
+    Path((_, name)): Path<(String, String)>,
     Query(params): Query<LimitParams>,
 ) -> ApiResult {
-    let who = identity(&app, &headers, Some(&env)).await?;
     let name = function_name(&name)?;
     ok(
         json!({ "invocations": app.invocations(&who, Some(&name), params.limit.unwrap_or(100)).await? }),
@@ -368,10 +344,9 @@ async fn function_invocations(
 
 async fn get_invocation(
     State(app): State<AppState>,
-    headers: HeaderMap,
-    Path((env, request_id)): Path<(String, String)>,
+    InEnv(who): InEnv,
+    Path((_, request_id)): Path<(String, String)>,
 ) -> ApiResult {
-    let who = identity(&app, &headers, Some(&env)).await?;
     ok(json!({ "invocation": app.invocation(&who, &request_id).await? }))
 }
 

@@ -9,7 +9,8 @@ use yun_auth::{Caller, Identity};
 use yun_functions::package::{self, PackageLimits};
 use yun_functions::{FunctionSpec, InvokeError, InvokeRequest, LAYER_PACKAGES};
 use yun_meta::{
-    FunctionRecord, InvocationRecord, InvocationStatus, LogLine, LogQuery, NewFunction, NewLogLine,
+    FunctionRecord, InvocationRecord, InvocationStatus, LogFilter, LogLine, LogQuery, NewFunction,
+    NewLogLine,
 };
 use yun_types::{new_id, EnvId, ErrorCode, FunctionName, YunError};
 
@@ -61,17 +62,6 @@ pub struct Invocation {
     pub result: Result<String, YunError>,
     pub cold_start: bool,
     pub duration_ms: u64,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct LogFilter {
-    pub request_id: Option<String>,
-    pub since_ms: Option<i64>,
-    pub until_ms: Option<i64>,
-    pub stream: Option<String>,
-    pub contains: Option<String>,
-    pub after_id: Option<i64>,
-    pub limit: Option<u32>,
 }
 
 fn check_range<T: PartialOrd + std::fmt::Display + Copy>(
@@ -499,19 +489,17 @@ impl App {
         function: Option<&FunctionName>,
         filter: LogFilter,
     ) -> Result<Vec<LogLine>, YunError> {
-        self.meta
-            .query_logs(&LogQuery {
-                env: identity.env.clone(),
-                function: function.cloned(),
-                request_id: filter.request_id,
-                since_ms: filter.since_ms,
-                until_ms: filter.until_ms,
-                stream: filter.stream,
-                contains: filter.contains,
-                after_id: filter.after_id,
-                limit: filter.limit.unwrap_or(1000).min(10_000),
-            })
-            .await
+        let limit = filter.limit.unwrap_or(1000).min(10_000);
+        let filter = LogFilter {
+            limit: Some(limit),
+            ..filter
+        };
+        let query = LogQuery {
+            env: identity.env.clone(),
+            function: function.cloned(),
+            filter,
+        };
+        self.meta.query_logs(&query).await
     }
 
     pub async fn invocations(

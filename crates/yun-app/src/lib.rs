@@ -18,9 +18,10 @@ use yun_meta::MetaStore;
 
 pub use access::SignedRequest;
 pub use envs::{Credentials, NewKey};
-pub use functions::{CallerContext, DeployRequest, Invocation, LogFilter};
+pub use functions::{CallerContext, DeployRequest, Invocation};
 pub use recorder::Recorder;
 pub use yun_auth::{Caller, Identity};
+pub use yun_meta::LogFilter;
 
 /// Settings fixed at start-up.
 #[derive(Debug, Clone)]

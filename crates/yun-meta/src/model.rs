@@ -143,15 +143,24 @@ pub struct LogLine {
     pub line: NewLogLine,
 }
 
-#[derive(Debug, Clone)]
-pub struct LogQuery {
-    pub env: EnvId,
-    pub function: Option<FunctionName>,
+/// Which log lines to return; also the management API's query string.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogFilter {
     pub request_id: Option<String>,
     pub since_ms: Option<i64>,
     pub until_ms: Option<i64>,
     pub stream: Option<String>,
     pub contains: Option<String>,
+    /// Only lines after this id: pages and follows.
     pub after_id: Option<i64>,
-    pub limit: u32,
+    pub limit: Option<u32>,
+}
+
+/// A log query: always within one env.
+#[derive(Debug, Clone)]
+pub struct LogQuery {
+    pub env: EnvId,
+    pub function: Option<FunctionName>,
+    pub filter: LogFilter,
 }

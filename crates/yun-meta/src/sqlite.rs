@@ -587,8 +587,8 @@ impl MetaStore for SqliteMetaStore {
             let rows = stmt
                 .query_map(
                     params![
-                        q.env.as_str(), q.function.as_ref().map(|f| f.as_str()), q.request_id, q.since_ms,
-                        q.until_ms, q.stream, q.contains, q.after_id, q.limit
+                        q.env.as_str(), q.function.as_ref().map(|f| f.as_str()), q.filter.request_id, q.filter.since_ms,
+                        q.filter.until_ms, q.filter.stream, q.filter.contains, q.filter.after_id, q.filter.limit.unwrap_or(1000)
                     ],
                     |r| {
                         Ok(LogLine {
@@ -719,13 +719,10 @@ mod tests {
         let q = LogQuery {
             env: env("a"),
             function: None,
-            request_id: Some("r1".into()),
-            since_ms: None,
-            until_ms: None,
-            stream: None,
-            contains: None,
-            after_id: None,
-            limit: 100,
+            filter: LogFilter {
+                request_id: Some("r1".into()),
+                ..LogFilter::default()
+            },
         };
         let got: Vec<String> = store
             .query_logs(&q)
@@ -738,7 +735,10 @@ mod tests {
         let first = store.query_logs(&q).await.unwrap()[0].id;
         let later = store
             .query_logs(&LogQuery {
-                after_id: Some(first),
+                filter: LogFilter {
+                    after_id: Some(first),
+                    ..q.filter.clone()
+                },
                 ..q.clone()
             })
             .await
@@ -747,8 +747,8 @@ mod tests {
         let other_env = store
             .query_logs(&LogQuery {
                 env: env("b"),
-                request_id: None,
-                ..q
+                function: None,
+                filter: LogFilter::default(),
             })
             .await
             .unwrap();
