@@ -48,7 +48,12 @@ pub async fn admin(
 ) -> Response {
     let request_id = new_id("");
     match handle(&app, &request_id, peer, query, &uri, &headers, body).await {
-        Ok(data) => Json(json!({ "requestId": request_id, "data": data })).into_response(),
+        Ok((data, extras)) => {
+            let mut envelope = extras;
+            envelope.insert("requestId".into(), Value::String(request_id));
+            envelope.insert("data".into(), data);
+            Json(Value::Object(envelope)).into_response()
+        }
         Err(e) => {
             tracing::debug!(code = %e.code, message = %e.message, "admin request failed");
             envelope_error(&request_id, &e)
@@ -64,7 +69,7 @@ async fn handle(
     uri: &Uri,
     headers: &HeaderMap,
     body: Body,
-) -> Result<Value, YunError> {
+) -> Result<(Value, Map<String, Value>), YunError> {
     let bytes = crate::body::read(body, ADMIN_BODY_LIMIT).await?;
     let body: Map<String, Value> = serde_json::from_slice(&bytes)
         .map_err(|e| YunError::invalid_param(format!("the body must be a JSON object: {e}")))?;
@@ -121,7 +126,10 @@ async fn handle(
             };
             let invocation = app.invoke(&identity, &name, event, &caller).await?;
             let value = invocation.result?;
-            Ok(json!({ "response_data": value }))
+            Ok((json!({ "response_data": value }), Map::new()))
+        }
+        database if database.starts_with("database.") => {
+            crate::cloudbase_db::handle(app, &identity, database, &body).await
         }
         other => Err(YunError::new(
             yun_types::ErrorCode::InvalidAction,

@@ -5,6 +5,7 @@
 
 mod body;
 mod cloudbase;
+mod cloudbase_db;
 mod http_functions;
 mod management;
 

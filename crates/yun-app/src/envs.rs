@@ -105,6 +105,9 @@ impl App {
             self.forget_function(env, &function.spec.name);
         }
         let deleted = self.meta.delete_env(env).await?;
+        if deleted {
+            self.docdb.store().drop_env(env).await?;
+        }
         self.forget_env(env);
         if !deleted {
             return Err(YunError::new(

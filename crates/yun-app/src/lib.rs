@@ -5,6 +5,7 @@
 
 mod access;
 mod cache;
+mod database;
 mod envs;
 mod functions;
 mod recorder;
@@ -43,12 +44,14 @@ pub struct App {
     settings: AppSettings,
     recorder: Recorder,
     cache: cache::MetaCache,
+    docdb: Arc<yun_docdb::DocDb>,
 }
 
 impl App {
     pub async fn new(
         meta: Arc<dyn MetaStore>,
         runtime: Arc<Runtime>,
+        docdb: Arc<yun_docdb::DocDb>,
         recorder: Recorder,
         settings: AppSettings,
     ) -> yun_meta::Result<Self> {
@@ -60,6 +63,7 @@ impl App {
             settings,
             recorder,
             cache: cache::MetaCache::default(),
+            docdb,
         })
     }
 

@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use axum::serve::ListenerExt as _;
 use yun_app::{App, AppSettings, Credentials, Recorder};
+use yun_docdb::sqlite::SqliteDocStore;
+use yun_docdb::store::DocStore;
+use yun_docdb::{DocDb, Limits};
 use yun_functions::{install_bootstrap, Runtime, RuntimeConfig, Sandbox, SpawnConfig};
 use yun_meta::sqlite::SqliteMetaStore;
 use yun_meta::MetaStore;
@@ -217,6 +220,9 @@ impl Server {
         };
 
         let meta: Arc<dyn MetaStore> = Arc::new(SqliteMetaStore::open(&meta_dir.join("yun.db"))?);
+        let docs: Arc<dyn DocStore> =
+            Arc::new(SqliteDocStore::open(&meta_dir.join("documents.db"))?);
+        let docdb = Arc::new(DocDb::new(docs, Limits::default()));
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .map_err(|source| ServerError::Bind {
@@ -266,7 +272,7 @@ impl Server {
             npm_cache,
             region: "ap-shanghai".into(),
         };
-        let app = Arc::new(App::new(meta.clone(), runtime, recorder, settings).await?);
+        let app = Arc::new(App::new(meta.clone(), runtime, docdb, recorder, settings).await?);
 
         let credentials_path = cfg.data_dir.join("credentials.json");
         let first = app.initialize(&cfg.default_env).await?;

@@ -35,6 +35,12 @@ pub enum ErrorCode {
     NotFound,
     /// The thing already exists.
     AlreadyExists,
+    /// A query or update uses an operator Yun does not know, or in the wrong place.
+    DatabaseInvalidOperator,
+    /// The collection does not exist.
+    CollectionNotFound,
+    /// The collection already exists.
+    CollectionExists,
     /// A fault inside Yun; details are in the server log, not the response.
     Internal,
 }
@@ -59,6 +65,10 @@ impl ErrorCode {
             Self::ConcurrencyLimit => "EXCEED_CONCURRENT_REQUEST_LIMIT",
             Self::NotFound => "RESOURCE_NOT_FOUND",
             Self::AlreadyExists => "RESOURCE_ALREADY_EXISTS",
+            // Misspelled as CloudBase spells it.
+            Self::DatabaseInvalidOperator => "DATABASE_INVALID_OPERRATOR",
+            Self::CollectionNotFound => "DATABASE_COLLECTION_NOT_EXIST",
+            Self::CollectionExists => "DATABASE_COLLECTION_ALREADY_EXIST",
             Self::Internal => "SYS_ERR",
         }
     }
@@ -67,6 +77,9 @@ impl ErrorCode {
     pub fn http_status(self) -> u16 {
         match self {
             Self::InvalidParam | Self::InvalidAction | Self::FunctionCodeInvalid => 400,
+            Self::DatabaseInvalidOperator => 400,
+            Self::CollectionNotFound => 404,
+            Self::CollectionExists => 409,
             Self::SignParamInvalid | Self::SignExpired | Self::SignInvalid => 401,
             Self::InvalidSecretId => 401,
             Self::PermissionDenied => 403,

@@ -1,0 +1,85 @@
+//! Database use-cases: every call acts in the caller's env. The operations and their
+//! semantics live in `yun-docdb`; this layer decides who may call and what is stamped.
+
+use serde_json::Value;
+use yun_auth::Identity;
+use yun_docdb::filter::Filter;
+use yun_docdb::{Change, Find, Updated};
+use yun_types::YunError;
+
+use crate::App;
+
+impl App {
+    /// The caller's openid to stamp as `_openid` on new documents. Admin and function
+    /// callers have none; end users (a later issue) will.
+    fn owner(_identity: &Identity) -> Option<&str> {
+        None
+    }
+
+    pub async fn db_create_collection(
+        &self,
+        identity: &Identity,
+        name: &str,
+    ) -> Result<(), YunError> {
+        self.docdb.create_collection(&identity.env, name).await
+    }
+
+    pub async fn db_list_collections(&self, identity: &Identity) -> Result<Vec<String>, YunError> {
+        self.docdb.list_collections(&identity.env).await
+    }
+
+    pub async fn db_insert(
+        &self,
+        identity: &Identity,
+        collection: &str,
+        docs: Vec<Value>,
+    ) -> Result<Vec<String>, YunError> {
+        self.docdb
+            .insert(&identity.env, collection, docs, Self::owner(identity))
+            .await
+    }
+
+    pub async fn db_find(
+        &self,
+        identity: &Identity,
+        collection: &str,
+        find: Find,
+    ) -> Result<Vec<Value>, YunError> {
+        self.docdb.find(&identity.env, collection, find).await
+    }
+
+    pub async fn db_count(
+        &self,
+        identity: &Identity,
+        collection: &str,
+        filter: Filter,
+    ) -> Result<u64, YunError> {
+        self.docdb.count(&identity.env, collection, filter).await
+    }
+
+    pub async fn db_update(
+        &self,
+        identity: &Identity,
+        collection: &str,
+        filter: Filter,
+        change: Change,
+        multi: bool,
+        upsert: Option<Value>,
+    ) -> Result<(Updated, Vec<Value>), YunError> {
+        self.docdb
+            .update(&identity.env, collection, filter, change, multi, upsert)
+            .await
+    }
+
+    pub async fn db_remove(
+        &self,
+        identity: &Identity,
+        collection: &str,
+        filter: Filter,
+        multi: bool,
+    ) -> Result<u64, YunError> {
+        self.docdb
+            .remove(&identity.env, collection, filter, multi)
+            .await
+    }
+}

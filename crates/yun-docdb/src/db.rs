@@ -1,0 +1,559 @@
+//! The database operations, in one env: the model (filters, updates, order, projection)
+//! over the storage seam. Every write is one transaction: it applies completely or not
+//! at all.
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+use yun_types::{new_id, EnvId, ErrorCode, YunError};
+
+use crate::filter::Filter;
+use crate::find::{Projection, SortKeys};
+use crate::store::{run, DocStore};
+use crate::update;
+
+/// Per-call limits, CloudBase's by default.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `limit` when a query names none.
+    pub default_limit: usize,
+    /// The largest `limit` a query may ask for; more is an error, not a silent cut.
+    pub max_limit: usize,
+    /// The largest document, as stored JSON (MongoDB's 16 MiB).
+    pub max_document_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            default_limit: 100,
+            max_limit: 1000,
+            max_document_bytes: 16 << 20,
+        }
+    }
+}
+
+pub struct Find {
+    pub filter: Filter,
+    pub order: SortKeys,
+    pub skip: usize,
+    pub limit: Option<usize>,
+    pub projection: Projection,
+}
+
+/// What an update writes: operators merged into the document, or a replacement.
+pub enum Change {
+    Operators(Value),
+    Replace(Value),
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Updated {
+    pub matched: u64,
+    pub updated: u64,
+    pub upserted_id: Option<String>,
+}
+
+pub struct DocDb {
+    store: Arc<dyn DocStore>,
+    limits: Limits,
+}
+
+/// A valid collection name: CloudBase's rule (letters, digits, `_` `-` `.`; 1–100; no `$`).
+pub fn check_collection(name: &str) -> Result<(), YunError> {
+    let ok = (1..=100).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(YunError::invalid_param(format!(
+            "invalid collection name {name:?}"
+        )))
+    }
+}
+
+fn not_found(collection: &str) -> YunError {
+    YunError::new(
+        ErrorCode::CollectionNotFound,
+        format!("collection {collection} does not exist"),
+    )
+}
+
+fn id_text(v: &Value) -> Result<String, YunError> {
+    match v {
+        Value::String(s) if !s.is_empty() => Ok(s.clone()),
+        Value::Number(n) => Ok(n.to_string()),
+        _ => Err(YunError::invalid_param(
+            "_id must be a non-empty string or a number",
+        )),
+    }
+}
+
+impl DocDb {
+    pub fn new(store: Arc<dyn DocStore>, limits: Limits) -> Self {
+        Self { store, limits }
+    }
+
+    pub fn store(&self) -> &Arc<dyn DocStore> {
+        &self.store
+    }
+
+    fn check_size(&self, doc: &Value) -> Result<(), YunError> {
+        let bytes = doc.to_string().len();
+        if bytes > self.limits.max_document_bytes {
+            return Err(YunError::invalid_param(format!(
+                "document is {bytes} bytes, over the {}-byte limit",
+                self.limits.max_document_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    pub async fn create_collection(&self, env: &EnvId, name: &str) -> Result<(), YunError> {
+        check_collection(name)?;
+        let name = name.to_owned();
+        let created = run(&*self.store, env, true, move |txn| {
+            txn.create_collection(&name)
+        })
+        .await?;
+        if !created {
+            return Err(YunError::new(
+                ErrorCode::CollectionExists,
+                "the collection already exists",
+            ));
+        }
+        Ok(())
+    }
+
+    pub async fn list_collections(&self, env: &EnvId) -> Result<Vec<String>, YunError> {
+        run(&*self.store, env, false, |txn| txn.list_collections()).await
+    }
+
+    pub async fn drop_collection(&self, env: &EnvId, name: &str) -> Result<(), YunError> {
+        let owned = name.to_owned();
+        if !run(&*self.store, env, true, move |txn| {
+            txn.drop_collection(&owned)
+        })
+        .await?
+        {
+            return Err(not_found(name));
+        }
+        Ok(())
+    }
+
+    /// Inserts all documents or none. Documents without `_id` get a new one; `owner`
+    /// (the caller's openid, when there is one) is stamped as `_openid`.
+    pub async fn insert(
+        &self,
+        env: &EnvId,
+        collection: &str,
+        docs: Vec<Value>,
+        owner: Option<&str>,
+    ) -> Result<Vec<String>, YunError> {
+        let mut prepared = Vec::with_capacity(docs.len());
+        for doc in docs {
+            let Value::Object(mut map) = doc else {
+                return Err(YunError::invalid_param("a document must be an object"));
+            };
+            if let Some(bad) = map.keys().find(|k| k.starts_with('$') || k.is_empty()) {
+                return Err(YunError::new(
+                    ErrorCode::DatabaseInvalidOperator,
+                    format!("field name {bad:?} is not allowed"),
+                ));
+            }
+            let id = match map.get("_id") {
+                Some(v) => id_text(v)?,
+                None => new_id(""),
+            };
+            let mut out = Map::with_capacity(map.len() + 2);
+            out.insert("_id".into(), Value::String(id.clone()));
+            map.shift_remove("_id");
+            if let Some(openid) = owner {
+                map.insert("_openid".into(), Value::String(openid.to_owned()));
+            }
+            out.extend(map);
+            let doc = Value::Object(out);
+            self.check_size(&doc)?;
+            prepared.push((id, doc));
+        }
+        let collection = collection.to_owned();
+        run(&*self.store, env, true, move |txn| {
+            if !txn.collection_exists(&collection)? {
+                return Err(not_found(&collection));
+            }
+            for (id, doc) in &prepared {
+                txn.insert(&collection, id, doc)?;
+            }
+            Ok(prepared.into_iter().map(|(id, _)| id).collect())
+        })
+        .await
+    }
+
+    fn effective_limit(&self, limit: Option<usize>) -> Result<usize, YunError> {
+        match limit {
+            None => Ok(self.limits.default_limit),
+            Some(n) if n > self.limits.max_limit => Err(YunError::invalid_param(format!(
+                "limit {n} is over this env's maximum of {} per call; page with skip",
+                self.limits.max_limit
+            ))),
+            Some(n) => Ok(n),
+        }
+    }
+
+    pub async fn find(
+        &self,
+        env: &EnvId,
+        collection: &str,
+        q: Find,
+    ) -> Result<Vec<Value>, YunError> {
+        let limit = self.effective_limit(q.limit)?;
+        let collection = collection.to_owned();
+        run(&*self.store, env, false, move |txn| {
+            if !txn.collection_exists(&collection)? {
+                return Err(not_found(&collection));
+            }
+            let mut docs: Vec<Value> = txn
+                .scan(&collection)?
+                .into_iter()
+                .filter(|d| q.filter.matches(d))
+                .collect();
+            if !q.order.is_empty() {
+                docs.sort_by(|a, b| q.order.compare(a, b));
+            }
+            Ok(docs
+                .iter()
+                .skip(q.skip)
+                .take(limit)
+                .map(|d| q.projection.apply(d))
+                .collect())
+        })
+        .await
+    }
+
+    pub async fn count(
+        &self,
+        env: &EnvId,
+        collection: &str,
+        filter: Filter,
+    ) -> Result<u64, YunError> {
+        let collection = collection.to_owned();
+        run(&*self.store, env, false, move |txn| {
+            if !txn.collection_exists(&collection)? {
+                return Err(not_found(&collection));
+            }
+            Ok(txn
+                .scan(&collection)?
+                .iter()
+                .filter(|d| filter.matches(d))
+                .count() as u64)
+        })
+        .await
+    }
+
+    /// Updates the first (or, with `multi`, every) matching document; with `upsert`,
+    /// inserts one when nothing matches. Returns the updated documents too.
+    pub async fn update(
+        &self,
+        env: &EnvId,
+        collection: &str,
+        filter: Filter,
+        change: Change,
+        multi: bool,
+        upsert: Option<Value>,
+    ) -> Result<(Updated, Vec<Value>), YunError> {
+        // Refused even when nothing matches, so a typo never passes silently.
+        if let Change::Operators(ops) = &change {
+            update::check(ops)?;
+        }
+        let limits = self.limits;
+        let collection = collection.to_owned();
+        run(&*self.store, env, true, move |txn| {
+            if !txn.collection_exists(&collection)? {
+                return Err(not_found(&collection));
+            }
+            let mut outcome = Updated::default();
+            let mut written = Vec::new();
+            for doc in txn
+                .scan(&collection)?
+                .into_iter()
+                .filter(|d| filter.matches(d))
+            {
+                let new = match &change {
+                    Change::Operators(ops) => update::apply(&doc, ops)?,
+                    Change::Replace(data) => update::replace(&doc, data)?,
+                };
+                outcome.matched += 1;
+                if new != doc {
+                    let bytes = new.to_string().len();
+                    if bytes > limits.max_document_bytes {
+                        return Err(YunError::invalid_param(format!(
+                            "document would be {bytes} bytes, over the limit"
+                        )));
+                    }
+                    let id = id_text(&doc["_id"])?;
+                    txn.replace(&collection, &id, &new)?;
+                    outcome.updated += 1;
+                }
+                written.push(new);
+                if !multi {
+                    break;
+                }
+            }
+            if outcome.matched == 0 {
+                if let Some(seed) = upsert {
+                    let base = update::replace(&seed, &Value::Object(Map::new()))?;
+                    let mut new = match &change {
+                        Change::Operators(ops) => update::apply(&seed, ops)?,
+                        Change::Replace(data) => update::replace(&base, data)?,
+                    };
+                    let id = match new.get("_id") {
+                        Some(v) => id_text(v)?,
+                        None => new_id(""),
+                    };
+                    if let Value::Object(m) = &mut new {
+                        m.shift_remove("_id");
+                        let mut with_id = Map::new();
+                        with_id.insert("_id".into(), Value::String(id.clone()));
+                        with_id.extend(std::mem::take(m));
+                        *m = with_id;
+                    }
+                    txn.insert(&collection, &id, &new)?;
+                    outcome.upserted_id = Some(id);
+                    written.push(new);
+                }
+            }
+            Ok((outcome, written))
+        })
+        .await
+    }
+
+    pub async fn remove(
+        &self,
+        env: &EnvId,
+        collection: &str,
+        filter: Filter,
+        multi: bool,
+    ) -> Result<u64, YunError> {
+        let collection = collection.to_owned();
+        run(&*self.store, env, true, move |txn| {
+            if !txn.collection_exists(&collection)? {
+                return Err(not_found(&collection));
+            }
+            let mut deleted = 0;
+            for doc in txn
+                .scan(&collection)?
+                .into_iter()
+                .filter(|d| filter.matches(d))
+            {
+                if txn.delete(&collection, &id_text(&doc["_id"])?)? {
+                    deleted += 1;
+                }
+                if !multi {
+                    break;
+                }
+            }
+            Ok(deleted)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::filter::upsert_seed;
+    use crate::sqlite::SqliteDocStore;
+    use serde_json::json;
+
+    fn setup() -> (tempfile::TempDir, DocDb, EnvId) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteDocStore::open(&dir.path().join("docs.db")).unwrap();
+        (
+            dir,
+            DocDb::new(Arc::new(store), Limits::default()),
+            EnvId::parse("dev").unwrap(),
+        )
+    }
+
+    fn all(filter: Value) -> Find {
+        Find {
+            filter: Filter::parse(&filter).unwrap(),
+            order: SortKeys::default(),
+            skip: 0,
+            limit: None,
+            projection: Projection::All,
+        }
+    }
+
+    #[tokio::test]
+    async fn crud_is_atomic_and_stays_in_its_env() {
+        let (_dir, db, env) = setup();
+        let other = EnvId::parse("other").unwrap();
+        assert_eq!(
+            db.insert(&env, "todos", vec![json!({"a": 1})], None)
+                .await
+                .unwrap_err()
+                .code,
+            ErrorCode::CollectionNotFound
+        );
+        db.create_collection(&env, "todos").await.unwrap();
+        assert_eq!(
+            db.create_collection(&env, "todos").await.unwrap_err().code,
+            ErrorCode::CollectionExists
+        );
+        let ids = db
+            .insert(
+                &env,
+                "todos",
+                vec![json!({"n": 1}), json!({"_id": "mine", "n": 2})],
+                Some("oUSER"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(ids[1], "mine");
+        assert_eq!(ids[0].len(), 32);
+        // A duplicate _id fails the whole batch: the first document is not written either.
+        let dup = db
+            .insert(
+                &env,
+                "todos",
+                vec![json!({"_id": "fresh"}), json!({"_id": "mine"})],
+                None,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(dup.code, ErrorCode::AlreadyExists);
+        assert_eq!(db.count(&env, "todos", Filter::all()).await.unwrap(), 2);
+        assert_eq!(
+            db.count(&other, "todos", Filter::all())
+                .await
+                .unwrap_err()
+                .code,
+            ErrorCode::CollectionNotFound
+        );
+
+        let docs = db
+            .find(&env, "todos", all(json!({"_id": "mine"})))
+            .await
+            .unwrap();
+        assert_eq!(
+            docs,
+            vec![json!({"_id": "mine", "n": 2, "_openid": "oUSER"})]
+        );
+
+        let (u, _) = db
+            .update(
+                &env,
+                "todos",
+                Filter::all(),
+                Change::Operators(json!({"$inc": {"n": 10}})),
+                true,
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!((u.matched, u.updated), (2, 2));
+        // An update that fails on one document leaves every document as it was.
+        db.insert(&env, "todos", vec![json!({"_id": "text", "n": "x"})], None)
+            .await
+            .unwrap();
+        let failed = db
+            .update(
+                &env,
+                "todos",
+                Filter::all(),
+                Change::Operators(json!({"$inc": {"n": 1}})),
+                true,
+                None,
+            )
+            .await;
+        assert!(failed.is_err());
+        let total: i64 = db
+            .find(&env, "todos", all(json!({"n": {"$gt": 0}})))
+            .await
+            .unwrap()
+            .iter()
+            .map(|d| d["n"].as_i64().unwrap())
+            .sum();
+        assert_eq!(total, 11 + 12);
+
+        let query = json!({"_id": "new", "owner": "b"});
+        let (u, docs) = db
+            .update(
+                &env,
+                "todos",
+                Filter::parse(&query).unwrap(),
+                Change::Replace(json!({"v": 1})),
+                false,
+                Some(upsert_seed(&query)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(u.upserted_id.as_deref(), Some("new"));
+        assert_eq!(docs[0], json!({"_id": "new", "v": 1}));
+        assert_eq!(
+            db.remove(&env, "todos", Filter::all(), false)
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            db.remove(&env, "todos", Filter::all(), true).await.unwrap(),
+            3
+        );
+    }
+
+    #[tokio::test]
+    async fn limits_are_errors_not_silent_cuts() {
+        let (_dir, db, env) = setup();
+        db.create_collection(&env, "c").await.unwrap();
+        let docs: Vec<Value> = (0..150).map(|i| json!({"i": i})).collect();
+        db.insert(&env, "c", docs, None).await.unwrap();
+        assert_eq!(
+            db.find(&env, "c", all(json!({}))).await.unwrap().len(),
+            100,
+            "default limit"
+        );
+        let too_many = Find {
+            limit: Some(1001),
+            ..all(json!({}))
+        };
+        assert_eq!(
+            db.find(&env, "c", too_many).await.unwrap_err().code,
+            ErrorCode::InvalidParam
+        );
+        let page = Find {
+            order: SortKeys::parse(&json!({"i": -1})).unwrap(),
+            skip: 10,
+            limit: Some(3),
+            projection: Projection::parse(&json!({"i": 1, "_id": 0})).unwrap(),
+            ..all(json!({}))
+        };
+        assert_eq!(
+            db.find(&env, "c", page).await.unwrap(),
+            vec![json!({"i": 139}), json!({"i": 138}), json!({"i": 137})]
+        );
+        let big = json!({"blob": "x".repeat(17 << 20)});
+        assert_eq!(
+            db.insert(&env, "c", vec![big], None)
+                .await
+                .unwrap_err()
+                .code,
+            ErrorCode::InvalidParam
+        );
+        let typo = db
+            .update(
+                &env,
+                "c",
+                Filter::parse(&json!({"none": 1})).unwrap(),
+                Change::Operators(json!({"$sett": {"a": 1}})),
+                true,
+                None,
+            )
+            .await;
+        assert_eq!(typo.unwrap_err().code, ErrorCode::DatabaseInvalidOperator);
+    }
+}

@@ -1,0 +1,520 @@
+//! The query model: a MongoDB-style filter parsed into [`Filter`], and its evaluation
+//! over stored documents with MongoDB's semantics:
+//! - a path reaches into arrays (`tags.name` looks at every element's `name`; `a.0` is an index);
+//! - a condition matches if any value the path reaches matches it, and an array value
+//!   is also tried element by element (except `$size`, `$all`, `$elemMatch`);
+//! - range operators only compare within a type bracket (`$gt: 5` never matches a string);
+//! - a missing field equals `null`; `$ne` and `$nin` are negations over all values.
+//!
+//! This evaluator is the reference semantics; the SQL compiler must agree with it.
+
+use regex::Regex;
+use serde_json::{Map, Value};
+use yun_types::{ErrorCode, YunError};
+
+use crate::order::{bracket, compare, equal};
+use crate::value::{as_i64, MAX_DEPTH};
+
+#[derive(Debug, Clone)]
+pub enum Filter {
+    /// Every clause holds (also an empty filter: matches everything).
+    And(Vec<Filter>),
+    Or(Vec<Filter>),
+    Nor(Vec<Filter>),
+    Field {
+        path: Vec<String>,
+        cond: Cond,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub enum Cond {
+    Eq(Value),
+    Ne(Value),
+    Gt(Value),
+    Gte(Value),
+    Lt(Value),
+    Lte(Value),
+    In(Vec<Cond>),
+    Nin(Vec<Cond>),
+    Exists(bool),
+    Size(usize),
+    All(Vec<Value>),
+    ElemMatch(ElemMatch),
+    Mod {
+        divisor: i64,
+        remainder: i64,
+    },
+    Regex(Box<Regex>),
+    Not(Box<Cond>),
+    /// Several operators on one field: `{n: {$gt: 1, $lt: 5}}`.
+    Every(Vec<Cond>),
+}
+
+#[derive(Debug, Clone)]
+pub enum ElemMatch {
+    /// `{$elemMatch: {qty: {$gt: 3}}}`: elements are documents matching a filter.
+    Document(Box<Filter>),
+    /// `{$elemMatch: {$gt: 3, $lt: 9}}`: elements are values matching conditions.
+    Value(Box<Cond>),
+}
+
+fn invalid_op(message: impl Into<String>) -> YunError {
+    YunError::new(ErrorCode::DatabaseInvalidOperator, message)
+}
+
+/// Regexes are compiled with a size limit; Rust's engine runs in linear time, so a
+/// pattern cannot blow up at match time.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+fn regex(spec: &Value) -> Result<Regex, YunError> {
+    let pattern = spec
+        .get("pattern")
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid_op("regex needs a pattern"))?;
+    let options = spec.get("options").and_then(Value::as_str).unwrap_or("");
+    let mut builder = regex::RegexBuilder::new(pattern);
+    for o in options.chars() {
+        match o {
+            'i' => builder.case_insensitive(true),
+            'm' => builder.multi_line(true),
+            's' => builder.dot_matches_new_line(true),
+            'x' => builder.ignore_whitespace(true),
+            'u' => &mut builder,
+            other => return Err(invalid_op(format!("unknown regex option {other:?}"))),
+        };
+    }
+    builder
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| invalid_op(format!("invalid regex {pattern:?}: {e}")))
+}
+
+fn as_regex(v: &Value) -> Option<&Value> {
+    v.as_object()
+        .filter(|m| m.len() == 1)
+        .and_then(|m| m.get("$regularExpression"))
+}
+
+/// `a.b.0` → `["a", "b", "0"]`; empty segments and `$` are refused.
+pub fn parse_path(path: &str) -> Result<Vec<String>, YunError> {
+    let segments: Vec<String> = path.split('.').map(str::to_owned).collect();
+    if segments.iter().any(|s| s.is_empty() || s.starts_with('$')) {
+        return Err(invalid_op(format!("invalid field path {path:?}")));
+    }
+    Ok(segments)
+}
+
+impl Filter {
+    pub fn all() -> Self {
+        Filter::And(Vec::new())
+    }
+
+    pub fn parse(query: &Value) -> Result<Self, YunError> {
+        Self::parse_at(query, 0)
+    }
+
+    fn parse_at(query: &Value, depth: usize) -> Result<Self, YunError> {
+        if depth > MAX_DEPTH {
+            return Err(YunError::invalid_param("query nests too deeply"));
+        }
+        let map = query
+            .as_object()
+            .ok_or_else(|| YunError::invalid_param("a query must be an object"))?;
+        let mut clauses = Vec::with_capacity(map.len());
+        for (key, value) in map {
+            let list = |v: &Value| -> Result<Vec<Filter>, YunError> {
+                let items = v
+                    .as_array()
+                    .filter(|a| !a.is_empty())
+                    .ok_or_else(|| invalid_op(format!("{key} takes a non-empty array")))?;
+                items.iter().map(|q| Self::parse_at(q, depth + 1)).collect()
+            };
+            clauses.push(match key.as_str() {
+                "$and" => Filter::And(list(value)?),
+                "$or" => Filter::Or(list(value)?),
+                "$nor" => Filter::Nor(list(value)?),
+                other if other.starts_with('$') => {
+                    return Err(invalid_op(format!(
+                        "query operator {other} is not supported"
+                    )));
+                }
+                path => Filter::Field {
+                    path: parse_path(path)?,
+                    cond: Cond::parse(value, depth + 1)?,
+                },
+            });
+        }
+        Ok(if clauses.len() == 1 {
+            clauses.pop().expect("one")
+        } else {
+            Filter::And(clauses)
+        })
+    }
+
+    pub fn matches(&self, doc: &Value) -> bool {
+        match self {
+            Filter::And(fs) => fs.iter().all(|f| f.matches(doc)),
+            Filter::Or(fs) => fs.iter().any(|f| f.matches(doc)),
+            Filter::Nor(fs) => !fs.iter().any(|f| f.matches(doc)),
+            Filter::Field { path, cond } => {
+                let mut found = Vec::new();
+                lookup(doc, path, &mut found);
+                cond.holds(&found)
+            }
+        }
+    }
+}
+
+/// The document an upsert starts from: the query's top-level equality fields
+/// (`{_id: "a", owner: "b", n: {$gt: 1}}` seeds `{_id: "a", owner: "b"}`).
+pub fn upsert_seed(query: &Value) -> Value {
+    let mut seed = Map::new();
+    for (k, v) in query.as_object().into_iter().flatten() {
+        let is_operator = v
+            .as_object()
+            .is_some_and(|m| m.keys().any(|k| k.starts_with('$')));
+        if !k.starts_with('$') && !k.contains('.') && !is_operator {
+            seed.insert(k.clone(), v.clone());
+        }
+    }
+    Value::Object(seed)
+}
+
+/// Every value `path` reaches in `v`; `None` where it reaches nothing.
+pub fn lookup<'a>(v: &'a Value, path: &[String], out: &mut Vec<Option<&'a Value>>) {
+    let Some((head, rest)) = path.split_first() else {
+        out.push(Some(v));
+        return;
+    };
+    match v {
+        Value::Object(m) => match m.get(head) {
+            Some(child) => lookup(child, rest, out),
+            None => out.push(None),
+        },
+        Value::Array(items) => {
+            let before = out.len();
+            if let Ok(i) = head.parse::<usize>() {
+                if let Some(item) = items.get(i) {
+                    lookup(item, rest, out);
+                }
+            }
+            for item in items.iter().filter(|i| i.is_object()) {
+                lookup(item, path, out);
+            }
+            if out.len() == before {
+                out.push(None);
+            }
+        }
+        _ => out.push(None),
+    }
+}
+
+impl Cond {
+    fn parse(value: &Value, depth: usize) -> Result<Self, YunError> {
+        if let Some(spec) = as_regex(value) {
+            return Ok(Cond::Regex(Box::new(regex(spec)?)));
+        }
+        let Some(map) = value
+            .as_object()
+            .filter(|m| m.keys().next().is_some_and(|k| k.starts_with('$')))
+        else {
+            return Ok(Cond::Eq(value.clone()));
+        };
+        let mut conds = Vec::with_capacity(map.len());
+        for (op, arg) in map {
+            let list = || {
+                arg.as_array()
+                    .ok_or_else(|| invalid_op(format!("{op} takes an array")))
+            };
+            conds.push(match op.as_str() {
+                "$eq" => match as_regex(arg) {
+                    Some(spec) => Cond::Regex(Box::new(regex(spec)?)),
+                    None => Cond::Eq(arg.clone()),
+                },
+                "$ne" => Cond::Ne(arg.clone()),
+                "$gt" => Cond::Gt(arg.clone()),
+                "$gte" => Cond::Gte(arg.clone()),
+                "$lt" => Cond::Lt(arg.clone()),
+                "$lte" => Cond::Lte(arg.clone()),
+                "$in" => Cond::In(
+                    list()?
+                        .iter()
+                        .map(Cond::parse_eq)
+                        .collect::<Result<_, _>>()?,
+                ),
+                "$nin" => Cond::Nin(
+                    list()?
+                        .iter()
+                        .map(Cond::parse_eq)
+                        .collect::<Result<_, _>>()?,
+                ),
+                "$exists" => Cond::Exists(
+                    arg.as_bool()
+                        .ok_or_else(|| invalid_op("$exists takes true or false"))?,
+                ),
+                "$size" => Cond::Size(
+                    as_i64(arg)
+                        .and_then(|n| usize::try_from(n).ok())
+                        .ok_or_else(|| invalid_op("$size takes a non-negative integer"))?,
+                ),
+                "$all" => Cond::All(list()?.clone()),
+                "$elemMatch" => {
+                    let inner = arg
+                        .as_object()
+                        .ok_or_else(|| invalid_op("$elemMatch takes an object"))?;
+                    if inner.keys().all(|k| {
+                        k.starts_with('$') && !matches!(k.as_str(), "$and" | "$or" | "$nor")
+                    }) {
+                        Cond::ElemMatch(ElemMatch::Value(Box::new(Cond::parse(arg, depth + 1)?)))
+                    } else {
+                        Cond::ElemMatch(ElemMatch::Document(Box::new(Filter::parse_at(
+                            arg,
+                            depth + 1,
+                        )?)))
+                    }
+                }
+                "$mod" => match list()?.as_slice() {
+                    [d, r] => match (as_i64(d), as_i64(r)) {
+                        (Some(0), _) => return Err(invalid_op("$mod divisor must not be 0")),
+                        (Some(divisor), Some(remainder)) => Cond::Mod { divisor, remainder },
+                        _ => return Err(invalid_op("$mod takes [divisor, remainder] integers")),
+                    },
+                    _ => return Err(invalid_op("$mod takes [divisor, remainder]")),
+                },
+                "$regex" => {
+                    let pattern = arg
+                        .as_str()
+                        .ok_or_else(|| invalid_op("$regex takes a string"))?;
+                    let options = map
+                        .get("$options")
+                        .cloned()
+                        .unwrap_or(Value::String(String::new()));
+                    let mut spec = Map::new();
+                    spec.insert("pattern".into(), Value::String(pattern.into()));
+                    spec.insert("options".into(), options);
+                    Cond::Regex(Box::new(regex(&Value::Object(spec))?))
+                }
+                "$options" if map.contains_key("$regex") => continue,
+                "$not" => Cond::Not(Box::new(Cond::parse(arg, depth + 1)?)),
+                other => {
+                    return Err(invalid_op(format!(
+                        "query operator {other} is not supported"
+                    )))
+                }
+            });
+        }
+        Ok(if conds.len() == 1 {
+            conds.pop().expect("one")
+        } else {
+            Cond::Every(conds)
+        })
+    }
+
+    /// `$in` members: values, or regexes that match.
+    fn parse_eq(v: &Value) -> Result<Cond, YunError> {
+        Ok(match as_regex(v) {
+            Some(spec) => Cond::Regex(Box::new(regex(spec)?)),
+            None => Cond::Eq(v.clone()),
+        })
+    }
+
+    /// Whether the condition holds for the values a path reached.
+    fn holds(&self, found: &[Option<&Value>]) -> bool {
+        match self {
+            Cond::Ne(v) => !Cond::Eq(v.clone()).holds(found),
+            Cond::Nin(list) => !Cond::In(list.clone()).holds(found),
+            Cond::Not(inner) => !inner.holds(found),
+            Cond::Every(conds) => conds.iter().all(|c| c.holds(found)),
+            Cond::Exists(want) => found.iter().any(Option::is_some) == *want,
+            _ => found.iter().any(|v| self.holds_one(*v)),
+        }
+    }
+
+    /// One reached value; arrays are also tried element by element.
+    fn holds_one(&self, v: Option<&Value>) -> bool {
+        if self.test(v) {
+            return true;
+        }
+        match (self, v) {
+            (Cond::Size(_) | Cond::All(_) | Cond::ElemMatch(_), _) => false,
+            (_, Some(Value::Array(items))) => items.iter().any(|item| self.test(Some(item))),
+            _ => false,
+        }
+    }
+
+    fn test(&self, v: Option<&Value>) -> bool {
+        let range = |bound: &Value, accept: fn(std::cmp::Ordering) -> bool| {
+            v.is_some_and(|v| {
+                bracket(Some(v)) == bracket(Some(bound)) && accept(compare(Some(v), Some(bound)))
+            })
+        };
+        match self {
+            Cond::Eq(x) => equal(v, Some(x)) || (x.is_null() && v.is_none()),
+            Cond::Gt(x) => range(x, |o| o.is_gt()),
+            Cond::Gte(x) => range(x, |o| o.is_ge()),
+            Cond::Lt(x) => range(x, |o| o.is_lt()),
+            Cond::Lte(x) => range(x, |o| o.is_le()),
+            Cond::In(list) => list.iter().any(|c| c.test(v)),
+            Cond::Size(n) => matches!(v, Some(Value::Array(items)) if items.len() == *n),
+            Cond::All(wanted) => match v {
+                Some(Value::Array(items)) => {
+                    !wanted.is_empty()
+                        && wanted
+                            .iter()
+                            .all(|w| items.iter().any(|i| equal(Some(i), Some(w))))
+                }
+                _ => false,
+            },
+            Cond::ElemMatch(m) => match v {
+                Some(Value::Array(items)) => items.iter().any(|item| match m {
+                    ElemMatch::Document(f) => item.is_object() && f.matches(item),
+                    ElemMatch::Value(c) => c.test(Some(item)),
+                }),
+                _ => false,
+            },
+            Cond::Mod { divisor, remainder } => v
+                .and_then(as_i64)
+                .is_some_and(|n| n % divisor == *remainder),
+            Cond::Regex(re) => v.and_then(Value::as_str).is_some_and(|s| re.is_match(s)),
+            // Negations and conjunctions are decided over all reached values in `holds`;
+            // inside `$elemMatch` and `$in` they apply to the one value.
+            Cond::Ne(_) | Cond::Nin(_) | Cond::Not(_) | Cond::Every(_) | Cond::Exists(_) => {
+                self.holds(&[v])
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn m(query: Value, doc: Value) -> bool {
+        Filter::parse(&query).unwrap().matches(&doc)
+    }
+
+    #[test]
+    fn equality_paths_and_arrays() {
+        let doc = json!({"a": 1, "tags": ["x", "y"], "owner": {"name": "bob"}, "items": [{"qty": 2}, {"qty": 5}], "n": null});
+        assert!(m(json!({"a": 1.0}), doc.clone()));
+        assert!(
+            m(json!({"tags": "x"}), doc.clone()),
+            "an array matches one of its elements"
+        );
+        assert!(m(json!({"tags": ["x", "y"]}), doc.clone()), "or as a whole");
+        assert!(m(json!({"owner.name": "bob"}), doc.clone()));
+        assert!(
+            m(json!({"items.qty": 5}), doc.clone()),
+            "paths reach into arrays of documents"
+        );
+        assert!(
+            m(json!({"items.1.qty": 5}), doc.clone()),
+            "numeric segments index arrays"
+        );
+        assert!(!m(json!({"items.0.qty": 5}), doc.clone()));
+        assert!(
+            m(json!({"missing": null}), doc.clone()),
+            "missing equals null"
+        );
+        assert!(m(json!({"n": null}), doc.clone()));
+        assert!(!m(json!({"a": {"$ne": 1}}), doc.clone()));
+        assert!(m(json!({"tags": {"$ne": "z"}}), doc.clone()));
+        assert!(
+            !m(json!({"tags": {"$ne": "x"}}), doc.clone()),
+            "$ne fails if any element equals"
+        );
+    }
+
+    #[test]
+    fn ranges_stay_within_a_type_bracket() {
+        let doc = json!({"n": 5, "s": "5", "d": {"$date": 100}, "arr": [1, 10]});
+        assert!(m(json!({"n": {"$gt": 1, "$lte": 5}}), doc.clone()));
+        assert!(!m(json!({"s": {"$gt": 1}}), doc.clone()));
+        assert!(m(json!({"d": {"$gte": {"$date": 100}}}), doc.clone()));
+        assert!(!m(json!({"d": {"$gt": 50}}), doc.clone()));
+        assert!(
+            m(json!({"arr": {"$gt": 5, "$lt": 5}}), doc.clone()),
+            "different elements may satisfy each bound"
+        );
+        assert!(
+            !m(
+                json!({"arr": {"$elemMatch": {"$gt": 5, "$lt": 8}}}),
+                doc.clone()
+            ),
+            "elemMatch needs one element for all"
+        );
+        assert!(!m(json!({"missing": {"$lt": 1}}), doc.clone()));
+    }
+
+    #[test]
+    fn set_operators_logic_and_regex() {
+        let doc = json!({"n": 4, "tags": ["a", "b"], "title": "Buy Milk", "items": [{"qty": 2}, {"qty": 5}]});
+        assert!(m(json!({"n": {"$in": [1, 4]}}), doc.clone()));
+        assert!(m(json!({"n": {"$nin": [1, 2]}}), doc.clone()));
+        assert!(m(json!({"tags": {"$all": ["b", "a"]}}), doc.clone()));
+        assert!(!m(json!({"tags": {"$all": ["a", "c"]}}), doc.clone()));
+        assert!(m(json!({"tags": {"$size": 2}}), doc.clone()));
+        assert!(m(
+            json!({"items": {"$elemMatch": {"qty": {"$gt": 3}}}}),
+            doc.clone()
+        ));
+        assert!(m(json!({"n": {"$mod": [2, 0]}}), doc.clone()));
+        assert!(m(
+            json!({"title": {"$regularExpression": {"pattern": "^buy", "options": "i"}}}),
+            doc.clone()
+        ));
+        assert!(!m(
+            json!({"title": {"$regularExpression": {"pattern": "^buy", "options": ""}}}),
+            doc.clone()
+        ));
+        assert!(m(json!({"n": {"$not": {"$gt": 5}}}), doc.clone()));
+        assert!(
+            m(json!({"missing": {"$not": {"$gt": 5}}}), doc.clone()),
+            "$not matches missing fields"
+        );
+        assert!(m(json!({"$or": [{"n": 1}, {"tags": "b"}]}), doc.clone()));
+        assert!(!m(json!({"$nor": [{"n": 1}, {"tags": "b"}]}), doc.clone()));
+        assert!(m(
+            json!({"$and": [{"n": {"$gt": 1}}, {"n": {"$lte": 10}}], "title": {"$exists": true}}),
+            doc.clone()
+        ));
+        assert!(m(json!({"missing": {"$exists": false}}), doc.clone()));
+        assert!(m(json!({}), doc));
+    }
+
+    #[test]
+    fn bad_queries_are_clear_errors() {
+        for (q, code) in [
+            (
+                json!({"$where": "this.a == 1"}),
+                ErrorCode::DatabaseInvalidOperator,
+            ),
+            (
+                json!({"a": {"$foo": 1}}),
+                ErrorCode::DatabaseInvalidOperator,
+            ),
+            (json!({"a..b": 1}), ErrorCode::DatabaseInvalidOperator),
+            (json!({"a.$b": 1}), ErrorCode::DatabaseInvalidOperator),
+            (json!({"$or": []}), ErrorCode::DatabaseInvalidOperator),
+            (
+                json!({"a": {"$mod": [0, 1]}}),
+                ErrorCode::DatabaseInvalidOperator,
+            ),
+            (
+                json!({"a": {"$regularExpression": {"pattern": "(", "options": ""}}}),
+                ErrorCode::DatabaseInvalidOperator,
+            ),
+            (json!([1]), ErrorCode::InvalidParam),
+        ] {
+            assert_eq!(Filter::parse(&q).unwrap_err().code, code, "{q}");
+        }
+        let huge =
+            json!({"a": {"$regularExpression": {"pattern": "a{1000}{1000}", "options": ""}}});
+        assert!(
+            Filter::parse(&huge).is_err(),
+            "oversized regexes are refused"
+        );
+    }
+}

@@ -1,0 +1,15 @@
+//! The document database. The model lives here once: values (`value`), their order
+//! (`order`), queries (`filter`), updates (`update`), sort and projection (`find`), and
+//! the operations (`db`). Backends implement the narrow `store` seam: `sqlite` now,
+//! PostgreSQL with cluster mode. No HTTP, no auth: callers pass an env and act in it.
+
+pub mod db;
+pub mod filter;
+pub mod find;
+pub mod order;
+pub mod sqlite;
+pub mod store;
+pub mod update;
+pub mod value;
+
+pub use db::{Change, DocDb, Find, Limits, Updated};

@@ -1,0 +1,262 @@
+//! The embedded backend: documents as JSON text in one SQLite file (WAL), keyed by
+//! (env, collection, `_id`). One writer connection (SQLite has one writer) and a pool
+//! of read-only connections.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use serde_json::Value;
+use yun_types::{EnvId, ErrorCode, YunError};
+
+use crate::store::{DocStore, DocTxn, Work};
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE collections (
+    env TEXT NOT NULL,
+    name TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (env, name)
+) WITHOUT ROWID;
+CREATE TABLE documents (
+    env TEXT NOT NULL,
+    collection TEXT NOT NULL,
+    id TEXT NOT NULL,
+    doc TEXT NOT NULL,
+    PRIMARY KEY (env, collection, id)
+) WITHOUT ROWID;
+"#];
+
+fn db_err(e: impl std::fmt::Display) -> YunError {
+    YunError::internal(format!("document store: {e}"))
+}
+
+#[derive(Clone)]
+pub struct SqliteDocStore {
+    path: PathBuf,
+    writer: Arc<Mutex<Connection>>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+}
+
+impl SqliteDocStore {
+    pub fn open(path: &Path) -> Result<Self, YunError> {
+        let conn = Connection::open(path).map_err(db_err)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;",
+        )
+        .map_err(db_err)?;
+        let applied: usize = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(db_err)?;
+        if applied > MIGRATIONS.len() {
+            return Err(YunError::internal(
+                "the document store was written by a newer Yun",
+            ));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+            conn.execute_batch(&format!(
+                "BEGIN; {sql}; PRAGMA user_version = {}; COMMIT;",
+                i + 1
+            ))
+            .map_err(db_err)?;
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            writer: Arc::new(Mutex::new(conn)),
+            readers: Arc::new(Mutex::new(Vec::new())),
+        })
+    }
+}
+
+struct SqliteTxn<'a> {
+    tx: Transaction<'a>,
+    env: String,
+}
+
+impl DocTxn for SqliteTxn<'_> {
+    fn collection_exists(&mut self, collection: &str) -> Result<bool, YunError> {
+        self.tx
+            .query_row(
+                "SELECT 1 FROM collections WHERE env = ?1 AND name = ?2",
+                params![self.env, collection],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|r| r.is_some())
+            .map_err(db_err)
+    }
+
+    fn create_collection(&mut self, collection: &str) -> Result<bool, YunError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let n = self
+            .tx
+            .execute(
+                "INSERT OR IGNORE INTO collections (env, name, created_at) VALUES (?1, ?2, ?3)",
+                params![self.env, collection, now],
+            )
+            .map_err(db_err)?;
+        Ok(n > 0)
+    }
+
+    fn list_collections(&mut self) -> Result<Vec<String>, YunError> {
+        let mut stmt = self
+            .tx
+            .prepare_cached("SELECT name FROM collections WHERE env = ?1 ORDER BY name")
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map(params![self.env], |r| r.get(0))
+            .map_err(db_err)?;
+        rows.collect::<Result<_, _>>().map_err(db_err)
+    }
+
+    fn drop_collection(&mut self, collection: &str) -> Result<bool, YunError> {
+        self.tx
+            .execute(
+                "DELETE FROM documents WHERE env = ?1 AND collection = ?2",
+                params![self.env, collection],
+            )
+            .map_err(db_err)?;
+        let n = self
+            .tx
+            .execute(
+                "DELETE FROM collections WHERE env = ?1 AND name = ?2",
+                params![self.env, collection],
+            )
+            .map_err(db_err)?;
+        Ok(n > 0)
+    }
+
+    fn scan(&mut self, collection: &str) -> Result<Vec<Value>, YunError> {
+        let mut stmt = self
+            .tx
+            .prepare_cached(
+                "SELECT doc FROM documents WHERE env = ?1 AND collection = ?2 ORDER BY id",
+            )
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map(params![self.env, collection], |r| r.get::<_, String>(0))
+            .map_err(db_err)?;
+        rows.map(|text| serde_json::from_str(&text.map_err(db_err)?).map_err(db_err))
+            .collect()
+    }
+
+    fn get(&mut self, collection: &str, id: &str) -> Result<Option<Value>, YunError> {
+        let text: Option<String> = self
+            .tx
+            .query_row(
+                "SELECT doc FROM documents WHERE env = ?1 AND collection = ?2 AND id = ?3",
+                params![self.env, collection, id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_err)?;
+        text.map(|t| serde_json::from_str(&t).map_err(db_err))
+            .transpose()
+    }
+
+    fn insert(&mut self, collection: &str, id: &str, doc: &Value) -> Result<(), YunError> {
+        let result = self.tx.execute(
+            "INSERT INTO documents (env, collection, id, doc) VALUES (?1, ?2, ?3, ?4)",
+            params![self.env, collection, id, doc.to_string()],
+        );
+        match result {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(YunError::new(
+                    ErrorCode::AlreadyExists,
+                    format!("a document with _id {id:?} already exists"),
+                ))
+            }
+            other => other.map(|_| ()).map_err(db_err),
+        }
+    }
+
+    fn replace(&mut self, collection: &str, id: &str, doc: &Value) -> Result<(), YunError> {
+        self.tx
+            .execute(
+                "UPDATE documents SET doc = ?4 WHERE env = ?1 AND collection = ?2 AND id = ?3",
+                params![self.env, collection, id, doc.to_string()],
+            )
+            .map(|_| ())
+            .map_err(db_err)
+    }
+
+    fn delete(&mut self, collection: &str, id: &str) -> Result<bool, YunError> {
+        self.tx
+            .execute(
+                "DELETE FROM documents WHERE env = ?1 AND collection = ?2 AND id = ?3",
+                params![self.env, collection, id],
+            )
+            .map(|n| n > 0)
+            .map_err(db_err)
+    }
+}
+
+#[async_trait]
+impl DocStore for SqliteDocStore {
+    async fn read(&self, env: &EnvId, work: Work) -> Result<(), YunError> {
+        let (readers, path, env) = (self.readers.clone(), self.path.clone(), env.to_string());
+        tokio::task::spawn_blocking(move || {
+            let pooled = readers.lock().ok().and_then(|mut r| r.pop());
+            let mut conn = match pooled {
+                Some(c) => c,
+                None => {
+                    let c = Connection::open_with_flags(
+                        &path,
+                        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                    )
+                    .map_err(db_err)?;
+                    c.execute_batch("PRAGMA busy_timeout=5000;")
+                        .map_err(db_err)?;
+                    c
+                }
+            };
+            let result = (|| {
+                let tx = conn.transaction().map_err(db_err)?;
+                let mut txn = SqliteTxn { tx, env };
+                work(&mut txn)
+            })();
+            if let Ok(mut r) = readers.lock() {
+                r.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(db_err)?
+    }
+
+    async fn write(&self, env: &EnvId, work: Work) -> Result<(), YunError> {
+        let (writer, env) = (self.writer.clone(), env.to_string());
+        tokio::task::spawn_blocking(move || {
+            let mut conn = writer
+                .lock()
+                .map_err(|_| YunError::internal("document writer poisoned"))?;
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            let mut txn = SqliteTxn { tx, env };
+            work(&mut txn)?;
+            txn.tx.commit().map_err(db_err)
+        })
+        .await
+        .map_err(db_err)?
+    }
+
+    async fn drop_env(&self, env: &EnvId) -> Result<(), YunError> {
+        self.write(
+            env,
+            Box::new(|txn| {
+                for name in txn.list_collections()? {
+                    txn.drop_collection(&name)?;
+                }
+                Ok(())
+            }),
+        )
+        .await
+    }
+}

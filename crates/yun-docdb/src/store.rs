@@ -1,0 +1,62 @@
+//! The storage seam. A backend stores JSON documents by (env, collection, `_id`) and
+//! runs a caller's closure inside one transaction, so a read-modify-write (an update,
+//! an upsert) is atomic. Queries, updates and ordering live above this trait, once.
+
+use async_trait::async_trait;
+use serde_json::Value;
+use yun_types::{EnvId, YunError};
+
+/// Operations inside one transaction of one env. Called on a blocking thread: may block,
+/// must not call back into async code.
+pub trait DocTxn {
+    fn collection_exists(&mut self, collection: &str) -> Result<bool, YunError>;
+    /// Creates the collection; false when it already existed.
+    fn create_collection(&mut self, collection: &str) -> Result<bool, YunError>;
+    fn list_collections(&mut self) -> Result<Vec<String>, YunError>;
+    /// Drops the collection and its documents; false when it did not exist.
+    fn drop_collection(&mut self, collection: &str) -> Result<bool, YunError>;
+    /// Every document of the collection, in `_id` order. (The SQL compiler will push
+    /// filters and order down; until then the model filters in Rust.)
+    fn scan(&mut self, collection: &str) -> Result<Vec<Value>, YunError>;
+    fn get(&mut self, collection: &str, id: &str) -> Result<Option<Value>, YunError>;
+    /// Inserts a new document; a duplicate `_id` is an `AlreadyExists` error.
+    fn insert(&mut self, collection: &str, id: &str, doc: &Value) -> Result<(), YunError>;
+    /// Replaces an existing document.
+    fn replace(&mut self, collection: &str, id: &str, doc: &Value) -> Result<(), YunError>;
+    fn delete(&mut self, collection: &str, id: &str) -> Result<bool, YunError>;
+}
+
+/// A unit of work: runs once inside a transaction; an `Err` rolls everything back.
+pub type Work = Box<dyn FnOnce(&mut dyn DocTxn) -> Result<(), YunError> + Send>;
+
+#[async_trait]
+pub trait DocStore: Send + Sync + 'static {
+    /// Runs `work` in a read-only snapshot of `env`.
+    async fn read(&self, env: &EnvId, work: Work) -> Result<(), YunError>;
+    /// Runs `work` in a write transaction of `env`; committed when it returns `Ok`.
+    async fn write(&self, env: &EnvId, work: Work) -> Result<(), YunError>;
+    /// Deletes every collection of the env.
+    async fn drop_env(&self, env: &EnvId) -> Result<(), YunError>;
+}
+
+/// Runs a closure with a result through [`DocStore::read`] or [`DocStore::write`].
+pub(crate) async fn run<T: Send + 'static>(
+    store: &dyn DocStore,
+    env: &EnvId,
+    writes: bool,
+    f: impl FnOnce(&mut dyn DocTxn) -> Result<T, YunError> + Send + 'static,
+) -> Result<T, YunError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let work: Work = Box::new(move |txn| {
+        let value = f(txn)?;
+        let _ = tx.send(value);
+        Ok(())
+    });
+    if writes {
+        store.write(env, work).await?;
+    } else {
+        store.read(env, work).await?;
+    }
+    rx.try_recv()
+        .map_err(|_| YunError::internal("document store finished without a result"))
+}

@@ -1,0 +1,134 @@
+'use strict';
+// The document database through the official SDKs: CRUD, every query command the v2
+// protocol sends, update operators, ordering/paging/projection, errors, env isolation.
+const { test, before, after } = require('node:test');
+const assert = require('node:assert/strict');
+const { startYun } = require('../lib/yun');
+
+let yun;
+let db;
+let _;
+before(async () => {
+  yun = await startYun();
+  db = yun.admin().database();
+  _ = db.command;
+  await db.createCollection('todos');
+});
+after(async () => yun && yun.stop());
+
+test('add, get by id, count, and the CloudBase result shapes', async () => {
+  const due = new Date('2024-06-01T08:00:00Z');
+  const one = await db.collection('todos').add({ title: 'buy milk', done: false, n: 3, price: 9.5, due, tags: ['x', 'y'], owner: { name: 'bob', age: 30 } });
+  assert.match(one.id, /^[0-9a-f]{32}$/);
+  assert.ok(one.requestId);
+  const many = await db.collection('todos').add([{ _id: 'my-id', title: 'walk', n: 7, tags: ['z'] }, { title: 'Buy bread', n: 1, done: true }]);
+  assert.equal(many.ids.length, 2);
+  assert.equal(many.ids[0], 'my-id');
+
+  const got = await db.collection('todos').doc(one.id).get();
+  assert.equal(got.data.length, 1);
+  const doc = got.data[0];
+  assert.equal(doc._id, one.id);
+  assert.equal(doc.title, 'buy milk');
+  assert.equal(doc.price, 9.5);
+  assert.ok(doc.due instanceof Date, 'dates come back as Date');
+  assert.equal(doc.due.getTime(), due.getTime());
+  assert.deepEqual(doc.owner, { name: 'bob', age: 30 });
+  assert.equal((await db.collection('todos').count()).total, 3);
+});
+
+test('where with every filter command the SDK sends', async () => {
+  const q = async (where) => (await db.collection('todos').where(where).get()).data.map((d) => d.title).sort();
+  assert.deepEqual(await q({ done: false }), ['buy milk']);
+  assert.deepEqual(await q({ n: _.gt(1).and(_.lte(7)) }), ['buy milk', 'walk']);
+  assert.deepEqual(await q({ n: _.lt(2).or(_.gt(5)) }), ['Buy bread', 'walk']);
+  assert.deepEqual(await q({ tags: _.in(['x', 'z']) }), ['buy milk', 'walk']);
+  assert.deepEqual(await q({ n: _.nin([1, 3]) }), ['walk']);
+  assert.deepEqual(await q({ n: _.neq(3) }), ['Buy bread', 'walk']);
+  assert.deepEqual(await q({ tags: _.all(['x', 'y']) }), ['buy milk']);
+  assert.deepEqual(await q({ tags: _.size(1) }), ['walk']);
+  assert.deepEqual(await q({ done: _.exists(false) }), ['walk']);
+  assert.deepEqual(await q({ n: _.mod(2, 1) }), ['Buy bread', 'buy milk', 'walk']);
+  assert.deepEqual(await q({ title: /^buy/i }), ['Buy bread', 'buy milk']);
+  assert.deepEqual(await q({ title: db.RegExp({ regexp: '^BUY', options: 'i' }) }), ['Buy bread', 'buy milk']);
+  assert.deepEqual(await q({ owner: { name: 'bob', age: _.gte(18) } }), ['buy milk'], 'nested objects become dotted paths');
+  assert.deepEqual(await q({ 'owner.age': _.lt(18) }), []);
+  assert.deepEqual(await q({ due: _.lt(new Date('2025-01-01')) }), ['buy milk']);
+  assert.deepEqual(await q({ n: _.not(_.gt(2)) }), ['Buy bread']);
+  assert.deepEqual(await q(_.or([{ n: 7 }, { done: true }])), ['Buy bread', 'walk']);
+  assert.deepEqual(await q(_.nor([{ n: 7 }, { done: true }])), ['buy milk']);
+  await db.collection('todos').add({ title: 'items', items: [{ qty: 2 }, { qty: 5 }] });
+  assert.deepEqual(await q({ items: _.elemMatch({ qty: _.gt(3) }) }), ['items']);
+  assert.deepEqual(await q({ 'items.qty': 2 }), ['items'], 'paths reach into arrays of documents');
+});
+
+test('orderBy on two keys, skip, limit and field projection', async () => {
+  const res = await db.collection('todos').where({ n: _.exists(true) }).orderBy('n', 'desc').orderBy('title', 'asc').skip(1).limit(2).field({ title: true, n: 1, _id: false }).get();
+  assert.deepEqual(res.data, [{ title: 'buy milk', n: 3 }, { title: 'Buy bread', n: 1 }]);
+  assert.equal(res.limit, 2);
+  assert.equal(res.offset, 1);
+  const sliced = await db.collection('todos').doc('my-id').field({ tags: _.project.slice(1) }).get();
+  assert.deepEqual(sliced.data[0].tags, ['z']);
+});
+
+test('update with operators, doc.update, doc.set with upsert, remove', async () => {
+  const res = await db.collection('todos').where({ title: 'walk' }).update({ n: _.inc(1), tags: _.push(['w']), 'meta.seen': true, done: _.remove() });
+  assert.equal(res.updated, 1);
+  const walk = (await db.collection('todos').doc('my-id').get()).data[0];
+  assert.equal(walk.n, 8);
+  assert.deepEqual(walk.tags, ['z', 'w']);
+  assert.deepEqual(walk.meta, { seen: true });
+
+  const docUpdate = await db.collection('todos').doc('my-id').update({ tags: _.addToSet('z'), n: _.mul(2), stamp: db.serverDate() });
+  assert.equal(docUpdate.updated, 1);
+  const after = (await db.collection('todos').doc('my-id').get()).data[0];
+  assert.equal(after.n, 16);
+  assert.deepEqual(after.tags, ['z', 'w']);
+  assert.ok(after.stamp instanceof Date && Math.abs(after.stamp.getTime() - Date.now()) < 60000, 'serverDate is the server time');
+
+  const created = await db.collection('todos').doc('fresh').set({ title: 'set', n: 0 });
+  assert.equal(created.upsertedId, 'fresh');
+  const replaced = await db.collection('todos').doc('fresh').set({ title: 'replaced' });
+  assert.equal(replaced.updated, 1);
+  assert.deepEqual((await db.collection('todos').doc('fresh').get()).data[0], { _id: 'fresh', title: 'replaced' });
+
+  const removedOne = await db.collection('todos').doc('fresh').remove();
+  assert.equal(removedOne.deleted, 1);
+  const removed = await db.collection('todos').where({ title: /^buy/i }).remove();
+  assert.equal(removed.deleted, 2);
+  assert.equal((await db.collection('todos').where({ title: /^buy/i }).count()).total, 0);
+});
+
+test('database errors carry CloudBase codes', async () => {
+  await assert.rejects(db.collection('nope').add({ a: 1 }), { code: 'DATABASE_COLLECTION_NOT_EXIST' });
+  await assert.rejects(db.collection('nope').where({ a: 1 }).get(), { code: 'DATABASE_COLLECTION_NOT_EXIST' });
+  await assert.rejects(db.createCollection('todos'), { code: 'DATABASE_COLLECTION_ALREADY_EXIST' });
+  await assert.rejects(db.collection('todos').add({ _id: 'my-id' }), { code: 'RESOURCE_ALREADY_EXISTS' });
+  await assert.rejects(db.collection('todos').where({ $where: 'this.n > 1' }).get(), { code: 'DATABASE_INVALID_OPERRATOR' });
+  await assert.rejects(db.collection('todos').where({ title: db.RegExp({ regexp: '(' }) }).get(), { code: 'DATABASE_INVALID_OPERRATOR' });
+});
+
+test('unmodified wx-server-sdk code uses the database from inside a function', async () => {
+  await db.createCollection('notes');
+  await yun.deploy('dbuser', 'dbuser');
+  const res = await yun.admin().callFunction({ name: 'dbuser', data: { text: 'from a function', n: 5 } });
+  assert.deepEqual(res.result.texts, ['from a function']);
+  assert.equal(res.result.total, 1);
+  assert.equal(res.result.one._id, res.result.id);
+  assert.equal(res.result.atIsDate, true);
+  // The same document, read from outside.
+  const outside = await db.collection('notes').doc(res.result.id).get();
+  assert.equal(outside.data[0].text, 'from a function');
+});
+
+test("env b's key never sees env dev's collections", async () => {
+  const created = await yun.cliJson(['env', 'create', 'b']);
+  const keyB = { secretId: created.key.secret_id, secretKey: created.key.secret_key };
+  await assert.rejects(yun.admin({ env: yun.envId, ...keyB }).database().collection('todos').get(), { code: 'PERMISSION_DENIED' });
+  const dbB = yun.admin({ env: 'b', ...keyB }).database();
+  await assert.rejects(dbB.collection('todos').get(), { code: 'DATABASE_COLLECTION_NOT_EXIST' });
+  await dbB.createCollection('todos');
+  await dbB.collection('todos').add({ title: 'only in b' });
+  const inDev = await db.collection('todos').where({ title: 'only in b' }).count();
+  assert.equal(inDev.total, 0);
+});
