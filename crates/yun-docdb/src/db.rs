@@ -75,6 +75,25 @@ pub fn check_collection(name: &str) -> Result<(), YunError> {
     }
 }
 
+/// The documents that may match `filter`: fetched by primary key when it pins `_id`,
+/// otherwise the whole collection. The evaluator still decides every match.
+fn candidates(
+    txn: &mut dyn crate::store::DocTxn,
+    collection: &str,
+    filter: &Filter,
+) -> Result<Vec<Value>, YunError> {
+    match filter.id_candidates() {
+        Some(ids) => Ok(ids
+            .iter()
+            .map(|id| txn.get(collection, id))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .flatten()
+            .collect()),
+        None => txn.scan(collection),
+    }
+}
+
 fn not_found(collection: &str) -> YunError {
     YunError::new(
         ErrorCode::CollectionNotFound,
@@ -215,8 +234,7 @@ impl DocDb {
             if !txn.collection_exists(&collection)? {
                 return Err(not_found(&collection));
             }
-            let mut docs: Vec<Value> = txn
-                .scan(&collection)?
+            let mut docs: Vec<Value> = candidates(txn, &collection, &q.filter)?
                 .into_iter()
                 .filter(|d| q.filter.matches(d))
                 .collect();
@@ -244,8 +262,7 @@ impl DocDb {
             if !txn.collection_exists(&collection)? {
                 return Err(not_found(&collection));
             }
-            Ok(txn
-                .scan(&collection)?
+            Ok(candidates(txn, &collection, &filter)?
                 .iter()
                 .filter(|d| filter.matches(d))
                 .count() as u64)
@@ -276,8 +293,7 @@ impl DocDb {
             }
             let mut outcome = Updated::default();
             let mut written = Vec::new();
-            for doc in txn
-                .scan(&collection)?
+            for doc in candidates(txn, &collection, &filter)?
                 .into_iter()
                 .filter(|d| filter.matches(d))
             {
@@ -343,8 +359,7 @@ impl DocDb {
                 return Err(not_found(&collection));
             }
             let mut deleted = 0;
-            for doc in txn
-                .scan(&collection)?
+            for doc in candidates(txn, &collection, &filter)?
                 .into_iter()
                 .filter(|d| filter.matches(d))
             {

@@ -152,6 +152,36 @@ impl Filter {
         })
     }
 
+    /// The `_id`s this filter allows, when it pins `_id` to a finite set (`{_id: x}`,
+    /// `{_id: {$in: […]}}`, either inside `$and`); `None` when any document may match.
+    /// Stored ids are strings, so only string ids can match.
+    pub fn id_candidates(&self) -> Option<Vec<String>> {
+        match self {
+            Filter::And(clauses) => clauses.iter().find_map(Filter::id_candidates),
+            Filter::Field { path, cond } if path.len() == 1 && path[0] == "_id" => {
+                let mut ids: Vec<String> = match cond {
+                    Cond::Eq(v) => vec![v.as_str()?.to_owned()],
+                    Cond::In(list) => list
+                        .iter()
+                        .map(|c| match c {
+                            Cond::Eq(Value::String(s)) => Some(Some(s.clone())),
+                            Cond::Eq(_) => Some(None),
+                            _ => None,
+                        })
+                        .collect::<Option<Vec<_>>>()?
+                        .into_iter()
+                        .flatten()
+                        .collect(),
+                    _ => return None,
+                };
+                ids.sort();
+                ids.dedup();
+                Some(ids)
+            }
+            _ => None,
+        }
+    }
+
     pub fn matches(&self, doc: &Value) -> bool {
         match self {
             Filter::And(fs) => fs.iter().all(|f| f.matches(doc)),
@@ -482,6 +512,24 @@ mod tests {
         ));
         assert!(m(json!({"missing": {"$exists": false}}), doc.clone()));
         assert!(m(json!({}), doc));
+    }
+
+    #[test]
+    fn id_candidates_only_when_pinned() {
+        let ids = |q: Value| Filter::parse(&q).unwrap().id_candidates();
+        assert_eq!(ids(json!({"_id": "a"})), Some(vec!["a".to_owned()]));
+        assert_eq!(
+            ids(json!({"_id": {"$in": ["b", "a", "b", 3]}, "n": 1})),
+            Some(vec!["a".to_owned(), "b".to_owned()])
+        );
+        assert_eq!(
+            ids(json!({"$and": [{"n": 1}, {"_id": "x"}]})),
+            Some(vec!["x".to_owned()])
+        );
+        assert_eq!(ids(json!({"_id": 5})), None, "a number pins nothing stored");
+        assert_eq!(ids(json!({"$or": [{"_id": "a"}, {"n": 1}]})), None);
+        assert_eq!(ids(json!({"_id": {"$gt": "a"}})), None);
+        assert_eq!(ids(json!({"n": 1})), None);
     }
 
     #[test]
