@@ -55,6 +55,102 @@ fn to_wire(doc: &Value) -> Value {
     Value::String(to_ejson(doc).to_string())
 }
 
+fn parse_docs(body: &Map<String, Value>) -> Result<Vec<Value>, YunError> {
+    let wrong = || YunError::invalid_param("data must be an array of EJSON strings");
+    let items = body
+        .get("data")
+        .and_then(Value::as_array)
+        .ok_or_else(wrong)?;
+    items
+        .iter()
+        .map(|d| {
+            d.as_str()
+                .ok_or_else(wrong)
+                .and_then(|s| parse_ejson(s, now_ms()))
+        })
+        .collect()
+}
+
+/// `modifyDocument`'s `data`: a replacement (`merge: false`, from `doc.set`) or
+/// operators (plain fields are `$set`).
+fn parse_change(body: &Map<String, Value>) -> Result<Change, YunError> {
+    let data = ejson(body, "data")?.ok_or_else(|| YunError::invalid_param("data is required"))?;
+    Ok(if !flag(body, "merge", true) {
+        Change::Replace(data)
+    } else if yun_docdb::update::is_operator_update(&data) {
+        Change::Operators(data)
+    } else {
+        Change::Operators(json!({ "$set": data }))
+    })
+}
+
+fn projection(body: &Map<String, Value>) -> Result<Projection, YunError> {
+    Ok(ejson(body, "projection")?
+        .map(|p| Projection::parse(&p))
+        .transpose()?
+        .unwrap_or(Projection::All))
+}
+
+fn transaction_id(body: &Map<String, Value>) -> Option<&str> {
+    body.get("transactionId")
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())
+}
+
+/// The actions inside a transaction: `startTransaction`'s id rides on each of them.
+async fn in_transaction(
+    app: &App,
+    who: &Identity,
+    txn: &str,
+    action: &str,
+    body: &Map<String, Value>,
+    query: &Value,
+) -> Result<Value, YunError> {
+    let filter = Filter::parse(query)?;
+    Ok(match action {
+        "database.commitTransaction" => {
+            app.db_commit_transaction(who, txn).await?;
+            json!({})
+        }
+        "database.abortTransaction" => {
+            app.db_abort_transaction(who, txn)?;
+            json!({})
+        }
+        "database.insertDocument" => {
+            json!({ "insertedIds": app.db_txn_insert(who, txn, collection(body)?, parse_docs(body)?).await? })
+        }
+        "database.getDocument" => {
+            let docs = app
+                .db_txn_find(who, txn, collection(body)?, &filter, &projection(body)?)
+                .await?;
+            json!({ "list": docs.iter().map(to_wire).collect::<Vec<_>>() })
+        }
+        "database.modifyDocument" => {
+            let upsert = flag(body, "upsert", false).then(|| upsert_seed(query));
+            let outcome = app
+                .db_txn_update(
+                    who,
+                    txn,
+                    collection(body)?,
+                    &filter,
+                    &parse_change(body)?,
+                    upsert,
+                )
+                .await?;
+            json!({ "updated": outcome.updated, "upsert_id": outcome.upserted_id })
+        }
+        "database.removeDocument" => {
+            json!({ "deleted": app.db_txn_remove(who, txn, collection(body)?, &filter).await? })
+        }
+        other => {
+            return Err(YunError::new(
+                ErrorCode::InvalidAction,
+                format!("action {other:?} cannot run inside a transaction"),
+            ))
+        }
+    })
+}
+
 /// Runs one `database.*` action; returns `data` and the top-level extras of the envelope.
 pub async fn handle(
     app: &App,
@@ -62,35 +158,29 @@ pub async fn handle(
     action: &str,
     body: &Map<String, Value>,
 ) -> Result<(Value, Map<String, Value>), YunError> {
-    if body.get("transactionId").is_some_and(|t| !t.is_null()) {
-        return Err(YunError::new(
-            ErrorCode::InvalidAction,
-            "transactions are not supported by this Yun server yet",
-        ));
-    }
     let query = ejson(body, "query")?.unwrap_or_else(|| json!({}));
     let mut extras = Map::new();
+    if let Some(txn) = transaction_id(body) {
+        return Ok((
+            in_transaction(app, who, txn, action, body, &query).await?,
+            extras,
+        ));
+    }
     let data = match action {
+        "database.startTransaction" => {
+            // The SDK reads the id from the top level of the envelope.
+            extras.insert(
+                "transactionId".into(),
+                Value::String(app.db_start_transaction(who)),
+            );
+            json!({})
+        }
         "database.addCollection" => {
             app.db_create_collection(who, collection(body)?).await?;
             json!({})
         }
         "database.insertDocument" => {
-            let items = body
-                .get("data")
-                .and_then(Value::as_array)
-                .ok_or_else(|| YunError::invalid_param("data must be an array of EJSON strings"))?;
-            let docs = items
-                .iter()
-                .map(|d| {
-                    d.as_str()
-                        .ok_or_else(|| {
-                            YunError::invalid_param("data must be an array of EJSON strings")
-                        })
-                        .and_then(|s| parse_ejson(s, now_ms()))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            json!({ "insertedIds": app.db_insert(who, collection(body)?, docs).await? })
+            json!({ "insertedIds": app.db_insert(who, collection(body)?, parse_docs(body)?).await? })
         }
         "database.getDocument" => {
             let offset = count(body, "offset")?.unwrap_or(0);
@@ -103,10 +193,7 @@ pub async fn handle(
                     .unwrap_or_default(),
                 skip: offset,
                 limit,
-                projection: ejson(body, "projection")?
-                    .map(|p| Projection::parse(&p))
-                    .transpose()?
-                    .unwrap_or(Projection::All),
+                projection: projection(body)?,
             };
             let docs = app.db_find(who, collection(body)?, find).await?;
             // node-sdk copies these from the top level of the envelope, not from `data`.
@@ -122,17 +209,7 @@ pub async fn handle(
             json!({ "total": app.db_count(who, collection(body)?, Filter::parse(&query)?).await? })
         }
         "database.modifyDocument" | "database.modifyAndReturnDoc" => {
-            let data =
-                ejson(body, "data")?.ok_or_else(|| YunError::invalid_param("data is required"))?;
             let returns_doc = action == "database.modifyAndReturnDoc";
-            let merge = flag(body, "merge", true);
-            let change = if !merge {
-                Change::Replace(data)
-            } else if yun_docdb::update::is_operator_update(&data) {
-                Change::Operators(data)
-            } else {
-                Change::Operators(json!({ "$set": data }))
-            };
             let multi = !returns_doc && flag(body, "multi", false);
             let upsert = flag(body, "upsert", false).then(|| upsert_seed(&query));
             let (outcome, docs) = app
@@ -140,7 +217,7 @@ pub async fn handle(
                     who,
                     collection(body)?,
                     Filter::parse(&query)?,
-                    change,
+                    parse_change(body)?,
                     multi,
                     upsert,
                 )
@@ -159,7 +236,7 @@ pub async fn handle(
             return Err(YunError::new(
                 ErrorCode::InvalidAction,
                 format!("action {other:?} is not supported by this Yun server yet"),
-            ));
+            ))
         }
     };
     Ok((data, extras))

@@ -4,6 +4,7 @@
 use serde_json::Value;
 use yun_auth::Identity;
 use yun_docdb::filter::Filter;
+use yun_docdb::find::Projection;
 use yun_docdb::{Change, Find, Updated};
 use yun_types::YunError;
 
@@ -80,6 +81,76 @@ impl App {
     ) -> Result<u64, YunError> {
         self.docdb
             .remove(&identity.env, collection, filter, multi)
+            .await
+    }
+}
+
+/// Transactions: bound to the caller's env; another env's transaction id is unknown here.
+impl App {
+    pub fn db_start_transaction(&self, identity: &Identity) -> String {
+        self.docdb.start_transaction(&identity.env)
+    }
+
+    pub async fn db_commit_transaction(
+        &self,
+        identity: &Identity,
+        txn: &str,
+    ) -> Result<(), YunError> {
+        self.docdb.commit_transaction(&identity.env, txn).await
+    }
+
+    pub fn db_abort_transaction(&self, identity: &Identity, txn: &str) -> Result<(), YunError> {
+        self.docdb.abort_transaction(&identity.env, txn)
+    }
+
+    pub async fn db_txn_find(
+        &self,
+        identity: &Identity,
+        txn: &str,
+        collection: &str,
+        filter: &Filter,
+        projection: &Projection,
+    ) -> Result<Vec<Value>, YunError> {
+        self.docdb
+            .txn_find(&identity.env, txn, collection, filter, projection)
+            .await
+    }
+
+    pub async fn db_txn_insert(
+        &self,
+        identity: &Identity,
+        txn: &str,
+        collection: &str,
+        docs: Vec<Value>,
+    ) -> Result<Vec<String>, YunError> {
+        self.docdb
+            .txn_insert(&identity.env, txn, collection, docs)
+            .await
+    }
+
+    pub async fn db_txn_update(
+        &self,
+        identity: &Identity,
+        txn: &str,
+        collection: &str,
+        filter: &Filter,
+        change: &Change,
+        upsert: Option<Value>,
+    ) -> Result<Updated, YunError> {
+        self.docdb
+            .txn_update(&identity.env, txn, collection, filter, change, upsert)
+            .await
+    }
+
+    pub async fn db_txn_remove(
+        &self,
+        identity: &Identity,
+        txn: &str,
+        collection: &str,
+        filter: &Filter,
+    ) -> Result<u64, YunError> {
+        self.docdb
+            .txn_remove(&identity.env, txn, collection, filter)
             .await
     }
 }

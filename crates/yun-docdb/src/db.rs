@@ -57,6 +57,7 @@ pub struct Updated {
 pub struct DocDb {
     store: Arc<dyn DocStore>,
     limits: Limits,
+    pub(crate) transactions: crate::txn::Transactions,
 }
 
 /// A valid collection name: CloudBase's rule (letters, digits, `_` `-` `.`; 1–100; no `$`).
@@ -113,7 +114,11 @@ fn id_text(v: &Value) -> Result<String, YunError> {
 
 impl DocDb {
     pub fn new(store: Arc<dyn DocStore>, limits: Limits) -> Self {
-        Self { store, limits }
+        Self {
+            store,
+            limits,
+            transactions: Default::default(),
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn DocStore> {
@@ -165,13 +170,12 @@ impl DocDb {
 
     /// Inserts all documents or none. Documents without `_id` get a new one; `owner`
     /// (the caller's openid, when there is one) is stamped as `_openid`.
-    pub async fn insert(
+    /// Validates documents and gives each its `_id` (and `_openid` when `owner` is set).
+    pub(crate) fn prepare_inserts(
         &self,
-        env: &EnvId,
-        collection: &str,
         docs: Vec<Value>,
         owner: Option<&str>,
-    ) -> Result<Vec<String>, YunError> {
+    ) -> Result<Vec<(String, Value)>, YunError> {
         let mut prepared = Vec::with_capacity(docs.len());
         for doc in docs {
             let Value::Object(mut map) = doc else {
@@ -198,6 +202,17 @@ impl DocDb {
             self.check_size(&doc)?;
             prepared.push((id, doc));
         }
+        Ok(prepared)
+    }
+
+    pub async fn insert(
+        &self,
+        env: &EnvId,
+        collection: &str,
+        docs: Vec<Value>,
+        owner: Option<&str>,
+    ) -> Result<Vec<String>, YunError> {
+        let prepared = self.prepare_inserts(docs, owner)?;
         let collection = collection.to_owned();
         run(&*self.store, env, true, move |txn| {
             if !txn.collection_exists(&collection)? {

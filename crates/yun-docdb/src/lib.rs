@@ -9,6 +9,7 @@ pub mod find;
 pub mod order;
 pub mod sqlite;
 pub mod store;
+pub mod txn;
 pub mod update;
 pub mod value;
 

@@ -12,7 +12,8 @@ use yun_types::{EnvId, ErrorCode, YunError};
 
 use crate::store::{DocStore, DocTxn, Work};
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE collections (
     env TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -26,7 +27,15 @@ CREATE TABLE documents (
     doc TEXT NOT NULL,
     PRIMARY KEY (env, collection, id)
 ) WITHOUT ROWID;
-"#];
+"#,
+    r#"
+-- Document versions for optimistic transactions: every write stamps the documents it
+-- changes with the next value of one sequence, so a version never repeats.
+ALTER TABLE documents ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE sequence (id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL);
+INSERT INTO sequence (id, value) VALUES (1, 0);
+"#,
+];
 
 fn db_err(e: impl std::fmt::Display) -> YunError {
     YunError::internal(format!("document store: {e}"))
@@ -72,6 +81,26 @@ impl SqliteDocStore {
 struct SqliteTxn<'a> {
     tx: Transaction<'a>,
     env: String,
+    /// The version this transaction stamps on what it writes; taken at the first write.
+    version: Option<i64>,
+}
+
+impl SqliteTxn<'_> {
+    fn write_version(&mut self) -> Result<i64, YunError> {
+        if let Some(v) = self.version {
+            return Ok(v);
+        }
+        let v: i64 = self
+            .tx
+            .query_row(
+                "UPDATE sequence SET value = value + 1 WHERE id = 1 RETURNING value",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(db_err)?;
+        self.version = Some(v);
+        Ok(v)
+    }
 }
 
 impl DocTxn for SqliteTxn<'_> {
@@ -157,10 +186,29 @@ impl DocTxn for SqliteTxn<'_> {
             .transpose()
     }
 
+    fn get_versioned(
+        &mut self,
+        collection: &str,
+        id: &str,
+    ) -> Result<Option<(Value, u64)>, YunError> {
+        let row: Option<(String, i64)> = self
+            .tx
+            .query_row(
+                "SELECT doc, version FROM documents WHERE env = ?1 AND collection = ?2 AND id = ?3",
+                params![self.env, collection, id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(db_err)?;
+        row.map(|(t, v)| Ok((serde_json::from_str(&t).map_err(db_err)?, v as u64)))
+            .transpose()
+    }
+
     fn insert(&mut self, collection: &str, id: &str, doc: &Value) -> Result<(), YunError> {
+        let version = self.write_version()?;
         let result = self.tx.execute(
-            "INSERT INTO documents (env, collection, id, doc) VALUES (?1, ?2, ?3, ?4)",
-            params![self.env, collection, id, doc.to_string()],
+            "INSERT INTO documents (env, collection, id, doc, version) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![self.env, collection, id, doc.to_string(), version],
         );
         match result {
             Err(rusqlite::Error::SqliteFailure(e, _))
@@ -176,10 +224,11 @@ impl DocTxn for SqliteTxn<'_> {
     }
 
     fn replace(&mut self, collection: &str, id: &str, doc: &Value) -> Result<(), YunError> {
+        let version = self.write_version()?;
         self.tx
             .execute(
-                "UPDATE documents SET doc = ?4 WHERE env = ?1 AND collection = ?2 AND id = ?3",
-                params![self.env, collection, id, doc.to_string()],
+                "UPDATE documents SET doc = ?4, version = ?5 WHERE env = ?1 AND collection = ?2 AND id = ?3",
+                params![self.env, collection, id, doc.to_string(), version],
             )
             .map(|_| ())
             .map_err(db_err)
@@ -218,7 +267,11 @@ impl DocStore for SqliteDocStore {
             };
             let result = (|| {
                 let tx = conn.transaction().map_err(db_err)?;
-                let mut txn = SqliteTxn { tx, env };
+                let mut txn = SqliteTxn {
+                    tx,
+                    env,
+                    version: None,
+                };
                 work(&mut txn)
             })();
             if let Ok(mut r) = readers.lock() {
@@ -239,7 +292,11 @@ impl DocStore for SqliteDocStore {
             let tx = conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(db_err)?;
-            let mut txn = SqliteTxn { tx, env };
+            let mut txn = SqliteTxn {
+                tx,
+                env,
+                version: None,
+            };
             work(&mut txn)?;
             txn.tx.commit().map_err(db_err)
         })

@@ -19,6 +19,12 @@ pub trait DocTxn {
     /// filters and order down; until then the model filters in Rust.)
     fn scan(&mut self, collection: &str) -> Result<Vec<Value>, YunError>;
     fn get(&mut self, collection: &str, id: &str) -> Result<Option<Value>, YunError>;
+    /// The document and its version: a number that changes on every write to it.
+    fn get_versioned(
+        &mut self,
+        collection: &str,
+        id: &str,
+    ) -> Result<Option<(Value, u64)>, YunError>;
     /// Inserts a new document; a duplicate `_id` is an `AlreadyExists` error.
     fn insert(&mut self, collection: &str, id: &str, doc: &Value) -> Result<(), YunError>;
     /// Replaces an existing document.

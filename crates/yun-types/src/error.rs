@@ -41,6 +41,8 @@ pub enum ErrorCode {
     CollectionNotFound,
     /// The collection already exists.
     CollectionExists,
+    /// A transaction's documents changed under it; the SDK's `runTransaction` retries.
+    TransactionConflict,
     /// A fault inside Yun; details are in the server log, not the response.
     Internal,
 }
@@ -69,6 +71,7 @@ impl ErrorCode {
             Self::DatabaseInvalidOperator => "DATABASE_INVALID_OPERRATOR",
             Self::CollectionNotFound => "DATABASE_COLLECTION_NOT_EXIST",
             Self::CollectionExists => "DATABASE_COLLECTION_ALREADY_EXIST",
+            Self::TransactionConflict => "DATABASE_TRANSACTION_CONFLICT",
             Self::Internal => "SYS_ERR",
         }
     }
@@ -79,7 +82,7 @@ impl ErrorCode {
             Self::InvalidParam | Self::InvalidAction | Self::FunctionCodeInvalid => 400,
             Self::DatabaseInvalidOperator => 400,
             Self::CollectionNotFound => 404,
-            Self::CollectionExists => 409,
+            Self::CollectionExists | Self::TransactionConflict => 409,
             Self::SignParamInvalid | Self::SignExpired | Self::SignInvalid => 401,
             Self::InvalidSecretId => 401,
             Self::PermissionDenied => 403,

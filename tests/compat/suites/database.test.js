@@ -132,3 +132,55 @@ test("env b's key never sees env dev's collections", async () => {
   const inDev = await db.collection('todos').where({ title: 'only in b' }).count();
   assert.equal(inDev.total, 0);
 });
+
+test('transactions: commit applies all writes at once; rollback applies none', async () => {
+  await db.createCollection('accounts');
+  await db.collection('accounts').add([{ _id: 'alice', balance: 100 }, { _id: 'bob', balance: 0 }]);
+  const t = await db.startTransaction();
+  const alice = (await t.collection('accounts').doc('alice').get()).data;
+  assert.equal(alice.balance, 100, 'in a transaction doc().get() returns the document itself');
+  await t.collection('accounts').doc('alice').update({ balance: _.inc(-30) });
+  await t.collection('accounts').doc('bob').update({ balance: _.inc(30) });
+  const added = await t.collection('accounts').add({ _id: 'log-1', what: 'transfer' });
+  assert.equal(added.id, 'log-1');
+  assert.equal((await db.collection('accounts').doc('bob').get()).data[0].balance, 0, 'not visible before commit');
+  assert.equal((await t.collection('accounts').doc('bob').get()).data.balance, 30, 'the transaction sees its own writes');
+  await t.commit();
+  const after = (await db.collection('accounts').get()).data.map((d) => [d._id, d.balance ?? d.what]).sort();
+  assert.deepEqual(after, [['alice', 70], ['bob', 30], ['log-1', 'transfer']]);
+
+  await assert.rejects(
+    db.runTransaction(async (tx) => {
+      await tx.collection('accounts').doc('alice').update({ balance: 0 });
+      await tx.rollback('changed my mind');
+    }),
+    (e) => e === 'changed my mind',
+  );
+  assert.equal((await db.collection('accounts').doc('alice').get()).data[0].balance, 70);
+});
+
+test('transactions: a concurrent write makes the commit conflict and runTransaction retries', async () => {
+  let attempts = 0;
+  const seen = await db.runTransaction(async (tx) => {
+    attempts += 1;
+    const before = (await tx.collection('accounts').doc('alice').get()).data.balance;
+    if (attempts === 1) {
+      // Someone else writes the same document between our read and our commit.
+      await db.collection('accounts').doc('alice').update({ balance: _.inc(1000) });
+      const again = (await tx.collection('accounts').doc('alice').get()).data.balance;
+      assert.equal(again, before, 'reads inside a transaction are repeatable');
+    }
+    await tx.collection('accounts').doc('alice').update({ balance: before - 10 });
+    return before;
+  });
+  assert.equal(attempts, 2, 'the first attempt conflicted and was retried');
+  assert.equal(seen, 1070);
+  assert.equal((await db.collection('accounts').doc('alice').get()).data[0].balance, 1060, 'no lost update');
+});
+
+test('transactions: unknown ids and queries not by _id are clear errors', async () => {
+  const t = await db.startTransaction();
+  await assert.rejects(t.collection('accounts').where({ balance: _.gt(0) }).get(), { code: 'INVALID_PARAM' });
+  await t.rollback();
+  await assert.rejects(t.commit(), { code: 'INVALID_PARAM' }, 'an ended transaction cannot commit');
+});
