@@ -228,6 +228,29 @@ pub async fn handle(
             }
             data
         }
+        "database.aggregateDocuments" => {
+            let wrong = || YunError::invalid_param("stages must be [{stageKey, stageValue}]");
+            let stages = body
+                .get("stages")
+                .and_then(Value::as_array)
+                .ok_or_else(wrong)?
+                .iter()
+                .map(|s| {
+                    let key = s
+                        .get("stageKey")
+                        .and_then(Value::as_str)
+                        .ok_or_else(wrong)?;
+                    // Objects arrive as EJSON strings, scalars as plain JSON text ("10", "\"$u\"").
+                    let value = s
+                        .get("stageValue")
+                        .and_then(Value::as_str)
+                        .ok_or_else(wrong)?;
+                    yun_docdb::aggregate::Stage::parse(key, &parse_ejson(value, now_ms())?)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let docs = app.db_aggregate(who, collection(body)?, stages).await?;
+            json!({ "list": docs.iter().map(to_wire).collect::<Vec<_>>() })
+        }
         "database.removeDocument" => {
             let multi = flag(body, "multi", false);
             json!({ "deleted": app.db_remove(who, collection(body)?, Filter::parse(&query)?, multi).await? })

@@ -72,6 +72,17 @@ impl App {
             .await
     }
 
+    pub async fn db_aggregate(
+        &self,
+        identity: &Identity,
+        collection: &str,
+        stages: Vec<yun_docdb::aggregate::Stage>,
+    ) -> Result<Vec<Value>, YunError> {
+        self.docdb
+            .aggregate(&identity.env, collection, stages)
+            .await
+    }
+
     pub async fn db_remove(
         &self,
         identity: &Identity,

@@ -361,6 +361,34 @@ impl DocDb {
         .await
     }
 
+    /// Runs an aggregation pipeline over the collection in one snapshot.
+    pub async fn aggregate(
+        &self,
+        env: &EnvId,
+        collection: &str,
+        stages: Vec<crate::aggregate::Stage>,
+    ) -> Result<Vec<Value>, YunError> {
+        let collection = collection.to_owned();
+        run(&*self.store, env, false, move |txn| {
+            if !txn.collection_exists(&collection)? {
+                return Err(not_found(&collection));
+            }
+            let docs = match stages.first() {
+                Some(crate::aggregate::Stage::Match(f)) => candidates(txn, &collection, f)?,
+                _ => txn.scan(&collection)?,
+            };
+            let mut load = |name: &str| {
+                if txn.collection_exists(name)? {
+                    txn.scan(name)
+                } else {
+                    Ok(Vec::new())
+                }
+            };
+            crate::aggregate::run(&stages, docs, &mut load)
+        })
+        .await
+    }
+
     pub async fn remove(
         &self,
         env: &EnvId,

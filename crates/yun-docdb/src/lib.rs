@@ -3,7 +3,9 @@
 //! the operations (`db`). Backends implement the narrow `store` seam: `sqlite` now,
 //! PostgreSQL with cluster mode. No HTTP, no auth: callers pass an env and act in it.
 
+pub mod aggregate;
 pub mod db;
+pub mod expr;
 pub mod filter;
 pub mod find;
 pub mod order;

@@ -184,3 +184,36 @@ test('transactions: unknown ids and queries not by _id are clear errors', async 
   await t.rollback();
   await assert.rejects(t.commit(), { code: 'INVALID_PARAM' }, 'an ended transaction cannot commit');
 });
+
+test('aggregate: the captured pipeline through the SDK, and geoNear refused clearly', async () => {
+  await db.createCollection('orders');
+  await db.createCollection('users');
+  await db.collection('users').add([{ _id: 'u1', name: 'Ann' }, { _id: 'u2', name: 'Bo' }]);
+  await db.collection('orders').add([
+    { user: 'u1', status: 'paid', amount: 30, at: new Date('2024-01-05') },
+    { user: 'u2', status: 'paid', amount: 50, at: new Date('2024-02-05') },
+    { user: 'u1', status: 'paid', amount: 25, at: new Date('2024-02-07') },
+    { user: 'u1', status: 'open', amount: 99, at: new Date('2024-03-01') },
+  ]);
+  const $ = db.command.aggregate;
+  const res = await db.collection('orders').aggregate()
+    .match({ status: 'paid', amount: _.gt(10) })
+    .group({ _id: '$user', total: $.sum('$amount'), cnt: $.sum(1) })
+    .sort({ total: -1 })
+    .skip(0)
+    .limit(10)
+    .project({ _id: 0, user: '$_id', total: 1, cnt: 1 })
+    .lookup({ from: 'users', localField: 'user', foreignField: '_id', as: 'u' })
+    .unwind('$u')
+    .addFields({ name: '$u.name' })
+    .end();
+  assert.deepEqual(res.data.map((d) => [d.user, d.total, d.cnt, d.name]), [['u1', 55, 2, 'Ann'], ['u2', 50, 1, 'Bo']]);
+  const months = await db.collection('orders').aggregate().group({ _id: $.month('$at'), n: $.sum(1) }).sort({ _id: 1 }).end();
+  assert.deepEqual(months.data, [{ _id: 1, n: 1 }, { _id: 2, n: 2 }, { _id: 3, n: 1 }]);
+  const counted = await db.collection('orders').aggregate().match({ status: 'paid' }).count('n').end();
+  assert.deepEqual(counted.data, [{ n: 3 }]);
+  await assert.rejects(
+    db.collection('orders').aggregate().geoNear({ near: new db.Geo.Point(0, 0), spherical: true, distanceField: 'd' }).end(),
+    { code: 'DATABASE_INVALID_OPERRATOR' },
+  );
+});
