@@ -350,6 +350,115 @@ async fn get_invocation(
     ok(json!({ "invocation": app.invocation(&who, &request_id).await? }))
 }
 
+// ---- database ----
+
+async fn list_collections(State(app): State<AppState>, InEnv(who): InEnv) -> ApiResult {
+    ok(json!({ "collections": app.db_list_collections(&who).await? }))
+}
+
+#[derive(Deserialize)]
+struct CreateCollection {
+    name: String,
+}
+
+async fn create_collection(
+    State(app): State<AppState>,
+    InEnv(who): InEnv,
+    body: Body,
+) -> ApiResult {
+    let req: CreateCollection = json_body(body, JSON_BODY_LIMIT).await?;
+    app.db_create_collection(&who, &req.name).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "created": req.name }))).into_response())
+}
+
+async fn drop_collection(
+    State(app): State<AppState>,
+    InEnv(who): InEnv,
+    Path((_, name)): Path<(String, String)>,
+) -> ApiResult {
+    app.db_drop_collection(&who, &name).await?;
+    ok(json!({ "dropped": name }))
+}
+
+async fn list_indexes(
+    State(app): State<AppState>,
+    InEnv(who): InEnv,
+    Path((_, collection)): Path<(String, String)>,
+) -> ApiResult {
+    ok(json!({ "indexes": app.db_list_indexes(&who, &collection).await? }))
+}
+
+async fn create_index(
+    State(app): State<AppState>,
+    InEnv(who): InEnv,
+    Path((_, collection)): Path<(String, String)>,
+    body: Body,
+) -> ApiResult {
+    let spec: yun_docdb::index::IndexSpec = json_body(body, JSON_BODY_LIMIT).await?;
+    app.db_create_index(&who, &collection, spec.clone()).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "index": spec }))).into_response())
+}
+
+async fn drop_index(
+    State(app): State<AppState>,
+    InEnv(who): InEnv,
+    Path((_, collection, name)): Path<(String, String, String)>,
+) -> ApiResult {
+    app.db_drop_index(&who, &collection, &name).await?;
+    ok(json!({ "dropped": name }))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct QueryRequest {
+    #[serde(default)]
+    r#where: Option<Value>,
+    #[serde(default)]
+    order: Option<Value>,
+    #[serde(default)]
+    skip: usize,
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    projection: Option<Value>,
+}
+
+/// A quick read for people and scripts: relaxed EJSON in, relaxed EJSON out.
+async fn query_collection(
+    State(app): State<AppState>,
+    InEnv(who): InEnv,
+    Path((_, collection)): Path<(String, String)>,
+    body: Body,
+) -> ApiResult {
+    use yun_docdb::{
+        filter::Filter,
+        find::{Projection, SortKeys},
+        value,
+    };
+    let req: QueryRequest = json_body(body, JSON_BODY_LIMIT).await?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let filter = value::from_ejson(req.r#where.unwrap_or_else(|| json!({})), now)?;
+    let find = yun_docdb::Find {
+        filter: Filter::parse(&filter)?,
+        order: req
+            .order
+            .map(|o| SortKeys::parse(&o))
+            .transpose()?
+            .unwrap_or_default(),
+        skip: req.skip,
+        limit: req.limit,
+        projection: req
+            .projection
+            .map(|p| Projection::parse(&p))
+            .transpose()?
+            .unwrap_or(Projection::All),
+    };
+    let docs = app.db_find(&who, &collection, find).await?;
+    ok(json!({ "documents": docs.iter().map(value::to_ejson).collect::<Vec<_>>() }))
+}
+
 async fn openapi() -> Response {
     ([("content-type", "application/json")], OPENAPI).into_response()
 }
@@ -419,6 +528,41 @@ pub fn management_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)
             Method::GET,
             "/api/v1/envs/{env}/invocations/{request_id}",
             get_invocation,
+        ),
+        route(
+            Method::GET,
+            "/api/v1/envs/{env}/collections",
+            list_collections,
+        ),
+        route(
+            Method::POST,
+            "/api/v1/envs/{env}/collections",
+            create_collection,
+        ),
+        route(
+            Method::DELETE,
+            "/api/v1/envs/{env}/collections/{collection}",
+            drop_collection,
+        ),
+        route(
+            Method::POST,
+            "/api/v1/envs/{env}/collections/{collection}/query",
+            query_collection,
+        ),
+        route(
+            Method::GET,
+            "/api/v1/envs/{env}/collections/{collection}/indexes",
+            list_indexes,
+        ),
+        route(
+            Method::POST,
+            "/api/v1/envs/{env}/collections/{collection}/indexes",
+            create_index,
+        ),
+        route(
+            Method::DELETE,
+            "/api/v1/envs/{env}/collections/{collection}/indexes/{name}",
+            drop_index,
         ),
     ]
 }

@@ -5,6 +5,7 @@ use serde_json::Value;
 use yun_auth::Identity;
 use yun_docdb::filter::Filter;
 use yun_docdb::find::Projection;
+use yun_docdb::index::IndexSpec;
 use yun_docdb::{Change, Find, Updated};
 use yun_types::YunError;
 
@@ -163,5 +164,44 @@ impl App {
         self.docdb
             .txn_remove(&identity.env, txn, collection, filter)
             .await
+    }
+}
+
+/// Collections and indexes (management API and CLI).
+impl App {
+    pub async fn db_drop_collection(
+        &self,
+        identity: &Identity,
+        name: &str,
+    ) -> Result<(), YunError> {
+        self.docdb.drop_collection(&identity.env, name).await
+    }
+
+    pub async fn db_create_index(
+        &self,
+        identity: &Identity,
+        collection: &str,
+        spec: IndexSpec,
+    ) -> Result<(), YunError> {
+        self.docdb
+            .create_index(&identity.env, collection, spec)
+            .await
+    }
+
+    pub async fn db_list_indexes(
+        &self,
+        identity: &Identity,
+        collection: &str,
+    ) -> Result<Vec<IndexSpec>, YunError> {
+        self.docdb.list_indexes(&identity.env, collection).await
+    }
+
+    pub async fn db_drop_index(
+        &self,
+        identity: &Identity,
+        collection: &str,
+        name: &str,
+    ) -> Result<(), YunError> {
+        self.docdb.drop_index(&identity.env, collection, name).await
     }
 }

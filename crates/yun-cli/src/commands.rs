@@ -471,3 +471,203 @@ mod tests {
         assert!(parse_duration("ms").is_err());
     }
 }
+
+#[derive(Subcommand)]
+pub enum DbCommand {
+    /// List the env's collections.
+    Collections,
+    /// Create a collection.
+    Create { name: String },
+    /// Drop a collection with its documents and indexes.
+    Drop { name: String },
+    /// Read documents: `yun db query todos --where '{"done":false}' --order '{"n":-1}' --limit 5`.
+    Query {
+        collection: String,
+        #[arg(long = "where")]
+        filter: Option<String>,
+        #[arg(long)]
+        order: Option<String>,
+        #[arg(long, default_value_t = 0)]
+        skip: usize,
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Projection, e.g. '{"title":1}'.
+        #[arg(long)]
+        fields: Option<String>,
+    },
+    /// Indexes of a collection.
+    Index {
+        #[command(subcommand)]
+        command: IndexCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum IndexCommand {
+    /// Create an index: `yun db index create todos by_owner --field owner --field n:desc --unique`.
+    Create {
+        collection: String,
+        name: String,
+        /// FIELD or FIELD:desc, repeatable, in key order.
+        #[arg(long = "field", required = true)]
+        fields: Vec<String>,
+        #[arg(long)]
+        unique: bool,
+    },
+    List {
+        collection: String,
+    },
+    Drop {
+        collection: String,
+        name: String,
+    },
+}
+
+fn json_arg(flag: &str, text: Option<String>) -> anyhow::Result<Option<Value>> {
+    text.map(|t| serde_json::from_str(&t).with_context(|| format!("--{flag} must be JSON")))
+        .transpose()
+}
+
+pub async fn db(command: DbCommand, conn: Connection) -> anyhow::Result<()> {
+    let client = Client::connect(&conn)?;
+    match command {
+        DbCommand::Collections => {
+            let v = client
+                .request(Method::GET, &client.env_path("/collections"), None)
+                .await?;
+            output::emit(conn.json, &v, |v| {
+                let rows = v["collections"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|c| vec![text(Some(c))])
+                    .collect();
+                output::table(&["COLLECTION"], rows);
+            });
+        }
+        DbCommand::Create { name } => {
+            let v = client
+                .request(
+                    Method::POST,
+                    &client.env_path("/collections"),
+                    Some(json!({ "name": name })),
+                )
+                .await?;
+            output::emit(conn.json, &v, |_| println!("Created collection {name}."));
+        }
+        DbCommand::Drop { name } => {
+            let v = client
+                .request(
+                    Method::DELETE,
+                    &client.env_path(&format!("/collections/{name}")),
+                    None,
+                )
+                .await?;
+            output::emit(conn.json, &v, |_| println!("Dropped collection {name}."));
+        }
+        DbCommand::Query {
+            collection,
+            filter,
+            order,
+            skip,
+            limit,
+            fields,
+        } => {
+            let body = json!({
+                "where": json_arg("where", filter)?,
+                "order": json_arg("order", order)?,
+                "skip": skip,
+                "limit": limit,
+                "projection": json_arg("fields", fields)?,
+            });
+            let v = client
+                .request(
+                    Method::POST,
+                    &client.env_path(&format!("/collections/{collection}/query")),
+                    Some(body),
+                )
+                .await?;
+            output::emit(conn.json, &v, |v| {
+                for doc in v["documents"].as_array().into_iter().flatten() {
+                    println!("{doc}");
+                }
+            });
+        }
+        DbCommand::Index { command } => match command {
+            IndexCommand::Create {
+                collection,
+                name,
+                fields,
+                unique,
+            } => {
+                let fields: Vec<Value> = fields
+                    .iter()
+                    .map(|f| match f.rsplit_once(':') {
+                        Some((field, "desc")) => Ok(json!({ "field": field, "direction": -1 })),
+                        Some((field, "asc")) => Ok(json!({ "field": field, "direction": 1 })),
+                        Some(_) => bail!("--field {f:?}: the order after ':' is asc or desc"),
+                        None => Ok(json!({ "field": f, "direction": 1 })),
+                    })
+                    .collect::<anyhow::Result<_>>()?;
+                let body = json!({ "name": name, "fields": fields, "unique": unique });
+                let v = client
+                    .request(
+                        Method::POST,
+                        &client.env_path(&format!("/collections/{collection}/indexes")),
+                        Some(body),
+                    )
+                    .await?;
+                output::emit(conn.json, &v, |_| {
+                    println!("Created index {name} on {collection}.")
+                });
+            }
+            IndexCommand::List { collection } => {
+                let v = client
+                    .request(
+                        Method::GET,
+                        &client.env_path(&format!("/collections/{collection}/indexes")),
+                        None,
+                    )
+                    .await?;
+                output::emit(conn.json, &v, |v| {
+                    let rows = v["indexes"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|i| {
+                            let keys: Vec<String> = i["fields"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .map(|f| {
+                                    format!(
+                                        "{}{}",
+                                        text(f.get("field")),
+                                        if f["direction"] == -1 { ":desc" } else { "" }
+                                    )
+                                })
+                                .collect();
+                            vec![
+                                text(i.get("name")),
+                                keys.join(", "),
+                                (i["unique"] == true).to_string(),
+                            ]
+                        })
+                        .collect();
+                    output::table(&["NAME", "FIELDS", "UNIQUE"], rows);
+                });
+            }
+            IndexCommand::Drop { collection, name } => {
+                let v = client
+                    .request(
+                        Method::DELETE,
+                        &client.env_path(&format!("/collections/{collection}/indexes/{name}")),
+                        None,
+                    )
+                    .await?;
+                output::emit(conn.json, &v, |_| println!("Dropped index {name}."));
+            }
+        },
+    }
+    Ok(())
+}

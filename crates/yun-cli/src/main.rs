@@ -58,6 +58,13 @@ enum Command {
         #[command(flatten)]
         conn: Connection,
     },
+    /// The document database: collections, indexes, quick queries.
+    Db {
+        #[command(subcommand)]
+        command: commands::DbCommand,
+        #[command(flatten)]
+        conn: Connection,
+    },
     /// Cloud functions: deploy, invoke, logs, list, delete.
     Fn {
         #[command(subcommand)]
@@ -111,6 +118,7 @@ fn main() {
             Command::Env { command, conn } => commands::env(command, conn).await,
             Command::Key { command, conn } => commands::key(command, conn).await,
             Command::Fn { command, conn } => commands::function(command, conn).await,
+            Command::Db { command, conn } => commands::db(command, conn).await,
         }
     });
     if let Err(e) = result {

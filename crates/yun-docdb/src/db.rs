@@ -9,7 +9,8 @@ use yun_types::{new_id, EnvId, ErrorCode, YunError};
 
 use crate::filter::Filter;
 use crate::find::{Projection, SortKeys};
-use crate::store::{run, DocStore};
+use crate::index::{self, IndexSpec};
+use crate::store::{run, DocStore, DocTxn};
 use crate::update;
 
 /// Per-call limits, CloudBase's by default.
@@ -79,19 +80,88 @@ pub fn check_collection(name: &str) -> Result<(), YunError> {
 /// The documents that may match `filter`: fetched by primary key when it pins `_id`,
 /// otherwise the whole collection. The evaluator still decides every match.
 fn candidates(
-    txn: &mut dyn crate::store::DocTxn,
+    txn: &mut dyn DocTxn,
     collection: &str,
     filter: &Filter,
 ) -> Result<Vec<Value>, YunError> {
-    match filter.id_candidates() {
-        Some(ids) => Ok(ids
-            .iter()
-            .map(|id| txn.get(collection, id))
-            .collect::<Result<Vec<_>, _>>()?
-            .into_iter()
-            .flatten()
-            .collect()),
-        None => txn.scan(collection),
+    let ids = match filter.id_candidates() {
+        Some(ids) => ids,
+        None => {
+            let indexes = txn.list_indexes(collection)?;
+            match index::plan(filter, &indexes) {
+                Some((spec, ranges)) => txn.index_ids(collection, &spec.name, &ranges)?,
+                None => return txn.scan(collection),
+            }
+        }
+    };
+    Ok(ids
+        .iter()
+        .map(|id| txn.get(collection, id))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flatten()
+        .collect())
+}
+
+/// Document writes that keep the collection's indexes in step and enforce unique ones.
+/// Every write to documents goes through here.
+pub(crate) struct IndexedWriter<'t> {
+    txn: &'t mut dyn DocTxn,
+    collection: String,
+    indexes: Vec<IndexSpec>,
+}
+
+impl<'t> IndexedWriter<'t> {
+    pub(crate) fn new(txn: &'t mut dyn DocTxn, collection: &str) -> Result<Self, YunError> {
+        let indexes = txn.list_indexes(collection)?;
+        Ok(Self {
+            txn,
+            collection: collection.to_owned(),
+            indexes,
+        })
+    }
+
+    fn put_keys(&mut self, id: &str, doc: &Value) -> Result<(), YunError> {
+        for spec in &self.indexes {
+            let keys = index::keys(spec, doc)?;
+            if spec.unique {
+                for key in &keys {
+                    if self
+                        .txn
+                        .index_key_taken(&self.collection, &spec.name, key, id)?
+                    {
+                        return Err(index::duplicate(spec));
+                    }
+                }
+            }
+            self.txn
+                .put_index_keys(&self.collection, &spec.name, id, &keys)?;
+        }
+        Ok(())
+    }
+
+    fn drop_keys(&mut self, id: &str) -> Result<(), YunError> {
+        for spec in &self.indexes {
+            self.txn
+                .delete_index_keys(&self.collection, &spec.name, id)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn insert(&mut self, id: &str, doc: &Value) -> Result<(), YunError> {
+        self.txn.insert(&self.collection, id, doc)?;
+        self.put_keys(id, doc)
+    }
+
+    pub(crate) fn replace(&mut self, id: &str, doc: &Value) -> Result<(), YunError> {
+        self.drop_keys(id)?;
+        self.txn.replace(&self.collection, id, doc)?;
+        self.put_keys(id, doc)
+    }
+
+    pub(crate) fn delete(&mut self, id: &str) -> Result<bool, YunError> {
+        self.drop_keys(id)?;
+        self.txn.delete(&self.collection, id)
     }
 }
 
@@ -218,8 +288,9 @@ impl DocDb {
             if !txn.collection_exists(&collection)? {
                 return Err(not_found(&collection));
             }
+            let mut writer = IndexedWriter::new(txn, &collection)?;
             for (id, doc) in &prepared {
-                txn.insert(&collection, id, doc)?;
+                writer.insert(id, doc)?;
             }
             Ok(prepared.into_iter().map(|(id, _)| id).collect())
         })
@@ -308,10 +379,9 @@ impl DocDb {
             }
             let mut outcome = Updated::default();
             let mut written = Vec::new();
-            for doc in candidates(txn, &collection, &filter)?
-                .into_iter()
-                .filter(|d| filter.matches(d))
-            {
+            let found = candidates(txn, &collection, &filter)?;
+            let mut writer = IndexedWriter::new(txn, &collection)?;
+            for doc in found.into_iter().filter(|d| filter.matches(d)) {
                 let new = match &change {
                     Change::Operators(ops) => update::apply(&doc, ops)?,
                     Change::Replace(data) => update::replace(&doc, data)?,
@@ -325,7 +395,7 @@ impl DocDb {
                         )));
                     }
                     let id = id_text(&doc["_id"])?;
-                    txn.replace(&collection, &id, &new)?;
+                    writer.replace(&id, &new)?;
                     outcome.updated += 1;
                 }
                 written.push(new);
@@ -351,7 +421,7 @@ impl DocDb {
                         with_id.extend(std::mem::take(m));
                         *m = with_id;
                     }
-                    txn.insert(&collection, &id, &new)?;
+                    writer.insert(&id, &new)?;
                     outcome.upserted_id = Some(id);
                     written.push(new);
                 }
@@ -359,6 +429,75 @@ impl DocDb {
             Ok((outcome, written))
         })
         .await
+    }
+
+    /// Creates an index and fills it from the existing documents, in one transaction; a
+    /// unique index over duplicate values is refused and leaves nothing behind.
+    pub async fn create_index(
+        &self,
+        env: &EnvId,
+        collection: &str,
+        spec: IndexSpec,
+    ) -> Result<(), YunError> {
+        spec.check()?;
+        let collection = collection.to_owned();
+        run(&*self.store, env, true, move |txn| {
+            if !txn.collection_exists(&collection)? {
+                return Err(not_found(&collection));
+            }
+            if !txn.create_index(&collection, &spec)? {
+                return Err(YunError::new(
+                    ErrorCode::AlreadyExists,
+                    format!("index {} already exists", spec.name),
+                ));
+            }
+            let mut seen = std::collections::HashSet::new();
+            for doc in txn.scan(&collection)? {
+                let id = id_text(&doc["_id"])?;
+                let keys = index::keys(&spec, &doc)?;
+                if spec.unique && keys.iter().any(|k| !seen.insert(k.clone())) {
+                    return Err(index::duplicate(&spec));
+                }
+                txn.put_index_keys(&collection, &spec.name, &id, &keys)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn list_indexes(
+        &self,
+        env: &EnvId,
+        collection: &str,
+    ) -> Result<Vec<IndexSpec>, YunError> {
+        let collection = collection.to_owned();
+        run(&*self.store, env, false, move |txn| {
+            if !txn.collection_exists(&collection)? {
+                return Err(not_found(&collection));
+            }
+            txn.list_indexes(&collection)
+        })
+        .await
+    }
+
+    pub async fn drop_index(
+        &self,
+        env: &EnvId,
+        collection: &str,
+        name: &str,
+    ) -> Result<(), YunError> {
+        let (collection, owned) = (collection.to_owned(), name.to_owned());
+        if !run(&*self.store, env, true, move |txn| {
+            txn.drop_index(&collection, &owned)
+        })
+        .await?
+        {
+            return Err(YunError::new(
+                ErrorCode::NotFound,
+                format!("no index {name}"),
+            ));
+        }
+        Ok(())
     }
 
     /// Runs an aggregation pipeline over the collection in one snapshot.
@@ -402,11 +541,10 @@ impl DocDb {
                 return Err(not_found(&collection));
             }
             let mut deleted = 0;
-            for doc in candidates(txn, &collection, &filter)?
-                .into_iter()
-                .filter(|d| filter.matches(d))
-            {
-                if txn.delete(&collection, &id_text(&doc["_id"])?)? {
+            let found = candidates(txn, &collection, &filter)?;
+            let mut writer = IndexedWriter::new(txn, &collection)?;
+            for doc in found.into_iter().filter(|d| filter.matches(d)) {
+                if writer.delete(&id_text(&doc["_id"])?)? {
                     deleted += 1;
                 }
                 if !multi {
@@ -483,7 +621,7 @@ mod tests {
             )
             .await
             .unwrap_err();
-        assert_eq!(dup.code, ErrorCode::AlreadyExists);
+        assert_eq!(dup.code, ErrorCode::DuplicateKey);
         assert_eq!(db.count(&env, "todos", Filter::all()).await.unwrap(), 2);
         assert_eq!(
             db.count(&other, "todos", Filter::all())
@@ -562,6 +700,155 @@ mod tests {
             db.remove(&env, "todos", Filter::all(), true).await.unwrap(),
             3
         );
+    }
+
+    #[tokio::test]
+    async fn indexes_narrow_candidates_stay_in_step_and_enforce_uniqueness() {
+        let (_dir, db, env) = setup();
+        db.create_collection(&env, "p").await.unwrap();
+        let docs: Vec<Value> = (0..200)
+            .map(|i| json!({"n": i % 50, "tag": format!("t{}", i % 7), "arr": [i, i + 1000]}))
+            .collect();
+        db.insert(&env, "p", docs, None).await.unwrap();
+        let queries = [
+            json!({"n": 7}),
+            json!({"n": {"$gte": 10, "$lt": 13}}),
+            json!({"arr": 1005}),
+            json!({"n": {"$in": [1, 2]}, "tag": "t1"}),
+            json!({"n": {"$gt": "a"}}),
+        ];
+        let mut before = Vec::new();
+        for q in &queries {
+            before.push(
+                db.count(&env, "p", Filter::parse(q).unwrap())
+                    .await
+                    .unwrap(),
+            );
+        }
+        let field = |f: &str| crate::index::IndexField {
+            field: f.into(),
+            direction: 1,
+        };
+        db.create_index(
+            &env,
+            "p",
+            IndexSpec {
+                name: "by_n".into(),
+                fields: vec![field("n")],
+                unique: false,
+            },
+        )
+        .await
+        .unwrap();
+        db.create_index(
+            &env,
+            "p",
+            IndexSpec {
+                name: "by_arr".into(),
+                fields: vec![field("arr")],
+                unique: false,
+            },
+        )
+        .await
+        .unwrap();
+        for (q, expected) in queries.iter().zip(&before) {
+            assert_eq!(
+                db.count(&env, "p", Filter::parse(q).unwrap())
+                    .await
+                    .unwrap(),
+                *expected,
+                "{q} with an index"
+            );
+        }
+        // Writes keep entries in step: updated and removed documents move and leave.
+        db.update(
+            &env,
+            "p",
+            Filter::parse(&json!({"n": 7})).unwrap(),
+            Change::Operators(json!({"$set": {"n": 700}})),
+            true,
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            db.count(&env, "p", Filter::parse(&json!({"n": 7})).unwrap())
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            db.count(&env, "p", Filter::parse(&json!({"n": 700})).unwrap())
+                .await
+                .unwrap(),
+            4
+        );
+        db.remove(&env, "p", Filter::parse(&json!({"n": 700})).unwrap(), true)
+            .await
+            .unwrap();
+        assert_eq!(
+            db.count(
+                &env,
+                "p",
+                Filter::parse(&json!({"n": {"$gte": 700}})).unwrap()
+            )
+            .await
+            .unwrap(),
+            0
+        );
+
+        let unique = IndexSpec {
+            name: "u".into(),
+            fields: vec![field("n")],
+            unique: true,
+        };
+        assert_eq!(
+            db.create_index(&env, "p", unique.clone())
+                .await
+                .unwrap_err()
+                .code,
+            ErrorCode::DuplicateKey,
+            "existing duplicates refuse the index"
+        );
+        assert_eq!(
+            db.list_indexes(&env, "p").await.unwrap().len(),
+            2,
+            "the refused index left nothing"
+        );
+        db.create_collection(&env, "users").await.unwrap();
+        db.create_index(
+            &env,
+            "users",
+            IndexSpec {
+                name: "email".into(),
+                fields: vec![field("email")],
+                unique: true,
+            },
+        )
+        .await
+        .unwrap();
+        db.insert(&env, "users", vec![json!({"email": "a@x"})], None)
+            .await
+            .unwrap();
+        let dup = db
+            .insert(
+                &env,
+                "users",
+                vec![json!({"email": "b@x"}), json!({"email": "a@x"})],
+                None,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(dup.code, ErrorCode::DuplicateKey);
+        assert_eq!(
+            db.count(&env, "users", Filter::all()).await.unwrap(),
+            1,
+            "the whole batch was refused"
+        );
+        db.drop_index(&env, "users", "email").await.unwrap();
+        db.insert(&env, "users", vec![json!({"email": "a@x"})], None)
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

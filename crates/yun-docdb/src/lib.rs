@@ -8,6 +8,7 @@ pub mod db;
 pub mod expr;
 pub mod filter;
 pub mod find;
+pub mod index;
 pub mod order;
 pub mod sqlite;
 pub mod store;

@@ -10,7 +10,12 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde_json::Value;
 use yun_types::{EnvId, ErrorCode, YunError};
 
+use crate::index::{IndexSpec, KeyRange};
 use crate::store::{DocStore, DocTxn, Work};
+
+/// A key range scan of one index: a search on the entries' primary key.
+const INDEX_RANGE_SQL: &str =
+    "SELECT id FROM index_entries WHERE env = ?1 AND collection = ?2 AND name = ?3 AND key >= ?4 AND key < ?5";
 
 const MIGRATIONS: &[&str] = &[
     r#"
@@ -34,6 +39,25 @@ CREATE TABLE documents (
 ALTER TABLE documents ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
 CREATE TABLE sequence (id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL);
 INSERT INTO sequence (id, value) VALUES (1, 0);
+"#,
+    r#"
+-- Secondary indexes: definitions, and one row per (key, document).
+CREATE TABLE indexes (
+    env TEXT NOT NULL,
+    collection TEXT NOT NULL,
+    name TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    PRIMARY KEY (env, collection, name)
+) WITHOUT ROWID;
+CREATE TABLE index_entries (
+    env TEXT NOT NULL,
+    collection TEXT NOT NULL,
+    name TEXT NOT NULL,
+    key BLOB NOT NULL,
+    id TEXT NOT NULL,
+    PRIMARY KEY (env, collection, name, key, id)
+) WITHOUT ROWID;
+CREATE INDEX index_entries_by_document ON index_entries (env, collection, name, id);
 "#,
 ];
 
@@ -144,6 +168,18 @@ impl DocTxn for SqliteTxn<'_> {
     fn drop_collection(&mut self, collection: &str) -> Result<bool, YunError> {
         self.tx
             .execute(
+                "DELETE FROM index_entries WHERE env = ?1 AND collection = ?2",
+                params![self.env, collection],
+            )
+            .map_err(db_err)?;
+        self.tx
+            .execute(
+                "DELETE FROM indexes WHERE env = ?1 AND collection = ?2",
+                params![self.env, collection],
+            )
+            .map_err(db_err)?;
+        self.tx
+            .execute(
                 "DELETE FROM documents WHERE env = ?1 AND collection = ?2",
                 params![self.env, collection],
             )
@@ -215,8 +251,8 @@ impl DocTxn for SqliteTxn<'_> {
                 if e.code == rusqlite::ErrorCode::ConstraintViolation =>
             {
                 Err(YunError::new(
-                    ErrorCode::AlreadyExists,
-                    format!("a document with _id {id:?} already exists"),
+                    ErrorCode::DuplicateKey,
+                    format!("E11000 duplicate key error: _id {id:?} already exists"),
                 ))
             }
             other => other.map(|_| ()).map_err(db_err),
@@ -241,6 +277,116 @@ impl DocTxn for SqliteTxn<'_> {
                 params![self.env, collection, id],
             )
             .map(|n| n > 0)
+            .map_err(db_err)
+    }
+
+    fn list_indexes(&mut self, collection: &str) -> Result<Vec<IndexSpec>, YunError> {
+        let mut stmt = self
+            .tx
+            .prepare_cached(
+                "SELECT spec FROM indexes WHERE env = ?1 AND collection = ?2 ORDER BY name",
+            )
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map(params![self.env, collection], |r| r.get::<_, String>(0))
+            .map_err(db_err)?;
+        rows.map(|t| serde_json::from_str(&t.map_err(db_err)?).map_err(db_err))
+            .collect()
+    }
+
+    fn create_index(&mut self, collection: &str, spec: &IndexSpec) -> Result<bool, YunError> {
+        let text = serde_json::to_string(spec).map_err(db_err)?;
+        self.tx
+            .execute("INSERT OR IGNORE INTO indexes (env, collection, name, spec) VALUES (?1, ?2, ?3, ?4)", params![self.env, collection, spec.name, text])
+            .map(|n| n > 0)
+            .map_err(db_err)
+    }
+
+    fn drop_index(&mut self, collection: &str, name: &str) -> Result<bool, YunError> {
+        self.tx
+            .execute(
+                "DELETE FROM index_entries WHERE env = ?1 AND collection = ?2 AND name = ?3",
+                params![self.env, collection, name],
+            )
+            .map_err(db_err)?;
+        self.tx
+            .execute(
+                "DELETE FROM indexes WHERE env = ?1 AND collection = ?2 AND name = ?3",
+                params![self.env, collection, name],
+            )
+            .map(|n| n > 0)
+            .map_err(db_err)
+    }
+
+    fn put_index_keys(
+        &mut self,
+        collection: &str,
+        index: &str,
+        id: &str,
+        keys: &[Vec<u8>],
+    ) -> Result<(), YunError> {
+        let mut stmt = self
+            .tx
+            .prepare_cached("INSERT OR IGNORE INTO index_entries (env, collection, name, key, id) VALUES (?1, ?2, ?3, ?4, ?5)")
+            .map_err(db_err)?;
+        for key in keys {
+            stmt.execute(params![self.env, collection, index, key, id])
+                .map_err(db_err)?;
+        }
+        Ok(())
+    }
+
+    fn delete_index_keys(
+        &mut self,
+        collection: &str,
+        index: &str,
+        id: &str,
+    ) -> Result<(), YunError> {
+        self.tx
+            .prepare_cached("DELETE FROM index_entries WHERE env = ?1 AND collection = ?2 AND name = ?3 AND id = ?4")
+            .and_then(|mut s| s.execute(params![self.env, collection, index, id]))
+            .map(|_| ())
+            .map_err(db_err)
+    }
+
+    fn index_ids(
+        &mut self,
+        collection: &str,
+        index: &str,
+        ranges: &[KeyRange],
+    ) -> Result<Vec<String>, YunError> {
+        let mut stmt = self.tx.prepare_cached(INDEX_RANGE_SQL).map_err(db_err)?;
+        let mut ids = Vec::new();
+        for r in ranges {
+            let rows = stmt
+                .query_map(params![self.env, collection, index, r.low, r.high], |row| {
+                    row.get::<_, String>(0)
+                })
+                .map_err(db_err)?;
+            for id in rows {
+                ids.push(id.map_err(db_err)?);
+            }
+        }
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    fn index_key_taken(
+        &mut self,
+        collection: &str,
+        index: &str,
+        key: &[u8],
+        except_id: &str,
+    ) -> Result<bool, YunError> {
+        self.tx
+            .query_row(
+                "SELECT 1 FROM index_entries WHERE env = ?1 AND collection = ?2 AND name = ?3 AND key = ?4 AND id <> ?5 LIMIT 1",
+                params![self.env, collection, index, key, except_id],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|r| r.is_some())
             .map_err(db_err)
     }
 }
@@ -315,5 +461,28 @@ impl DocStore for SqliteDocStore {
             }),
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_range_scans_search_the_entries_primary_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteDocStore::open(&dir.path().join("d.db")).unwrap();
+        let conn = store.writer.lock().unwrap();
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {INDEX_RANGE_SQL}"))
+            .unwrap()
+            .query_map(params!["e", "c", "i", vec![1u8], vec![2u8]], |r| {
+                r.get::<_, String>(3)
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let plan = plan.join(" | ");
+        assert!(plan.contains("SEARCH index_entries USING PRIMARY KEY (env=? AND collection=? AND name=? AND key>? AND key<?)"), "{plan}");
     }
 }

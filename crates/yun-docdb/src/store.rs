@@ -6,6 +6,8 @@ use async_trait::async_trait;
 use serde_json::Value;
 use yun_types::{EnvId, YunError};
 
+use crate::index::{IndexSpec, KeyRange};
+
 /// Operations inside one transaction of one env. Called on a blocking thread: may block,
 /// must not call back into async code.
 pub trait DocTxn {
@@ -30,6 +32,40 @@ pub trait DocTxn {
     /// Replaces an existing document.
     fn replace(&mut self, collection: &str, id: &str, doc: &Value) -> Result<(), YunError>;
     fn delete(&mut self, collection: &str, id: &str) -> Result<bool, YunError>;
+
+    fn list_indexes(&mut self, collection: &str) -> Result<Vec<IndexSpec>, YunError>;
+    /// Records an index definition; false when the name is taken. Entries come separately.
+    fn create_index(&mut self, collection: &str, spec: &IndexSpec) -> Result<bool, YunError>;
+    /// Drops an index and its entries; false when it did not exist.
+    fn drop_index(&mut self, collection: &str, name: &str) -> Result<bool, YunError>;
+    fn put_index_keys(
+        &mut self,
+        collection: &str,
+        index: &str,
+        id: &str,
+        keys: &[Vec<u8>],
+    ) -> Result<(), YunError>;
+    fn delete_index_keys(
+        &mut self,
+        collection: &str,
+        index: &str,
+        id: &str,
+    ) -> Result<(), YunError>;
+    /// The `_id`s with a key in any of the ranges, each once.
+    fn index_ids(
+        &mut self,
+        collection: &str,
+        index: &str,
+        ranges: &[KeyRange],
+    ) -> Result<Vec<String>, YunError>;
+    /// Whether a document other than `except_id` has `key` in the index.
+    fn index_key_taken(
+        &mut self,
+        collection: &str,
+        index: &str,
+        key: &[u8],
+        except_id: &str,
+    ) -> Result<bool, YunError>;
 }
 
 /// A unit of work: runs once inside a transaction; an `Err` rolls everything back.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 use yun_types::{new_id, EnvId, ErrorCode, YunError};
 
-use crate::db::{Change, DocDb, Updated};
+use crate::db::{Change, DocDb, IndexedWriter, Updated};
 use crate::filter::Filter;
 use crate::find::Projection;
 use crate::store::run;
@@ -201,8 +201,8 @@ impl DocDb {
             .collect();
         if self.view(env, txn, keys).await?.iter().any(Option::is_some) {
             return Err(YunError::new(
-                ErrorCode::AlreadyExists,
-                "a document with this _id already exists",
+                ErrorCode::DuplicateKey,
+                "E11000 duplicate key error: a document with this _id already exists",
             ));
         }
         let ids = prepared.iter().map(|(id, _)| id.clone()).collect();
@@ -308,22 +308,20 @@ impl DocDb {
                 }
             }
             for ((collection, doc_id), write) in state.writes {
+                let exists = t.get_versioned(&collection, &doc_id)?.is_some();
+                if write.is_some() && !exists && !t.collection_exists(&collection)? {
+                    return Err(YunError::new(
+                        ErrorCode::CollectionNotFound,
+                        format!("collection {collection} does not exist"),
+                    ));
+                }
+                let mut writer = IndexedWriter::new(t, &collection)?;
                 match write {
                     None => {
-                        t.delete(&collection, &doc_id)?;
+                        writer.delete(&doc_id)?;
                     }
-                    Some(doc) if t.get_versioned(&collection, &doc_id)?.is_some() => {
-                        t.replace(&collection, &doc_id, &doc)?
-                    }
-                    Some(doc) => {
-                        if !t.collection_exists(&collection)? {
-                            return Err(YunError::new(
-                                ErrorCode::CollectionNotFound,
-                                format!("collection {collection} does not exist"),
-                            ));
-                        }
-                        t.insert(&collection, &doc_id, &doc)?
-                    }
+                    Some(doc) if exists => writer.replace(&doc_id, &doc)?,
+                    Some(doc) => writer.insert(&doc_id, &doc)?,
                 }
             }
             Ok(())

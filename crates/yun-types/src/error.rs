@@ -43,6 +43,8 @@ pub enum ErrorCode {
     CollectionExists,
     /// A transaction's documents changed under it; the SDK's `runTransaction` retries.
     TransactionConflict,
+    /// A write would duplicate an `_id` or a unique index key.
+    DuplicateKey,
     /// A fault inside Yun; details are in the server log, not the response.
     Internal,
 }
@@ -72,6 +74,9 @@ impl ErrorCode {
             Self::CollectionNotFound => "DATABASE_COLLECTION_NOT_EXIST",
             Self::CollectionExists => "DATABASE_COLLECTION_ALREADY_EXIST",
             Self::TransactionConflict => "DATABASE_TRANSACTION_CONFLICT",
+            // CloudBase documents no dedicated duplicate-key code; its generic database
+            // error carries MongoDB's "E11000 duplicate key" message.
+            Self::DuplicateKey => "DATABASE_REQUEST_FAILED",
             Self::Internal => "SYS_ERR",
         }
     }
@@ -82,7 +87,7 @@ impl ErrorCode {
             Self::InvalidParam | Self::InvalidAction | Self::FunctionCodeInvalid => 400,
             Self::DatabaseInvalidOperator => 400,
             Self::CollectionNotFound => 404,
-            Self::CollectionExists | Self::TransactionConflict => 409,
+            Self::CollectionExists | Self::TransactionConflict | Self::DuplicateKey => 409,
             Self::SignParamInvalid | Self::SignExpired | Self::SignInvalid => 401,
             Self::InvalidSecretId => 401,
             Self::PermissionDenied => 403,

@@ -103,7 +103,7 @@ test('database errors carry CloudBase codes', async () => {
   await assert.rejects(db.collection('nope').add({ a: 1 }), { code: 'DATABASE_COLLECTION_NOT_EXIST' });
   await assert.rejects(db.collection('nope').where({ a: 1 }).get(), { code: 'DATABASE_COLLECTION_NOT_EXIST' });
   await assert.rejects(db.createCollection('todos'), { code: 'DATABASE_COLLECTION_ALREADY_EXIST' });
-  await assert.rejects(db.collection('todos').add({ _id: 'my-id' }), { code: 'RESOURCE_ALREADY_EXISTS' });
+  await assert.rejects(db.collection('todos').add({ _id: 'my-id' }), (e) => e.code === 'DATABASE_REQUEST_FAILED' && /E11000 duplicate key/.test(e.message));
   await assert.rejects(db.collection('todos').where({ $where: 'this.n > 1' }).get(), { code: 'DATABASE_INVALID_OPERRATOR' });
   await assert.rejects(db.collection('todos').where({ title: db.RegExp({ regexp: '(' }) }).get(), { code: 'DATABASE_INVALID_OPERRATOR' });
 });
@@ -216,4 +216,36 @@ test('aggregate: the captured pipeline through the SDK, and geoNear refused clea
     db.collection('orders').aggregate().geoNear({ near: new db.Geo.Point(0, 0), spherical: true, distanceField: 'd' }).end(),
     { code: 'DATABASE_INVALID_OPERRATOR' },
   );
+});
+
+test('yun db: collections, indexes, a unique violation through the SDK, quick queries', async () => {
+  await yun.cliJson(['db', 'create', 'people']);
+  assert.ok((await yun.cliJson(['db', 'collections'])).collections.includes('people'));
+  await yun.cliJson(['db', 'index', 'create', 'people', 'by_email', '--field', 'email', '--unique']);
+  await yun.cliJson(['db', 'index', 'create', 'people', 'by_age', '--field', 'age:desc', '--field', 'email']);
+  const listed = await yun.cliJson(['db', 'index', 'list', 'people']);
+  assert.deepEqual(listed.indexes.map((i) => [i.name, i.unique, i.fields.map((f) => `${f.field}:${f.direction}`)]), [
+    ['by_age', false, ['age:-1', 'email:1']],
+    ['by_email', true, ['email:1']],
+  ]);
+  const table = await yun.cli(['db', 'index', 'list', 'people']);
+  assert.match(table.stdout, /^NAME\s+FIELDS\s+UNIQUE\n/);
+  assert.match(table.stdout, /by_age\s+age:desc, email\s+false/);
+
+  await db.collection('people').add([{ email: 'a@x', age: 30 }, { email: 'b@x', age: 12 }, { email: 'c@x', age: 30 }]);
+  await assert.rejects(db.collection('people').add({ email: 'a@x' }), (e) => e.code === 'DATABASE_REQUEST_FAILED' && /E11000 duplicate key/.test(e.message));
+  await assert.rejects(db.collection('people').where({ email: 'b@x' }).update({ email: 'a@x' }), (e) => e.code === 'DATABASE_REQUEST_FAILED');
+  const adults = await db.collection('people').where({ email: _.in(['a@x', 'b@x']), age: _.gte(18) }).get();
+  assert.deepEqual(adults.data.map((d) => d.email), ['a@x']);
+
+  const q = await yun.cliJson(['db', 'query', 'people', '--where', '{"age":{"$gte":10}}', '--order', '{"age":1,"email":-1}', '--fields', '{"email":1,"_id":0}']);
+  assert.deepEqual(q.documents, [{ email: 'b@x' }, { email: 'c@x' }, { email: 'a@x' }]);
+  const bad = await yun.cli(['db', 'index', 'create', 'people', 'dup', '--field', 'age', '--unique']);
+  assert.equal(bad.code, 1);
+  assert.match(bad.stderr, /^error: DATABASE_REQUEST_FAILED: E11000/);
+
+  await yun.cliJson(['db', 'index', 'drop', 'people', 'by_email']);
+  await db.collection('people').add({ email: 'a@x' });
+  await yun.cliJson(['db', 'drop', 'people']);
+  await assert.rejects(db.collection('people').count(), { code: 'DATABASE_COLLECTION_NOT_EXIST' });
 });

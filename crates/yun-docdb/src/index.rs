@@ -1,0 +1,365 @@
+//! Secondary indexes. An index entry is (key, `_id`); keys are byte strings whose order
+//! is MongoDB's value order (type bracket first), so equality and ranges on the leading
+//! field are range scans. Arrays are multikey: one entry per element, plus one for the
+//! array as a whole. Missing fields index as null. Indexes only narrow candidates: the
+//! evaluator still decides every match, so a plan can be conservative but never wrong.
+
+use serde_json::Value;
+use yun_types::{ErrorCode, YunError};
+
+use crate::filter::{lookup, parse_path, Cond, Filter};
+use crate::order::bracket;
+use crate::value::as_date;
+
+/// Combinations one document may add to one compound index (multikey × multikey).
+const MAX_ENTRIES_PER_DOCUMENT: usize = 1000;
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IndexField {
+    pub field: String,
+    /// 1 ascending, -1 descending.
+    pub direction: i8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IndexSpec {
+    pub name: String,
+    pub fields: Vec<IndexField>,
+    pub unique: bool,
+}
+
+impl IndexSpec {
+    pub fn check(&self) -> Result<(), YunError> {
+        let name_ok = (1..=64).contains(&self.name.len())
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+        if !name_ok || self.name == "_id_" {
+            return Err(YunError::invalid_param(format!(
+                "invalid index name {:?}",
+                self.name
+            )));
+        }
+        if self.fields.is_empty() || self.fields.len() > 8 {
+            return Err(YunError::invalid_param("an index has 1 to 8 fields"));
+        }
+        for f in &self.fields {
+            parse_path(&f.field)?;
+            if f.direction != 1 && f.direction != -1 {
+                return Err(YunError::invalid_param("index directions are 1 or -1"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Appends the order-preserving encoding of one value.
+fn encode(v: Option<&Value>, out: &mut Vec<u8>) {
+    out.push(bracket(v));
+    match v {
+        None | Some(Value::Null) => {}
+        Some(Value::Number(n)) => {
+            let f = n.as_f64().unwrap_or(0.0);
+            let bits = f.to_bits();
+            let ordered = if f.is_sign_negative() {
+                !bits
+            } else {
+                bits ^ (1 << 63)
+            };
+            out.extend_from_slice(&ordered.to_be_bytes());
+        }
+        Some(Value::Bool(b)) => out.push(u8::from(*b)),
+        Some(v @ Value::Object(m)) => match as_date(v) {
+            Some(ms) => out.extend_from_slice(&((ms as u64) ^ (1 << 63)).to_be_bytes()),
+            None => match m.get("$oid").and_then(Value::as_str) {
+                Some(oid) => encode_text(oid, out),
+                None => encode_text(&v.to_string(), out),
+            },
+        },
+        Some(Value::String(s)) => encode_text(s, out),
+        Some(other) => encode_text(&other.to_string(), out),
+    }
+}
+
+/// Text with `0x00` escaped, ended by `0x00 0x00`: no key is a prefix of a greater one.
+fn encode_text(s: &str, out: &mut Vec<u8>) {
+    for b in s.bytes() {
+        out.push(b);
+        if b == 0 {
+            out.push(0xff);
+        }
+    }
+    out.extend_from_slice(&[0, 0]);
+}
+
+/// One component as stored: descending fields invert their bytes.
+fn component(v: Option<&Value>, direction: i8) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    encode(v, &mut bytes);
+    if direction < 0 {
+        bytes.iter_mut().for_each(|b| *b = !*b);
+    }
+    bytes
+}
+
+/// Every key `doc` has in `spec`.
+pub fn keys(spec: &IndexSpec, doc: &Value) -> Result<Vec<Vec<u8>>, YunError> {
+    let mut keys: Vec<Vec<u8>> = vec![Vec::new()];
+    for f in &spec.fields {
+        let mut found = Vec::new();
+        lookup(doc, &parse_path(&f.field)?, &mut found);
+        let mut values: Vec<Option<&Value>> = Vec::new();
+        for v in found {
+            match v {
+                Some(Value::Array(items)) => {
+                    values.extend(items.iter().map(Some));
+                    values.push(v);
+                }
+                other => values.push(other),
+            }
+        }
+        let parts: Vec<Vec<u8>> = values
+            .into_iter()
+            .map(|v| component(v, f.direction))
+            .collect();
+        if keys.len() * parts.len() > MAX_ENTRIES_PER_DOCUMENT {
+            return Err(YunError::invalid_param(format!(
+                "the document has too many index keys for index {}",
+                spec.name
+            )));
+        }
+        keys = keys
+            .iter()
+            .flat_map(|k| {
+                parts
+                    .iter()
+                    .map(move |p| [k.as_slice(), p.as_slice()].concat())
+            })
+            .collect();
+    }
+    keys.sort();
+    keys.dedup();
+    Ok(keys)
+}
+
+/// A key range on an index: `[low, high)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRange {
+    pub low: Vec<u8>,
+    pub high: Vec<u8>,
+}
+
+/// The smallest byte string greater than every string starting with `prefix`.
+fn after_prefix(prefix: &[u8]) -> Vec<u8> {
+    let mut p = prefix.to_vec();
+    while let Some(last) = p.pop() {
+        if last != 0xff {
+            p.push(last + 1);
+            return p;
+        }
+    }
+    vec![0xff; 9]
+}
+
+fn bracket_range(b: u8) -> KeyRange {
+    KeyRange {
+        low: vec![b],
+        high: vec![b + 1],
+    }
+}
+
+/// Ranges of the leading field that cover every document `cond` can match, when
+/// the condition bounds it (equality, `$in`, ranges); `None` means no bound.
+fn ranges(cond: &Cond, direction: i8) -> Option<Vec<KeyRange>> {
+    let eq = |v: &Value| {
+        let c = component(Some(v), direction);
+        KeyRange {
+            high: after_prefix(&c),
+            low: c,
+        }
+    };
+    let bounded = |v: &Value, lower: bool, inclusive: bool| {
+        // Ranges stay inside the bound's type bracket (MongoDB's type bracketing).
+        let b = bracket(Some(v));
+        let edge = component(Some(v), direction);
+        let edge_end = after_prefix(&edge);
+        let whole = bracket_range(b);
+        let (low, high) = match (lower, inclusive) {
+            (true, true) => (edge, whole.high),
+            (true, false) => (edge_end, whole.high),
+            (false, true) => (whole.low, edge_end),
+            (false, false) => (whole.low, edge),
+        };
+        KeyRange { low, high }
+    };
+    let r = match cond {
+        Cond::Eq(v) if !v.is_array() => vec![eq(v)],
+        Cond::In(list) => {
+            let mut out = Vec::new();
+            for c in list {
+                match c {
+                    Cond::Eq(v) if !v.is_array() => out.push(eq(v)),
+                    _ => return None,
+                }
+            }
+            out
+        }
+        // Descending order flips which end a bound is; keep it simple and bound only ascending.
+        Cond::Gt(v) if direction > 0 => vec![bounded(v, true, false)],
+        Cond::Gte(v) if direction > 0 => vec![bounded(v, true, true)],
+        Cond::Lt(v) if direction > 0 => vec![bounded(v, false, false)],
+        Cond::Lte(v) if direction > 0 => vec![bounded(v, false, true)],
+        // Not the intersection: on an array, different elements may satisfy each bound
+        // (`{$gte: 5, $lt: 6}` matches `[3, 9]`). Any one bound covers every match.
+        Cond::Every(conds) => return conds.iter().find_map(|c| ranges(c, direction)),
+        _ => return None,
+    };
+    Some(r)
+}
+
+/// Picks an index whose leading field the filter bounds; returns it and its ranges.
+pub fn plan<'a>(
+    filter: &Filter,
+    indexes: &'a [IndexSpec],
+) -> Option<(&'a IndexSpec, Vec<KeyRange>)> {
+    let clauses: Vec<&Filter> = match filter {
+        Filter::And(cs) => cs.iter().collect(),
+        f => vec![f],
+    };
+    for spec in indexes {
+        let lead = &spec.fields[0];
+        let Ok(path) = parse_path(&lead.field) else {
+            continue;
+        };
+        for clause in &clauses {
+            if let Filter::Field { path: p, cond } = clause {
+                if *p == path {
+                    if let Some(r) = ranges(cond, lead.direction) {
+                        return Some((spec, r));
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
+pub fn duplicate(spec: &IndexSpec) -> YunError {
+    YunError::new(
+        ErrorCode::DuplicateKey,
+        format!("E11000 duplicate key error: index {} is unique", spec.name),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(field: &str, direction: i8) -> IndexSpec {
+        IndexSpec {
+            name: "i".into(),
+            fields: vec![IndexField {
+                field: field.into(),
+                direction,
+            }],
+            unique: false,
+        }
+    }
+
+    #[test]
+    fn encoding_follows_the_value_order() {
+        let ordered = [
+            json!(null),
+            json!(-5.5),
+            json!(-1),
+            json!(0),
+            json!(2),
+            json!(1e10),
+            json!(""),
+            json!("a"),
+            json!("a\u{0}b"),
+            json!("ab"),
+            json!({"x": 1}),
+            json!(false),
+            json!(true),
+            json!({"$date": -1}),
+            json!({"$date": 5}),
+        ];
+        let enc: Vec<Vec<u8>> = ordered.iter().map(|v| component(Some(v), 1)).collect();
+        for w in enc.windows(2) {
+            assert!(w[0] < w[1], "{:?} < {:?}", w[0], w[1]);
+        }
+        let desc: Vec<Vec<u8>> = ordered.iter().map(|v| component(Some(v), -1)).collect();
+        for w in desc.windows(2) {
+            assert!(w[0] > w[1]);
+        }
+    }
+
+    #[test]
+    fn multikey_and_missing() {
+        let k = keys(&spec("tags", 1), &json!({"tags": ["a", "b"]})).unwrap();
+        assert_eq!(k.len(), 3, "each element and the array");
+        assert_eq!(
+            keys(&spec("x", 1), &json!({})).unwrap(),
+            vec![component(None, 1)]
+        );
+        let compound = IndexSpec {
+            name: "c".into(),
+            fields: vec![
+                IndexField {
+                    field: "a".into(),
+                    direction: 1,
+                },
+                IndexField {
+                    field: "b".into(),
+                    direction: -1,
+                },
+            ],
+            unique: false,
+        };
+        assert_eq!(
+            keys(&compound, &json!({"a": [1, 2], "b": 3}))
+                .unwrap()
+                .len(),
+            3
+        );
+    }
+
+    #[test]
+    fn plans_cover_every_match() {
+        let docs: Vec<Value> = vec![
+            json!({"n": 1}),
+            json!({"n": 5}),
+            json!({"n": 5.5}),
+            json!({"n": "5"}),
+            json!({"n": [3, 9]}),
+            json!({}),
+            json!({"n": null}),
+        ];
+        let specs = vec![spec("n", 1)];
+        for q in [
+            json!({"n": 5}),
+            json!({"n": {"$gt": 2}}),
+            json!({"n": {"$gte": 5, "$lt": 6}}),
+            json!({"n": {"$in": [1, "5"]}}),
+            json!({"n": null}),
+            json!({"n": {"$lte": 3}}),
+        ] {
+            let filter = Filter::parse(&q).unwrap();
+            let (index, ranges) = plan(&filter, &specs).expect("indexable");
+            for d in &docs {
+                if filter.matches(d) {
+                    let covered = keys(index, d)
+                        .unwrap()
+                        .iter()
+                        .any(|k| ranges.iter().any(|r| *k >= r.low && *k < r.high));
+                    assert!(covered, "{q} matches {d} but its keys are outside the plan");
+                }
+            }
+        }
+        assert!(plan(&Filter::parse(&json!({"n": {"$ne": 1}})).unwrap(), &specs).is_none());
+        assert!(plan(&Filter::parse(&json!({"m": 1})).unwrap(), &specs).is_none());
+    }
+}
