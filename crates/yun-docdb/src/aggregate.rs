@@ -98,6 +98,14 @@ fn accumulators(spec: &Map<String, Value>) -> Result<Vec<(String, Accumulator)>,
         .collect()
 }
 
+/// A bucket stage's `output`; MongoDB's default is `{count: {$sum: 1}}`.
+fn bucket_output(stage: &Map<String, Value>) -> Result<Vec<(String, Accumulator)>, YunError> {
+    match stage.get("output").and_then(Value::as_object) {
+        Some(spec) => accumulators(spec),
+        None => Ok(vec![("count".into(), Accumulator::Sum(Value::from(1)))]),
+    }
+}
+
 fn count_arg(v: &Value, what: &str) -> Result<usize, YunError> {
     as_i64(v)
         .and_then(|n| usize::try_from(n).ok())
@@ -205,14 +213,7 @@ impl Stage {
                         .ok_or_else(|| invalid_op("$bucket needs groupBy"))?,
                     boundaries,
                     default: m.get("default").cloned(),
-                    output: m
-                        .get("output")
-                        .and_then(Value::as_object)
-                        .map(accumulators)
-                        .transpose()?
-                        .unwrap_or_else(|| {
-                            vec![("count".into(), Accumulator::Sum(Value::from(1)))]
-                        }),
+                    output: bucket_output(&m)?,
                 }
             }
             "$bucketAuto" => {
@@ -233,14 +234,7 @@ impl Stage {
                             Ok(n)
                         }
                     })?,
-                    output: m
-                        .get("output")
-                        .and_then(Value::as_object)
-                        .map(accumulators)
-                        .transpose()?
-                        .unwrap_or_else(|| {
-                            vec![("count".into(), Accumulator::Sum(Value::from(1)))]
-                        }),
+                    output: bucket_output(&m)?,
                 }
             }
             "$replaceRoot" => Stage::ReplaceRoot(

@@ -2,12 +2,12 @@
 //! (env, collection, `_id`). One writer connection (SQLite has one writer) and a pool
 //! of read-only connections.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
 
 use async_trait::async_trait;
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{params, OptionalExtension, Transaction};
 use serde_json::Value;
+use yun_sqlite::{db_err, Sqlite};
 use yun_types::{EnvId, ErrorCode, YunError};
 
 use crate::index::{IndexSpec, KeyRange};
@@ -61,43 +61,16 @@ CREATE INDEX index_entries_by_document ON index_entries (env, collection, name, 
 "#,
 ];
 
-fn db_err(e: impl std::fmt::Display) -> YunError {
-    YunError::internal(format!("document store: {e}"))
-}
-
+/// The document store on one SQLite file (see `yun-sqlite` for the connection model).
 #[derive(Clone)]
 pub struct SqliteDocStore {
-    path: PathBuf,
-    writer: Arc<Mutex<Connection>>,
-    readers: Arc<Mutex<Vec<Connection>>>,
+    db: Sqlite,
 }
 
 impl SqliteDocStore {
     pub fn open(path: &Path) -> Result<Self, YunError> {
-        let conn = Connection::open(path).map_err(db_err)?;
-        conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;",
-        )
-        .map_err(db_err)?;
-        let applied: usize = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(db_err)?;
-        if applied > MIGRATIONS.len() {
-            return Err(YunError::internal(
-                "the document store was written by a newer Yun",
-            ));
-        }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
-            conn.execute_batch(&format!(
-                "BEGIN; {sql}; PRAGMA user_version = {}; COMMIT;",
-                i + 1
-            ))
-            .map_err(db_err)?;
-        }
         Ok(Self {
-            path: path.to_owned(),
-            writer: Arc::new(Mutex::new(conn)),
-            readers: Arc::new(Mutex::new(Vec::new())),
+            db: Sqlite::open(path, MIGRATIONS)?,
         })
     }
 }
@@ -394,60 +367,35 @@ impl DocTxn for SqliteTxn<'_> {
 #[async_trait]
 impl DocStore for SqliteDocStore {
     async fn read(&self, env: &EnvId, work: Work) -> Result<(), YunError> {
-        let (readers, path, env) = (self.readers.clone(), self.path.clone(), env.to_string());
-        tokio::task::spawn_blocking(move || {
-            let pooled = readers.lock().ok().and_then(|mut r| r.pop());
-            let mut conn = match pooled {
-                Some(c) => c,
-                None => {
-                    let c = Connection::open_with_flags(
-                        &path,
-                        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
-                            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                    )
-                    .map_err(db_err)?;
-                    c.execute_batch("PRAGMA busy_timeout=5000;")
-                        .map_err(db_err)?;
-                    c
-                }
-            };
-            let result = (|| {
+        let env = env.to_string();
+        self.db
+            .read(move |conn| {
                 let tx = conn.transaction().map_err(db_err)?;
+                work(&mut SqliteTxn {
+                    tx,
+                    env,
+                    version: None,
+                })
+            })
+            .await
+    }
+
+    async fn write(&self, env: &EnvId, work: Work) -> Result<(), YunError> {
+        let env = env.to_string();
+        self.db
+            .write(move |conn| {
+                let tx = conn
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                    .map_err(db_err)?;
                 let mut txn = SqliteTxn {
                     tx,
                     env,
                     version: None,
                 };
-                work(&mut txn)
-            })();
-            if let Ok(mut r) = readers.lock() {
-                r.push(conn);
-            }
-            result
-        })
-        .await
-        .map_err(db_err)?
-    }
-
-    async fn write(&self, env: &EnvId, work: Work) -> Result<(), YunError> {
-        let (writer, env) = (self.writer.clone(), env.to_string());
-        tokio::task::spawn_blocking(move || {
-            let mut conn = writer
-                .lock()
-                .map_err(|_| YunError::internal("document writer poisoned"))?;
-            let tx = conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .map_err(db_err)?;
-            let mut txn = SqliteTxn {
-                tx,
-                env,
-                version: None,
-            };
-            work(&mut txn)?;
-            txn.tx.commit().map_err(db_err)
-        })
-        .await
-        .map_err(db_err)?
+                work(&mut txn)?;
+                txn.tx.commit().map_err(db_err)
+            })
+            .await
     }
 
     async fn drop_env(&self, env: &EnvId) -> Result<(), YunError> {
@@ -468,19 +416,24 @@ impl DocStore for SqliteDocStore {
 mod tests {
     use super::*;
 
-    #[test]
-    fn index_range_scans_search_the_entries_primary_key() {
+    #[tokio::test]
+    async fn index_range_scans_search_the_entries_primary_key() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteDocStore::open(&dir.path().join("d.db")).unwrap();
-        let conn = store.writer.lock().unwrap();
-        let plan: Vec<String> = conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {INDEX_RANGE_SQL}"))
-            .unwrap()
-            .query_map(params!["e", "c", "i", vec![1u8], vec![2u8]], |r| {
-                r.get::<_, String>(3)
+        let plan: Vec<String> = store
+            .db
+            .read(|conn| {
+                let mut stmt = conn
+                    .prepare(&format!("EXPLAIN QUERY PLAN {INDEX_RANGE_SQL}"))
+                    .map_err(db_err)?;
+                let rows = stmt
+                    .query_map(params!["e", "c", "i", vec![1u8], vec![2u8]], |r| {
+                        r.get::<_, String>(3)
+                    })
+                    .map_err(db_err)?;
+                rows.collect::<Result<_, _>>().map_err(db_err)
             })
-            .unwrap()
-            .collect::<Result<_, _>>()
+            .await
             .unwrap();
         let plan = plan.join(" | ");
         assert!(plan.contains("SEARCH index_entries USING PRIMARY KEY (env=? AND collection=? AND name=? AND key>? AND key<?)"), "{plan}");

@@ -2,11 +2,11 @@
 //! `synchronous=NORMAL` (a committed transaction survives a process crash; an OS crash
 //! may lose the last moments, which is the trade-off ARCHITECTURE.md states).
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
 
 use async_trait::async_trait;
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{params, OptionalExtension, Row};
+use yun_sqlite::{db_err, Sqlite};
 use yun_types::{EnvId, ErrorCode, FunctionName, YunError};
 
 use crate::*;
@@ -64,102 +64,17 @@ CREATE INDEX logs_by_function ON logs(env, function, id);
 CREATE INDEX logs_by_request ON logs(request_id);
 "#];
 
-/// One writer connection (SQLite allows one writer) and a pool of read-only ones: in
-/// WAL mode readers never wait for the writer, so lookups on the request path do not
-/// queue behind a batch of log inserts.
+/// The metadata store on one SQLite file (see `yun-sqlite` for the connection model).
 #[derive(Clone)]
 pub struct SqliteMetaStore {
-    path: PathBuf,
-    conn: Arc<Mutex<Connection>>,
-    readers: Arc<Mutex<Vec<Connection>>>,
-}
-
-fn db_err(e: impl std::fmt::Display) -> YunError {
-    YunError::internal(format!("sqlite: {e}"))
+    db: Sqlite,
 }
 
 impl SqliteMetaStore {
     pub fn open(path: &Path) -> Result<Self> {
-        let conn = Connection::open(path).map_err(db_err)?;
-        conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;",
-        )
-        .map_err(db_err)?;
-        Self::migrate(&conn)?;
         Ok(Self {
-            path: path.to_owned(),
-            readers: Arc::new(Mutex::new(Vec::new())),
-            conn: Arc::new(Mutex::new(conn)),
+            db: Sqlite::open(path, MIGRATIONS)?,
         })
-    }
-
-    fn migrate(conn: &Connection) -> Result<()> {
-        let applied: usize = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(db_err)?;
-        if applied > MIGRATIONS.len() {
-            return Err(YunError::internal(format!(
-                "the data dir was written by a newer Yun (schema {applied}, this build knows {})",
-                MIGRATIONS.len()
-            )));
-        }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
-            conn.execute_batch(&format!(
-                "BEGIN; {sql}; PRAGMA user_version = {}; COMMIT;",
-                i + 1
-            ))
-            .map_err(db_err)?;
-            tracing::info!(migration = i + 1, "applied metadata migration");
-        }
-        Ok(())
-    }
-
-    /// Runs `f` on a read-only connection off the async threads.
-    async fn read<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let (readers, path) = (self.readers.clone(), self.path.clone());
-        tokio::task::spawn_blocking(move || {
-            let pooled = readers.lock().ok().and_then(|mut r| r.pop());
-            let conn = match pooled {
-                Some(conn) => conn,
-                None => {
-                    let conn = Connection::open_with_flags(
-                        &path,
-                        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
-                            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                    )
-                    .map_err(db_err)?;
-                    conn.execute_batch("PRAGMA busy_timeout=5000;")
-                        .map_err(db_err)?;
-                    conn
-                }
-            };
-            let result = f(&conn);
-            if let Ok(mut r) = readers.lock() {
-                r.push(conn);
-            }
-            result
-        })
-        .await
-        .map_err(db_err)?
-    }
-
-    /// Runs `f` on the connection off the async threads.
-    async fn with<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut guard = conn
-                .lock()
-                .map_err(|_| YunError::internal("metadata connection poisoned"))?;
-            f(&mut guard)
-        })
-        .await
-        .map_err(db_err)?
     }
 }
 
@@ -234,165 +149,173 @@ const INVOCATION_COLS: &str =
 #[async_trait]
 impl MetaStore for SqliteMetaStore {
     async fn master_key(&self) -> Result<Vec<u8>> {
-        self.with(|conn| {
-            let existing: Option<Vec<u8>> = conn
-                .query_row(
-                    "SELECT value FROM settings WHERE key = 'master_key'",
-                    [],
-                    |r| r.get(0),
+        self.db
+            .write(|conn| {
+                let existing: Option<Vec<u8>> = conn
+                    .query_row(
+                        "SELECT value FROM settings WHERE key = 'master_key'",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(db_err)?;
+                if let Some(key) = existing {
+                    return Ok(key);
+                }
+                let key = yun_types::new_id("").into_bytes();
+                conn.execute(
+                    "INSERT INTO settings (key, value) VALUES ('master_key', ?1)",
+                    params![key],
                 )
-                .optional()
                 .map_err(db_err)?;
-            if let Some(key) = existing {
-                return Ok(key);
-            }
-            let key = yun_types::new_id("").into_bytes();
-            conn.execute(
-                "INSERT INTO settings (key, value) VALUES ('master_key', ?1)",
-                params![key],
-            )
-            .map_err(db_err)?;
-            Ok(key)
-        })
-        .await
+                Ok(key)
+            })
+            .await
     }
 
     async fn create_env(&self, env: &EnvId) -> Result<EnvRecord> {
         let env = env.clone();
-        self.with(move |conn| {
-            let now = unix_now();
-            let inserted = conn
-                .execute(
-                    "INSERT OR IGNORE INTO envs (id, created_at) VALUES (?1, ?2)",
-                    params![env.as_str(), now],
-                )
-                .map_err(db_err)?;
-            if inserted == 0 {
-                return Err(YunError::new(
-                    ErrorCode::AlreadyExists,
-                    format!("env {env} already exists"),
-                ));
-            }
-            Ok(EnvRecord {
-                id: env,
-                created_at: now,
+        self.db
+            .write(move |conn| {
+                let now = unix_now();
+                let inserted = conn
+                    .execute(
+                        "INSERT OR IGNORE INTO envs (id, created_at) VALUES (?1, ?2)",
+                        params![env.as_str(), now],
+                    )
+                    .map_err(db_err)?;
+                if inserted == 0 {
+                    return Err(YunError::new(
+                        ErrorCode::AlreadyExists,
+                        format!("env {env} already exists"),
+                    ));
+                }
+                Ok(EnvRecord {
+                    id: env,
+                    created_at: now,
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn get_env(&self, env: &EnvId) -> Result<Option<EnvRecord>> {
         let env = env.clone();
-        self.read(move |conn| {
-            conn.query_row(
-                "SELECT id, created_at FROM envs WHERE id = ?1",
-                params![env.as_str()],
-                |r| {
-                    Ok(EnvRecord {
-                        id: env_col(r, 0)?,
-                        created_at: r.get(1)?,
-                    })
-                },
-            )
-            .optional()
-            .map_err(db_err)
-        })
-        .await
+        self.db
+            .read(move |conn| {
+                conn.query_row(
+                    "SELECT id, created_at FROM envs WHERE id = ?1",
+                    params![env.as_str()],
+                    |r| {
+                        Ok(EnvRecord {
+                            id: env_col(r, 0)?,
+                            created_at: r.get(1)?,
+                        })
+                    },
+                )
+                .optional()
+                .map_err(db_err)
+            })
+            .await
     }
 
     async fn list_envs(&self) -> Result<Vec<EnvRecord>> {
-        self.read(|conn| {
-            let mut stmt = conn
-                .prepare("SELECT id, created_at FROM envs ORDER BY id")
-                .map_err(db_err)?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok(EnvRecord {
-                        id: env_col(r, 0)?,
-                        created_at: r.get(1)?,
+        self.db
+            .read(|conn| {
+                let mut stmt = conn
+                    .prepare("SELECT id, created_at FROM envs ORDER BY id")
+                    .map_err(db_err)?;
+                let rows = stmt
+                    .query_map([], |r| {
+                        Ok(EnvRecord {
+                            id: env_col(r, 0)?,
+                            created_at: r.get(1)?,
+                        })
                     })
-                })
-                .map_err(db_err)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)
-        })
-        .await
+                    .map_err(db_err)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)
+            })
+            .await
     }
 
     async fn delete_env(&self, env: &EnvId) -> Result<bool> {
         let env = env.clone();
-        self.with(move |conn| {
-            let tx = conn.transaction().map_err(db_err)?;
-            // keys and functions cascade; the append-only streams are deleted explicitly.
-            tx.execute(
-                "DELETE FROM invocations WHERE env = ?1",
-                params![env.as_str()],
-            )
-            .map_err(db_err)?;
-            tx.execute("DELETE FROM logs WHERE env = ?1", params![env.as_str()])
+        self.db
+            .write(move |conn| {
+                let tx = conn.transaction().map_err(db_err)?;
+                // keys and functions cascade; the append-only streams are deleted explicitly.
+                tx.execute(
+                    "DELETE FROM invocations WHERE env = ?1",
+                    params![env.as_str()],
+                )
                 .map_err(db_err)?;
-            let n = tx
-                .execute("DELETE FROM envs WHERE id = ?1", params![env.as_str()])
-                .map_err(db_err)?;
-            tx.commit().map_err(db_err)?;
-            Ok(n > 0)
-        })
-        .await
+                tx.execute("DELETE FROM logs WHERE env = ?1", params![env.as_str()])
+                    .map_err(db_err)?;
+                let n = tx
+                    .execute("DELETE FROM envs WHERE id = ?1", params![env.as_str()])
+                    .map_err(db_err)?;
+                tx.commit().map_err(db_err)?;
+                Ok(n > 0)
+            })
+            .await
     }
 
     async fn insert_key(&self, key: &KeyRecord) -> Result<()> {
         let key = key.clone();
-        self.with(move |conn| {
-            conn.execute(
-                &format!("INSERT INTO keys ({KEY_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
-                params![
-                    key.secret_id,
-                    key.secret_key,
-                    key.env.as_str(),
-                    key.role.as_str(),
-                    key.description,
-                    key.created_at,
-                    key.revoked_at
-                ],
-            )
-            .map_err(db_err)?;
-            Ok(())
-        })
-        .await
+        self.db
+            .write(move |conn| {
+                conn.execute(
+                    &format!("INSERT INTO keys ({KEY_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+                    params![
+                        key.secret_id,
+                        key.secret_key,
+                        key.env.as_str(),
+                        key.role.as_str(),
+                        key.description,
+                        key.created_at,
+                        key.revoked_at
+                    ],
+                )
+                .map_err(db_err)?;
+                Ok(())
+            })
+            .await
     }
 
     async fn get_key(&self, secret_id: &str) -> Result<Option<KeyRecord>> {
         let secret_id = secret_id.to_owned();
-        self.read(move |conn| {
-            conn.query_row(
-                &format!("SELECT {KEY_COLS} FROM keys WHERE secret_id = ?1"),
-                params![secret_id],
-                key_row,
-            )
-            .optional()
-            .map_err(db_err)
-        })
-        .await
+        self.db
+            .read(move |conn| {
+                conn.query_row(
+                    &format!("SELECT {KEY_COLS} FROM keys WHERE secret_id = ?1"),
+                    params![secret_id],
+                    key_row,
+                )
+                .optional()
+                .map_err(db_err)
+            })
+            .await
     }
 
     async fn list_keys(&self, env: &EnvId) -> Result<Vec<KeyRecord>> {
         let env = env.clone();
-        self.read(move |conn| {
-            let mut stmt = conn
-                .prepare(&format!(
-                    "SELECT {KEY_COLS} FROM keys WHERE env = ?1 ORDER BY created_at, secret_id"
-                ))
-                .map_err(db_err)?;
-            let rows = stmt
-                .query_map(params![env.as_str()], key_row)
-                .map_err(db_err)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)
-        })
-        .await
+        self.db
+            .read(move |conn| {
+                let mut stmt = conn
+                    .prepare(&format!(
+                        "SELECT {KEY_COLS} FROM keys WHERE env = ?1 ORDER BY created_at, secret_id"
+                    ))
+                    .map_err(db_err)?;
+                let rows = stmt
+                    .query_map(params![env.as_str()], key_row)
+                    .map_err(db_err)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)
+            })
+            .await
     }
 
     async fn revoke_key(&self, env: &EnvId, secret_id: &str, now: i64) -> Result<bool> {
         let (env, secret_id) = (env.clone(), secret_id.to_owned());
-        self.with(move |conn| {
+        self.db.write(move |conn| {
             let n = conn
                 .execute(
                     "UPDATE keys SET revoked_at = ?3 WHERE env = ?1 AND secret_id = ?2 AND revoked_at IS NULL",
@@ -406,7 +329,7 @@ impl MetaStore for SqliteMetaStore {
 
     async fn put_function(&self, function: &NewFunction, now: i64) -> Result<FunctionRecord> {
         let spec = function.clone();
-        self.with(move |conn| {
+        self.db.write(move |conn| {
             let tx = conn.transaction().map_err(db_err)?;
             let previous: Option<(i64, i64)> = tx
                 .query_row(
@@ -446,50 +369,53 @@ impl MetaStore for SqliteMetaStore {
         name: &FunctionName,
     ) -> Result<Option<FunctionRecord>> {
         let (env, name) = (env.clone(), name.clone());
-        self.read(move |conn| {
-            conn.query_row(
-                &format!("SELECT {FUNCTION_COLS} FROM functions WHERE env = ?1 AND name = ?2"),
-                params![env.as_str(), name.as_str()],
-                function_row,
-            )
-            .optional()
-            .map_err(db_err)
-        })
-        .await
+        self.db
+            .read(move |conn| {
+                conn.query_row(
+                    &format!("SELECT {FUNCTION_COLS} FROM functions WHERE env = ?1 AND name = ?2"),
+                    params![env.as_str(), name.as_str()],
+                    function_row,
+                )
+                .optional()
+                .map_err(db_err)
+            })
+            .await
     }
 
     async fn list_functions(&self, env: &EnvId) -> Result<Vec<FunctionRecord>> {
         let env = env.clone();
-        self.read(move |conn| {
-            let mut stmt = conn
-                .prepare(&format!(
-                    "SELECT {FUNCTION_COLS} FROM functions WHERE env = ?1 ORDER BY name"
-                ))
-                .map_err(db_err)?;
-            let rows = stmt
-                .query_map(params![env.as_str()], function_row)
-                .map_err(db_err)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)
-        })
-        .await
+        self.db
+            .read(move |conn| {
+                let mut stmt = conn
+                    .prepare(&format!(
+                        "SELECT {FUNCTION_COLS} FROM functions WHERE env = ?1 ORDER BY name"
+                    ))
+                    .map_err(db_err)?;
+                let rows = stmt
+                    .query_map(params![env.as_str()], function_row)
+                    .map_err(db_err)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)
+            })
+            .await
     }
 
     async fn delete_function(&self, env: &EnvId, name: &FunctionName) -> Result<bool> {
         let (env, name) = (env.clone(), name.clone());
-        self.with(move |conn| {
-            let n = conn
-                .execute(
-                    "DELETE FROM functions WHERE env = ?1 AND name = ?2",
-                    params![env.as_str(), name.as_str()],
-                )
-                .map_err(db_err)?;
-            Ok(n > 0)
-        })
-        .await
+        self.db
+            .write(move |conn| {
+                let n = conn
+                    .execute(
+                        "DELETE FROM functions WHERE env = ?1 AND name = ?2",
+                        params![env.as_str(), name.as_str()],
+                    )
+                    .map_err(db_err)?;
+                Ok(n > 0)
+            })
+            .await
     }
 
     async fn append_invocations(&self, records: Vec<InvocationRecord>) -> Result<()> {
-        self.with(move |conn| {
+        self.db.write(move |conn| {
             let tx = conn.transaction().map_err(db_err)?;
             {
                 let mut stmt = tx
@@ -511,7 +437,7 @@ impl MetaStore for SqliteMetaStore {
     }
 
     async fn append_logs(&self, lines: Vec<NewLogLine>) -> Result<()> {
-        self.with(move |conn| {
+        self.db.write(move |conn| {
             let tx = conn.transaction().map_err(db_err)?;
             {
                 let mut stmt = tx
@@ -535,18 +461,19 @@ impl MetaStore for SqliteMetaStore {
         request_id: &str,
     ) -> Result<Option<InvocationRecord>> {
         let (env, request_id) = (env.clone(), request_id.to_owned());
-        self.read(move |conn| {
-            conn.query_row(
-                &format!(
+        self.db
+            .read(move |conn| {
+                conn.query_row(
+                    &format!(
                     "SELECT {INVOCATION_COLS} FROM invocations WHERE env = ?1 AND request_id = ?2"
                 ),
-                params![env.as_str(), request_id],
-                invocation_row,
-            )
-            .optional()
-            .map_err(db_err)
-        })
-        .await
+                    params![env.as_str(), request_id],
+                    invocation_row,
+                )
+                .optional()
+                .map_err(db_err)
+            })
+            .await
     }
 
     async fn list_invocations(
@@ -556,7 +483,7 @@ impl MetaStore for SqliteMetaStore {
         limit: u32,
     ) -> Result<Vec<InvocationRecord>> {
         let (env, function) = (env.clone(), function.cloned());
-        self.read(move |conn| {
+        self.db.read(move |conn| {
             let mut stmt = conn
                 .prepare(&format!(
                     "SELECT {INVOCATION_COLS} FROM invocations WHERE env = ?1 AND (?2 IS NULL OR function = ?2)
@@ -573,7 +500,7 @@ impl MetaStore for SqliteMetaStore {
 
     async fn query_logs(&self, q: &LogQuery) -> Result<Vec<LogLine>> {
         let q = q.clone();
-        self.read(move |conn| {
+        self.db.read(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT id, env, function, request_id, at_ms, stream, message FROM logs
