@@ -193,8 +193,32 @@ async fn wait_http(url: &str) {
     panic!("{url} did not come up");
 }
 
+mod db;
+
 #[tokio::main]
 async fn main() {
+    match std::env::args().nth(1).as_deref() {
+        Some("db") => {
+            let bin = std::env::var_os("YUN_BIN")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| repo().join("target/release/yun"));
+            let yun = spawn_yun(&bin, &[]).await;
+            db::run(&yun).await;
+        }
+        Some("functions") => functions().await,
+        None => {
+            functions().await;
+            let bin = std::env::var_os("YUN_BIN")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| repo().join("target/release/yun"));
+            let yun = spawn_yun(&bin, &[]).await;
+            db::run(&yun).await;
+        }
+        Some(other) => eprintln!("usage: yun-bench [functions|db] (got {other:?})"),
+    }
+}
+
+async fn functions() {
     let bin = std::env::var_os("YUN_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo().join("target/release/yun"));

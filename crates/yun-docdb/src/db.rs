@@ -122,7 +122,11 @@ impl<'t> IndexedWriter<'t> {
     }
 
     fn put_keys(&mut self, id: &str, doc: &Value) -> Result<(), YunError> {
-        for spec in &self.indexes {
+        for spec in &mut self.indexes {
+            if !spec.multikey && index::has_array(spec, doc)? {
+                self.txn.mark_multikey(&self.collection, spec)?;
+                spec.multikey = true;
+            }
             let keys = index::keys(spec, doc)?;
             if spec.unique {
                 for key in &keys {
@@ -437,7 +441,7 @@ impl DocDb {
         &self,
         env: &EnvId,
         collection: &str,
-        spec: IndexSpec,
+        mut spec: IndexSpec,
     ) -> Result<(), YunError> {
         spec.check()?;
         let collection = collection.to_owned();
@@ -455,6 +459,10 @@ impl DocDb {
             for doc in txn.scan(&collection)? {
                 let id = id_text(&doc["_id"])?;
                 let keys = index::keys(&spec, &doc)?;
+                if !spec.multikey && index::has_array(&spec, &doc)? {
+                    txn.mark_multikey(&collection, &spec)?;
+                    spec.multikey = true;
+                }
                 if spec.unique && keys.iter().any(|k| !seen.insert(k.clone())) {
                     return Err(index::duplicate(&spec));
                 }
@@ -736,6 +744,7 @@ mod tests {
                 name: "by_n".into(),
                 fields: vec![field("n")],
                 unique: false,
+                multikey: false,
             },
         )
         .await
@@ -747,6 +756,7 @@ mod tests {
                 name: "by_arr".into(),
                 fields: vec![field("arr")],
                 unique: false,
+                multikey: false,
             },
         )
         .await
@@ -801,6 +811,7 @@ mod tests {
             name: "u".into(),
             fields: vec![field("n")],
             unique: true,
+            multikey: false,
         };
         assert_eq!(
             db.create_index(&env, "p", unique.clone())
@@ -823,6 +834,7 @@ mod tests {
                 name: "email".into(),
                 fields: vec![field("email")],
                 unique: true,
+                multikey: false,
             },
         )
         .await

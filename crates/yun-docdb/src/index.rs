@@ -25,7 +25,12 @@ pub struct IndexField {
 pub struct IndexSpec {
     pub name: String,
     pub fields: Vec<IndexField>,
+    #[serde(default)]
     pub unique: bool,
+    /// Set (for good) once a document reaches an array at an indexed field. Until then,
+    /// bounds on one field may be intersected.
+    #[serde(default)]
+    pub multikey: bool,
 }
 
 impl IndexSpec {
@@ -103,6 +108,18 @@ fn component(v: Option<&Value>, direction: i8) -> Vec<u8> {
     bytes
 }
 
+/// Whether `doc` reaches an array at one of the index's fields.
+pub fn has_array(spec: &IndexSpec, doc: &Value) -> Result<bool, YunError> {
+    for f in &spec.fields {
+        let mut found = Vec::new();
+        lookup(doc, &parse_path(&f.field)?, &mut found);
+        if found.iter().any(|v| matches!(v, Some(Value::Array(_)))) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Every key `doc` has in `spec`.
 pub fn keys(spec: &IndexSpec, doc: &Value) -> Result<Vec<Vec<u8>>, YunError> {
     let mut keys: Vec<Vec<u8>> = vec![Vec::new()];
@@ -171,7 +188,7 @@ fn bracket_range(b: u8) -> KeyRange {
 
 /// Ranges of the leading field that cover every document `cond` can match, when
 /// the condition bounds it (equality, `$in`, ranges); `None` means no bound.
-fn ranges(cond: &Cond, direction: i8) -> Option<Vec<KeyRange>> {
+fn ranges(cond: &Cond, direction: i8, multikey: bool) -> Option<Vec<KeyRange>> {
     let eq = |v: &Value| {
         let c = component(Some(v), direction);
         KeyRange {
@@ -210,9 +227,29 @@ fn ranges(cond: &Cond, direction: i8) -> Option<Vec<KeyRange>> {
         Cond::Gte(v) if direction > 0 => vec![bounded(v, true, true)],
         Cond::Lt(v) if direction > 0 => vec![bounded(v, false, false)],
         Cond::Lte(v) if direction > 0 => vec![bounded(v, false, true)],
-        // Not the intersection: on an array, different elements may satisfy each bound
-        // (`{$gte: 5, $lt: 6}` matches `[3, 9]`). Any one bound covers every match.
-        Cond::Every(conds) => return conds.iter().find_map(|c| ranges(c, direction)),
+        // On a multikey index, not the intersection: different elements may satisfy
+        // each bound (`{$gte: 5, $lt: 6}` matches `[3, 9]`); any one bound covers every
+        // match. Without arrays the bounds intersect.
+        Cond::Every(conds) if multikey => {
+            return conds.iter().find_map(|c| ranges(c, direction, true))
+        }
+        Cond::Every(conds) => {
+            let mut acc: Option<KeyRange> = None;
+            for c in conds {
+                // Only single-range bounds intersect; `$in` lists and unbounded ones are skipped.
+                if let Some([r]) = ranges(c, direction, false).as_deref() {
+                    acc = Some(match acc {
+                        None => r.clone(),
+                        Some(a) => KeyRange {
+                            low: a.low.max(r.low.clone()),
+                            high: a.high.min(r.high.clone()),
+                        },
+                    });
+                }
+            }
+            let r = acc?;
+            return Some(if r.low < r.high { vec![r] } else { Vec::new() });
+        }
         _ => return None,
     };
     Some(r)
@@ -235,7 +272,7 @@ pub fn plan<'a>(
         for clause in &clauses {
             if let Filter::Field { path: p, cond } = clause {
                 if *p == path {
-                    if let Some(r) = ranges(cond, lead.direction) {
+                    if let Some(r) = ranges(cond, lead.direction, spec.multikey) {
                         return Some((spec, r));
                     }
                 }
@@ -265,6 +302,7 @@ mod tests {
                 direction,
             }],
             unique: false,
+            multikey: false,
         }
     }
 
@@ -318,6 +356,7 @@ mod tests {
                 },
             ],
             unique: false,
+            multikey: false,
         };
         assert_eq!(
             keys(&compound, &json!({"a": [1, 2], "b": 3}))
@@ -338,27 +377,50 @@ mod tests {
             json!({}),
             json!({"n": null}),
         ];
-        let specs = vec![spec("n", 1)];
-        for q in [
-            json!({"n": 5}),
-            json!({"n": {"$gt": 2}}),
-            json!({"n": {"$gte": 5, "$lt": 6}}),
-            json!({"n": {"$in": [1, "5"]}}),
-            json!({"n": null}),
-            json!({"n": {"$lte": 3}}),
-        ] {
-            let filter = Filter::parse(&q).unwrap();
-            let (index, ranges) = plan(&filter, &specs).expect("indexable");
-            for d in &docs {
-                if filter.matches(d) {
-                    let covered = keys(index, d)
-                        .unwrap()
-                        .iter()
-                        .any(|k| ranges.iter().any(|r| *k >= r.low && *k < r.high));
-                    assert!(covered, "{q} matches {d} but its keys are outside the plan");
+        let specs = vec![IndexSpec {
+            multikey: true,
+            ..spec("n", 1)
+        }];
+        let scalar_docs: Vec<Value> = docs
+            .iter()
+            .filter(|d| !d["n"].is_array())
+            .cloned()
+            .collect();
+        let scalar_specs = vec![spec("n", 1)];
+        for (docs, specs) in [(&docs, &specs), (&scalar_docs, &scalar_specs)] {
+            for q in [
+                json!({"n": 5}),
+                json!({"n": {"$gt": 2}}),
+                json!({"n": {"$gte": 5, "$lt": 6}}),
+                json!({"n": {"$in": [1, "5"]}}),
+                json!({"n": null}),
+                json!({"n": {"$lte": 3}}),
+            ] {
+                let filter = Filter::parse(&q).unwrap();
+                let (index, ranges) = plan(&filter, specs).expect("indexable");
+                for d in docs.iter() {
+                    if filter.matches(d) {
+                        let covered = keys(index, d)
+                            .unwrap()
+                            .iter()
+                            .any(|k| ranges.iter().any(|r| *k >= r.low && *k < r.high));
+                        assert!(covered, "{q} matches {d} but its keys are outside the plan");
+                    }
                 }
             }
         }
+        let (_, narrow) = plan(
+            &Filter::parse(&json!({"n": {"$gte": 5, "$lt": 6}})).unwrap(),
+            &scalar_specs,
+        )
+        .unwrap();
+        let outside = keys(&scalar_specs[0], &json!({"n": 7})).unwrap();
+        assert!(
+            !outside
+                .iter()
+                .any(|k| narrow.iter().any(|r| *k >= r.low && *k < r.high)),
+            "bounds intersect without arrays"
+        );
         assert!(plan(&Filter::parse(&json!({"n": {"$ne": 1}})).unwrap(), &specs).is_none());
         assert!(plan(&Filter::parse(&json!({"m": 1})).unwrap(), &specs).is_none());
     }

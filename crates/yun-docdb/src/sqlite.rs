@@ -291,6 +291,21 @@ impl DocTxn for SqliteTxn<'_> {
             .map_err(db_err)
     }
 
+    fn mark_multikey(&mut self, collection: &str, spec: &IndexSpec) -> Result<(), YunError> {
+        let text = serde_json::to_string(&IndexSpec {
+            multikey: true,
+            ..spec.clone()
+        })
+        .map_err(db_err)?;
+        self.tx
+            .execute(
+                "UPDATE indexes SET spec = ?4 WHERE env = ?1 AND collection = ?2 AND name = ?3",
+                params![self.env, collection, spec.name, text],
+            )
+            .map(|_| ())
+            .map_err(db_err)
+    }
+
     fn put_index_keys(
         &mut self,
         collection: &str,

@@ -38,6 +38,8 @@ pub trait DocTxn {
     fn create_index(&mut self, collection: &str, spec: &IndexSpec) -> Result<bool, YunError>;
     /// Drops an index and its entries; false when it did not exist.
     fn drop_index(&mut self, collection: &str, name: &str) -> Result<bool, YunError>;
+    /// Records that the index has seen an array (its plans stop intersecting bounds).
+    fn mark_multikey(&mut self, collection: &str, spec: &IndexSpec) -> Result<(), YunError>;
     fn put_index_keys(
         &mut self,
         collection: &str,

@@ -1,0 +1,300 @@
+//! Document database benchmark (issue 3): signed `/admin` requests from 32 clients
+//! against a release `yun`, and the same operations directly on SQLite from Rust as the
+//! same-run baseline.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::{ms, percentile, Yun};
+
+const CLIENTS: usize = 32;
+const SECONDS: u64 = 5;
+
+fn docs_wanted() -> u64 {
+    std::env::var("YUN_BENCH_DOCS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000)
+}
+
+struct Run {
+    ops_per_sec: f64,
+    p50: Duration,
+    p99: Duration,
+    errors: u64,
+}
+
+/// `CLIENTS` tasks running `op(i)` back to back for `SECONDS`.
+async fn drive<F, Fut>(op: F) -> Run
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let op = Arc::new(op);
+    let counter = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(SECONDS);
+    let mut tasks = Vec::new();
+    for _ in 0..CLIENTS {
+        let (op, counter) = (op.clone(), counter.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut lat, mut errors) = (Vec::new(), 0u64);
+            while Instant::now() < deadline {
+                let i = counter.fetch_add(1, Ordering::Relaxed);
+                let start = Instant::now();
+                if op(i).await {
+                    lat.push(start.elapsed());
+                } else {
+                    errors += 1;
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let (mut all, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        let (l, e) = t.await.expect("bench task");
+        all.extend(l);
+        errors += e;
+    }
+    all.sort();
+    Run {
+        ops_per_sec: all.len() as f64 / SECONDS as f64,
+        p50: percentile(&all, 0.5),
+        p99: percentile(&all, 0.99),
+        errors,
+    }
+}
+
+async fn admin(http: &reqwest::Client, yun: &Yun, body: Value) -> Option<Value> {
+    let res = yun_testkit::signed_admin_request(http, &yun.url, &yun.env, &yun.id, &yun.key, body)
+        .send()
+        .await
+        .ok()?;
+    let v: Value = res.json().await.ok()?;
+    v.get("code").is_none().then_some(v)
+}
+
+/// The same operations straight on SQLite, one connection per client thread.
+fn baseline(dir: &std::path::Path, n: u64) -> Vec<(&'static str, f64)> {
+    use rusqlite::{params, Connection};
+    let path = dir.join("baseline.db");
+    let open = || {
+        let c = Connection::open(&path).expect("open");
+        c.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;",
+        )
+        .expect("pragmas");
+        c
+    };
+    let conn = open();
+    conn.execute_batch("CREATE TABLE d (id TEXT PRIMARY KEY, doc TEXT NOT NULL) WITHOUT ROWID; CREATE INDEX d_n ON d (json_extract(doc, '$.n'));").expect("schema");
+    {
+        let mut conn = open();
+        let tx = conn.transaction().expect("tx");
+        for i in 0..n {
+            tx.execute(
+                "INSERT INTO d VALUES (?1, ?2)",
+                params![
+                    format!("id{i}"),
+                    json!({"n": i, "text": "hello"}).to_string()
+                ],
+            )
+            .expect("load");
+        }
+        tx.commit().expect("commit");
+    }
+    let threads = 2;
+    let timed = |name: &'static str, op: &(dyn Fn(&Connection, u64) + Sync)| {
+        let counter = AtomicU64::new(0);
+        let deadline = Instant::now() + Duration::from_secs(SECONDS);
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| {
+                    let c = open();
+                    while Instant::now() < deadline {
+                        let i = counter.fetch_add(1, Ordering::Relaxed);
+                        op(&c, i);
+                    }
+                });
+            }
+        });
+        (
+            name,
+            counter.load(Ordering::Relaxed) as f64 / SECONDS as f64,
+        )
+    };
+    vec![
+        timed("create", &|c, i| {
+            c.execute(
+                "INSERT INTO d VALUES (?1, ?2)",
+                params![
+                    format!("new{i}"),
+                    json!({"n": n + i, "text": "hello"}).to_string()
+                ],
+            )
+            .expect("insert");
+        }),
+        timed("get by id", &|c, i| {
+            let _: String = c
+                .query_row(
+                    "SELECT doc FROM d WHERE id = ?1",
+                    params![format!("id{}", (i * 7919) % n)],
+                    |r| r.get(0),
+                )
+                .expect("get");
+        }),
+        timed("indexed range (20 docs)", &|c, i| {
+            let lo = (i * 7919) % (n - 20);
+            let mut st = c.prepare_cached("SELECT doc FROM d WHERE json_extract(doc, '$.n') >= ?1 AND json_extract(doc, '$.n') < ?2").expect("prep");
+            let rows: Vec<String> = st
+                .query_map(params![lo, lo + 20], |r| r.get(0))
+                .expect("q")
+                .collect::<Result<_, _>>()
+                .expect("rows");
+            assert_eq!(rows.len(), 20);
+        }),
+        timed("update by id", &|c, i| {
+            c.execute(
+                "UPDATE d SET doc = json_set(doc, '$.v', ?2) WHERE id = ?1",
+                params![format!("id{}", (i * 7919) % n), i],
+            )
+            .expect("update");
+        }),
+        timed("count with index (20 docs)", &|c, i| {
+            let lo = (i * 7919) % (n - 20);
+            let _: i64 = c.query_row("SELECT count(*) FROM d WHERE json_extract(doc, '$.n') >= ?1 AND json_extract(doc, '$.n') < ?2", params![lo, lo + 20], |r| r.get(0)).expect("count");
+        }),
+    ]
+}
+
+pub async fn run(yun: &Yun) {
+    let n = docs_wanted();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(CLIENTS)
+        .build()
+        .expect("client");
+    println!(
+        "\n## Document database: {n} documents, {CLIENTS} clients, {SECONDS} s per operation\n"
+    );
+    admin(
+        &http,
+        yun,
+        json!({ "action": "database.addCollection", "collectionName": "bench" }),
+    )
+    .await
+    .expect("collection");
+
+    // Load in batches of 1000 with 4 loaders, then build the index from them.
+    let started = Instant::now();
+    let loaded = Arc::new(AtomicU64::new(0));
+    let mut loaders = Vec::new();
+    for w in 0..4u64 {
+        let (http, loaded) = (http.clone(), loaded.clone());
+        let (url, env, id, key) = (
+            yun.url.clone(),
+            yun.env.clone(),
+            yun.id.clone(),
+            yun.key.clone(),
+        );
+        loaders.push(tokio::spawn(async move {
+            let mut batch = w;
+            while batch * 1000 < n {
+                let docs: Vec<Value> = (batch * 1000..((batch + 1) * 1000).min(n))
+                    .map(|i| Value::String(json!({"_id": format!("id{i}"), "n": i, "text": "hello"}).to_string()))
+                    .collect();
+                let body = json!({ "action": "database.insertDocument", "collectionName": "bench", "data": docs });
+                let res: Value = yun_testkit::signed_admin_request(&http, &url, &env, &id, &key, body).send().await.expect("load").json().await.expect("json");
+                assert!(res.get("code").is_none(), "load failed: {res}");
+                loaded.fetch_add(1000, Ordering::Relaxed);
+                batch += 4;
+            }
+        }));
+    }
+    for l in loaders {
+        l.await.expect("loader");
+    }
+    let load_time = started.elapsed();
+    let started = Instant::now();
+    let res = http
+        .post(format!(
+            "{}/api/v1/envs/{}/collections/bench/indexes",
+            yun.url, yun.env
+        ))
+        .basic_auth(&yun.id, Some(&yun.key))
+        .json(&json!({ "name": "by_n", "fields": [{ "field": "n", "direction": 1 }] }))
+        .send()
+        .await
+        .expect("index");
+    assert!(
+        res.status().is_success(),
+        "index: {}",
+        res.text().await.unwrap_or_default()
+    );
+    println!("loaded {n} documents in {:.1} s ({:.0} docs/s in batches of 1000); built the index in {:.1} s\n", load_time.as_secs_f64(), n as f64 / load_time.as_secs_f64(), started.elapsed().as_secs_f64());
+
+    let yun_arc = Arc::new((
+        http.clone(),
+        yun.url.clone(),
+        yun.env.clone(),
+        yun.id.clone(),
+        yun.key.clone(),
+    ));
+    macro_rules! op {
+        ($body:expr) => {{
+            let ctx = yun_arc.clone();
+            move |i: u64| {
+                let ctx = ctx.clone();
+                async move {
+                    let (http, url, env, id, key) = &*ctx;
+                    let body: Value = $body(i);
+                    match yun_testkit::signed_admin_request(http, url, env, id, key, body)
+                        .send()
+                        .await
+                    {
+                        Ok(r) => r
+                            .json::<Value>()
+                            .await
+                            .map(|v| v.get("code").is_none())
+                            .unwrap_or(false),
+                        Err(_) => false,
+                    }
+                }
+            }
+        }};
+    }
+    let range = move |i: u64| {
+        let lo = (i * 7919) % (n - 20);
+        json!({ "$gte": lo, "$lt": lo + 20 })
+    };
+    let runs = [
+        ("create", drive(op!(move |i: u64| json!({ "action": "database.insertDocument", "collectionName": "bench", "data": [json!({"n": n + i, "text": "hello"}).to_string()] }))).await),
+        ("get by id", drive(op!(move |i: u64| json!({ "action": "database.getDocument", "collectionName": "bench", "queryType": "DOC", "query": json!({"_id": format!("id{}", (i * 7919) % n)}).to_string() }))).await),
+        ("indexed range (20 docs)", drive(op!(move |i: u64| json!({ "action": "database.getDocument", "collectionName": "bench", "queryType": "WHERE", "query": json!({"n": range(i)}).to_string(), "limit": 20 }))).await),
+        ("update by id", drive(op!(move |i: u64| json!({ "action": "database.modifyDocument", "collectionName": "bench", "queryType": "DOC", "query": json!({"_id": format!("id{}", (i * 7919) % n)}).to_string(), "data": json!({"$inc": {"v": 1}}).to_string(), "multi": false, "merge": true }))).await),
+        ("count with index (20 docs)", drive(op!(move |i: u64| json!({ "action": "database.calculateDocument", "collectionName": "bench", "queryType": "WHERE", "query": json!({"n": range(i)}).to_string() }))).await),
+    ];
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let base = tokio::task::spawn_blocking({
+        let path = dir.path().to_owned();
+        move || baseline(&path, n)
+    })
+    .await
+    .expect("baseline");
+    println!("| operation | Yun ops/s | p50 | p99 | errors | SQLite from Rust ops/s (baseline) | Yun / baseline |");
+    println!("|---|---|---|---|---|---|---|");
+    for ((name, r), (_, b)) in runs.iter().zip(&base) {
+        println!(
+            "| {name} | {:.0} | {} | {} | {} | {:.0} | {:.2}× |",
+            r.ops_per_sec,
+            ms(r.p50),
+            ms(r.p99),
+            r.errors,
+            b,
+            r.ops_per_sec / b
+        );
+    }
+}
