@@ -96,6 +96,20 @@ fn as_regex(v: &Value) -> Option<&Value> {
         .and_then(|m| m.get("$regularExpression"))
 }
 
+/// Stored values that look like operators but are values: dates, object ids, decimals
+/// and non-finite doubles (`where({due: date})` is an equality, not an operator).
+pub fn is_literal(v: &Value) -> bool {
+    v.as_object().is_some_and(|m| {
+        m.len() == 1
+            && m.keys().all(|k| {
+                matches!(
+                    k.as_str(),
+                    "$date" | "$oid" | "$numberDecimal" | "$numberDouble"
+                )
+            })
+    })
+}
+
 /// `a.b.0` → `["a", "b", "0"]`; empty segments and `$` are refused.
 pub fn parse_path(path: &str) -> Result<Vec<String>, YunError> {
     let segments: Vec<String> = path.split('.').map(str::to_owned).collect();
@@ -248,6 +262,7 @@ impl Cond {
         let Some(map) = value
             .as_object()
             .filter(|m| m.keys().next().is_some_and(|k| k.starts_with('$')))
+            .filter(|_| !is_literal(value))
         else {
             return Ok(Cond::Eq(value.clone()));
         };
@@ -463,6 +478,11 @@ mod tests {
         assert!(m(json!({"n": {"$gt": 1, "$lte": 5}}), doc.clone()));
         assert!(!m(json!({"s": {"$gt": 1}}), doc.clone()));
         assert!(m(json!({"d": {"$gte": {"$date": 100}}}), doc.clone()));
+        assert!(
+            m(json!({"d": {"$date": 100}}), doc.clone()),
+            "a date literal is an equality"
+        );
+        assert!(!m(json!({"d": {"$date": 101}}), doc.clone()));
         assert!(!m(json!({"d": {"$gt": 50}}), doc.clone()));
         assert!(
             m(json!({"arr": {"$gt": 5, "$lt": 5}}), doc.clone()),
