@@ -54,6 +54,7 @@ test('where with every filter command the SDK sends', async () => {
   assert.deepEqual(await q({ owner: { name: 'bob', age: _.gte(18) } }), ['buy milk'], 'nested objects become dotted paths');
   assert.deepEqual(await q({ 'owner.age': _.lt(18) }), []);
   assert.deepEqual(await q({ due: _.lt(new Date('2025-01-01')) }), ['buy milk']);
+  assert.deepEqual(await q({ due: new Date('2024-06-01T08:00:00Z') }), ['buy milk'], 'a date is matched by equality');
   assert.deepEqual(await q({ n: _.not(_.gt(2)) }), ['Buy bread']);
   assert.deepEqual(await q(_.or([{ n: 7 }, { done: true }])), ['Buy bread', 'walk']);
   assert.deepEqual(await q(_.nor([{ n: 7 }, { done: true }])), ['buy milk']);
