@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use async_trait::async_trait;
-use rusqlite::{params, OptionalExtension, Transaction};
+use rusqlite::{params, OptionalExtension};
 use serde_json::Value;
 use yun_sqlite::{db_err, Sqlite};
 use yun_types::{EnvId, ErrorCode, YunError};
@@ -76,7 +76,8 @@ impl SqliteDocStore {
 }
 
 struct SqliteTxn<'a> {
-    tx: Transaction<'a>,
+    /// Inside a read transaction, or inside the writer's savepoint for this job.
+    tx: &'a rusqlite::Connection,
     env: String,
     /// The version this transaction stamps on what it writes; taken at the first write.
     version: Option<i64>,
@@ -385,9 +386,10 @@ impl DocStore for SqliteDocStore {
         let env = env.to_string();
         self.db
             .read(move |conn| {
+                // One snapshot for the whole unit of work.
                 let tx = conn.transaction().map_err(db_err)?;
                 work(&mut SqliteTxn {
-                    tx,
+                    tx: &tx,
                     env,
                     version: None,
                 })
@@ -397,18 +399,14 @@ impl DocStore for SqliteDocStore {
 
     async fn write(&self, env: &EnvId, work: Work) -> Result<(), YunError> {
         let env = env.to_string();
+        // The writer runs this in its own savepoint and commits it with its group.
         self.db
             .write(move |conn| {
-                let tx = conn
-                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                    .map_err(db_err)?;
-                let mut txn = SqliteTxn {
-                    tx,
+                work(&mut SqliteTxn {
+                    tx: conn,
                     env,
                     version: None,
-                };
-                work(&mut txn)?;
-                txn.tx.commit().map_err(db_err)
+                })
             })
             .await
     }

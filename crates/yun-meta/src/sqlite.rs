@@ -241,7 +241,8 @@ impl MetaStore for SqliteMetaStore {
         let env = env.clone();
         self.db
             .write(move |conn| {
-                let tx = conn.transaction().map_err(db_err)?;
+                // Atomic: the writer runs each job in its own savepoint.
+                let tx: &rusqlite::Connection = conn;
                 // keys and functions cascade; the append-only streams are deleted explicitly.
                 tx.execute(
                     "DELETE FROM invocations WHERE env = ?1",
@@ -253,7 +254,6 @@ impl MetaStore for SqliteMetaStore {
                 let n = tx
                     .execute("DELETE FROM envs WHERE id = ?1", params![env.as_str()])
                     .map_err(db_err)?;
-                tx.commit().map_err(db_err)?;
                 Ok(n > 0)
             })
             .await
@@ -330,7 +330,8 @@ impl MetaStore for SqliteMetaStore {
     async fn put_function(&self, function: &NewFunction, now: i64) -> Result<FunctionRecord> {
         let spec = function.clone();
         self.db.write(move |conn| {
-            let tx = conn.transaction().map_err(db_err)?;
+            // Atomic: the writer runs each job in its own savepoint.
+            let tx: &rusqlite::Connection = conn;
             let previous: Option<(i64, i64)> = tx
                 .query_row(
                     "SELECT version, created_at FROM functions WHERE env = ?1 AND name = ?2",
@@ -357,7 +358,6 @@ impl MetaStore for SqliteMetaStore {
                 }
                 other => other.map_err(db_err)?,
             };
-            tx.commit().map_err(db_err)?;
             Ok(FunctionRecord { spec, version, created_at, updated_at: now })
         })
         .await
@@ -416,7 +416,8 @@ impl MetaStore for SqliteMetaStore {
 
     async fn append_invocations(&self, records: Vec<InvocationRecord>) -> Result<()> {
         self.db.write(move |conn| {
-            let tx = conn.transaction().map_err(db_err)?;
+            // Atomic: the writer runs each job in its own savepoint.
+            let tx: &rusqlite::Connection = conn;
             {
                 let mut stmt = tx
                     .prepare_cached(&format!(
@@ -431,14 +432,15 @@ impl MetaStore for SqliteMetaStore {
                     .map_err(db_err)?;
                 }
             }
-            tx.commit().map_err(db_err)
+            Ok(())
         })
         .await
     }
 
     async fn append_logs(&self, lines: Vec<NewLogLine>) -> Result<()> {
         self.db.write(move |conn| {
-            let tx = conn.transaction().map_err(db_err)?;
+            // Atomic: the writer runs each job in its own savepoint.
+            let tx: &rusqlite::Connection = conn;
             {
                 let mut stmt = tx
                     .prepare_cached(
@@ -450,7 +452,7 @@ impl MetaStore for SqliteMetaStore {
                         .map_err(db_err)?;
                 }
             }
-            tx.commit().map_err(db_err)
+            Ok(())
         })
         .await
     }

@@ -1,10 +1,13 @@
 //! SQLite plumbing shared by Yun's embedded stores (metadata, documents): a database
 //! file in WAL mode with `synchronous=NORMAL`, numbered migrations recorded in
-//! `PRAGMA user_version`, one writer connection (SQLite has one writer) and a pool of
-//! read-only connections, all used from blocking threads. Knows no schema.
+//! `PRAGMA user_version`, a pool of read-only connections, and one writer thread (SQLite
+//! has one writer) that commits in groups: it runs the write jobs waiting for it in one
+//! transaction, each inside its own savepoint (a failing job is undone alone), and
+//! answers them only after the commit, so an acknowledged write is a committed one.
+//! Write jobs must not begin transactions of their own. Knows no schema.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 
 use rusqlite::{Connection, OpenFlags};
 use yun_types::YunError;
@@ -16,16 +19,74 @@ pub fn db_err(e: impl std::fmt::Display) -> YunError {
     YunError::internal(format!("sqlite: {e}"))
 }
 
+/// Delivers a job's result once its group has committed (`None`) or failed (`Some`).
+type Completion = Box<dyn FnOnce(Option<YunError>) + Send>;
+/// Runs on the writer connection; says whether it succeeded (keep its savepoint).
+type Job = Box<dyn FnOnce(&mut Connection) -> (bool, Completion) + Send>;
+
+/// Jobs one commit may carry.
+const MAX_GROUP: usize = 512;
+
 #[derive(Clone)]
 pub struct Sqlite {
     path: PathBuf,
-    writer: Arc<Mutex<Connection>>,
+    jobs: mpsc::Sender<Job>,
     readers: Arc<Mutex<Vec<Connection>>>,
 }
 
+/// The writer thread. Ends when every `Sqlite` handle is dropped.
+fn commit_groups(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match jobs.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            // Dropping the jobs closes their reply channels: each caller sees an error.
+            tracing::error!(error = %e, "could not begin a write transaction");
+            continue;
+        }
+        let completions: Vec<Completion> = group
+            .into_iter()
+            .filter_map(|job| run_job(&mut conn, job))
+            .collect();
+        let failure = conn.execute_batch("COMMIT").map_err(db_err).err();
+        if failure.is_some() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for complete in completions {
+            complete(failure.clone());
+        }
+    }
+}
+
+/// One job inside a savepoint: released when it succeeds, rolled back when it fails or
+/// panics (a panicking job's reply channel is dropped, so its caller gets an error).
+fn run_job(conn: &mut Connection, job: Job) -> Option<Completion> {
+    conn.execute_batch("SAVEPOINT yun_job").ok()?;
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(conn)));
+    let (kept, completion) = match outcome {
+        Ok((true, completion)) => (true, Some(completion)),
+        Ok((false, completion)) => (false, Some(completion)),
+        Err(_) => (false, None),
+    };
+    let end = if kept {
+        "RELEASE yun_job"
+    } else {
+        "ROLLBACK TO yun_job; RELEASE yun_job"
+    };
+    if let Err(e) = conn.execute_batch(end) {
+        tracing::error!(error = %e, "could not end a write savepoint");
+    }
+    completion
+}
+
 impl Sqlite {
-    /// Opens (or creates) the database and applies the migrations it has not seen.
-    /// `migrations` is append-only: never edit one that has shipped.
+    /// Opens (or creates) the database, applies the migrations it has not seen, and
+    /// starts the writer thread. `migrations` is append-only: never edit one that shipped.
     pub fn open(path: &Path, migrations: &[&str]) -> Result<Self, YunError> {
         let conn = Connection::open(path).map_err(db_err)?;
         conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;")
@@ -48,27 +109,42 @@ impl Sqlite {
             .map_err(db_err)?;
             tracing::info!(db = %path.display(), migration = i + 1, "applied migration");
         }
+        let (jobs, queue) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("yun-sqlite-writer".into())
+            .spawn(move || commit_groups(conn, queue))
+            .map_err(|e| YunError::internal(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             path: path.to_owned(),
-            writer: Arc::new(Mutex::new(conn)),
+            jobs,
             readers: Arc::new(Mutex::new(Vec::new())),
         })
     }
 
-    /// Runs `f` on the writer connection, off the async threads.
+    /// Runs `f` on the writer connection inside the current group's transaction. Its
+    /// changes are undone if it returns an error; the result arrives after the commit.
     pub async fn write<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, YunError> + Send + 'static,
     ) -> Result<T, YunError> {
-        let writer = self.writer.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = writer
-                .lock()
-                .map_err(|_| YunError::internal("sqlite writer poisoned"))?;
-            f(&mut conn)
-        })
-        .await
-        .map_err(db_err)?
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let result = f(conn);
+            let ok = result.is_ok();
+            let complete: Completion = Box::new(move |commit_failure| {
+                let _ = reply.send(match commit_failure {
+                    Some(e) if ok => Err(e),
+                    _ => result,
+                });
+            });
+            (ok, complete)
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| YunError::internal("the sqlite writer has stopped"))?;
+        answer.await.map_err(|_| {
+            YunError::internal("a write was dropped by the sqlite writer (see the server log)")
+        })?
     }
 
     /// Runs `f` on a read-only connection from the pool; in WAL mode it never waits
@@ -137,5 +213,54 @@ mod tests {
             Sqlite::open(&path, &migrations[..1]).is_err(),
             "a newer schema is refused"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_commit_in_groups_and_a_failing_job_is_undone_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Sqlite::open(
+            &dir.path().join("g.db"),
+            &["CREATE TABLE t (v INTEGER UNIQUE)"],
+        )
+        .unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..200i64 {
+            let db = db.clone();
+            tasks.push(tokio::spawn(async move {
+                db.write(move |c| {
+                    c.execute("INSERT INTO t VALUES (?1)", [i])
+                        .map_err(db_err)?;
+                    // Every tenth job writes, then fails: its insert must not survive.
+                    if i % 10 == 0 {
+                        Err(YunError::invalid_param("no"))
+                    } else {
+                        Ok(i)
+                    }
+                })
+                .await
+            }));
+        }
+        let mut ok = 0;
+        for t in tasks {
+            if t.await.unwrap().is_ok() {
+                ok += 1;
+            }
+        }
+        assert_eq!(ok, 180);
+        let n: i64 = db
+            .read(|c| {
+                c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+                    .map_err(db_err)
+            })
+            .await
+            .unwrap();
+        assert_eq!(n, 180, "failed jobs left nothing, the others all committed");
+        let panicked = db
+            .write(|_c| -> Result<(), YunError> { panic!("job bug") })
+            .await;
+        assert!(panicked.is_err(), "a panicking job fails its caller");
+        db.write(|c| c.execute("INSERT INTO t VALUES (1000)", []).map_err(db_err))
+            .await
+            .expect("the writer survives a panicking job");
     }
 }
