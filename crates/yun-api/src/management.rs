@@ -423,6 +423,48 @@ struct QueryRequest {
     projection: Option<Value>,
 }
 
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum ImportMode {
+    Insert,
+    Upsert,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportRequest {
+    mode: ImportMode,
+    /// Relaxed or canonical EJSON documents.
+    documents: Vec<Value>,
+}
+
+/// All or nothing: one write, so a bad document or a duplicate leaves the collection as it was.
+async fn import_documents(
+    State(app): State<AppState>,
+    InEnv(who): InEnv,
+    Path((_, collection)): Path<(String, String)>,
+    body: Body,
+) -> ApiResult {
+    let req: ImportRequest = json_body(body, DEPLOY_BODY_LIMIT).await?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let docs = req
+        .documents
+        .into_iter()
+        .map(|d| yun_docdb::value::from_ejson(d, now))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (inserted, replaced) = app
+        .db_import(
+            &who,
+            &collection,
+            docs,
+            matches!(req.mode, ImportMode::Upsert),
+        )
+        .await?;
+    ok(json!({ "inserted": inserted, "replaced": replaced }))
+}
+
 /// A quick read for people and scripts: relaxed EJSON in, relaxed EJSON out.
 async fn query_collection(
     State(app): State<AppState>,
@@ -548,6 +590,11 @@ pub fn management_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)
             Method::POST,
             "/api/v1/envs/{env}/collections/{collection}/query",
             query_collection,
+        ),
+        route(
+            Method::POST,
+            "/api/v1/envs/{env}/collections/{collection}/import",
+            import_documents,
         ),
         route(
             Method::GET,

@@ -169,6 +169,18 @@ impl App {
 
 /// Collections and indexes (management API and CLI).
 impl App {
+    pub async fn db_import(
+        &self,
+        identity: &Identity,
+        collection: &str,
+        docs: Vec<Value>,
+        upsert: bool,
+    ) -> Result<(u64, u64), YunError> {
+        self.docdb
+            .import(&identity.env, collection, docs, upsert)
+            .await
+    }
+
     pub async fn db_drop_collection(
         &self,
         identity: &Identity,

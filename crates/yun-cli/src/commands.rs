@@ -495,6 +495,23 @@ pub enum DbCommand {
         #[arg(long)]
         fields: Option<String>,
     },
+    /// Import JSON Lines or CSV (by extension, or --format), all or nothing.
+    Import {
+        collection: String,
+        file: PathBuf,
+        #[arg(long, value_enum)]
+        format: Option<FileFormat>,
+        /// insert: a duplicate _id fails the whole import; upsert: replace by _id.
+        #[arg(long, value_enum, default_value = "insert")]
+        mode: ImportMode,
+    },
+    /// Export every document as JSON Lines or CSV (by extension, or --format).
+    Export {
+        collection: String,
+        file: PathBuf,
+        #[arg(long, value_enum)]
+        format: Option<FileFormat>,
+    },
     /// Indexes of a collection.
     Index {
         #[command(subcommand)]
@@ -521,6 +538,134 @@ pub enum IndexCommand {
         collection: String,
         name: String,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum FileFormat {
+    Jsonl,
+    Csv,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ImportMode {
+    Insert,
+    Upsert,
+}
+
+fn file_format(file: &Path, flag: Option<FileFormat>) -> FileFormat {
+    flag.unwrap_or(
+        if file
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+        {
+            FileFormat::Csv
+        } else {
+            FileFormat::Jsonl
+        },
+    )
+}
+
+/// A CSV cell: JSON when it parses as a number, boolean, null, object or array; text otherwise.
+fn csv_cell(cell: &str) -> Value {
+    let looks_json = cell.starts_with(['{', '[', '-'])
+        || cell.starts_with(|c: char| c.is_ascii_digit())
+        || matches!(cell, "true" | "false" | "null");
+    looks_json
+        .then(|| serde_json::from_str(cell).ok())
+        .flatten()
+        .unwrap_or_else(|| Value::String(cell.to_owned()))
+}
+
+fn read_documents(file: &Path, format: FileFormat) -> anyhow::Result<Vec<Value>> {
+    let size = std::fs::metadata(file)
+        .with_context(|| format!("cannot read {}", file.display()))?
+        .len();
+    let bar = ProgressBar::new(size).with_style(
+        ProgressStyle::with_template("reading   {bar:30} {bytes}/{total_bytes}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let reader = bar.wrap_read(std::fs::File::open(file)?);
+    let docs = match format {
+        FileFormat::Jsonl => {
+            use std::io::BufRead as _;
+            let mut docs = Vec::new();
+            for (n, line) in std::io::BufReader::new(reader).lines().enumerate() {
+                let line = line?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let doc: Value = serde_json::from_str(&line)
+                    .with_context(|| format!("line {} is not a JSON document", n + 1))?;
+                if !doc.is_object() {
+                    bail!("line {} is not a JSON object", n + 1);
+                }
+                docs.push(doc);
+            }
+            docs
+        }
+        FileFormat::Csv => {
+            let mut csv = csv::Reader::from_reader(reader);
+            let headers = csv.headers()?.clone();
+            let mut docs = Vec::new();
+            for (n, record) in csv.records().enumerate() {
+                let record = record.with_context(|| format!("CSV row {} is malformed", n + 2))?;
+                let doc: serde_json::Map<String, Value> = headers
+                    .iter()
+                    .zip(record.iter())
+                    .filter(|(_, cell)| !cell.is_empty())
+                    .map(|(h, cell)| {
+                        (
+                            h.to_owned(),
+                            if h == "_id" {
+                                Value::String(cell.to_owned())
+                            } else {
+                                csv_cell(cell)
+                            },
+                        )
+                    })
+                    .collect();
+                docs.push(Value::Object(doc));
+            }
+            docs
+        }
+    };
+    bar.finish_and_clear();
+    Ok(docs)
+}
+
+fn write_documents(file: &Path, format: FileFormat, docs: &[Value]) -> anyhow::Result<()> {
+    let out =
+        std::fs::File::create(file).with_context(|| format!("cannot write {}", file.display()))?;
+    let mut out = std::io::BufWriter::new(out);
+    match format {
+        FileFormat::Jsonl => {
+            use std::io::Write as _;
+            for doc in docs {
+                writeln!(out, "{doc}")?;
+            }
+        }
+        FileFormat::Csv => {
+            let mut columns: Vec<String> = Vec::new();
+            for doc in docs {
+                for key in doc.as_object().into_iter().flat_map(|m| m.keys()) {
+                    if !columns.contains(key) {
+                        columns.push(key.clone());
+                    }
+                }
+            }
+            let mut csv = csv::Writer::from_writer(out);
+            csv.write_record(&columns)?;
+            for doc in docs {
+                csv.write_record(columns.iter().map(|c| match doc.get(c) {
+                    None => String::new(),
+                    Some(Value::String(s)) => s.clone(),
+                    Some(other) => other.to_string(),
+                }))?;
+            }
+            csv.flush()?;
+        }
+    }
+    Ok(())
 }
 
 fn json_arg(flag: &str, text: Option<String>) -> anyhow::Result<Option<Value>> {
@@ -591,6 +736,75 @@ pub async fn db(command: DbCommand, conn: Connection) -> anyhow::Result<()> {
                 for doc in v["documents"].as_array().into_iter().flatten() {
                     println!("{doc}");
                 }
+            });
+        }
+        DbCommand::Import {
+            collection,
+            file,
+            format,
+            mode,
+        } => {
+            let docs = read_documents(&file, file_format(&file, format))?;
+            let count = docs.len();
+            let spinner = ProgressBar::new_spinner()
+                .with_message(format!("importing {count} documents (all or nothing)"));
+            spinner.enable_steady_tick(Duration::from_millis(100));
+            let mode = match mode {
+                ImportMode::Insert => "insert",
+                ImportMode::Upsert => "upsert",
+            };
+            let body = json!({ "mode": mode, "documents": docs });
+            let result = client
+                .request(
+                    Method::POST,
+                    &client.env_path(&format!("/collections/{collection}/import")),
+                    Some(body),
+                )
+                .await;
+            spinner.finish_and_clear();
+            let v = result?;
+            output::emit(conn.json, &v, |v| {
+                println!(
+                    "Imported {count} documents into {collection}: {} inserted, {} replaced.",
+                    text(v.get("inserted")),
+                    text(v.get("replaced"))
+                )
+            });
+        }
+        DbCommand::Export {
+            collection,
+            file,
+            format,
+        } => {
+            let spinner = ProgressBar::new_spinner();
+            spinner.enable_steady_tick(Duration::from_millis(100));
+            let mut docs: Vec<Value> = Vec::new();
+            loop {
+                let body = json!({ "where": {}, "order": { "_id": 1 }, "skip": docs.len(), "limit": 1000 });
+                let v = client
+                    .request(
+                        Method::POST,
+                        &client.env_path(&format!("/collections/{collection}/query")),
+                        Some(body),
+                    )
+                    .await?;
+                let page = v["documents"].as_array().cloned().unwrap_or_default();
+                let done = page.len() < 1000;
+                docs.extend(page);
+                spinner.set_message(format!("exported {} documents", docs.len()));
+                if done {
+                    break;
+                }
+            }
+            spinner.finish_and_clear();
+            write_documents(&file, file_format(&file, format), &docs)?;
+            let v = json!({ "exported": docs.len(), "file": file.display().to_string() });
+            output::emit(conn.json, &v, |_| {
+                println!(
+                    "Exported {} documents from {collection} to {}.",
+                    docs.len(),
+                    file.display()
+                )
             });
         }
         DbCommand::Index { command } => match command {

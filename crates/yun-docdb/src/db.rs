@@ -435,6 +435,41 @@ impl DocDb {
         .await
     }
 
+    /// Imports documents all or nothing: `upsert` replaces documents whose `_id` exists,
+    /// otherwise a duplicate `_id` fails the whole import. Returns (inserted, replaced).
+    pub async fn import(
+        &self,
+        env: &EnvId,
+        collection: &str,
+        docs: Vec<Value>,
+        upsert: bool,
+    ) -> Result<(u64, u64), YunError> {
+        let prepared = self.prepare_inserts(docs, None)?;
+        let collection = collection.to_owned();
+        run(&*self.store, env, true, move |txn| {
+            if !txn.collection_exists(&collection)? {
+                return Err(not_found(&collection));
+            }
+            let existing: Vec<bool> = prepared
+                .iter()
+                .map(|(id, _)| txn.get(&collection, id).map(|d| d.is_some()))
+                .collect::<Result<_, _>>()?;
+            let mut writer = IndexedWriter::new(txn, &collection)?;
+            let (mut inserted, mut replaced) = (0, 0);
+            for ((id, doc), exists) in prepared.iter().zip(existing) {
+                if exists && upsert {
+                    writer.replace(id, doc)?;
+                    replaced += 1;
+                } else {
+                    writer.insert(id, doc)?;
+                    inserted += 1;
+                }
+            }
+            Ok((inserted, replaced))
+        })
+        .await
+    }
+
     /// Creates an index and fills it from the existing documents, in one transaction; a
     /// unique index over duplicate values is refused and leaves nothing behind.
     pub async fn create_index(

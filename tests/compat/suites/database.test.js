@@ -250,3 +250,48 @@ test('yun db: collections, indexes, a unique violation through the SDK, quick qu
   await yun.cliJson(['db', 'drop', 'people']);
   await assert.rejects(db.collection('people').count(), { code: 'DATABASE_COLLECTION_NOT_EXIST' });
 });
+
+test('yun db export and import: JSON Lines and CSV round trips, upsert, all or nothing', async () => {
+  const fs = require('node:fs');
+  const os = require('node:os');
+  const path = require('node:path');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'yun-io-'));
+  await db.createCollection('src');
+  await db.collection('src').add([
+    { _id: 'a', title: 'first', n: 1, tags: ['x'], due: new Date('2024-06-01T00:00:00Z') },
+    { _id: 'b', title: 'second, with a comma', n: 2.5, ok: true },
+  ]);
+  const jsonl = path.join(dir, 'src.jsonl');
+  const csv = path.join(dir, 'src.csv');
+  assert.equal((await yun.cliJson(['db', 'export', 'src', jsonl])).exported, 2);
+  assert.equal((await yun.cliJson(['db', 'export', 'src', csv])).exported, 2);
+  assert.equal(fs.readFileSync(jsonl, 'utf8').trim().split('\n').length, 2);
+  assert.match(fs.readFileSync(csv, 'utf8'), /^_id,title,n,tags,due,ok\n/);
+
+  await db.createCollection('fromjsonl');
+  assert.deepEqual(await yun.cliJson(['db', 'import', 'fromjsonl', jsonl]), { inserted: 2, replaced: 0 });
+  const a = (await db.collection('fromjsonl').doc('a').get()).data[0];
+  assert.ok(a.due instanceof Date && a.due.toISOString() === '2024-06-01T00:00:00.000Z', 'dates survive the round trip');
+  assert.deepEqual(a.tags, ['x']);
+
+  await db.createCollection('fromcsv');
+  await yun.cliJson(['db', 'import', 'fromcsv', csv]);
+  const b = (await db.collection('fromcsv').doc('b').get()).data[0];
+  assert.deepEqual([b.title, b.n, b.ok], ['second, with a comma', 2.5, true], 'CSV cells keep their types');
+
+  // Insert mode refuses a duplicate _id and writes nothing of the file.
+  const mixed = path.join(dir, 'mixed.jsonl');
+  fs.writeFileSync(mixed, '{"_id":"c","title":"new"}\n{"_id":"a","title":"clash"}\n');
+  const refused = await yun.cli(['db', 'import', 'fromjsonl', mixed]);
+  assert.equal(refused.code, 1);
+  assert.match(refused.stderr, /E11000 duplicate key/);
+  assert.equal((await db.collection('fromjsonl').count()).total, 2, 'nothing of the failed import was written');
+  assert.deepEqual(await yun.cliJson(['db', 'import', 'fromjsonl', mixed, '--mode', 'upsert']), { inserted: 1, replaced: 1 });
+  assert.equal((await db.collection('fromjsonl').doc('a').get()).data[0].title, 'clash');
+
+  const broken = path.join(dir, 'broken.jsonl');
+  fs.writeFileSync(broken, '{"_id":"z"}\nnot json\n');
+  const bad = await yun.cli(['db', 'import', 'fromjsonl', broken]);
+  assert.equal(bad.code, 1);
+  assert.match(bad.stderr, /line 2 is not a JSON document/);
+});
