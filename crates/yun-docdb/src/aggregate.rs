@@ -69,6 +69,14 @@ pub enum Stage {
         output: Vec<(String, Accumulator)>,
     },
     ReplaceRoot(Value),
+    GeoNear {
+        near: crate::geo::Near,
+        distance_field: Vec<String>,
+        key: Option<Vec<String>>,
+        query: Option<Filter>,
+        multiplier: f64,
+        include_locs: Option<String>,
+    },
 }
 
 fn accumulators(spec: &Map<String, Value>) -> Result<Vec<(String, Accumulator)>, YunError> {
@@ -244,9 +252,45 @@ impl Stage {
                     .ok_or_else(|| invalid_op("$replaceRoot needs newRoot"))?,
             ),
             "$geoNear" => {
-                return Err(invalid_op(
-                    "$geoNear is not supported by this Yun server yet",
-                ))
+                let m = object(value, key)?;
+                let mut near = crate::geo::Near::parse(
+                    &serde_json::json!({ "$geometry": m.get("near").cloned().unwrap_or(Value::Null) }),
+                )?;
+                let meters = |k: &str| {
+                    m.get(k).map(|v| {
+                        v.as_f64()
+                            .filter(|d| *d >= 0.0)
+                            .ok_or_else(|| invalid_op(format!("$geoNear {k} must be meters")))
+                    })
+                };
+                if let Some(max) = meters("maxDistance") {
+                    near.max = max?;
+                }
+                if let Some(min) = meters("minDistance") {
+                    near.min = min?;
+                }
+                let distance_field = m
+                    .get("distanceField")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| invalid_op("$geoNear needs distanceField"))?;
+                Stage::GeoNear {
+                    near,
+                    distance_field: parse_path(distance_field)?,
+                    key: m
+                        .get("key")
+                        .and_then(Value::as_str)
+                        .map(parse_path)
+                        .transpose()?,
+                    query: m.get("query").map(Filter::parse).transpose()?,
+                    multiplier: m
+                        .get("distanceMultiplier")
+                        .and_then(Value::as_f64)
+                        .unwrap_or(1.0),
+                    include_locs: m
+                        .get("includeLocs")
+                        .map(|v| field_name(v, key))
+                        .transpose()?,
+                }
             }
             other => {
                 return Err(invalid_op(format!(
@@ -584,6 +628,54 @@ pub fn run(
                 }
                 out
             }
+            Stage::GeoNear {
+                near,
+                distance_field,
+                key,
+                query,
+                multiplier,
+                include_locs,
+            } => {
+                let mut found: Vec<(f64, Value, Value)> = Vec::new();
+                for doc in docs {
+                    if query.as_ref().is_some_and(|q| !q.matches(&doc)) {
+                        continue;
+                    }
+                    // The location: the `key` field, else the first top-level GeoJSON value.
+                    let location = match key {
+                        Some(path) => {
+                            let mut reached = Vec::new();
+                            lookup(&doc, path, &mut reached);
+                            reached
+                                .into_iter()
+                                .flatten()
+                                .find(|v| crate::geo::Geometry::from_value(v).is_some())
+                                .cloned()
+                        }
+                        None => doc.as_object().and_then(|m| {
+                            m.values()
+                                .find(|v| crate::geo::Geometry::from_value(v).is_some())
+                                .cloned()
+                        }),
+                    };
+                    let Some(location) = location else { continue };
+                    if let Some(d) = near.distance(&location) {
+                        found.push((d, location, doc));
+                    }
+                }
+                found.sort_by(|a, b| a.0.total_cmp(&b.0));
+                found
+                    .into_iter()
+                    .map(|(d, location, doc)| {
+                        let mut set = Map::new();
+                        set.insert(distance_field.join("."), Value::from(d * multiplier));
+                        if let Some(f) = include_locs {
+                            set.insert(f.clone(), location);
+                        }
+                        update::apply(&doc, &serde_json::json!({ "$set": set }))
+                    })
+                    .collect::<Result<_, _>>()?
+            }
             Stage::ReplaceRoot(e) => docs
                 .iter()
                 .map(|d| match eval(e, d)? {
@@ -725,7 +817,10 @@ mod tests {
             ("$nope", json!({})),
             ("$limit", json!(-1)),
             ("$group", json!({"n": {"$sum": 1}})),
-            ("$geoNear", json!({})),
+            (
+                "$geoNear",
+                json!({"near": {"type": "Point", "coordinates": [0, 0]}}),
+            ),
             ("$bucket", json!({"groupBy": "$a", "boundaries": [5, 1]})),
         ] {
             assert_eq!(

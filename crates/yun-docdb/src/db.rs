@@ -330,6 +330,18 @@ impl DocDb {
                 .collect();
             if !q.order.is_empty() {
                 docs.sort_by(|a, b| q.order.compare(a, b));
+            } else if let Some((path, near)) = q.filter.near() {
+                // `$nearSphere` results come nearest first.
+                let distance = |d: &Value| {
+                    let mut found = Vec::new();
+                    crate::filter::lookup(d, path, &mut found);
+                    found
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|v| near.distance(v))
+                        .fold(f64::INFINITY, f64::min)
+                };
+                docs.sort_by(|a, b| distance(a).total_cmp(&distance(b)));
             }
             Ok(docs
                 .iter()

@@ -47,6 +47,9 @@ pub enum Cond {
     },
     Regex(Box<Regex>),
     Not(Box<Cond>),
+    Near(crate::geo::Near),
+    Within(crate::geo::Area),
+    Intersects(crate::geo::Geometry),
     /// Several operators on one field: `{n: {$gt: 1, $lt: 5}}`.
     Every(Vec<Cond>),
 }
@@ -192,6 +195,25 @@ impl Filter {
                 ids.dedup();
                 Some(ids)
             }
+            _ => None,
+        }
+    }
+
+    /// The `$nearSphere` of this filter, if any: its results go nearest first.
+    pub fn near(&self) -> Option<(&[String], &crate::geo::Near)> {
+        match self {
+            Filter::And(clauses) => clauses.iter().find_map(Filter::near),
+            Filter::Field {
+                path,
+                cond: Cond::Near(n),
+            } => Some((path, n)),
+            Filter::Field {
+                path,
+                cond: Cond::Every(conds),
+            } => conds.iter().find_map(|c| match c {
+                Cond::Near(n) => Some((path.as_slice(), n)),
+                _ => None,
+            }),
             _ => None,
         }
     }
@@ -342,6 +364,12 @@ impl Cond {
                 }
                 "$options" if map.contains_key("$regex") => continue,
                 "$not" => Cond::Not(Box::new(Cond::parse(arg, depth + 1)?)),
+                "$nearSphere" | "$near" => Cond::Near(crate::geo::Near::parse(arg)?),
+                "$geoWithin" => Cond::Within(crate::geo::Area::parse(arg)?),
+                "$geoIntersects" => Cond::Intersects(crate::geo::Geometry::parse(
+                    arg.get("$geometry")
+                        .ok_or_else(|| invalid_op("$geoIntersects takes $geometry"))?,
+                )?),
                 other => {
                     return Err(invalid_op(format!(
                         "query operator {other} is not supported"
@@ -422,6 +450,11 @@ impl Cond {
                 .and_then(as_i64)
                 .is_some_and(|n| n % divisor == *remainder),
             Cond::Regex(re) => v.and_then(Value::as_str).is_some_and(|s| re.is_match(s)),
+            Cond::Near(near) => v.and_then(|v| near.distance(v)).is_some(),
+            Cond::Within(area) => v.is_some_and(|v| area.contains(v)),
+            Cond::Intersects(shape) => v
+                .and_then(crate::geo::Geometry::from_value)
+                .is_some_and(|g| g.intersects(shape)),
             // Negations and conjunctions are decided over all reached values in `holds`;
             // inside `$elemMatch` and `$in` they apply to the one value.
             Cond::Ne(_) | Cond::Nin(_) | Cond::Not(_) | Cond::Every(_) | Cond::Exists(_) => {

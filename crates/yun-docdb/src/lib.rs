@@ -8,6 +8,7 @@ pub mod db;
 pub mod expr;
 pub mod filter;
 pub mod find;
+pub mod geo;
 pub mod index;
 pub mod order;
 pub mod sqlite;

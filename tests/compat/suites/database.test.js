@@ -186,7 +186,7 @@ test('transactions: unknown ids and queries not by _id are clear errors', async 
   await assert.rejects(t.commit(), { code: 'INVALID_PARAM' }, 'an ended transaction cannot commit');
 });
 
-test('aggregate: the captured pipeline through the SDK, and geoNear refused clearly', async () => {
+test('aggregate: the captured pipeline through the SDK', async () => {
   await db.createCollection('orders');
   await db.createCollection('users');
   await db.collection('users').add([{ _id: 'u1', name: 'Ann' }, { _id: 'u2', name: 'Bo' }]);
@@ -213,10 +213,36 @@ test('aggregate: the captured pipeline through the SDK, and geoNear refused clea
   assert.deepEqual(months.data, [{ _id: 1, n: 1 }, { _id: 2, n: 2 }, { _id: 3, n: 1 }]);
   const counted = await db.collection('orders').aggregate().match({ status: 'paid' }).count('n').end();
   assert.deepEqual(counted.data, [{ n: 3 }]);
-  await assert.rejects(
-    db.collection('orders').aggregate().geoNear({ near: new db.Geo.Point(0, 0), spherical: true, distanceField: 'd' }).end(),
-    { code: 'DATABASE_INVALID_OPERRATOR' },
-  );
+});
+
+test('geo: geoNear nearest first within a distance band, geoWithin, geoIntersects, and the $geoNear stage', async () => {
+  const { Point, Polygon, LineString } = db.Geo;
+  await db.createCollection('places');
+  // Around Guangzhou: the tower, the fair (3.3 km away), the airport (about 30 km).
+  await db.collection('places').add([
+    { _id: 'tower', loc: new Point(113.3245, 23.1064) },
+    { _id: 'fair', loc: new Point(113.3619, 23.1005) },
+    { _id: 'airport', loc: new Point(113.3070, 23.3924) },
+  ]);
+  const tower = new Point(113.3245, 23.1064);
+  const near = await db.collection('places').where({ loc: _.geoNear({ geometry: tower, maxDistance: 10000 }) }).get();
+  assert.deepEqual(near.data.map((d) => d._id), ['tower', 'fair'], 'nearest first, within 10 km');
+  const band = await db.collection('places').where({ loc: _.geoNear({ geometry: tower, minDistance: 1000, maxDistance: 50000 }) }).get();
+  assert.deepEqual(band.data.map((d) => d._id), ['fair', 'airport']);
+  assert.ok(near.data[0].loc instanceof Point, 'points come back as Geo.Point');
+
+  const city = new Polygon([new LineString([new Point(113.2, 23.0), new Point(113.5, 23.0), new Point(113.5, 23.2), new Point(113.2, 23.2), new Point(113.2, 23.0)])]);
+  const within = await db.collection('places').where({ loc: _.geoWithin({ geometry: city }) }).get();
+  assert.deepEqual(within.data.map((d) => d._id).sort(), ['fair', 'tower']);
+  const circle = await db.collection('places').where({ loc: _.geoWithin({ centerSphere: [tower, 5000 / 6378100] }) }).get();
+  assert.deepEqual(circle.data.map((d) => d._id).sort(), ['fair', 'tower']);
+  const crossing = await db.collection('places').where({ loc: _.geoIntersects({ geometry: city }) }).get();
+  assert.equal(crossing.data.length, 2);
+
+  const staged = await db.collection('places').aggregate().geoNear({ near: tower, spherical: true, distanceField: 'meters', maxDistance: 50000 }).end();
+  assert.deepEqual(staged.data.map((d) => d._id), ['tower', 'fair', 'airport']);
+  assert.equal(staged.data[0].meters, 0);
+  assert.ok(staged.data[1].meters > 3000 && staged.data[1].meters < 4000, `${staged.data[1].meters}`);
 });
 
 test('yun db: collections, indexes, a unique violation through the SDK, quick queries', async () => {
