@@ -175,6 +175,15 @@ async fn delete_env(
     ok(json!({ "deleted": env }))
 }
 
+async fn get_settings(State(app): State<AppState>, InEnv(who): InEnv) -> ApiResult {
+    ok(json!({ "settings": app.env_settings_of(&who).await? }))
+}
+
+async fn put_settings(State(app): State<AppState>, InEnv(who): InEnv, body: Body) -> ApiResult {
+    let settings: yun_app::EnvSettings = json_body(body, JSON_BODY_LIMIT).await?;
+    ok(json!({ "settings": app.put_env_settings(&who, settings).await? }))
+}
+
 // ---- keys ----
 
 async fn list_keys(State(app): State<AppState>, InEnv(who): InEnv) -> ApiResult {
@@ -596,6 +605,8 @@ pub fn management_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)
             "/api/v1/envs/{env}/collections/{collection}/import",
             import_documents,
         ),
+        route(Method::GET, "/api/v1/envs/{env}/settings", get_settings),
+        route(Method::PUT, "/api/v1/envs/{env}/settings", put_settings),
         route(
             Method::GET,
             "/api/v1/envs/{env}/collections/{collection}/indexes",

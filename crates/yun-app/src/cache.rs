@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock};
 
 use yun_auth::TempCredential;
 use yun_functions::FunctionSpec;
-use yun_meta::{FunctionRecord, KeyRecord};
+use yun_meta::{EnvSettings, FunctionRecord, KeyRecord};
 use yun_types::{EnvId, ErrorCode, FunctionName, YunError};
 
 use crate::App;
@@ -32,6 +32,7 @@ pub(crate) struct MetaCache {
     functions: RwLock<HashMap<(EnvId, FunctionName), Arc<LoadedFunction>>>,
     routes: RwLock<HashMap<EnvId, Routes>>,
     credentials: RwLock<HashMap<(EnvId, FunctionName), TempCredential>>,
+    env_settings: RwLock<HashMap<EnvId, EnvSettings>>,
 }
 
 /// A function credential is issued for this long past the invocation's time limit ...
@@ -142,6 +143,21 @@ impl App {
         cred
     }
 
+    pub(crate) async fn env_settings(&self, env: &EnvId) -> Result<EnvSettings, YunError> {
+        if let Some(s) = read(&self.cache.env_settings, env) {
+            return Ok(s);
+        }
+        let settings = self.meta.env_settings(env).await?;
+        write(&self.cache.env_settings, env.clone(), settings.clone());
+        Ok(settings)
+    }
+
+    pub(crate) fn forget_env_settings(&self, env: &EnvId) {
+        if let Ok(mut m) = self.cache.env_settings.write() {
+            m.remove(env);
+        }
+    }
+
     pub(crate) fn forget_key(&self, secret_id: &str) {
         if let Ok(mut m) = self.cache.keys.write() {
             m.remove(secret_id);
@@ -179,5 +195,6 @@ impl App {
         if let Ok(mut m) = self.cache.credentials.write() {
             m.retain(|(e, _), _| e != env);
         }
+        self.forget_env_settings(env);
     }
 }

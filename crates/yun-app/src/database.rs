@@ -6,7 +6,7 @@ use yun_auth::Identity;
 use yun_docdb::filter::Filter;
 use yun_docdb::find::Projection;
 use yun_docdb::index::IndexSpec;
-use yun_docdb::{Change, Find, Updated};
+use yun_docdb::{Change, Find, Limits, Updated};
 use yun_types::YunError;
 
 use crate::App;
@@ -47,7 +47,18 @@ impl App {
         collection: &str,
         find: Find,
     ) -> Result<Vec<Value>, YunError> {
-        self.docdb.find(&identity.env, collection, find).await
+        let settings = self.env_settings(&identity.env).await?;
+        let base = self.docdb.limits();
+        let limits = Limits {
+            default_limit: settings
+                .db_default_limit
+                .map_or(base.default_limit, |n| n as usize),
+            max_limit: settings.db_max_limit.map_or(base.max_limit, |n| n as usize),
+            ..base
+        };
+        self.docdb
+            .find(&identity.env, collection, find, &limits)
+            .await
     }
 
     pub async fn db_count(

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 use yun_auth::{Caller, Identity};
-use yun_meta::{EnvRecord, KeyRecord, KeyRole};
+use yun_meta::{EnvRecord, EnvSettings, KeyRecord, KeyRole};
 use yun_types::{new_id, EnvId, ErrorCode, YunError};
 
 use crate::{unix_now, App};
@@ -122,6 +122,28 @@ impl App {
             }
         }
         Ok(())
+    }
+
+    pub async fn env_settings_of(&self, identity: &Identity) -> Result<EnvSettings, YunError> {
+        self.env_settings(&identity.env).await
+    }
+
+    /// Replaces the env's settings. Limits must satisfy 1 <= default <= max <= 100000.
+    pub async fn put_env_settings(
+        &self,
+        identity: &Identity,
+        settings: EnvSettings,
+    ) -> Result<EnvSettings, YunError> {
+        let default = settings.db_default_limit.unwrap_or(100);
+        let max = settings.db_max_limit.unwrap_or(1000);
+        if default == 0 || default > max || max > 100_000 {
+            return Err(YunError::invalid_param(
+                "database limits must satisfy 1 <= db_default_limit <= db_max_limit <= 100000",
+            ));
+        }
+        self.meta.put_env_settings(&identity.env, &settings).await?;
+        self.forget_env_settings(&identity.env);
+        Ok(settings)
     }
 
     pub async fn create_key(

@@ -22,7 +22,7 @@ pub use envs::{Credentials, NewKey};
 pub use functions::{CallerContext, DeployRequest, Invocation};
 pub use recorder::Recorder;
 pub use yun_auth::{Caller, Identity};
-pub use yun_meta::LogFilter;
+pub use yun_meta::{EnvSettings, LogFilter};
 
 /// Settings fixed at start-up.
 #[derive(Debug, Clone)]

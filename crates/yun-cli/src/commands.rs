@@ -26,6 +26,17 @@ pub enum EnvCommand {
     Delete {
         id: String,
     },
+    /// Show the env's settings (YUN_ENV / --env).
+    Settings,
+    /// Change the env's settings; unnamed ones keep their value.
+    Configure {
+        /// Documents a query returns when it names no limit (platform default 100).
+        #[arg(long)]
+        db_default_limit: Option<u32>,
+        /// Largest limit a query may ask for (platform default 1000).
+        #[arg(long)]
+        db_max_limit: Option<u32>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -144,6 +155,49 @@ pub async fn env(command: EnvCommand, conn: Connection) -> anyhow::Result<()> {
                 .await?;
             output::emit(conn.json, &v, |_| {
                 println!("Deleted env {id}.");
+            });
+        }
+        EnvCommand::Settings => {
+            let v = client
+                .request(Method::GET, &client.env_path("/settings"), None)
+                .await?;
+            output::emit(conn.json, &v, |v| {
+                let s = &v["settings"];
+                println!(
+                    "db_default_limit  {}",
+                    s.get("db_default_limit")
+                        .map_or("100 (default)".into(), |n| n.to_string())
+                );
+                println!(
+                    "db_max_limit      {}",
+                    s.get("db_max_limit")
+                        .map_or("1000 (default)".into(), |n| n.to_string())
+                );
+            });
+        }
+        EnvCommand::Configure {
+            db_default_limit,
+            db_max_limit,
+        } => {
+            let current = client
+                .request(Method::GET, &client.env_path("/settings"), None)
+                .await?;
+            let mut settings = current["settings"].as_object().cloned().unwrap_or_default();
+            if let Some(n) = db_default_limit {
+                settings.insert("db_default_limit".into(), json!(n));
+            }
+            if let Some(n) = db_max_limit {
+                settings.insert("db_max_limit".into(), json!(n));
+            }
+            let v = client
+                .request(
+                    Method::PUT,
+                    &client.env_path("/settings"),
+                    Some(Value::Object(settings)),
+                )
+                .await?;
+            output::emit(conn.json, &v, |v| {
+                println!("Settings of env {}: {}", client.env, v["settings"])
             });
         }
     }

@@ -301,24 +301,29 @@ impl DocDb {
         .await
     }
 
-    fn effective_limit(&self, limit: Option<usize>) -> Result<usize, YunError> {
-        match limit {
-            None => Ok(self.limits.default_limit),
-            Some(n) if n > self.limits.max_limit => Err(YunError::invalid_param(format!(
-                "limit {n} is over this env's maximum of {} per call; page with skip",
-                self.limits.max_limit
-            ))),
-            Some(n) => Ok(n),
-        }
+    /// The platform's limits, which an env's settings may override.
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
+    /// Finds documents; `limits` are the env's (default and maximum per call).
     pub async fn find(
         &self,
         env: &EnvId,
         collection: &str,
         q: Find,
+        limits: &Limits,
     ) -> Result<Vec<Value>, YunError> {
-        let limit = self.effective_limit(q.limit)?;
+        let limit = match q.limit {
+            None => limits.default_limit,
+            Some(n) if n > limits.max_limit => {
+                return Err(YunError::invalid_param(format!(
+                    "limit {n} is over this env's maximum of {} per call; page with skip",
+                    limits.max_limit
+                )))
+            }
+            Some(n) => n,
+        };
         let collection = collection.to_owned();
         run(&*self.store, env, false, move |txn| {
             if !txn.collection_exists(&collection)? {
@@ -687,7 +692,12 @@ mod tests {
         );
 
         let docs = db
-            .find(&env, "todos", all(json!({"_id": "mine"})))
+            .find(
+                &env,
+                "todos",
+                all(json!({"_id": "mine"})),
+                &Limits::default(),
+            )
             .await
             .unwrap();
         assert_eq!(
@@ -723,7 +733,12 @@ mod tests {
             .await;
         assert!(failed.is_err());
         let total: i64 = db
-            .find(&env, "todos", all(json!({"n": {"$gt": 0}})))
+            .find(
+                &env,
+                "todos",
+                all(json!({"n": {"$gt": 0}})),
+                &Limits::default(),
+            )
             .await
             .unwrap()
             .iter()
@@ -917,7 +932,10 @@ mod tests {
         let docs: Vec<Value> = (0..150).map(|i| json!({"i": i})).collect();
         db.insert(&env, "c", docs, None).await.unwrap();
         assert_eq!(
-            db.find(&env, "c", all(json!({}))).await.unwrap().len(),
+            db.find(&env, "c", all(json!({})), &Limits::default())
+                .await
+                .unwrap()
+                .len(),
             100,
             "default limit"
         );
@@ -926,7 +944,10 @@ mod tests {
             ..all(json!({}))
         };
         assert_eq!(
-            db.find(&env, "c", too_many).await.unwrap_err().code,
+            db.find(&env, "c", too_many, &Limits::default())
+                .await
+                .unwrap_err()
+                .code,
             ErrorCode::InvalidParam
         );
         let page = Find {
@@ -937,7 +958,7 @@ mod tests {
             ..all(json!({}))
         };
         assert_eq!(
-            db.find(&env, "c", page).await.unwrap(),
+            db.find(&env, "c", page, &Limits::default()).await.unwrap(),
             vec![json!({"i": 139}), json!({"i": 138}), json!({"i": 137})]
         );
         let big = json!({"blob": "x".repeat(17 << 20)});

@@ -27,6 +27,9 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn list_envs(&self) -> Result<Vec<EnvRecord>>;
     /// Deletes the env and every row it owns. Returns false when it did not exist.
     async fn delete_env(&self, env: &EnvId) -> Result<bool>;
+    /// The env's settings; defaults when none were ever stored.
+    async fn env_settings(&self, env: &EnvId) -> Result<EnvSettings>;
+    async fn put_env_settings(&self, env: &EnvId, settings: &EnvSettings) -> Result<()>;
 
     async fn insert_key(&self, key: &KeyRecord) -> Result<()>;
     async fn get_key(&self, secret_id: &str) -> Result<Option<KeyRecord>>;

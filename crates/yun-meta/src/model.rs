@@ -9,6 +9,18 @@ pub struct EnvRecord {
     pub created_at: i64,
 }
 
+/// Per-env settings. Unset fields mean the platform default.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EnvSettings {
+    /// Documents a query returns when it names no limit (CloudBase: 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_default_limit: Option<u32>,
+    /// The largest limit a query may ask for (CloudBase: 1000); more is an error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_max_limit: Option<u32>,
+}
+
 /// What a key may do.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]

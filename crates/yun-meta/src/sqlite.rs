@@ -13,7 +13,8 @@ use crate::*;
 
 /// Numbered migrations; `PRAGMA user_version` records how many ran. Never edit one that
 /// has shipped: append.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE settings (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE envs (id TEXT PRIMARY KEY, created_at INTEGER NOT NULL);
 CREATE TABLE keys (
@@ -62,7 +63,15 @@ CREATE TABLE logs (
 );
 CREATE INDEX logs_by_function ON logs(env, function, id);
 CREATE INDEX logs_by_request ON logs(request_id);
-"#];
+"#,
+    r#"
+-- Per-env settings (database limits, …) as one JSON object per env.
+CREATE TABLE env_settings (
+    env TEXT PRIMARY KEY REFERENCES envs(id) ON DELETE CASCADE,
+    settings TEXT NOT NULL
+);
+"#,
+];
 
 /// The metadata store on one SQLite file (see `yun-sqlite` for the connection model).
 #[derive(Clone)]
@@ -255,6 +264,42 @@ impl MetaStore for SqliteMetaStore {
                     .execute("DELETE FROM envs WHERE id = ?1", params![env.as_str()])
                     .map_err(db_err)?;
                 Ok(n > 0)
+            })
+            .await
+    }
+
+    async fn env_settings(&self, env: &EnvId) -> Result<EnvSettings> {
+        let env = env.clone();
+        self.db
+            .read(move |conn| {
+                let text: Option<String> = conn
+                    .query_row(
+                        "SELECT settings FROM env_settings WHERE env = ?1",
+                        params![env.as_str()],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(db_err)?;
+                text.map_or(Ok(EnvSettings::default()), |t| {
+                    serde_json::from_str(&t).map_err(db_err)
+                })
+            })
+            .await
+    }
+
+    async fn put_env_settings(&self, env: &EnvId, settings: &EnvSettings) -> Result<()> {
+        let (env, text) = (
+            env.clone(),
+            serde_json::to_string(settings).map_err(db_err)?,
+        );
+        self.db
+            .write(move |conn| {
+                conn.execute(
+                    "INSERT INTO env_settings (env, settings) VALUES (?1, ?2) ON CONFLICT (env) DO UPDATE SET settings = excluded.settings",
+                    params![env.as_str(), text],
+                )
+                .map(|_| ())
+                .map_err(db_err)
             })
             .await
     }

@@ -321,3 +321,21 @@ test('yun db export and import: JSON Lines and CSV round trips, upsert, all or n
   assert.equal(bad.code, 1);
   assert.match(bad.stderr, /line 2 is not a JSON document/);
 });
+
+test('limits are per env: an honest error above the max, and a default for calls that name none', async () => {
+  await db.createCollection('many');
+  await db.collection('many').add(Array.from({ length: 60 }, (_, i) => ({ i })));
+  assert.equal((await db.collection('many').limit(60).get()).data.length, 60);
+  const set = await yun.cliJson(['env', 'configure', '--db-max-limit', '50', '--db-default-limit', '5']);
+  assert.deepEqual(set.settings, { db_default_limit: 5, db_max_limit: 50 });
+  await assert.rejects(db.collection('many').limit(60).get(), (e) => e.code === 'INVALID_PARAM' && /maximum of 50/.test(e.message));
+  assert.equal((await db.collection('many').limit(50).get()).data.length, 50);
+  // The SDK always names a limit (100 by default); other callers get the env's default.
+  const quick = await yun.cliJson(['db', 'query', 'many']);
+  assert.equal(quick.documents.length, 5);
+  const bad = await yun.cli(['env', 'configure', '--db-default-limit', '0']);
+  assert.equal(bad.code, 1);
+  assert.match(bad.stderr, /db_default_limit <= db_max_limit/);
+  await yun.cliJson(['env', 'configure', '--db-max-limit', '1000', '--db-default-limit', '100']);
+  assert.equal((await db.collection('many').limit(60).get()).data.length, 60);
+});
