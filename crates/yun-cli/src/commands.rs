@@ -126,16 +126,15 @@ pub async fn env(command: EnvCommand, conn: Connection) -> anyhow::Result<()> {
     let client = Client::connect(&conn)?;
     match command {
         EnvCommand::List => {
-            let v = client.request(Method::GET, "/api/v1/envs", None).await?;
-            output::emit(conn.json, &v, |v| {
-                let rows = v["envs"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|e| vec![text(e.get("id")), text(e.get("created_at"))])
-                    .collect();
-                output::table(&["ENV", "CREATED_AT"], rows);
-            });
+            print_list(
+                &client,
+                conn.json,
+                "/api/v1/envs",
+                "envs",
+                &["ENV", "CREATED_AT"],
+                |e| vec![text(e.get("id")), text(e.get("created_at"))],
+            )
+            .await?;
         }
         EnvCommand::Create { id } => {
             let v = client
@@ -150,12 +149,15 @@ pub async fn env(command: EnvCommand, conn: Connection) -> anyhow::Result<()> {
             });
         }
         EnvCommand::Delete { id } => {
-            let v = client
-                .request(Method::DELETE, &format!("/api/v1/envs/{id}"), None)
-                .await?;
-            output::emit(conn.json, &v, |_| {
-                println!("Deleted env {id}.");
-            });
+            act(
+                &client,
+                conn.json,
+                Method::DELETE,
+                &format!("/api/v1/envs/{id}"),
+                None,
+                &format!("Deleted env {id}."),
+            )
+            .await?;
         }
         EnvCommand::Settings => {
             let v = client
@@ -208,30 +210,27 @@ pub async fn key(command: KeyCommand, conn: Connection) -> anyhow::Result<()> {
     let client = Client::connect(&conn)?;
     match command {
         KeyCommand::List => {
-            let v = client
-                .request(Method::GET, &client.env_path("/keys"), None)
-                .await?;
-            output::emit(conn.json, &v, |v| {
-                let rows = v["keys"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|k| {
-                        let state = if k["revoked_at"].is_null() {
-                            "active"
-                        } else {
-                            "revoked"
-                        };
-                        vec![
-                            text(k.get("secret_id")),
-                            text(k.get("role")),
-                            state.into(),
-                            text(k.get("description")),
-                        ]
-                    })
-                    .collect();
-                output::table(&["SECRET_ID", "ROLE", "STATE", "DESCRIPTION"], rows);
-            });
+            print_list(
+                &client,
+                conn.json,
+                &client.env_path("/keys"),
+                "keys",
+                &["SECRET_ID", "ROLE", "STATE", "DESCRIPTION"],
+                |k| {
+                    let state = if k["revoked_at"].is_null() {
+                        "active"
+                    } else {
+                        "revoked"
+                    };
+                    vec![
+                        text(k.get("secret_id")),
+                        text(k.get("role")),
+                        state.into(),
+                        text(k.get("description")),
+                    ]
+                },
+            )
+            .await?;
         }
         KeyCommand::Create { description } => {
             let v = client
@@ -250,16 +249,15 @@ pub async fn key(command: KeyCommand, conn: Connection) -> anyhow::Result<()> {
             });
         }
         KeyCommand::Revoke { key_id } => {
-            let v = client
-                .request(
-                    Method::DELETE,
-                    &client.env_path(&format!("/keys/{key_id}")),
-                    None,
-                )
-                .await?;
-            output::emit(conn.json, &v, |_| {
-                println!("Revoked {key_id}.");
-            });
+            act(
+                &client,
+                conn.json,
+                Method::DELETE,
+                &client.env_path(&format!("/keys/{key_id}")),
+                None,
+                &format!("Revoked {key_id}."),
+            )
+            .await?;
         }
     }
     Ok(())
@@ -458,55 +456,48 @@ pub async fn function(command: FnCommand, conn: Connection) -> anyhow::Result<()
             }
         }
         FnCommand::List => {
-            let v = client
-                .request(Method::GET, &client.env_path("/functions"), None)
-                .await?;
-            output::emit(conn.json, &v, |v| {
-                let rows = v["functions"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|f| {
-                        vec![
-                            text(f.get("name")),
-                            text(f.get("version")),
-                            format!("{}ms", text(f.get("timeout_ms"))),
-                            format!("{}MB", text(f.get("memory_mb"))),
-                            text(f.get("max_instances")),
-                            format!(
-                                "{}/{}",
-                                text(f.pointer("/instances/busy")),
-                                text(f.pointer("/instances/idle"))
-                            ),
-                            text(f.get("http_path")),
-                        ]
-                    })
-                    .collect();
-                output::table(
-                    &[
-                        "NAME",
-                        "VERSION",
-                        "TIMEOUT",
-                        "MEMORY",
-                        "MAX",
-                        "BUSY/IDLE",
-                        "HTTP_PATH",
-                    ],
-                    rows,
-                );
-            });
+            print_list(
+                &client,
+                conn.json,
+                &client.env_path("/functions"),
+                "functions",
+                &[
+                    "NAME",
+                    "VERSION",
+                    "TIMEOUT",
+                    "MEMORY",
+                    "MAX",
+                    "BUSY/IDLE",
+                    "HTTP_PATH",
+                ],
+                |f| {
+                    vec![
+                        text(f.get("name")),
+                        text(f.get("version")),
+                        format!("{}ms", text(f.get("timeout_ms"))),
+                        format!("{}MB", text(f.get("memory_mb"))),
+                        text(f.get("max_instances")),
+                        format!(
+                            "{}/{}",
+                            text(f.pointer("/instances/busy")),
+                            text(f.pointer("/instances/idle"))
+                        ),
+                        text(f.get("http_path")),
+                    ]
+                },
+            )
+            .await?;
         }
         FnCommand::Delete { name } => {
-            let v = client
-                .request(
-                    Method::DELETE,
-                    &client.env_path(&format!("/functions/{name}")),
-                    None,
-                )
-                .await?;
-            output::emit(conn.json, &v, |_| {
-                println!("Deleted {name}.");
-            });
+            act(
+                &client,
+                conn.json,
+                Method::DELETE,
+                &client.env_path(&format!("/functions/{name}")),
+                None,
+                &format!("Deleted {name}."),
+            )
+            .await?;
         }
     }
     Ok(())
@@ -722,6 +713,39 @@ fn write_documents(file: &Path, format: FileFormat, docs: &[Value]) -> anyhow::R
     Ok(())
 }
 
+/// Sends one request and prints `done` (the response with --json).
+async fn act(
+    client: &Client,
+    json: bool,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+    done: &str,
+) -> anyhow::Result<()> {
+    let v = client.request(method, path, body).await?;
+    output::emit(json, &v, |_| println!("{done}"));
+    Ok(())
+}
+
+/// GETs `path` and prints its `key` array as a table (the whole response with --json).
+async fn print_list(
+    client: &Client,
+    json: bool,
+    path: &str,
+    key: &str,
+    headers: &[&str],
+    row: impl Fn(&Value) -> Vec<String>,
+) -> anyhow::Result<()> {
+    let v = client.request(Method::GET, path, None).await?;
+    output::emit(json, &v, |v| {
+        output::table(
+            headers,
+            v[key].as_array().into_iter().flatten().map(&row).collect(),
+        )
+    });
+    Ok(())
+}
+
 fn json_arg(flag: &str, text: Option<String>) -> anyhow::Result<Option<Value>> {
     text.map(|t| serde_json::from_str(&t).with_context(|| format!("--{flag} must be JSON")))
         .transpose()
@@ -731,38 +755,37 @@ pub async fn db(command: DbCommand, conn: Connection) -> anyhow::Result<()> {
     let client = Client::connect(&conn)?;
     match command {
         DbCommand::Collections => {
-            let v = client
-                .request(Method::GET, &client.env_path("/collections"), None)
-                .await?;
-            output::emit(conn.json, &v, |v| {
-                let rows = v["collections"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|c| vec![text(Some(c))])
-                    .collect();
-                output::table(&["COLLECTION"], rows);
-            });
+            print_list(
+                &client,
+                conn.json,
+                &client.env_path("/collections"),
+                "collections",
+                &["COLLECTION"],
+                |c| vec![text(Some(c))],
+            )
+            .await?;
         }
         DbCommand::Create { name } => {
-            let v = client
-                .request(
-                    Method::POST,
-                    &client.env_path("/collections"),
-                    Some(json!({ "name": name })),
-                )
-                .await?;
-            output::emit(conn.json, &v, |_| println!("Created collection {name}."));
+            act(
+                &client,
+                conn.json,
+                Method::POST,
+                &client.env_path("/collections"),
+                Some(json!({ "name": name })),
+                &format!("Created collection {name}."),
+            )
+            .await?;
         }
         DbCommand::Drop { name } => {
-            let v = client
-                .request(
-                    Method::DELETE,
-                    &client.env_path(&format!("/collections/{name}")),
-                    None,
-                )
-                .await?;
-            output::emit(conn.json, &v, |_| println!("Dropped collection {name}."));
+            act(
+                &client,
+                conn.json,
+                Method::DELETE,
+                &client.env_path(&format!("/collections/{name}")),
+                None,
+                &format!("Dropped collection {name}."),
+            )
+            .await?;
         }
         DbCommand::Query {
             collection,
@@ -878,62 +901,55 @@ pub async fn db(command: DbCommand, conn: Connection) -> anyhow::Result<()> {
                     })
                     .collect::<anyhow::Result<_>>()?;
                 let body = json!({ "name": name, "fields": fields, "unique": unique });
-                let v = client
-                    .request(
-                        Method::POST,
-                        &client.env_path(&format!("/collections/{collection}/indexes")),
-                        Some(body),
-                    )
-                    .await?;
-                output::emit(conn.json, &v, |_| {
-                    println!("Created index {name} on {collection}.")
-                });
+                act(
+                    &client,
+                    conn.json,
+                    Method::POST,
+                    &client.env_path(&format!("/collections/{collection}/indexes")),
+                    Some(body),
+                    &format!("Created index {name} on {collection}."),
+                )
+                .await?;
             }
             IndexCommand::List { collection } => {
-                let v = client
-                    .request(
-                        Method::GET,
-                        &client.env_path(&format!("/collections/{collection}/indexes")),
-                        None,
-                    )
-                    .await?;
-                output::emit(conn.json, &v, |v| {
-                    let rows = v["indexes"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(|i| {
-                            let keys: Vec<String> = i["fields"]
-                                .as_array()
-                                .into_iter()
-                                .flatten()
-                                .map(|f| {
-                                    format!(
-                                        "{}{}",
-                                        text(f.get("field")),
-                                        if f["direction"] == -1 { ":desc" } else { "" }
-                                    )
-                                })
-                                .collect();
-                            vec![
-                                text(i.get("name")),
-                                keys.join(", "),
-                                (i["unique"] == true).to_string(),
-                            ]
-                        })
-                        .collect();
-                    output::table(&["NAME", "FIELDS", "UNIQUE"], rows);
-                });
+                print_list(
+                    &client,
+                    conn.json,
+                    &client.env_path(&format!("/collections/{collection}/indexes")),
+                    "indexes",
+                    &["NAME", "FIELDS", "UNIQUE"],
+                    |i| {
+                        let keys: Vec<String> = i["fields"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|f| {
+                                format!(
+                                    "{}{}",
+                                    text(f.get("field")),
+                                    if f["direction"] == -1 { ":desc" } else { "" }
+                                )
+                            })
+                            .collect();
+                        vec![
+                            text(i.get("name")),
+                            keys.join(", "),
+                            (i["unique"] == true).to_string(),
+                        ]
+                    },
+                )
+                .await?;
             }
             IndexCommand::Drop { collection, name } => {
-                let v = client
-                    .request(
-                        Method::DELETE,
-                        &client.env_path(&format!("/collections/{collection}/indexes/{name}")),
-                        None,
-                    )
-                    .await?;
-                output::emit(conn.json, &v, |_| println!("Dropped index {name}."));
+                act(
+                    &client,
+                    conn.json,
+                    Method::DELETE,
+                    &client.env_path(&format!("/collections/{collection}/indexes/{name}")),
+                    None,
+                    &format!("Dropped index {name}."),
+                )
+                .await?;
             }
         },
     }
