@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::{ms, percentile, Yun};
+use crate::{drive, ms, Yun};
 
 const CLIENTS: usize = 32;
 const SECONDS: u64 = 5;
@@ -18,54 +18,6 @@ fn docs_wanted() -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000)
-}
-
-struct Run {
-    ops_per_sec: f64,
-    p50: Duration,
-    p99: Duration,
-    errors: u64,
-}
-
-/// `CLIENTS` tasks running `op(i)` back to back for `SECONDS`.
-async fn drive<F, Fut>(op: F) -> Run
-where
-    F: Fn(u64) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = bool> + Send,
-{
-    let op = Arc::new(op);
-    let counter = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs(SECONDS);
-    let mut tasks = Vec::new();
-    for _ in 0..CLIENTS {
-        let (op, counter) = (op.clone(), counter.clone());
-        tasks.push(tokio::spawn(async move {
-            let (mut lat, mut errors) = (Vec::new(), 0u64);
-            while Instant::now() < deadline {
-                let i = counter.fetch_add(1, Ordering::Relaxed);
-                let start = Instant::now();
-                if op(i).await {
-                    lat.push(start.elapsed());
-                } else {
-                    errors += 1;
-                }
-            }
-            (lat, errors)
-        }));
-    }
-    let (mut all, mut errors) = (Vec::new(), 0);
-    for t in tasks {
-        let (l, e) = t.await.expect("bench task");
-        all.extend(l);
-        errors += e;
-    }
-    all.sort();
-    Run {
-        ops_per_sec: all.len() as f64 / SECONDS as f64,
-        p50: percentile(&all, 0.5),
-        p99: percentile(&all, 0.99),
-        errors,
-    }
 }
 
 async fn admin(http: &reqwest::Client, yun: &Yun, body: Value) -> Option<Value> {
@@ -270,11 +222,11 @@ pub async fn run(yun: &Yun) {
         json!({ "$gte": lo, "$lt": lo + 20 })
     };
     let runs = [
-        ("create", drive(op!(move |i: u64| json!({ "action": "database.insertDocument", "collectionName": "bench", "data": [json!({"n": n + i, "text": "hello"}).to_string()] }))).await),
-        ("get by id", drive(op!(move |i: u64| json!({ "action": "database.getDocument", "collectionName": "bench", "queryType": "DOC", "query": json!({"_id": format!("id{}", (i * 7919) % n)}).to_string() }))).await),
-        ("indexed range (20 docs)", drive(op!(move |i: u64| json!({ "action": "database.getDocument", "collectionName": "bench", "queryType": "WHERE", "query": json!({"n": range(i)}).to_string(), "limit": 20 }))).await),
-        ("update by id", drive(op!(move |i: u64| json!({ "action": "database.modifyDocument", "collectionName": "bench", "queryType": "DOC", "query": json!({"_id": format!("id{}", (i * 7919) % n)}).to_string(), "data": json!({"$inc": {"v": 1}}).to_string(), "multi": false, "merge": true }))).await),
-        ("count with index (20 docs)", drive(op!(move |i: u64| json!({ "action": "database.calculateDocument", "collectionName": "bench", "queryType": "WHERE", "query": json!({"n": range(i)}).to_string() }))).await),
+        ("create", drive(CLIENTS, SECONDS, op!(move |i: u64| json!({ "action": "database.insertDocument", "collectionName": "bench", "data": [json!({"n": n + i, "text": "hello"}).to_string()] }))).await),
+        ("get by id", drive(CLIENTS, SECONDS, op!(move |i: u64| json!({ "action": "database.getDocument", "collectionName": "bench", "queryType": "DOC", "query": json!({"_id": format!("id{}", (i * 7919) % n)}).to_string() }))).await),
+        ("indexed range (20 docs)", drive(CLIENTS, SECONDS, op!(move |i: u64| json!({ "action": "database.getDocument", "collectionName": "bench", "queryType": "WHERE", "query": json!({"n": range(i)}).to_string(), "limit": 20 }))).await),
+        ("update by id", drive(CLIENTS, SECONDS, op!(move |i: u64| json!({ "action": "database.modifyDocument", "collectionName": "bench", "queryType": "DOC", "query": json!({"_id": format!("id{}", (i * 7919) % n)}).to_string(), "data": json!({"$inc": {"v": 1}}).to_string(), "multi": false, "merge": true }))).await),
+        ("count with index (20 docs)", drive(CLIENTS, SECONDS, op!(move |i: u64| json!({ "action": "database.calculateDocument", "collectionName": "bench", "queryType": "WHERE", "query": json!({"n": range(i)}).to_string() }))).await),
     ];
 
     let dir = tempfile::tempdir().expect("temp dir");

@@ -6,6 +6,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -136,51 +138,71 @@ fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1000.0)
 }
 
-struct Load {
-    rps: f64,
-    p50: Duration,
-    p99: Duration,
-    errors: usize,
+pub struct Run {
+    pub ops_per_sec: f64,
+    pub p50: Duration,
+    pub p99: Duration,
+    pub errors: u64,
 }
 
-/// `connections` clients, each sending GET requests back to back for `seconds`.
-async fn load(url: &str, connections: usize, seconds: u64) -> Load {
+/// `clients` tasks running `op(i)` back to back for `seconds`; latencies of the ops that succeeded.
+pub async fn drive<F, Fut>(clients: usize, seconds: u64, op: F) -> Run
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let op = Arc::new(op);
+    let counter = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
-    for _ in 0..connections {
-        let url = url.to_owned();
+    for _ in 0..clients {
+        let (op, counter) = (op.clone(), counter.clone());
         tasks.push(tokio::spawn(async move {
-            let http = reqwest::Client::builder()
-                .pool_max_idle_per_host(1)
-                .build()
-                .expect("client");
-            let (mut latencies, mut errors) = (Vec::new(), 0usize);
+            let (mut lat, mut errors) = (Vec::new(), 0u64);
             while Instant::now() < deadline {
+                let i = counter.fetch_add(1, Ordering::Relaxed);
                 let start = Instant::now();
-                match http.get(&url).send().await {
-                    Ok(r) if r.status().is_success() => {
-                        let _ = r.bytes().await;
-                        latencies.push(start.elapsed());
-                    }
-                    _ => errors += 1,
+                if op(i).await {
+                    lat.push(start.elapsed());
+                } else {
+                    errors += 1;
                 }
             }
-            (latencies, errors)
+            (lat, errors)
         }));
     }
     let (mut all, mut errors) = (Vec::new(), 0);
     for t in tasks {
-        let (l, e) = t.await.expect("load task");
+        let (l, e) = t.await.expect("bench task");
         all.extend(l);
         errors += e;
     }
     all.sort();
-    Load {
-        rps: all.len() as f64 / seconds as f64,
+    Run {
+        ops_per_sec: all.len() as f64 / seconds as f64,
         p50: percentile(&all, 0.5),
         p99: percentile(&all, 0.99),
         errors,
     }
+}
+
+/// GET `url` from `CONNECTIONS` clients for `LOAD_SECONDS`.
+async fn load(url: &str) -> Run {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(CONNECTIONS)
+        .build()
+        .expect("client");
+    let url = url.to_owned();
+    drive(CONNECTIONS, LOAD_SECONDS, move |_| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            match http.get(&url).send().await {
+                Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+                _ => false,
+            }
+        }
+    })
+    .await
 }
 
 async fn wait_http(url: &str) {
@@ -289,9 +311,9 @@ async fn functions() {
         ms(percentile(&yun_seq, 0.99).saturating_sub(percentile(&bare_seq, 0.99)))
     );
 
-    let bare_load = load(&bare_url, CONNECTIONS, LOAD_SECONDS).await;
-    let yun_load = load(&yun_url, CONNECTIONS, LOAD_SECONDS).await;
-    let yun1_load = load(&yun1_url, CONNECTIONS, LOAD_SECONDS).await;
+    let bare_load = load(&bare_url).await;
+    let yun_load = load(&yun_url).await;
+    let yun1_load = load(&yun1_url).await;
     println!("## Warm HTTP function, {CONNECTIONS} connections, {LOAD_SECONDS} s each");
     println!("| | req/s | ratio | p50 | p99 | errors |\n|---|---|---|---|---|---|");
     for (name, l) in [
@@ -301,8 +323,8 @@ async fn functions() {
     ] {
         println!(
             "| {name} | {:.0} | {:.2}× | {} | {} | {} |",
-            l.rps,
-            l.rps / bare_load.rps,
+            l.ops_per_sec,
+            l.ops_per_sec / bare_load.ops_per_sec,
             ms(l.p50),
             ms(l.p99),
             l.errors
