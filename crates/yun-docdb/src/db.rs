@@ -169,6 +169,15 @@ impl<'t> IndexedWriter<'t> {
     }
 }
 
+/// Fails with `DATABASE_COLLECTION_NOT_EXIST` unless the collection exists.
+pub(crate) fn require_collection(txn: &mut dyn DocTxn, collection: &str) -> Result<(), YunError> {
+    if txn.collection_exists(collection)? {
+        Ok(())
+    } else {
+        Err(not_found(collection))
+    }
+}
+
 fn not_found(collection: &str) -> YunError {
     YunError::new(
         ErrorCode::CollectionNotFound,
@@ -289,9 +298,7 @@ impl DocDb {
         let prepared = self.prepare_inserts(docs, owner)?;
         let collection = collection.to_owned();
         run(&*self.store, env, true, move |txn| {
-            if !txn.collection_exists(&collection)? {
-                return Err(not_found(&collection));
-            }
+            require_collection(txn, &collection)?;
             let mut writer = IndexedWriter::new(txn, &collection)?;
             for (id, doc) in &prepared {
                 writer.insert(id, doc)?;
@@ -326,9 +333,7 @@ impl DocDb {
         };
         let collection = collection.to_owned();
         run(&*self.store, env, false, move |txn| {
-            if !txn.collection_exists(&collection)? {
-                return Err(not_found(&collection));
-            }
+            require_collection(txn, &collection)?;
             let mut docs: Vec<Value> = candidates(txn, &collection, &q.filter)?
                 .into_iter()
                 .filter(|d| q.filter.matches(d))
@@ -366,9 +371,7 @@ impl DocDb {
     ) -> Result<u64, YunError> {
         let collection = collection.to_owned();
         run(&*self.store, env, false, move |txn| {
-            if !txn.collection_exists(&collection)? {
-                return Err(not_found(&collection));
-            }
+            require_collection(txn, &collection)?;
             Ok(candidates(txn, &collection, &filter)?
                 .iter()
                 .filter(|d| filter.matches(d))
@@ -395,9 +398,7 @@ impl DocDb {
         let limits = self.limits;
         let collection = collection.to_owned();
         run(&*self.store, env, true, move |txn| {
-            if !txn.collection_exists(&collection)? {
-                return Err(not_found(&collection));
-            }
+            require_collection(txn, &collection)?;
             let mut outcome = Updated::default();
             let mut written = Vec::new();
             let found = candidates(txn, &collection, &filter)?;
@@ -464,9 +465,7 @@ impl DocDb {
         let prepared = self.prepare_inserts(docs, None)?;
         let collection = collection.to_owned();
         run(&*self.store, env, true, move |txn| {
-            if !txn.collection_exists(&collection)? {
-                return Err(not_found(&collection));
-            }
+            require_collection(txn, &collection)?;
             let existing: Vec<bool> = prepared
                 .iter()
                 .map(|(id, _)| txn.get(&collection, id).map(|d| d.is_some()))
@@ -498,9 +497,7 @@ impl DocDb {
         spec.check()?;
         let collection = collection.to_owned();
         run(&*self.store, env, true, move |txn| {
-            if !txn.collection_exists(&collection)? {
-                return Err(not_found(&collection));
-            }
+            require_collection(txn, &collection)?;
             if !txn.create_index(&collection, &spec)? {
                 return Err(YunError::new(
                     ErrorCode::AlreadyExists,
@@ -532,9 +529,7 @@ impl DocDb {
     ) -> Result<Vec<IndexSpec>, YunError> {
         let collection = collection.to_owned();
         run(&*self.store, env, false, move |txn| {
-            if !txn.collection_exists(&collection)? {
-                return Err(not_found(&collection));
-            }
+            require_collection(txn, &collection)?;
             txn.list_indexes(&collection)
         })
         .await
@@ -569,9 +564,7 @@ impl DocDb {
     ) -> Result<Vec<Value>, YunError> {
         let collection = collection.to_owned();
         run(&*self.store, env, false, move |txn| {
-            if !txn.collection_exists(&collection)? {
-                return Err(not_found(&collection));
-            }
+            require_collection(txn, &collection)?;
             let docs = match stages.first() {
                 Some(crate::aggregate::Stage::Match(f)) => candidates(txn, &collection, f)?,
                 _ => txn.scan(&collection)?,
@@ -597,9 +590,7 @@ impl DocDb {
     ) -> Result<u64, YunError> {
         let collection = collection.to_owned();
         run(&*self.store, env, true, move |txn| {
-            if !txn.collection_exists(&collection)? {
-                return Err(not_found(&collection));
-            }
+            require_collection(txn, &collection)?;
             let mut deleted = 0;
             let found = candidates(txn, &collection, &filter)?;
             let mut writer = IndexedWriter::new(txn, &collection)?;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 use yun_types::{new_id, EnvId, ErrorCode, YunError};
 
-use crate::db::{Change, DocDb, IndexedWriter, Updated};
+use crate::db::{require_collection, Change, DocDb, IndexedWriter, Updated};
 use crate::filter::Filter;
 use crate::find::Projection;
 use crate::store::run;
@@ -150,18 +150,10 @@ impl DocDb {
 
     async fn ensure_collection(&self, env: &EnvId, collection: &str) -> Result<(), YunError> {
         let name = collection.to_owned();
-        if run(&**self.store(), env, false, move |t| {
-            t.collection_exists(&name)
+        run(&**self.store(), env, false, move |t| {
+            require_collection(t, &name)
         })
-        .await?
-        {
-            Ok(())
-        } else {
-            Err(YunError::new(
-                ErrorCode::CollectionNotFound,
-                format!("collection {collection} does not exist"),
-            ))
-        }
+        .await
     }
 
     pub async fn txn_find(
@@ -309,11 +301,8 @@ impl DocDb {
             }
             for ((collection, doc_id), write) in state.writes {
                 let exists = t.get_versioned(&collection, &doc_id)?.is_some();
-                if write.is_some() && !exists && !t.collection_exists(&collection)? {
-                    return Err(YunError::new(
-                        ErrorCode::CollectionNotFound,
-                        format!("collection {collection} does not exist"),
-                    ));
+                if write.is_some() && !exists {
+                    require_collection(t, &collection)?;
                 }
                 let mut writer = IndexedWriter::new(t, &collection)?;
                 match write {
