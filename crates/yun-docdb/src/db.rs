@@ -10,7 +10,7 @@ use yun_types::{new_id, EnvId, ErrorCode, YunError};
 use crate::filter::Filter;
 use crate::find::{Projection, SortKeys};
 use crate::index::{self, IndexSpec};
-use crate::store::{run, DocStore, DocTxn};
+use crate::store::{run, Access, DocStore, DocTxn};
 use crate::update;
 
 /// Per-call limits, CloudBase's by default.
@@ -169,6 +169,15 @@ impl<'t> IndexedWriter<'t> {
     }
 }
 
+/// A query that pins `_id` reads a bounded number of documents; any other may scan.
+fn read_access(filter: &Filter) -> Access {
+    if filter.id_candidates().is_some() {
+        Access::Point
+    } else {
+        Access::Read
+    }
+}
+
 /// Fails with `DATABASE_COLLECTION_NOT_EXIST` unless the collection exists.
 pub(crate) fn require_collection(txn: &mut dyn DocTxn, collection: &str) -> Result<(), YunError> {
     if txn.collection_exists(collection)? {
@@ -222,7 +231,7 @@ impl DocDb {
     pub async fn create_collection(&self, env: &EnvId, name: &str) -> Result<(), YunError> {
         check_collection(name)?;
         let name = name.to_owned();
-        let created = run(&*self.store, env, true, move |txn| {
+        let created = run(&*self.store, env, Access::Write, move |txn| {
             txn.create_collection(&name)
         })
         .await?;
@@ -236,12 +245,15 @@ impl DocDb {
     }
 
     pub async fn list_collections(&self, env: &EnvId) -> Result<Vec<String>, YunError> {
-        run(&*self.store, env, false, |txn| txn.list_collections()).await
+        run(&*self.store, env, Access::Point, |txn| {
+            txn.list_collections()
+        })
+        .await
     }
 
     pub async fn drop_collection(&self, env: &EnvId, name: &str) -> Result<(), YunError> {
         let owned = name.to_owned();
-        if !run(&*self.store, env, true, move |txn| {
+        if !run(&*self.store, env, Access::Write, move |txn| {
             txn.drop_collection(&owned)
         })
         .await?
@@ -297,7 +309,7 @@ impl DocDb {
     ) -> Result<Vec<String>, YunError> {
         let prepared = self.prepare_inserts(docs, owner)?;
         let collection = collection.to_owned();
-        run(&*self.store, env, true, move |txn| {
+        run(&*self.store, env, Access::Write, move |txn| {
             require_collection(txn, &collection)?;
             let mut writer = IndexedWriter::new(txn, &collection)?;
             for (id, doc) in &prepared {
@@ -332,7 +344,7 @@ impl DocDb {
             Some(n) => n,
         };
         let collection = collection.to_owned();
-        run(&*self.store, env, false, move |txn| {
+        run(&*self.store, env, read_access(&q.filter), move |txn| {
             require_collection(txn, &collection)?;
             let mut docs: Vec<Value> = candidates(txn, &collection, &q.filter)?
                 .into_iter()
@@ -370,7 +382,7 @@ impl DocDb {
         filter: Filter,
     ) -> Result<u64, YunError> {
         let collection = collection.to_owned();
-        run(&*self.store, env, false, move |txn| {
+        run(&*self.store, env, read_access(&filter), move |txn| {
             require_collection(txn, &collection)?;
             Ok(candidates(txn, &collection, &filter)?
                 .iter()
@@ -397,7 +409,7 @@ impl DocDb {
         }
         let limits = self.limits;
         let collection = collection.to_owned();
-        run(&*self.store, env, true, move |txn| {
+        run(&*self.store, env, Access::Write, move |txn| {
             require_collection(txn, &collection)?;
             let mut outcome = Updated::default();
             let mut written = Vec::new();
@@ -464,7 +476,7 @@ impl DocDb {
     ) -> Result<(u64, u64), YunError> {
         let prepared = self.prepare_inserts(docs, None)?;
         let collection = collection.to_owned();
-        run(&*self.store, env, true, move |txn| {
+        run(&*self.store, env, Access::Write, move |txn| {
             require_collection(txn, &collection)?;
             let existing: Vec<bool> = prepared
                 .iter()
@@ -496,7 +508,7 @@ impl DocDb {
     ) -> Result<(), YunError> {
         spec.check()?;
         let collection = collection.to_owned();
-        run(&*self.store, env, true, move |txn| {
+        run(&*self.store, env, Access::Write, move |txn| {
             require_collection(txn, &collection)?;
             if !txn.create_index(&collection, &spec)? {
                 return Err(YunError::new(
@@ -528,7 +540,7 @@ impl DocDb {
         collection: &str,
     ) -> Result<Vec<IndexSpec>, YunError> {
         let collection = collection.to_owned();
-        run(&*self.store, env, false, move |txn| {
+        run(&*self.store, env, Access::Point, move |txn| {
             require_collection(txn, &collection)?;
             txn.list_indexes(&collection)
         })
@@ -542,7 +554,7 @@ impl DocDb {
         name: &str,
     ) -> Result<(), YunError> {
         let (collection, owned) = (collection.to_owned(), name.to_owned());
-        if !run(&*self.store, env, true, move |txn| {
+        if !run(&*self.store, env, Access::Write, move |txn| {
             txn.drop_index(&collection, &owned)
         })
         .await?
@@ -563,7 +575,7 @@ impl DocDb {
         stages: Vec<crate::aggregate::Stage>,
     ) -> Result<Vec<Value>, YunError> {
         let collection = collection.to_owned();
-        run(&*self.store, env, false, move |txn| {
+        run(&*self.store, env, Access::Read, move |txn| {
             require_collection(txn, &collection)?;
             let docs = match stages.first() {
                 Some(crate::aggregate::Stage::Match(f)) => candidates(txn, &collection, f)?,
@@ -589,7 +601,7 @@ impl DocDb {
         multi: bool,
     ) -> Result<u64, YunError> {
         let collection = collection.to_owned();
-        run(&*self.store, env, true, move |txn| {
+        run(&*self.store, env, Access::Write, move |txn| {
             require_collection(txn, &collection)?;
             let mut deleted = 0;
             let found = candidates(txn, &collection, &filter)?;

@@ -84,13 +84,27 @@ struct SqliteTxn<'a> {
 }
 
 impl SqliteTxn<'_> {
+    /// Statements go through the connection's statement cache: parsing the SQL again on
+    /// every call cost more than running it for point reads.
+    fn query_row_cached<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        self.tx.prepare_cached(sql)?.query_row(params, f)
+    }
+
+    fn execute_cached(&self, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+        self.tx.prepare_cached(sql)?.execute(params)
+    }
+
     fn write_version(&mut self) -> Result<i64, YunError> {
         if let Some(v) = self.version {
             return Ok(v);
         }
         let v: i64 = self
-            .tx
-            .query_row(
+            .query_row_cached(
                 "UPDATE sequence SET value = value + 1 WHERE id = 1 RETURNING value",
                 [],
                 |r| r.get(0),
@@ -103,15 +117,14 @@ impl SqliteTxn<'_> {
 
 impl DocTxn for SqliteTxn<'_> {
     fn collection_exists(&mut self, collection: &str) -> Result<bool, YunError> {
-        self.tx
-            .query_row(
-                "SELECT 1 FROM collections WHERE env = ?1 AND name = ?2",
-                params![self.env, collection],
-                |_| Ok(()),
-            )
-            .optional()
-            .map(|r| r.is_some())
-            .map_err(db_err)
+        self.query_row_cached(
+            "SELECT 1 FROM collections WHERE env = ?1 AND name = ?2",
+            params![self.env, collection],
+            |_| Ok(()),
+        )
+        .optional()
+        .map(|r| r.is_some())
+        .map_err(db_err)
     }
 
     fn create_collection(&mut self, collection: &str) -> Result<bool, YunError> {
@@ -119,8 +132,7 @@ impl DocTxn for SqliteTxn<'_> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
         let n = self
-            .tx
-            .execute(
+            .execute_cached(
                 "INSERT OR IGNORE INTO collections (env, name, created_at) VALUES (?1, ?2, ?3)",
                 params![self.env, collection, now],
             )
@@ -140,27 +152,23 @@ impl DocTxn for SqliteTxn<'_> {
     }
 
     fn drop_collection(&mut self, collection: &str) -> Result<bool, YunError> {
-        self.tx
-            .execute(
-                "DELETE FROM index_entries WHERE env = ?1 AND collection = ?2",
-                params![self.env, collection],
-            )
-            .map_err(db_err)?;
-        self.tx
-            .execute(
-                "DELETE FROM indexes WHERE env = ?1 AND collection = ?2",
-                params![self.env, collection],
-            )
-            .map_err(db_err)?;
-        self.tx
-            .execute(
-                "DELETE FROM documents WHERE env = ?1 AND collection = ?2",
-                params![self.env, collection],
-            )
-            .map_err(db_err)?;
+        self.execute_cached(
+            "DELETE FROM index_entries WHERE env = ?1 AND collection = ?2",
+            params![self.env, collection],
+        )
+        .map_err(db_err)?;
+        self.execute_cached(
+            "DELETE FROM indexes WHERE env = ?1 AND collection = ?2",
+            params![self.env, collection],
+        )
+        .map_err(db_err)?;
+        self.execute_cached(
+            "DELETE FROM documents WHERE env = ?1 AND collection = ?2",
+            params![self.env, collection],
+        )
+        .map_err(db_err)?;
         let n = self
-            .tx
-            .execute(
+            .execute_cached(
                 "DELETE FROM collections WHERE env = ?1 AND name = ?2",
                 params![self.env, collection],
             )
@@ -184,8 +192,7 @@ impl DocTxn for SqliteTxn<'_> {
 
     fn get(&mut self, collection: &str, id: &str) -> Result<Option<Value>, YunError> {
         let text: Option<String> = self
-            .tx
-            .query_row(
+            .query_row_cached(
                 "SELECT doc FROM documents WHERE env = ?1 AND collection = ?2 AND id = ?3",
                 params![self.env, collection, id],
                 |r| r.get(0),
@@ -202,8 +209,7 @@ impl DocTxn for SqliteTxn<'_> {
         id: &str,
     ) -> Result<Option<(Value, u64)>, YunError> {
         let row: Option<(String, i64)> = self
-            .tx
-            .query_row(
+            .query_row_cached(
                 "SELECT doc, version FROM documents WHERE env = ?1 AND collection = ?2 AND id = ?3",
                 params![self.env, collection, id],
                 |r| Ok((r.get(0)?, r.get(1)?)),
@@ -216,7 +222,7 @@ impl DocTxn for SqliteTxn<'_> {
 
     fn insert(&mut self, collection: &str, id: &str, doc: &Value) -> Result<(), YunError> {
         let version = self.write_version()?;
-        let result = self.tx.execute(
+        let result = self.execute_cached(
             "INSERT INTO documents (env, collection, id, doc, version) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![self.env, collection, id, doc.to_string(), version],
         );
@@ -235,8 +241,7 @@ impl DocTxn for SqliteTxn<'_> {
 
     fn replace(&mut self, collection: &str, id: &str, doc: &Value) -> Result<(), YunError> {
         let version = self.write_version()?;
-        self.tx
-            .execute(
+        self.execute_cached(
                 "UPDATE documents SET doc = ?4, version = ?5 WHERE env = ?1 AND collection = ?2 AND id = ?3",
                 params![self.env, collection, id, doc.to_string(), version],
             )
@@ -245,13 +250,12 @@ impl DocTxn for SqliteTxn<'_> {
     }
 
     fn delete(&mut self, collection: &str, id: &str) -> Result<bool, YunError> {
-        self.tx
-            .execute(
-                "DELETE FROM documents WHERE env = ?1 AND collection = ?2 AND id = ?3",
-                params![self.env, collection, id],
-            )
-            .map(|n| n > 0)
-            .map_err(db_err)
+        self.execute_cached(
+            "DELETE FROM documents WHERE env = ?1 AND collection = ?2 AND id = ?3",
+            params![self.env, collection, id],
+        )
+        .map(|n| n > 0)
+        .map_err(db_err)
     }
 
     fn list_indexes(&mut self, collection: &str) -> Result<Vec<IndexSpec>, YunError> {
@@ -270,26 +274,26 @@ impl DocTxn for SqliteTxn<'_> {
 
     fn create_index(&mut self, collection: &str, spec: &IndexSpec) -> Result<bool, YunError> {
         let text = serde_json::to_string(spec).map_err(db_err)?;
-        self.tx
-            .execute("INSERT OR IGNORE INTO indexes (env, collection, name, spec) VALUES (?1, ?2, ?3, ?4)", params![self.env, collection, spec.name, text])
-            .map(|n| n > 0)
-            .map_err(db_err)
+        self.execute_cached(
+            "INSERT OR IGNORE INTO indexes (env, collection, name, spec) VALUES (?1, ?2, ?3, ?4)",
+            params![self.env, collection, spec.name, text],
+        )
+        .map(|n| n > 0)
+        .map_err(db_err)
     }
 
     fn drop_index(&mut self, collection: &str, name: &str) -> Result<bool, YunError> {
-        self.tx
-            .execute(
-                "DELETE FROM index_entries WHERE env = ?1 AND collection = ?2 AND name = ?3",
-                params![self.env, collection, name],
-            )
-            .map_err(db_err)?;
-        self.tx
-            .execute(
-                "DELETE FROM indexes WHERE env = ?1 AND collection = ?2 AND name = ?3",
-                params![self.env, collection, name],
-            )
-            .map(|n| n > 0)
-            .map_err(db_err)
+        self.execute_cached(
+            "DELETE FROM index_entries WHERE env = ?1 AND collection = ?2 AND name = ?3",
+            params![self.env, collection, name],
+        )
+        .map_err(db_err)?;
+        self.execute_cached(
+            "DELETE FROM indexes WHERE env = ?1 AND collection = ?2 AND name = ?3",
+            params![self.env, collection, name],
+        )
+        .map(|n| n > 0)
+        .map_err(db_err)
     }
 
     fn mark_multikey(&mut self, collection: &str, spec: &IndexSpec) -> Result<(), YunError> {
@@ -298,13 +302,12 @@ impl DocTxn for SqliteTxn<'_> {
             ..spec.clone()
         })
         .map_err(db_err)?;
-        self.tx
-            .execute(
-                "UPDATE indexes SET spec = ?4 WHERE env = ?1 AND collection = ?2 AND name = ?3",
-                params![self.env, collection, spec.name, text],
-            )
-            .map(|_| ())
-            .map_err(db_err)
+        self.execute_cached(
+            "UPDATE indexes SET spec = ?4 WHERE env = ?1 AND collection = ?2 AND name = ?3",
+            params![self.env, collection, spec.name, text],
+        )
+        .map(|_| ())
+        .map_err(db_err)
     }
 
     fn put_index_keys(
@@ -331,9 +334,7 @@ impl DocTxn for SqliteTxn<'_> {
         index: &str,
         id: &str,
     ) -> Result<(), YunError> {
-        self.tx
-            .prepare_cached("DELETE FROM index_entries WHERE env = ?1 AND collection = ?2 AND name = ?3 AND id = ?4")
-            .and_then(|mut s| s.execute(params![self.env, collection, index, id]))
+        self.execute_cached("DELETE FROM index_entries WHERE env = ?1 AND collection = ?2 AND name = ?3 AND id = ?4", params![self.env, collection, index, id])
             .map(|_| ())
             .map_err(db_err)
     }
@@ -368,8 +369,7 @@ impl DocTxn for SqliteTxn<'_> {
         key: &[u8],
         except_id: &str,
     ) -> Result<bool, YunError> {
-        self.tx
-            .query_row(
+        self.query_row_cached(
                 "SELECT 1 FROM index_entries WHERE env = ?1 AND collection = ?2 AND name = ?3 AND key = ?4 AND id <> ?5 LIMIT 1",
                 params![self.env, collection, index, key, except_id],
                 |_| Ok(()),
@@ -382,19 +382,22 @@ impl DocTxn for SqliteTxn<'_> {
 
 #[async_trait]
 impl DocStore for SqliteDocStore {
-    async fn read(&self, env: &EnvId, work: Work) -> Result<(), YunError> {
+    async fn read(&self, env: &EnvId, point: bool, work: Work) -> Result<(), YunError> {
         let env = env.to_string();
-        self.db
-            .read(move |conn| {
-                // One snapshot for the whole unit of work.
-                let tx = conn.transaction().map_err(db_err)?;
-                work(&mut SqliteTxn {
-                    tx: &tx,
-                    env,
-                    version: None,
-                })
+        let snapshot = move |conn: &mut rusqlite::Connection| {
+            // One snapshot for the whole unit of work.
+            let tx = conn.transaction().map_err(db_err)?;
+            work(&mut SqliteTxn {
+                tx: &tx,
+                env,
+                version: None,
             })
-            .await
+        };
+        if point {
+            self.db.read_now(snapshot)
+        } else {
+            self.db.read(snapshot).await
+        }
     }
 
     async fn write(&self, env: &EnvId, work: Work) -> Result<(), YunError> {

@@ -70,13 +70,25 @@ pub trait DocTxn {
     ) -> Result<bool, YunError>;
 }
 
+/// How a unit of work touches the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Reads a few documents by key (or metadata): short enough to run on the caller's
+    /// thread, which saves a thread hand-off that cost more than the read.
+    Point,
+    /// Reads an unknown amount (a scan, an index range): runs where it blocks nothing.
+    Read,
+    Write,
+}
+
 /// A unit of work: runs once inside a transaction; an `Err` rolls everything back.
 pub type Work = Box<dyn FnOnce(&mut dyn DocTxn) -> Result<(), YunError> + Send>;
 
 #[async_trait]
 pub trait DocStore: Send + Sync + 'static {
-    /// Runs `work` in a read-only snapshot of `env`.
-    async fn read(&self, env: &EnvId, work: Work) -> Result<(), YunError>;
+    /// Runs `work` in a read-only snapshot of `env`; `point` says it is a bounded read
+    /// (see [`Access::Point`]).
+    async fn read(&self, env: &EnvId, point: bool, work: Work) -> Result<(), YunError>;
     /// Runs `work` in a write transaction of `env`; committed when it returns `Ok`.
     async fn write(&self, env: &EnvId, work: Work) -> Result<(), YunError>;
     /// Deletes every collection of the env.
@@ -87,7 +99,7 @@ pub trait DocStore: Send + Sync + 'static {
 pub(crate) async fn run<T: Send + 'static>(
     store: &dyn DocStore,
     env: &EnvId,
-    writes: bool,
+    access: Access,
     f: impl FnOnce(&mut dyn DocTxn) -> Result<T, YunError> + Send + 'static,
 ) -> Result<T, YunError> {
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
@@ -96,10 +108,10 @@ pub(crate) async fn run<T: Send + 'static>(
         let _ = tx.send(value);
         Ok(())
     });
-    if writes {
-        store.write(env, work).await?;
-    } else {
-        store.read(env, work).await?;
+    match access {
+        Access::Write => store.write(env, work).await?,
+        Access::Point => store.read(env, true, work).await?,
+        Access::Read => store.read(env, false, work).await?,
     }
     rx.try_recv()
         .map_err(|_| YunError::internal("document store finished without a result"))

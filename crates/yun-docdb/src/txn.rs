@@ -16,7 +16,7 @@ use yun_types::{new_id, EnvId, ErrorCode, YunError};
 use crate::db::{require_collection, Change, DocDb, IndexedWriter, Updated};
 use crate::filter::Filter;
 use crate::find::Projection;
-use crate::store::run;
+use crate::store::{run, Access};
 use crate::update;
 
 /// A transaction untouched this long is discarded.
@@ -119,7 +119,7 @@ impl DocDb {
                 .cloned()
                 .collect()
         };
-        let fetched = run(&**self.store(), env, false, move |t| {
+        let fetched = run(&**self.store(), env, Access::Point, move |t| {
             unseen
                 .into_iter()
                 .map(|k| Ok((t.get_versioned(&k.0, &k.1)?, k)))
@@ -150,7 +150,7 @@ impl DocDb {
 
     async fn ensure_collection(&self, env: &EnvId, collection: &str) -> Result<(), YunError> {
         let name = collection.to_owned();
-        run(&**self.store(), env, false, move |t| {
+        run(&**self.store(), env, Access::Point, move |t| {
             require_collection(t, &name)
         })
         .await
@@ -292,7 +292,7 @@ impl DocDb {
                 _ => return Err(gone(id)),
             }
         };
-        run(&**self.store(), env, true, move |t| {
+        run(&**self.store(), env, Access::Write, move |t| {
             for ((collection, doc_id), seen) in &state.seen {
                 let now = t.get_versioned(collection, doc_id)?.map(|(_, v)| v);
                 if now != seen.version {

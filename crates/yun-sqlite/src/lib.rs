@@ -147,36 +147,44 @@ impl Sqlite {
         })?
     }
 
-    /// Runs `f` on a read-only connection from the pool; in WAL mode it never waits
-    /// for the writer.
+    /// Runs `f` on a read-only connection from the pool, on a blocking thread; in WAL
+    /// mode it never waits for the writer.
     pub async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, YunError> + Send + 'static,
     ) -> Result<T, YunError> {
-        let (readers, path) = (self.readers.clone(), self.path.clone());
-        tokio::task::spawn_blocking(move || {
-            let pooled = readers.lock().ok().and_then(|mut r| r.pop());
-            let mut conn = match pooled {
-                Some(conn) => conn,
-                None => {
-                    let conn = Connection::open_with_flags(
-                        &path,
-                        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                    )
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.read_now(f))
+            .await
+            .map_err(db_err)?
+    }
+
+    /// Runs `f` on a read-only connection from the pool, on the calling thread: for
+    /// reads known to be short (a few rows by key), where the hand-off to a blocking
+    /// thread costs more than the read.
+    pub fn read_now<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, YunError>,
+    ) -> Result<T, YunError> {
+        let pooled = self.readers.lock().ok().and_then(|mut r| r.pop());
+        let mut conn = match pooled {
+            Some(conn) => conn,
+            None => {
+                let conn = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .map_err(db_err)?;
+                conn.execute_batch("PRAGMA busy_timeout=5000;")
                     .map_err(db_err)?;
-                    conn.execute_batch("PRAGMA busy_timeout=5000;")
-                        .map_err(db_err)?;
-                    conn
-                }
-            };
-            let result = f(&mut conn);
-            if let Ok(mut r) = readers.lock() {
-                r.push(conn);
+                conn
             }
-            result
-        })
-        .await
-        .map_err(db_err)?
+        };
+        let result = f(&mut conn);
+        if let Ok(mut r) = self.readers.lock() {
+            r.push(conn);
+        }
+        result
     }
 }
 
