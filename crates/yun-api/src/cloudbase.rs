@@ -131,6 +131,9 @@ async fn handle(
         database if database.starts_with("database.") => {
             crate::cloudbase_db::handle(app, &identity, database, &body).await
         }
+        storage if storage.starts_with("storage.") => {
+            crate::cloudbase_storage::handle(app, &identity, storage, &body).await
+        }
         other => Err(YunError::new(
             yun_types::ErrorCode::InvalidAction,
             format!("action {other:?} is not supported by this Yun server"),

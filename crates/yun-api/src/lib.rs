@@ -6,6 +6,8 @@
 mod body;
 mod cloudbase;
 mod cloudbase_db;
+mod cloudbase_storage;
+mod files;
 mod http_functions;
 mod management;
 
@@ -27,6 +29,12 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(|| async { "ready" }))
         .route("/admin", post(cloudbase::admin))
         .merge(management::router())
+        .route(
+            "/files/{env}/{*path}",
+            get(files::download)
+                .put(files::upload_put)
+                .post(files::upload_form),
+        )
         .route("/{env}", any(http_functions::serve_root))
         .route("/{env}/", any(http_functions::serve_root))
         .route("/{env}/{*path}", any(http_functions::serve))

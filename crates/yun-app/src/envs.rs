@@ -107,6 +107,7 @@ impl App {
         let deleted = self.meta.delete_env(env).await?;
         if deleted {
             self.docdb.store().drop_env(env).await?;
+            self.storage.drop_env(env).await?;
         }
         self.forget_env(env);
         if !deleted {

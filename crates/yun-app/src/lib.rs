@@ -9,6 +9,7 @@ mod database;
 mod envs;
 mod functions;
 mod recorder;
+mod storage;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ pub use access::SignedRequest;
 pub use envs::{Credentials, NewKey};
 pub use functions::{CallerContext, DeployRequest, Invocation};
 pub use recorder::Recorder;
+pub use storage::{FileOutcome, UploadTarget};
 pub use yun_auth::{Caller, Identity};
 pub use yun_meta::{EnvSettings, LogFilter};
 
@@ -45,6 +47,8 @@ pub struct App {
     recorder: Recorder,
     cache: cache::MetaCache,
     docdb: Arc<yun_docdb::DocDb>,
+    storage: Arc<yun_storage::Storage>,
+    url_signer: yun_storage::UrlSigner,
 }
 
 impl App {
@@ -52,6 +56,7 @@ impl App {
         meta: Arc<dyn MetaStore>,
         runtime: Arc<Runtime>,
         docdb: Arc<yun_docdb::DocDb>,
+        storage: Arc<yun_storage::Storage>,
         recorder: Recorder,
         settings: AppSettings,
     ) -> yun_meta::Result<Self> {
@@ -60,6 +65,8 @@ impl App {
             meta,
             runtime,
             issuer: TempCredentialIssuer::new(&master),
+            url_signer: yun_storage::UrlSigner::new(&master),
+            storage,
             settings,
             recorder,
             cache: cache::MetaCache::default(),

@@ -98,6 +98,16 @@ struct DevArgs {
     node: PathBuf,
     #[arg(long, default_value = "npm")]
     npm: PathBuf,
+    /// Where file bytes go: a folder, or `s3://BUCKET` with the endpoint and keys in the
+    /// standard AWS_* variables (default: DATA_DIR/files)
+    #[arg(long)]
+    storage: Option<String>,
+    /// Largest file an upload may store, in bytes
+    #[arg(long, default_value_t = 5 << 30)]
+    max_file_size: u64,
+    /// Bytes of files each env may store
+    #[arg(long, default_value_t = 50 << 30)]
+    storage_quota: u64,
 }
 
 fn main() {
@@ -145,6 +155,11 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         stem_cells: args.stem_cells,
         idle_timeout: args.idle_timeout,
         queue_timeout: args.queue_timeout,
+        storage: args.storage,
+        storage_limits: yun_server::StorageLimits {
+            max_file_bytes: args.max_file_size,
+            env_quota_bytes: args.storage_quota,
+        },
     })
     .await?;
     output::dev_banner(&server);

@@ -48,7 +48,7 @@ pub fn text(value: Option<&Value>) -> String {
 
 pub fn dev_banner(server: &yun_server::Server) {
     let c = &server.credentials;
-    println!("Yun is running (embedded mode: SQLite + local files)\n");
+    println!("Yun is running (embedded mode: SQLite)\n");
     println!("  URL         {}", c.url);
     println!("  Env         {}", c.env_id);
     println!("  SecretId    {}", c.secret_id);
@@ -58,6 +58,7 @@ pub fn dev_banner(server: &yun_server::Server) {
         server.data_dir.display()
     );
     println!("  Isolation   {}", server.isolation);
+    println!("  Files       {}", server.storage);
     if server.first_start {
         println!(
             "\nFirst start: created env {} and a platform key.",

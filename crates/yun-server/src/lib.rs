@@ -16,6 +16,8 @@ use yun_docdb::{DocDb, Limits};
 use yun_functions::{install_bootstrap, Runtime, RuntimeConfig, Sandbox, SpawnConfig};
 use yun_meta::sqlite::SqliteMetaStore;
 use yun_meta::MetaStore;
+pub use yun_storage::StorageLimits;
+use yun_storage::{ObjectBackend, SqliteFileIndex, Storage};
 use yun_types::{EnvId, YunError};
 
 /// Settings of an embedded (`yun dev`) node.
@@ -33,6 +35,10 @@ pub struct DevConfig {
     pub stem_cells: usize,
     pub idle_timeout: Duration,
     pub queue_timeout: Duration,
+    /// Where file bytes go: `s3://bucket` (endpoint and keys from `AWS_*`) or a folder;
+    /// defaults to `{data_dir}/files`.
+    pub storage: Option<String>,
+    pub storage_limits: StorageLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +85,8 @@ pub struct Server {
     /// Whether this start created the env and key.
     pub first_start: bool,
     pub isolation: String,
+    /// Where file bytes live, for the banner.
+    pub storage: String,
     pub data_dir: PathBuf,
     listener: tokio::net::TcpListener,
     app: Arc<App>,
@@ -223,6 +231,15 @@ impl Server {
         let docs: Arc<dyn DocStore> =
             Arc::new(SqliteDocStore::open(&meta_dir.join("documents.db"))?);
         let docdb = Arc::new(DocDb::new(docs, Limits::default()));
+        let backend = match &cfg.storage {
+            Some(spec) => ObjectBackend::parse(spec),
+            None => ObjectBackend::Local(cfg.data_dir.join("files")),
+        };
+        let storage = Arc::new(Storage::new(
+            backend.open()?,
+            Arc::new(SqliteFileIndex::open(&meta_dir.join("files.db"))?),
+            cfg.storage_limits,
+        ));
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .map_err(|source| ServerError::Bind {
@@ -272,7 +289,8 @@ impl Server {
             npm_cache,
             region: "ap-shanghai".into(),
         };
-        let app = Arc::new(App::new(meta.clone(), runtime, docdb, recorder, settings).await?);
+        let app =
+            Arc::new(App::new(meta.clone(), runtime, docdb, storage, recorder, settings).await?);
 
         let credentials_path = cfg.data_dir.join("credentials.json");
         let first = app.initialize(&cfg.default_env).await?;
@@ -311,6 +329,7 @@ impl Server {
             credentials,
             first_start: first.is_some(),
             isolation,
+            storage: backend.describe(),
             data_dir: cfg.data_dir,
             listener,
             app,

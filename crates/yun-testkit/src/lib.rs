@@ -83,6 +83,8 @@ impl TestYun {
             stem_cells: options.stem_cells,
             idle_timeout: options.idle_timeout,
             queue_timeout: options.queue_timeout,
+            storage: None,
+            storage_limits: Default::default(),
         })
         .await
         .expect("yun starts");

@@ -45,6 +45,14 @@ pub enum ErrorCode {
     TransactionConflict,
     /// A write would duplicate an `_id` or a unique index key.
     DuplicateKey,
+    /// No file at that path (or file id).
+    StorageFileNotFound,
+    /// A storage URL's or upload's signature is wrong or expired.
+    StorageSignInvalid,
+    /// The upload would pass the env's storage quota.
+    StorageQuotaExceeded,
+    /// The file belongs to another env (or the caller may not touch it).
+    StorageForbidden,
     /// A fault inside Yun; details are in the server log, not the response.
     Internal,
 }
@@ -77,6 +85,10 @@ impl ErrorCode {
             // CloudBase documents no dedicated duplicate-key code; its generic database
             // error carries MongoDB's "E11000 duplicate key" message.
             Self::DuplicateKey => "DATABASE_REQUEST_FAILED",
+            Self::StorageFileNotFound => "STORAGE_FILE_NONEXIST",
+            Self::StorageSignInvalid => "STORAGE_SIGN_PARAM_INVALID",
+            Self::StorageQuotaExceeded => "STORAGE_REQUEST_FAIL",
+            Self::StorageForbidden => "STORAGE_EXCEED_AUTHORITY",
             Self::Internal => "SYS_ERR",
         }
     }
@@ -96,6 +108,10 @@ impl ErrorCode {
             Self::PayloadTooLarge => 413,
             Self::ConcurrencyLimit => 429,
             Self::FunctionExecuteFail => 502,
+            Self::StorageFileNotFound => 404,
+            Self::StorageSignInvalid => 403,
+            Self::StorageQuotaExceeded => 413,
+            Self::StorageForbidden => 403,
             Self::Internal => 500,
         }
     }

@@ -12,7 +12,7 @@ pub struct NameError {
 
 /// Path segments the HTTP surfaces own; an env id may not shadow them (`/{env}/…` routes).
 const RESERVED_ENV_IDS: &[&str] = &[
-    "admin", "api", "web", "auth", "healthz", "readyz", "metrics",
+    "admin", "api", "web", "auth", "files", "healthz", "readyz", "metrics",
 ];
 
 /// An environment id. CloudBase's own rule (`^[a-z0-9_-]{1,40}$`, the SDKs prefix hosts

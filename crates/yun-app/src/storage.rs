@@ -1,0 +1,211 @@
+//! Storage use-cases. A caller names files by id (`cloud://env.bucket/path`) or by path in
+//! its own env; a file id of another env is refused without saying whether it exists.
+//! Uploads and downloads themselves go through signed URLs, so the byte streams never
+//! need the caller's key.
+
+use bytes::Bytes;
+use futures_util::Stream;
+use yun_auth::{Caller, Identity};
+use yun_storage::{file_id, parse_file_id, CloudPath, FileRecord};
+use yun_types::{EnvId, ErrorCode, YunError};
+
+use crate::{unix_now, App};
+
+/// How long `getUploadMetadata`'s authorization stays valid.
+const UPLOAD_GRANT_SECS: i64 = 3600;
+/// `getTempFileURL`'s default and largest `max_age` (CloudBase: default 1 day).
+const DEFAULT_URL_SECS: i64 = 86_400;
+const MAX_URL_SECS: i64 = 7 * 86_400;
+
+/// What `storage.getUploadMetadata` answers.
+pub struct UploadTarget {
+    pub url: String,
+    pub token: String,
+    pub authorization: String,
+    pub file_id: String,
+    pub download_url: String,
+}
+
+/// One item of a batch answer: the file id and a CloudBase code (`SUCCESS` or an error).
+pub struct FileOutcome<T> {
+    pub file_id: String,
+    pub result: Result<T, YunError>,
+}
+
+impl App {
+    /// Who a stored file belongs to: end users (a later issue) will have an id here.
+    fn file_owner(identity: &Identity) -> String {
+        match &identity.caller {
+            Caller::Function { name } => format!("function:{name}"),
+            _ => String::new(),
+        }
+    }
+
+    /// The path a file id names, if it is in the caller's env.
+    fn own_path(identity: &Identity, id: &str) -> Result<CloudPath, YunError> {
+        let (env, path) = parse_file_id(id)?;
+        if env != identity.env {
+            return Err(YunError::new(
+                ErrorCode::StorageForbidden,
+                "the file belongs to another env",
+            ));
+        }
+        Ok(path)
+    }
+
+    /// A file id or a plain path (as `copyFile` may pass) in the caller's env.
+    fn own_path_or_id(identity: &Identity, name: &str) -> Result<CloudPath, YunError> {
+        if name.starts_with("cloud://") {
+            Self::own_path(identity, name)
+        } else {
+            CloudPath::parse(name)
+        }
+    }
+
+    fn files_base(&self, env: &EnvId) -> String {
+        format!("{}/files/{env}/", self.settings.public_url)
+    }
+
+    /// A temporary download URL, raw (not percent-encoded): the SDK encodes it itself.
+    pub fn download_url(&self, env: &EnvId, path: &CloudPath, max_age: i64) -> String {
+        let expires = unix_now() + max_age;
+        let sign = self.url_signer.download_sign(env, path, expires);
+        format!("{}{path}?sign={sign}&t={expires}", self.files_base(env))
+    }
+
+    pub fn upload_target(&self, identity: &Identity, path: &str) -> Result<UploadTarget, YunError> {
+        let path = CloudPath::parse(path)?;
+        let env = &identity.env;
+        let (token, authorization) = self.url_signer.upload_grant(
+            env,
+            &path,
+            &Self::file_owner(identity),
+            unix_now() + UPLOAD_GRANT_SECS,
+        );
+        Ok(UploadTarget {
+            url: format!("{}{}", self.files_base(env), path.url_encoded()),
+            token,
+            authorization,
+            file_id: file_id(env, &path),
+            download_url: self.download_url(env, &path, DEFAULT_URL_SECS),
+        })
+    }
+
+    /// The upload step: `token` and `authorization` from [`App::upload_target`] are the
+    /// caller's identity here.
+    pub async fn upload_signed<S, E>(
+        &self,
+        env: &EnvId,
+        path: &str,
+        token: &str,
+        authorization: &str,
+        content_type: Option<&str>,
+        body: S,
+    ) -> Result<FileRecord, YunError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin + Send,
+        E: std::fmt::Display,
+    {
+        let path = CloudPath::parse(path)?;
+        let grant = self
+            .url_signer
+            .verify_upload(env, &path, token, authorization, unix_now())?;
+        self.storage
+            .upload(env, &path, content_type, &grant.owner, body)
+            .await
+    }
+
+    /// Checks a temporary URL's signature; returns the file.
+    pub async fn open_signed(
+        &self,
+        env: &EnvId,
+        path: &str,
+        sign: &str,
+        expires: i64,
+    ) -> Result<FileRecord, YunError> {
+        let path = CloudPath::parse(path)?;
+        self.url_signer
+            .verify_download(env, &path, expires, sign, unix_now())?;
+        self.storage.stat(env, &path).await
+    }
+
+    pub fn storage(&self) -> &yun_storage::Storage {
+        &self.storage
+    }
+
+    /// `storage.batchGetDownloadUrl`: a URL for each file that exists.
+    pub async fn temp_urls(
+        &self,
+        identity: &Identity,
+        files: Vec<(String, Option<i64>)>,
+    ) -> Vec<FileOutcome<String>> {
+        let mut out = Vec::with_capacity(files.len());
+        for (id, max_age) in files {
+            let result = async {
+                let path = Self::own_path(identity, &id)?;
+                let max_age = match max_age {
+                    None => DEFAULT_URL_SECS,
+                    Some(n) if (1..=MAX_URL_SECS).contains(&n) => n,
+                    Some(n) => {
+                        return Err(YunError::invalid_param(format!(
+                            "max_age {n} is outside 1..={MAX_URL_SECS} seconds"
+                        )))
+                    }
+                };
+                self.storage.stat(&identity.env, &path).await?;
+                Ok(self.download_url(&identity.env, &path, max_age))
+            }
+            .await;
+            out.push(FileOutcome {
+                file_id: id,
+                result,
+            });
+        }
+        out
+    }
+
+    pub async fn delete_files(
+        &self,
+        identity: &Identity,
+        ids: Vec<String>,
+    ) -> Vec<FileOutcome<()>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let result = async {
+                let path = Self::own_path(identity, &id)?;
+                self.storage.delete(&identity.env, &path).await
+            }
+            .await;
+            out.push(FileOutcome {
+                file_id: id,
+                result,
+            });
+        }
+        out
+    }
+
+    /// `storage.batchCopyFile`; answers with the new file ids.
+    pub async fn copy_files(
+        &self,
+        identity: &Identity,
+        copies: Vec<(String, String, bool, bool)>,
+    ) -> Vec<FileOutcome<String>> {
+        let mut out = Vec::with_capacity(copies.len());
+        for (src, dst, overwrite, remove_original) in copies {
+            let result = async {
+                let from = Self::own_path_or_id(identity, &src)?;
+                let to = Self::own_path_or_id(identity, &dst)?;
+                self.storage
+                    .copy(&identity.env, &from, &to, overwrite, remove_original)
+                    .await?;
+                Ok(file_id(&identity.env, &to))
+            }
+            .await;
+            out.push(FileOutcome {
+                file_id: src,
+                result,
+            });
+        }
+        out
+    }
+}

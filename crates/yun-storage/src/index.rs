@@ -1,0 +1,196 @@
+//! File metadata: which object holds each path, with size, type, etag, owner and time.
+//! The index is the truth: an object no row points at is invisible (an upload that never
+//! finished, or one whose row was never written), and a path moves to a new object in one
+//! row write, so readers see the old file or the new one, never a mix.
+
+use std::path::Path;
+
+use async_trait::async_trait;
+use rusqlite::{params, OptionalExtension, Row};
+use yun_sqlite::{db_err, Sqlite};
+use yun_types::{EnvId, YunError};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRecord {
+    pub path: String,
+    /// The object-store key holding the bytes; unique per upload.
+    pub object: String,
+    pub size: u64,
+    pub content_type: String,
+    pub etag: String,
+    /// Who uploaded it; empty for admin callers.
+    pub owner: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+}
+
+#[async_trait]
+pub trait FileIndex: Send + Sync + 'static {
+    async fn get(&self, env: &EnvId, path: &str) -> Result<Option<FileRecord>, YunError>;
+    /// Points `record.path` at `record.object`; returns the record it replaced.
+    async fn put(&self, env: &EnvId, record: FileRecord) -> Result<Option<FileRecord>, YunError>;
+    async fn delete(&self, env: &EnvId, path: &str) -> Result<Option<FileRecord>, YunError>;
+    /// Files whose path starts with `prefix`, in path order, after `after`.
+    async fn list(
+        &self,
+        env: &EnvId,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<FileRecord>, YunError>;
+    async fn used_bytes(&self, env: &EnvId) -> Result<u64, YunError>;
+    /// Forgets every file of the env; returns their objects for deletion.
+    async fn drop_env(&self, env: &EnvId) -> Result<Vec<String>, YunError>;
+}
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE files (
+    env TEXT NOT NULL,
+    path TEXT NOT NULL,
+    object TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    content_type TEXT NOT NULL,
+    etag TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (env, path)
+) WITHOUT ROWID;
+"#];
+
+const COLUMNS: &str = "path, object, size, content_type, etag, owner, created_at";
+
+fn record(row: &Row<'_>) -> rusqlite::Result<FileRecord> {
+    Ok(FileRecord {
+        path: row.get(0)?,
+        object: row.get(1)?,
+        size: row.get::<_, i64>(2)? as u64,
+        content_type: row.get(3)?,
+        etag: row.get(4)?,
+        owner: row.get(5)?,
+        created_at: row.get(6)?,
+    })
+}
+
+fn select_one(
+    conn: &rusqlite::Connection,
+    env: &str,
+    path: &str,
+) -> Result<Option<FileRecord>, YunError> {
+    conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM files WHERE env = ?1 AND path = ?2"
+    ))
+    .and_then(|mut s| s.query_row(params![env, path], record).optional())
+    .map_err(db_err)
+}
+
+pub struct SqliteFileIndex {
+    db: Sqlite,
+}
+
+impl SqliteFileIndex {
+    pub fn open(path: &Path) -> Result<Self, YunError> {
+        Ok(Self {
+            db: Sqlite::open(path, MIGRATIONS)?,
+        })
+    }
+}
+
+#[async_trait]
+impl FileIndex for SqliteFileIndex {
+    async fn get(&self, env: &EnvId, path: &str) -> Result<Option<FileRecord>, YunError> {
+        self.db
+            .read_now(|conn| select_one(conn, env.as_str(), path))
+    }
+
+    async fn put(&self, env: &EnvId, r: FileRecord) -> Result<Option<FileRecord>, YunError> {
+        let env = env.to_string();
+        self.db
+            .write(move |conn| {
+                let old = select_one(conn, &env, &r.path)?;
+                conn.prepare_cached(&format!(
+                    "INSERT OR REPLACE INTO files (env, {COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+                ))
+                .and_then(|mut s| {
+                    s.execute(params![
+                        env,
+                        r.path,
+                        r.object,
+                        r.size as i64,
+                        r.content_type,
+                        r.etag,
+                        r.owner,
+                        r.created_at
+                    ])
+                })
+                .map_err(db_err)?;
+                Ok(old)
+            })
+            .await
+    }
+
+    async fn delete(&self, env: &EnvId, path: &str) -> Result<Option<FileRecord>, YunError> {
+        let (env, path) = (env.to_string(), path.to_owned());
+        self.db
+            .write(move |conn| {
+                let old = select_one(conn, &env, &path)?;
+                conn.prepare_cached("DELETE FROM files WHERE env = ?1 AND path = ?2")
+                    .and_then(|mut s| s.execute(params![env, path]))
+                    .map_err(db_err)?;
+                Ok(old)
+            })
+            .await
+    }
+
+    async fn list(
+        &self,
+        env: &EnvId,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<FileRecord>, YunError> {
+        let (env, prefix) = (env.to_string(), prefix.to_owned());
+        let after = after.unwrap_or("").to_owned();
+        self.db
+            .read(move |conn| {
+                // `substr` instead of LIKE: paths may hold `%` and `_`.
+                let mut stmt = conn
+                    .prepare_cached(&format!(
+                        "SELECT {COLUMNS} FROM files WHERE env = ?1 AND path >= ?2 AND substr(path, 1, length(?2)) = ?2 AND path > ?3 ORDER BY path LIMIT ?4"
+                    ))
+                    .map_err(db_err)?;
+                let rows = stmt
+                    .query_map(params![env, prefix, after, limit as i64], record)
+                    .map_err(db_err)?;
+                rows.collect::<Result<_, _>>().map_err(db_err)
+            })
+            .await
+    }
+
+    async fn used_bytes(&self, env: &EnvId) -> Result<u64, YunError> {
+        let env = env.to_string();
+        self.db
+            .read(move |conn| {
+                conn.prepare_cached("SELECT COALESCE(SUM(size), 0) FROM files WHERE env = ?1")
+                    .and_then(|mut s| s.query_row(params![env], |r| r.get::<_, i64>(0)))
+                    .map(|n| n as u64)
+                    .map_err(db_err)
+            })
+            .await
+    }
+
+    async fn drop_env(&self, env: &EnvId) -> Result<Vec<String>, YunError> {
+        let env = env.to_string();
+        self.db
+            .write(move |conn| {
+                let objects = conn
+                    .prepare_cached("DELETE FROM files WHERE env = ?1 RETURNING object")
+                    .and_then(|mut s| {
+                        s.query_map(params![env], |r| r.get(0))?
+                            .collect::<Result<Vec<String>, _>>()
+                    })
+                    .map_err(db_err)?;
+                Ok(objects)
+            })
+            .await
+    }
+}

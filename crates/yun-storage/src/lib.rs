@@ -1,0 +1,383 @@
+//! File storage for one node: paths and file ids ([`path`]), signed URLs ([`signing`]),
+//! file metadata ([`index`], the truth about what exists) and the bytes in an
+//! `object_store` backend (local disk for `yun dev`, S3 for a cluster). Bytes stream
+//! through in bounded memory; every upload goes to a fresh object and becomes visible in
+//! one index write, so an interrupted upload leaves nothing a reader can see.
+
+pub mod index;
+pub mod path;
+pub mod signing;
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::stream::{BoxStream, Stream, StreamExt};
+use object_store::path::Path as ObjectKey;
+use object_store::{GetOptions, GetRange, ObjectStore, WriteMultipart};
+use sha2::{Digest, Sha256};
+use tokio::sync::broadcast;
+use yun_types::{new_id, EnvId, ErrorCode, YunError};
+
+pub use index::{FileIndex, FileRecord, SqliteFileIndex};
+pub use path::{file_id, parse_file_id, CloudPath};
+pub use signing::{UploadGrant, UrlSigner};
+
+/// Upload parts: S3 wants at least 5 MiB per part; two in flight bound an upload's memory.
+const PART_BYTES: usize = 8 << 20;
+const PARTS_IN_FLIGHT: usize = 2;
+
+#[derive(Debug, Clone, Copy)]
+pub struct StorageLimits {
+    pub max_file_bytes: u64,
+    /// Bytes each env may store.
+    pub env_quota_bytes: u64,
+}
+
+impl Default for StorageLimits {
+    fn default() -> Self {
+        Self {
+            max_file_bytes: 5 << 30,
+            env_quota_bytes: 50 << 30,
+        }
+    }
+}
+
+/// What happened to a file; the triggers issue consumes these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageEvent {
+    Uploaded { env: EnvId, path: String, size: u64 },
+    Deleted { env: EnvId, path: String },
+}
+
+/// Where the bytes live.
+#[derive(Debug, Clone)]
+pub enum ObjectBackend {
+    Local(std::path::PathBuf),
+    /// An S3 bucket; endpoint and keys come from the standard `AWS_*` variables.
+    S3 {
+        bucket: String,
+    },
+}
+
+impl ObjectBackend {
+    /// `s3://bucket` or a local folder.
+    pub fn parse(spec: &str) -> Self {
+        match spec.strip_prefix("s3://") {
+            Some(bucket) => Self::S3 {
+                bucket: bucket.trim_end_matches('/').to_owned(),
+            },
+            None => Self::Local(spec.into()),
+        }
+    }
+
+    pub fn open(&self) -> Result<Arc<dyn ObjectStore>, YunError> {
+        match self {
+            Self::Local(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    YunError::internal(format!("cannot create {}: {e}", dir.display()))
+                })?;
+                Ok(Arc::new(
+                    object_store::local::LocalFileSystem::new_with_prefix(dir)
+                        .map_err(store_err)?,
+                ))
+            }
+            Self::S3 { bucket } => Ok(Arc::new(
+                object_store::aws::AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .build()
+                    .map_err(store_err)?,
+            )),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Local(dir) => format!("local disk ({})", dir.display()),
+            Self::S3 { bucket } => format!("S3 bucket {bucket}"),
+        }
+    }
+}
+
+fn store_err(e: object_store::Error) -> YunError {
+    YunError::internal(format!("object store: {e}"))
+}
+
+fn not_found(path: &str) -> YunError {
+    YunError::new(
+        ErrorCode::StorageFileNotFound,
+        format!("no file at {path:?}"),
+    )
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The content type: what the uploader declared, else sniffed from the first bytes, else
+/// guessed from the name. `application/octet-stream` declares nothing: clients send it
+/// when they do not know.
+fn content_type(declared: Option<&str>, head: &[u8], path: &CloudPath) -> String {
+    if let Some(t) = declared.filter(|t| !t.is_empty() && *t != "application/octet-stream") {
+        return t.to_owned();
+    }
+    if let Some(kind) = infer::get(head) {
+        return kind.mime_type().to_owned();
+    }
+    mime_guess::from_path(path.as_str())
+        .first_or_octet_stream()
+        .to_string()
+}
+
+pub struct Storage {
+    objects: Arc<dyn ObjectStore>,
+    index: Arc<dyn FileIndex>,
+    limits: StorageLimits,
+    events: broadcast::Sender<StorageEvent>,
+}
+
+impl Storage {
+    pub fn new(
+        objects: Arc<dyn ObjectStore>,
+        index: Arc<dyn FileIndex>,
+        limits: StorageLimits,
+    ) -> Self {
+        Self {
+            objects,
+            index,
+            limits,
+            events: broadcast::channel(1024).0,
+        }
+    }
+
+    pub fn limits(&self) -> StorageLimits {
+        self.limits
+    }
+
+    /// Uploads and deletes from now on. Slow receivers miss events (and are told so).
+    pub fn subscribe(&self) -> broadcast::Receiver<StorageEvent> {
+        self.events.subscribe()
+    }
+
+    fn emit(&self, event: StorageEvent) {
+        // No receivers is fine: nothing listens until triggers exist.
+        let _ = self.events.send(event);
+    }
+
+    /// Streams `body` into a new object and points `path` at it. An error or a dropped
+    /// body aborts the object; the previous file at `path`, if any, stays.
+    pub async fn upload<S, E>(
+        &self,
+        env: &EnvId,
+        path: &CloudPath,
+        declared_type: Option<&str>,
+        owner: &str,
+        mut body: S,
+    ) -> Result<FileRecord, YunError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin + Send,
+        E: std::fmt::Display,
+    {
+        let used = self.index.used_bytes(env).await?;
+        let replaced = self
+            .index
+            .get(env, path.as_str())
+            .await?
+            .map_or(0, |r| r.size);
+        let room = self
+            .limits
+            .env_quota_bytes
+            .saturating_sub(used.saturating_sub(replaced));
+        let object = format!("{env}/{}", new_id(""));
+        let key = ObjectKey::from(object.as_str());
+        let upload = self.objects.put_multipart(&key).await.map_err(store_err)?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut head = Vec::new();
+        let received: Result<(), YunError> = async {
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| {
+                    YunError::invalid_param(format!("the upload was interrupted: {e}"))
+                })?;
+                size += chunk.len() as u64;
+                if size > self.limits.max_file_bytes {
+                    return Err(YunError::new(
+                        ErrorCode::PayloadTooLarge,
+                        format!(
+                            "the file is larger than the maximum of {} bytes",
+                            self.limits.max_file_bytes
+                        ),
+                    ));
+                }
+                if size > room {
+                    return Err(YunError::new(
+                        ErrorCode::StorageQuotaExceeded,
+                        format!(
+                            "the env's storage quota of {} bytes is used up",
+                            self.limits.env_quota_bytes
+                        ),
+                    ));
+                }
+                if head.len() < 64 {
+                    head.extend_from_slice(&chunk[..chunk.len().min(64 - head.len())]);
+                }
+                hasher.update(&chunk);
+                writer
+                    .wait_for_capacity(PARTS_IN_FLIGHT)
+                    .await
+                    .map_err(store_err)?;
+                writer.write(&chunk);
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = received {
+            if let Err(abort) = writer.abort().await {
+                tracing::warn!(%object, error = %abort, "could not abort an upload");
+            }
+            return Err(e);
+        }
+        writer.finish().await.map_err(store_err)?;
+        let record = FileRecord {
+            path: path.to_string(),
+            object,
+            size,
+            content_type: content_type(declared_type, &head, path),
+            etag: hex::encode(&hasher.finalize()[..16]),
+            owner: owner.to_owned(),
+            created_at: now_ms(),
+        };
+        match self.index.put(env, record.clone()).await {
+            Ok(old) => {
+                if let Some(old) = old {
+                    self.delete_object(&old.object).await;
+                }
+            }
+            Err(e) => {
+                self.delete_object(&record.object).await;
+                return Err(e);
+            }
+        }
+        self.emit(StorageEvent::Uploaded {
+            env: env.clone(),
+            path: record.path.clone(),
+            size,
+        });
+        Ok(record)
+    }
+
+    async fn delete_object(&self, object: &str) {
+        if let Err(e) = self.objects.delete(&ObjectKey::from(object)).await {
+            // Invisible garbage at worst: no index row points at it.
+            tracing::warn!(%object, error = %e, "could not delete an object");
+        }
+    }
+
+    pub async fn stat(&self, env: &EnvId, path: &CloudPath) -> Result<FileRecord, YunError> {
+        self.index
+            .get(env, path.as_str())
+            .await?
+            .ok_or_else(|| not_found(path.as_str()))
+    }
+
+    /// The bytes of a file (or of `range` of it), as a stream.
+    pub async fn read(
+        &self,
+        file: &FileRecord,
+        range: Option<Range<u64>>,
+    ) -> Result<BoxStream<'static, Result<Bytes, YunError>>, YunError> {
+        let options = GetOptions {
+            range: range.map(GetRange::Bounded),
+            ..Default::default()
+        };
+        let got = self
+            .objects
+            .get_opts(&ObjectKey::from(file.object.as_str()), options)
+            .await
+            .map_err(|e| match e {
+                object_store::Error::NotFound { .. } => not_found(&file.path),
+                other => store_err(other),
+            })?;
+        Ok(got.into_stream().map(|r| r.map_err(store_err)).boxed())
+    }
+
+    pub async fn delete(&self, env: &EnvId, path: &CloudPath) -> Result<(), YunError> {
+        let old = self
+            .index
+            .delete(env, path.as_str())
+            .await?
+            .ok_or_else(|| not_found(path.as_str()))?;
+        self.delete_object(&old.object).await;
+        self.emit(StorageEvent::Deleted {
+            env: env.clone(),
+            path: old.path,
+        });
+        Ok(())
+    }
+
+    /// Copies `from` to `to` inside the env (a new object: the two live apart from then
+    /// on); with `remove_original` it is a move.
+    pub async fn copy(
+        &self,
+        env: &EnvId,
+        from: &CloudPath,
+        to: &CloudPath,
+        overwrite: bool,
+        remove_original: bool,
+    ) -> Result<FileRecord, YunError> {
+        let source = self.stat(env, from).await?;
+        if !overwrite && self.index.get(env, to.as_str()).await?.is_some() {
+            return Err(YunError::new(
+                ErrorCode::AlreadyExists,
+                format!("{to} exists and overwrite is false"),
+            ));
+        }
+        let object = format!("{env}/{}", new_id(""));
+        self.objects
+            .copy(
+                &ObjectKey::from(source.object.as_str()),
+                &ObjectKey::from(object.as_str()),
+            )
+            .await
+            .map_err(store_err)?;
+        let record = FileRecord {
+            path: to.to_string(),
+            object,
+            created_at: now_ms(),
+            ..source
+        };
+        if let Some(old) = self.index.put(env, record.clone()).await? {
+            self.delete_object(&old.object).await;
+        }
+        self.emit(StorageEvent::Uploaded {
+            env: env.clone(),
+            path: record.path.clone(),
+            size: record.size,
+        });
+        if remove_original {
+            self.delete(env, from).await?;
+        }
+        Ok(record)
+    }
+
+    pub async fn list(
+        &self,
+        env: &EnvId,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<FileRecord>, YunError> {
+        self.index.list(env, prefix, after, limit).await
+    }
+
+    /// Deletes every file of the env (env deletion).
+    pub async fn drop_env(&self, env: &EnvId) -> Result<(), YunError> {
+        for object in self.index.drop_env(env).await? {
+            self.delete_object(&object).await;
+        }
+        Ok(())
+    }
+}
