@@ -30,6 +30,14 @@ fn envelope_error(request_id: &str, e: &YunError) -> Response {
         .into_response()
 }
 
+/// `INVALID_ACTION` for an action Yun does not serve.
+pub(crate) fn unsupported_action(action: &str) -> YunError {
+    YunError::new(
+        yun_types::ErrorCode::InvalidAction,
+        format!("action {action:?} is not supported by this Yun server"),
+    )
+}
+
 fn str_param<'a>(body: &'a Map<String, Value>, key: &str) -> Result<&'a str, YunError> {
     match body.get(key) {
         Some(Value::String(s)) => Ok(s),
@@ -134,9 +142,6 @@ async fn handle(
         storage if storage.starts_with("storage.") => {
             crate::cloudbase_storage::handle(app, &identity, storage, &body).await
         }
-        other => Err(YunError::new(
-            yun_types::ErrorCode::InvalidAction,
-            format!("action {other:?} is not supported by this Yun server"),
-        )),
+        other => Err(unsupported_action(other)),
     }
 }

@@ -10,12 +10,6 @@ use yun_docdb::value::{parse_ejson, to_ejson};
 use yun_docdb::{Change, Find};
 use yun_types::{ErrorCode, YunError};
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 fn collection(body: &Map<String, Value>) -> Result<&str, YunError> {
     body.get("collectionName")
         .and_then(Value::as_str)
@@ -27,7 +21,7 @@ fn ejson(body: &Map<String, Value>, key: &str) -> Result<Option<Value>, YunError
     match body.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => parse_ejson(s, now_ms()).map(Some),
+        Some(Value::String(s)) => parse_ejson(s, yun_types::unix_ms()).map(Some),
         Some(_) => Err(YunError::invalid_param(format!(
             "{key} must be an EJSON string"
         ))),
@@ -66,7 +60,7 @@ fn parse_docs(body: &Map<String, Value>) -> Result<Vec<Value>, YunError> {
         .map(|d| {
             d.as_str()
                 .ok_or_else(wrong)
-                .and_then(|s| parse_ejson(s, now_ms()))
+                .and_then(|s| parse_ejson(s, yun_types::unix_ms()))
         })
         .collect()
 }
@@ -245,7 +239,10 @@ pub async fn handle(
                         .get("stageValue")
                         .and_then(Value::as_str)
                         .ok_or_else(wrong)?;
-                    yun_docdb::aggregate::Stage::parse(key, &parse_ejson(value, now_ms())?)
+                    yun_docdb::aggregate::Stage::parse(
+                        key,
+                        &parse_ejson(value, yun_types::unix_ms())?,
+                    )
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let docs = app.db_aggregate(who, collection(body)?, stages).await?;
@@ -255,12 +252,7 @@ pub async fn handle(
             let multi = flag(body, "multi", false);
             json!({ "deleted": app.db_remove(who, collection(body)?, Filter::parse(&query)?, multi).await? })
         }
-        other => {
-            return Err(YunError::new(
-                ErrorCode::InvalidAction,
-                format!("action {other:?} is not supported by this Yun server yet"),
-            ))
-        }
+        other => return Err(crate::cloudbase::unsupported_action(other)),
     };
     Ok((data, extras))
 }

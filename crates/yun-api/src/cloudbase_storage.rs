@@ -134,12 +134,7 @@ pub async fn handle(
             }
             json!({ "file_list": files })
         }
-        other => {
-            return Err(YunError::new(
-                yun_types::ErrorCode::InvalidAction,
-                format!("action {other:?} is not supported by this Yun server"),
-            ))
-        }
+        other => return Err(crate::cloudbase::unsupported_action(other)),
     };
     Ok((data, Map::new()))
 }

@@ -148,10 +148,7 @@ pub async fn download(
         Err(e) => return json_error(&e),
     };
     let etag = format!("\"{}\"", file.etag);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    let remaining = (expires - now).clamp(0, 86_400);
+    let remaining = (expires - yun_types::unix_now()).clamp(0, 86_400);
     let mut out = HeaderMap::new();
     let mut set = |name: header::HeaderName, value: String| {
         if let Ok(v) = HeaderValue::from_str(&value) {

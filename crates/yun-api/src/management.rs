@@ -455,9 +455,7 @@ async fn import_documents(
     body: Body,
 ) -> ApiResult {
     let req: ImportRequest = json_body(body, DEPLOY_BODY_LIMIT).await?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now = yun_types::unix_ms();
     let docs = req
         .documents
         .into_iter()
@@ -487,9 +485,7 @@ async fn query_collection(
         value,
     };
     let req: QueryRequest = json_body(body, JSON_BODY_LIMIT).await?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now = yun_types::unix_ms();
     let filter = value::from_ejson(req.r#where.unwrap_or_else(|| json!({})), now)?;
     let find = yun_docdb::Find {
         filter: Filter::parse(&filter)?,

@@ -6,7 +6,8 @@ use yun_auth::{Caller, Identity, TempCredentialIssuer};
 use yun_meta::{KeyRecord, KeyRole};
 use yun_types::{EnvId, ErrorCode, YunError};
 
-use crate::{unix_now, App};
+use crate::App;
+use yun_types::unix_now;
 
 /// A CloudBase `/admin` request as received, for signature verification.
 pub struct SignedRequest<'a> {

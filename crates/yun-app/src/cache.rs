@@ -129,7 +129,7 @@ impl App {
         name: &FunctionName,
         timeout_secs: i64,
     ) -> TempCredential {
-        let now = crate::unix_now();
+        let now = yun_types::unix_now();
         let key = (env.clone(), name.clone());
         if let Some(cred) = read(&self.cache.credentials, &key) {
             if cred.expires_at - now >= timeout_secs + CREDENTIAL_MARGIN_SECS {

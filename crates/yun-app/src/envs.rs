@@ -5,7 +5,8 @@ use yun_auth::{Caller, Identity};
 use yun_meta::{EnvRecord, EnvSettings, KeyRecord, KeyRole};
 use yun_types::{new_id, EnvId, ErrorCode, YunError};
 
-use crate::{unix_now, App};
+use crate::App;
+use yun_types::unix_now;
 
 /// What `yun dev` prints on first start and writes to `credentials.json`.
 #[derive(Debug, Clone, Serialize)]

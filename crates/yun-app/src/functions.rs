@@ -14,7 +14,8 @@ use yun_meta::{
 };
 use yun_types::{new_id, EnvId, ErrorCode, FunctionName, YunError};
 
-use crate::{unix_now, App};
+use crate::App;
+use yun_types::unix_now;
 
 const DEFAULT_HANDLER: &str = "index.main";
 /// SCF's defaults and bounds.
@@ -413,7 +414,7 @@ impl App {
         let loaded = self.function(&identity.env, name).await?;
         let spec = &loaded.spec;
         let request_id = caller.request_id.clone();
-        let started_at_ms = yun_functions::instance::unix_ms();
+        let started_at_ms = yun_types::unix_ms();
         let env = self.invocation_env(identity, spec, caller, &request_id);
         let report = self
             .runtime
@@ -451,7 +452,7 @@ impl App {
             env: identity.env.clone(),
             function: name.clone(),
             request_id: request_id.clone(),
-            at_ms: yun_functions::instance::unix_ms(),
+            at_ms: yun_types::unix_ms(),
             stream: "platform".into(),
             message,
         };

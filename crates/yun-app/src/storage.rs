@@ -9,7 +9,8 @@ use yun_auth::{Caller, Identity};
 use yun_storage::{file_id, parse_file_id, CloudPath, FileRecord};
 use yun_types::{EnvId, ErrorCode, YunError};
 
-use crate::{unix_now, App};
+use crate::App;
+use yun_types::unix_now;
 
 /// How long `getUploadMetadata`'s authorization stays valid.
 const UPLOAD_GRANT_SECS: i64 = 3600;

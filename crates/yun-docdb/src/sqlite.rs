@@ -128,9 +128,7 @@ impl DocTxn for SqliteTxn<'_> {
     }
 
     fn create_collection(&mut self, collection: &str) -> Result<bool, YunError> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
+        let now = yun_types::unix_now();
         let n = self
             .execute_cached(
                 "INSERT OR IGNORE INTO collections (env, name, created_at) VALUES (?1, ?2, ?3)",

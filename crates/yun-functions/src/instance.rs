@@ -59,17 +59,11 @@ impl LogTarget {
             env: self.env.clone(),
             function: self.function.clone(),
             request_id: self.request_id.clone(),
-            at_ms: unix_ms(),
+            at_ms: yun_types::unix_ms(),
             stream: stream.into(),
             message,
         }
     }
-}
-
-pub fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 #[derive(Default)]

@@ -7,7 +7,7 @@ use std::path::Path;
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, Row};
 use yun_sqlite::{db_err, Sqlite};
-use yun_types::{EnvId, ErrorCode, FunctionName, YunError};
+use yun_types::{unix_now, EnvId, ErrorCode, FunctionName, YunError};
 
 use crate::*;
 
@@ -583,12 +583,6 @@ impl MetaStore for SqliteMetaStore {
         })
         .await
     }
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 #[cfg(test)]

@@ -30,14 +30,6 @@ pub trait FileIndex: Send + Sync + 'static {
     /// Points `record.path` at `record.object`; returns the record it replaced.
     async fn put(&self, env: &EnvId, record: FileRecord) -> Result<Option<FileRecord>, YunError>;
     async fn delete(&self, env: &EnvId, path: &str) -> Result<Option<FileRecord>, YunError>;
-    /// Files whose path starts with `prefix`, in path order, after `after`.
-    async fn list(
-        &self,
-        env: &EnvId,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<FileRecord>, YunError>;
     async fn used_bytes(&self, env: &EnvId) -> Result<u64, YunError>;
     /// Forgets every file of the env; returns their objects for deletion.
     async fn drop_env(&self, env: &EnvId) -> Result<Vec<String>, YunError>;
@@ -137,31 +129,6 @@ impl FileIndex for SqliteFileIndex {
                     .and_then(|mut s| s.execute(params![env, path]))
                     .map_err(db_err)?;
                 Ok(old)
-            })
-            .await
-    }
-
-    async fn list(
-        &self,
-        env: &EnvId,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<FileRecord>, YunError> {
-        let (env, prefix) = (env.to_string(), prefix.to_owned());
-        let after = after.unwrap_or("").to_owned();
-        self.db
-            .read(move |conn| {
-                // `substr` instead of LIKE: paths may hold `%` and `_`.
-                let mut stmt = conn
-                    .prepare_cached(&format!(
-                        "SELECT {COLUMNS} FROM files WHERE env = ?1 AND path >= ?2 AND substr(path, 1, length(?2)) = ?2 AND path > ?3 ORDER BY path LIMIT ?4"
-                    ))
-                    .map_err(db_err)?;
-                let rows = stmt
-                    .query_map(params![env, prefix, after, limit as i64], record)
-                    .map_err(db_err)?;
-                rows.collect::<Result<_, _>>().map_err(db_err)
             })
             .await
     }

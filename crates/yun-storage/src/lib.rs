@@ -110,12 +110,6 @@ fn not_found(path: &str) -> YunError {
     )
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// The content type: what the uploader declared, else sniffed from the first bytes, else
 /// guessed from the name. `application/octet-stream` declares nothing: clients send it
 /// when they do not know.
@@ -150,10 +144,6 @@ impl Storage {
             limits,
             events: broadcast::channel(1024).0,
         }
-    }
-
-    pub fn limits(&self) -> StorageLimits {
-        self.limits
     }
 
     /// Uploads and deletes from now on. Slow receivers miss events (and are told so).
@@ -248,7 +238,7 @@ impl Storage {
             content_type: content_type(declared_type, &head, path),
             etag: hex::encode(&hasher.finalize()[..16]),
             owner: owner.to_owned(),
-            created_at: now_ms(),
+            created_at: yun_types::unix_ms(),
         };
         match self.index.put(env, record.clone()).await {
             Ok(old) => {
@@ -346,7 +336,7 @@ impl Storage {
         let record = FileRecord {
             path: to.to_string(),
             object,
-            created_at: now_ms(),
+            created_at: yun_types::unix_ms(),
             ..source
         };
         if let Some(old) = self.index.put(env, record.clone()).await? {
@@ -361,16 +351,6 @@ impl Storage {
             self.delete(env, from).await?;
         }
         Ok(record)
-    }
-
-    pub async fn list(
-        &self,
-        env: &EnvId,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<FileRecord>, YunError> {
-        self.index.list(env, prefix, after, limit).await
     }
 
     /// Deletes every file of the env (env deletion).

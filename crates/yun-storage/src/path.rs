@@ -58,11 +58,6 @@ impl CloudPath {
         &self.0
     }
 
-    /// The last segment: the file's name.
-    pub fn file_name(&self) -> &str {
-        self.0.rsplit('/').next().unwrap_or(&self.0)
-    }
-
     /// The path with each segment percent-encoded, for a URL path.
     pub fn url_encoded(&self) -> String {
         self.0
@@ -165,7 +160,6 @@ mod tests {
         let composed = CloudPath::parse("相册/caf\u{e9} 1.jpg").unwrap();
         let decomposed = CloudPath::parse("相册/cafe\u{301} 1.jpg").unwrap();
         assert_eq!(composed, decomposed);
-        assert_eq!(composed.file_name(), "caf\u{e9} 1.jpg");
         assert_eq!(
             decode_url_path(&composed.url_encoded()).as_deref(),
             Some(composed.as_str())
