@@ -361,3 +361,64 @@ impl Storage {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn uploads_and_deletes_are_published_and_a_failed_upload_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::new(
+            ObjectBackend::Local(dir.path().join("files"))
+                .open()
+                .unwrap(),
+            Arc::new(SqliteFileIndex::open(&dir.path().join("files.db")).unwrap()),
+            StorageLimits {
+                max_file_bytes: 10,
+                env_quota_bytes: 100,
+            },
+        );
+        let mut events = storage.subscribe();
+        let env = EnvId::parse("dev").unwrap();
+        let path = CloudPath::parse("a/b.txt").unwrap();
+        let body = |parts: &[&'static [u8]]| {
+            futures_util::stream::iter(
+                parts
+                    .iter()
+                    .map(|p| Ok::<_, std::io::Error>(Bytes::from_static(p)))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let file = storage
+            .upload(&env, &path, None, "", body(&[b"hello", b"!"]))
+            .await
+            .unwrap();
+        assert_eq!((file.size, file.content_type.as_str()), (6, "text/plain"));
+        assert_eq!(
+            events.try_recv().unwrap(),
+            StorageEvent::Uploaded {
+                env: env.clone(),
+                path: "a/b.txt".into(),
+                size: 6
+            }
+        );
+        let too_big = storage
+            .upload(&env, &path, None, "", body(&[b"0123456789", b"x"]))
+            .await;
+        assert_eq!(too_big.unwrap_err().code, ErrorCode::PayloadTooLarge);
+        assert!(
+            events.try_recv().is_err(),
+            "a refused upload publishes nothing"
+        );
+        assert_eq!(storage.stat(&env, &path).await.unwrap().etag, file.etag);
+        storage.delete(&env, &path).await.unwrap();
+        assert_eq!(
+            events.try_recv().unwrap(),
+            StorageEvent::Deleted {
+                env,
+                path: "a/b.txt".into()
+            }
+        );
+    }
+}
