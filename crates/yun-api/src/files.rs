@@ -9,7 +9,8 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::TryStreamExt;
 use yun_storage::path::encode_segment;
-use yun_storage::FileRecord;
+use yun_storage::thumbnail::OutputFormat;
+use yun_storage::{FileRecord, ImageOps};
 use yun_types::{new_id, EnvId, ErrorCode, YunError};
 
 use crate::AppState;
@@ -147,7 +148,17 @@ pub async fn download(
         Ok(found) => found,
         Err(e) => return json_error(&e),
     };
-    let etag = format!("\"{}\"", file.etag);
+    let image = match image_request(&pairs, &file.content_type) {
+        Ok(image) => image,
+        Err(e) => return json_error(&e),
+    };
+    let (etag, content_type) = match &image {
+        Some((format, ops)) => (
+            format!("\"{}-{}\"", file.etag, ops.key()),
+            format.mime_type().to_owned(),
+        ),
+        None => (format!("\"{}\"", file.etag), file.content_type.clone()),
+    };
     let remaining = (expires - yun_types::unix_now()).clamp(0, 86_400);
     let mut out = HeaderMap::new();
     let mut set = |name: header::HeaderName, value: String| {
@@ -160,8 +171,11 @@ pub async fn download(
         header::CACHE_CONTROL,
         format!("public, max-age={remaining}"),
     );
-    set(header::ACCEPT_RANGES, "bytes".into());
-    set(header::CONTENT_TYPE, file.content_type.clone());
+    set(
+        header::ACCEPT_RANGES,
+        if image.is_some() { "none" } else { "bytes" }.into(),
+    );
+    set(header::CONTENT_TYPE, content_type);
     set(
         header::CONTENT_DISPOSITION,
         disposition(&file, pairs.iter().any(|(k, _)| k == "download")),
@@ -173,6 +187,20 @@ pub async fn download(
         .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
     if not_modified {
         return (StatusCode::NOT_MODIFIED, out).into_response();
+    }
+    if let Some((_, ops)) = image {
+        return match app.storage().render_image(&file, &ops).await {
+            Ok(rendered) => {
+                set(header::CONTENT_LENGTH, rendered.bytes.len().to_string());
+                let body = if method == Method::HEAD {
+                    Body::empty()
+                } else {
+                    Body::from(rendered.bytes)
+                };
+                (StatusCode::OK, out, body).into_response()
+            }
+            Err(e) => json_error(&e),
+        };
     }
     let range = match byte_range(&headers, file.size) {
         Ok(r) => r,
@@ -199,6 +227,22 @@ pub async fn download(
         Ok(stream) => (status, out, Body::from_stream(stream)).into_response(),
         Err(e) => json_error(&e),
     }
+}
+
+/// The `imageMogr2/…` processing a download URL asks for, if any, and what it yields.
+fn image_request(
+    pairs: &[(String, Option<String>)],
+    content_type: &str,
+) -> Result<Option<(OutputFormat, ImageOps)>, YunError> {
+    let spec = pairs.iter().find_map(|(key, _)| {
+        let spec = key.strip_prefix("imageMogr2")?;
+        (spec.is_empty() || spec.starts_with('/')).then_some(spec)
+    });
+    let Some(spec) = spec else {
+        return Ok(None);
+    };
+    let ops = ImageOps::parse(spec)?;
+    Ok(Some((ops.output_format(content_type)?, ops)))
 }
 
 fn httpdate(unix: i64) -> String {

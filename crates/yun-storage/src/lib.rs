@@ -7,6 +7,7 @@
 pub mod index;
 pub mod path;
 pub mod signing;
+pub mod thumbnail;
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use yun_types::{new_id, EnvId, ErrorCode, YunError};
 pub use index::{FileIndex, FileRecord, SqliteFileIndex};
 pub use path::{file_id, parse_file_id, CloudPath};
 pub use signing::{UploadGrant, UrlSigner};
+pub use thumbnail::ImageOps;
 
 /// Upload parts: S3 wants at least 5 MiB per part; two in flight bound an upload's memory.
 const PART_BYTES: usize = 8 << 20;
@@ -130,6 +132,20 @@ pub struct Storage {
     index: Arc<dyn FileIndex>,
     limits: StorageLimits,
     events: broadcast::Sender<StorageEvent>,
+    /// Image renders are CPU-bound: at most one per core at a time.
+    renders: tokio::sync::Semaphore,
+}
+
+/// An image rendering of a file.
+pub struct Rendered {
+    pub bytes: Bytes,
+    pub content_type: &'static str,
+}
+
+/// Where renderings of an object are cached. A `.` cannot start an env id, so this never
+/// meets an env's objects; keyed by object, a replaced file's renderings are never served.
+fn renderings_of(object: &str) -> String {
+    format!(".thumbs/{object}")
 }
 
 impl Storage {
@@ -143,6 +159,9 @@ impl Storage {
             index,
             limits,
             events: broadcast::channel(1024).0,
+            renders: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ),
         }
     }
 
@@ -259,11 +278,80 @@ impl Storage {
         Ok(record)
     }
 
+    /// Deletes an object and its cached renderings.
     async fn delete_object(&self, object: &str) {
         if let Err(e) = self.objects.delete(&ObjectKey::from(object)).await {
             // Invisible garbage at worst: no index row points at it.
             tracing::warn!(%object, error = %e, "could not delete an object");
         }
+        self.delete_prefix(&renderings_of(object)).await;
+    }
+
+    async fn delete_prefix(&self, prefix: &str) {
+        let prefix = ObjectKey::from(prefix);
+        let keys = self
+            .objects
+            .list(Some(&prefix))
+            .map(|meta| meta.map(|m| m.location))
+            .boxed();
+        let mut deleted = self.objects.delete_stream(keys);
+        while let Some(result) = deleted.next().await {
+            if let Err(e) = result {
+                tracing::warn!(%prefix, error = %e, "could not delete a cached rendering");
+            }
+        }
+    }
+
+    /// `file` processed by `ops`: from the cache, or rendered and cached.
+    pub async fn render_image(
+        &self,
+        file: &FileRecord,
+        ops: &ImageOps,
+    ) -> Result<Rendered, YunError> {
+        let format = ops.output_format(&file.content_type)?;
+        let cached = ObjectKey::from(format!("{}/{}", renderings_of(&file.object), ops.key()));
+        let content_type = format.mime_type();
+        if let Ok(hit) = self.objects.get(&cached).await {
+            if let Ok(bytes) = hit.bytes().await {
+                return Ok(Rendered {
+                    bytes,
+                    content_type,
+                });
+            }
+        }
+        if file.size > thumbnail::MAX_SOURCE_BYTES {
+            return Err(YunError::invalid_param(format!(
+                "the image is {} bytes; Yun processes images up to {} MiB",
+                file.size,
+                thumbnail::MAX_SOURCE_BYTES >> 20
+            )));
+        }
+        let source = self
+            .objects
+            .get(&ObjectKey::from(file.object.as_str()))
+            .await
+            .map_err(store_err)?
+            .bytes()
+            .await
+            .map_err(store_err)?;
+        let permit = self
+            .renders
+            .acquire()
+            .await
+            .map_err(|_| YunError::internal("image rendering has shut down"))?;
+        let ops_owned = ops.clone();
+        let bytes = tokio::task::spawn_blocking(move || ops_owned.render(&source, format))
+            .await
+            .map_err(|e| YunError::internal(format!("image rendering failed: {e}")))??;
+        drop(permit);
+        let bytes = Bytes::from(bytes);
+        if let Err(e) = self.objects.put(&cached, bytes.clone().into()).await {
+            tracing::warn!(key = %cached, error = %e, "could not cache a rendering");
+        }
+        Ok(Rendered {
+            bytes,
+            content_type,
+        })
     }
 
     pub async fn stat(&self, env: &EnvId, path: &CloudPath) -> Result<FileRecord, YunError> {
@@ -358,6 +446,7 @@ impl Storage {
         for object in self.index.drop_env(env).await? {
             self.delete_object(&object).await;
         }
+        self.delete_prefix(&renderings_of(env.as_str())).await;
         Ok(())
     }
 }

@@ -53,6 +53,8 @@ pub enum ErrorCode {
     StorageQuotaExceeded,
     /// The file belongs to another env (or the caller may not touch it).
     StorageForbidden,
+    /// An image operation on a file that is not an image Yun can decode.
+    UnsupportedImage,
     /// A fault inside Yun; details are in the server log, not the response.
     Internal,
 }
@@ -89,6 +91,9 @@ impl ErrorCode {
             Self::StorageSignInvalid => "STORAGE_SIGN_PARAM_INVALID",
             Self::StorageQuotaExceeded => "STORAGE_REQUEST_FAIL",
             Self::StorageForbidden => "STORAGE_EXCEED_AUTHORITY",
+            // Image processing is COS's (Cloud Infinite), which answers in HTTP alone; the
+            // SDKs never see this code.
+            Self::UnsupportedImage => "STORAGE_IMAGE_UNSUPPORTED",
             Self::Internal => "SYS_ERR",
         }
     }
@@ -112,6 +117,7 @@ impl ErrorCode {
             Self::StorageSignInvalid => 403,
             Self::StorageQuotaExceeded => 413,
             Self::StorageForbidden => 403,
+            Self::UnsupportedImage => 415,
             Self::Internal => 500,
         }
     }

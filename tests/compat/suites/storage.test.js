@@ -135,6 +135,108 @@ test('temporary URLs: ranges, ETag, HEAD, disposition, cache headers', async () 
   assert.match(attach.headers.get('content-disposition'), /^attachment;/);
 });
 
+/** A width x height RGB PNG with a gradient, encoded here so the test needs no image library. */
+function png(width, height) {
+  const crcTable = Array.from({ length: 256 }, (_, n) => {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    return c >>> 0;
+  });
+  const crc = (buf) => {
+    let c = 0xffffffff;
+    for (const b of buf) c = crcTable[(c ^ b) & 0xff] ^ (c >>> 8);
+    return (c ^ 0xffffffff) >>> 0;
+  };
+  const chunk = (type, data) => {
+    const out = Buffer.alloc(12 + data.length);
+    out.writeUInt32BE(data.length, 0);
+    out.write(type, 4, 'ascii');
+    data.copy(out, 8);
+    out.writeUInt32BE(crc(out.subarray(4, 8 + data.length)), 8 + data.length);
+    return out;
+  };
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(width, 0);
+  ihdr.writeUInt32BE(height, 4);
+  ihdr.set([8, 2, 0, 0, 0], 8);
+  const raw = Buffer.alloc(height * (1 + width * 3));
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) raw.set([x & 0xff, y & 0xff, 128], y * (1 + width * 3) + 1 + x * 3);
+  }
+  return Buffer.concat([
+    Buffer.from('89504e470d0a1a0a', 'hex'),
+    chunk('IHDR', ihdr),
+    chunk('IDAT', require('node:zlib').deflateSync(raw)),
+    chunk('IEND', Buffer.alloc(0)),
+  ]);
+}
+
+/** [format, width, height] read from the PNG or JPEG header bytes. */
+function imageSize(buf) {
+  if (buf.subarray(0, 4).toString('hex') === '89504e47') return ['png', buf.readUInt32BE(16), buf.readUInt32BE(20)];
+  assert.equal(buf.readUInt16BE(0), 0xffd8, 'a JPEG');
+  for (let i = 2; i < buf.length;) {
+    const marker = buf.readUInt16BE(i);
+    if (marker >= 0xffc0 && marker <= 0xffc2) return ['jpeg', buf.readUInt16BE(i + 7), buf.readUInt16BE(i + 5)];
+    i += 2 + buf.readUInt16BE(i + 2);
+  }
+  throw new Error('no JPEG frame header');
+}
+
+test('thumbnails: imageMogr2 scales, crops and converts, cached per version, bad requests refused', async () => {
+  const up = await app.uploadFile({ cloudPath: 'photos/wide.png', fileContent: png(300, 200) });
+  const url = encodeURI((await app.getTempFileURL({ fileList: [up.fileID] })).fileList[0].tempFileURL);
+  const get = async (spec, headers = {}) => {
+    const res = await fetch(`${url}&imageMogr2/${spec}`, { headers });
+    return { res, body: Buffer.from(await res.arrayBuffer()) };
+  };
+
+  const fit = await get('thumbnail/100x100');
+  assert.equal(fit.res.status, 200);
+  assert.equal(fit.res.headers.get('content-type'), 'image/png');
+  assert.deepEqual(imageSize(fit.body), ['png', 100, 67]);
+  const etag = fit.res.headers.get('etag');
+  assert.match(etag, /^"[0-9a-f]{32}-[0-9a-f]{16}"$/, 'a rendering has its own ETag');
+  assert.equal((await get('thumbnail/100x100', { 'if-none-match': etag })).res.status, 304);
+  const cached = await get('thumbnail/100x100');
+  assert.equal(Buffer.compare(cached.body, fit.body), 0);
+  const cachedRenderings = () => fs.readdirSync(`${yun.dataDir}/files/.thumbs/${yun.envId}`, { recursive: true, withFileTypes: true })
+    .filter((entry) => entry.isFile()).length;
+  if (!S3) assert.equal(cachedRenderings(), 1, 'the rendering is cached in storage');
+
+  const square = await get('thumbnail/!64x64r/crop/64x64/gravity/center/format/jpg/quality/80');
+  assert.equal(square.res.headers.get('content-type'), 'image/jpeg');
+  assert.deepEqual(imageSize(square.body), ['jpeg', 64, 64]);
+  assert.deepEqual(imageSize((await get('thumbnail/x50')).body), ['png', 75, 50]);
+  assert.deepEqual(imageSize((await get('thumbnail/!10p')).body), ['png', 30, 20]);
+  assert.deepEqual(imageSize((await get(encodeURIComponent('thumbnail/1000x1000>'))).body), ['png', 300, 200]);
+
+  // A new upload at the same path renders from the new bytes, not the cached rendering.
+  await app.uploadFile({ cloudPath: 'photos/wide.png', fileContent: png(100, 400) });
+  const fresh = encodeURI((await app.getTempFileURL({ fileList: [up.fileID] })).fileList[0].tempFileURL);
+  const redone = await fetch(`${fresh}&imageMogr2/thumbnail/100x100`);
+  assert.deepEqual(imageSize(Buffer.from(await redone.arrayBuffer())), ['png', 25, 100]);
+  if (!S3) assert.equal(cachedRenderings(), 1, "the replaced version's renderings are deleted with it");
+
+  for (const spec of ['thumbnail/abc', 'thumbnail/0x10', 'thumbnail/!20000p', 'rotate/90', 'format/bmp']) {
+    const bad = await get(spec);
+    assert.equal(bad.res.status, 400, spec);
+    assert.equal(JSON.parse(bad.body).code, 'INVALID_PARAM', spec);
+  }
+  const text = await app.uploadFile({ cloudPath: 'photos/notes.txt', fileContent: Buffer.from('not an image') });
+  const textUrl = encodeURI((await app.getTempFileURL({ fileList: [text.fileID] })).fileList[0].tempFileURL);
+  const refused = await fetch(`${textUrl}&imageMogr2/thumbnail/10x10`);
+  assert.equal(refused.status, 415);
+  assert.equal((await refused.json()).code, 'STORAGE_IMAGE_UNSUPPORTED');
+  const liar = await app.uploadFile({ cloudPath: 'photos/fake.png', fileContent: Buffer.from('text pretending') });
+  const liarUrl = encodeURI((await app.getTempFileURL({ fileList: [liar.fileID] })).fileList[0].tempFileURL);
+  assert.equal((await fetch(`${liarUrl}&imageMogr2/thumbnail/10x10`)).status, 415, 'named .png, but not an image');
+  const unsigned = await fetch(url.replace(/sign=[^&]+/, 'sign=00') + '&imageMogr2/thumbnail/10x10');
+  assert.equal(unsigned.status, 403, 'a rendering needs a valid signature too');
+  await app.deleteFile({ fileList: [up.fileID] });
+  if (!S3) assert.equal(cachedRenderings(), 0, "a deleted file's renderings go with it");
+});
+
 test('temporary URLs expire, and a changed signature, path or env is refused', async () => {
   const up = await app.uploadFile({ cloudPath: 'secret/a.txt', fileContent: Buffer.from('s') });
   await app.uploadFile({ cloudPath: 'secret/b.txt', fileContent: Buffer.from('b') });
