@@ -506,6 +506,134 @@ async fn query_collection(
     ok(json!({ "documents": docs.iter().map(value::to_ejson).collect::<Vec<_>>() }))
 }
 
+// ---- storage ----
+
+fn file_json(env: &EnvId, file: &yun_storage::FileRecord) -> Value {
+    let mut value = serde_json::to_value(file).unwrap_or_default();
+    value["fileId"] = Value::String(yun_storage::file_id(env, &file.path));
+    value
+}
+
+#[derive(Deserialize)]
+struct ListFiles {
+    #[serde(default)]
+    prefix: String,
+    #[serde(default)]
+    after: String,
+    limit: Option<usize>,
+}
+
+async fn list_files(
+    State(app): State<AppState>,
+    InEnv(who): InEnv,
+    Query(params): Query<ListFiles>,
+) -> ApiResult {
+    let limit = params.limit.unwrap_or(yun_app::MAX_LIST_PAGE);
+    let files = app
+        .list_files(&who, &params.prefix, &params.after, limit)
+        .await?;
+    let next = (files.len() == limit).then(|| files.last().map(|f| f.path.clone()));
+    ok(json!({
+        "files": files.iter().map(|f| file_json(&who.env, f)).collect::<Vec<_>>(),
+        "next": next.flatten(),
+    }))
+}
+
+async fn upload_file(
+    State(app): State<AppState>,
+    InEnv(who): InEnv,
+    Path((_, path)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let content_type = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let file = app
+        .put_file(&who, &path, content_type, body.into_data_stream())
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "file": file_json(&who.env, &file) })),
+    )
+        .into_response())
+}
+
+async fn download_file(
+    State(app): State<AppState>,
+    InEnv(who): InEnv,
+    Path((_, path)): Path<(String, String)>,
+) -> ApiResult {
+    use axum::http::header;
+    let file = app.stat_file(&who, &path).await?;
+    let stream = app.storage().read(&file, None).await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, file.content_type.clone()),
+            (header::CONTENT_LENGTH, file.size.to_string()),
+            (header::ETAG, format!("\"{}\"", file.etag)),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+async fn delete_file(
+    State(app): State<AppState>,
+    InEnv(who): InEnv,
+    Path((_, path)): Path<(String, String)>,
+) -> ApiResult {
+    app.delete_file(&who, &path).await?;
+    ok(json!({ "deleted": path }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CopyFile {
+    from: String,
+    to: String,
+    #[serde(default = "yes")]
+    overwrite: bool,
+    #[serde(default, rename = "move")]
+    move_original: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+async fn copy_file(State(app): State<AppState>, InEnv(who): InEnv, body: Body) -> ApiResult {
+    let req: CopyFile = json_body(body, JSON_BODY_LIMIT).await?;
+    let copied = app
+        .copy_files(
+            &who,
+            vec![(req.from, req.to.clone(), req.overwrite, req.move_original)],
+        )
+        .await
+        .pop()
+        .ok_or_else(|| YunError::internal("a copy returned no outcome"))?;
+    let id = copied.result?;
+    ok(json!({ "file": file_json(&who.env, &app.stat_file(&who, &id).await?) }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct FileUrls {
+    files: Vec<String>,
+    max_age: Option<i64>,
+}
+
+/// Temporary URLs, all or nothing: the first missing file fails the request.
+async fn file_urls(State(app): State<AppState>, InEnv(who): InEnv, body: Body) -> ApiResult {
+    let req: FileUrls = json_body(body, JSON_BODY_LIMIT).await?;
+    let mut urls = Vec::with_capacity(req.files.len());
+    for name in req.files {
+        let url = app.file_url(&who, &name, req.max_age).await?;
+        urls.push(json!({ "file": name, "url": url }));
+    }
+    ok(json!({ "urls": urls }))
+}
+
 async fn openapi() -> Response {
     ([("content-type", "application/json")], OPENAPI).into_response()
 }
@@ -618,6 +746,24 @@ pub fn management_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)
             "/api/v1/envs/{env}/collections/{collection}/indexes/{name}",
             drop_index,
         ),
+        route(Method::GET, "/api/v1/envs/{env}/storage/files", list_files),
+        route(
+            Method::GET,
+            "/api/v1/envs/{env}/storage/files/{*path}",
+            download_file,
+        ),
+        route(
+            Method::PUT,
+            "/api/v1/envs/{env}/storage/files/{*path}",
+            upload_file,
+        ),
+        route(
+            Method::DELETE,
+            "/api/v1/envs/{env}/storage/files/{*path}",
+            delete_file,
+        ),
+        route(Method::POST, "/api/v1/envs/{env}/storage/copy", copy_file),
+        route(Method::POST, "/api/v1/envs/{env}/storage/urls", file_urls),
     ]
 }
 
@@ -656,9 +802,10 @@ mod tests {
                     .map(move |m| (m.to_uppercase(), path.clone()))
             })
             .collect();
+        // OpenAPI writes axum's catch-all `{*path}` as a plain `{path}` parameter.
         let served: BTreeSet<(String, String)> = management_routes()
             .into_iter()
-            .map(|(m, p, _)| (m.to_string(), p.to_owned()))
+            .map(|(m, p, _)| (m.to_string(), p.replace("{*", "{")))
             .collect();
         assert_eq!(
             documented, served,

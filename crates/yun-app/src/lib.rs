@@ -22,7 +22,7 @@ pub use access::SignedRequest;
 pub use envs::{Credentials, NewKey};
 pub use functions::{CallerContext, DeployRequest, Invocation};
 pub use recorder::Recorder;
-pub use storage::{FileOutcome, UploadTarget};
+pub use storage::{FileOutcome, UploadTarget, MAX_LIST_PAGE};
 pub use yun_auth::{Caller, Identity};
 pub use yun_meta::{EnvSettings, LogFilter};
 

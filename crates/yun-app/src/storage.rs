@@ -17,6 +17,8 @@ const UPLOAD_GRANT_SECS: i64 = 3600;
 /// `getTempFileURL`'s default and largest `max_age` (CloudBase: default 1 day).
 const DEFAULT_URL_SECS: i64 = 86_400;
 const MAX_URL_SECS: i64 = 7 * 86_400;
+/// The largest page of a file listing.
+pub const MAX_LIST_PAGE: usize = 1000;
 
 /// What `storage.getUploadMetadata` answers.
 pub struct UploadTarget {
@@ -134,6 +136,89 @@ impl App {
         &self.storage
     }
 
+    /// A temporary URL for an existing file, valid `max_age` seconds (default one day).
+    async fn temp_url(
+        &self,
+        identity: &Identity,
+        path: &CloudPath,
+        max_age: Option<i64>,
+    ) -> Result<String, YunError> {
+        let max_age = match max_age {
+            None => DEFAULT_URL_SECS,
+            Some(n) if (1..=MAX_URL_SECS).contains(&n) => n,
+            Some(n) => {
+                return Err(YunError::invalid_param(format!(
+                    "max_age {n} is outside 1..={MAX_URL_SECS} seconds"
+                )))
+            }
+        };
+        self.storage.stat(&identity.env, path).await?;
+        Ok(self.download_url(&identity.env, path, max_age))
+    }
+
+    /// Management: a temporary URL for a file named by path or id.
+    pub async fn file_url(
+        &self,
+        identity: &Identity,
+        name: &str,
+        max_age: Option<i64>,
+    ) -> Result<String, YunError> {
+        let path = Self::own_path_or_id(identity, name)?;
+        self.temp_url(identity, &path, max_age).await
+    }
+
+    /// Management: a page of the env's files under `prefix`, after the path `after`.
+    pub async fn list_files(
+        &self,
+        identity: &Identity,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<FileRecord>, YunError> {
+        if !(1..=MAX_LIST_PAGE).contains(&limit) {
+            return Err(YunError::invalid_param(format!(
+                "limit must be 1 to {MAX_LIST_PAGE}"
+            )));
+        }
+        self.storage.list(&identity.env, prefix, after, limit).await
+    }
+
+    /// Management: stores `body` at `path` (admin callers skip the upload grant).
+    pub async fn put_file<S, E>(
+        &self,
+        identity: &Identity,
+        path: &str,
+        content_type: Option<&str>,
+        body: S,
+    ) -> Result<FileRecord, YunError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin + Send,
+        E: std::fmt::Display,
+    {
+        let path = CloudPath::parse(path)?;
+        self.storage
+            .upload(
+                &identity.env,
+                &path,
+                content_type,
+                &Self::file_owner(identity),
+                body,
+            )
+            .await
+    }
+
+    /// Management: the record of a file named by path or id, to stream it.
+    pub async fn stat_file(&self, identity: &Identity, name: &str) -> Result<FileRecord, YunError> {
+        let path = Self::own_path_or_id(identity, name)?;
+        self.storage.stat(&identity.env, &path).await
+    }
+
+    /// Management: deletes a file named by path or id.
+    pub async fn delete_file(&self, identity: &Identity, name: &str) -> Result<(), YunError> {
+        let path = Self::own_path_or_id(identity, name)?;
+        self.storage.delete(&identity.env, &path).await
+    }
+
     /// `storage.batchGetDownloadUrl`: a URL for each file that exists.
     pub async fn temp_urls(
         &self,
@@ -144,17 +229,7 @@ impl App {
         for (id, max_age) in files {
             let result = async {
                 let path = Self::own_path(identity, &id)?;
-                let max_age = match max_age {
-                    None => DEFAULT_URL_SECS,
-                    Some(n) if (1..=MAX_URL_SECS).contains(&n) => n,
-                    Some(n) => {
-                        return Err(YunError::invalid_param(format!(
-                            "max_age {n} is outside 1..={MAX_URL_SECS} seconds"
-                        )))
-                    }
-                };
-                self.storage.stat(&identity.env, &path).await?;
-                Ok(self.download_url(&identity.env, &path, max_age))
+                self.temp_url(identity, &path, max_age).await
             }
             .await;
             out.push(FileOutcome {

@@ -60,36 +60,45 @@ impl Client {
         query: &[(&str, String)],
         body: Option<Value>,
     ) -> anyhow::Result<Value> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.url))
-            .basic_auth(&self.secret_id, Some(&self.secret_key))
-            .query(query);
+        let mut req = self.raw(method, path).query(query);
         if let Some(body) = body {
             req = req.json(&body);
         }
+        let response = self.execute(req).await?;
+        let text = response.text().await.context("reading the response")?;
+        Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// A request carrying the key, for bodies and answers that are not JSON.
+    pub fn raw(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.url))
+            .basic_auth(&self.secret_id, Some(&self.secret_key))
+    }
+
+    /// Sends `req`; a non-success status becomes the API's error message.
+    pub async fn execute(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
         let response = req
             .send()
             .await
             .with_context(|| format!("cannot reach Yun at {}", self.url))?;
-        let status = response.status();
+        if response.status().is_success() {
+            return Ok(response);
+        }
         let text = response.text().await.context("reading the response")?;
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        if !status.is_success() {
-            let code = value
-                .pointer("/error/code")
-                .and_then(Value::as_str)
-                .unwrap_or("HTTP_ERROR");
-            let message = value
-                .pointer("/error/message")
-                .and_then(Value::as_str)
-                .map_or_else(|| value.to_string(), str::to_owned);
-            match value.get("request_id").and_then(Value::as_str) {
-                Some(id) => bail!("{code}: {message} (request id {id})"),
-                None => bail!("{code}: {message}"),
-            }
+        let code = value
+            .pointer("/error/code")
+            .and_then(Value::as_str)
+            .unwrap_or("HTTP_ERROR");
+        let message = value
+            .pointer("/error/message")
+            .and_then(Value::as_str)
+            .map_or_else(|| value.to_string(), str::to_owned);
+        match value.get("request_id").and_then(Value::as_str) {
+            Some(id) => bail!("{code}: {message} (request id {id})"),
+            None => bail!("{code}: {message}"),
         }
-        Ok(value)
     }
 
     pub fn env_path(&self, rest: &str) -> String {

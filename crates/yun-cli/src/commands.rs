@@ -105,20 +105,25 @@ pub enum FnCommand {
     },
 }
 
-/// `500ms`, `3s`, `10m`, `2h`, or a bare number of seconds.
+/// `500ms`, `3s`, `10m`, `2h`, `7d`, or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
     let n: u64 = number
         .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 500ms, 3s, 10m, 2h"))?;
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 3s, 10m, 2h, 7d"))?;
     Ok(match unit {
         "ms" => Duration::from_millis(n),
         "" | "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n * 60),
         "h" => Duration::from_secs(n * 3600),
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+        "d" => Duration::from_secs(n * 86_400),
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?} (use ms, s, m, h or d)"
+            ))
+        }
     })
 }
 
@@ -265,7 +270,7 @@ pub async fn key(command: KeyCommand, conn: Connection) -> anyhow::Result<()> {
 
 /// Every regular file, folder and symlink under `dir` (symlinks stored as links; the
 /// server refuses ones that point outside). `.git` is left out.
-fn collect_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+pub(crate) fn collect_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_owned()];
     while let Some(current) = stack.pop() {

@@ -4,6 +4,7 @@
 mod client;
 mod commands;
 mod output;
+mod storage;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -62,6 +63,13 @@ enum Command {
     Db {
         #[command(subcommand)]
         command: commands::DbCommand,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Files: upload, download, ls, rm, cp, url.
+    Storage {
+        #[command(subcommand)]
+        command: storage::StorageCommand,
         #[command(flatten)]
         conn: Connection,
     },
@@ -129,6 +137,7 @@ fn main() {
             Command::Key { command, conn } => commands::key(command, conn).await,
             Command::Fn { command, conn } => commands::function(command, conn).await,
             Command::Db { command, conn } => commands::db(command, conn).await,
+            Command::Storage { command, conn } => storage::storage(command, conn).await,
         }
     });
     if let Err(e) = result {

@@ -1,19 +1,21 @@
 //! Human output: aligned tables and the `yun dev` banner. `--json` bypasses all of it.
 
 use serde_json::Value;
+use unicode_width::UnicodeWidthStr;
 
 pub fn table(headers: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
+            // Display columns, not chars: CJK file names take two each.
+            *w = (*w).max(cell.width());
         }
     }
     let line = |cells: Vec<String>| {
         let padded: Vec<String> = cells
             .iter()
             .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
+            .map(|(c, w)| format!("{c}{}", " ".repeat(w.saturating_sub(c.width()))))
             .collect();
         println!("{}", padded.join("  ").trim_end());
     };

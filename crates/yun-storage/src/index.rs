@@ -10,10 +10,12 @@ use rusqlite::{params, OptionalExtension, Row};
 use yun_sqlite::{db_err, Sqlite};
 use yun_types::{EnvId, YunError};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct FileRecord {
     pub path: String,
-    /// The object-store key holding the bytes; unique per upload.
+    /// The object-store key holding the bytes; unique per upload. Internal.
+    #[serde(skip)]
     pub object: String,
     pub size: u64,
     pub content_type: String,
@@ -30,6 +32,14 @@ pub trait FileIndex: Send + Sync + 'static {
     /// Points `record.path` at `record.object`; returns the record it replaced.
     async fn put(&self, env: &EnvId, record: FileRecord) -> Result<Option<FileRecord>, YunError>;
     async fn delete(&self, env: &EnvId, path: &str) -> Result<Option<FileRecord>, YunError>;
+    /// Files whose path starts with `prefix`, after `after` in path order.
+    async fn list(
+        &self,
+        env: &EnvId,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<FileRecord>, YunError>;
     async fn used_bytes(&self, env: &EnvId) -> Result<u64, YunError>;
     /// Forgets every file of the env; returns their objects for deletion.
     async fn drop_env(&self, env: &EnvId) -> Result<Vec<String>, YunError>;
@@ -129,6 +139,34 @@ impl FileIndex for SqliteFileIndex {
                     .and_then(|mut s| s.execute(params![env, path]))
                     .map_err(db_err)?;
                 Ok(old)
+            })
+            .await
+    }
+
+    async fn list(
+        &self,
+        env: &EnvId,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<FileRecord>, YunError> {
+        let env = env.to_string();
+        let start = prefix.max(after).to_owned();
+        // Paths are compared as UTF-8 bytes; U+10FFFF sorts after every real continuation
+        // of the prefix, so the range is an index seek, not a scan of the env.
+        let end = format!("{prefix}\u{10FFFF}");
+        let after = after.to_owned();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.db
+            .read(move |conn| {
+                conn.prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM files WHERE env = ?1 AND path >= ?2 AND path < ?3 AND path != ?4 ORDER BY path LIMIT ?5"
+                ))
+                .and_then(|mut s| {
+                    s.query_map(params![env, start, end, after, limit], record)?
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(db_err)
             })
             .await
     }

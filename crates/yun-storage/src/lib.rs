@@ -354,6 +354,17 @@ impl Storage {
         })
     }
 
+    /// Files under `prefix` in path order, `limit` at a time after `after`.
+    pub async fn list(
+        &self,
+        env: &EnvId,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<FileRecord>, YunError> {
+        self.index.list(env, prefix, after, limit).await
+    }
+
     pub async fn stat(&self, env: &EnvId, path: &CloudPath) -> Result<FileRecord, YunError> {
         self.index
             .get(env, path.as_str())

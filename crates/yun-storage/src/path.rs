@@ -113,7 +113,7 @@ pub fn decode_url_path(path: &str) -> Option<String> {
 
 /// `cloud://{env}.{bucket}/{path}`. Yun writes the bucket part as `{env}-yun` and ignores
 /// it when reading, so file ids carried over from CloudBase resolve by env and path.
-pub fn file_id(env: &EnvId, path: &CloudPath) -> String {
+pub fn file_id(env: &EnvId, path: &(impl std::fmt::Display + ?Sized)) -> String {
     format!("cloud://{env}.{env}-yun/{path}")
 }
 

@@ -353,6 +353,76 @@ test('from inside a function: wx-server-sdk uploadFile, getTempFileURL, download
   assert.equal((await app.getTempFileURL({ fileList: [res.result.fileID] })).fileList[0].code, 'STORAGE_FILE_NONEXIST');
 });
 
+test('the yun storage CLI: upload and download folders, ls, cp, mv, url, rm, with --json', async () => {
+  const os = require('node:os');
+  const path = require('node:path');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'yun-cli-files-'));
+  fs.mkdirSync(path.join(dir, 'trip/sub/deep'), { recursive: true });
+  fs.writeFileSync(path.join(dir, 'trip/a.txt'), 'alpha');
+  fs.writeFileSync(path.join(dir, 'trip/sub/b.bin'), bytes(300_000, 9));
+  fs.writeFileSync(path.join(dir, 'trip/sub/deep/照片.txt'), 'photo');
+
+  const up = await yun.cliJson(['storage', 'upload', path.join(dir, 'trip'), 'cli/trip']);
+  assert.deepEqual(up.files.map((f) => f.path).sort(), ['cli/trip/a.txt', 'cli/trip/sub/b.bin', 'cli/trip/sub/deep/照片.txt']);
+  const b = up.files.find((f) => f.path === 'cli/trip/sub/b.bin');
+  assert.equal(b.size, 300_000);
+  assert.equal(b.fileId, `cloud://${yun.envId}.${yun.envId}-yun/cli/trip/sub/b.bin`);
+  const viaSdk = await app.downloadFile({ fileID: b.fileId });
+  assert.equal(Buffer.compare(viaSdk.fileContent, bytes(300_000, 9)), 0, 'the SDK reads what the CLI stored');
+  const single = await yun.cliJson(['storage', 'upload', path.join(dir, 'trip/a.txt'), 'cli/', '--content-type', 'text/x-note']);
+  assert.deepEqual([single.files[0].path, single.files[0].contentType], ['cli/a.txt', 'text/x-note']);
+
+  const listed = await yun.cliJson(['storage', 'ls', 'cli/trip/']);
+  assert.deepEqual(listed.files.map((f) => f.path), ['cli/trip/a.txt', 'cli/trip/sub/b.bin', 'cli/trip/sub/deep/照片.txt']);
+  const table = await yun.cli(['storage', 'ls', 'cli/']);
+  assert.match(table.stdout, /^PATH\s+SIZE\s+TYPE\s+UPLOADED/);
+  assert.match(table.stdout, /cli\/trip\/sub\/b\.bin\s+292\.97 KiB\s+application\/octet-stream/);
+  // The listing pages: limit and after.
+  const auth = `Basic ${Buffer.from(`${yun.secretId}:${yun.secretKey}`).toString('base64')}`;
+  const page = async (after) => (await fetch(`${yun.url}/api/v1/envs/${yun.envId}/storage/files?prefix=cli/trip/&limit=2&after=${encodeURIComponent(after)}`, { headers: { authorization: auth } })).json();
+  const first = await page('');
+  assert.deepEqual([first.files.length, first.next], [2, 'cli/trip/sub/b.bin']);
+  const second = await page(first.next);
+  assert.deepEqual([second.files.map((f) => f.path), second.next], [['cli/trip/sub/deep/照片.txt'], null]);
+
+  const out = path.join(dir, 'out');
+  const down = await yun.cliJson(['storage', 'download', 'cli/trip', out, '-r']);
+  assert.equal(down.files.length, 3);
+  assert.equal(fs.readFileSync(path.join(out, 'sub/deep/照片.txt'), 'utf8'), 'photo');
+  assert.equal(Buffer.compare(fs.readFileSync(path.join(out, 'sub/b.bin')), bytes(300_000, 9)), 0);
+  assert.deepEqual(fs.readdirSync(path.join(out, 'sub')).sort(), ['b.bin', 'deep'], 'no partial files left behind');
+  await yun.cliJson(['storage', 'download', `cloud://${yun.envId}.x/cli/trip/a.txt`, out]);
+  assert.equal(fs.readFileSync(path.join(out, 'a.txt'), 'utf8'), 'alpha');
+
+  const copied = await yun.cliJson(['storage', 'cp', 'cli/trip', 'cli/copy', '-r']);
+  assert.equal(copied.files.length, 3);
+  await yun.cliJson(['storage', 'cp', 'cli/copy/a.txt', 'cli/moved.txt', '--move']);
+  const clobber = await yun.cli(['storage', 'cp', 'cli/trip/a.txt', 'cli/moved.txt', '--no-clobber']);
+  assert.notEqual(clobber.code, 0);
+  assert.match(clobber.stderr, /RESOURCE_ALREADY_EXISTS/);
+  const after = (await yun.cliJson(['storage', 'ls', 'cli/'])).files.map((f) => f.path);
+  assert.ok(after.includes('cli/moved.txt') && !after.includes('cli/copy/a.txt') && after.includes('cli/copy/sub/b.bin'));
+
+  const url = await yun.cli(['storage', 'url', 'cli/moved.txt', '--expires', '10m']);
+  assert.equal(url.code, 0, url.stderr);
+  const fetched = await fetch(encodeURI(url.stdout.trim()));
+  assert.equal(await fetched.text(), 'alpha');
+  assert.match(fetched.headers.get('cache-control'), /max-age=(59\d|600)$/);
+
+  const missing = await yun.cli(['storage', 'download', 'cli/nope.txt', out]);
+  assert.notEqual(missing.code, 0);
+  assert.match(missing.stderr, /STORAGE_FILE_NONEXIST/);
+  assert.ok(!fs.existsSync(path.join(out, 'nope.txt')));
+  const unsafe = await yun.cli(['storage', 'upload', path.join(dir, 'trip/a.txt'), 'x/../../etc/passwd']);
+  assert.match(unsafe.stderr, /INVALID_PARAM/);
+  const foreign = await yun.cli(['storage', 'rm', 'cloud://other.x/cli/moved.txt']);
+  assert.match(foreign.stderr, /env "other"/);
+
+  const removed = await yun.cliJson(['storage', 'rm', 'cli', '-r']);
+  assert.equal(removed.deleted.length, 7, 'trip 3, a.txt, copy 2 after the move, moved.txt');
+  assert.deepEqual((await yun.cliJson(['storage', 'ls', 'cli/'])).files, []);
+});
+
 test('limits: max file size and the env quota give clear errors and store nothing', async () => {
   const small = await start(['--max-file-size', '1000', '--storage-quota', '2500']);
   try {
