@@ -28,6 +28,13 @@ struct Yun {
     _dir: tempfile::TempDir,
 }
 
+/// The `yun` under test: `YUN_BIN`, else the release build.
+fn yun_bin() -> PathBuf {
+    std::env::var_os("YUN_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/release/yun"))
+}
+
 fn repo() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
@@ -216,34 +223,32 @@ async fn wait_http(url: &str) {
 }
 
 mod db;
+mod storage;
 
 #[tokio::main]
 async fn main() {
     match std::env::args().nth(1).as_deref() {
         Some("db") => {
-            let bin = std::env::var_os("YUN_BIN")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| repo().join("target/release/yun"));
-            let yun = spawn_yun(&bin, &[]).await;
+            let yun = spawn_yun(&yun_bin(), &[]).await;
             db::run(&yun).await;
+        }
+        Some("storage") => {
+            let yun = spawn_yun(&yun_bin(), &[]).await;
+            storage::run(&yun).await;
         }
         Some("functions") => functions().await,
         None => {
             functions().await;
-            let bin = std::env::var_os("YUN_BIN")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| repo().join("target/release/yun"));
-            let yun = spawn_yun(&bin, &[]).await;
+            let yun = spawn_yun(&yun_bin(), &[]).await;
             db::run(&yun).await;
+            storage::run(&yun).await;
         }
-        Some(other) => eprintln!("usage: yun-bench [functions|db] (got {other:?})"),
+        Some(other) => eprintln!("usage: yun-bench [functions|db|storage] (got {other:?})"),
     }
 }
 
 async fn functions() {
-    let bin = std::env::var_os("YUN_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target/release/yun"));
+    let bin = yun_bin();
     let http = reqwest::Client::new();
     println!("# Yun benchmarks ({})\n", bin.display());
 

@@ -236,10 +236,10 @@ impl Server {
             None => ObjectBackend::Local(cfg.data_dir.join("files")),
         };
         let storage = Arc::new(Storage::new(
-            backend.open()?,
+            &backend,
             Arc::new(SqliteFileIndex::open(&meta_dir.join("files.db"))?),
             cfg.storage_limits,
-        ));
+        )?);
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .map_err(|source| ServerError::Bind {

@@ -483,6 +483,6 @@ test('large files stream through in bounded memory', async () => {
     clearInterval(sampler);
   }
   const growth = (peak - base) / (1 << 20);
-  assert.ok(growth < 128, `yun's RSS grew by ${growth.toFixed(1)} MiB while moving ${size >> 20} MiB`);
+  assert.ok(growth < 64, `yun's RSS grew by ${growth.toFixed(1)} MiB while moving ${size >> 20} MiB`);
   await app.deleteFile({ fileList: [`cloud://${yun.envId}.x/big/blob.bin`] });
 });
