@@ -55,6 +55,12 @@ pub enum ErrorCode {
     StorageForbidden,
     /// An image operation on a file that is not an image Yun can decode.
     UnsupportedImage,
+    /// No valid end-user credentials: a missing, malformed or revoked access token.
+    Unauthenticated,
+    /// The access token's time is up; the SDKs refresh and retry on this code.
+    AccessTokenExpired,
+    /// A wrong username or password, or a refresh token that is not valid.
+    InvalidCredentials,
     /// A fault inside Yun; details are in the server log, not the response.
     Internal,
 }
@@ -94,6 +100,9 @@ impl ErrorCode {
             // Image processing is COS's (Cloud Infinite), which answers in HTTP alone; the
             // SDKs never see this code.
             Self::UnsupportedImage => "STORAGE_IMAGE_UNSUPPORTED",
+            Self::Unauthenticated => "UNAUTHENTICATED",
+            Self::AccessTokenExpired => "ACCESS_TOKEN_EXPIRED",
+            Self::InvalidCredentials => "INVALID_CREDENTIALS",
             Self::Internal => "SYS_ERR",
         }
     }
@@ -118,6 +127,7 @@ impl ErrorCode {
             Self::StorageQuotaExceeded => 413,
             Self::StorageForbidden => 403,
             Self::UnsupportedImage => 415,
+            Self::Unauthenticated | Self::AccessTokenExpired | Self::InvalidCredentials => 401,
             Self::Internal => 500,
         }
     }

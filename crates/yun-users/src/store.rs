@@ -1,0 +1,394 @@
+//! Where users, refresh tokens and token-signing keys live. The SQLite backend keeps them
+//! in `{data}/meta/users.db`; refresh tokens are stored as SHA-256 hashes only.
+
+use std::path::Path;
+
+use async_trait::async_trait;
+use rusqlite::{params, OptionalExtension, Row};
+use serde::Serialize;
+use yun_sqlite::{db_err, Sqlite};
+use yun_types::{EnvId, ErrorCode, YunError};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UserRecord {
+    pub uid: String,
+    /// None for anonymous users.
+    pub username: Option<String>,
+    #[serde(skip)]
+    pub password_hash: Option<String>,
+    pub anonymous: bool,
+    pub disabled: bool,
+    /// Unix milliseconds.
+    pub created_at: i64,
+}
+
+/// A refresh token row, looked up by the token's hash.
+#[derive(Debug, Clone)]
+pub struct RefreshRecord {
+    pub env: String,
+    pub uid: String,
+    /// Every token issued from one sign-in shares a family; a replayed token ends it.
+    pub family: String,
+    pub expires_at: i64,
+}
+
+/// What presenting a refresh token did.
+#[derive(Debug)]
+pub enum RefreshUse {
+    /// First use: it is spent now.
+    Fresh(RefreshRecord),
+    /// Already spent: somebody replayed it, so its whole family was revoked.
+    Replayed,
+    Unknown,
+}
+
+#[derive(Debug, Clone)]
+pub struct SigningKey {
+    pub kid: String,
+    pub secret: Vec<u8>,
+}
+
+#[async_trait]
+pub trait UserStore: Send + Sync + 'static {
+    async fn insert_user(&self, env: &EnvId, user: UserRecord) -> Result<(), YunError>;
+    async fn user(&self, env: &EnvId, uid: &str) -> Result<Option<UserRecord>, YunError>;
+    async fn user_by_name(&self, env: &EnvId, name: &str) -> Result<Option<UserRecord>, YunError>;
+    async fn set_password(&self, env: &EnvId, uid: &str, hash: &str) -> Result<(), YunError>;
+    async fn set_disabled(&self, env: &EnvId, uid: &str, disabled: bool) -> Result<bool, YunError>;
+    /// Deletes the user and its refresh tokens; false when there was no such user.
+    async fn delete_user(&self, env: &EnvId, uid: &str) -> Result<bool, YunError>;
+    async fn list_users(
+        &self,
+        env: &EnvId,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<UserRecord>, YunError>;
+    async fn insert_refresh(&self, hash: &str, token: RefreshRecord) -> Result<(), YunError>;
+    async fn use_refresh(&self, hash: &str) -> Result<RefreshUse, YunError>;
+    async fn revoke_family(&self, family: &str) -> Result<(), YunError>;
+    /// The env's signing key, created on first use.
+    async fn active_key(&self, env: &EnvId, fresh: SigningKey) -> Result<SigningKey, YunError>;
+    async fn key(&self, env: &EnvId, kid: &str) -> Result<Option<SigningKey>, YunError>;
+    /// Makes `fresh` the env's signing key; earlier keys are dropped, so every token they
+    /// signed stops working.
+    async fn rotate_key(&self, env: &EnvId, fresh: SigningKey) -> Result<(), YunError>;
+    async fn drop_env(&self, env: &EnvId) -> Result<(), YunError>;
+}
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE users (
+    env TEXT NOT NULL,
+    uid TEXT NOT NULL,
+    username TEXT,
+    password_hash TEXT,
+    anonymous INTEGER NOT NULL,
+    disabled INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (env, uid)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX users_by_name ON users(env, username) WHERE username IS NOT NULL;
+CREATE TABLE refresh_tokens (
+    hash TEXT PRIMARY KEY,
+    env TEXT NOT NULL,
+    uid TEXT NOT NULL,
+    family TEXT NOT NULL,
+    used INTEGER NOT NULL DEFAULT 0,
+    expires_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX refresh_by_family ON refresh_tokens(family);
+CREATE INDEX refresh_by_user ON refresh_tokens(env, uid);
+CREATE TABLE signing_keys (
+    env TEXT NOT NULL,
+    kid TEXT NOT NULL,
+    secret BLOB NOT NULL,
+    PRIMARY KEY (env, kid)
+) WITHOUT ROWID;
+"#];
+
+const USER_COLUMNS: &str = "uid, username, password_hash, anonymous, disabled, created_at";
+
+fn user_row(row: &Row<'_>) -> rusqlite::Result<UserRecord> {
+    Ok(UserRecord {
+        uid: row.get(0)?,
+        username: row.get(1)?,
+        password_hash: row.get(2)?,
+        anonymous: row.get(3)?,
+        disabled: row.get(4)?,
+        created_at: row.get(5)?,
+    })
+}
+
+pub struct SqliteUserStore {
+    db: Sqlite,
+}
+
+impl SqliteUserStore {
+    pub fn open(path: &Path) -> Result<Self, YunError> {
+        Ok(Self {
+            db: Sqlite::open(path, MIGRATIONS)?,
+        })
+    }
+
+    async fn one_user(
+        &self,
+        sql: &'static str,
+        env: &EnvId,
+        key: &str,
+    ) -> Result<Option<UserRecord>, YunError> {
+        self.db.read_now(|conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {USER_COLUMNS} FROM users WHERE env = ?1 AND {sql} = ?2"
+            ))
+            .and_then(|mut s| s.query_row(params![env.as_str(), key], user_row).optional())
+            .map_err(db_err)
+        })
+    }
+}
+
+#[async_trait]
+impl UserStore for SqliteUserStore {
+    async fn insert_user(&self, env: &EnvId, u: UserRecord) -> Result<(), YunError> {
+        let env = env.to_string();
+        self.db
+            .write(move |conn| {
+                let inserted = conn
+                    .prepare_cached(&format!(
+                        "INSERT INTO users (env, {USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+                    ))
+                    .and_then(|mut s| {
+                        s.execute(params![env, u.uid, u.username, u.password_hash, u.anonymous, u.disabled, u.created_at])
+                    });
+                match inserted {
+                    Ok(_) => Ok(()),
+                    Err(rusqlite::Error::SqliteFailure(e, _))
+                        if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                    {
+                        Err(YunError::new(ErrorCode::AlreadyExists, "the username is taken"))
+                    }
+                    Err(e) => Err(db_err(e)),
+                }
+            })
+            .await
+    }
+
+    async fn user(&self, env: &EnvId, uid: &str) -> Result<Option<UserRecord>, YunError> {
+        self.one_user("uid", env, uid).await
+    }
+
+    async fn user_by_name(&self, env: &EnvId, name: &str) -> Result<Option<UserRecord>, YunError> {
+        self.one_user("username", env, name).await
+    }
+
+    async fn set_password(&self, env: &EnvId, uid: &str, hash: &str) -> Result<(), YunError> {
+        let (env, uid, hash) = (env.to_string(), uid.to_owned(), hash.to_owned());
+        self.db
+            .write(move |conn| {
+                conn.execute(
+                    "UPDATE users SET password_hash = ?3 WHERE env = ?1 AND uid = ?2",
+                    params![env, uid, hash],
+                )
+                .map_err(db_err)?;
+                // A new password ends every other session.
+                conn.execute(
+                    "DELETE FROM refresh_tokens WHERE env = ?1 AND uid = ?2",
+                    params![env, uid],
+                )
+                .map_err(db_err)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn set_disabled(&self, env: &EnvId, uid: &str, disabled: bool) -> Result<bool, YunError> {
+        let (env, uid) = (env.to_string(), uid.to_owned());
+        self.db
+            .write(move |conn| {
+                let n = conn
+                    .execute(
+                        "UPDATE users SET disabled = ?3 WHERE env = ?1 AND uid = ?2",
+                        params![env, uid, disabled],
+                    )
+                    .map_err(db_err)?;
+                if disabled {
+                    conn.execute(
+                        "DELETE FROM refresh_tokens WHERE env = ?1 AND uid = ?2",
+                        params![env, uid],
+                    )
+                    .map_err(db_err)?;
+                }
+                Ok(n > 0)
+            })
+            .await
+    }
+
+    async fn delete_user(&self, env: &EnvId, uid: &str) -> Result<bool, YunError> {
+        let (env, uid) = (env.to_string(), uid.to_owned());
+        self.db
+            .write(move |conn| {
+                conn.execute(
+                    "DELETE FROM refresh_tokens WHERE env = ?1 AND uid = ?2",
+                    params![env, uid],
+                )
+                .map_err(db_err)?;
+                let n = conn
+                    .execute(
+                        "DELETE FROM users WHERE env = ?1 AND uid = ?2",
+                        params![env, uid],
+                    )
+                    .map_err(db_err)?;
+                Ok(n > 0)
+            })
+            .await
+    }
+
+    async fn list_users(
+        &self,
+        env: &EnvId,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<UserRecord>, YunError> {
+        let (env, after) = (env.to_string(), after.to_owned());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.db
+            .read(move |conn| {
+                conn.prepare_cached(&format!(
+                    "SELECT {USER_COLUMNS} FROM users WHERE env = ?1 AND uid > ?2 ORDER BY uid LIMIT ?3"
+                ))
+                .and_then(|mut s| s.query_map(params![env, after, limit], user_row)?.collect())
+                .map_err(db_err)
+            })
+            .await
+    }
+
+    async fn insert_refresh(&self, hash: &str, t: RefreshRecord) -> Result<(), YunError> {
+        let hash = hash.to_owned();
+        self.db
+            .write(move |conn| {
+                conn.prepare_cached(
+                    "INSERT INTO refresh_tokens (hash, env, uid, family, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .and_then(|mut s| s.execute(params![hash, t.env, t.uid, t.family, t.expires_at]))
+                .map_err(db_err)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn use_refresh(&self, hash: &str) -> Result<RefreshUse, YunError> {
+        let hash = hash.to_owned();
+        self.db
+            .write(move |conn| {
+                let row = conn
+                    .prepare_cached(
+                        "SELECT env, uid, family, expires_at, used FROM refresh_tokens WHERE hash = ?1",
+                    )
+                    .and_then(|mut s| {
+                        s.query_row(params![hash], |r| {
+                            Ok((
+                                RefreshRecord {
+                                    env: r.get(0)?,
+                                    uid: r.get(1)?,
+                                    family: r.get(2)?,
+                                    expires_at: r.get(3)?,
+                                },
+                                r.get::<_, bool>(4)?,
+                            ))
+                        })
+                        .optional()
+                    })
+                    .map_err(db_err)?;
+                match row {
+                    None => Ok(RefreshUse::Unknown),
+                    Some((token, true)) => {
+                        conn.execute("DELETE FROM refresh_tokens WHERE family = ?1", params![token.family])
+                            .map_err(db_err)?;
+                        Ok(RefreshUse::Replayed)
+                    }
+                    Some((token, false)) => {
+                        conn.execute("UPDATE refresh_tokens SET used = 1 WHERE hash = ?1", params![hash])
+                            .map_err(db_err)?;
+                        Ok(RefreshUse::Fresh(token))
+                    }
+                }
+            })
+            .await
+    }
+
+    async fn revoke_family(&self, family: &str) -> Result<(), YunError> {
+        let family = family.to_owned();
+        self.db
+            .write(move |conn| {
+                conn.execute(
+                    "DELETE FROM refresh_tokens WHERE family = ?1",
+                    params![family],
+                )
+                .map_err(db_err)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn active_key(&self, env: &EnvId, fresh: SigningKey) -> Result<SigningKey, YunError> {
+        let env = env.to_string();
+        self.db
+            .write(move |conn| {
+                conn.execute(
+                    "INSERT INTO signing_keys (env, kid, secret) SELECT ?1, ?2, ?3 WHERE NOT EXISTS (SELECT 1 FROM signing_keys WHERE env = ?1)",
+                    params![env, fresh.kid, fresh.secret],
+                )
+                .map_err(db_err)?;
+                conn.query_row(
+                    "SELECT kid, secret FROM signing_keys WHERE env = ?1",
+                    params![env],
+                    |r| Ok(SigningKey { kid: r.get(0)?, secret: r.get(1)? }),
+                )
+                .map_err(db_err)
+            })
+            .await
+    }
+
+    async fn key(&self, env: &EnvId, kid: &str) -> Result<Option<SigningKey>, YunError> {
+        self.db.read_now(|conn| {
+            conn.prepare_cached("SELECT kid, secret FROM signing_keys WHERE env = ?1 AND kid = ?2")
+                .and_then(|mut s| {
+                    s.query_row(params![env.as_str(), kid], |r| {
+                        Ok(SigningKey {
+                            kid: r.get(0)?,
+                            secret: r.get(1)?,
+                        })
+                    })
+                    .optional()
+                })
+                .map_err(db_err)
+        })
+    }
+
+    async fn rotate_key(&self, env: &EnvId, fresh: SigningKey) -> Result<(), YunError> {
+        let env = env.to_string();
+        self.db
+            .write(move |conn| {
+                conn.execute("DELETE FROM signing_keys WHERE env = ?1", params![env])
+                    .map_err(db_err)?;
+                conn.execute(
+                    "INSERT INTO signing_keys (env, kid, secret) VALUES (?1, ?2, ?3)",
+                    params![env, fresh.kid, fresh.secret],
+                )
+                .map_err(db_err)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn drop_env(&self, env: &EnvId) -> Result<(), YunError> {
+        let env = env.to_string();
+        self.db
+            .write(move |conn| {
+                for table in ["users", "refresh_tokens", "signing_keys"] {
+                    conn.execute(&format!("DELETE FROM {table} WHERE env = ?1"), params![env])
+                        .map_err(db_err)?;
+                }
+                Ok(())
+            })
+            .await
+    }
+}
