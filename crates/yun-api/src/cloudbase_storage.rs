@@ -115,7 +115,7 @@ pub async fn handle(
                 ));
             }
             let outcomes = app.copy_files(identity, copies).await;
-            json!({ "copy_list": outcomes.into_iter().map(|o| item(o, "fileId", |id| json!({ "fileID": id }))).collect::<Vec<_>>() })
+            json!({ "copy_list": outcomes.into_iter().map(|o| item(o, "fileId", |file| json!({ "fileID": yun_storage::file_id(&identity.env, &file.path) }))).collect::<Vec<_>>() })
         }
         "storage.getFileAuthority" => {
             // Storage rules arrive with end users (issue 5); until then every path of the

@@ -612,8 +612,7 @@ async fn copy_file(State(app): State<AppState>, InEnv(who): InEnv, body: Body) -
         .await
         .pop()
         .ok_or_else(|| YunError::internal("a copy returned no outcome"))?;
-    let id = copied.result?;
-    ok(json!({ "file": file_json(&who.env, &app.stat_file(&who, &id).await?) }))
+    ok(json!({ "file": file_json(&who.env, &copied.result?) }))
 }
 
 #[derive(Deserialize)]

@@ -260,12 +260,12 @@ impl App {
         out
     }
 
-    /// `storage.batchCopyFile`; answers with the new file ids.
+    /// `storage.batchCopyFile` and the management copy; answers with the new files.
     pub async fn copy_files(
         &self,
         identity: &Identity,
         copies: Vec<(String, String, bool, bool)>,
-    ) -> Vec<FileOutcome<String>> {
+    ) -> Vec<FileOutcome<FileRecord>> {
         let mut out = Vec::with_capacity(copies.len());
         for (src, dst, overwrite, remove_original) in copies {
             let result = async {
@@ -273,8 +273,7 @@ impl App {
                 let to = Self::own_path_or_id(identity, &dst)?;
                 self.storage
                     .copy(&identity.env, &from, &to, overwrite, remove_original)
-                    .await?;
-                Ok(file_id(&identity.env, &to))
+                    .await
             }
             .await;
             out.push(FileOutcome {

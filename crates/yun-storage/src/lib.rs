@@ -298,7 +298,7 @@ impl Storage {
         match self.index.put(env, record.clone()).await {
             Ok(old) => {
                 if let Some(old) = old {
-                    self.delete_object(&old.object).await;
+                    self.retire(&old).await;
                 }
             }
             Err(e) => {
@@ -314,13 +314,20 @@ impl Storage {
         Ok(record)
     }
 
-    /// Deletes an object and its cached renderings.
     async fn delete_object(&self, object: &str) {
         if let Err(e) = self.objects.delete(&ObjectKey::from(object)).await {
             // Invisible garbage at worst: no index row points at it.
             tracing::warn!(%object, error = %e, "could not delete an object");
         }
-        self.delete_prefix(&renderings_of(object)).await;
+    }
+
+    /// Deletes the object of a file no index row points at any more, with its cached
+    /// renderings; only images can have any, so other files cost no listing.
+    async fn retire(&self, file: &FileRecord) {
+        self.delete_object(&file.object).await;
+        if thumbnail::renderable(&file.content_type) {
+            self.delete_prefix(&renderings_of(&file.object)).await;
+        }
     }
 
     async fn delete_prefix(&self, prefix: &str) {
@@ -450,7 +457,7 @@ impl Storage {
             .delete(env, path.as_str())
             .await?
             .ok_or_else(|| not_found(path.as_str()))?;
-        self.delete_object(&old.object).await;
+        self.retire(&old).await;
         self.emit(StorageEvent::Deleted {
             env: env.clone(),
             path: old.path,
@@ -491,7 +498,7 @@ impl Storage {
             ..source
         };
         if let Some(old) = self.index.put(env, record.clone()).await? {
-            self.delete_object(&old.object).await;
+            self.retire(&old).await;
         }
         self.emit(StorageEvent::Uploaded {
             env: env.clone(),
@@ -504,7 +511,7 @@ impl Storage {
         Ok(record)
     }
 
-    /// Deletes every file of the env (env deletion).
+    /// Deletes every file of the env (env deletion), and all its renderings at once.
     pub async fn drop_env(&self, env: &EnvId) -> Result<(), YunError> {
         for object in self.index.drop_env(env).await? {
             self.delete_object(&object).await;

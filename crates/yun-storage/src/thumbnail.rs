@@ -212,12 +212,8 @@ impl ImageOps {
 
     /// What the result will be, from the source's content type, without decoding it.
     pub fn output_format(&self, source_type: &str) -> Result<OutputFormat, YunError> {
-        let source = match ImageFormat::from_mime_type(source_type) {
-            Some(ImageFormat::Jpeg) => OutputFormat::Jpeg,
-            Some(ImageFormat::Png | ImageFormat::Gif) => OutputFormat::Png,
-            Some(ImageFormat::WebP) => OutputFormat::Webp,
-            _ => return Err(not_an_image(format!("it is {source_type}"))),
-        };
+        let source = default_output(source_type)
+            .ok_or_else(|| not_an_image(format!("it is {source_type}")))?;
         Ok(self.format.unwrap_or(source))
     }
 
@@ -325,6 +321,22 @@ impl ImageOps {
         encoded.map_err(|e| YunError::internal(format!("encoding the image: {e}")))?;
         Ok(out.into_inner())
     }
+}
+
+/// The format a source of this content type renders to by default; None when files of
+/// this type are never rendered.
+fn default_output(source_type: &str) -> Option<OutputFormat> {
+    match ImageFormat::from_mime_type(source_type)? {
+        ImageFormat::Jpeg => Some(OutputFormat::Jpeg),
+        ImageFormat::Png | ImageFormat::Gif => Some(OutputFormat::Png),
+        ImageFormat::WebP => Some(OutputFormat::Webp),
+        _ => None,
+    }
+}
+
+/// Whether files of this content type can have renderings.
+pub fn renderable(content_type: &str) -> bool {
+    default_output(content_type).is_some()
 }
 
 impl Gravity {
