@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use yun_app::{CallerContext, SignedRequest};
+use yun_app::{CallerContext, Identity, SignedRequest};
 use yun_types::{new_id, EnvId, FunctionName, YunError};
 
 use crate::AppState;
@@ -25,7 +25,7 @@ pub struct AdminQuery {
     seq_id: Option<String>,
 }
 
-fn envelope_error(request_id: &str, e: &YunError) -> Response {
+pub(crate) fn envelope_error(request_id: &str, e: &YunError) -> Response {
     Json(json!({ "requestId": request_id, "code": e.code.cloudbase(), "message": e.message }))
         .into_response()
 }
@@ -38,12 +38,34 @@ pub(crate) fn unsupported_action(action: &str) -> YunError {
     )
 }
 
-fn str_param<'a>(body: &'a Map<String, Value>, key: &str) -> Result<&'a str, YunError> {
+pub(crate) fn str_param<'a>(body: &'a Map<String, Value>, key: &str) -> Result<&'a str, YunError> {
     match body.get(key) {
         Some(Value::String(s)) => Ok(s),
         Some(_) => Err(YunError::invalid_param(format!("{key} must be a string"))),
         None => Err(YunError::invalid_param(format!("{key} is required"))),
     }
+}
+
+/// `functions.invokeFunction`: `request_data` is the event as JSON text; the result is
+/// the function's return value as JSON text.
+pub(crate) async fn invoke_function(
+    app: &AppState,
+    identity: &Identity,
+    body: &Map<String, Value>,
+    caller: &CallerContext,
+) -> Result<String, YunError> {
+    let name = FunctionName::parse(str_param(body, "function_name")?)
+        .map_err(|e| YunError::invalid_param(e.to_string()))?;
+    let event = match body.get("request_data") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => {
+            return Err(YunError::invalid_param(
+                "request_data must be a JSON string",
+            ))
+        }
+    };
+    app.invoke(identity, &name, event, caller).await?.result
 }
 
 pub async fn admin(
@@ -115,25 +137,13 @@ async fn handle(
     let action = str_param(&body, "action")?;
     match action {
         "functions.invokeFunction" => {
-            let name = FunctionName::parse(str_param(&body, "function_name")?)
-                .map_err(|e| YunError::invalid_param(e.to_string()))?;
-            let event = match body.get("request_data") {
-                None | Some(Value::Null) => String::new(),
-                Some(Value::String(s)) => s.clone(),
-                Some(_) => {
-                    return Err(YunError::invalid_param(
-                        "request_data must be a JSON string",
-                    ))
-                }
-            };
             let caller = CallerContext {
                 request_id: request_id.to_owned(),
                 source: header("x-tcb-source").unwrap_or_default(),
                 client_ip: Some(peer.ip().to_string()),
                 seq_id: query.seq_id,
             };
-            let invocation = app.invoke(&identity, &name, event, &caller).await?;
-            let value = invocation.result?;
+            let value = invoke_function(app, &identity, &body, &caller).await?;
             Ok((json!({ "response_data": value }), Map::new()))
         }
         database if database.starts_with("database.") => {

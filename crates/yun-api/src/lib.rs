@@ -1,8 +1,10 @@
 //! Yun's HTTP surfaces, all on one port: the CloudBase `/admin` protocol, the management
-//! API under `/api/v1` (described by `openapi.json`), HTTP functions under `/{env}/…`,
+//! API under `/api/v1` (described by `openapi.json`), end-user sign-in under `/auth/v1`
+//! (js-sdk), HTTP functions under `/{env}/…`,
 //! and `/healthz` + `/readyz`. Handlers parse, call one `App` method, and render: no
 //! SQL, no processes here.
 
+mod auth;
 mod body;
 mod cloudbase;
 mod cloudbase_db;
@@ -10,12 +12,14 @@ mod cloudbase_storage;
 mod files;
 mod http_functions;
 mod management;
+mod web;
 
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{any, get, post};
 use axum::Router;
+use tower_http::cors::{Any, CorsLayer};
 use yun_app::App;
 
 pub use management::{management_routes, OPENAPI};
@@ -24,17 +28,32 @@ pub type AppState = Arc<App>;
 
 /// The whole HTTP surface. Serve it with `into_make_service_with_connect_info::<SocketAddr>()`.
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ready" }))
-        .route("/admin", post(cloudbase::admin))
-        .merge(management::router())
+    // What a web app's pages call from their own origin: the js-sdk's actions, sign-in,
+    // and uploads/downloads of files. Any origin may call them; the credential is a
+    // token in the request, never a cookie, so no origin gains ambient authority.
+    let browser = Router::new()
+        .route("/web", post(web::web))
+        .merge(auth::router())
         .route(
             "/files/{env}/{*path}",
             get(files::download)
                 .put(files::upload_put)
                 .post(files::upload_form),
         )
+        .layer(
+            CorsLayer::new()
+                .allow_origin(Any)
+                .allow_methods(Any)
+                .allow_headers(Any)
+                .expose_headers(Any)
+                .max_age(std::time::Duration::from_secs(600)),
+        );
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ready" }))
+        .route("/admin", post(cloudbase::admin))
+        .merge(management::router())
+        .merge(browser)
         .route("/{env}", any(http_functions::serve_root))
         .route("/{env}/", any(http_functions::serve_root))
         .route("/{env}/{*path}", any(http_functions::serve))

@@ -633,6 +633,84 @@ async fn file_urls(State(app): State<AppState>, InEnv(who): InEnv, body: Body) -
     ok(json!({ "urls": urls }))
 }
 
+#[derive(Deserialize)]
+struct UserPage {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// End users, one page at a time in id order; `next` is the `after` of the next page.
+async fn list_users(
+    State(app): State<AppState>,
+    InEnv(who): InEnv,
+    Query(page): Query<UserPage>,
+) -> ApiResult {
+    let limit = page.limit.unwrap_or(100).clamp(1, yun_app::MAX_USER_PAGE);
+    let users = app
+        .list_users(&who, page.after.as_deref().unwrap_or(""), limit)
+        .await?;
+    let next = (users.len() == limit).then(|| users.last().map(|u| u.uid.clone()));
+    ok(json!({ "users": users, "next": next.flatten() }))
+}
+
+async fn get_user(
+    State(app): State<AppState>,
+    InEnv(who): InEnv,
+    Path((_, uid)): Path<(String, String)>,
+) -> ApiResult {
+    ok(json!({ "user": app.get_user(&who, &uid).await? }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserPatch {
+    disabled: bool,
+}
+
+async fn patch_user(
+    State(app): State<AppState>,
+    InEnv(who): InEnv,
+    Path((_, uid)): Path<(String, String)>,
+    body: Body,
+) -> ApiResult {
+    let patch: UserPatch = json_body(body, JSON_BODY_LIMIT).await?;
+    app.set_user_disabled(&who, &uid, patch.disabled).await?;
+    ok(json!({ "user": app.get_user(&who, &uid).await? }))
+}
+
+async fn delete_user(
+    State(app): State<AppState>,
+    InEnv(who): InEnv,
+    Path((_, uid)): Path<(String, String)>,
+) -> ApiResult {
+    app.delete_user(&who, &uid).await?;
+    ok(json!({ "deleted": uid }))
+}
+
+async fn list_ticket_keys(State(app): State<AppState>, InEnv(who): InEnv) -> ApiResult {
+    ok(json!({ "keys": app.list_ticket_keys(&who).await? }))
+}
+
+/// The key file for `@cloudbase/node-sdk` `credentials`; its private key is shown only here.
+async fn create_ticket_key(State(app): State<AppState>, InEnv(who): InEnv) -> ApiResult {
+    let key = app.create_ticket_key(&who).await?;
+    Ok((StatusCode::CREATED, Json(key)).into_response())
+}
+
+async fn delete_ticket_key(
+    State(app): State<AppState>,
+    InEnv(who): InEnv,
+    Path((_, kid)): Path<(String, String)>,
+) -> ApiResult {
+    app.delete_ticket_key(&who, &kid).await?;
+    ok(json!({ "deleted": kid }))
+}
+
+async fn rotate_signing_key(State(app): State<AppState>, InEnv(who): InEnv) -> ApiResult {
+    app.rotate_user_key(&who).await?;
+    ok(json!({ "rotated": true }))
+}
+
 async fn openapi() -> Response {
     ([("content-type", "application/json")], OPENAPI).into_response()
 }
@@ -763,6 +841,34 @@ pub fn management_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)
         ),
         route(Method::POST, "/api/v1/envs/{env}/storage/copy", copy_file),
         route(Method::POST, "/api/v1/envs/{env}/storage/urls", file_urls),
+        route(Method::GET, "/api/v1/envs/{env}/users", list_users),
+        route(Method::GET, "/api/v1/envs/{env}/users/{uid}", get_user),
+        route(Method::PATCH, "/api/v1/envs/{env}/users/{uid}", patch_user),
+        route(
+            Method::DELETE,
+            "/api/v1/envs/{env}/users/{uid}",
+            delete_user,
+        ),
+        route(
+            Method::GET,
+            "/api/v1/envs/{env}/auth/ticket-keys",
+            list_ticket_keys,
+        ),
+        route(
+            Method::POST,
+            "/api/v1/envs/{env}/auth/ticket-keys",
+            create_ticket_key,
+        ),
+        route(
+            Method::DELETE,
+            "/api/v1/envs/{env}/auth/ticket-keys/{kid}",
+            delete_ticket_key,
+        ),
+        route(
+            Method::POST,
+            "/api/v1/envs/{env}/auth/rotate-signing-key",
+            rotate_signing_key,
+        ),
     ]
 }
 

@@ -43,7 +43,7 @@ impl App {
         let allowed = match &caller {
             Caller::PlatformKey { .. } => true,
             Caller::EnvKey { .. } | Caller::Function { .. } => home == env,
-            Caller::Anonymous => false,
+            Caller::User(_) | Caller::Anonymous => false,
         };
         if !allowed {
             return Err(YunError::new(

@@ -372,21 +372,32 @@ impl App {
             .seq_id
             .clone()
             .unwrap_or_else(|| request_id.to_owned());
+        // An end user's identity, as CloudBase hands it to functions; the user id doubles
+        // as the OPENID (`getWXContext()`), the `_openid` their documents carry.
+        let (uid, anonymous, custom_id, login_type) = match &identity.caller {
+            Caller::User(user) => (
+                user.uid.clone(),
+                user.anonymous.to_string(),
+                user.custom_id.clone().unwrap_or_default(),
+                user.login_type(),
+            ),
+            _ => (String::new(), String::new(), String::new(), ""),
+        };
         let mut env: BTreeMap<String, String> = [
             ("TENCENTCLOUD_SECRETID", credential.secret_id),
             ("TENCENTCLOUD_SECRETKEY", credential.secret_key),
             ("TENCENTCLOUD_SESSIONTOKEN", credential.session_token),
             ("WX_CONTEXT_KEYS", "WX_OPENID,WX_APPID,WX_UNIONID,WX_CLIENTIP,WX_CLIENTIPV6".into()),
-            ("TCB_CONTEXT_KEYS", "TCB_ENV,TCB_SEQID,TCB_SOURCE,TCB_UUID,TCB_ISANONYMOUS_USER,TCB_CUSTOM_USER_ID,TCB_SOURCE_IP".into()),
-            // End users arrive with the auth issue; admin and function callers have none.
-            ("WX_OPENID", String::new()),
+            ("TCB_CONTEXT_KEYS", "TCB_ENV,TCB_SEQID,TCB_SOURCE,TCB_UUID,TCB_ISANONYMOUS_USER,TCB_CUSTOM_USER_ID,TCB_SOURCE_IP,LOGINTYPE".into()),
+            ("WX_OPENID", uid.clone()),
             ("WX_APPID", String::new()),
             ("WX_UNIONID", String::new()),
             ("WX_CLIENTIP", client_ip.clone()),
             ("WX_CLIENTIPV6", String::new()),
-            ("TCB_UUID", String::new()),
-            ("TCB_ISANONYMOUS_USER", String::new()),
-            ("TCB_CUSTOM_USER_ID", String::new()),
+            ("TCB_UUID", uid),
+            ("TCB_ISANONYMOUS_USER", anonymous),
+            ("TCB_CUSTOM_USER_ID", custom_id),
+            ("LOGINTYPE", login_type.to_owned()),
             ("TCB_SOURCE_IP", client_ip),
             ("TCB_SEQID", seq_id),
             ("TCB_SOURCE", source.to_owned()),

@@ -10,6 +10,7 @@ mod envs;
 mod functions;
 mod recorder;
 mod storage;
+mod users;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,8 +24,10 @@ pub use envs::{Credentials, NewKey};
 pub use functions::{CallerContext, DeployRequest, Invocation};
 pub use recorder::Recorder;
 pub use storage::{FileOutcome, UploadTarget, MAX_LIST_PAGE};
+pub use users::{UserSession, MAX_USER_PAGE};
 pub use yun_auth::{Caller, Identity};
 pub use yun_meta::{EnvSettings, LogFilter};
+pub use yun_users::{Session, TicketKey, TicketKeyRecord, UserRecord, SUDO_SECS};
 
 /// Settings fixed at start-up.
 #[derive(Debug, Clone)]
@@ -49,6 +52,7 @@ pub struct App {
     docdb: Arc<yun_docdb::DocDb>,
     storage: Arc<yun_storage::Storage>,
     url_signer: yun_storage::UrlSigner,
+    users: Arc<yun_users::Users>,
 }
 
 impl App {
@@ -57,6 +61,7 @@ impl App {
         runtime: Arc<Runtime>,
         docdb: Arc<yun_docdb::DocDb>,
         storage: Arc<yun_storage::Storage>,
+        users: Arc<yun_users::Users>,
         recorder: Recorder,
         settings: AppSettings,
     ) -> yun_meta::Result<Self> {
@@ -67,6 +72,7 @@ impl App {
             issuer: TempCredentialIssuer::new(&master),
             url_signer: yun_storage::UrlSigner::new(&master),
             storage,
+            users,
             settings,
             recorder,
             cache: cache::MetaCache::default(),

@@ -15,8 +15,32 @@ pub enum Caller {
     EnvKey { secret_id: String },
     /// Code of a deployed function, holding the credential Yun injected for one invocation.
     Function { name: FunctionName },
+    /// A signed-in end user of the env (js-sdk, `/web`), under the env's security rules.
+    User(EndUser),
     /// Unauthenticated traffic to a public HTTP function; may only invoke that function.
     Anonymous,
+}
+
+/// Who an end user is, as rules and functions see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndUser {
+    /// Yun's id of the user (`auth.uid`, `TCB_UUID`, and the `_openid` it owns).
+    pub uid: String,
+    /// Signed in anonymously.
+    pub anonymous: bool,
+    /// The developer's id, for users who signed in with a custom ticket.
+    pub custom_id: Option<String>,
+}
+
+impl EndUser {
+    /// CloudBase's `LOGINTYPE` for this user.
+    pub fn login_type(&self) -> &'static str {
+        match (self.anonymous, &self.custom_id) {
+            (true, _) => "ANONYMOUS",
+            (false, Some(_)) => "CUSTOM",
+            (false, None) => "USERNAME",
+        }
+    }
 }
 
 impl Identity {
@@ -27,6 +51,7 @@ impl Identity {
                 format!("key:{secret_id}")
             }
             Caller::Function { name } => format!("function:{name}"),
+            Caller::User(user) => format!("user:{}", user.uid),
             Caller::Anonymous => "anonymous".into(),
         }
     }

@@ -7,5 +7,5 @@ mod identity;
 pub mod tc3;
 mod temp_credential;
 
-pub use identity::{Caller, Identity};
+pub use identity::{Caller, EndUser, Identity};
 pub use temp_credential::{TempCredential, TempCredentialIssuer};

@@ -719,7 +719,7 @@ fn write_documents(file: &Path, format: FileFormat, docs: &[Value]) -> anyhow::R
 }
 
 /// Sends one request and prints `done` (the response with --json).
-async fn act(
+pub(crate) async fn act(
     client: &Client,
     json: bool,
     method: Method,
@@ -733,7 +733,7 @@ async fn act(
 }
 
 /// GETs `path` and prints its `key` array as a table (the whole response with --json).
-async fn print_list(
+pub(crate) async fn print_list(
     client: &Client,
     json: bool,
     path: &str,

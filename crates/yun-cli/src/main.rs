@@ -5,6 +5,7 @@ mod client;
 mod commands;
 mod output;
 mod storage;
+mod users;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -73,6 +74,20 @@ enum Command {
         #[command(flatten)]
         conn: Connection,
     },
+    /// End users of the env: list, get, disable, enable, delete.
+    User {
+        #[command(subcommand)]
+        command: users::UserCommand,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// End-user sign-in settings: custom-login ticket keys, the token signing key.
+    Auth {
+        #[command(subcommand)]
+        command: users::AuthCommand,
+        #[command(flatten)]
+        conn: Connection,
+    },
     /// Cloud functions: deploy, invoke, logs, list, delete.
     Fn {
         #[command(subcommand)]
@@ -138,6 +153,8 @@ fn main() {
             Command::Fn { command, conn } => commands::function(command, conn).await,
             Command::Db { command, conn } => commands::db(command, conn).await,
             Command::Storage { command, conn } => storage::storage(command, conn).await,
+            Command::User { command, conn } => users::user(command, conn).await,
+            Command::Auth { command, conn } => users::auth(command, conn).await,
         }
     });
     if let Err(e) = result {

@@ -28,6 +28,19 @@ pub fn table(headers: &[&str], rows: Vec<Vec<String>>) {
     }
 }
 
+/// A Unix-milliseconds value as `YYYY-MM-DD hh:mm:ss` (UTC), `-` when absent.
+pub fn unix_ms_time(ms: &Value) -> String {
+    ms.as_i64()
+        .and_then(|ms| time::OffsetDateTime::from_unix_timestamp(ms / 1000).ok())
+        .and_then(|t| {
+            t.format(time::macros::format_description!(
+                "[year]-[month]-[day] [hour]:[minute]:[second]"
+            ))
+            .ok()
+        })
+        .unwrap_or_else(|| "-".into())
+}
+
 /// Prints `value` as JSON for scripts, or through `human` for people.
 pub fn emit(json: bool, value: &Value, human: impl FnOnce(&Value)) {
     if json {

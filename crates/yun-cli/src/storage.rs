@@ -333,7 +333,7 @@ pub async fn storage(command: StorageCommand, conn: Connection) -> anyhow::Resul
                                 text(f.get("path")),
                                 HumanBytes(f["size"].as_u64().unwrap_or(0)).to_string(),
                                 text(f.get("contentType")),
-                                uploaded_at(&f["createdAt"]),
+                                output::unix_ms_time(&f["createdAt"]),
                             ]
                         })
                         .collect(),
@@ -434,16 +434,4 @@ pub async fn storage(command: StorageCommand, conn: Connection) -> anyhow::Resul
         }
     }
     Ok(())
-}
-
-fn uploaded_at(ms: &Value) -> String {
-    ms.as_i64()
-        .and_then(|ms| time::OffsetDateTime::from_unix_timestamp(ms / 1000).ok())
-        .and_then(|t| {
-            t.format(time::macros::format_description!(
-                "[year]-[month]-[day] [hour]:[minute]:[second]"
-            ))
-            .ok()
-        })
-        .unwrap_or_else(|| "-".into())
 }

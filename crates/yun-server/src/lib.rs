@@ -19,6 +19,7 @@ use yun_meta::MetaStore;
 pub use yun_storage::StorageLimits;
 use yun_storage::{ObjectBackend, SqliteFileIndex, Storage};
 use yun_types::{EnvId, YunError};
+use yun_users::{SqliteUserStore, Users};
 
 /// Settings of an embedded (`yun dev`) node.
 #[derive(Debug, Clone)]
@@ -240,6 +241,9 @@ impl Server {
             Arc::new(SqliteFileIndex::open(&meta_dir.join("files.db"))?),
             cfg.storage_limits,
         )?);
+        let users = Arc::new(Users::new(Arc::new(SqliteUserStore::open(
+            &meta_dir.join("users.db"),
+        )?)));
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .map_err(|source| ServerError::Bind {
@@ -289,8 +293,18 @@ impl Server {
             npm_cache,
             region: "ap-shanghai".into(),
         };
-        let app =
-            Arc::new(App::new(meta.clone(), runtime, docdb, storage, recorder, settings).await?);
+        let app = Arc::new(
+            App::new(
+                meta.clone(),
+                runtime,
+                docdb,
+                storage,
+                users,
+                recorder,
+                settings,
+            )
+            .await?,
+        );
 
         let credentials_path = cfg.data_dir.join("credentials.json");
         let first = app.initialize(&cfg.default_env).await?;

@@ -19,7 +19,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use yun_types::{new_id, unix_now, EnvId, ErrorCode, YunError};
 
-pub use store::{RefreshRecord, RefreshUse, SigningKey, SqliteUserStore, UserRecord, UserStore};
+pub use store::{
+    RefreshRecord, RefreshUse, SigningKey, SqliteUserStore, TicketKeyRecord, UserRecord, UserStore,
+};
 
 pub const ACCESS_SECS: i64 = 2 * 3600;
 pub const REFRESH_SECS: i64 = 30 * 86_400;
@@ -38,6 +40,37 @@ pub struct AccessClaims {
     pub iat: i64,
     pub exp: i64,
 }
+
+/// A key file for minting custom-login tickets, in the shape CloudBase's console hands
+/// out and `@cloudbase/node-sdk` reads as `credentials`. Yun keeps only the public half.
+#[derive(Debug, Clone, Serialize)]
+pub struct TicketKey {
+    pub private_key_id: String,
+    pub private_key: String,
+    pub env_id: String,
+}
+
+/// What `auth().createTicket(uid)` signs (RS256). `iat`/`exp` are Unix milliseconds.
+#[derive(Debug, Deserialize)]
+struct TicketClaims {
+    env: String,
+    uid: String,
+    exp: i64,
+}
+
+/// Proof of a fresh password check, for changing the password (`/auth/v1/user/sudo`).
+#[derive(Debug, Serialize, Deserialize)]
+struct SudoClaims {
+    iss: String,
+    sub: String,
+    env: String,
+    scope: String,
+    exp: i64,
+}
+
+const SUDO_SCOPE: &str = "sudo";
+pub const SUDO_SECS: i64 = 300;
+const TICKET_KEY_BITS: usize = 2048;
 
 /// A signed-in session, as the `/auth/v1` endpoints answer it.
 #[derive(Debug, Clone)]
@@ -95,6 +128,22 @@ fn check_credentials(username: &str, password: &str) -> Result<(), YunError> {
     Ok(())
 }
 
+/// node-sdk's own rule for `createTicket(uid)`: 4–32 ASCII letters, digits and
+/// `_-#@~=*(){}[]:.,<>+`.
+fn check_custom_id(uid: &str) -> Result<(), YunError> {
+    let ok = (4..=32).contains(&uid.len())
+        && uid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-#@~=*(){}[]:.,<>+".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(YunError::invalid_param(format!(
+            "invalid custom user id {uid:?}"
+        )))
+    }
+}
+
 pub struct Users {
     store: Arc<dyn UserStore>,
 }
@@ -108,13 +157,51 @@ impl Users {
         &self.store
     }
 
+    /// Signs `claims` with the env's current key (created on first use).
+    async fn sign(&self, env: &EnvId, claims: &impl Serialize) -> Result<String, YunError> {
+        let key = self.store.active_key(env, fresh_key()).await?;
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(key.kid);
+        jsonwebtoken::encode(&header, claims, &EncodingKey::from_secret(&key.secret))
+            .map_err(|e| YunError::internal(format!("signing a token: {e}")))
+    }
+
+    /// Checks a token this env's key signed; the caller names the claims it expects.
+    async fn check<T: serde::de::DeserializeOwned>(
+        &self,
+        env: &EnvId,
+        token: &str,
+    ) -> Result<T, YunError> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| unauthenticated("the token is malformed"))?;
+        let kid = header
+            .kid
+            .ok_or_else(|| unauthenticated("the token has no key id"))?;
+        let key = self
+            .store
+            .key(env, &kid)
+            .await?
+            .ok_or_else(|| unauthenticated("the token's signing key was rotated"))?;
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_issuer(&[ISSUER]);
+        validation.leeway = 0;
+        jsonwebtoken::decode::<T>(token, &DecodingKey::from_secret(&key.secret), &validation)
+            .map(|data| data.claims)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => YunError::new(
+                    ErrorCode::AccessTokenExpired,
+                    "the access token has expired",
+                ),
+                _ => unauthenticated("the token is not valid"),
+            })
+    }
+
     async fn issue(
         &self,
         env: &EnvId,
         user: UserRecord,
         family: &str,
     ) -> Result<Session, YunError> {
-        let key = self.store.active_key(env, fresh_key()).await?;
         let now = unix_now();
         let claims = AccessClaims {
             iss: ISSUER.into(),
@@ -125,11 +212,7 @@ impl Users {
             iat: now,
             exp: now + ACCESS_SECS,
         };
-        let mut header = Header::new(Algorithm::HS256);
-        header.kid = Some(key.kid);
-        let access_token =
-            jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(&key.secret))
-                .map_err(|e| YunError::internal(format!("signing a token: {e}")))?;
+        let access_token = self.sign(env, &claims).await?;
         let refresh_token = random_hex(32);
         self.store
             .insert_refresh(
@@ -150,19 +233,24 @@ impl Users {
         })
     }
 
-    fn new_user(username: Option<String>, password_hash: Option<String>) -> UserRecord {
+    fn new_user(
+        username: Option<String>,
+        password_hash: Option<String>,
+        custom_id: Option<String>,
+    ) -> UserRecord {
         UserRecord {
             uid: new_id(""),
-            anonymous: username.is_none(),
+            anonymous: username.is_none() && custom_id.is_none(),
             username,
             password_hash,
+            custom_id,
             disabled: false,
             created_at: yun_types::unix_ms(),
         }
     }
 
     pub async fn sign_in_anonymously(&self, env: &EnvId) -> Result<Session, YunError> {
-        let user = Self::new_user(None, None);
+        let user = Self::new_user(None, None, None);
         self.store.insert_user(env, user.clone()).await?;
         self.issue(env, user, &new_id("")).await
     }
@@ -175,7 +263,7 @@ impl Users {
     ) -> Result<Session, YunError> {
         check_credentials(username, password)?;
         let hash = hash_password(password).await?;
-        let user = Self::new_user(Some(username.to_owned()), Some(hash));
+        let user = Self::new_user(Some(username.to_owned()), Some(hash), None);
         self.store.insert_user(env, user.clone()).await?;
         self.issue(env, user, &new_id("")).await
     }
@@ -241,8 +329,6 @@ impl Users {
     /// Checks an access token: signature with the env's key, expiry, and that the user
     /// still exists and is enabled.
     pub async fn verify(&self, token: &str) -> Result<(AccessClaims, UserRecord), YunError> {
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|_| unauthenticated("the access token is malformed"))?;
         // The env comes from the unverified payload only to pick the key; the signature
         // check below is what makes it true.
         let unverified = jsonwebtoken::dangerous::insecure_decode::<AccessClaims>(token)
@@ -250,30 +336,10 @@ impl Users {
             .claims;
         let env = EnvId::parse(&unverified.env)
             .map_err(|_| unauthenticated("the access token names no env"))?;
-        let kid = header
-            .kid
-            .ok_or_else(|| unauthenticated("the access token has no key id"))?;
-        let key = self
-            .store
-            .key(&env, &kid)
-            .await?
-            .ok_or_else(|| unauthenticated("the access token's signing key was rotated"))?;
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_issuer(&[ISSUER]);
-        validation.leeway = 0;
-        let claims = jsonwebtoken::decode::<AccessClaims>(
-            token,
-            &DecodingKey::from_secret(&key.secret),
-            &validation,
-        )
-        .map_err(|e| match e.kind() {
-            jsonwebtoken::errors::ErrorKind::ExpiredSignature => YunError::new(
-                ErrorCode::AccessTokenExpired,
-                "the access token has expired",
-            ),
-            _ => unauthenticated("the access token is not valid"),
-        })?
-        .claims;
+        let claims: AccessClaims = self.check(&env, token).await?;
+        if claims.scope == SUDO_SCOPE {
+            return Err(unauthenticated("a sudo token is not an access token"));
+        }
         let user = self
             .store
             .user(&env, &claims.sub)
@@ -288,18 +354,48 @@ impl Users {
         Ok((claims, user))
     }
 
-    /// Ends the session the token belongs to: its refresh tokens stop working.
-    pub async fn sign_out(&self, claims: &AccessClaims) -> Result<(), YunError> {
-        self.store.revoke_family(&claims.sid).await
+    /// Ends a session (the `sid` of its access tokens): its refresh tokens stop working.
+    pub async fn end_session(&self, session_id: &str) -> Result<(), YunError> {
+        self.store.revoke_family(session_id).await
     }
 
-    pub async fn change_password(
+    /// Checks the current password and returns a short-lived token that allows
+    /// [`Users::set_password`] (js-sdk `updatePassword` = `sudo` + `setPassword`).
+    pub async fn sudo(&self, env: &EnvId, uid: &str, password: &str) -> Result<String, YunError> {
+        let user = self
+            .store
+            .user(env, uid)
+            .await?
+            .ok_or_else(bad_credentials)?;
+        if user.username.is_none() {
+            return Err(YunError::invalid_param("this user has no password"));
+        }
+        if !verify_password(password, user.password_hash.as_deref().unwrap_or_default()).await? {
+            return Err(bad_credentials());
+        }
+        let claims = SudoClaims {
+            iss: ISSUER.into(),
+            sub: uid.to_owned(),
+            env: env.to_string(),
+            scope: SUDO_SCOPE.into(),
+            exp: unix_now() + SUDO_SECS,
+        };
+        self.sign(env, &claims).await
+    }
+
+    /// Sets a new password with a token from [`Users::sudo`]; every session of the user
+    /// ends, including the one that asked.
+    pub async fn set_password(
         &self,
         env: &EnvId,
         uid: &str,
-        old: &str,
+        sudo_token: &str,
         new: &str,
     ) -> Result<(), YunError> {
+        let claims: SudoClaims = self.check(env, sudo_token).await?;
+        if claims.scope != SUDO_SCOPE || claims.sub != uid || claims.env != env.as_str() {
+            return Err(unauthenticated("the sudo token is not for this user"));
+        }
         let user = self
             .store
             .user(env, uid)
@@ -307,15 +403,113 @@ impl Users {
             .ok_or_else(bad_credentials)?;
         let username = user
             .username
-            .clone()
-            .ok_or_else(|| YunError::invalid_param("an anonymous user has no password"))?;
+            .ok_or_else(|| YunError::invalid_param("this user has no password"))?;
         check_credentials(&username, new)?;
-        if !verify_password(old, user.password_hash.as_deref().unwrap_or_default()).await? {
-            return Err(bad_credentials());
-        }
         self.store
             .set_password(env, uid, &hash_password(new).await?)
             .await
+    }
+
+    /// A new RSA key pair for custom-login tickets. The private half is returned once
+    /// and never stored.
+    pub async fn create_ticket_key(&self, env: &EnvId) -> Result<TicketKey, YunError> {
+        use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+        let (private_pem, public_pem) = tokio::task::spawn_blocking(|| {
+            let private = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, TICKET_KEY_BITS)
+                .map_err(|e| YunError::internal(format!("generating an RSA key: {e}")))?;
+            let public = private
+                .to_public_key()
+                .to_public_key_pem(LineEnding::LF)
+                .map_err(|e| YunError::internal(format!("encoding an RSA key: {e}")))?;
+            let private = private
+                .to_pkcs8_pem(LineEnding::LF)
+                .map_err(|e| YunError::internal(format!("encoding an RSA key: {e}")))?;
+            Ok::<_, YunError>((private.to_string(), public))
+        })
+        .await
+        .map_err(|e| YunError::internal(format!("generating an RSA key: {e}")))??;
+        let kid = new_id("");
+        self.store
+            .insert_ticket_key(
+                env,
+                TicketKeyRecord {
+                    kid: kid.clone(),
+                    public_pem,
+                    created_at: yun_types::unix_ms(),
+                },
+            )
+            .await?;
+        Ok(TicketKey {
+            private_key_id: kid,
+            private_key: private_pem,
+            env_id: env.to_string(),
+        })
+    }
+
+    /// Redeems a ticket from node-sdk `auth().createTicket(uid)`: `{key id}/@@/{RS256 JWT}`.
+    /// The first sign-in of a custom user id creates its account.
+    pub async fn sign_in_with_ticket(
+        &self,
+        env: &EnvId,
+        ticket: &str,
+    ) -> Result<Session, YunError> {
+        let invalid = |why: &str| YunError::new(ErrorCode::InvalidCredentials, why.to_owned());
+        let (kid, jwt) = ticket
+            .split_once("/@@/")
+            .ok_or_else(|| invalid("the ticket is not of the form {key id}/@@/{token}"))?;
+        let key = self
+            .store
+            .ticket_key(env, kid)
+            .await?
+            .ok_or_else(|| invalid("the ticket's key is unknown or revoked"))?;
+        let decoding = {
+            use rsa::pkcs8::DecodePublicKey;
+            use rsa::traits::PublicKeyParts;
+            let public = rsa::RsaPublicKey::from_public_key_pem(&key.public_pem)
+                .map_err(|e| YunError::internal(format!("a stored ticket key: {e}")))?;
+            DecodingKey::from_rsa_raw_components(
+                &public.n().to_bytes_be(),
+                &public.e().to_bytes_be(),
+            )
+        };
+        // `exp` is in milliseconds (node-sdk's choice), so the library's own check in
+        // seconds would never fire; it is checked below instead.
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.validate_exp = false;
+        validation.required_spec_claims.clear();
+        let claims = jsonwebtoken::decode::<TicketClaims>(jwt, &decoding, &validation)
+            .map_err(|_| invalid("the ticket's signature is not valid"))?
+            .claims;
+        if claims.env != env.as_str() {
+            return Err(invalid("the ticket is for another env"));
+        }
+        if claims.exp < yun_types::unix_ms() {
+            return Err(invalid("the ticket has expired"));
+        }
+        check_custom_id(&claims.uid)?;
+        let user = match self.store.user_by_custom_id(env, &claims.uid).await? {
+            Some(user) => user,
+            None => {
+                let user = Self::new_user(None, None, Some(claims.uid.clone()));
+                match self.store.insert_user(env, user.clone()).await {
+                    Ok(()) => user,
+                    // Two first sign-ins raced: the other one created the account.
+                    Err(e) if e.code == ErrorCode::AlreadyExists => self
+                        .store
+                        .user_by_custom_id(env, &claims.uid)
+                        .await?
+                        .ok_or(e)?,
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        if user.disabled {
+            return Err(YunError::new(
+                ErrorCode::PermissionDenied,
+                "the user is disabled",
+            ));
+        }
+        self.issue(env, user, &new_id("")).await
     }
 
     /// A new signing key for the env: every access token issued before stops working.
@@ -458,7 +652,7 @@ mod tests {
         let dev = env("dev");
         let s = users.sign_up(&dev, "dave", "password one").await.unwrap();
         let (claims, _) = users.verify(&s.access_token).await.unwrap();
-        users.sign_out(&claims).await.unwrap();
+        users.end_session(&claims.sid).await.unwrap();
         assert!(
             users.refresh(&dev, &s.refresh_token).await.is_err(),
             "signed out"
@@ -492,6 +686,102 @@ mod tests {
         assert!(users.refresh(&dev, &s.refresh_token).await.is_err());
     }
 
+    fn ticket(key: &TicketKey, env: &str, uid: &str, exp_ms: i64) -> String {
+        #[derive(Serialize)]
+        struct Claims<'a> {
+            env: &'a str,
+            uid: &'a str,
+            iat: i64,
+            exp: i64,
+        }
+        let jwt = jsonwebtoken::encode(
+            &Header::new(Algorithm::RS256),
+            &Claims {
+                env,
+                uid,
+                iat: yun_types::unix_ms(),
+                exp: exp_ms,
+            },
+            &{
+                use rsa::pkcs1::EncodeRsaPrivateKey;
+                use rsa::pkcs8::DecodePrivateKey;
+                let private = rsa::RsaPrivateKey::from_pkcs8_pem(&key.private_key).unwrap();
+                EncodingKey::from_rsa_der(private.to_pkcs1_der().unwrap().as_bytes())
+            },
+        )
+        .unwrap();
+        format!("{}/@@/{jwt}", key.private_key_id)
+    }
+
+    #[tokio::test]
+    async fn custom_tickets_sign_in_the_same_user_until_the_key_is_revoked() {
+        let (users, _dir) = users();
+        let dev = env("dev");
+        let key = users.create_ticket_key(&dev).await.unwrap();
+        let later = yun_types::unix_ms() + 600_000;
+        let first = users
+            .sign_in_with_ticket(&dev, &ticket(&key, "dev", "user-42", later))
+            .await
+            .unwrap();
+        assert_eq!(first.user.custom_id.as_deref(), Some("user-42"));
+        assert!(!first.user.anonymous);
+        let again = users
+            .sign_in_with_ticket(&dev, &ticket(&key, "dev", "user-42", later))
+            .await
+            .unwrap();
+        assert_eq!(again.user.uid, first.user.uid);
+        for bad in [
+            ticket(&key, "other", "user-42", later),
+            ticket(&key, "dev", "user-42", yun_types::unix_ms() - 1),
+            format!(
+                "nokey/@@/{}",
+                ticket(&key, "dev", "user-42", later)
+                    .split_once("/@@/")
+                    .unwrap()
+                    .1
+            ),
+            "garbage".into(),
+        ] {
+            assert_eq!(
+                users
+                    .sign_in_with_ticket(&dev, &bad)
+                    .await
+                    .unwrap_err()
+                    .code,
+                ErrorCode::InvalidCredentials,
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            users
+                .sign_in_with_ticket(&dev, &ticket(&key, "dev", "no", later))
+                .await
+                .unwrap_err()
+                .code,
+            ErrorCode::InvalidParam
+        );
+        // Another key's signature under this key id fails.
+        let other = users.create_ticket_key(&dev).await.unwrap();
+        let forged = format!(
+            "{}/@@/{}",
+            key.private_key_id,
+            ticket(&other, "dev", "user-42", later)
+                .split_once("/@@/")
+                .unwrap()
+                .1
+        );
+        assert!(users.sign_in_with_ticket(&dev, &forged).await.is_err());
+        assert!(users
+            .store()
+            .delete_ticket_key(&dev, &key.private_key_id)
+            .await
+            .unwrap());
+        assert!(users
+            .sign_in_with_ticket(&dev, &ticket(&key, "dev", "user-42", later))
+            .await
+            .is_err());
+    }
+
     #[tokio::test]
     async fn changing_the_password_ends_other_sessions() {
         let (users, _dir) = users();
@@ -499,14 +789,27 @@ mod tests {
         let s = users.sign_up(&dev, "erin", "first password").await.unwrap();
         assert_eq!(
             users
-                .change_password(&dev, &s.user.uid, "wrong one!", "second password")
+                .sudo(&dev, &s.user.uid, "wrong one!")
                 .await
                 .unwrap_err()
                 .code,
             ErrorCode::InvalidCredentials
         );
+        let sudo = users
+            .sudo(&dev, &s.user.uid, "first password")
+            .await
+            .unwrap();
+        assert!(
+            users.verify(&sudo).await.is_err(),
+            "a sudo token is no access token"
+        );
+        let other = users.sign_up(&dev, "frank", "frank's pass").await.unwrap();
+        assert!(users
+            .set_password(&dev, &other.user.uid, &sudo, "stolen password")
+            .await
+            .is_err());
         users
-            .change_password(&dev, &s.user.uid, "first password", "second password")
+            .set_password(&dev, &s.user.uid, &sudo, "second password")
             .await
             .unwrap();
         assert!(users.refresh(&dev, &s.refresh_token).await.is_err());

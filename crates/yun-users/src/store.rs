@@ -17,6 +17,8 @@ pub struct UserRecord {
     #[serde(skip)]
     pub password_hash: Option<String>,
     pub anonymous: bool,
+    /// The developer's own user id, for users who signed in with a custom ticket.
+    pub custom_id: Option<String>,
     pub disabled: bool,
     /// Unix milliseconds.
     pub created_at: i64,
@@ -42,6 +44,18 @@ pub enum RefreshUse {
     Unknown,
 }
 
+/// The public half of a key the developer's backend signs custom-login tickets with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TicketKeyRecord {
+    #[serde(rename = "privateKeyId")]
+    pub kid: String,
+    #[serde(skip)]
+    pub public_pem: String,
+    /// Unix milliseconds.
+    #[serde(rename = "createdAt")]
+    pub created_at: i64,
+}
+
 #[derive(Debug, Clone)]
 pub struct SigningKey {
     pub kid: String,
@@ -53,6 +67,11 @@ pub trait UserStore: Send + Sync + 'static {
     async fn insert_user(&self, env: &EnvId, user: UserRecord) -> Result<(), YunError>;
     async fn user(&self, env: &EnvId, uid: &str) -> Result<Option<UserRecord>, YunError>;
     async fn user_by_name(&self, env: &EnvId, name: &str) -> Result<Option<UserRecord>, YunError>;
+    async fn user_by_custom_id(
+        &self,
+        env: &EnvId,
+        id: &str,
+    ) -> Result<Option<UserRecord>, YunError>;
     async fn set_password(&self, env: &EnvId, uid: &str, hash: &str) -> Result<(), YunError>;
     async fn set_disabled(&self, env: &EnvId, uid: &str, disabled: bool) -> Result<bool, YunError>;
     /// Deletes the user and its refresh tokens; false when there was no such user.
@@ -72,6 +91,11 @@ pub trait UserStore: Send + Sync + 'static {
     /// Makes `fresh` the env's signing key; earlier keys are dropped, so every token they
     /// signed stops working.
     async fn rotate_key(&self, env: &EnvId, fresh: SigningKey) -> Result<(), YunError>;
+    async fn insert_ticket_key(&self, env: &EnvId, key: TicketKeyRecord) -> Result<(), YunError>;
+    async fn ticket_key(&self, env: &EnvId, kid: &str)
+        -> Result<Option<TicketKeyRecord>, YunError>;
+    async fn list_ticket_keys(&self, env: &EnvId) -> Result<Vec<TicketKeyRecord>, YunError>;
+    async fn delete_ticket_key(&self, env: &EnvId, kid: &str) -> Result<bool, YunError>;
     async fn drop_env(&self, env: &EnvId) -> Result<(), YunError>;
 }
 
@@ -82,11 +106,13 @@ CREATE TABLE users (
     username TEXT,
     password_hash TEXT,
     anonymous INTEGER NOT NULL,
+    custom_id TEXT,
     disabled INTEGER NOT NULL DEFAULT 0,
     created_at INTEGER NOT NULL,
     PRIMARY KEY (env, uid)
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX users_by_name ON users(env, username) WHERE username IS NOT NULL;
+CREATE UNIQUE INDEX users_by_custom_id ON users(env, custom_id) WHERE custom_id IS NOT NULL;
 CREATE TABLE refresh_tokens (
     hash TEXT PRIMARY KEY,
     env TEXT NOT NULL,
@@ -103,9 +129,17 @@ CREATE TABLE signing_keys (
     secret BLOB NOT NULL,
     PRIMARY KEY (env, kid)
 ) WITHOUT ROWID;
+CREATE TABLE ticket_keys (
+    env TEXT NOT NULL,
+    kid TEXT NOT NULL,
+    public_pem TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (env, kid)
+) WITHOUT ROWID;
 "#];
 
-const USER_COLUMNS: &str = "uid, username, password_hash, anonymous, disabled, created_at";
+const USER_COLUMNS: &str =
+    "uid, username, password_hash, anonymous, custom_id, disabled, created_at";
 
 fn user_row(row: &Row<'_>) -> rusqlite::Result<UserRecord> {
     Ok(UserRecord {
@@ -113,8 +147,17 @@ fn user_row(row: &Row<'_>) -> rusqlite::Result<UserRecord> {
         username: row.get(1)?,
         password_hash: row.get(2)?,
         anonymous: row.get(3)?,
-        disabled: row.get(4)?,
-        created_at: row.get(5)?,
+        custom_id: row.get(4)?,
+        disabled: row.get(5)?,
+        created_at: row.get(6)?,
+    })
+}
+
+fn ticket_key_row(row: &Row<'_>) -> rusqlite::Result<TicketKeyRecord> {
+    Ok(TicketKeyRecord {
+        kid: row.get(0)?,
+        public_pem: row.get(1)?,
+        created_at: row.get(2)?,
     })
 }
 
@@ -153,17 +196,17 @@ impl UserStore for SqliteUserStore {
             .write(move |conn| {
                 let inserted = conn
                     .prepare_cached(&format!(
-                        "INSERT INTO users (env, {USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+                        "INSERT INTO users (env, {USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
                     ))
                     .and_then(|mut s| {
-                        s.execute(params![env, u.uid, u.username, u.password_hash, u.anonymous, u.disabled, u.created_at])
+                        s.execute(params![env, u.uid, u.username, u.password_hash, u.anonymous, u.custom_id, u.disabled, u.created_at])
                     });
                 match inserted {
                     Ok(_) => Ok(()),
                     Err(rusqlite::Error::SqliteFailure(e, _))
                         if e.code == rusqlite::ErrorCode::ConstraintViolation =>
                     {
-                        Err(YunError::new(ErrorCode::AlreadyExists, "the username is taken"))
+                        Err(YunError::new(ErrorCode::AlreadyExists, "the username or custom user id is taken"))
                     }
                     Err(e) => Err(db_err(e)),
                 }
@@ -177,6 +220,14 @@ impl UserStore for SqliteUserStore {
 
     async fn user_by_name(&self, env: &EnvId, name: &str) -> Result<Option<UserRecord>, YunError> {
         self.one_user("username", env, name).await
+    }
+
+    async fn user_by_custom_id(
+        &self,
+        env: &EnvId,
+        id: &str,
+    ) -> Result<Option<UserRecord>, YunError> {
+        self.one_user("custom_id", env, id).await
     }
 
     async fn set_password(&self, env: &EnvId, uid: &str, hash: &str) -> Result<(), YunError> {
@@ -379,11 +430,69 @@ impl UserStore for SqliteUserStore {
             .await
     }
 
+    async fn insert_ticket_key(&self, env: &EnvId, key: TicketKeyRecord) -> Result<(), YunError> {
+        let env = env.to_string();
+        self.db
+            .write(move |conn| {
+                conn.execute(
+                    "INSERT INTO ticket_keys (env, kid, public_pem, created_at) VALUES (?1, ?2, ?3, ?4)",
+                    params![env, key.kid, key.public_pem, key.created_at],
+                )
+                .map_err(db_err)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn ticket_key(
+        &self,
+        env: &EnvId,
+        kid: &str,
+    ) -> Result<Option<TicketKeyRecord>, YunError> {
+        self.db.read_now(|conn| {
+            conn.prepare_cached(
+                "SELECT kid, public_pem, created_at FROM ticket_keys WHERE env = ?1 AND kid = ?2",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![env.as_str(), kid], ticket_key_row)
+                    .optional()
+            })
+            .map_err(db_err)
+        })
+    }
+
+    async fn list_ticket_keys(&self, env: &EnvId) -> Result<Vec<TicketKeyRecord>, YunError> {
+        let env = env.to_string();
+        self.db
+            .read(move |conn| {
+                conn.prepare_cached(
+                    "SELECT kid, public_pem, created_at FROM ticket_keys WHERE env = ?1 ORDER BY created_at, kid",
+                )
+                .and_then(|mut s| s.query_map(params![env], ticket_key_row)?.collect())
+                .map_err(db_err)
+            })
+            .await
+    }
+
+    async fn delete_ticket_key(&self, env: &EnvId, kid: &str) -> Result<bool, YunError> {
+        let (env, kid) = (env.to_string(), kid.to_owned());
+        self.db
+            .write(move |conn| {
+                conn.execute(
+                    "DELETE FROM ticket_keys WHERE env = ?1 AND kid = ?2",
+                    params![env, kid],
+                )
+                .map(|n| n > 0)
+                .map_err(db_err)
+            })
+            .await
+    }
+
     async fn drop_env(&self, env: &EnvId) -> Result<(), YunError> {
         let env = env.to_string();
         self.db
             .write(move |conn| {
-                for table in ["users", "refresh_tokens", "signing_keys"] {
+                for table in ["users", "refresh_tokens", "signing_keys", "ticket_keys"] {
                     conn.execute(&format!("DELETE FROM {table} WHERE env = ?1"), params![env])
                         .map_err(db_err)?;
                 }
