@@ -6,7 +6,7 @@
 //! or body) or HTTP Basic (`client_id:secret`); the js-sdk's client id is the env id.
 
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::{FromRequest, FromRequestParts, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
@@ -142,6 +142,26 @@ fn client_env(
     EnvId::parse(&client_id).map_err(|e| YunError::new(ErrorCode::InvalidEnv, e.to_string()))
 }
 
+/// A credential-less `/auth` request: its env (see [`client_env`]) and JSON body.
+struct ClientRequest {
+    env: EnvId,
+    body: Map<String, Value>,
+}
+
+impl FromRequest<AppState> for ClientRequest {
+    type Rejection = AuthError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, AuthError> {
+        let (mut parts, body) = req.into_parts();
+        let Query(query) = Query::<ClientQuery>::from_request_parts(&mut parts, state)
+            .await
+            .map_err(|e| YunError::invalid_param(e.to_string()))?;
+        let body = json_body(body).await?;
+        let env = client_env(&query, &parts.headers, &body)?;
+        Ok(Self { env, body })
+    }
+}
+
 fn bearer(headers: &HeaderMap) -> Result<&str, YunError> {
     headers
         .get("authorization")
@@ -177,23 +197,15 @@ fn credentials(session: Session) -> Response {
 
 async fn sign_in_anonymously(
     State(app): State<AppState>,
-    Query(query): Query<ClientQuery>,
-    headers: HeaderMap,
-    body: Body,
+    ClientRequest { env, .. }: ClientRequest,
 ) -> AuthResult {
-    let body = json_body(body).await?;
-    let env = client_env(&query, &headers, &body)?;
     Ok(credentials(app.sign_in_anonymously(&env).await?))
 }
 
 async fn sign_up(
     State(app): State<AppState>,
-    Query(query): Query<ClientQuery>,
-    headers: HeaderMap,
-    body: Body,
+    ClientRequest { env, body }: ClientRequest,
 ) -> AuthResult {
-    let body = json_body(body).await?;
-    let env = client_env(&query, &headers, &body)?;
     let session = app
         .sign_up(&env, text(&body, "username")?, text(&body, "password")?)
         .await?;
@@ -202,12 +214,8 @@ async fn sign_up(
 
 async fn sign_in(
     State(app): State<AppState>,
-    Query(query): Query<ClientQuery>,
-    headers: HeaderMap,
-    body: Body,
+    ClientRequest { env, body }: ClientRequest,
 ) -> AuthResult {
-    let body = json_body(body).await?;
-    let env = client_env(&query, &headers, &body)?;
     if body.get("verification_token").is_some() || body.get("isEncrypt").is_some() {
         return Err(YunError::new(
             ErrorCode::InvalidAction,
@@ -223,12 +231,8 @@ async fn sign_in(
 
 async fn sign_in_custom(
     State(app): State<AppState>,
-    Query(query): Query<ClientQuery>,
-    headers: HeaderMap,
-    body: Body,
+    ClientRequest { env, body }: ClientRequest,
 ) -> AuthResult {
-    let body = json_body(body).await?;
-    let env = client_env(&query, &headers, &body)?;
     let session = app
         .sign_in_with_ticket(&env, text(&body, "ticket")?)
         .await
@@ -238,12 +242,8 @@ async fn sign_in_custom(
 
 async fn token(
     State(app): State<AppState>,
-    Query(query): Query<ClientQuery>,
-    headers: HeaderMap,
-    body: Body,
+    ClientRequest { env, body }: ClientRequest,
 ) -> AuthResult {
-    let body = json_body(body).await?;
-    let env = client_env(&query, &headers, &body)?;
     match body.get("grant_type").and_then(Value::as_str) {
         Some("refresh_token") => {}
         other => {

@@ -711,6 +711,63 @@ async fn rotate_signing_key(State(app): State<AppState>, InEnv(who): InEnv) -> A
     ok(json!({ "rotated": true }))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutRules {
+    rules: Value,
+}
+
+async fn get_collection_rules(
+    State(app): State<AppState>,
+    InEnv(who): InEnv,
+    Path((_, collection)): Path<(String, String)>,
+) -> ApiResult {
+    ok(app
+        .get_rules(&who, &yun_app::RulesTarget::Collection(collection))
+        .await?)
+}
+
+async fn put_collection_rules(
+    State(app): State<AppState>,
+    InEnv(who): InEnv,
+    Path((_, collection)): Path<(String, String)>,
+    body: Body,
+) -> ApiResult {
+    let req: PutRules = json_body(body, JSON_BODY_LIMIT).await?;
+    let target = yun_app::RulesTarget::Collection(collection);
+    ok(app.set_rules(&who, &target, Some(&req.rules)).await?)
+}
+
+async fn delete_collection_rules(
+    State(app): State<AppState>,
+    InEnv(who): InEnv,
+    Path((_, collection)): Path<(String, String)>,
+) -> ApiResult {
+    let target = yun_app::RulesTarget::Collection(collection);
+    ok(app.set_rules(&who, &target, None).await?)
+}
+
+async fn get_storage_rules(State(app): State<AppState>, InEnv(who): InEnv) -> ApiResult {
+    ok(app.get_rules(&who, &yun_app::RulesTarget::Storage).await?)
+}
+
+async fn put_storage_rules(
+    State(app): State<AppState>,
+    InEnv(who): InEnv,
+    body: Body,
+) -> ApiResult {
+    let req: PutRules = json_body(body, JSON_BODY_LIMIT).await?;
+    ok(app
+        .set_rules(&who, &yun_app::RulesTarget::Storage, Some(&req.rules))
+        .await?)
+}
+
+async fn delete_storage_rules(State(app): State<AppState>, InEnv(who): InEnv) -> ApiResult {
+    ok(app
+        .set_rules(&who, &yun_app::RulesTarget::Storage, None)
+        .await?)
+}
+
 async fn openapi() -> Response {
     ([("content-type", "application/json")], OPENAPI).into_response()
 }
@@ -841,6 +898,36 @@ pub fn management_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)
         ),
         route(Method::POST, "/api/v1/envs/{env}/storage/copy", copy_file),
         route(Method::POST, "/api/v1/envs/{env}/storage/urls", file_urls),
+        route(
+            Method::GET,
+            "/api/v1/envs/{env}/collections/{collection}/rules",
+            get_collection_rules,
+        ),
+        route(
+            Method::PUT,
+            "/api/v1/envs/{env}/collections/{collection}/rules",
+            put_collection_rules,
+        ),
+        route(
+            Method::DELETE,
+            "/api/v1/envs/{env}/collections/{collection}/rules",
+            delete_collection_rules,
+        ),
+        route(
+            Method::GET,
+            "/api/v1/envs/{env}/storage/rules",
+            get_storage_rules,
+        ),
+        route(
+            Method::PUT,
+            "/api/v1/envs/{env}/storage/rules",
+            put_storage_rules,
+        ),
+        route(
+            Method::DELETE,
+            "/api/v1/envs/{env}/storage/rules",
+            delete_storage_rules,
+        ),
         route(Method::GET, "/api/v1/envs/{env}/users", list_users),
         route(Method::GET, "/api/v1/envs/{env}/users/{uid}", get_user),
         route(Method::PATCH, "/api/v1/envs/{env}/users/{uid}", patch_user),

@@ -33,7 +33,11 @@ pub(crate) struct MetaCache {
     routes: RwLock<HashMap<EnvId, Routes>>,
     credentials: RwLock<HashMap<(EnvId, FunctionName), TempCredential>>,
     env_settings: RwLock<HashMap<EnvId, EnvSettings>>,
+    /// Each env's stored rules, parsed, by target (`collection:{name}`, `storage`).
+    pub(crate) rules: RwLock<HashMap<EnvId, EnvRules>>,
 }
+
+pub(crate) type EnvRules = Arc<HashMap<String, Arc<yun_rules::RuleSet>>>;
 
 /// A function credential is issued for this long past the invocation's time limit ...
 const CREDENTIAL_LIFETIME_SECS: i64 = 900;
@@ -196,5 +200,36 @@ impl App {
             m.retain(|(e, _), _| e != env);
         }
         self.forget_env_settings(env);
+        self.forget_rules(env);
+    }
+
+    pub(crate) fn forget_rules(&self, env: &EnvId) {
+        if let Ok(mut m) = self.cache.rules.write() {
+            m.remove(env);
+        }
+    }
+
+    /// The env's stored rules (targets without stored rules use the defaults).
+    pub(crate) async fn env_rules(&self, env: &EnvId) -> Result<EnvRules, YunError> {
+        if let Some(rules) = read(&self.cache.rules, env) {
+            return Ok(rules);
+        }
+        let mut parsed = HashMap::new();
+        for (target, spec) in self.meta.list_rules(env).await? {
+            let kind = if target == crate::rules::STORAGE_TARGET {
+                yun_rules::Target::Storage
+            } else {
+                yun_rules::Target::Collection
+            };
+            // Stored rules were checked when they were set; a rule that no longer parses
+            // (a newer server's syntax) denies everything rather than failing open.
+            let set = yun_rules::RuleSet::parse(&spec, kind).unwrap_or_else(|_| {
+                yun_rules::RuleSet::parse(&serde_json::json!("ADMINONLY"), kind).expect("preset")
+            });
+            parsed.insert(target, Arc::new(set));
+        }
+        let rules: EnvRules = Arc::new(parsed);
+        write(&self.cache.rules, env.clone(), rules.clone());
+        Ok(rules)
     }
 }

@@ -9,6 +9,7 @@ mod database;
 mod envs;
 mod functions;
 mod recorder;
+mod rules;
 mod storage;
 mod users;
 
@@ -23,6 +24,7 @@ pub use access::SignedRequest;
 pub use envs::{Credentials, NewKey};
 pub use functions::{CallerContext, DeployRequest, Invocation};
 pub use recorder::Recorder;
+pub use rules::RulesTarget;
 pub use storage::{FileOutcome, UploadTarget, MAX_LIST_PAGE};
 pub use users::{UserSession, MAX_USER_PAGE};
 pub use yun_auth::{Caller, Identity};

@@ -567,6 +567,12 @@ pub enum DbCommand {
         #[command(subcommand)]
         command: IndexCommand,
     },
+    /// Security rules of a collection for end users (admin keys bypass them).
+    Rules {
+        collection: String,
+        #[command(subcommand)]
+        command: crate::rules::RulesCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -888,6 +894,20 @@ pub async fn db(command: DbCommand, conn: Connection) -> anyhow::Result<()> {
                     file.display()
                 )
             });
+        }
+        DbCommand::Rules {
+            collection,
+            command,
+        } => {
+            let path = client.env_path(&format!("/collections/{collection}/rules"));
+            crate::rules::run(
+                &client,
+                conn.json,
+                &path,
+                &format!("collection {collection}"),
+                command,
+            )
+            .await?;
         }
         DbCommand::Index { command } => match command {
             IndexCommand::Create {

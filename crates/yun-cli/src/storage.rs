@@ -67,6 +67,11 @@ pub enum StorageCommand {
         #[arg(long, default_value = "1d", value_parser = parse_duration)]
         expires: Duration,
     },
+    /// Security rules of the env's files for end users (admin keys bypass them).
+    Rules {
+        #[command(subcommand)]
+        command: crate::rules::RulesCommand,
+    },
 }
 
 /// A cloud path, or the path of a `cloud://` file id of this env.
@@ -413,6 +418,10 @@ pub async fn storage(command: StorageCommand, conn: Connection) -> anyhow::Resul
                     },
                 )
             });
+        }
+        StorageCommand::Rules { command } => {
+            let path = client.env_path("/storage/rules");
+            crate::rules::run(&client, conn.json, &path, "storage", command).await?;
         }
         StorageCommand::Url { paths, expires } => {
             let files = paths

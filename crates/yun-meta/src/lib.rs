@@ -31,6 +31,16 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn env_settings(&self, env: &EnvId) -> Result<EnvSettings>;
     async fn put_env_settings(&self, env: &EnvId, settings: &EnvSettings) -> Result<()>;
 
+    /// The env's security rules, as (target, spec): `collection:{name}` or `storage`.
+    async fn list_rules(&self, env: &EnvId) -> Result<Vec<(String, serde_json::Value)>>;
+    /// Sets a target's rules; `None` removes them (the default applies again).
+    async fn put_rules(
+        &self,
+        env: &EnvId,
+        target: &str,
+        spec: Option<&serde_json::Value>,
+    ) -> Result<()>;
+
     async fn insert_key(&self, key: &KeyRecord) -> Result<()>;
     async fn get_key(&self, secret_id: &str) -> Result<Option<KeyRecord>>;
     async fn list_keys(&self, env: &EnvId) -> Result<Vec<KeyRecord>>;

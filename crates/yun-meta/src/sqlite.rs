@@ -71,6 +71,15 @@ CREATE TABLE env_settings (
     settings TEXT NOT NULL
 );
 "#,
+    r#"
+-- Security rules: `target` is `collection:{name}` or `storage`; `spec` is the JSON set.
+CREATE TABLE rules (
+    env TEXT NOT NULL REFERENCES envs(id) ON DELETE CASCADE,
+    target TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    PRIMARY KEY (env, target)
+) WITHOUT ROWID;
+"#,
 ];
 
 /// The metadata store on one SQLite file (see `yun-sqlite` for the connection model).
@@ -298,6 +307,52 @@ impl MetaStore for SqliteMetaStore {
                     "INSERT INTO env_settings (env, settings) VALUES (?1, ?2) ON CONFLICT (env) DO UPDATE SET settings = excluded.settings",
                     params![env.as_str(), text],
                 )
+                .map(|_| ())
+                .map_err(db_err)
+            })
+            .await
+    }
+
+    async fn list_rules(&self, env: &EnvId) -> Result<Vec<(String, serde_json::Value)>> {
+        let env = env.clone();
+        self.db
+            .read(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached("SELECT target, spec FROM rules WHERE env = ?1 ORDER BY target")
+                    .map_err(db_err)?;
+                let rows = stmt
+                    .query_map(params![env.as_str()], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                    })
+                    .map_err(db_err)?;
+                rows.map(|row| {
+                    let (target, spec) = row.map_err(db_err)?;
+                    Ok((target, serde_json::from_str(&spec).map_err(db_err)?))
+                })
+                .collect()
+            })
+            .await
+    }
+
+    async fn put_rules(
+        &self,
+        env: &EnvId,
+        target: &str,
+        spec: Option<&serde_json::Value>,
+    ) -> Result<()> {
+        let (env, target, spec) = (env.clone(), target.to_owned(), spec.map(|s| s.to_string()));
+        self.db
+            .write(move |conn| {
+                match spec {
+                    Some(spec) => conn.execute(
+                        "INSERT INTO rules (env, target, spec) VALUES (?1, ?2, ?3) ON CONFLICT (env, target) DO UPDATE SET spec = excluded.spec",
+                        params![env.as_str(), target, spec],
+                    ),
+                    None => conn.execute(
+                        "DELETE FROM rules WHERE env = ?1 AND target = ?2",
+                        params![env.as_str(), target],
+                    ),
+                }
                 .map(|_| ())
                 .map_err(db_err)
             })

@@ -266,3 +266,28 @@ test('yun user list, disable, enable and delete', async () => {
   assert.notEqual(missing.code, 0);
   assert.match(missing.stderr, /no user/);
 });
+
+test('yun db rules and yun storage rules: presets, custom rules checked before they are stored, reset', async () => {
+  assert.deepEqual(await yun.cliJson(['db', 'rules', 'photos', 'get']), { rules: 'PRIVATE', default: true });
+  assert.deepEqual(await yun.cliJson(['db', 'rules', 'photos', 'set', 'READONLY']), { rules: 'READONLY', default: false });
+  const custom = { read: 'doc.public == true || doc._openid == auth.openid', write: 'doc._openid == auth.openid' };
+  assert.deepEqual(await yun.cliJson(['db', 'rules', 'photos', 'set', JSON.stringify(custom)]), { rules: custom, default: false });
+  const split = { read: true, create: 'auth != null', update: false, delete: 'doc._openid == auth.uid' };
+  assert.deepEqual((await yun.cliJson(['db', 'rules', 'likes', 'set', JSON.stringify(split)])).rules, split);
+  for (const [bad, message] of [
+    ['{"read": "doc.x =="}', /rule syntax/],
+    ['{"read": "window.x == 1", "write": false}', /unknown variable/],
+    ['{"read": true}', /write\) is required/],
+    ['EVERYONE', /unknown preset/],
+  ]) {
+    const r = await yun.cli(['db', 'rules', 'photos', 'set', bad]);
+    assert.notEqual(r.code, 0, bad);
+    assert.match(r.stderr, message);
+  }
+  assert.deepEqual((await yun.cliJson(['db', 'rules', 'photos', 'get'])).rules, custom, 'a refused set changes nothing');
+  assert.deepEqual(await yun.cliJson(['db', 'rules', 'photos', 'reset']), { rules: 'PRIVATE', default: true });
+  assert.deepEqual(await yun.cliJson(['storage', 'rules', 'get']), { rules: 'READONLY', default: true });
+  assert.deepEqual(await yun.cliJson(['storage', 'rules', 'set', 'PRIVATE']), { rules: 'PRIVATE', default: false });
+  const table = await yun.cli(['storage', 'rules', 'get']);
+  assert.match(table.stdout, /Rules of storage:\n"PRIVATE"/);
+});

@@ -1,0 +1,98 @@
+//! Security rules of an env: set and read by admins; what applies to end users.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use yun_auth::{Caller, Identity};
+use yun_rules::{RuleSet, Target};
+use yun_types::{ErrorCode, YunError};
+
+use crate::App;
+
+pub(crate) const STORAGE_TARGET: &str = "storage";
+
+/// What a rule set protects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RulesTarget {
+    Collection(String),
+    Storage,
+}
+
+impl RulesTarget {
+    fn key(&self) -> String {
+        match self {
+            RulesTarget::Collection(name) => format!("collection:{name}"),
+            RulesTarget::Storage => STORAGE_TARGET.into(),
+        }
+    }
+
+    fn kind(&self) -> Target {
+        match self {
+            RulesTarget::Collection(_) => Target::Collection,
+            RulesTarget::Storage => Target::Storage,
+        }
+    }
+}
+
+fn admins_only(identity: &Identity) -> Result<(), YunError> {
+    match identity.caller {
+        Caller::PlatformKey { .. } | Caller::EnvKey { .. } => Ok(()),
+        _ => Err(YunError::new(
+            ErrorCode::PermissionDenied,
+            "rules are set with a key of the env",
+        )),
+    }
+}
+
+impl App {
+    /// The rules that apply to `target`: the stored set or the default.
+    pub(crate) async fn rules_for(
+        &self,
+        identity: &Identity,
+        target: &RulesTarget,
+    ) -> Result<Arc<RuleSet>, YunError> {
+        let stored = self.env_rules(&identity.env).await?;
+        Ok(stored
+            .get(&target.key())
+            .cloned()
+            .unwrap_or_else(|| Arc::new(RuleSet::default_for(target.kind()))))
+    }
+
+    /// `{rules, default}`: the rules in force and whether they are the default.
+    pub async fn get_rules(
+        &self,
+        identity: &Identity,
+        target: &RulesTarget,
+    ) -> Result<Value, YunError> {
+        admins_only(identity)?;
+        let stored = self.env_rules(&identity.env).await?;
+        let default = !stored.contains_key(&target.key());
+        Ok(json!({
+            "rules": self.rules_for(identity, target).await?.to_json(),
+            "default": default,
+        }))
+    }
+
+    /// Checks and stores `spec` (a preset name or a rules object); `None` restores the
+    /// default. Takes effect for the next request.
+    pub async fn set_rules(
+        &self,
+        identity: &Identity,
+        target: &RulesTarget,
+        spec: Option<&Value>,
+    ) -> Result<Value, YunError> {
+        admins_only(identity)?;
+        let normalised = spec
+            .map(|spec| {
+                RuleSet::parse(spec, target.kind())
+                    .map(|set| set.to_json())
+                    .map_err(|e| YunError::invalid_param(e.to_string()))
+            })
+            .transpose()?;
+        self.meta
+            .put_rules(&identity.env, &target.key(), normalised.as_ref())
+            .await?;
+        self.forget_rules(&identity.env);
+        self.get_rules(identity, target).await
+    }
+}
