@@ -222,6 +222,7 @@ async fn wait_http(url: &str) {
     panic!("{url} did not come up");
 }
 
+mod auth;
 mod db;
 mod storage;
 
@@ -237,13 +238,18 @@ async fn main() {
             storage::run(&yun).await;
         }
         Some("functions") => functions().await,
+        Some("auth") => {
+            let yun = spawn_yun(&yun_bin(), &[]).await;
+            auth::run(&yun).await;
+        }
         None => {
             functions().await;
             let yun = spawn_yun(&yun_bin(), &[]).await;
             db::run(&yun).await;
             storage::run(&yun).await;
+            auth::run(&yun).await;
         }
-        Some(other) => eprintln!("usage: yun-bench [functions|db|storage] (got {other:?})"),
+        Some(other) => eprintln!("usage: yun-bench [functions|db|storage|auth] (got {other:?})"),
     }
 }
 

@@ -13,6 +13,7 @@ mod files;
 mod http_functions;
 mod management;
 mod web;
+mod web_db;
 
 use std::sync::Arc;
 

@@ -90,6 +90,9 @@ async fn handle(
             };
             Ok(json!({ "response_data": response_data }))
         }
+        database if database.starts_with("database.") => {
+            crate::web_db::handle(app, identity, database, &body).await
+        }
         other => Err(unsupported_action(other)),
     }
 }

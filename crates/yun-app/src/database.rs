@@ -2,20 +2,27 @@
 //! semantics live in `yun-docdb`; this layer decides who may call and what is stamped.
 
 use serde_json::Value;
-use yun_auth::Identity;
+use yun_auth::{Caller, Identity};
 use yun_docdb::filter::Filter;
 use yun_docdb::find::Projection;
 use yun_docdb::index::IndexSpec;
-use yun_docdb::{Change, Find, Limits, Updated};
-use yun_types::YunError;
+use yun_docdb::{Change, Find, Limits, UpdateMode, Updated};
+use yun_types::{ErrorCode, YunError};
 
 use crate::App;
 
 impl App {
-    /// The caller's openid to stamp as `_openid` on new documents. Admin and function
-    /// callers have none; end users (a later issue) will.
-    fn owner(_identity: &Identity) -> Option<&str> {
-        None
+    /// These operations are the admin path: rules do not apply. End users go through
+    /// `user_db.rs`, which checks their rules; this refuses them here so no surface can
+    /// reach around it.
+    fn admin_path(identity: &Identity) -> Result<(), YunError> {
+        match identity.caller {
+            Caller::User(_) | Caller::Anonymous => Err(YunError::new(
+                ErrorCode::DatabasePermissionDenied,
+                "end users reach the database under security rules only",
+            )),
+            _ => Ok(()),
+        }
     }
 
     pub async fn db_create_collection(
@@ -30,14 +37,28 @@ impl App {
         self.docdb.list_collections(&identity.env).await
     }
 
+    /// The env's query limits: the platform's, as the env's settings override them.
+    pub(crate) async fn env_limits(&self, identity: &Identity) -> Result<Limits, YunError> {
+        let settings = self.env_settings(&identity.env).await?;
+        let base = self.docdb.limits();
+        Ok(Limits {
+            default_limit: settings
+                .db_default_limit
+                .map_or(base.default_limit, |n| n as usize),
+            max_limit: settings.db_max_limit.map_or(base.max_limit, |n| n as usize),
+            ..base
+        })
+    }
+
     pub async fn db_insert(
         &self,
         identity: &Identity,
         collection: &str,
         docs: Vec<Value>,
     ) -> Result<Vec<String>, YunError> {
+        Self::admin_path(identity)?;
         self.docdb
-            .insert(&identity.env, collection, docs, Self::owner(identity))
+            .insert(&identity.env, collection, docs, None, None)
             .await
     }
 
@@ -47,15 +68,8 @@ impl App {
         collection: &str,
         find: Find,
     ) -> Result<Vec<Value>, YunError> {
-        let settings = self.env_settings(&identity.env).await?;
-        let base = self.docdb.limits();
-        let limits = Limits {
-            default_limit: settings
-                .db_default_limit
-                .map_or(base.default_limit, |n| n as usize),
-            max_limit: settings.db_max_limit.map_or(base.max_limit, |n| n as usize),
-            ..base
-        };
+        Self::admin_path(identity)?;
+        let limits = self.env_limits(identity).await?;
         self.docdb
             .find(&identity.env, collection, find, &limits)
             .await
@@ -67,6 +81,7 @@ impl App {
         collection: &str,
         filter: Filter,
     ) -> Result<u64, YunError> {
+        Self::admin_path(identity)?;
         self.docdb.count(&identity.env, collection, filter).await
     }
 
@@ -79,8 +94,19 @@ impl App {
         multi: bool,
         upsert: Option<Value>,
     ) -> Result<(Updated, Vec<Value>), YunError> {
+        Self::admin_path(identity)?;
         self.docdb
-            .update(&identity.env, collection, filter, change, multi, upsert)
+            .update(
+                &identity.env,
+                collection,
+                filter,
+                change,
+                UpdateMode {
+                    multi,
+                    upsert,
+                    ..Default::default()
+                },
+            )
             .await
     }
 
@@ -90,6 +116,7 @@ impl App {
         collection: &str,
         stages: Vec<yun_docdb::aggregate::Stage>,
     ) -> Result<Vec<Value>, YunError> {
+        Self::admin_path(identity)?;
         self.docdb
             .aggregate(&identity.env, collection, stages)
             .await
@@ -102,8 +129,9 @@ impl App {
         filter: Filter,
         multi: bool,
     ) -> Result<u64, YunError> {
+        Self::admin_path(identity)?;
         self.docdb
-            .remove(&identity.env, collection, filter, multi)
+            .remove(&identity.env, collection, filter, multi, None)
             .await
     }
 }

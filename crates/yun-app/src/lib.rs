@@ -11,6 +11,7 @@ mod functions;
 mod recorder;
 mod rules;
 mod storage;
+mod user_db;
 mod users;
 
 use std::path::PathBuf;
@@ -26,6 +27,7 @@ pub use functions::{CallerContext, DeployRequest, Invocation};
 pub use recorder::Recorder;
 pub use rules::RulesTarget;
 pub use storage::{FileOutcome, UploadTarget, MAX_LIST_PAGE};
+pub use user_db::UserQuery;
 pub use users::{UserSession, MAX_USER_PAGE};
 pub use yun_auth::{Caller, Identity};
 pub use yun_meta::{EnvSettings, LogFilter};

@@ -42,6 +42,29 @@ pub struct Find {
     pub projection: Projection,
 }
 
+/// Checks each document a write touches, inside the write's transaction, so an error
+/// aborts the whole write and the check sees exactly what is written: `(before, after)`;
+/// an insert has no before, a delete no after. End users' security rules use it.
+pub type WriteGuard =
+    Arc<dyn Fn(Option<&Value>, Option<&Value>) -> Result<(), YunError> + Send + Sync>;
+
+fn check_guard(
+    guard: &Option<WriteGuard>,
+    before: Option<&Value>,
+    after: Option<&Value>,
+) -> Result<(), YunError> {
+    guard.as_ref().map_or(Ok(()), |g| g(before, after))
+}
+
+/// How an update applies beyond its filter and change: to every match or the first,
+/// inserting the upsert seed when nothing matches, under an optional guard.
+#[derive(Default)]
+pub struct UpdateMode {
+    pub multi: bool,
+    pub upsert: Option<Value>,
+    pub guard: Option<WriteGuard>,
+}
+
 /// What an update writes: operators merged into the document, or a replacement.
 pub enum Change {
     Operators(Value),
@@ -306,6 +329,7 @@ impl DocDb {
         collection: &str,
         docs: Vec<Value>,
         owner: Option<&str>,
+        guard: Option<WriteGuard>,
     ) -> Result<Vec<String>, YunError> {
         let prepared = self.prepare_inserts(docs, owner)?;
         let collection = collection.to_owned();
@@ -313,6 +337,7 @@ impl DocDb {
             require_collection(txn, &collection)?;
             let mut writer = IndexedWriter::new(txn, &collection)?;
             for (id, doc) in &prepared {
+                check_guard(&guard, None, Some(doc))?;
                 writer.insert(id, doc)?;
             }
             Ok(prepared.into_iter().map(|(id, _)| id).collect())
@@ -400,9 +425,13 @@ impl DocDb {
         collection: &str,
         filter: Filter,
         change: Change,
-        multi: bool,
-        upsert: Option<Value>,
+        mode: UpdateMode,
     ) -> Result<(Updated, Vec<Value>), YunError> {
+        let UpdateMode {
+            multi,
+            upsert,
+            guard,
+        } = mode;
         // Refused even when nothing matches, so a typo never passes silently.
         if let Change::Operators(ops) = &change {
             update::check(ops)?;
@@ -420,6 +449,7 @@ impl DocDb {
                     Change::Operators(ops) => update::apply(&doc, ops)?,
                     Change::Replace(data) => update::replace(&doc, data)?,
                 };
+                check_guard(&guard, Some(&doc), Some(&new))?;
                 outcome.matched += 1;
                 if new != doc {
                     let bytes = new.to_string().len();
@@ -455,6 +485,7 @@ impl DocDb {
                         with_id.extend(std::mem::take(m));
                         *m = with_id;
                     }
+                    check_guard(&guard, None, Some(&new))?;
                     writer.insert(&id, &new)?;
                     outcome.upserted_id = Some(id);
                     written.push(new);
@@ -599,6 +630,7 @@ impl DocDb {
         collection: &str,
         filter: Filter,
         multi: bool,
+        guard: Option<WriteGuard>,
     ) -> Result<u64, YunError> {
         let collection = collection.to_owned();
         run(&*self.store, env, Access::Write, move |txn| {
@@ -607,6 +639,7 @@ impl DocDb {
             let found = candidates(txn, &collection, &filter)?;
             let mut writer = IndexedWriter::new(txn, &collection)?;
             for doc in found.into_iter().filter(|d| filter.matches(d)) {
+                check_guard(&guard, Some(&doc), None)?;
                 if writer.delete(&id_text(&doc["_id"])?)? {
                     deleted += 1;
                 }
@@ -652,7 +685,7 @@ mod tests {
         let (_dir, db, env) = setup();
         let other = EnvId::parse("other").unwrap();
         assert_eq!(
-            db.insert(&env, "todos", vec![json!({"a": 1})], None)
+            db.insert(&env, "todos", vec![json!({"a": 1})], None, None)
                 .await
                 .unwrap_err()
                 .code,
@@ -669,6 +702,7 @@ mod tests {
                 "todos",
                 vec![json!({"n": 1}), json!({"_id": "mine", "n": 2})],
                 Some("oUSER"),
+                None,
             )
             .await
             .unwrap();
@@ -680,6 +714,7 @@ mod tests {
                 &env,
                 "todos",
                 vec![json!({"_id": "fresh"}), json!({"_id": "mine"})],
+                None,
                 None,
             )
             .await
@@ -714,24 +749,34 @@ mod tests {
                 "todos",
                 Filter::all(),
                 Change::Operators(json!({"$inc": {"n": 10}})),
-                true,
-                None,
+                UpdateMode {
+                    multi: true,
+                    ..Default::default()
+                },
             )
             .await
             .unwrap();
         assert_eq!((u.matched, u.updated), (2, 2));
         // An update that fails on one document leaves every document as it was.
-        db.insert(&env, "todos", vec![json!({"_id": "text", "n": "x"})], None)
-            .await
-            .unwrap();
+        db.insert(
+            &env,
+            "todos",
+            vec![json!({"_id": "text", "n": "x"})],
+            None,
+            None,
+        )
+        .await
+        .unwrap();
         let failed = db
             .update(
                 &env,
                 "todos",
                 Filter::all(),
                 Change::Operators(json!({"$inc": {"n": 1}})),
-                true,
-                None,
+                UpdateMode {
+                    multi: true,
+                    ..Default::default()
+                },
             )
             .await;
         assert!(failed.is_err());
@@ -756,21 +801,25 @@ mod tests {
                 "todos",
                 Filter::parse(&query).unwrap(),
                 Change::Replace(json!({"v": 1})),
-                false,
-                Some(upsert_seed(&query)),
+                UpdateMode {
+                    upsert: Some(upsert_seed(&query)),
+                    ..Default::default()
+                },
             )
             .await
             .unwrap();
         assert_eq!(u.upserted_id.as_deref(), Some("new"));
         assert_eq!(docs[0], json!({"_id": "new", "v": 1}));
         assert_eq!(
-            db.remove(&env, "todos", Filter::all(), false)
+            db.remove(&env, "todos", Filter::all(), false, None)
                 .await
                 .unwrap(),
             1
         );
         assert_eq!(
-            db.remove(&env, "todos", Filter::all(), true).await.unwrap(),
+            db.remove(&env, "todos", Filter::all(), true, None)
+                .await
+                .unwrap(),
             3
         );
     }
@@ -782,7 +831,7 @@ mod tests {
         let docs: Vec<Value> = (0..200)
             .map(|i| json!({"n": i % 50, "tag": format!("t{}", i % 7), "arr": [i, i + 1000]}))
             .collect();
-        db.insert(&env, "p", docs, None).await.unwrap();
+        db.insert(&env, "p", docs, None, None).await.unwrap();
         let queries = [
             json!({"n": 7}),
             json!({"n": {"$gte": 10, "$lt": 13}}),
@@ -841,8 +890,10 @@ mod tests {
             "p",
             Filter::parse(&json!({"n": 7})).unwrap(),
             Change::Operators(json!({"$set": {"n": 700}})),
-            true,
-            None,
+            UpdateMode {
+                multi: true,
+                ..Default::default()
+            },
         )
         .await
         .unwrap();
@@ -858,9 +909,15 @@ mod tests {
                 .unwrap(),
             4
         );
-        db.remove(&env, "p", Filter::parse(&json!({"n": 700})).unwrap(), true)
-            .await
-            .unwrap();
+        db.remove(
+            &env,
+            "p",
+            Filter::parse(&json!({"n": 700})).unwrap(),
+            true,
+            None,
+        )
+        .await
+        .unwrap();
         assert_eq!(
             db.count(
                 &env,
@@ -904,7 +961,7 @@ mod tests {
         )
         .await
         .unwrap();
-        db.insert(&env, "users", vec![json!({"email": "a@x"})], None)
+        db.insert(&env, "users", vec![json!({"email": "a@x"})], None, None)
             .await
             .unwrap();
         let dup = db
@@ -912,6 +969,7 @@ mod tests {
                 &env,
                 "users",
                 vec![json!({"email": "b@x"}), json!({"email": "a@x"})],
+                None,
                 None,
             )
             .await
@@ -923,7 +981,7 @@ mod tests {
             "the whole batch was refused"
         );
         db.drop_index(&env, "users", "email").await.unwrap();
-        db.insert(&env, "users", vec![json!({"email": "a@x"})], None)
+        db.insert(&env, "users", vec![json!({"email": "a@x"})], None, None)
             .await
             .unwrap();
     }
@@ -933,7 +991,7 @@ mod tests {
         let (_dir, db, env) = setup();
         db.create_collection(&env, "c").await.unwrap();
         let docs: Vec<Value> = (0..150).map(|i| json!({"i": i})).collect();
-        db.insert(&env, "c", docs, None).await.unwrap();
+        db.insert(&env, "c", docs, None, None).await.unwrap();
         assert_eq!(
             db.find(&env, "c", all(json!({})), &Limits::default())
                 .await
@@ -966,7 +1024,7 @@ mod tests {
         );
         let big = json!({"blob": "x".repeat(17 << 20)});
         assert_eq!(
-            db.insert(&env, "c", vec![big], None)
+            db.insert(&env, "c", vec![big], None, None)
                 .await
                 .unwrap_err()
                 .code,
@@ -978,8 +1036,10 @@ mod tests {
                 "c",
                 Filter::parse(&json!({"none": 1})).unwrap(),
                 Change::Operators(json!({"$sett": {"a": 1}})),
-                true,
-                None,
+                UpdateMode {
+                    multi: true,
+                    ..Default::default()
+                },
             )
             .await;
         assert_eq!(typo.unwrap_err().code, ErrorCode::DatabaseInvalidOperator);

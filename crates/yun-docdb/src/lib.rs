@@ -17,4 +17,4 @@ pub mod txn;
 pub mod update;
 pub mod value;
 
-pub use db::{Change, DocDb, Find, Limits, Updated};
+pub use db::{Change, DocDb, Find, Limits, UpdateMode, Updated, WriteGuard};

@@ -340,7 +340,7 @@ mod tests {
         );
         let (a, b) = (EnvId::parse("a").unwrap(), EnvId::parse("b").unwrap());
         db.create_collection(&a, "c").await.unwrap();
-        db.insert(&a, "c", vec![json!({"_id": "keep", "n": 1})], None)
+        db.insert(&a, "c", vec![json!({"_id": "keep", "n": 1})], None, None)
             .await
             .unwrap();
 
@@ -357,9 +357,15 @@ mod tests {
         db.txn_insert(&a, &t, "c", vec![json!({"_id": "new"})])
             .await
             .unwrap();
-        db.insert(&a, "c", vec![json!({"_id": "new", "by": "other"})], None)
-            .await
-            .unwrap();
+        db.insert(
+            &a,
+            "c",
+            vec![json!({"_id": "new", "by": "other"})],
+            None,
+            None,
+        )
+        .await
+        .unwrap();
         assert_eq!(
             db.commit_transaction(&a, &t).await.unwrap_err().code,
             ErrorCode::TransactionConflict

@@ -43,6 +43,8 @@ pub enum ErrorCode {
     CollectionExists,
     /// A transaction's documents changed under it; the SDK's `runTransaction` retries.
     TransactionConflict,
+    /// An end user's database call that the collection's security rules do not allow.
+    DatabasePermissionDenied,
     /// A write would duplicate an `_id` or a unique index key.
     DuplicateKey,
     /// No file at that path (or file id).
@@ -90,6 +92,7 @@ impl ErrorCode {
             Self::CollectionNotFound => "DATABASE_COLLECTION_NOT_EXIST",
             Self::CollectionExists => "DATABASE_COLLECTION_ALREADY_EXIST",
             Self::TransactionConflict => "DATABASE_TRANSACTION_CONFLICT",
+            Self::DatabasePermissionDenied => "DATABASE_PERMISSION_DENIED",
             // CloudBase documents no dedicated duplicate-key code; its generic database
             // error carries MongoDB's "E11000 duplicate key" message.
             Self::DuplicateKey => "DATABASE_REQUEST_FAILED",
@@ -116,7 +119,7 @@ impl ErrorCode {
             Self::CollectionExists | Self::TransactionConflict | Self::DuplicateKey => 409,
             Self::SignParamInvalid | Self::SignExpired | Self::SignInvalid => 401,
             Self::InvalidSecretId => 401,
-            Self::PermissionDenied => 403,
+            Self::PermissionDenied | Self::DatabasePermissionDenied => 403,
             Self::InvalidEnv | Self::FunctionNotFound | Self::NotFound => 404,
             Self::AlreadyExists => 409,
             Self::PayloadTooLarge => 413,

@@ -783,6 +783,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_expired_access_token_says_so() {
+        let (users, _dir) = users();
+        let dev = env("dev");
+        let s = users.sign_in_anonymously(&dev).await.unwrap();
+        let (mut claims, _) = users.verify(&s.access_token).await.unwrap();
+        claims.iat -= 2 * ACCESS_SECS;
+        claims.exp = unix_now() - 1;
+        let expired = users.sign(&dev, &claims).await.unwrap();
+        assert_eq!(
+            users.verify(&expired).await.unwrap_err().code,
+            ErrorCode::AccessTokenExpired
+        );
+    }
+
+    #[tokio::test]
     async fn changing_the_password_ends_other_sessions() {
         let (users, _dir) = users();
         let dev = env("dev");
