@@ -49,7 +49,7 @@ pub async fn handle(
                 .get("path")
                 .and_then(Value::as_str)
                 .ok_or_else(|| YunError::invalid_param("path is required"))?;
-            let target = app.upload_target(identity, path)?;
+            let target = app.upload_target(identity, path).await?;
             json!({
                 "url": target.url,
                 "token": target.token,
@@ -118,8 +118,7 @@ pub async fn handle(
             json!({ "copy_list": outcomes.into_iter().map(|o| item(o, "fileId", |file| json!({ "fileID": yun_storage::file_id(&identity.env, &file.path) }))).collect::<Vec<_>>() })
         }
         "storage.getFileAuthority" => {
-            // Storage rules arrive with end users (issue 5); until then every path of the
-            // caller's env is readable and writable by the callers that can reach it.
+            // What the env's storage rules let the caller do (admins: everything).
             let mut files = Vec::new();
             for entry in list(body, "fileList")? {
                 let path = text(entry, "path")?;
@@ -129,8 +128,8 @@ pub async fn handle(
                         "type must be READ, WRITE or READWRITE",
                     ));
                 }
-                yun_storage::CloudPath::parse(path)?;
-                files.push(json!({ "path": path, "type": kind, "read": true, "write": true }));
+                let (read, write) = app.file_authority(identity, path).await?;
+                files.push(json!({ "path": path, "type": kind, "read": read, "write": write }));
             }
             json!({ "file_list": files })
         }

@@ -38,6 +38,7 @@ fn xml_error(e: &YunError) -> Response {
         ErrorCode::PayloadTooLarge => "EntityTooLarge",
         ErrorCode::StorageQuotaExceeded => "QuotaExceeded",
         ErrorCode::InvalidParam => "InvalidArgument",
+        ErrorCode::StorageForbidden => "AccessDenied",
         _ => "InternalError",
     };
     let status = StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::BAD_REQUEST);

@@ -93,6 +93,16 @@ async fn handle(
         database if database.starts_with("database.") => {
             crate::web_db::handle(app, identity, database, &body).await
         }
+        // The same actions as `/admin`; `yun-app` checks the storage rules for end users.
+        "storage.getUploadMetadata"
+        | "storage.batchGetDownloadUrl"
+        | "storage.batchDeleteFile"
+        | "storage.batchCopyFile"
+        | "storage.getFileAuthority" => Ok(crate::cloudbase_storage::handle(
+            app, identity, action, &body,
+        )
+        .await?
+        .0),
         other => Err(unsupported_action(other)),
     }
 }

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use serde_json::{json, Value};
-use yun_auth::{Caller, Identity};
-use yun_rules::{RuleSet, Target};
+use yun_auth::{Caller, EndUser, Identity};
+use yun_rules::{Auth, RuleSet, Target};
 use yun_types::{ErrorCode, YunError};
 
 use crate::App;
@@ -31,6 +31,24 @@ impl RulesTarget {
             RulesTarget::Collection(_) => Target::Collection,
             RulesTarget::Storage => Target::Storage,
         }
+    }
+}
+
+/// The end user behind `identity`; callers of the end-user paths check this first.
+pub(crate) fn end_user(identity: &Identity) -> Result<&EndUser, YunError> {
+    match &identity.caller {
+        Caller::User(user) => Ok(user),
+        _ => Err(YunError::internal("this path is for end users only")),
+    }
+}
+
+/// `auth` in a rule, for an end user.
+pub(crate) fn rule_auth(user: &EndUser) -> Auth {
+    Auth {
+        uid: user.uid.clone(),
+        login_type: user.login_type().into(),
+        anonymous: user.anonymous,
+        custom_user_id: user.custom_id.clone(),
     }
 }
 

@@ -5,10 +5,13 @@
 
 use bytes::Bytes;
 use futures_util::Stream;
+use serde_json::json;
 use yun_auth::{Caller, Identity};
+use yun_rules::Context;
 use yun_storage::{file_id, parse_file_id, CloudPath, FileRecord};
 use yun_types::{EnvId, ErrorCode, YunError};
 
+use crate::rules::{rule_auth, RulesTarget};
 use crate::App;
 use yun_types::unix_now;
 
@@ -19,6 +22,25 @@ const DEFAULT_URL_SECS: i64 = 86_400;
 const MAX_URL_SECS: i64 = 7 * 86_400;
 /// The largest page of a file listing.
 pub const MAX_LIST_PAGE: usize = 1000;
+
+/// What an end user asks to do with a file, as storage rules see it.
+#[derive(Debug, Clone, Copy)]
+enum FileAction {
+    Read,
+    /// Create a new file or replace one (`create` or `update` rule).
+    Write,
+    Delete,
+}
+
+impl FileAction {
+    fn verb(self) -> &'static str {
+        match self {
+            FileAction::Read => "read",
+            FileAction::Write => "write",
+            FileAction::Delete => "delete",
+        }
+    }
+}
 
 /// What `storage.getUploadMetadata` answers.
 pub struct UploadTarget {
@@ -36,12 +58,89 @@ pub struct FileOutcome<T> {
 }
 
 impl App {
-    /// Who a stored file belongs to: end users (a later issue) will have an id here.
+    /// Who a stored file belongs to: an end user's id (what `resource.openid` reads), a
+    /// function, or nobody for admin keys.
     fn file_owner(identity: &Identity) -> String {
         match &identity.caller {
             Caller::Function { name } => format!("function:{name}"),
+            Caller::User(user) => user.uid.clone(),
             _ => String::new(),
         }
+    }
+
+    /// Whether the caller may do `action` on `path` under the env's storage rules
+    /// (`existing`: the file there now). Admins and functions may do anything.
+    async fn check_file(
+        &self,
+        identity: &Identity,
+        path: &CloudPath,
+        existing: Option<&FileRecord>,
+        action: FileAction,
+    ) -> Result<(), YunError> {
+        let Caller::User(user) = &identity.caller else {
+            return Ok(());
+        };
+        let rules = self.rules_for(identity, &RulesTarget::Storage).await?;
+        let rule = match (action, existing) {
+            (FileAction::Read, _) => &rules.read,
+            (FileAction::Write, None) => &rules.create,
+            (FileAction::Write, Some(_)) => &rules.update,
+            (FileAction::Delete, _) => &rules.delete,
+        };
+        let resource = json!({
+            "openid": existing.map_or(user.uid.as_str(), |f| f.owner.as_str()),
+            "path": path.as_str(),
+        });
+        let auth = rule_auth(user);
+        let ctx = Context {
+            auth: Some(&auth),
+            resource: Some(&resource),
+            now_ms: yun_types::unix_ms(),
+            ..Context::default()
+        };
+        if rule.allows(&ctx) {
+            Ok(())
+        } else {
+            Err(YunError::new(
+                ErrorCode::StorageForbidden,
+                format!(
+                    "the storage rules do not allow this user to {} {path}",
+                    action.verb()
+                ),
+            ))
+        }
+    }
+
+    /// The file at `path`, if there is one.
+    async fn existing(
+        &self,
+        env: &EnvId,
+        path: &CloudPath,
+    ) -> Result<Option<FileRecord>, YunError> {
+        match self.storage.stat(env, path).await {
+            Ok(file) => Ok(Some(file)),
+            Err(e) if e.code == ErrorCode::StorageFileNotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `storage.getFileAuthority`: what the caller may do with each path.
+    pub async fn file_authority(
+        &self,
+        identity: &Identity,
+        path: &str,
+    ) -> Result<(bool, bool), YunError> {
+        let path = CloudPath::parse(path)?;
+        let existing = self.existing(&identity.env, &path).await?;
+        let read = self
+            .check_file(identity, &path, existing.as_ref(), FileAction::Read)
+            .await
+            .is_ok();
+        let write = self
+            .check_file(identity, &path, existing.as_ref(), FileAction::Write)
+            .await
+            .is_ok();
+        Ok((read, write))
     }
 
     /// The path a file id names, if it is in the caller's env.
@@ -76,9 +175,16 @@ impl App {
         format!("{}{path}?sign={sign}&t={expires}", self.files_base(env))
     }
 
-    pub fn upload_target(&self, identity: &Identity, path: &str) -> Result<UploadTarget, YunError> {
+    pub async fn upload_target(
+        &self,
+        identity: &Identity,
+        path: &str,
+    ) -> Result<UploadTarget, YunError> {
         let path = CloudPath::parse(path)?;
         let env = &identity.env;
+        let existing = self.existing(env, &path).await?;
+        self.check_file(identity, &path, existing.as_ref(), FileAction::Write)
+            .await?;
         let (token, authorization) = self.url_signer.upload_grant(
             env,
             &path,
@@ -113,8 +219,41 @@ impl App {
         let grant = self
             .url_signer
             .verify_upload(env, &path, token, authorization, unix_now())?;
+        self.recheck_user_upload(env, &path, &grant.owner).await?;
         self.storage
             .upload(env, &path, content_type, &grant.owner, body)
+            .await
+    }
+
+    /// An end user's upload is checked again when the bytes arrive: the path may have
+    /// gained a file (someone else's) since the grant, or the user may be disabled.
+    async fn recheck_user_upload(
+        &self,
+        env: &EnvId,
+        path: &CloudPath,
+        owner: &str,
+    ) -> Result<(), YunError> {
+        if owner.is_empty() || owner.starts_with("function:") {
+            return Ok(());
+        }
+        let user = self
+            .users
+            .store()
+            .user(env, owner)
+            .await?
+            .filter(|u| !u.disabled)
+            .ok_or_else(|| {
+                YunError::new(
+                    ErrorCode::StorageForbidden,
+                    "the uploading user no longer exists or is disabled",
+                )
+            })?;
+        let identity = Identity {
+            env: env.clone(),
+            caller: Caller::User(crate::users::end_user_of(&user)),
+        };
+        let existing = self.existing(env, path).await?;
+        self.check_file(&identity, path, existing.as_ref(), FileAction::Write)
             .await
     }
 
@@ -229,6 +368,11 @@ impl App {
         for (id, max_age) in files {
             let result = async {
                 let path = Self::own_path(identity, &id)?;
+                if matches!(identity.caller, Caller::User(_)) {
+                    let file = self.storage.stat(&identity.env, &path).await?;
+                    self.check_file(identity, &path, Some(&file), FileAction::Read)
+                        .await?;
+                }
                 self.temp_url(identity, &path, max_age).await
             }
             .await;
@@ -249,6 +393,11 @@ impl App {
         for id in ids {
             let result = async {
                 let path = Self::own_path(identity, &id)?;
+                if matches!(identity.caller, Caller::User(_)) {
+                    let file = self.storage.stat(&identity.env, &path).await?;
+                    self.check_file(identity, &path, Some(&file), FileAction::Delete)
+                        .await?;
+                }
                 self.storage.delete(&identity.env, &path).await
             }
             .await;
@@ -271,6 +420,18 @@ impl App {
             let result = async {
                 let from = Self::own_path_or_id(identity, &src)?;
                 let to = Self::own_path_or_id(identity, &dst)?;
+                if matches!(identity.caller, Caller::User(_)) {
+                    let source = self.storage.stat(&identity.env, &from).await?;
+                    self.check_file(identity, &from, Some(&source), FileAction::Read)
+                        .await?;
+                    if remove_original {
+                        self.check_file(identity, &from, Some(&source), FileAction::Delete)
+                            .await?;
+                    }
+                    let target = self.existing(&identity.env, &to).await?;
+                    self.check_file(identity, &to, target.as_ref(), FileAction::Write)
+                        .await?;
+                }
                 self.storage
                     .copy(&identity.env, &from, &to, overwrite, remove_original)
                     .await

@@ -12,14 +12,14 @@
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
-use yun_auth::{Caller, EndUser, Identity};
+use yun_auth::Identity;
 use yun_docdb::filter::Filter;
 use yun_docdb::find::{Projection, SortKeys};
 use yun_docdb::{Change, Find, UpdateMode, Updated, WriteGuard};
 use yun_rules::{Auth, Context, Rule, RuleSet};
 use yun_types::{ErrorCode, YunError};
 
-use crate::rules::RulesTarget;
+use crate::rules::{end_user, rule_auth, RulesTarget};
 use crate::App;
 
 /// A read as the js-sdk sends it; `query` is in stored form.
@@ -35,24 +35,6 @@ const OWNER_FIELD: &str = "_openid";
 
 fn denied(message: impl Into<String>) -> YunError {
     YunError::new(ErrorCode::DatabasePermissionDenied, message)
-}
-
-fn end_user(identity: &Identity) -> Result<&EndUser, YunError> {
-    match &identity.caller {
-        Caller::User(user) => Ok(user),
-        _ => Err(YunError::internal(
-            "the end-user database path needs an end user",
-        )),
-    }
-}
-
-fn rule_auth(user: &EndUser) -> Auth {
-    Auth {
-        uid: user.uid.clone(),
-        login_type: user.login_type().into(),
-        anonymous: user.anonymous,
-        custom_user_id: user.custom_id.clone(),
-    }
 }
 
 /// The `_id` a query names when it is exactly `{_id: x}` or `{_id: {$eq: x}}` (`doc(id)`).

@@ -19,7 +19,7 @@ pub struct UserSession {
     pub user: UserRecord,
 }
 
-fn end_user(user: &UserRecord) -> EndUser {
+pub(crate) fn end_user_of(user: &UserRecord) -> EndUser {
     EndUser {
         uid: user.uid.clone(),
         anonymous: user.anonymous,
@@ -112,7 +112,7 @@ impl App {
         Ok(UserSession {
             identity: Identity {
                 env: token_env,
-                caller: Caller::User(end_user(&user)),
+                caller: Caller::User(end_user_of(&user)),
             },
             session_id: claims.sid,
             user,

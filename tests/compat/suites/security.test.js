@@ -174,6 +174,59 @@ test('the security table: every caller, every rule, every way around them', asyn
   assert.equal((await admin.collection('custom').doc(ids.alicePublic).get()).data.length, 1);
 });
 
+/** An end user's upload, as the js-sdk does it: metadata from /web, then a signed PUT. */
+async function upload(token, cloudPath, text) {
+  const meta = await web({ action: 'storage.getUploadMetadata', path: cloudPath, method: 'put' }, token);
+  if (meta.code) return meta.code;
+  const res = await fetch(meta.data.url, {
+    method: 'PUT',
+    headers: { authorization: meta.data.authorization, 'x-cos-security-token': meta.data.token },
+    body: text,
+  });
+  if (res.status === 200) return 'ok';
+  // COS-style XML errors, as the SDKs expect from the upload URL.
+  return `${res.status} ${((await res.text()).match(/<Code>([^<]+)<\/Code>/) || [])[1]}`;
+}
+
+const fileId = (p) => `cloud://${yun.envId}.${yun.envId}-yun/${p}`;
+const urls = (token, ...paths) => web({ action: 'storage.batchGetDownloadUrl', file_list: paths.map((p) => ({ fileid: fileId(p) })) }, token);
+const deletes = (token, ...paths) => web({ action: 'storage.batchDeleteFile', fileid_list: paths.map(fileId) }, token);
+const copy = (token, from, to) => web({ action: 'storage.batchCopyFile', file_list: [{ src_path: fileId(from), dst_path: fileId(to), overwrite: true, remove_original: false }] }, token);
+
+test('storage rules: the default lets everyone read and only the uploader write; PRIVATE hides files', async () => {
+  assert.equal(await upload(tokens.alice, 'photos/a.txt', 'alice'), 'ok');
+  assert.equal(await upload(tokens.bob, 'photos/b.txt', 'bob'), 'ok');
+  const rows = [];
+  const expect = (name, got, want) => rows.push([name, got, want]);
+  expect('the uploader replaces their file', await upload(tokens.alice, 'photos/a.txt', 'alice 2'), 'ok');
+  expect("another user cannot overwrite it", await upload(tokens.bob, 'photos/a.txt', 'hacked'), 'STORAGE_EXCEED_AUTHORITY');
+  expect('anonymous users upload their own files', await upload(tokens.anon, 'photos/anon.txt', 'anon'), 'ok');
+  expect('everyone reads under READONLY', (await urls(tokens.bob, 'photos/a.txt')).data.download_list[0].code, 'SUCCESS');
+  expect("another user cannot delete it", (await deletes(tokens.bob, 'photos/a.txt')).data.delete_list[0].code, 'STORAGE_EXCEED_AUTHORITY');
+  expect("another user cannot copy over it", (await copy(tokens.bob, 'photos/b.txt', 'photos/a.txt')).data.copy_list[0].code, 'STORAGE_EXCEED_AUTHORITY');
+  expect('copying to a fresh path is allowed', (await copy(tokens.bob, 'photos/a.txt', 'photos/bob-copy.txt')).data.copy_list[0].code, 'SUCCESS');
+  expect('a missing token', await upload(undefined, 'photos/x.txt', 'x'), 'UNAUTHENTICATED');
+  expect("another env's token", await upload(tokens.otherEnv, 'photos/x.txt', 'x'), 'UNAUTHENTICATED');
+  // A grant is checked again when the bytes arrive: the path may have changed hands.
+  const grant = await web({ action: 'storage.getUploadMetadata', path: 'photos/race.txt', method: 'put' }, tokens.alice);
+  expect('bob takes the path first', await upload(tokens.bob, 'photos/race.txt', 'bob first'), 'ok');
+  const late = await fetch(grant.data.url, { method: 'PUT', headers: { authorization: grant.data.authorization, 'x-cos-security-token': grant.data.token }, body: 'alice late' });
+  expect("a stale grant cannot overwrite another user's file", `${late.status} ${((await late.text()).match(/<Code>([^<]+)<\/Code>/) || [])[1]}`, '403 AccessDenied');
+  const authority = await web({ action: 'storage.getFileAuthority', fileList: [{ path: 'photos/a.txt', type: 'READWRITE' }] }, tokens.bob);
+  expect('getFileAuthority says read, not write', JSON.stringify([authority.data.file_list[0].read, authority.data.file_list[0].write]), '[true,false]');
+  await yun.cliJson(['storage', 'rules', 'set', 'PRIVATE']);
+  expect('PRIVATE: others cannot read', (await urls(tokens.bob, 'photos/a.txt')).data.download_list[0].code, 'STORAGE_EXCEED_AUTHORITY');
+  expect('PRIVATE: the owner reads', (await urls(tokens.alice, 'photos/a.txt')).data.download_list[0].code, 'SUCCESS');
+  await yun.cliJson(['storage', 'rules', 'set', 'ADMINONLY']);
+  expect('ADMINONLY: nobody uploads', await upload(tokens.alice, 'photos/new.txt', 'x'), 'STORAGE_EXCEED_AUTHORITY');
+  expect('the owner deletes under READONLY', (await (async () => { await yun.cliJson(['storage', 'rules', 'reset']); return (await deletes(tokens.alice, 'photos/a.txt')).data.delete_list[0].code; })()), 'SUCCESS');
+  const failures = rows.filter(([, got, want]) => got !== want).map(([n, got, want]) => `${n}: expected ${want}, got ${got}`);
+  assert.deepEqual(failures, []);
+  // The refused overwrite left alice's bytes alone (read through the admin SDK).
+  const { fileContent } = await yun.admin().downloadFile({ fileID: fileId('photos/bob-copy.txt') });
+  assert.equal(fileContent.toString(), 'alice 2');
+});
+
 test('refresh replay, disabled users and key rotation also end /web access', async () => {
   const s = await authPost('/signup', { username: 'erin', password: 'erin-password' });
   const first = await authPost('/token', { grant_type: 'refresh_token', refresh_token: s.refresh_token });
