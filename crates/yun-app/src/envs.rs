@@ -109,7 +109,7 @@ impl App {
         if deleted {
             self.docdb.store().drop_env(env).await?;
             self.storage.drop_env(env).await?;
-            self.users.store().drop_env(env).await?;
+            self.users.drop_env(env).await?;
         }
         self.forget_env(env);
         if !deleted {

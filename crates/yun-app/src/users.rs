@@ -179,7 +179,6 @@ impl App {
         Self::require_admin(identity)?;
         if self
             .users
-            .store()
             .set_disabled(&identity.env, uid, disabled)
             .await?
         {
@@ -191,7 +190,7 @@ impl App {
 
     pub async fn delete_user(&self, identity: &Identity, uid: &str) -> Result<(), YunError> {
         Self::require_admin(identity)?;
-        if self.users.store().delete_user(&identity.env, uid).await? {
+        if self.users.delete_user(&identity.env, uid).await? {
             Ok(())
         } else {
             Err(user_not_found(uid))

@@ -5,6 +5,7 @@ mod client;
 mod commands;
 mod output;
 mod rules;
+mod rules_test;
 mod storage;
 mod users;
 
@@ -89,12 +90,29 @@ enum Command {
         #[command(flatten)]
         conn: Connection,
     },
+    /// Security rules: `yun rules test CASES.json` runs allow/deny cases against the rules
+    /// engine, offline. (Set rules with `yun db rules` and `yun storage rules`.)
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
     /// Cloud functions: deploy, invoke, logs, list, delete.
     Fn {
         #[command(subcommand)]
         command: commands::FnCommand,
         #[command(flatten)]
         conn: Connection,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Run a table of cases: {"rules": {TARGET: RULES}, "cases": [{target, op, auth, doc, data, query, expect}]}.
+    Test {
+        file: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -155,6 +173,9 @@ fn main() {
             Command::Db { command, conn } => commands::db(command, conn).await,
             Command::Storage { command, conn } => storage::storage(command, conn).await,
             Command::User { command, conn } => users::user(command, conn).await,
+            Command::Rules {
+                command: RulesCommand::Test { file, json },
+            } => rules_test::run(&file, json),
             Command::Auth { command, conn } => users::auth(command, conn).await,
         }
     });

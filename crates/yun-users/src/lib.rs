@@ -9,7 +9,8 @@
 
 pub mod store;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
@@ -146,11 +147,119 @@ fn check_custom_id(uid: &str) -> Result<(), YunError> {
 
 pub struct Users {
     store: Arc<dyn UserStore>,
+    /// Every request of an end user verifies a token: keys and users are kept in memory.
+    /// Writes through `Users` invalidate what they change on this node (a cluster will
+    /// need these invalidations broadcast, like the metadata cache's).
+    cache: Cache,
+}
+
+/// Users kept in memory at most; past that the cache starts over.
+const MAX_CACHED_USERS: usize = 100_000;
+
+/// A signing key's env and secret.
+type KeyEntry = (EnvId, Arc<Vec<u8>>);
+
+#[derive(Default)]
+struct Cache {
+    /// By key id: kids are random ids, unique across envs.
+    keys: RwLock<HashMap<String, KeyEntry>>,
+    users: RwLock<HashMap<(EnvId, String), UserRecord>>,
+}
+
+impl Cache {
+    fn key(&self, kid: &str) -> Option<KeyEntry> {
+        self.keys.read().ok()?.get(kid).cloned()
+    }
+
+    fn user(&self, env: &EnvId, uid: &str) -> Option<UserRecord> {
+        self.users
+            .read()
+            .ok()?
+            .get(&(env.clone(), uid.to_owned()))
+            .cloned()
+    }
+
+    fn forget_user(&self, env: &EnvId, uid: &str) {
+        if let Ok(mut users) = self.users.write() {
+            users.remove(&(env.clone(), uid.to_owned()));
+        }
+    }
+
+    fn forget_env(&self, env: &EnvId) {
+        if let Ok(mut keys) = self.keys.write() {
+            keys.retain(|_, (e, _)| e != env);
+        }
+        if let Ok(mut users) = self.users.write() {
+            users.retain(|(e, _), _| e != env);
+        }
+    }
 }
 
 impl Users {
     pub fn new(store: Arc<dyn UserStore>) -> Self {
-        Self { store }
+        Self {
+            store,
+            cache: Cache::default(),
+        }
+    }
+
+    /// The signing secret of `kid` and the env it belongs to.
+    async fn signing_secret(&self, kid: &str, env: &EnvId) -> Result<KeyEntry, YunError> {
+        if let Some(found) = self.cache.key(kid) {
+            return Ok(found);
+        }
+        let key = self
+            .store
+            .key(env, kid)
+            .await?
+            .ok_or_else(|| unauthenticated("the token's signing key was rotated"))?;
+        let found = (env.clone(), Arc::new(key.secret));
+        if let Ok(mut keys) = self.cache.keys.write() {
+            keys.insert(kid.to_owned(), found.clone());
+        }
+        Ok(found)
+    }
+
+    async fn user_for_token(&self, env: &EnvId, uid: &str) -> Result<UserRecord, YunError> {
+        if let Some(user) = self.cache.user(env, uid) {
+            return Ok(user);
+        }
+        let user = self
+            .store
+            .user(env, uid)
+            .await?
+            .ok_or_else(|| unauthenticated("the user no longer exists"))?;
+        if let Ok(mut users) = self.cache.users.write() {
+            if users.len() >= MAX_CACHED_USERS {
+                users.clear();
+            }
+            users.insert((env.clone(), uid.to_owned()), user.clone());
+        }
+        Ok(user)
+    }
+
+    /// Disabling ends the user's sessions and refuses their tokens at once.
+    pub async fn set_disabled(
+        &self,
+        env: &EnvId,
+        uid: &str,
+        disabled: bool,
+    ) -> Result<bool, YunError> {
+        let found = self.store.set_disabled(env, uid, disabled).await?;
+        self.cache.forget_user(env, uid);
+        Ok(found)
+    }
+
+    pub async fn delete_user(&self, env: &EnvId, uid: &str) -> Result<bool, YunError> {
+        let found = self.store.delete_user(env, uid).await?;
+        self.cache.forget_user(env, uid);
+        Ok(found)
+    }
+
+    pub async fn drop_env(&self, env: &EnvId) -> Result<(), YunError> {
+        self.store.drop_env(env).await?;
+        self.cache.forget_env(env);
+        Ok(())
     }
 
     pub fn store(&self) -> &Arc<dyn UserStore> {
@@ -177,15 +286,14 @@ impl Users {
         let kid = header
             .kid
             .ok_or_else(|| unauthenticated("the token has no key id"))?;
-        let key = self
-            .store
-            .key(env, &kid)
-            .await?
-            .ok_or_else(|| unauthenticated("the token's signing key was rotated"))?;
+        let (key_env, secret) = self.signing_secret(&kid, env).await?;
+        if key_env != *env {
+            return Err(unauthenticated("the token was signed for another env"));
+        }
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_issuer(&[ISSUER]);
         validation.leeway = 0;
-        jsonwebtoken::decode::<T>(token, &DecodingKey::from_secret(&key.secret), &validation)
+        jsonwebtoken::decode::<T>(token, &DecodingKey::from_secret(&secret), &validation)
             .map(|data| data.claims)
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => YunError::new(
@@ -329,22 +437,29 @@ impl Users {
     /// Checks an access token: signature with the env's key, expiry, and that the user
     /// still exists and is enabled.
     pub async fn verify(&self, token: &str) -> Result<(AccessClaims, UserRecord), YunError> {
-        // The env comes from the unverified payload only to pick the key; the signature
-        // check below is what makes it true.
-        let unverified = jsonwebtoken::dangerous::insecure_decode::<AccessClaims>(token)
-            .map_err(|_| unauthenticated("the access token is malformed"))?
-            .claims;
-        let env = EnvId::parse(&unverified.env)
-            .map_err(|_| unauthenticated("the access token names no env"))?;
+        // The env picks the key: from the cache by key id, else from the unverified
+        // payload. The signature check in `check` is what makes it true.
+        let kid = jsonwebtoken::decode_header(token)
+            .ok()
+            .and_then(|h| h.kid)
+            .ok_or_else(|| unauthenticated("the access token is malformed"))?;
+        let env = match self.cache.key(&kid) {
+            Some((env, _)) => env,
+            None => {
+                let unverified = jsonwebtoken::dangerous::insecure_decode::<AccessClaims>(token)
+                    .map_err(|_| unauthenticated("the access token is malformed"))?
+                    .claims;
+                EnvId::parse(&unverified.env)
+                    .map_err(|_| unauthenticated("the access token names no env"))?
+            }
+        };
         let claims: AccessClaims = self.check(&env, token).await?;
-        if claims.scope == SUDO_SCOPE {
-            return Err(unauthenticated("a sudo token is not an access token"));
+        if claims.scope == SUDO_SCOPE || claims.env != env.as_str() {
+            return Err(unauthenticated(
+                "this token is not an access token of its env",
+            ));
         }
-        let user = self
-            .store
-            .user(&env, &claims.sub)
-            .await?
-            .ok_or_else(|| unauthenticated("the user no longer exists"))?;
+        let user = self.user_for_token(&env, &claims.sub).await?;
         if user.disabled {
             return Err(YunError::new(
                 ErrorCode::PermissionDenied,
@@ -514,7 +629,11 @@ impl Users {
 
     /// A new signing key for the env: every access token issued before stops working.
     pub async fn rotate_key(&self, env: &EnvId) -> Result<(), YunError> {
-        self.store.rotate_key(env, fresh_key()).await
+        self.store.rotate_key(env, fresh_key()).await?;
+        if let Ok(mut keys) = self.cache.keys.write() {
+            keys.retain(|_, (e, _)| e != env);
+        }
+        Ok(())
     }
 }
 
@@ -673,11 +792,7 @@ mod tests {
         );
 
         let s = users.sign_in(&dev, "dave", "password one").await.unwrap();
-        users
-            .store()
-            .set_disabled(&dev, &s.user.uid, true)
-            .await
-            .unwrap();
+        users.set_disabled(&dev, &s.user.uid, true).await.unwrap();
         assert_eq!(
             users.verify(&s.access_token).await.unwrap_err().code,
             ErrorCode::PermissionDenied

@@ -33,6 +33,8 @@ async function bundle(entry, name) {
     platform: 'browser',
     target: 'chrome120',
     outfile,
+    // Examples bundle with this suite's pinned packages (no install of their own).
+    nodePaths: [path.resolve(__dirname, '../node_modules')],
     logLevel: 'warning',
   });
   return outfile;

@@ -287,3 +287,25 @@ test('the js-sdk in Chromium under the default rules: own documents only, refusa
     await site.close();
   }
 });
+
+test('yun rules test: the album\'s case table passes against the engine, and a wrong expectation fails the run', async () => {
+  const album = path.resolve(__dirname, '../../../examples/album/rules/test.json');
+  const report = await yun.cliJson(['rules', 'test', album]);
+  assert.equal(report.failed, 0);
+  assert.ok(report.passed >= 19, `${report.passed} cases`);
+  const dir = require('node:fs').mkdtempSync(path.join(require('node:os').tmpdir(), 'yun-rules-'));
+  const wrong = path.join(dir, 'cases.json');
+  require('node:fs').writeFileSync(wrong, JSON.stringify({
+    rules: { notes: 'PRIVATE' },
+    cases: [
+      { name: 'owner reads', target: 'notes', op: 'read', auth: { uid: 'a' }, doc: { _openid: 'a' }, expect: 'allow' },
+      { name: 'wrongly expected', target: 'notes', op: 'query', auth: { uid: 'a' }, query: {}, expect: 'allow' },
+    ],
+  }));
+  const r = await yun.cli(['rules', 'test', wrong]);
+  assert.notEqual(r.code, 0);
+  assert.match(r.stdout, /FAIL \(got deny\)\s+notes\s+query\s+allow\s+wrongly expected/);
+  assert.match(r.stderr, /1 of 2 rule cases failed/);
+  const bad = await yun.cli(['rules', 'test', album.replace('test.json', 'nosuch.json')]);
+  assert.match(bad.stderr, /cannot read/);
+});
