@@ -201,6 +201,40 @@ pub async fn handle(
                 "upserted_id": outcome.upserted_id,
             })
         }
+        "database.aggregate" => {
+            let wrong = || {
+                YunError::invalid_param(
+                    "stages must be [{stageKey, stageValue}] with JSON text values",
+                )
+            };
+            let stages = body
+                .get("stages")
+                .and_then(Value::as_array)
+                .ok_or_else(wrong)?
+                .iter()
+                .map(|stage| {
+                    let key = stage
+                        .get("stageKey")
+                        .and_then(Value::as_str)
+                        .ok_or_else(wrong)?;
+                    let text = stage
+                        .get("stageValue")
+                        .and_then(Value::as_str)
+                        .ok_or_else(wrong)?;
+                    let value: Value = serde_json::from_str(text)
+                        .map_err(|e| YunError::invalid_param(format!("stage {key}: {e}")))?;
+                    Ok((key.to_owned(), decode(value, Some(me))?))
+                })
+                .collect::<Result<Vec<_>, YunError>>()?;
+            let docs = app.user_aggregate(who, collection(body)?, stages).await?;
+            // The js-sdk reads `JSON.parse(list).map(EJSON.parse)`: JSON text of an array
+            // of EJSON texts.
+            let texts: Vec<String> = docs
+                .iter()
+                .map(|d| yun_docdb::value::to_ejson(d).to_string())
+                .collect();
+            json!({ "list": serde_json::to_string(&texts).map_err(|e| YunError::internal(e.to_string()))? })
+        }
         "database.deleteDocument" => {
             json!({ "deleted": app.user_remove(who, collection(body)?, query(body, me)?, flag(body, "multi", false)).await? })
         }

@@ -205,6 +205,56 @@ impl App {
             .collect()
     }
 
+    /// An aggregation pipeline (`(stage key, value)` in stored form). Its input must
+    /// stay within the read rule: the first stage is a `$match` that provably does, or
+    /// the rule is `true`. A `$lookup` joins documents no filter narrows, so its
+    /// collection must be readable by everyone.
+    pub async fn user_aggregate(
+        &self,
+        identity: &Identity,
+        collection: &str,
+        stages: Vec<(String, Value)>,
+    ) -> Result<Vec<Value>, YunError> {
+        let checker = self.checker(identity, collection).await?;
+        let ctx = checker.ctx(None, None);
+        let input_ok = match stages.first() {
+            Some((key, query)) if key == "$match" => {
+                yun_rules::within(&checker.rules.read, query, &ctx)
+            }
+            _ => checker.rules.read == Rule::Const(true),
+        };
+        if !input_ok {
+            return Err(denied(format!(
+                "the pipeline must start with a $match within the read rule of collection {collection} ({})",
+                describe(&checker.rules.read)
+            )));
+        }
+        for (key, value) in &stages {
+            if key != "$lookup" {
+                continue;
+            }
+            let from = value
+                .get("from")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let joined = self
+                .rules_for(identity, &RulesTarget::Collection(from.to_owned()))
+                .await?;
+            if joined.read != Rule::Const(true) {
+                return Err(denied(format!(
+                    "$lookup from {from} needs that collection to be readable by everyone (read: true)"
+                )));
+            }
+        }
+        let stages = stages
+            .iter()
+            .map(|(key, value)| yun_docdb::aggregate::Stage::parse(key, value))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.docdb
+            .aggregate(&identity.env, collection, stages)
+            .await
+    }
+
     pub async fn user_count(
         &self,
         identity: &Identity,

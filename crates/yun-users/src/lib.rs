@@ -164,6 +164,8 @@ struct Cache {
     /// By key id: kids are random ids, unique across envs.
     keys: RwLock<HashMap<String, KeyEntry>>,
     users: RwLock<HashMap<(EnvId, String), UserRecord>>,
+    /// Each env's current signing key.
+    active: RwLock<HashMap<EnvId, SigningKey>>,
 }
 
 impl Cache {
@@ -179,6 +181,15 @@ impl Cache {
             .cloned()
     }
 
+    fn forget_keys(&self, env: &EnvId) {
+        if let Ok(mut keys) = self.keys.write() {
+            keys.retain(|_, (e, _)| e != env);
+        }
+        if let Ok(mut active) = self.active.write() {
+            active.remove(env);
+        }
+    }
+
     fn forget_user(&self, env: &EnvId, uid: &str) {
         if let Ok(mut users) = self.users.write() {
             users.remove(&(env.clone(), uid.to_owned()));
@@ -186,9 +197,7 @@ impl Cache {
     }
 
     fn forget_env(&self, env: &EnvId) {
-        if let Ok(mut keys) = self.keys.write() {
-            keys.retain(|_, (e, _)| e != env);
-        }
+        self.forget_keys(env);
         if let Ok(mut users) = self.users.write() {
             users.retain(|(e, _), _| e != env);
         }
@@ -201,6 +210,24 @@ impl Users {
             store,
             cache: Cache::default(),
         }
+    }
+
+    /// The env's current signing key (created on first use), from memory when known.
+    async fn active_key(&self, env: &EnvId) -> Result<SigningKey, YunError> {
+        if let Some(key) = self
+            .cache
+            .active
+            .read()
+            .ok()
+            .and_then(|m| m.get(env).cloned())
+        {
+            return Ok(key);
+        }
+        let key = self.store.active_key(env, fresh_key()).await?;
+        if let Ok(mut active) = self.cache.active.write() {
+            active.insert(env.clone(), key.clone());
+        }
+        Ok(key)
     }
 
     /// The signing secret of `kid` and the env it belongs to.
@@ -268,7 +295,7 @@ impl Users {
 
     /// Signs `claims` with the env's current key (created on first use).
     async fn sign(&self, env: &EnvId, claims: &impl Serialize) -> Result<String, YunError> {
-        let key = self.store.active_key(env, fresh_key()).await?;
+        let key = self.active_key(env).await?;
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(key.kid);
         jsonwebtoken::encode(&header, claims, &EncodingKey::from_secret(&key.secret))
@@ -630,9 +657,7 @@ impl Users {
     /// A new signing key for the env: every access token issued before stops working.
     pub async fn rotate_key(&self, env: &EnvId) -> Result<(), YunError> {
         self.store.rotate_key(env, fresh_key()).await?;
-        if let Ok(mut keys) = self.cache.keys.write() {
-            keys.retain(|_, (e, _)| e != env);
-        }
+        self.cache.forget_keys(env);
         Ok(())
     }
 }
@@ -641,8 +666,22 @@ impl Users {
 const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$0IqZ2O7Pda1ZfUJmgeb3ih/5a44hDkKhDgkxUszn1gk";
 
 /// Argon2 takes tens of milliseconds of CPU by design: off the async workers.
+/// Hashes run at most one per core: each takes 19 MiB and a core for tens of
+/// milliseconds, and more at once only thrash the caches (measured: 0.52× of the
+/// in-process rate with 8 concurrent sign-ins, before this bound).
+fn hashing_slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    SLOTS.get_or_init(|| {
+        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
+    })
+}
+
 async fn hash_password(password: &str) -> Result<String, YunError> {
     let password = password.to_owned();
+    let _slot = hashing_slots()
+        .acquire()
+        .await
+        .map_err(|e| YunError::internal(format!("hashing queue: {e}")))?;
     tokio::task::spawn_blocking(move || {
         let salt = SaltString::encode_b64(&rand::rng().random::<[u8; 16]>())
             .map_err(|e| YunError::internal(format!("salt: {e}")))?;
@@ -657,6 +696,10 @@ async fn hash_password(password: &str) -> Result<String, YunError> {
 
 async fn verify_password(password: &str, hash: &str) -> Result<bool, YunError> {
     let (password, hash) = (password.to_owned(), hash.to_owned());
+    let _slot = hashing_slots()
+        .acquire()
+        .await
+        .map_err(|e| YunError::internal(format!("hashing queue: {e}")))?;
     tokio::task::spawn_blocking(move || {
         let Ok(parsed) = PasswordHash::new(&hash) else {
             return false;

@@ -32,6 +32,7 @@ const doc = (collectionName, id) => ({ action: 'database.queryDocument', collect
 const add = (collectionName, data) => ({ action: 'database.addDocument', collectionName, data });
 const update = (collectionName, q, data, extra = {}) => ({ action: 'database.updateDocument', collectionName, query: q, data, multi: false, merge: true, ...extra });
 const remove = (collectionName, q, multi = false) => ({ action: 'database.deleteDocument', collectionName, query: q, multi });
+const agg = (collectionName, ...stages) => ({ action: 'database.aggregate', collectionName, stages: stages.map(([k, v]) => ({ stageKey: k, stageValue: JSON.stringify(v) })) });
 const count = (collectionName, q) => ({ action: 'database.countDocument', collectionName, query: q });
 
 before(async () => {
@@ -82,7 +83,11 @@ const cases = () => [
   ['a token for this env sent to another env', ['alice', 'other'], query('posts', {}), 'UNAUTHENTICATED'],
   ['unknown action', 'alice', { action: 'database.nosuch', collectionName: 'notes' }, 'INVALID_ACTION'],
   ['transactions are not for end users', 'alice', { action: 'database.startTransaction' }, 'INVALID_ACTION'],
-  ['aggregation is not for end users', 'alice', { action: 'database.aggregate', collectionName: 'posts', stages: [] }, 'INVALID_ACTION'],
+  ['aggregation over a collection everyone reads', 'bob', agg('posts', ['$group', { _id: null, n: { $sum: 1 } }]), 'ok', (d) => JSON.parse(JSON.parse(d.list)[0]).n >= 1],
+  ['aggregation whose first $match stays within the rule', 'alice', agg('notes', ['$match', { _openid: '{openid}' }], ['$count', 'n']), 'ok', (d) => JSON.parse(JSON.parse(d.list)[0]).n === 1],
+  ['aggregation without a $match under PRIVATE', 'alice', agg('notes', ['$count', 'n']), 'DATABASE_PERMISSION_DENIED'],
+  ['aggregation whose $match escapes the rule', 'alice', agg('notes', ['$match', { text: 'bob private' }]), 'DATABASE_PERMISSION_DENIED'],
+  ['$lookup into a private collection', 'alice', agg('posts', ['$lookup', { from: 'notes', localField: '_openid', foreignField: '_openid', as: 'notes' }]), 'DATABASE_PERMISSION_DENIED'],
   // PRIVATE (the default): only the creator.
   ['owner reads own notes by {openid}', 'alice', query('notes', { _openid: '{openid}' }), 'ok', (d) => d.list.length === 1 && d.list[0].text === 'alice private'],
   ['owner reads own notes by uid', 'alice', query('notes', { _openid: () => tokens.uid.alice }), 'ok', (d) => d.list.length === 1],
@@ -264,6 +269,7 @@ test('the js-sdk in Chromium under the default rules: own documents only, refusa
       const one = await db.collection('notes').doc(added.id).get();
       const updated = await db.collection('notes').doc(added.id).update({ n: _.inc(1) });
       const counted = await db.collection('notes').where({ _openid: '{openid}' }).count();
+      const aggregated = await db.collection('notes').aggregate().match({ _openid: '{openid}' }).group({ _id: null, sum: db.command.aggregate.sum('$n') }).end();
       const removed = await db.collection('notes').doc(added.id).remove();
       return {
         added: added.id,
@@ -272,6 +278,7 @@ test('the js-sdk in Chromium under the default rules: own documents only, refusa
         one: one.data.length,
         updated: updated.updated,
         total: counted.total,
+        aggregated: aggregated.data,
         deleted: removed.deleted,
       };
     }, { url: yun.url, env: yun.envId });
@@ -281,6 +288,7 @@ test('the js-sdk in Chromium under the default rules: own documents only, refusa
     assert.equal(out.one, 1);
     assert.equal(out.updated, 1);
     assert.equal(out.total, 1);
+    assert.deepEqual(out.aggregated, [{ _id: null, sum: 2 }]);
     assert.equal(out.deleted, 1);
   } finally {
     await browser.close();
