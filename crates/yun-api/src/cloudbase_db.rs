@@ -10,7 +10,7 @@ use yun_docdb::value::{parse_ejson, to_ejson};
 use yun_docdb::{Change, Find};
 use yun_types::{ErrorCode, YunError};
 
-fn collection(body: &Map<String, Value>) -> Result<&str, YunError> {
+pub(crate) fn collection(body: &Map<String, Value>) -> Result<&str, YunError> {
     body.get("collectionName")
         .and_then(Value::as_str)
         .ok_or_else(|| YunError::invalid_param("collectionName is required"))
@@ -28,11 +28,11 @@ fn ejson(body: &Map<String, Value>, key: &str) -> Result<Option<Value>, YunError
     }
 }
 
-fn flag(body: &Map<String, Value>, key: &str, default: bool) -> bool {
+pub(crate) fn flag(body: &Map<String, Value>, key: &str, default: bool) -> bool {
     body.get(key).and_then(Value::as_bool).unwrap_or(default)
 }
 
-fn count(body: &Map<String, Value>, key: &str) -> Result<Option<usize>, YunError> {
+pub(crate) fn count(body: &Map<String, Value>, key: &str) -> Result<Option<usize>, YunError> {
     match body.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => v
@@ -61,6 +61,28 @@ fn parse_docs(body: &Map<String, Value>) -> Result<Vec<Value>, YunError> {
             d.as_str()
                 .ok_or_else(wrong)
                 .and_then(|s| parse_ejson(s, yun_types::unix_ms()))
+        })
+        .collect()
+}
+
+/// An aggregation's `stages`: `[{stageKey, stageValue}]`, each value JSON text.
+pub(crate) fn stage_texts(body: &Map<String, Value>) -> Result<Vec<(&str, &str)>, YunError> {
+    let wrong =
+        || YunError::invalid_param("stages must be [{stageKey, stageValue}] with JSON text values");
+    body.get("stages")
+        .and_then(Value::as_array)
+        .ok_or_else(wrong)?
+        .iter()
+        .map(|stage| {
+            let key = stage
+                .get("stageKey")
+                .and_then(Value::as_str)
+                .ok_or_else(wrong)?;
+            let value = stage
+                .get("stageValue")
+                .and_then(Value::as_str)
+                .ok_or_else(wrong)?;
+            Ok((key, value))
         })
         .collect()
 }
@@ -223,22 +245,10 @@ pub async fn handle(
             data
         }
         "database.aggregateDocuments" => {
-            let wrong = || YunError::invalid_param("stages must be [{stageKey, stageValue}]");
-            let stages = body
-                .get("stages")
-                .and_then(Value::as_array)
-                .ok_or_else(wrong)?
-                .iter()
-                .map(|s| {
-                    let key = s
-                        .get("stageKey")
-                        .and_then(Value::as_str)
-                        .ok_or_else(wrong)?;
-                    // Objects arrive as EJSON strings, scalars as plain JSON text ("10", "\"$u\"").
-                    let value = s
-                        .get("stageValue")
-                        .and_then(Value::as_str)
-                        .ok_or_else(wrong)?;
+            // Objects arrive as EJSON strings, scalars as plain JSON text ("10", "\"$u\"").
+            let stages = stage_texts(body)?
+                .into_iter()
+                .map(|(key, value)| {
                     yun_docdb::aggregate::Stage::parse(
                         key,
                         &parse_ejson(value, yun_types::unix_ms())?,

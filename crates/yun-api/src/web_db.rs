@@ -13,6 +13,8 @@ use yun_docdb::value::from_ejson;
 use yun_docdb::Change;
 use yun_types::{ErrorCode, YunError};
 
+use crate::cloudbase_db::{collection, count, flag, stage_texts};
+
 const OPENID_PLACEHOLDER: &str = "{openid}";
 
 /// v1 → the EJSON forms `from_ejson` resolves; `uid` replaces `{openid}` (queries only).
@@ -50,35 +52,11 @@ fn decode(value: Value, uid: Option<&str>) -> Result<Value, YunError> {
     from_ejson(to_ejson_forms(value, uid), yun_types::unix_ms())
 }
 
-fn collection(body: &Map<String, Value>) -> Result<&str, YunError> {
-    body.get("collectionName")
-        .and_then(Value::as_str)
-        .filter(|c| !c.is_empty())
-        .ok_or_else(|| YunError::invalid_param("collectionName is required"))
-}
-
 fn query(body: &Map<String, Value>, uid: &str) -> Result<Value, YunError> {
     match body.get("query") {
         None | Some(Value::Null) => Ok(json!({})),
         Some(q @ Value::Object(_)) => decode(q.clone(), Some(uid)),
         Some(_) => Err(YunError::invalid_param("query must be an object")),
-    }
-}
-
-fn flag(body: &Map<String, Value>, key: &str, default: bool) -> bool {
-    body.get(key).and_then(Value::as_bool).unwrap_or(default)
-}
-
-fn count(body: &Map<String, Value>, key: &str) -> Result<Option<usize>, YunError> {
-    match body.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .and_then(|n| usize::try_from(n).ok())
-            .map(Some)
-            .ok_or_else(|| {
-                YunError::invalid_param(format!("{key} must be a non-negative integer"))
-            }),
     }
 }
 
@@ -202,25 +180,9 @@ pub async fn handle(
             })
         }
         "database.aggregate" => {
-            let wrong = || {
-                YunError::invalid_param(
-                    "stages must be [{stageKey, stageValue}] with JSON text values",
-                )
-            };
-            let stages = body
-                .get("stages")
-                .and_then(Value::as_array)
-                .ok_or_else(wrong)?
-                .iter()
-                .map(|stage| {
-                    let key = stage
-                        .get("stageKey")
-                        .and_then(Value::as_str)
-                        .ok_or_else(wrong)?;
-                    let text = stage
-                        .get("stageValue")
-                        .and_then(Value::as_str)
-                        .ok_or_else(wrong)?;
+            let stages = stage_texts(body)?
+                .into_iter()
+                .map(|(key, text)| {
                     let value: Value = serde_json::from_str(text)
                         .map_err(|e| YunError::invalid_param(format!("stage {key}: {e}")))?;
                     Ok((key.to_owned(), decode(value, Some(me))?))
