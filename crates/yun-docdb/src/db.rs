@@ -34,6 +34,7 @@ impl Default for Limits {
     }
 }
 
+#[derive(Clone)]
 pub struct Find {
     pub filter: Filter,
     pub order: SortKeys,
@@ -107,23 +108,85 @@ fn candidates(
     collection: &str,
     filter: &Filter,
 ) -> Result<Vec<Value>, YunError> {
+    candidates_within(txn, collection, filter, usize::MAX)?
+        .ok_or_else(|| YunError::internal("an unbounded read ran over its budget"))
+}
+
+/// Index-range reads that find at most this many entries run on the caller's thread
+/// (see [`DocDb::find`]): reading 256 small documents costs less than a thread hand-off
+/// plus its queueing under load.
+const INLINE_ENTRIES: usize = 256;
+
+/// The documents the filter can match, or `None` when reading them would examine more
+/// than `budget` index entries (or scan the collection).
+fn candidates_within(
+    txn: &mut dyn DocTxn,
+    collection: &str,
+    filter: &Filter,
+    budget: usize,
+) -> Result<Option<Vec<Value>>, YunError> {
     let ids = match filter.id_candidates() {
         Some(ids) => ids,
         None => {
             let indexes = txn.list_indexes(collection)?;
             match index::plan(filter, &indexes) {
-                Some((spec, ranges)) => txn.index_ids(collection, &spec.name, &ranges)?,
-                None => return txn.scan(collection),
+                Some((spec, ranges)) => {
+                    let ids = txn.index_ids(collection, &spec.name, &ranges, budget)?;
+                    if ids.len() > budget {
+                        return Ok(None);
+                    }
+                    ids
+                }
+                None if budget == usize::MAX => return txn.scan(collection).map(Some),
+                None => return Ok(None),
             }
         }
     };
-    Ok(ids
-        .iter()
-        .map(|id| txn.get(collection, id))
-        .collect::<Result<Vec<_>, _>>()?
-        .into_iter()
-        .flatten()
-        .collect())
+    Ok(Some(
+        ids.iter()
+            .map(|id| txn.get(collection, id))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .flatten()
+            .collect(),
+    ))
+}
+
+/// A find in one snapshot; `None` when its candidates are over `budget`.
+fn find_in(
+    txn: &mut dyn DocTxn,
+    collection: &str,
+    q: &Find,
+    limit: usize,
+    budget: usize,
+) -> Result<Option<Vec<Value>>, YunError> {
+    require_collection(txn, collection)?;
+    let Some(found) = candidates_within(txn, collection, &q.filter, budget)? else {
+        return Ok(None);
+    };
+    let mut docs: Vec<Value> = found.into_iter().filter(|d| q.filter.matches(d)).collect();
+    if !q.order.is_empty() {
+        docs.sort_by(|a, b| q.order.compare(a, b));
+    } else if let Some((path, near)) = q.filter.near() {
+        // `$nearSphere` results come nearest first.
+        let distance = |d: &Value| {
+            let mut found = Vec::new();
+            crate::filter::lookup(d, path, &mut found);
+            found
+                .into_iter()
+                .flatten()
+                .filter_map(|v| near.distance(v))
+                .fold(f64::INFINITY, f64::min)
+        };
+        docs.sort_by(|a, b| distance(a).total_cmp(&distance(b)));
+    }
+    Ok(Some(
+        docs.iter()
+            .skip(q.skip)
+            .take(limit)
+            .map(|d| q.projection.apply(d))
+            .collect(),
+    ))
 }
 
 /// Document writes that keep the collection's indexes in step and enforce unique ones.
@@ -369,33 +432,21 @@ impl DocDb {
             Some(n) => n,
         };
         let collection = collection.to_owned();
-        run(&*self.store, env, read_access(&q.filter), move |txn| {
-            require_collection(txn, &collection)?;
-            let mut docs: Vec<Value> = candidates(txn, &collection, &q.filter)?
-                .into_iter()
-                .filter(|d| q.filter.matches(d))
-                .collect();
-            if !q.order.is_empty() {
-                docs.sort_by(|a, b| q.order.compare(a, b));
-            } else if let Some((path, near)) = q.filter.near() {
-                // `$nearSphere` results come nearest first.
-                let distance = |d: &Value| {
-                    let mut found = Vec::new();
-                    crate::filter::lookup(d, path, &mut found);
-                    found
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|v| near.distance(v))
-                        .fold(f64::INFINITY, f64::min)
-                };
-                docs.sort_by(|a, b| distance(a).total_cmp(&distance(b)));
+        let access = read_access(&q.filter);
+        if access == Access::Read {
+            // Most index ranges are small: try on the caller's thread, on a budget.
+            let (c, first) = (collection.clone(), q.clone());
+            let inline = run(&*self.store, env, Access::Point, move |txn| {
+                find_in(txn, &c, &first, limit, INLINE_ENTRIES)
+            })
+            .await?;
+            if let Some(docs) = inline {
+                return Ok(docs);
             }
-            Ok(docs
-                .iter()
-                .skip(q.skip)
-                .take(limit)
-                .map(|d| q.projection.apply(d))
-                .collect())
+        }
+        run(&*self.store, env, access, move |txn| {
+            find_in(txn, &collection, &q, limit, usize::MAX)?
+                .ok_or_else(|| YunError::internal("an unbounded read ran over its budget"))
         })
         .await
     }

@@ -342,10 +342,11 @@ impl DocTxn for SqliteTxn<'_> {
         collection: &str,
         index: &str,
         ranges: &[KeyRange],
+        at_most: usize,
     ) -> Result<Vec<String>, YunError> {
         let mut stmt = self.tx.prepare_cached(INDEX_RANGE_SQL).map_err(db_err)?;
         let mut ids = Vec::new();
-        for r in ranges {
+        'ranges: for r in ranges {
             let rows = stmt
                 .query_map(params![self.env, collection, index, r.low, r.high], |row| {
                     row.get::<_, String>(0)
@@ -353,6 +354,9 @@ impl DocTxn for SqliteTxn<'_> {
                 .map_err(db_err)?;
             for id in rows {
                 ids.push(id.map_err(db_err)?);
+                if ids.len() > at_most {
+                    break 'ranges;
+                }
             }
         }
         ids.sort();

@@ -53,12 +53,15 @@ pub trait DocTxn {
         index: &str,
         id: &str,
     ) -> Result<(), YunError>;
-    /// The `_id`s with a key in any of the ranges, each once.
+    /// The `_id`s with a key in any of the ranges, each once. Stops reading once it
+    /// has found more than `at_most` entries (so a caller on a budget learns the range
+    /// is bigger without reading it all).
     fn index_ids(
         &mut self,
         collection: &str,
         index: &str,
         ranges: &[KeyRange],
+        at_most: usize,
     ) -> Result<Vec<String>, YunError>;
     /// Whether a document other than `except_id` has `key` in the index.
     fn index_key_taken(

@@ -84,6 +84,11 @@ fn run_job(conn: &mut Connection, job: Job) -> Option<Completion> {
     completion
 }
 
+/// Readers map the file (up to 1 GiB of it) instead of copying each page out of the
+/// kernel: perf on an indexed range over 1M documents showed `read()` copies and the
+/// per-connection page cache (2 MB by default) among the top costs.
+const READER_PRAGMAS: &str = "PRAGMA busy_timeout=5000; PRAGMA mmap_size=1073741824;";
+
 impl Sqlite {
     /// Opens (or creates) the database, applies the migrations it has not seen, and
     /// starts the writer thread. `migrations` is append-only: never edit one that shipped.
@@ -175,8 +180,7 @@ impl Sqlite {
                     OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )
                 .map_err(db_err)?;
-                conn.execute_batch("PRAGMA busy_timeout=5000;")
-                    .map_err(db_err)?;
+                conn.execute_batch(READER_PRAGMAS).map_err(db_err)?;
                 conn
             }
         };
