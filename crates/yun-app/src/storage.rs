@@ -111,6 +111,21 @@ impl App {
         }
     }
 
+    /// [`App::check_file`] on the file stored at `path` (which must exist); for end users
+    /// only, so admins pay no extra read.
+    async fn check_stored_file(
+        &self,
+        identity: &Identity,
+        path: &CloudPath,
+        action: FileAction,
+    ) -> Result<(), YunError> {
+        if !matches!(identity.caller, Caller::User(_)) {
+            return Ok(());
+        }
+        let file = self.storage.stat(&identity.env, path).await?;
+        self.check_file(identity, path, Some(&file), action).await
+    }
+
     /// The file at `path`, if there is one.
     async fn existing(
         &self,
@@ -368,11 +383,8 @@ impl App {
         for (id, max_age) in files {
             let result = async {
                 let path = Self::own_path(identity, &id)?;
-                if matches!(identity.caller, Caller::User(_)) {
-                    let file = self.storage.stat(&identity.env, &path).await?;
-                    self.check_file(identity, &path, Some(&file), FileAction::Read)
-                        .await?;
-                }
+                self.check_stored_file(identity, &path, FileAction::Read)
+                    .await?;
                 self.temp_url(identity, &path, max_age).await
             }
             .await;
@@ -393,11 +405,8 @@ impl App {
         for id in ids {
             let result = async {
                 let path = Self::own_path(identity, &id)?;
-                if matches!(identity.caller, Caller::User(_)) {
-                    let file = self.storage.stat(&identity.env, &path).await?;
-                    self.check_file(identity, &path, Some(&file), FileAction::Delete)
-                        .await?;
-                }
+                self.check_stored_file(identity, &path, FileAction::Delete)
+                    .await?;
                 self.storage.delete(&identity.env, &path).await
             }
             .await;
@@ -421,11 +430,10 @@ impl App {
                 let from = Self::own_path_or_id(identity, &src)?;
                 let to = Self::own_path_or_id(identity, &dst)?;
                 if matches!(identity.caller, Caller::User(_)) {
-                    let source = self.storage.stat(&identity.env, &from).await?;
-                    self.check_file(identity, &from, Some(&source), FileAction::Read)
+                    self.check_stored_file(identity, &from, FileAction::Read)
                         .await?;
                     if remove_original {
-                        self.check_file(identity, &from, Some(&source), FileAction::Delete)
+                        self.check_stored_file(identity, &from, FileAction::Delete)
                             .await?;
                     }
                     let target = self.existing(&identity.env, &to).await?;

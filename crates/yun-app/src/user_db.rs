@@ -261,7 +261,6 @@ impl App {
         collection: &str,
         query: Value,
     ) -> Result<u64, YunError> {
-        let checker = self.checker(identity, collection).await?;
         if single_id(&query).is_some() {
             let found = self
                 .user_find(
@@ -278,7 +277,9 @@ impl App {
                 .await?;
             return Ok(found.len() as u64);
         }
-        checker.read_query(&query)?;
+        self.checker(identity, collection)
+            .await?
+            .read_query(&query)?;
         self.docdb
             .count(&identity.env, collection, Filter::parse(&query)?)
             .await

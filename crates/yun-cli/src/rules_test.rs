@@ -52,17 +52,15 @@ fn auth_of(case: &Value) -> anyhow::Result<Option<Auth>> {
                 .ok_or_else(|| anyhow!("auth.uid must be a string"))?;
             let anonymous = a["isAnonymous"].as_bool().unwrap_or(false);
             let custom = a["customUserId"].as_str().map(str::to_owned);
+            let derived = yun_auth::EndUser {
+                uid: uid.to_owned(),
+                anonymous,
+                custom_id: custom.clone(),
+            };
             let login_type = a["loginType"]
                 .as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| {
-                    match (anonymous, &custom) {
-                        (true, _) => "ANONYMOUS",
-                        (false, Some(_)) => "CUSTOM",
-                        (false, None) => "USERNAME",
-                    }
-                    .into()
-                });
+                .unwrap_or(derived.login_type())
+                .to_owned();
             Ok(Some(Auth {
                 uid: uid.to_owned(),
                 login_type,

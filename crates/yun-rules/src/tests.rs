@@ -226,3 +226,28 @@ fn queries_must_stay_within_the_read_rule() {
     let opaque = Rule::from_json("read", &json!("doc.a == doc.b")).unwrap();
     assert!(!within(&opaque, &json!({"a": 1, "b": 1}), &c));
 }
+
+#[test]
+fn storage_rules_read_the_file_owner_and_path() {
+    let a = alice();
+    let rules = RuleSet::parse(
+        &json!({"read": "resource.path != 'private/plan.txt'", "write": "resource.openid == auth.openid"}),
+        Target::Storage,
+    )
+    .unwrap();
+    let mine = json!({"openid": "alice", "path": "photos/a.png"});
+    let theirs = json!({"openid": "bob", "path": "private/plan.txt"});
+    let ctx = |resource| Context {
+        auth: Some(&a),
+        resource: Some(resource),
+        ..Context::default()
+    };
+    assert!(rules.read.allows(&ctx(&mine)));
+    assert!(!rules.read.allows(&ctx(&theirs)));
+    assert!(rules.update.allows(&ctx(&mine)));
+    assert!(!rules.delete.allows(&ctx(&theirs)));
+    // READONLY, storage's default, compares the file's owner.
+    let default = RuleSet::default_for(Target::Storage);
+    assert!(default.read.allows(&ctx(&theirs)));
+    assert!(!default.update.allows(&ctx(&theirs)));
+}

@@ -82,6 +82,14 @@ pub struct Session {
     pub user: UserRecord,
 }
 
+/// The `kid` in a token's header.
+fn token_kid(token: &str) -> Result<String, YunError> {
+    jsonwebtoken::decode_header(token)
+        .map_err(|_| unauthenticated("the token is malformed"))?
+        .kid
+        .ok_or_else(|| unauthenticated("the token has no key id"))
+}
+
 fn unauthenticated(message: impl Into<String>) -> YunError {
     YunError::new(ErrorCode::Unauthenticated, message)
 }
@@ -308,12 +316,17 @@ impl Users {
         env: &EnvId,
         token: &str,
     ) -> Result<T, YunError> {
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|_| unauthenticated("the token is malformed"))?;
-        let kid = header
-            .kid
-            .ok_or_else(|| unauthenticated("the token has no key id"))?;
-        let (key_env, secret) = self.signing_secret(&kid, env).await?;
+        self.check_with_kid(env, &token_kid(token)?, token).await
+    }
+
+    /// [`Users::check`] for a caller that already read the token's key id.
+    async fn check_with_kid<T: serde::de::DeserializeOwned>(
+        &self,
+        env: &EnvId,
+        kid: &str,
+        token: &str,
+    ) -> Result<T, YunError> {
+        let (key_env, secret) = self.signing_secret(kid, env).await?;
         if key_env != *env {
             return Err(unauthenticated("the token was signed for another env"));
         }
@@ -466,10 +479,7 @@ impl Users {
     pub async fn verify(&self, token: &str) -> Result<(AccessClaims, UserRecord), YunError> {
         // The env picks the key: from the cache by key id, else from the unverified
         // payload. The signature check in `check` is what makes it true.
-        let kid = jsonwebtoken::decode_header(token)
-            .ok()
-            .and_then(|h| h.kid)
-            .ok_or_else(|| unauthenticated("the access token is malformed"))?;
+        let kid = token_kid(token)?;
         let env = match self.cache.key(&kid) {
             Some((env, _)) => env,
             None => {
@@ -480,7 +490,7 @@ impl Users {
                     .map_err(|_| unauthenticated("the access token names no env"))?
             }
         };
-        let claims: AccessClaims = self.check(&env, token).await?;
+        let claims: AccessClaims = self.check_with_kid(&env, &kid, token).await?;
         if claims.scope == SUDO_SCOPE || claims.env != env.as_str() {
             return Err(unauthenticated(
                 "this token is not an access token of its env",
