@@ -6,7 +6,7 @@ use serde_json::{json, Map, Value};
 use yun_app::{App, Identity};
 use yun_docdb::filter::{upsert_seed, Filter};
 use yun_docdb::find::{Projection, SortKeys};
-use yun_docdb::value::{parse_ejson, to_ejson};
+use yun_docdb::value::{parse_ejson, to_ejson_text};
 use yun_docdb::{Change, Find};
 use yun_types::{ErrorCode, YunError};
 
@@ -46,7 +46,7 @@ pub(crate) fn count(body: &Map<String, Value>, key: &str) -> Result<Option<usize
 }
 
 fn to_wire(doc: &Value) -> Value {
-    Value::String(to_ejson(doc).to_string())
+    Value::String(to_ejson_text(doc))
 }
 
 fn parse_docs(body: &Map<String, Value>) -> Result<Vec<Value>, YunError> {

@@ -503,7 +503,7 @@ async fn query_collection(
             .unwrap_or(Projection::All),
     };
     let docs = app.db_find(&who, &collection, find).await?;
-    ok(json!({ "documents": docs.iter().map(value::to_ejson).collect::<Vec<_>>() }))
+    ok(json!({ "documents": docs.iter().map(value::Ejson).collect::<Vec<_>>() }))
 }
 
 // ---- storage ----

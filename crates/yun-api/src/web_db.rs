@@ -191,10 +191,7 @@ pub async fn handle(
             let docs = app.user_aggregate(who, collection(body)?, stages).await?;
             // The js-sdk reads `JSON.parse(list).map(EJSON.parse)`: JSON text of an array
             // of EJSON texts.
-            let texts: Vec<String> = docs
-                .iter()
-                .map(|d| yun_docdb::value::to_ejson(d).to_string())
-                .collect();
+            let texts: Vec<String> = docs.iter().map(yun_docdb::value::to_ejson_text).collect();
             json!({ "list": serde_json::to_string(&texts).map_err(|e| YunError::internal(e.to_string()))? })
         }
         "database.deleteDocument" => {

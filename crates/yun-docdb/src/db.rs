@@ -108,14 +108,43 @@ fn candidates(
     collection: &str,
     filter: &Filter,
 ) -> Result<Vec<Value>, YunError> {
-    candidates_within(txn, collection, filter, usize::MAX)?
-        .ok_or_else(|| YunError::internal("an unbounded read ran over its budget"))
+    unbounded(candidates_within(txn, collection, filter, usize::MAX)?)
+}
+
+fn unbounded<T>(found: Option<T>) -> Result<T, YunError> {
+    found.ok_or_else(|| YunError::internal("an unbounded read ran over its budget"))
 }
 
 /// Index-range reads that find at most this many entries run on the caller's thread
 /// (see [`DocDb::find`]): reading 256 small documents costs less than a thread hand-off
 /// plus its queueing under load.
 const INLINE_ENTRIES: usize = 256;
+
+/// Runs a read that takes an index-entry budget: first on the caller's thread within
+/// [`INLINE_ENTRIES`] (most index ranges are small), then, if that was not enough, on the
+/// blocking pool without a budget, so a scan never stalls a runtime worker.
+async fn read_bounded<T: Send + 'static>(
+    store: &dyn DocStore,
+    env: &EnvId,
+    access: Access,
+    read: impl Fn(&mut dyn DocTxn, usize) -> Result<Option<T>, YunError> + Send + Sync + 'static,
+) -> Result<T, YunError> {
+    let read = Arc::new(read);
+    if access == Access::Read {
+        let first = read.clone();
+        if let Some(found) = run(store, env, Access::Point, move |txn| {
+            first(txn, INLINE_ENTRIES)
+        })
+        .await?
+        {
+            return Ok(found);
+        }
+    }
+    run(store, env, access, move |txn| {
+        unbounded(read(txn, usize::MAX)?)
+    })
+    .await
+}
 
 /// The documents the filter can match, or `None` when reading them would examine more
 /// than `budget` index entries (or scan the collection).
@@ -433,20 +462,8 @@ impl DocDb {
         };
         let collection = collection.to_owned();
         let access = read_access(&q.filter);
-        if access == Access::Read {
-            // Most index ranges are small: try on the caller's thread, on a budget.
-            let (c, first) = (collection.clone(), q.clone());
-            let inline = run(&*self.store, env, Access::Point, move |txn| {
-                find_in(txn, &c, &first, limit, INLINE_ENTRIES)
-            })
-            .await?;
-            if let Some(docs) = inline {
-                return Ok(docs);
-            }
-        }
-        run(&*self.store, env, access, move |txn| {
-            find_in(txn, &collection, &q, limit, usize::MAX)?
-                .ok_or_else(|| YunError::internal("an unbounded read ran over its budget"))
+        read_bounded(&*self.store, env, access, move |txn, budget| {
+            find_in(txn, &collection, &q, limit, budget)
         })
         .await
     }
@@ -458,13 +475,16 @@ impl DocDb {
         filter: Filter,
     ) -> Result<u64, YunError> {
         let collection = collection.to_owned();
-        run(&*self.store, env, read_access(&filter), move |txn| {
-            require_collection(txn, &collection)?;
-            Ok(candidates(txn, &collection, &filter)?
-                .iter()
-                .filter(|d| filter.matches(d))
-                .count() as u64)
-        })
+        read_bounded(
+            &*self.store,
+            env,
+            read_access(&filter),
+            move |txn, budget| {
+                require_collection(txn, &collection)?;
+                Ok(candidates_within(txn, &collection, &filter, budget)?
+                    .map(|found| found.iter().filter(|d| filter.matches(d)).count() as u64))
+            },
+        )
         .await
     }
 

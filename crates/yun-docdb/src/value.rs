@@ -11,6 +11,7 @@
 //!
 //! Responses are relaxed EJSON, which the SDKs' `EJSON.parse` reads.
 
+use serde::{Serialize, Serializer};
 use serde_json::{Map, Number, Value};
 use yun_types::YunError;
 
@@ -134,21 +135,35 @@ pub fn parse_ejson(text: &str, now_ms: i64) -> Result<Value, YunError> {
 
 /// Relaxed EJSON for responses: dates become `{"$date":{"$numberLong":"…"}}`, which
 /// `EJSON.parse` turns back into a `Date`.
-pub fn to_ejson(value: &Value) -> Value {
-    match value {
-        Value::Array(items) => Value::Array(items.iter().map(to_ejson).collect()),
-        Value::Object(map) => match as_date(value) {
-            Some(ms) => {
-                let mut long = Map::new();
-                long.insert("$numberLong".into(), Value::String(ms.to_string()));
-                let mut m = Map::new();
-                m.insert("$date".into(), Value::Object(long));
-                Value::Object(m)
-            }
-            None => Value::Object(map.iter().map(|(k, v)| (k.clone(), to_ejson(v))).collect()),
-        },
-        scalar => scalar.clone(),
+/// A stored value as relaxed Extended JSON (dates as `{"$date":{"$numberLong":…}}`), written
+/// straight from the stored tree: responses serialize every document, and building a
+/// converted copy first was a measurable share of a query's CPU.
+pub struct Ejson<'a>(pub &'a Value);
+
+impl Serialize for Ejson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Value::Array(items) => s.collect_seq(items.iter().map(Ejson)),
+            Value::Object(map) => match as_date(self.0) {
+                Some(ms) => s.collect_map(std::iter::once(("$date", NumberLong(ms)))),
+                None => s.collect_map(map.iter().map(|(k, v)| (k, Ejson(v)))),
+            },
+            scalar => scalar.serialize(s),
+        }
     }
+}
+
+struct NumberLong(i64);
+
+impl Serialize for NumberLong {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(std::iter::once(("$numberLong", self.0.to_string())))
+    }
+}
+
+/// [`Ejson`] as text.
+pub fn to_ejson_text(value: &Value) -> String {
+    serde_json::to_string(&Ejson(value)).expect("a JSON value always serializes")
 }
 
 #[cfg(test)]
@@ -171,9 +186,21 @@ mod tests {
         assert_eq!(v["oid"]["$oid"], "65a1b2c3d4e5f60718293a4b");
         let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
         assert_eq!(keys[0], "title", "key order is kept");
+        let text = to_ejson_text(&v);
+        assert!(
+            text.starts_with(r#"{"title":"buy milk","#),
+            "key order is kept: {text}"
+        );
+        let back: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(
-            to_ejson(&v)["due"],
+            back["due"],
             json!({"$date": {"$numberLong": "1717228800000"}})
+        );
+        assert_eq!(back["meta"], json!({"a": {"b": null}}));
+        assert_eq!(
+            parse_ejson(&text, 0).unwrap(),
+            v,
+            "the text reads back as the same value"
         );
     }
 
