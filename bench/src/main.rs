@@ -226,6 +226,10 @@ mod auth;
 mod db;
 mod storage;
 
+// The same allocator as yun, so the load generator takes no more CPU than it must.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     match std::env::args().nth(1).as_deref() {

@@ -11,7 +11,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use yun_app::{CallerContext, Identity, SignedRequest};
-use yun_types::{new_id, EnvId, FunctionName, YunError};
+use yun_types::{new_sortable_id, EnvId, FunctionName, YunError};
 
 use crate::AppState;
 
@@ -76,7 +76,7 @@ pub async fn admin(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let request_id = new_id("");
+    let request_id = new_sortable_id();
     match handle(&app, &request_id, peer, query, &uri, &headers, body).await {
         Ok((data, extras)) => {
             let mut envelope = extras;

@@ -14,7 +14,7 @@ use axum::Json;
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
 use yun_app::CallerContext;
-use yun_types::{new_id, EnvId, ErrorCode, YunError};
+use yun_types::{new_sortable_id, EnvId, ErrorCode, YunError};
 
 use crate::AppState;
 
@@ -116,7 +116,7 @@ async fn run(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let request_id = new_id("");
+    let request_id = new_sortable_id();
     let not_found = || {
         error_response(
             &YunError::new(ErrorCode::NotFound, "no function serves this path"),

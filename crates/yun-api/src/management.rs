@@ -20,7 +20,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use yun_app::{CallerContext, DeployRequest, Identity, LogFilter};
-use yun_types::{new_id, EnvId, ErrorCode, FunctionName, YunError};
+use yun_types::{new_sortable_id, EnvId, ErrorCode, FunctionName, YunError};
 
 use crate::AppState;
 
@@ -294,7 +294,7 @@ async fn invoke_function(
     let event = String::from_utf8(bytes.to_vec())
         .map_err(|_| YunError::invalid_param("the event must be UTF-8 JSON"))?;
     let caller = CallerContext {
-        request_id: new_id(""),
+        request_id: new_sortable_id(),
         source: "management_api".into(),
         client_ip: Some(peer.ip().to_string()),
         seq_id: None,

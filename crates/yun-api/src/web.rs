@@ -12,7 +12,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use yun_app::CallerContext;
-use yun_types::{new_id, EnvId, ErrorCode, YunError};
+use yun_types::{new_sortable_id, EnvId, ErrorCode, YunError};
 
 use crate::cloudbase::{envelope_error, invoke_function, str_param, unsupported_action};
 use crate::AppState;
@@ -33,7 +33,7 @@ pub async fn web(
     Query(query): Query<WebQuery>,
     body: Body,
 ) -> Response {
-    let request_id = new_id("");
+    let request_id = new_sortable_id();
     match handle(&app, &request_id, peer, query, body).await {
         Ok(data) => Json(json!({ "requestId": request_id, "data": data })).into_response(),
         Err(e) => {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
-use yun_types::{new_id, EnvId, ErrorCode, YunError};
+use yun_types::{new_sortable_id, EnvId, ErrorCode, YunError};
 
 use crate::filter::Filter;
 use crate::find::{Projection, SortKeys};
@@ -399,7 +399,7 @@ impl DocDb {
             }
             let id = match map.get("_id") {
                 Some(v) => id_text(v)?,
-                None => new_id(""),
+                None => new_sortable_id(),
             };
             let mut out = Map::with_capacity(map.len() + 2);
             out.insert("_id".into(), Value::String(id.clone()));
@@ -547,7 +547,7 @@ impl DocDb {
                     };
                     let id = match new.get("_id") {
                         Some(v) => id_text(v)?,
-                        None => new_id(""),
+                        None => new_sortable_id(),
                     };
                     if let Value::Object(m) = &mut new {
                         m.shift_remove("_id");

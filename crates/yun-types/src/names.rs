@@ -105,11 +105,26 @@ string_newtype_impls!(FunctionName);
 
 /// A random id: `prefix` then 32 lowercase hex digits (128 bits from the OS RNG).
 pub fn new_id(prefix: &str) -> String {
-    let bytes: [u8; 16] = rand::rng().random();
+    hex_id(prefix, rand::rng().random())
+}
+
+/// An id that sorts by creation time: 32 lowercase hex digits, the first 12 the Unix time
+/// in milliseconds, the rest 80 random bits (MongoDB's ObjectId leads with its time too).
+/// For request and document ids, which are keys of B-tree indexes: a random key dirties a
+/// different page on every insert, a time-ordered one appends. Never for secrets.
+pub fn new_sortable_id() -> String {
+    let mut bytes: [u8; 16] = rand::rng().random();
+    bytes[..6].copy_from_slice(&(crate::unix_ms() as u64).to_be_bytes()[2..]);
+    hex_id("", bytes)
+}
+
+fn hex_id(prefix: &str, bytes: [u8; 16]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(prefix.len() + 32);
     out.push_str(prefix);
     for b in bytes {
-        out.push_str(&format!("{b:02x}"));
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 15)] as char);
     }
     out
 }
@@ -144,5 +159,25 @@ mod tests {
         assert_eq!(id.len(), 36);
         assert!(id.starts_with("AKID"));
         assert_ne!(new_id(""), new_id(""));
+        assert!(id[4..]
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    }
+
+    #[test]
+    fn sortable_ids_lead_with_their_time() {
+        let before = crate::unix_ms();
+        let id = new_sortable_id();
+        let after = crate::unix_ms();
+        assert_eq!(id.len(), 32);
+        let at = i64::from_str_radix(&id[..12], 16).unwrap();
+        assert!((before..=after).contains(&at), "{id}");
+        assert_ne!(
+            new_sortable_id(),
+            new_sortable_id(),
+            "80 random bits follow"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert!(new_sortable_id() > id, "a later id sorts after");
     }
 }
