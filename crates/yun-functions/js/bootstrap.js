@@ -1,7 +1,9 @@
 'use strict';
 // Yun's Node.js instance bootstrap, shipped inside the yun binary.
 // Protocol v1: length-prefixed (u32 big-endian) JSON frames over fd 0, a Unix socket
-// pair whose other end Yun holds. One invocation at a time (SCF semantics).
+// pair whose other end Yun holds. One invocation at a time (SCF semantics): Yun may
+// queue the next event before this one answers; it starts only after the answer, so
+// an event queued behind one that crashes never ran.
 // stdout/stderr writes are forwarded as `log` frames so each line is attributed to the
 // invocation that wrote it, in order with its result.
 const net = require('net');
@@ -61,8 +63,12 @@ let handler = null;
 let staticEnvKeys = [];
 let invocationEnvKeys = [];
 let current = null;
+const queued = [];
+let running = false;
+let dying = false;
 
 function fatal(kind, err) {
+  dying = true;
   send({ type: 'fatal', request_id: current, kind, error: errorInfo(err) });
   channel.end(() => process.exit(70));
   setTimeout(() => process.exit(70), 200).unref();
@@ -89,6 +95,13 @@ function load(message) {
   } catch (err) {
     send({ type: 'load_error', error: errorInfo(err) });
   }
+}
+
+async function runQueued() {
+  if (running) return;
+  running = true;
+  while (queued.length > 0 && !dying) await invoke(queued.shift());
+  running = false;
 }
 
 async function invoke(message) {
@@ -132,7 +145,10 @@ channel.on('data', (chunk) => {
     const message = JSON.parse(buffered.subarray(4, 4 + length).toString('utf8'));
     buffered = buffered.subarray(4 + length);
     if (message.type === 'load') load(message);
-    else if (message.type === 'invoke') invoke(message);
+    else if (message.type === 'invoke') {
+      queued.push(message);
+      runQueued();
+    }
   }
 });
 // Yun closed its end: the instance is no longer wanted.

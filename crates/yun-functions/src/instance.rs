@@ -148,7 +148,8 @@ pub struct Instance {
     pid: u32,
     child: Child,
     reader: OwnedReadHalf,
-    writer: OwnedWriteHalf,
+    /// Taken by the [`crate::lane::Lane`] the loaded instance becomes.
+    writer: Option<OwnedWriteHalf>,
     raw: Arc<Mutex<RawOutput>>,
     cgroup: Option<InstanceCgroup>,
     /// The `--max-old-space-size` class this process was started with.
@@ -239,7 +240,7 @@ impl Instance {
             pid,
             child,
             reader,
-            writer,
+            writer: Some(writer),
             raw,
             cgroup: None,
             memory_mb,
@@ -286,7 +287,11 @@ impl Instance {
             handler,
             env,
         };
-        write_frame(&mut self.writer, &message)
+        let writer = self
+            .writer
+            .as_mut()
+            .ok_or_else(|| LoadFailure::Process("the instance is already loaded".into()))?;
+        write_frame(writer, &message)
             .await
             .map_err(|e| LoadFailure::Process(e.to_string()))?;
         loop {
@@ -314,7 +319,14 @@ impl Instance {
 
     /// Runs one invocation. On a failure that does not leave the instance healthy, the
     /// process group is already killed when this returns.
-    pub async fn invoke(
+    /// The channel's write side, for the lane that queues events to this instance.
+    pub(crate) fn take_writer(&mut self) -> Option<OwnedWriteHalf> {
+        self.writer.take()
+    }
+
+    /// Reads one event's output and result; its frame is already written. The timeout
+    /// runs from here: the event starts when the one before it has answered.
+    pub(crate) async fn run_turn(
         &mut self,
         input: &InvokeInput<'_>,
         logs: &LogTarget,
@@ -322,7 +334,7 @@ impl Instance {
         if let Ok(mut raw) = self.raw.lock() {
             raw.target = Some(logs.clone());
         }
-        let outcome = match tokio::time::timeout(input.timeout, self.exchange(input, logs)).await {
+        let outcome = match tokio::time::timeout(input.timeout, self.receive(input, logs)).await {
             Ok(outcome) => outcome,
             Err(_) => {
                 self.kill();
@@ -335,20 +347,11 @@ impl Instance {
         outcome
     }
 
-    async fn exchange(
+    async fn receive(
         &mut self,
         input: &InvokeInput<'_>,
         logs: &LogTarget,
     ) -> Result<String, Failure> {
-        let message = HostMessage::Invoke {
-            request_id: input.request_id,
-            event: input.event,
-            context: input.context,
-            env: input.env,
-        };
-        if let Err(e) = write_frame(&mut self.writer, &message).await {
-            return Err(self.died(&e).await);
-        }
         let mut logged = 0usize;
         loop {
             match read_frame(&mut self.reader).await {
@@ -424,7 +427,7 @@ impl Instance {
     }
 
     /// The channel broke: find out how the process ended.
-    async fn died(&mut self, cause: &FrameError) -> Failure {
+    pub(crate) async fn died(&mut self, cause: &FrameError) -> Failure {
         let status = tokio::time::timeout(Duration::from_secs(2), self.child.wait()).await;
         self.kill();
         let tail = self.raw_tail();

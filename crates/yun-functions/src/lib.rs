@@ -1,11 +1,13 @@
 //! The functions runtime. A function version runs in instances: OS processes running a
 //! bootstrap shipped in this crate (`js/bootstrap.js`), one invocation at a time, talking
 //! the framed protocol of [`protocol`]. [`pool`] decides (pure, clock passed in);
-//! [`runtime`] carries the decisions out; [`package`] unpacks and installs code.
+//! [`runtime`] carries the decisions out; a loaded instance is a [`lane`] that runs the
+//! events queued to it in order; [`package`] unpacks and installs code.
 //!
 //! Knows nothing of HTTP, signatures or where metadata is stored.
 
 pub mod instance;
+pub mod lane;
 pub mod package;
 pub mod pool;
 pub mod protocol;

@@ -1,9 +1,18 @@
 //! The instance scheduler's decisions, as a pure state machine over one function's
 //! instances. No processes, no clock: callers pass `now`, so tests drive time by hand.
 //!
-//! Invariants: `busy + idle.len() <= max_instances` after every `admit` that returns
-//! `Warm` or `Cold` (a lowered cap is honoured as instances come back); an instance is in
-//! `idle` or lent out, never both.
+//! An instance runs one event at a time (SCF semantics). When no instance is idle, an
+//! event of a function whose events are short queues on the least loaded instance's
+//! channel behind the running one (`Queued`), up to `max_depth` events per instance,
+//! before any cold start: the instance then takes its next event without sleeping in
+//! between (where a trivial invocation's cost goes), and the wait is shorter than a cold
+//! start. Only when every queue is full does a short function scale out, one instance
+//! at a time. Slow functions never queue: they start instances up to the cap, then wait
+//! for whichever instance frees first.
+//!
+//! Invariant: `instances + starting <= max_instances` after every `admit` that returns
+//! `Warm`, `Cold` or `Queued`; `depth` counts the events admitted to an instance and not
+//! yet finished (the running one and those queued behind it).
 
 use std::time::{Duration, Instant};
 
@@ -16,81 +25,156 @@ pub struct PoolPolicy {
     pub keep_warm: usize,
     /// How long an invocation may wait for a free slot before it is throttled.
     pub queue_timeout: Duration,
+    /// Events one instance may hold, the running one included (1: never queue).
+    pub max_depth: usize,
 }
 
 /// What an arriving invocation should do.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Admission<T> {
-    /// Reuse this warm instance.
+    /// Run on this idle, warm instance.
     Warm(T),
     /// A slot is reserved: start (or take a stem cell for) a new instance.
     Cold,
+    /// Queue behind the events this busy instance holds.
+    Queued(T),
     /// Every slot is busy: wait for a release, until the deadline.
     Wait,
 }
 
 #[derive(Debug)]
+struct Slot<T> {
+    id: u64,
+    instance: T,
+    depth: usize,
+    idle_since: Instant,
+}
+
+#[derive(Debug)]
 pub struct PoolState<T> {
-    /// Most recently used last: reuse takes from the end, so the oldest idle instances
-    /// are the ones left to reach the idle timeout.
-    idle: Vec<(T, Instant)>,
-    busy: usize,
+    slots: Vec<Slot<T>>,
+    /// Cold slots reserved by `admit` whose instance is still starting.
+    starting: usize,
 }
 
 impl<T> Default for PoolState<T> {
     fn default() -> Self {
         Self {
-            idle: Vec::new(),
-            busy: 0,
+            slots: Vec::new(),
+            starting: 0,
         }
     }
 }
 
-impl<T> PoolState<T> {
-    pub fn admit(&mut self, policy: &PoolPolicy) -> Admission<T> {
-        if let Some((instance, _)) = self.idle.pop() {
-            self.busy += 1;
-            return Admission::Warm(instance);
+impl<T: Clone> PoolState<T> {
+    /// `queue_ok`: this function's events are short enough to queue behind a running one.
+    pub fn admit(&mut self, policy: &PoolPolicy, queue_ok: bool) -> Admission<T> {
+        // The most recently used idle instance: the oldest are left to reach the idle timeout.
+        if let Some(slot) = self
+            .slots
+            .iter_mut()
+            .filter(|s| s.depth == 0)
+            .max_by_key(|s| s.idle_since)
+        {
+            slot.depth = 1;
+            return Admission::Warm(slot.instance.clone());
         }
-        if self.busy < policy.max_instances {
-            self.busy += 1;
+        // A short event waits less behind a few others than a cold start takes.
+        if queue_ok {
+            if let Some(slot) = self
+                .slots
+                .iter_mut()
+                .filter(|s| s.depth < policy.max_depth)
+                .min_by_key(|s| s.depth)
+            {
+                slot.depth += 1;
+                return Admission::Queued(slot.instance.clone());
+            }
+        }
+        // One cold start at a time for short events: while it starts, the others wait for
+        // the queues to move rather than each starting an instance of its own.
+        let starting_enough = queue_ok && self.starting > 0;
+        if self.slots.len() + self.starting < policy.max_instances && !starting_enough {
+            self.starting += 1;
             return Admission::Cold;
         }
         Admission::Wait
     }
 
-    /// A lent instance came back healthy.
-    pub fn release(&mut self, instance: T, now: Instant) {
-        self.busy = self.busy.saturating_sub(1);
-        self.idle.push((instance, now));
+    /// A reserved cold slot's instance started; it runs the event that reserved it.
+    pub fn started(&mut self, id: u64, instance: T, now: Instant) {
+        self.starting = self.starting.saturating_sub(1);
+        self.slots.push(Slot {
+            id,
+            instance,
+            depth: 1,
+            idle_since: now,
+        });
     }
 
-    /// A lent instance (or a reserved cold slot) is gone: crashed, timed out, or failed to start.
-    pub fn discard(&mut self) {
-        self.busy = self.busy.saturating_sub(1);
+    /// A reserved cold slot's instance failed to start.
+    pub fn start_failed(&mut self) {
+        self.starting = self.starting.saturating_sub(1);
+    }
+
+    /// One event admitted to instance `id` finished. Returns whether the instance is now idle.
+    pub fn finished(&mut self, id: u64, now: Instant) -> bool {
+        match self.slots.iter_mut().find(|s| s.id == id) {
+            Some(slot) => {
+                slot.depth = slot.depth.saturating_sub(1);
+                if slot.depth == 0 {
+                    slot.idle_since = now;
+                }
+                slot.depth == 0
+            }
+            None => false,
+        }
+    }
+
+    /// Instance `id` is gone (crashed, timed out, retired). The events still counted on it
+    /// are admitted again by their callers.
+    pub fn remove(&mut self, id: u64) -> Option<T> {
+        let at = self.slots.iter().position(|s| s.id == id)?;
+        Some(self.slots.remove(at).instance)
     }
 
     /// Idle instances past the idle timeout, beyond the `keep_warm` most recent.
     pub fn reap(&mut self, policy: &PoolPolicy, now: Instant) -> Vec<T> {
-        let removable = self.idle.len().saturating_sub(policy.keep_warm);
-        let expired = self.idle[..removable]
+        let mut idle: Vec<(Instant, u64)> = self
+            .slots
             .iter()
-            .take_while(|(_, since)| now.saturating_duration_since(*since) >= policy.idle_timeout)
-            .count();
-        self.idle.drain(..expired).map(|(t, _)| t).collect()
+            .filter(|s| s.depth == 0)
+            .map(|s| (s.idle_since, s.id))
+            .collect();
+        idle.sort();
+        let removable = idle.len().saturating_sub(policy.keep_warm);
+        let expired: Vec<u64> = idle[..removable]
+            .iter()
+            .take_while(|(since, _)| now.saturating_duration_since(*since) >= policy.idle_timeout)
+            .map(|(_, id)| *id)
+            .collect();
+        expired
+            .into_iter()
+            .filter_map(|id| self.remove(id))
+            .collect()
     }
 
     /// Every idle instance (a new version was deployed, or the function was deleted).
     pub fn drain(&mut self) -> Vec<T> {
-        self.idle.drain(..).map(|(t, _)| t).collect()
+        let (idle, busy) = std::mem::take(&mut self.slots)
+            .into_iter()
+            .partition(|s| s.depth == 0);
+        self.slots = busy;
+        idle.into_iter().map(|s: Slot<T>| s.instance).collect()
     }
 
     pub fn idle_count(&self) -> usize {
-        self.idle.len()
+        self.slots.iter().filter(|s| s.depth == 0).count()
     }
 
+    /// Instances running an event, and reserved slots still starting.
     pub fn busy_count(&self) -> usize {
-        self.busy
+        self.slots.iter().filter(|s| s.depth > 0).count() + self.starting
     }
 }
 
@@ -109,18 +193,28 @@ mod tests {
             idle_timeout: Duration::from_secs(60),
             keep_warm: 0,
             queue_timeout: Duration::from_secs(2),
+            max_depth: 3,
+        }
+    }
+
+    /// Admits `n` cold events of a slow function and starts instances 1..=n for them.
+    fn started(p: &PoolPolicy, s: &mut PoolState<u64>, n: u64, now: Instant) {
+        for id in 1..=n {
+            assert_eq!(s.admit(p, false), Admission::Cold);
+            s.started(id, id, now);
         }
     }
 
     #[test]
     fn cold_until_the_cap_then_wait() {
         let p = policy(2);
-        let mut s: PoolState<u32> = PoolState::default();
-        assert_eq!(s.admit(&p), Admission::Cold);
-        assert_eq!(s.admit(&p), Admission::Cold);
-        assert_eq!(s.admit(&p), Admission::Wait);
-        s.discard();
-        assert_eq!(s.admit(&p), Admission::Cold);
+        let mut s: PoolState<u64> = PoolState::default();
+        assert_eq!(s.admit(&p, false), Admission::Cold);
+        assert_eq!(s.admit(&p, false), Admission::Cold);
+        assert_eq!(s.admit(&p, false), Admission::Wait);
+        s.start_failed();
+        assert_eq!(s.admit(&p, false), Admission::Cold);
+        assert_eq!(s.busy_count(), 2);
     }
 
     #[test]
@@ -128,15 +222,81 @@ mod tests {
         let p = policy(3);
         let t0 = Instant::now();
         let mut s = PoolState::default();
-        for _ in 0..3 {
-            assert_eq!(s.admit(&p), Admission::Cold);
-        }
-        s.release(1, t0);
-        s.release(2, t0 + Duration::from_secs(1));
-        s.release(3, t0 + Duration::from_secs(2));
-        assert_eq!(s.admit(&p), Admission::Warm(3));
-        assert_eq!(s.admit(&p), Admission::Warm(2));
+        started(&p, &mut s, 3, t0);
+        assert!(s.finished(1, t0));
+        assert!(s.finished(2, t0 + Duration::from_secs(1)));
+        assert!(s.finished(3, t0 + Duration::from_secs(2)));
+        assert_eq!(s.admit(&p, true), Admission::Warm(3));
+        assert_eq!(s.admit(&p, true), Admission::Warm(2));
         assert_eq!((s.idle_count(), s.busy_count()), (1, 2));
+    }
+
+    #[test]
+    fn short_events_queue_on_the_least_loaded_instance_up_to_the_depth() {
+        let p = policy(2);
+        let t0 = Instant::now();
+        let mut s = PoolState::default();
+        started(&p, &mut s, 2, t0);
+        // Slow functions wait for whichever instance frees first.
+        assert_eq!(s.admit(&p, false), Admission::Wait);
+        assert_eq!(s.admit(&p, true), Admission::Queued(1));
+        assert_eq!(s.admit(&p, true), Admission::Queued(2));
+        assert_eq!(s.admit(&p, true), Admission::Queued(1));
+        assert_eq!(s.admit(&p, true), Admission::Queued(2));
+        assert_eq!(s.admit(&p, true), Admission::Wait, "both at depth 3");
+        assert!(!s.finished(2, t0));
+        assert_eq!(s.admit(&p, true), Admission::Queued(2));
+        for _ in 0..3 {
+            s.finished(1, t0);
+        }
+        assert_eq!(
+            s.admit(&p, true),
+            Admission::Warm(1),
+            "an idle instance before any queue"
+        );
+    }
+
+    #[test]
+    fn short_events_queue_before_a_cold_start_and_start_one_instance_at_a_time() {
+        let mut p = policy(3);
+        let t0 = Instant::now();
+        let mut s = PoolState::default();
+        started(&p, &mut s, 1, t0);
+        assert_eq!(
+            s.admit(&p, true),
+            Admission::Queued(1),
+            "below the cap, still queued"
+        );
+        p.max_depth = 2;
+        assert_eq!(s.admit(&p, true), Admission::Cold, "queues full: scale out");
+        assert_eq!(
+            s.admit(&p, true),
+            Admission::Wait,
+            "one instance is already starting"
+        );
+        assert_eq!(
+            s.admit(&p, false),
+            Admission::Cold,
+            "slow events do not wait on it"
+        );
+        s.started(2, 2, t0);
+        assert_eq!(s.admit(&p, true), Admission::Queued(2));
+    }
+
+    #[test]
+    fn a_removed_instance_frees_its_slot() {
+        let p = policy(1);
+        let t0 = Instant::now();
+        let mut s = PoolState::default();
+        started(&p, &mut s, 1, t0);
+        assert_eq!(s.admit(&p, true), Admission::Queued(1));
+        assert_eq!(s.remove(1), Some(1));
+        assert!(
+            !s.finished(1, t0),
+            "events of a removed instance count nowhere"
+        );
+        assert_eq!(s.admit(&p, true), Admission::Cold);
+        assert_eq!((s.idle_count(), s.busy_count()), (0, 1));
     }
 
     #[test]
@@ -144,12 +304,10 @@ mod tests {
         let mut p = policy(4);
         let t0 = Instant::now();
         let mut s = PoolState::default();
-        for _ in 0..3 {
-            s.admit(&p);
-        }
-        s.release(1, t0);
-        s.release(2, t0 + Duration::from_secs(30));
-        s.release(3, t0 + Duration::from_secs(59));
+        started(&p, &mut s, 3, t0);
+        s.finished(1, t0);
+        s.finished(2, t0 + Duration::from_secs(30));
+        s.finished(3, t0 + Duration::from_secs(59));
         assert!(s.reap(&p, t0 + Duration::from_secs(59)).is_empty());
         assert_eq!(s.reap(&p, t0 + Duration::from_secs(60)), vec![1]);
         assert_eq!(s.reap(&p, t0 + Duration::from_secs(100)), vec![2]);
@@ -158,7 +316,16 @@ mod tests {
         assert!(s.reap(&p, t0 + Duration::from_secs(1000)).is_empty());
         p.keep_warm = 0;
         assert_eq!(s.reap(&p, t0 + Duration::from_secs(1000)), vec![3]);
-        assert_eq!(s.admit(&p), Admission::Cold);
+        assert_eq!(s.admit(&p, true), Admission::Cold);
+    }
+
+    #[test]
+    fn busy_instances_are_never_reaped() {
+        let p = policy(1);
+        let t0 = Instant::now();
+        let mut s = PoolState::default();
+        started(&p, &mut s, 1, t0);
+        assert!(s.reap(&p, t0 + Duration::from_secs(1000)).is_empty());
     }
 
     #[test]
@@ -172,11 +339,11 @@ mod tests {
     #[test]
     fn drain_empties_idle_but_not_busy() {
         let p = policy(2);
+        let t0 = Instant::now();
         let mut s = PoolState::default();
-        s.admit(&p);
-        s.admit(&p);
-        s.release(7, Instant::now());
-        assert_eq!(s.drain(), vec![7]);
+        started(&p, &mut s, 2, t0);
+        s.finished(2, t0);
+        assert_eq!(s.drain(), vec![2]);
         assert_eq!((s.idle_count(), s.busy_count()), (0, 1));
     }
 }

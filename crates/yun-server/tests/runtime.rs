@@ -140,3 +140,62 @@ async fn concurrent_calls_scale_out_up_to_the_cap() {
     assert_eq!(list["functions"][0]["instances"]["idle"], 3);
     yun.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_events_queue_on_a_busy_instance_and_a_crash_hands_the_queue_back_unrun() {
+    let yun = TestYun::start(Options::default()).await;
+    let handler = "let ran = 0;
+exports.main = async (e) => {
+  ran += 1;
+  if (e.crash) { await new Promise(r => setTimeout(r, 50)); process.exit(3); }
+  return { pid: process.pid, ran };
+}";
+    yun.deploy(
+        "queued",
+        &[("index.js", handler)],
+        json!({ "max_instances": 1 }),
+    )
+    .await;
+    // Sequential calls teach the pool that this function's events are short.
+    for n in 0..3 {
+        assert!(yun.invoke("queued", json!({ "n": n })).await["code"].is_null());
+    }
+    let calls = (0..8).map(|n| yun.invoke("queued", json!({ "n": n })));
+    let results = futures_util::future::join_all(calls).await;
+    let first_pid = pid(&results[0]);
+    for r in &results {
+        assert!(r["code"].is_null(), "{r}");
+        assert_eq!(
+            pid(r),
+            first_pid,
+            "one instance ran them all, one at a time"
+        );
+    }
+
+    // A crash fails its own event only: the events queued behind it never ran and are
+    // admitted again, on a new instance.
+    let yun_ref = &yun;
+    let crash = yun.invoke("queued", json!({ "crash": true }));
+    let others = futures_util::future::join_all((0..4).map(|n| async move {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        yun_ref.invoke("queued", json!({ "n": n })).await
+    }));
+    let (crash, others) = tokio::join!(crash, others);
+    assert_eq!(crash["code"], "FUNCTIONS_EXECUTE_FAIL", "{crash}");
+    assert!(
+        crash["message"]
+            .as_str()
+            .unwrap()
+            .contains("exited with code 3"),
+        "{crash}"
+    );
+    for r in &others {
+        assert!(r["code"].is_null(), "{r}");
+        assert_ne!(pid(r), first_pid, "served by a new instance");
+        let record = yun
+            .invocation_record(r["requestId"].as_str().unwrap())
+            .await;
+        assert_eq!(record["status"], "success");
+    }
+    yun.stop().await;
+}
