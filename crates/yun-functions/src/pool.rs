@@ -3,12 +3,12 @@
 //!
 //! An instance runs one event at a time (SCF semantics). When no instance is idle, an
 //! event of a function whose events are short queues on the least loaded instance's
-//! channel behind the running one (`Queued`), up to `max_depth` events per instance,
-//! before any cold start: the instance then takes its next event without sleeping in
-//! between (where a trivial invocation's cost goes), and the wait is shorter than a cold
-//! start. Only when every queue is full does a short function scale out, one instance
-//! at a time. Slow functions never queue: they start instances up to the cap, then wait
-//! for whichever instance frees first.
+//! channel behind the running one (`Queued`), before any cold start: the instance then
+//! takes its next event without sleeping in between (where a trivial invocation's cost
+//! goes). An instance holds as many events as can wait behind each other for less than
+//! a cold start takes ([`queue_depth`]). Only when every queue is full does a short
+//! function scale out, one instance at a time. Slow functions never queue: they start
+//! instances up to the cap, then wait for whichever instance frees first.
 //!
 //! Invariant: `instances + starting <= max_instances` after every `admit` that returns
 //! `Warm`, `Cold` or `Queued`; `depth` counts the events admitted to an instance and not
@@ -25,8 +25,27 @@ pub struct PoolPolicy {
     pub keep_warm: usize,
     /// How long an invocation may wait for a free slot before it is throttled.
     pub queue_timeout: Duration,
-    /// Events one instance may hold, the running one included (1: never queue).
-    pub max_depth: usize,
+}
+
+/// The longest an event should wait behind others queued on one instance: about twice a
+/// cold start from a stem cell (12–15 ms here), which also costs a process and its
+/// memory. On the 32-connection benchmark, 16 ms let the depth fall to 8–16 under load
+/// (18–20k req/s, p99 5.4–6.6 ms); 32 ms kept it at 16 (23–25k, p99 3.5–4.3 ms).
+const QUEUE_WAIT: Duration = Duration::from_millis(32);
+/// Events one instance may hold at most. On the 32-connection benchmark of a trivial
+/// function: depth 4 gave 17k req/s, 8 gave 19k, 16 gave 22k.
+const MAX_QUEUE_DEPTH: usize = 16;
+
+/// Events one instance may hold, the running one included, for a function whose recent
+/// events ran `recent` on average: as many as wait behind each other for less than
+/// [`QUEUE_WAIT`]. 1 (no queueing) until an event has run, and for events over 16 ms.
+pub fn queue_depth(recent: Option<Duration>) -> usize {
+    recent.map_or(1, |d| {
+        let fits = QUEUE_WAIT.as_micros() / d.as_micros().max(1);
+        usize::try_from(fits)
+            .unwrap_or(usize::MAX)
+            .clamp(1, MAX_QUEUE_DEPTH)
+    })
 }
 
 /// What an arriving invocation should do.
@@ -67,8 +86,8 @@ impl<T> Default for PoolState<T> {
 }
 
 impl<T: Clone> PoolState<T> {
-    /// `queue_ok`: this function's events are short enough to queue behind a running one.
-    pub fn admit(&mut self, policy: &PoolPolicy, queue_ok: bool) -> Admission<T> {
+    /// `depth`: events one instance may hold for this function ([`queue_depth`]).
+    pub fn admit(&mut self, policy: &PoolPolicy, depth: usize) -> Admission<T> {
         // The most recently used idle instance: the oldest are left to reach the idle timeout.
         if let Some(slot) = self
             .slots
@@ -80,11 +99,12 @@ impl<T: Clone> PoolState<T> {
             return Admission::Warm(slot.instance.clone());
         }
         // A short event waits less behind a few others than a cold start takes.
+        let queue_ok = depth > 1;
         if queue_ok {
             if let Some(slot) = self
                 .slots
                 .iter_mut()
-                .filter(|s| s.depth < policy.max_depth)
+                .filter(|s| s.depth < depth)
                 .min_by_key(|s| s.depth)
             {
                 slot.depth += 1;
@@ -193,14 +213,13 @@ mod tests {
             idle_timeout: Duration::from_secs(60),
             keep_warm: 0,
             queue_timeout: Duration::from_secs(2),
-            max_depth: 3,
         }
     }
 
     /// Admits `n` cold events of a slow function and starts instances 1..=n for them.
     fn started(p: &PoolPolicy, s: &mut PoolState<u64>, n: u64, now: Instant) {
         for id in 1..=n {
-            assert_eq!(s.admit(p, false), Admission::Cold);
+            assert_eq!(s.admit(p, 1), Admission::Cold);
             s.started(id, id, now);
         }
     }
@@ -209,11 +228,11 @@ mod tests {
     fn cold_until_the_cap_then_wait() {
         let p = policy(2);
         let mut s: PoolState<u64> = PoolState::default();
-        assert_eq!(s.admit(&p, false), Admission::Cold);
-        assert_eq!(s.admit(&p, false), Admission::Cold);
-        assert_eq!(s.admit(&p, false), Admission::Wait);
+        assert_eq!(s.admit(&p, 1), Admission::Cold);
+        assert_eq!(s.admit(&p, 1), Admission::Cold);
+        assert_eq!(s.admit(&p, 1), Admission::Wait);
         s.start_failed();
-        assert_eq!(s.admit(&p, false), Admission::Cold);
+        assert_eq!(s.admit(&p, 1), Admission::Cold);
         assert_eq!(s.busy_count(), 2);
     }
 
@@ -226,8 +245,8 @@ mod tests {
         assert!(s.finished(1, t0));
         assert!(s.finished(2, t0 + Duration::from_secs(1)));
         assert!(s.finished(3, t0 + Duration::from_secs(2)));
-        assert_eq!(s.admit(&p, true), Admission::Warm(3));
-        assert_eq!(s.admit(&p, true), Admission::Warm(2));
+        assert_eq!(s.admit(&p, 3), Admission::Warm(3));
+        assert_eq!(s.admit(&p, 3), Admission::Warm(2));
         assert_eq!((s.idle_count(), s.busy_count()), (1, 2));
     }
 
@@ -238,19 +257,19 @@ mod tests {
         let mut s = PoolState::default();
         started(&p, &mut s, 2, t0);
         // Slow functions wait for whichever instance frees first.
-        assert_eq!(s.admit(&p, false), Admission::Wait);
-        assert_eq!(s.admit(&p, true), Admission::Queued(1));
-        assert_eq!(s.admit(&p, true), Admission::Queued(2));
-        assert_eq!(s.admit(&p, true), Admission::Queued(1));
-        assert_eq!(s.admit(&p, true), Admission::Queued(2));
-        assert_eq!(s.admit(&p, true), Admission::Wait, "both at depth 3");
+        assert_eq!(s.admit(&p, 1), Admission::Wait);
+        assert_eq!(s.admit(&p, 3), Admission::Queued(1));
+        assert_eq!(s.admit(&p, 3), Admission::Queued(2));
+        assert_eq!(s.admit(&p, 3), Admission::Queued(1));
+        assert_eq!(s.admit(&p, 3), Admission::Queued(2));
+        assert_eq!(s.admit(&p, 3), Admission::Wait, "both at depth 3");
         assert!(!s.finished(2, t0));
-        assert_eq!(s.admit(&p, true), Admission::Queued(2));
+        assert_eq!(s.admit(&p, 3), Admission::Queued(2));
         for _ in 0..3 {
             s.finished(1, t0);
         }
         assert_eq!(
-            s.admit(&p, true),
+            s.admit(&p, 3),
             Admission::Warm(1),
             "an idle instance before any queue"
         );
@@ -258,29 +277,28 @@ mod tests {
 
     #[test]
     fn short_events_queue_before_a_cold_start_and_start_one_instance_at_a_time() {
-        let mut p = policy(3);
+        let p = policy(3);
         let t0 = Instant::now();
         let mut s = PoolState::default();
         started(&p, &mut s, 1, t0);
         assert_eq!(
-            s.admit(&p, true),
+            s.admit(&p, 2),
             Admission::Queued(1),
             "below the cap, still queued"
         );
-        p.max_depth = 2;
-        assert_eq!(s.admit(&p, true), Admission::Cold, "queues full: scale out");
+        assert_eq!(s.admit(&p, 2), Admission::Cold, "queues full: scale out");
         assert_eq!(
-            s.admit(&p, true),
+            s.admit(&p, 2),
             Admission::Wait,
             "one instance is already starting"
         );
         assert_eq!(
-            s.admit(&p, false),
+            s.admit(&p, 1),
             Admission::Cold,
             "slow events do not wait on it"
         );
         s.started(2, 2, t0);
-        assert_eq!(s.admit(&p, true), Admission::Queued(2));
+        assert_eq!(s.admit(&p, 2), Admission::Queued(2));
     }
 
     #[test]
@@ -289,13 +307,13 @@ mod tests {
         let t0 = Instant::now();
         let mut s = PoolState::default();
         started(&p, &mut s, 1, t0);
-        assert_eq!(s.admit(&p, true), Admission::Queued(1));
+        assert_eq!(s.admit(&p, 3), Admission::Queued(1));
         assert_eq!(s.remove(1), Some(1));
         assert!(
             !s.finished(1, t0),
             "events of a removed instance count nowhere"
         );
-        assert_eq!(s.admit(&p, true), Admission::Cold);
+        assert_eq!(s.admit(&p, 3), Admission::Cold);
         assert_eq!((s.idle_count(), s.busy_count()), (0, 1));
     }
 
@@ -316,7 +334,7 @@ mod tests {
         assert!(s.reap(&p, t0 + Duration::from_secs(1000)).is_empty());
         p.keep_warm = 0;
         assert_eq!(s.reap(&p, t0 + Duration::from_secs(1000)), vec![3]);
-        assert_eq!(s.admit(&p, true), Admission::Cold);
+        assert_eq!(s.admit(&p, 3), Admission::Cold);
     }
 
     #[test]
@@ -326,6 +344,19 @@ mod tests {
         let mut s = PoolState::default();
         started(&p, &mut s, 1, t0);
         assert!(s.reap(&p, t0 + Duration::from_secs(1000)).is_empty());
+    }
+
+    #[test]
+    fn queues_are_as_deep_as_fits_in_a_cold_start() {
+        let ms = |n: u64| Some(Duration::from_micros(n * 1000));
+        assert_eq!(queue_depth(None), 1, "unknown until an event has run");
+        assert_eq!(queue_depth(Some(Duration::ZERO)), 16);
+        assert_eq!(queue_depth(Some(Duration::from_micros(100))), 16);
+        assert_eq!(queue_depth(ms(2)), 16);
+        assert_eq!(queue_depth(ms(5)), 6);
+        assert_eq!(queue_depth(ms(16)), 2);
+        assert_eq!(queue_depth(ms(17)), 1);
+        assert_eq!(queue_depth(ms(60_000)), 1);
     }
 
     #[test]

@@ -15,18 +15,10 @@ use yun_types::{EnvId, FunctionName};
 
 use crate::instance::{Failure, Instance, InvokeInput, LoadFailure, LogTarget, SpawnConfig};
 use crate::lane::{Lane, Unrun};
-use crate::pool::{throttled, Admission, PoolPolicy, PoolState};
+use crate::pool::{queue_depth, throttled, Admission, PoolPolicy, PoolState};
 use crate::protocol::JsError;
 
 const BOOTSTRAP_JS: &str = include_str!("../js/bootstrap.js");
-
-/// Events one instance may hold: the running one and seven queued behind it. On the
-/// 32-connection benchmark of a trivial function, depth 4 gave 17k req/s, 8 gave 19k and
-/// 16 gave 20k with one instance; at most 7 × `SHORT_EVENT` of waiting behind others.
-const QUEUE_DEPTH: usize = 8;
-/// Only functions whose recent events ran shorter than this queue behind a running event;
-/// slower ones wait for whichever instance frees first.
-const SHORT_EVENT: Duration = Duration::from_millis(5);
 
 /// Writes the bootstrap shipped in this binary into `dir` and returns its path.
 pub fn install_bootstrap(dir: &Path) -> std::io::Result<PathBuf> {
@@ -126,8 +118,9 @@ struct FunctionPool {
 }
 
 impl FunctionPool {
-    fn short_events(&self) -> bool {
-        self.recent_run_us.load(Ordering::Relaxed) < SHORT_EVENT.as_micros() as u64
+    fn queue_depth(&self) -> usize {
+        let us = self.recent_run_us.load(Ordering::Relaxed);
+        queue_depth((us != u64::MAX).then(|| Duration::from_micros(us)))
     }
 
     fn note_run(&self, ran: Duration) {
@@ -265,7 +258,6 @@ impl Runtime {
                 idle_timeout: self.cfg.idle_timeout,
                 keep_warm: 0,
                 queue_timeout: self.cfg.queue_timeout,
-                max_depth: QUEUE_DEPTH,
             },
             state: Mutex::new(PoolState::default()),
             released: Notify::new(),
@@ -358,7 +350,7 @@ impl Runtime {
             let released = pool.released.notified();
             tokio::pin!(released);
             released.as_mut().enable();
-            match lock(&pool.state).admit(&pool.policy, pool.short_events()) {
+            match lock(&pool.state).admit(&pool.policy, pool.queue_depth()) {
                 Admission::Warm(lane) | Admission::Queued(lane) => return Ok(Some(lane)),
                 Admission::Cold => return Ok(None),
                 Admission::Wait => {}
