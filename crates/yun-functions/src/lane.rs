@@ -44,8 +44,15 @@ pub struct TurnOutcome {
     /// From the event's turn to its result.
     pub ran: Duration,
     pub peak_rss_kb: u64,
-    /// Whether the instance is still usable.
-    pub survived: bool,
+}
+
+impl TurnOutcome {
+    /// Whether the instance is still usable after this event.
+    pub fn survived(&self) -> bool {
+        self.result
+            .as_ref()
+            .map_or_else(Failure::instance_survives, |_| true)
+    }
 }
 
 fn lock(turns: &Mutex<Turns>) -> std::sync::MutexGuard<'_, Turns> {
@@ -111,14 +118,11 @@ impl Lane {
             Err(e) => Err(instance.died(&e).await),
         };
         let outcome = TurnOutcome {
-            survived: result
-                .as_ref()
-                .map_or_else(Failure::instance_survives, |_| true),
             ran: started.elapsed(),
             peak_rss_kb: instance.peak_rss_kb,
             result,
         };
-        if outcome.survived {
+        if outcome.survived() {
             self.pass(instance);
         } else {
             self.fail(instance);

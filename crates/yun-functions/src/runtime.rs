@@ -83,6 +83,15 @@ pub enum InvokeError {
     Unavailable(String),
 }
 
+impl From<LoadFailure> for InvokeError {
+    fn from(failure: LoadFailure) -> Self {
+        match failure {
+            LoadFailure::Code(e) => InvokeError::Load(e),
+            LoadFailure::Process(why) => InvokeError::Unavailable(why),
+        }
+    }
+}
+
 impl InvokeError {
     pub fn message(&self) -> String {
         match self {
@@ -286,7 +295,8 @@ impl Runtime {
             })
     }
 
-    async fn cold_instance(&self, spec: &FunctionSpec) -> Result<Instance, InvokeError> {
+    /// A loaded instance of the function, from a stem cell or a fresh process.
+    async fn cold_instance(&self, spec: &FunctionSpec) -> Result<Arc<Lane>, InvokeError> {
         let stem = lock(&self.stems)
             .get_mut(&spec.memory_mb)
             .and_then(VecDeque::pop_front);
@@ -308,13 +318,11 @@ impl Runtime {
             )
             .await
         {
-            Ok(()) => Ok(instance),
+            Ok(()) => Lane::new(instance)
+                .ok_or_else(|| InvokeError::Unavailable("the instance has no channel".into())),
             Err(failure) => {
                 tokio::spawn(instance.shutdown());
-                Err(match failure {
-                    LoadFailure::Code(e) => InvokeError::Load(e),
-                    LoadFailure::Process(why) => InvokeError::Unavailable(why),
-                })
+                Err(failure.into())
             }
         }
     }
@@ -335,10 +343,7 @@ impl Runtime {
             )
             .await;
         instance.shutdown().await;
-        result.map_err(|failure| match failure {
-            LoadFailure::Code(e) => InvokeError::Load(e),
-            LoadFailure::Process(why) => InvokeError::Unavailable(why),
-        })
+        result.map_err(InvokeError::from)
     }
 
     async fn admit(
@@ -407,18 +412,15 @@ impl Runtime {
         loop {
             let lane = match self.admit(&pool, arrived).await {
                 Ok(Some(lane)) => lane,
-                Ok(None) => match self.cold_instance(spec).await.map(Lane::new) {
-                    Ok(Some(lane)) => {
+                Ok(None) => match self.cold_instance(spec).await {
+                    Ok(lane) => {
                         cold_start = true;
                         lock(&pool.state).started(lane.id, lane.clone(), Instant::now());
                         lane
                     }
-                    failed => {
+                    Err(e) => {
                         lock(&pool.state).start_failed();
                         pool.released.notify_one();
-                        let e = failed.err().unwrap_or_else(|| {
-                            InvokeError::Unavailable("the instance has no channel".into())
-                        });
                         return report(Err(e), true, 0);
                     }
                 },
@@ -433,7 +435,7 @@ impl Runtime {
                     match &outcome {
                         Ok(done) => {
                             pool.note_run(done.ran);
-                            settle(&pool, &lane, done.survived);
+                            settle(&pool, &lane, done.survived());
                         }
                         Err(Unrun) => settle(&pool, &lane, false),
                     }
