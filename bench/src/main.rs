@@ -195,21 +195,7 @@ where
 
 /// GET `url` from `CONNECTIONS` clients for `LOAD_SECONDS`.
 async fn load(url: &str) -> Run {
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(CONNECTIONS)
-        .build()
-        .expect("client");
-    let url = url.to_owned();
-    drive(CONNECTIONS, LOAD_SECONDS, move |_| {
-        let (http, url) = (http.clone(), url.clone());
-        async move {
-            match http.get(&url).send().await {
-                Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
-                _ => false,
-            }
-        }
-    })
-    .await
+    load::get_load(url, CONNECTIONS, LOAD_SECONDS).await
 }
 
 async fn wait_http(url: &str) {
@@ -224,6 +210,7 @@ async fn wait_http(url: &str) {
 
 mod auth;
 mod db;
+mod load;
 mod storage;
 
 // The same allocator as yun, so the load generator takes no more CPU than it must.
@@ -253,7 +240,21 @@ async fn main() {
             storage::run(&yun).await;
             auth::run(&yun).await;
         }
-        Some(other) => eprintln!("usage: yun-bench [functions|db|storage|auth] (got {other:?})"),
+        // For profiling: the warm load alone, against any URL.
+        Some("load") => {
+            let url = std::env::args().nth(2).expect("usage: yun-bench load URL");
+            let l = load(&url).await;
+            println!(
+                "{:.0} req/s, p50 {}, p99 {}, {} errors",
+                l.ops_per_sec,
+                ms(l.p50),
+                ms(l.p99),
+                l.errors
+            );
+        }
+        Some(other) => {
+            eprintln!("usage: yun-bench [functions|db|storage|auth|load URL] (got {other:?})")
+        }
     }
 }
 

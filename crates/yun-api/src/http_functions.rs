@@ -3,7 +3,7 @@
 //! plain value (JSON 200) or `{statusCode, headers, body, isBase64Encoded}`.
 //! Public: no key needed, as an SCF HTTP trigger without auth.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
 use std::net::SocketAddr;
 
 use axum::body::Body;
@@ -12,7 +12,8 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::{json, Value};
 use yun_app::CallerContext;
 use yun_types::{new_sortable_id, EnvId, ErrorCode, YunError};
 
@@ -70,13 +71,62 @@ pub async fn serve(
     .await
 }
 
-fn parse_query(raw: Option<&str>) -> Map<String, Value> {
-    let mut out = Map::new();
-    for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        out.insert(percent_decode(k), Value::String(percent_decode(v)));
+/// The event SCF's API gateway hands a function, serialized straight from the request.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HttpEvent<'a> {
+    http_method: &'a str,
+    path: &'a str,
+    headers: Headers<'a>,
+    query_string_parameters: Query,
+    body: &'a str,
+    is_base64_encoded: bool,
+    request_context: RequestContext<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RequestContext<'a> {
+    request_id: &'a str,
+    env_id: &'a str,
+    http_method: &'a str,
+    path: &'a str,
+    source_ip: &'a str,
+}
+
+/// Header names to values (text values only). A repeated name appears twice, and the
+/// function's JSON.parse keeps the last, as for repeated query keys.
+struct Headers<'a>(&'a HeaderMap);
+
+impl Serialize for Headers<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(
+            self.0
+                .iter()
+                .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v))),
+        )
     }
-    out
+}
+
+struct Query(Vec<(String, String)>);
+
+impl Serialize for Query {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}
+
+fn parse_query(raw: Option<&str>) -> Query {
+    Query(
+        raw.unwrap_or("")
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                (percent_decode(k), percent_decode(v))
+            })
+            .collect(),
+    )
 }
 
 fn percent_decode(s: &str) -> String {
@@ -130,53 +180,46 @@ async fn run(
         Ok(b) => b,
         Err(e) => return error_response(&e, &request_id),
     };
-    let (body_text, is_base64) = match std::str::from_utf8(&bytes) {
-        Ok(text) => (text.to_owned(), false),
+    let (body, is_base64_encoded) = match std::str::from_utf8(&bytes) {
+        Ok(text) => (Cow::Borrowed(text), false),
         Err(_) => (
-            base64::engine::general_purpose::STANDARD.encode(&bytes),
+            Cow::Owned(base64::engine::general_purpose::STANDARD.encode(&bytes)),
             true,
         ),
     };
-    let header_map: BTreeMap<String, String> = headers
-        .iter()
-        .filter_map(|(k, v)| {
-            v.to_str()
-                .ok()
-                .map(|v| (k.as_str().to_owned(), v.to_owned()))
-        })
-        .collect();
-    let client_ip = Some(peer.ip().to_string());
-    let event = json!({
-        "httpMethod": method.as_str(),
-        "path": path,
-        "headers": header_map,
-        "queryStringParameters": parse_query(query.as_deref()),
-        "body": body_text,
-        "isBase64Encoded": is_base64,
-        "requestContext": {
-            "requestId": request_id,
-            "envId": env.as_str(),
-            "httpMethod": method.as_str(),
-            "path": path,
-            "sourceIp": client_ip,
+    let client_ip = peer.ip().to_string();
+    let event = HttpEvent {
+        http_method: method.as_str(),
+        path: &path,
+        headers: Headers(&headers),
+        query_string_parameters: parse_query(query.as_deref()),
+        body: &body,
+        is_base64_encoded,
+        request_context: RequestContext {
+            request_id: &request_id,
+            env_id: env.as_str(),
+            http_method: method.as_str(),
+            path: &path,
+            source_ip: &client_ip,
         },
-    });
+    };
+    let event = match serde_json::to_string(&event) {
+        Ok(text) => text,
+        Err(e) => return error_response(&YunError::internal(e.to_string()), &request_id),
+    };
     let caller = CallerContext {
         request_id: request_id.clone(),
         source: "http".into(),
-        client_ip,
+        client_ip: Some(client_ip),
         seq_id: None,
     };
-    let invocation = match app
-        .invoke_public_http(&env, &path, event.to_string(), &caller)
-        .await
-    {
+    let invocation = match app.invoke_public_http(&env, &path, event, &caller).await {
         Ok(Some(invocation)) => invocation,
         Ok(None) => return not_found(),
         Err(e) => return error_response(&e, &request_id),
     };
     let mut response = match invocation.result {
-        Ok(value) => render(&value).unwrap_or_else(|e| error_response(&e, &request_id)),
+        Ok(value) => render(value).unwrap_or_else(|e| error_response(&e, &request_id)),
         Err(e) => return error_response(&e, &request_id),
     };
     if let Ok(v) = HeaderValue::from_str(&request_id) {
@@ -186,10 +229,15 @@ async fn run(
 }
 
 /// Turns a function's return value (JSON text) into an HTTP response.
-fn render(value: &str) -> Result<Response, YunError> {
-    let parsed: Value = serde_json::from_str(value).unwrap_or(Value::Null);
+fn render(value: String) -> Result<Response, YunError> {
+    let plain = |value| Ok(([("content-type", "application/json")], value).into_response());
+    // Most results are plain values: spare parsing those that cannot be a response.
+    if !value.contains("\"statusCode\"") {
+        return plain(value);
+    }
+    let parsed: Value = serde_json::from_str(&value).unwrap_or(Value::Null);
     let Some(status) = parsed.get("statusCode").and_then(Value::as_u64) else {
-        return Ok(([("content-type", "application/json")], value.to_owned()).into_response());
+        return plain(value);
     };
     let bad = |why: &str| {
         YunError::new(
@@ -234,8 +282,9 @@ mod tests {
 
     #[test]
     fn query_strings_decode() {
-        let q = parse_query(Some("a=1&b=x%20y&c=&d&e=%zz&f=a+b"));
-        assert_eq!(q["a"], "1");
+        let q =
+            serde_json::to_value(parse_query(Some("a=1&b=x%20y&c=&d&e=%zz&f=a+b&a=2"))).unwrap();
+        assert_eq!(q["a"], "2", "a repeated key keeps the last value");
         assert_eq!(q["b"], "x y");
         assert_eq!(q["c"], "");
         assert_eq!(q["d"], "");
@@ -245,19 +294,20 @@ mod tests {
 
     #[test]
     fn plain_values_are_json_and_objects_with_status_are_responses() {
-        let r = render(r#"{"a":1}"#).unwrap();
+        let r = render(r#"{"a":1}"#.into()).unwrap();
         assert_eq!(r.status(), StatusCode::OK);
-        let r = render(r#"{"statusCode":201,"headers":{"x-a":"b"},"body":"hi"}"#).unwrap();
+        let r = render(r#"{"statusCode":201,"headers":{"x-a":"b"},"body":"hi"}"#.into()).unwrap();
         assert_eq!(r.status(), StatusCode::CREATED);
         assert_eq!(r.headers()["x-a"], "b");
-        let r = render(r#"{"statusCode":200,"body":"aGk=","isBase64Encoded":true}"#).unwrap();
+        let r =
+            render(r#"{"statusCode":200,"body":"aGk=","isBase64Encoded":true}"#.into()).unwrap();
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(
-            render(r#"{"statusCode":99999}"#).unwrap_err().code,
+            render(r#"{"statusCode":99999}"#.into()).unwrap_err().code,
             ErrorCode::FunctionExecuteFail
         );
         assert_eq!(
-            render(r#"{"statusCode":200,"headers":{"bad header":"x"}}"#)
+            render(r#"{"statusCode":200,"headers":{"bad header":"x"}}"#.into())
                 .unwrap_err()
                 .code,
             ErrorCode::FunctionExecuteFail

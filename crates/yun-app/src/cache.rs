@@ -22,6 +22,27 @@ pub(crate) struct LoadedFunction {
     pub spec: FunctionSpec,
 }
 
+/// A function's temporary credential as the text its invocations carry. Every event
+/// shares the same `Arc`s until it rotates: the runtime tells them unchanged by pointer.
+#[derive(Clone)]
+pub(crate) struct FunctionCredential {
+    pub secret_id: Arc<str>,
+    pub secret_key: Arc<str>,
+    pub session_token: Arc<str>,
+    expires_at: i64,
+}
+
+impl From<TempCredential> for FunctionCredential {
+    fn from(c: TempCredential) -> Self {
+        Self {
+            secret_id: c.secret_id.into(),
+            secret_key: c.secret_key.into(),
+            session_token: c.session_token.into(),
+            expires_at: c.expires_at,
+        }
+    }
+}
+
 /// An env's HTTP routes: (path, function), longest path first.
 pub(crate) type Routes = Arc<Vec<(String, FunctionName)>>;
 
@@ -31,7 +52,7 @@ pub(crate) struct MetaCache {
     envs: RwLock<HashSet<EnvId>>,
     functions: RwLock<HashMap<(EnvId, FunctionName), Arc<LoadedFunction>>>,
     routes: RwLock<HashMap<EnvId, Routes>>,
-    credentials: RwLock<HashMap<(EnvId, FunctionName), TempCredential>>,
+    credentials: RwLock<HashMap<(EnvId, FunctionName), FunctionCredential>>,
     env_settings: RwLock<HashMap<EnvId, EnvSettings>>,
     /// Each env's stored rules, parsed, by target (`collection:{name}`, `storage`).
     pub(crate) rules: RwLock<HashMap<EnvId, EnvRules>>,
@@ -132,7 +153,7 @@ impl App {
         env: &EnvId,
         name: &FunctionName,
         timeout_secs: i64,
-    ) -> TempCredential {
+    ) -> FunctionCredential {
         let now = yun_types::unix_now();
         let key = (env.clone(), name.clone());
         if let Some(cred) = read(&self.cache.credentials, &key) {
@@ -140,9 +161,11 @@ impl App {
                 return cred;
             }
         }
-        let cred = self
-            .issuer
-            .issue(env, name, now + timeout_secs + CREDENTIAL_LIFETIME_SECS);
+        let cred = FunctionCredential::from(self.issuer.issue(
+            env,
+            name,
+            now + timeout_secs + CREDENTIAL_LIFETIME_SECS,
+        ));
         write(&self.cache.credentials, key, cred.clone());
         cred
     }

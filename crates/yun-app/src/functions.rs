@@ -2,12 +2,13 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use serde::Serialize;
 use yun_auth::{Caller, Identity};
 use yun_functions::package::{self, PackageLimits};
-use yun_functions::{FunctionSpec, InvokeError, InvokeRequest, LAYER_PACKAGES};
+use yun_functions::{FunctionSpec, InvocationEnv, InvokeError, InvokeRequest, LAYER_PACKAGES};
 use yun_meta::{
     FunctionRecord, InvocationRecord, InvocationStatus, LogFilter, LogLine, LogQuery, NewFunction,
     NewLogLine,
@@ -16,6 +17,16 @@ use yun_types::{new_id, EnvId, ErrorCode, FunctionName, YunError};
 
 use crate::App;
 use yun_types::unix_now;
+
+// Invocation variable values that never change, shared so that the runtime tells them
+// unchanged from one event to the next by pointer.
+static EMPTY: LazyLock<Arc<str>> = LazyLock::new(|| "".into());
+static WX_CONTEXT_KEYS: LazyLock<Arc<str>> =
+    LazyLock::new(|| "WX_OPENID,WX_APPID,WX_UNIONID,WX_CLIENTIP,WX_CLIENTIPV6".into());
+static TCB_CONTEXT_KEYS: LazyLock<Arc<str>> = LazyLock::new(|| {
+    "TCB_ENV,TCB_SEQID,TCB_SOURCE,TCB_UUID,TCB_ISANONYMOUS_USER,TCB_CUSTOM_USER_ID,TCB_SOURCE_IP,LOGINTYPE"
+        .into()
+});
 
 const DEFAULT_HANDLER: &str = "index.main";
 /// SCF's defaults and bounds.
@@ -360,53 +371,53 @@ impl App {
         spec: &FunctionSpec,
         caller: &CallerContext,
         request_id: &str,
-    ) -> BTreeMap<String, String> {
+    ) -> InvocationEnv {
         let credential =
             self.function_credential(&spec.env, &spec.name, spec.timeout.as_secs() as i64);
         let source = match identity.caller {
             Caller::Function { .. } => "function",
             _ => caller.source.as_str(),
         };
-        let client_ip = caller.client_ip.clone().unwrap_or_default();
-        let seq_id = caller
-            .seq_id
-            .clone()
-            .unwrap_or_else(|| request_id.to_owned());
+        let text = |s: &str| -> Arc<str> {
+            if s.is_empty() {
+                EMPTY.clone()
+            } else {
+                s.into()
+            }
+        };
+        let client_ip = text(caller.client_ip.as_deref().unwrap_or_default());
+        let seq_id = text(caller.seq_id.as_deref().unwrap_or(request_id));
         // An end user's identity, as CloudBase hands it to functions; the user id doubles
         // as the OPENID (`getWXContext()`), the `_openid` their documents carry.
         let (uid, anonymous, custom_id, login_type) = match &identity.caller {
             Caller::User(user) => (
-                user.uid.clone(),
-                user.anonymous.to_string(),
-                user.custom_id.clone().unwrap_or_default(),
-                user.login_type(),
+                text(&user.uid),
+                text(if user.anonymous { "true" } else { "false" }),
+                text(user.custom_id.as_deref().unwrap_or_default()),
+                text(user.login_type()),
             ),
-            _ => (String::new(), String::new(), String::new(), ""),
+            _ => (text(""), text(""), text(""), text("")),
         };
-        let mut env: BTreeMap<String, String> = [
+        vec![
             ("TENCENTCLOUD_SECRETID", credential.secret_id),
             ("TENCENTCLOUD_SECRETKEY", credential.secret_key),
             ("TENCENTCLOUD_SESSIONTOKEN", credential.session_token),
-            ("WX_CONTEXT_KEYS", "WX_OPENID,WX_APPID,WX_UNIONID,WX_CLIENTIP,WX_CLIENTIPV6".into()),
-            ("TCB_CONTEXT_KEYS", "TCB_ENV,TCB_SEQID,TCB_SOURCE,TCB_UUID,TCB_ISANONYMOUS_USER,TCB_CUSTOM_USER_ID,TCB_SOURCE_IP,LOGINTYPE".into()),
+            ("WX_CONTEXT_KEYS", WX_CONTEXT_KEYS.clone()),
+            ("TCB_CONTEXT_KEYS", TCB_CONTEXT_KEYS.clone()),
             ("WX_OPENID", uid.clone()),
-            ("WX_APPID", String::new()),
-            ("WX_UNIONID", String::new()),
+            ("WX_APPID", text("")),
+            ("WX_UNIONID", text("")),
             ("WX_CLIENTIP", client_ip.clone()),
-            ("WX_CLIENTIPV6", String::new()),
+            ("WX_CLIENTIPV6", text("")),
             ("TCB_UUID", uid),
             ("TCB_ISANONYMOUS_USER", anonymous),
             ("TCB_CUSTOM_USER_ID", custom_id),
-            ("LOGINTYPE", login_type.to_owned()),
+            ("LOGINTYPE", login_type),
             ("TCB_SOURCE_IP", client_ip),
             ("TCB_SEQID", seq_id),
-            ("TCB_SOURCE", source.to_owned()),
+            ("TCB_SOURCE", text(source)),
+            ("TCB_ENV", text(spec.env.as_str())),
         ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        env.insert("TCB_ENV".into(), spec.env.to_string());
-        env
     }
 
     /// Runs the function once. `event` is JSON text (empty means `{}`).
@@ -511,6 +522,7 @@ impl App {
             function: function.cloned(),
             filter,
         };
+        self.recorder.flush().await;
         self.meta.query_logs(&query).await
     }
 
@@ -520,6 +532,7 @@ impl App {
         function: Option<&FunctionName>,
         limit: u32,
     ) -> Result<Vec<InvocationRecord>, YunError> {
+        self.recorder.flush().await;
         self.meta
             .list_invocations(&identity.env, function, limit.min(1000))
             .await
@@ -530,6 +543,7 @@ impl App {
         identity: &Identity,
         request_id: &str,
     ) -> Result<InvocationRecord, YunError> {
+        self.recorder.flush().await;
         self.meta
             .get_invocation(&identity.env, request_id)
             .await?

@@ -1,5 +1,8 @@
 //! Background writer for the append-only streams (function logs, invocation records):
-//! the invocation path only queues; batches are written in one transaction each.
+//! the invocation path only queues; batches are written in one transaction each. After
+//! the first item of a batch arrives the writer lingers a moment, so a busy function
+//! costs a transaction per linger, not one per wake-up (a commit costs more than the
+//! rows in it). Reads flush first, so they never miss what was queued before them.
 
 use std::sync::Arc;
 
@@ -9,6 +12,7 @@ use yun_meta::{InvocationRecord, MetaStore, NewLogLine};
 /// Queued log lines beyond this make function output wait (back-pressure), never drop.
 const QUEUE: usize = 64 * 1024;
 const BATCH: usize = 2048;
+const LINGER: std::time::Duration = std::time::Duration::from_millis(20);
 
 #[derive(Clone)]
 pub struct Recorder {
@@ -25,18 +29,28 @@ impl Recorder {
         tokio::spawn(async move {
             let (mut lines, mut records) = (Vec::with_capacity(BATCH), Vec::with_capacity(BATCH));
             loop {
-                tokio::select! {
-                    n = log_rx.recv_many(&mut lines, BATCH) => { if n == 0 { break } }
-                    n = inv_rx.recv_many(&mut records, BATCH) => { if n == 0 { break } }
-                    Some(ack) = flush_rx.recv() => {
-                        while let Ok(line) = log_rx.try_recv() { lines.push(line) }
-                        while let Ok(record) = inv_rx.try_recv() { records.push(record) }
-                        write(&*meta, &mut lines, &mut records).await;
-                        let _ = ack.send(());
-                        continue;
-                    }
+                let flushing = tokio::select! {
+                    n = log_rx.recv_many(&mut lines, BATCH) => { if n == 0 { break } None }
+                    n = inv_rx.recv_many(&mut records, BATCH) => { if n == 0 { break } None }
+                    Some(ack) = flush_rx.recv() => Some(ack),
+                };
+                let flushing = match flushing {
+                    Some(ack) => Some(ack),
+                    None => tokio::select! {
+                        _ = tokio::time::sleep(LINGER) => None,
+                        Some(ack) = flush_rx.recv() => Some(ack),
+                    },
+                };
+                while let Ok(line) = log_rx.try_recv() {
+                    lines.push(line)
+                }
+                while let Ok(record) = inv_rx.try_recv() {
+                    records.push(record)
                 }
                 write(&*meta, &mut lines, &mut records).await;
+                if let Some(ack) = flushing {
+                    let _ = ack.send(());
+                }
             }
             write(&*meta, &mut lines, &mut records).await;
         });

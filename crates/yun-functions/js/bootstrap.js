@@ -1,23 +1,83 @@
 'use strict';
 // Yun's Node.js instance bootstrap, shipped inside the yun binary.
-// Protocol v1: length-prefixed (u32 big-endian) JSON frames over fd 0, a Unix socket
-// pair whose other end Yun holds. One invocation at a time (SCF semantics): Yun may
-// queue the next event before this one answers; it starts only after the answer, so
-// an event queued behind one that crashes never ran.
+// Protocol v2 over fd 0, a Unix socket pair whose other end Yun holds: each frame is a
+// u32 big-endian length, a JSON header, and for an event or a result, `\n` and its JSON
+// text (see protocol.rs). One invocation at a time (SCF semantics): Yun may queue the
+// next event before this one answers; it starts only after the answer, so an event
+// queued behind one that crashes never ran.
 // stdout/stderr writes are forwarded as `log` frames so each line is attributed to the
 // invocation that wrote it, in order with its result.
 const net = require('net');
 const path = require('path');
 const Module = require('module');
 
-const PROTOCOL_VERSION = 1;
+const PROTOCOL_VERSION = 2;
 const channel = new net.Socket({ fd: 0, readable: true, writable: true });
 
-function send(message) {
-  const body = Buffer.from(JSON.stringify(message));
-  const head = Buffer.allocUnsafe(4);
-  head.writeUInt32BE(body.length, 0);
-  channel.write(Buffer.concat([head, body]));
+// The per-invocation variables, as Yun last sent them. Replaced, not changed in place,
+// so an earlier event's context keeps its own.
+let invocationEnv = {};
+
+// process.env shows them over the process's own environment rather than holding them:
+// glibc's setenv keeps every distinct value it is ever given (about 100 bytes per event
+// for TCB_SEQID alone, so a busy instance would grow until its memory limit killed it)
+// and costs a microsecond or more each. The SDKs read process.env from JS, which sees the
+// layer; so do child processes started with the default env. Installed before anything
+// is required, so no module keeps the bare object.
+const ownEnv = process.env;
+const layered = (key) => typeof key === 'string' && Object.hasOwn(invocationEnv, key);
+process.env = new Proxy(ownEnv, {
+  get: (target, key) => (layered(key) ? invocationEnv[key] : target[key]),
+  has: (target, key) => layered(key) || key in target,
+  set: (target, key, value) => {
+    if (layered(key)) invocationEnv = { ...invocationEnv, [key]: `${value}` };
+    else target[key] = value;
+    return true;
+  },
+  deleteProperty: (target, key) => {
+    if (layered(key)) {
+      const next = { ...invocationEnv };
+      delete next[key];
+      invocationEnv = next;
+    }
+    return delete target[key];
+  },
+  ownKeys: (target) => [...new Set([...Reflect.ownKeys(target), ...Object.keys(invocationEnv)])],
+  getOwnPropertyDescriptor: (target, key) => (layered(key)
+    ? { value: invocationEnv[key], writable: true, enumerable: true, configurable: true }
+    : Reflect.getOwnPropertyDescriptor(target, key)),
+});
+
+function frame(header, payload) {
+  const text = payload === undefined ? JSON.stringify(header) : `${JSON.stringify(header)}\n${payload}`;
+  const length = Buffer.byteLength(text);
+  const buffer = Buffer.allocUnsafe(4 + length);
+  buffer.writeUInt32BE(length, 0);
+  buffer.write(text, 4);
+  return buffer;
+}
+
+// Results wait until the event loop has run everything it can (setImmediate), so events
+// answered together cost one write. Other frames go at once, after what waits: output
+// written before a hang or a crash still reaches Yun, in order.
+let outbox = [];
+let flushScheduled = false;
+function flush() {
+  flushScheduled = false;
+  if (outbox.length === 0) return;
+  channel.write(outbox.length === 1 ? outbox[0] : Buffer.concat(outbox));
+  outbox = [];
+}
+function send(header, payload) {
+  outbox.push(frame(header, payload));
+  flush();
+}
+function sendSoon(header, payload) {
+  outbox.push(frame(header, payload));
+  if (!flushScheduled) {
+    flushScheduled = true;
+    setImmediate(flush);
+  }
 }
 
 function errorInfo(err) {
@@ -60,8 +120,7 @@ Module._resolveFilename = function resolveFilename(request, parent, isMain, opti
 };
 
 let handler = null;
-let staticEnvKeys = [];
-let invocationEnvKeys = [];
+let staticContext = {};
 let current = null;
 const queued = [];
 let running = false;
@@ -77,8 +136,8 @@ process.on('uncaughtException', (err) => fatal('uncaught_exception', err));
 process.on('unhandledRejection', (reason) => fatal('unhandled_rejection', reason));
 
 function load(message) {
-  for (const [k, v] of Object.entries(message.env || {})) process.env[k] = v;
-  staticEnvKeys = Object.keys(message.env || {});
+  staticContext = message.context || {};
+  for (const [k, v] of Object.entries(message.env || {})) ownEnv[k] = v;
   process.chdir(message.code_dir);
   const dot = message.handler.lastIndexOf('.');
   const file = message.handler.slice(0, dot);
@@ -104,52 +163,89 @@ async function runQueued() {
   running = false;
 }
 
+// Yun sends only the variables that changed since the event before.
+function applyEnv(set, unset) {
+  if (!set && !unset) return;
+  const next = { ...invocationEnv, ...set };
+  for (const k of unset || []) delete next[k];
+  invocationEnv = next;
+}
+
+const isCredential = (k) => k.startsWith('TENCENTCLOUD_SECRET') || k === 'TENCENTCLOUD_SESSIONTOKEN';
+
+// SCF's context, spelled out rather than spread (one object shape for every event).
+// `environment` (the event's variables minus the credential, as JSON text) is built when
+// first read: few handlers read it, and building it costs more than the rest.
+function contextFor(requestId, env) {
+  const s = staticContext;
+  let environment;
+  return {
+    request_id: requestId,
+    function_name: s.function_name,
+    function_version: s.function_version,
+    namespace: s.namespace,
+    memory_limit_in_mb: s.memory_limit_in_mb,
+    time_limit_in_ms: s.time_limit_in_ms,
+    callbackWaitsForEmptyEventLoop: s.callbackWaitsForEmptyEventLoop,
+    get environment() {
+      if (environment === undefined) {
+        const visible = {};
+        for (const k of Object.keys(env).sort()) if (!isCredential(k)) visible[k] = env[k];
+        environment = JSON.stringify(visible);
+      }
+      return environment;
+    },
+    set environment(value) { environment = value; },
+  };
+}
+
 async function invoke(message) {
-  // process.env writes are C++ calls into setenv; most values repeat between
-  // invocations, so only what changed is written.
-  const env = message.env || {};
-  for (const k of invocationEnvKeys) if (!(k in env) && !staticEnvKeys.includes(k)) delete process.env[k];
-  invocationEnvKeys = Object.keys(env);
-  for (const k of invocationEnvKeys) if (process.env[k] !== env[k]) process.env[k] = env[k];
+  applyEnv(message.env, message.unset);
   current = message.request_id;
-  const respond = (reply) => {
-    reply.request_id = message.request_id;
+  const respond = (header, payload) => {
+    header.request_id = message.request_id;
     // The instance's high-water mark (getrusage, KiB): it catches peaks inside the
     // invocation, and costs one syscall where memoryUsage.rss() reads /proc.
-    reply.rss_kb = process.resourceUsage().maxRSS;
+    header.rss_kb = process.resourceUsage().maxRSS;
     current = null;
-    send(reply);
+    sendSoon(header, payload);
   };
   try {
-    const event = message.event ? JSON.parse(message.event) : {};
+    const event = message.payload ? JSON.parse(message.payload) : {};
+    const context = contextFor(message.request_id, invocationEnv);
     const value = await new Promise((resolve, reject) => {
       // SCF allows both styles: a returned promise/value, or main(event, context, callback).
       const callback = (err, result) => (err ? reject(err) : resolve(result));
-      const returned = handler(event, message.context, callback);
+      const returned = handler(event, context, callback);
       if (returned && typeof returned.then === 'function') returned.then(resolve, reject);
       else if (returned !== undefined || handler.length < 3) resolve(returned);
     });
     const text = JSON.stringify(value === undefined ? null : value);
-    respond({ type: 'result', ok: true, value: text === undefined ? 'null' : text });
+    respond({ type: 'result', ok: true }, text === undefined ? 'null' : text);
   } catch (err) {
     respond({ type: 'result', ok: false, error: errorInfo(err) });
   }
 }
 
-let buffered = Buffer.alloc(0);
+let buffered = null;
 channel.on('data', (chunk) => {
-  buffered = Buffer.concat([buffered, chunk]);
-  while (buffered.length >= 4) {
-    const length = buffered.readUInt32BE(0);
-    if (buffered.length < 4 + length) break;
-    const message = JSON.parse(buffered.subarray(4, 4 + length).toString('utf8'));
-    buffered = buffered.subarray(4 + length);
+  buffered = buffered ? Buffer.concat([buffered, chunk]) : chunk;
+  let offset = 0;
+  while (buffered.length - offset >= 4) {
+    const end = offset + 4 + buffered.readUInt32BE(offset);
+    if (buffered.length < end) break;
+    const newline = buffered.indexOf(10, offset + 4);
+    const headerEnd = newline === -1 || newline >= end ? end : newline;
+    const message = JSON.parse(buffered.toString('utf8', offset + 4, headerEnd));
+    if (headerEnd < end) message.payload = buffered.toString('utf8', headerEnd + 1, end);
+    offset = end;
     if (message.type === 'load') load(message);
     else if (message.type === 'invoke') {
       queued.push(message);
       runQueued();
     }
   }
+  buffered = offset === buffered.length ? null : buffered.subarray(offset);
 });
 // Yun closed its end: the instance is no longer wanted.
 channel.on('end', () => process.exit(0));

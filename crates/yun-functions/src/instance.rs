@@ -1,5 +1,5 @@
 //! One instance: an OS process running the bootstrap, in its own process group, talking
-//! protocol v1 over a socket pair on its fd 0. Owned by exactly one pool slot at a time;
+//! protocol v2 over a socket pair on its fd 0. Owned by exactly one pool slot at a time;
 //! handles one invocation at a time.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -23,6 +23,7 @@ use yun_types::{EnvId, FunctionName};
 use crate::protocol::{
     read_frame, write_frame, FrameError, HostMessage, InstanceMessage, JsError, PROTOCOL_VERSION,
 };
+use crate::runtime::InvocationEnv;
 use crate::sandbox::{InstanceCgroup, Sandbox};
 
 /// How long a new process may take to start the runtime and preload the layer.
@@ -85,13 +86,17 @@ pub enum Failure {
     Timeout(Duration),
     /// The process died or hit an uncaught error outside the handler's promise.
     Crashed(String),
+    /// The event could not be framed for the instance (over the frame limit); it never ran.
+    Unsendable(String),
     OutOfMemory,
 }
 
 impl Failure {
     pub fn status(&self) -> InvocationStatus {
         match self {
-            Failure::Error(_) | Failure::OutputTooLarge { .. } => InvocationStatus::Error,
+            Failure::Error(_) | Failure::OutputTooLarge { .. } | Failure::Unsendable(_) => {
+                InvocationStatus::Error
+            }
             Failure::Timeout(_) => InvocationStatus::Timeout,
             Failure::Crashed(_) => InvocationStatus::Crashed,
             Failure::OutOfMemory => InvocationStatus::OutOfMemory,
@@ -99,7 +104,10 @@ impl Failure {
     }
 
     pub fn instance_survives(&self) -> bool {
-        matches!(self, Failure::Error(_) | Failure::OutputTooLarge { .. })
+        matches!(
+            self,
+            Failure::Error(_) | Failure::OutputTooLarge { .. } | Failure::Unsendable(_)
+        )
     }
 
     pub fn message(&self) -> String {
@@ -110,6 +118,7 @@ impl Failure {
             }
             Failure::Timeout(t) => format!("Task timed out after {} ms", t.as_millis()),
             Failure::Crashed(why) => why.clone(),
+            Failure::Unsendable(why) => format!("the event cannot be sent to the function: {why}"),
             Failure::OutOfMemory => "function exceeded its memory limit and was killed".into(),
         }
     }
@@ -136,8 +145,7 @@ impl std::fmt::Display for LoadFailure {
 pub struct InvokeInput<'a> {
     pub request_id: &'a str,
     pub event: &'a str,
-    pub context: &'a Value,
-    pub env: &'a BTreeMap<String, String>,
+    pub env: &'a InvocationEnv,
     pub timeout: Duration,
     pub output_limit: usize,
     pub log_limit: usize,
@@ -147,7 +155,7 @@ pub struct Instance {
     pub id: u64,
     pid: u32,
     child: Child,
-    reader: OwnedReadHalf,
+    reader: BufReader<OwnedReadHalf>,
     /// Taken by the [`crate::lane::Lane`] the loaded instance becomes.
     writer: Option<OwnedWriteHalf>,
     raw: Arc<Mutex<RawOutput>>,
@@ -239,7 +247,7 @@ impl Instance {
             id,
             pid,
             child,
-            reader,
+            reader: BufReader::new(reader),
             writer: Some(writer),
             raw,
             cgroup: None,
@@ -279,6 +287,7 @@ impl Instance {
         code_dir: &str,
         handler: &str,
         env: &BTreeMap<String, String>,
+        context: &Value,
         memory_mb: u32,
     ) -> Result<(), LoadFailure> {
         self.cgroup = self.sandbox.confine(self.id, self.pid, memory_mb);
@@ -286,6 +295,7 @@ impl Instance {
             code_dir,
             handler,
             env,
+            context,
         };
         let writer = self
             .writer
@@ -317,15 +327,14 @@ impl Instance {
         }
     }
 
-    /// Runs one invocation. On a failure that does not leave the instance healthy, the
-    /// process group is already killed when this returns.
     /// The channel's write side, for the lane that queues events to this instance.
     pub(crate) fn take_writer(&mut self) -> Option<OwnedWriteHalf> {
         self.writer.take()
     }
 
     /// Reads one event's output and result; its frame is already written. The timeout
-    /// runs from here: the event starts when the one before it has answered.
+    /// runs from here: the event starts when the one before it has answered. On a
+    /// failure that leaves the instance unhealthy, its process group is already killed.
     pub(crate) async fn run_turn(
         &mut self,
         input: &InvokeInput<'_>,

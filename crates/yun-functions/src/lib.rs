@@ -16,8 +16,8 @@ pub mod sandbox;
 
 pub use instance::{Failure, SpawnConfig};
 pub use runtime::{
-    install_bootstrap, FunctionSpec, InvokeError, InvokeReport, InvokeRequest, Runtime,
-    RuntimeConfig,
+    install_bootstrap, FunctionSpec, InvocationEnv, InvokeError, InvokeReport, InvokeRequest,
+    Runtime, RuntimeConfig,
 };
 pub use sandbox::Sandbox;
 

@@ -1,12 +1,15 @@
-//! Host <-> instance messages, protocol v1: each frame is a u32 big-endian length and a
-//! JSON object with a `type`. The bootstrap (`js/bootstrap.js`) is the other side.
+//! Host <-> instance messages, protocol v2. Each frame is a u32 big-endian length, then a
+//! JSON header with a `type`, then, for frames that carry one, `\n` and a payload: the
+//! event's JSON text in `invoke`, the result's JSON text in `result`. Carrying those as
+//! raw text rather than as JSON strings spares escaping them on one side and parsing
+//! them twice on the other. The bootstrap (`js/bootstrap.js`) is the other side.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Largest frame either side may send: a 6 MiB result, JSON-escaped, with room to spare.
 pub const MAX_FRAME_BYTES: u32 = 32 * 1024 * 1024;
 
@@ -14,19 +17,27 @@ pub const MAX_FRAME_BYTES: u32 = 32 * 1024 * 1024;
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum HostMessage<'a> {
     /// Specialise a stem cell: set the function's env, chdir, require the handler.
+    /// `context` holds the SCF context fields fixed for the life of the instance.
     Load {
         code_dir: &'a str,
         handler: &'a str,
         env: &'a BTreeMap<String, String>,
+        context: &'a Value,
     },
-    /// Run one event. `event` is the caller's JSON text; `env` is set in `process.env`
-    /// for this invocation only (the SDKs read identity from there).
+    /// Run one event (the payload). `env` and `unset` change the per-invocation
+    /// variables from the previous event's (the SDKs read identity from there): the
+    /// instance runs events in frame order, so only what changed is sent.
     Invoke {
         request_id: &'a str,
-        event: &'a str,
-        context: &'a Value,
-        env: &'a BTreeMap<String, String>,
+        #[serde(skip_serializing_if = "<[_]>::is_empty", serialize_with = "as_map")]
+        env: &'a [(&'a str, &'a str)],
+        #[serde(skip_serializing_if = "<[_]>::is_empty")]
+        unset: &'a [&'a str],
     },
+}
+
+fn as_map<S: serde::Serializer>(pairs: &&[(&str, &str)], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(pairs.iter().copied())
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -64,6 +75,8 @@ pub enum InstanceMessage {
     Result {
         request_id: String,
         ok: bool,
+        /// The payload, when `ok`.
+        #[serde(skip)]
         value: Option<String>,
         error: Option<JsError>,
         rss_kb: u64,
@@ -87,22 +100,50 @@ pub enum FrameError {
     Io(#[from] std::io::Error),
 }
 
+/// Appends one frame to `out`: `header`, then `payload` if there is one.
+pub fn encode_frame(
+    out: &mut Vec<u8>,
+    header: &HostMessage<'_>,
+    payload: Option<&str>,
+) -> Result<(), FrameError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    let encoded = serde_json::to_writer(&mut *out, header)
+        .map_err(|e| FrameError::Malformed(e.to_string()))
+        .map(|()| {
+            if let Some(payload) = payload {
+                out.push(b'\n');
+                out.extend_from_slice(payload.as_bytes());
+            }
+            out.len() - start - 4
+        })
+        .and_then(|len| match u32::try_from(len) {
+            Ok(len) if len <= MAX_FRAME_BYTES => Ok(len),
+            _ => Err(FrameError::TooLarge(u32::try_from(len).unwrap_or(u32::MAX))),
+        });
+    match encoded {
+        Ok(len) => {
+            out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+            Ok(())
+        }
+        Err(e) => {
+            out.truncate(start);
+            Err(e)
+        }
+    }
+}
+
 pub async fn write_frame<W: AsyncWriteExt + Unpin>(
     w: &mut W,
     message: &HostMessage<'_>,
 ) -> Result<(), FrameError> {
-    let body = serde_json::to_vec(message).map_err(|e| FrameError::Malformed(e.to_string()))?;
-    let len = u32::try_from(body.len()).map_err(|_| FrameError::TooLarge(u32::MAX))?;
-    if len > MAX_FRAME_BYTES {
-        return Err(FrameError::TooLarge(len));
-    }
-    let mut buf = Vec::with_capacity(4 + body.len());
-    buf.extend_from_slice(&len.to_be_bytes());
-    buf.extend_from_slice(&body);
+    let mut buf = Vec::new();
+    encode_frame(&mut buf, message, None)?;
     w.write_all(&buf).await?;
     Ok(())
 }
 
+/// Reads one frame. Read through a buffer: frames often arrive several to a read.
 pub async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> Result<InstanceMessage, FrameError> {
     let len = match r.read_u32().await {
         Ok(n) => n,
@@ -117,7 +158,17 @@ pub async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> Result<InstanceMe
         std::io::ErrorKind::UnexpectedEof => FrameError::Closed,
         _ => e.into(),
     })?;
-    serde_json::from_slice(&body).map_err(|e| FrameError::Malformed(e.to_string()))
+    let malformed = |e: &dyn std::fmt::Display| FrameError::Malformed(e.to_string());
+    let Some(newline) = body.iter().position(|&b| b == b'\n') else {
+        return serde_json::from_slice(&body).map_err(|e| malformed(&e));
+    };
+    let mut message: InstanceMessage =
+        serde_json::from_slice(&body[..newline]).map_err(|e| malformed(&e))?;
+    if let InstanceMessage::Result { value, .. } = &mut message {
+        body.drain(..=newline);
+        *value = Some(String::from_utf8(body).map_err(|e| malformed(&e))?);
+    }
+    Ok(message)
 }
 
 #[cfg(test)]
@@ -145,6 +196,46 @@ mod tests {
             read_frame(&mut b).await,
             Err(FrameError::TooLarge(_))
         ));
+        drop(a);
+        let (_, mut c) = tokio::io::duplex(8);
+        assert!(matches!(read_frame(&mut c).await, Err(FrameError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn payloads_travel_as_raw_text_after_the_header() {
+        let mut out = Vec::new();
+        let header = HostMessage::Invoke {
+            request_id: "r1",
+            env: &[("TCB_SEQID", "r1")],
+            unset: &["WX_OPENID"],
+        };
+        encode_frame(&mut out, &header, Some("{\"a\":\n\"x\\ny\"}")).unwrap();
+        let len = u32::from_be_bytes(out[..4].try_into().unwrap()) as usize;
+        assert_eq!(len, out.len() - 4);
+        let text = std::str::from_utf8(&out[4..]).unwrap();
+        assert_eq!(
+            text,
+            "{\"type\":\"invoke\",\"request_id\":\"r1\",\"env\":{\"TCB_SEQID\":\"r1\"},\"unset\":[\"WX_OPENID\"]}\n{\"a\":\n\"x\\ny\"}"
+        );
+
+        // A result's payload may itself hold newlines: only the first one ends the header.
+        let body =
+            "{\"type\":\"result\",\"request_id\":\"r1\",\"ok\":true,\"rss_kb\":7}\n{\n \"v\": 1\n}";
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        a.write_all(&(body.len() as u32).to_be_bytes())
+            .await
+            .unwrap();
+        a.write_all(body.as_bytes()).await.unwrap();
+        match read_frame(&mut b).await.unwrap() {
+            InstanceMessage::Result {
+                value, ok, rss_kb, ..
+            } => {
+                assert!(ok);
+                assert_eq!(rss_kb, 7);
+                assert_eq!(value.as_deref(), Some("{\n \"v\": 1\n}"));
+            }
+            other => panic!("{other:?}"),
+        }
         drop(a);
         let (_, mut c) = tokio::io::duplex(8);
         assert!(matches!(read_frame(&mut c).await, Err(FrameError::Closed)));

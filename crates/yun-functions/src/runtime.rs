@@ -61,12 +61,17 @@ pub struct FunctionSpec {
     pub static_env: BTreeMap<String, String>,
 }
 
+/// Variables set in `process.env` for one invocation only (identity, credential, seq
+/// id): the platform's own names, listed in the same order for every event, so that
+/// consecutive events compare position by position. Values that repeat (the credential,
+/// fixed lists) should be the same `Arc`: those compare by pointer.
+pub type InvocationEnv = Vec<(&'static str, Arc<str>)>;
+
 pub struct InvokeRequest {
     pub request_id: String,
     /// The event as JSON text (`request_data`); empty means `{}`.
     pub event: String,
-    /// Set in `process.env` for this invocation only: identity, credentials, seq id.
-    pub env: BTreeMap<String, String>,
+    pub env: InvocationEnv,
 }
 
 #[derive(Debug)]
@@ -147,7 +152,6 @@ impl FunctionPool {
 /// One invocation's owned inputs: its turn on a lane runs in a task of its own.
 struct Event {
     request: InvokeRequest,
-    context: serde_json::Value,
     target: LogTarget,
     timeout: Duration,
     output_limit: usize,
@@ -159,7 +163,6 @@ impl Event {
         InvokeInput {
             request_id: &self.request.request_id,
             event: &self.request.event,
-            context: &self.context,
             env: &self.request.env,
             timeout: self.timeout,
             output_limit: self.output_limit,
@@ -314,6 +317,7 @@ impl Runtime {
                 &spec.code_dir,
                 &spec.handler,
                 &spec.static_env,
+                &static_context(spec),
                 spec.memory_mb,
             )
             .await
@@ -339,6 +343,7 @@ impl Runtime {
                 &spec.code_dir,
                 &spec.handler,
                 &spec.static_env,
+                &static_context(spec),
                 spec.memory_mb,
             )
             .await;
@@ -384,16 +389,6 @@ impl Runtime {
             duration: arrived.elapsed(),
             memory_peak_kb,
         };
-        let context = json!({
-            "request_id": request.request_id,
-            "function_name": spec.name.as_str(),
-            "function_version": "$LATEST",
-            "namespace": spec.env.as_str(),
-            "memory_limit_in_mb": spec.memory_mb,
-            "time_limit_in_ms": spec.timeout.as_millis() as u64,
-            "callbackWaitsForEmptyEventLoop": false,
-            "environment": serde_json::to_string(&context_environment(&request.env)).unwrap_or_default(),
-        });
         let target = LogTarget {
             env: spec.env.clone(),
             function: spec.name.clone(),
@@ -402,7 +397,6 @@ impl Runtime {
         };
         let event = Arc::new(Event {
             request,
-            context,
             target,
             timeout: spec.timeout,
             output_limit: self.cfg.output_limit,
@@ -495,6 +489,19 @@ fn settle(pool: &FunctionPool, lane: &Lane, survived: bool) {
     pool.released.notify_one();
 }
 
+/// The SCF context fields an instance keeps for every event; the bootstrap adds each
+/// event's `request_id` and `environment` (its variables minus the credential).
+fn static_context(spec: &FunctionSpec) -> serde_json::Value {
+    json!({
+        "function_name": spec.name.as_str(),
+        "function_version": "$LATEST",
+        "namespace": spec.env.as_str(),
+        "memory_limit_in_mb": spec.memory_mb,
+        "time_limit_in_ms": spec.timeout.as_millis() as u64,
+        "callbackWaitsForEmptyEventLoop": false,
+    })
+}
+
 fn retire_pool(pool: &FunctionPool) {
     pool.retired.store(true, Ordering::Release);
     for lane in lock(&pool.state).drain() {
@@ -503,14 +510,4 @@ fn retire_pool(pool: &FunctionPool) {
     // Waiters on a retired pool retry on the new one after their deadline at worst;
     // wake them now so they see the retirement.
     pool.released.notify_waiters();
-}
-
-/// `context.environment`: the per-invocation variables minus the credential itself.
-fn context_environment(env: &BTreeMap<String, String>) -> BTreeMap<&str, &str> {
-    env.iter()
-        .filter(|(k, _)| {
-            !k.starts_with("TENCENTCLOUD_SECRET") && k.as_str() != "TENCENTCLOUD_SESSIONTOKEN"
-        })
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect()
 }
