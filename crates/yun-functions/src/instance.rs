@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use yun_meta::{InvocationStatus, NewLogLine};
 use yun_types::{EnvId, FunctionName};
 
+use crate::lane::Turn;
 use crate::protocol::{
     read_frame, write_frame, FrameError, HostMessage, InstanceMessage, JsError, PROTOCOL_VERSION,
 };
@@ -335,19 +336,15 @@ impl Instance {
     /// Reads one event's output and result; its frame is already written. The timeout
     /// runs from here: the event starts when the one before it has answered. On a
     /// failure that leaves the instance unhealthy, its process group is already killed.
-    pub(crate) async fn run_turn(
-        &mut self,
-        input: &InvokeInput<'_>,
-        logs: &LogTarget,
-    ) -> Result<String, Failure> {
+    pub(crate) async fn run_turn(&mut self, turn: &Turn) -> Result<String, Failure> {
         if let Ok(mut raw) = self.raw.lock() {
-            raw.target = Some(logs.clone());
+            raw.target = Some(turn.logs.clone());
         }
-        let outcome = match tokio::time::timeout(input.timeout, self.receive(input, logs)).await {
+        let outcome = match tokio::time::timeout(turn.timeout, self.receive(turn)).await {
             Ok(outcome) => outcome,
             Err(_) => {
                 self.kill();
-                Err(Failure::Timeout(input.timeout))
+                Err(Failure::Timeout(turn.timeout))
             }
         };
         if let Ok(mut raw) = self.raw.lock() {
@@ -356,19 +353,16 @@ impl Instance {
         outcome
     }
 
-    async fn receive(
-        &mut self,
-        input: &InvokeInput<'_>,
-        logs: &LogTarget,
-    ) -> Result<String, Failure> {
+    async fn receive(&mut self, turn: &Turn) -> Result<String, Failure> {
+        let logs = &turn.logs;
         let mut logged = 0usize;
         loop {
             match read_frame(&mut self.reader).await {
                 Ok(InstanceMessage::Log { stream, data }) => {
-                    if logged < input.log_limit {
+                    if logged < turn.log_limit {
                         logged += data.len();
                         let mut text = data.strip_suffix('\n').unwrap_or(&data).to_owned();
-                        if logged >= input.log_limit {
+                        if logged >= turn.log_limit {
                             text.push_str("\n[yun: log output of this invocation truncated]");
                         }
                         let _ = logs.sink.send(logs.line(&stream, text)).await;
@@ -380,13 +374,13 @@ impl Instance {
                     value,
                     error,
                     rss_kb,
-                }) if request_id == input.request_id => {
+                }) if request_id == logs.request_id => {
                     self.peak_rss_kb = self.peak_rss_kb.max(rss_kb);
                     return match (ok, value, error) {
-                        (true, Some(value), _) if value.len() > input.output_limit => {
+                        (true, Some(value), _) if value.len() > turn.output_limit => {
                             Err(Failure::OutputTooLarge {
                                 bytes: value.len(),
-                                limit: input.output_limit,
+                                limit: turn.output_limit,
                             })
                         }
                         (true, Some(value), _) => Ok(value),

@@ -1,47 +1,75 @@
 //! A loaded instance as a lane: events are written to its channel in the order they are
-//! admitted and run one at a time, each reading its own result when its turn comes. An
-//! event queued behind a running one (the pool's `Queued`) is already in the instance's
-//! socket when the running one answers, so the instance goes from one to the next without
-//! sleeping, and Yun skips a hand-off per event.
+//! admitted and run one at a time. An event queued behind a running one (the pool's
+//! `Queued`) is already in the instance's socket when the running one answers, so the
+//! instance goes from one to the next without sleeping.
 //!
-//! The instance itself (read side, process) passes from one event to the next: whoever
-//! holds it is the event the instance is running. When the instance dies, the events
-//! queued behind are handed back unrun: the process is already dead, and the bootstrap
-//! starts an event only after answering the one before, so none of them started.
+//! Each lane has a reader task that owns the instance: it reads each event's output and
+//! result in turn (timing it from its turn), accounts for it through the lane's
+//! [`TurnHook`] and hands the outcome to the caller. The accounting never depends on the
+//! caller still waiting. When the instance dies, the events queued behind are handed
+//! back unrun: the process is dead, and the bootstrap starts an event only after
+//! answering the one before, so none of them started.
 //!
-//! Frames are encoded into an outbox in admission order, and whoever takes the writer
-//! sends everything waiting there: events that arrive together cost one write.
+//! Frames are encoded into an outbox in admission order. An idle instance's frame is
+//! written at once, without waiting (a caller going away cannot cut a frame in half);
+//! frames for a busy instance, and whatever the socket does not take, go out from the
+//! lane's writer task, together.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncWriteExt as _;
 use tokio::net::unix::OwnedWriteHalf;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
 use crate::instance::{Failure, Instance, InvokeInput, LogTarget};
 use crate::protocol::{encode_frame, FrameError, HostMessage};
 use crate::runtime::InvocationEnv;
 
+/// Called by the reader for each event admitted to the lane once it is over: with how
+/// long it ran (`None`: it never ran) and whether the instance survived it.
+pub type TurnHook = Box<dyn Fn(u64, Option<Duration>, bool) + Send + Sync>;
+
 pub struct Lane {
     pub id: u64,
-    writer: tokio::sync::Mutex<OwnedWriteHalf>,
-    turns: Mutex<Turns>,
+    shared: Arc<Shared>,
+    reader: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+struct Shared {
+    id: u64,
+    state: Mutex<State>,
+    writer: OwnedWriteHalf,
+    /// An event is pending, or the lane closed.
+    wake_reader: Notify,
+    /// The outbox holds bytes the socket did not take.
+    wake_writer: Notify,
+    on_turn: TurnHook,
 }
 
 #[derive(Default)]
-struct Turns {
-    /// The instance, while no event holds it.
-    parked: Option<Instance>,
-    /// Events whose frames are encoded, in frame order, waiting for the instance.
-    waiting: VecDeque<oneshot::Sender<Instance>>,
+struct State {
     /// No more events are taken: the instance failed, or is being stopped.
     closed: bool,
+    /// The reader is running an event.
+    running: bool,
+    /// Events whose frames are encoded, in frame order, waiting for their turn.
+    pending: VecDeque<Turn>,
     /// Frames encoded and not yet written.
     outbox: Vec<u8>,
+    /// The writer task is finishing the outbox: nobody else writes meanwhile.
+    writing: bool,
     /// The per-invocation variables as of the last frame encoded.
     sent_env: InvocationEnv,
+}
+
+/// One admitted event, as its reader sees it.
+pub(crate) struct Turn {
+    pub logs: LogTarget,
+    pub timeout: Duration,
+    pub output_limit: usize,
+    pub log_limit: usize,
+    done: oneshot::Sender<Result<TurnOutcome, Unrun>>,
 }
 
 /// Names are the platform's `&'static str`s: the same literal is the same pointer.
@@ -53,7 +81,7 @@ fn same_value(a: &Arc<str>, b: &Arc<str>) -> bool {
     Arc::ptr_eq(a, b) || a == b
 }
 
-impl Turns {
+impl State {
     /// Encodes an invoke frame carrying only the variables that changed since the last.
     fn encode(&mut self, input: &InvokeInput<'_>) -> Result<(), FrameError> {
         let (sent, env) = (&self.sent_env, input.env);
@@ -116,130 +144,198 @@ impl TurnOutcome {
     }
 }
 
-fn lock(turns: &Mutex<Turns>) -> std::sync::MutexGuard<'_, Turns> {
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     // Every mutation is a single step; a panic cannot leave the queue half-updated.
-    turns
+    state
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+impl Shared {
+    /// Writes what the socket takes now; the writer task gets the rest.
+    fn write_outbox(&self, state: &mut State) {
+        while !state.outbox.is_empty() {
+            match self.writer.try_write(&state.outbox) {
+                Ok(n) => {
+                    state.outbox.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    state.writing = true;
+                    self.wake_writer.notify_one();
+                    return;
+                }
+                // The process is gone: the reader finds out and fails the lane.
+                Err(_) => {
+                    state.outbox.clear();
+                    return;
+                }
+            }
+        }
+    }
+}
+
 impl Lane {
     /// A loaded instance; `None` if its channel was already taken.
-    pub fn new(mut instance: Instance) -> Option<Arc<Self>> {
+    pub fn new(mut instance: Instance, on_turn: TurnHook) -> Option<Arc<Self>> {
         let writer = instance.take_writer()?;
+        let id = instance.id;
+        let shared = Arc::new(Shared {
+            id,
+            state: Mutex::new(State::default()),
+            writer,
+            wake_reader: Notify::new(),
+            wake_writer: Notify::new(),
+            on_turn,
+        });
+        tokio::spawn(write_events(shared.clone()));
+        let reader = tokio::spawn(read_events(instance, shared.clone()));
         Some(Arc::new(Self {
-            id: instance.id,
-            writer: tokio::sync::Mutex::new(writer),
-            turns: Mutex::new(Turns {
-                parked: Some(instance),
-                ..Turns::default()
-            }),
+            id,
+            shared,
+            reader: Mutex::new(Some(reader)),
         }))
     }
 
-    /// Runs one event after those queued before it. Run it in a task of its own: once its
-    /// frame is written, the instance will run it, so its result must be read even if the
-    /// caller goes away.
+    /// Runs one event after those queued before it. Cancel-safe: once admitted here, the
+    /// event runs and is accounted for whether or not the caller still waits.
     pub async fn invoke(
         &self,
         input: &InvokeInput<'_>,
-        logs: &LogTarget,
+        logs: LogTarget,
     ) -> Result<TurnOutcome, Unrun> {
-        // Frames go out in the order turns are taken: both happen under one lock.
-        let turn = {
-            let mut turns = lock(&self.turns);
-            if turns.closed {
+        let (done, outcome) = oneshot::channel();
+        {
+            let mut state = lock(&self.shared.state);
+            if state.closed {
                 return Err(Unrun);
             }
-            if let Err(e) = turns.encode(input) {
+            if let Err(e) = state.encode(input) {
+                drop(state);
+                (self.shared.on_turn)(self.id, None, true);
                 return Ok(TurnOutcome {
                     result: Err(Failure::Unsendable(e.to_string())),
                     ran: Duration::ZERO,
                     peak_rss_kb: 0,
                 });
             }
-            match turns.parked.take() {
-                Some(instance) => Ok(instance),
-                None => {
-                    let (tx, rx) = oneshot::channel();
-                    turns.waiting.push_back(tx);
-                    Err(rx)
+            state.pending.push_back(Turn {
+                logs,
+                timeout: input.timeout,
+                output_limit: input.output_limit,
+                log_limit: input.log_limit,
+                done,
+            });
+            if !state.writing {
+                if state.running || state.pending.len() > 1 {
+                    // The instance is busy: no hurry, and frames arriving meanwhile
+                    // go out with this one in one write.
+                    state.writing = true;
+                    self.shared.wake_writer.notify_one();
+                } else {
+                    self.shared.write_outbox(&mut state);
                 }
             }
+        }
+        self.shared.wake_reader.notify_one();
+        // The reader always answers unless the runtime itself is going away.
+        outcome.await.unwrap_or(Err(Unrun))
+    }
+
+    /// Stops the instance once the events already queued are done: waits for it when
+    /// the lane is idle, else leaves it to the reader.
+    pub async fn shutdown(&self) {
+        let idle = {
+            let mut state = lock(&self.shared.state);
+            state.closed = true;
+            !state.running && state.pending.is_empty()
         };
-        let written = self.flush().await;
-        let mut instance = match turn {
-            Ok(instance) => instance,
-            Err(rx) => rx.await.map_err(|_| Unrun)?,
+        self.shared.wake_reader.notify_one();
+        self.shared.wake_writer.notify_one();
+        let reader = self.reader.lock().ok().and_then(|mut r| r.take());
+        if let (true, Some(reader)) = (idle, reader) {
+            let _ = reader.await;
+        }
+    }
+}
+
+impl Drop for Lane {
+    /// A lane nobody holds any more stops its instance once its queue is done.
+    fn drop(&mut self) {
+        lock(&self.shared.state).closed = true;
+        self.shared.wake_reader.notify_one();
+    }
+}
+
+/// The reader: runs the lane's events in order on its instance, then stops it.
+async fn read_events(mut instance: Instance, shared: Arc<Shared>) {
+    loop {
+        let turn = loop {
+            let woken = shared.wake_reader.notified();
+            {
+                let mut state = lock(&shared.state);
+                if let Some(turn) = state.pending.pop_front() {
+                    state.running = true;
+                    break Some(turn);
+                }
+                if state.closed {
+                    break None;
+                }
+            }
+            woken.await;
         };
+        let Some(turn) = turn else { break };
         let started = Instant::now();
-        let result = match written {
-            Ok(()) => instance.run_turn(input, logs).await,
-            Err(e) => Err(instance.died(&e).await),
-        };
+        let result = instance.run_turn(&turn).await;
         let outcome = TurnOutcome {
             ran: started.elapsed(),
             peak_rss_kb: instance.peak_rss_kb,
             result,
         };
-        if outcome.survived() {
-            self.pass(instance);
-        } else {
-            self.fail(instance);
-        }
-        Ok(outcome)
-    }
-
-    /// Writes whatever the outbox holds (this event's frame, unless an earlier flush
-    /// took it along).
-    async fn flush(&self) -> Result<(), FrameError> {
-        let mut writer = self.writer.lock().await;
-        let frames = std::mem::take(&mut lock(&self.turns).outbox);
-        if !frames.is_empty() {
-            writer.write_all(&frames).await?;
-        }
-        Ok(())
-    }
-
-    /// Hands the instance to the next queued event, or parks it.
-    fn pass(&self, instance: Instance) {
-        let mut turns = lock(&self.turns);
-        if let Some(next) = turns.waiting.pop_front() {
-            if let Err(instance) = next.send(instance) {
-                // That event's frame is in the channel but nobody will read its result:
-                // the order is lost, so the instance goes.
-                drop(turns);
-                self.fail(instance);
+        let survived = outcome.survived();
+        (shared.on_turn)(shared.id, Some(outcome.ran), survived);
+        let _ = turn.done.send(Ok(outcome));
+        let unrun = {
+            let mut state = lock(&shared.state);
+            state.running = false;
+            if survived {
+                continue;
             }
-        } else if turns.closed {
-            drop(turns);
-            tokio::spawn(instance.shutdown());
-        } else {
-            turns.parked = Some(instance);
-        }
-    }
-
-    /// The instance failed (and its process is dead or killed): queued events go back unrun.
-    fn fail(&self, mut instance: Instance) {
-        {
-            let mut turns = lock(&self.turns);
-            turns.closed = true;
-            turns.waiting.clear();
-            turns.outbox.clear();
+            state.closed = true;
+            state.outbox.clear();
+            std::mem::take(&mut state.pending)
+        };
+        for turn in unrun {
+            (shared.on_turn)(shared.id, None, false);
+            let _ = turn.done.send(Err(Unrun));
         }
         instance.kill();
-        tokio::spawn(instance.shutdown());
+        break;
     }
+    shared.wake_writer.notify_one();
+    instance.shutdown().await;
+}
 
-    /// Stops the instance once the events already queued are done (at once when idle).
-    pub async fn shutdown(&self) {
-        let parked = {
-            let mut turns = lock(&self.turns);
-            turns.closed = true;
-            turns.parked.take()
-        };
-        if let Some(instance) = parked {
-            instance.shutdown().await;
+/// The writer: finishes outboxes the socket could not take at once.
+async fn write_events(shared: Arc<Shared>) {
+    loop {
+        shared.wake_writer.notified().await;
+        loop {
+            {
+                let mut state = lock(&shared.state);
+                if state.writing {
+                    shared.write_outbox(&mut state);
+                }
+                if state.outbox.is_empty() {
+                    state.writing = false;
+                    if state.closed {
+                        return;
+                    }
+                    break;
+                }
+            }
+            if shared.writer.writable().await.is_err() {
+                return;
+            }
         }
     }
 }
@@ -264,7 +360,7 @@ mod tests {
 
     #[test]
     fn invoke_frames_carry_only_the_variables_that_changed() {
-        let mut turns = Turns::default();
+        let mut turns = State::default();
         let mut send = |request_id: &str, env: &[(&'static str, &str)]| {
             let env: InvocationEnv = env.iter().map(|(k, v)| (*k, Arc::from(*v))).collect();
             let input = InvokeInput {

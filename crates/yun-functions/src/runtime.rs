@@ -14,7 +14,7 @@ use yun_meta::NewLogLine;
 use yun_types::{EnvId, FunctionName};
 
 use crate::instance::{Failure, Instance, InvokeInput, LoadFailure, LogTarget, SpawnConfig};
-use crate::lane::{Lane, Unrun};
+use crate::lane::{Lane, TurnHook};
 use crate::pool::{queue_depth, throttled, Admission, PoolPolicy, PoolState};
 use crate::protocol::JsError;
 
@@ -299,7 +299,11 @@ impl Runtime {
     }
 
     /// A loaded instance of the function, from a stem cell or a fresh process.
-    async fn cold_instance(&self, spec: &FunctionSpec) -> Result<Arc<Lane>, InvokeError> {
+    async fn cold_instance(
+        &self,
+        spec: &FunctionSpec,
+        pool: &Arc<FunctionPool>,
+    ) -> Result<Arc<Lane>, InvokeError> {
         let stem = lock(&self.stems)
             .get_mut(&spec.memory_mb)
             .and_then(VecDeque::pop_front);
@@ -322,7 +326,7 @@ impl Runtime {
             )
             .await
         {
-            Ok(()) => Lane::new(instance)
+            Ok(()) => Lane::new(instance, turn_hook(pool))
                 .ok_or_else(|| InvokeError::Unavailable("the instance has no channel".into())),
             Err(failure) => {
                 tokio::spawn(instance.shutdown());
@@ -395,18 +399,18 @@ impl Runtime {
             request_id: request.request_id.clone(),
             sink: self.logs.clone(),
         };
-        let event = Arc::new(Event {
+        let event = Event {
             request,
             target,
             timeout: spec.timeout,
             output_limit: self.cfg.output_limit,
             log_limit: self.cfg.log_limit,
-        });
+        };
         let mut cold_start = false;
         loop {
             let lane = match self.admit(&pool, arrived).await {
                 Ok(Some(lane)) => lane,
-                Ok(None) => match self.cold_instance(spec).await {
+                Ok(None) => match self.cold_instance(spec, &pool).await {
                     Ok(lane) => {
                         cold_start = true;
                         lock(&pool.state).started(lane.id, lane.clone(), Instant::now());
@@ -420,34 +424,12 @@ impl Runtime {
                 },
                 Err(e) => return report(Err(e), cold_start, 0),
             };
-            // The turn and its accounting run in a task of their own: once the frame is
-            // written the instance runs the event, even if this caller goes away.
-            let turn = tokio::spawn({
-                let (lane, event, pool) = (lane.clone(), event.clone(), pool.clone());
-                async move {
-                    let outcome = lane.invoke(&event.input(), &event.target).await;
-                    match &outcome {
-                        Ok(done) => {
-                            pool.note_run(done.ran);
-                            settle(&pool, &lane, done.survived());
-                        }
-                        Err(Unrun) => settle(&pool, &lane, false),
-                    }
-                    outcome
-                }
-            });
-            match turn.await {
-                Ok(Ok(outcome)) => {
-                    let result = outcome.result.map_err(InvokeError::Failed);
-                    return report(result, cold_start, outcome.peak_rss_kb);
-                }
-                // The instance died before this event's turn: it never ran; admit it again.
-                Ok(Err(Unrun)) => {}
-                Err(e) => {
-                    settle(&pool, &lane, false);
-                    let why = format!("the invocation task failed: {e}");
-                    return report(Err(InvokeError::Unavailable(why)), cold_start, 0);
-                }
+            // The lane's reader runs the event and accounts for it (the pool's turn
+            // hook), whether or not this caller is still waiting.
+            // Unrun: the instance died before this event's turn; admit it again.
+            if let Ok(outcome) = lane.invoke(&event.input(), event.target.clone()).await {
+                let result = outcome.result.map_err(InvokeError::Failed);
+                return report(result, cold_start, outcome.peak_rss_kb);
             }
         }
     }
@@ -470,15 +452,28 @@ impl Runtime {
     }
 }
 
-/// Accounts for one finished event on `lane`: a failed instance leaves the pool, and so
-/// does an idle one of a retired pool.
-fn settle(pool: &FunctionPool, lane: &Lane, survived: bool) {
+/// The pool's accounting for the events its lanes run.
+fn turn_hook(pool: &Arc<FunctionPool>) -> TurnHook {
+    let pool = Arc::downgrade(pool);
+    Box::new(move |lane, ran, survived| {
+        if let Some(pool) = pool.upgrade() {
+            if let Some(ran) = ran {
+                pool.note_run(ran);
+            }
+            settle(&pool, lane, survived);
+        }
+    })
+}
+
+/// Accounts for one finished event on lane `lane`: a failed instance leaves the pool,
+/// and so does an idle one of a retired pool.
+fn settle(pool: &FunctionPool, lane: u64, survived: bool) {
     let gone = {
         let mut state = lock(&pool.state);
         if !survived
-            || (state.finished(lane.id, Instant::now()) && pool.retired.load(Ordering::Acquire))
+            || (state.finished(lane, Instant::now()) && pool.retired.load(Ordering::Acquire))
         {
-            state.remove(lane.id)
+            state.remove(lane)
         } else {
             None
         }
