@@ -143,6 +143,31 @@ pub async fn write_frame<W: AsyncWriteExt + Unpin>(
     Ok(())
 }
 
+/// A result's header, the frame of every event. The bootstrap writes its `type` first.
+#[derive(Deserialize)]
+struct ResultHeader {
+    request_id: String,
+    ok: bool,
+    error: Option<JsError>,
+    rss_kb: u64,
+}
+
+fn parse_header(header: &[u8]) -> serde_json::Result<InstanceMessage> {
+    // serde reads an internally tagged enum by buffering the whole object first; the
+    // frame every event answers with is parsed straight into its fields instead.
+    if header.starts_with(br#"{"type":"result","#) {
+        let r: ResultHeader = serde_json::from_slice(header)?;
+        return Ok(InstanceMessage::Result {
+            request_id: r.request_id,
+            ok: r.ok,
+            value: None,
+            error: r.error,
+            rss_kb: r.rss_kb,
+        });
+    }
+    serde_json::from_slice(header)
+}
+
 /// Reads one frame. Read through a buffer: frames often arrive several to a read.
 pub async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> Result<InstanceMessage, FrameError> {
     let len = match r.read_u32().await {
@@ -159,11 +184,12 @@ pub async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> Result<InstanceMe
         _ => e.into(),
     })?;
     let malformed = |e: &dyn std::fmt::Display| FrameError::Malformed(e.to_string());
-    let Some(newline) = body.iter().position(|&b| b == b'\n') else {
-        return serde_json::from_slice(&body).map_err(|e| malformed(&e));
+    let newline = body.iter().position(|&b| b == b'\n');
+    let header = &body[..newline.unwrap_or(body.len())];
+    let mut message = parse_header(header).map_err(|e| malformed(&e))?;
+    let Some(newline) = newline else {
+        return Ok(message);
     };
-    let mut message: InstanceMessage =
-        serde_json::from_slice(&body[..newline]).map_err(|e| malformed(&e))?;
     if let InstanceMessage::Result { value, .. } = &mut message {
         body.drain(..=newline);
         *value = Some(String::from_utf8(body).map_err(|e| malformed(&e))?);
@@ -239,5 +265,16 @@ mod tests {
         drop(a);
         let (_, mut c) = tokio::io::duplex(8);
         assert!(matches!(read_frame(&mut c).await, Err(FrameError::Closed)));
+
+        let failed = br#"{"type":"result","ok":false,"error":{"name":"E","message":"m"},"request_id":"r2","rss_kb":1}"#;
+        match parse_header(failed).unwrap() {
+            InstanceMessage::Result {
+                ok, error, value, ..
+            } => {
+                assert!(!ok && value.is_none());
+                assert_eq!(error.unwrap().summary(), "E: m");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }
