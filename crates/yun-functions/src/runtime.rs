@@ -149,7 +149,8 @@ impl FunctionPool {
     }
 }
 
-/// One invocation's owned inputs: its turn on a lane runs in a task of its own.
+/// One invocation's inputs, kept until it has run: an event handed back unrun (its
+/// instance died first) is admitted again.
 struct Event {
     request: InvokeRequest,
     target: LogTarget,
