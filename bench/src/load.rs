@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::{percentile, Run};
+use crate::{gather, Run};
 
 /// `connections` keep-alive connections, each sending its next GET when the last
 /// response is complete, for `seconds`.
@@ -40,19 +40,7 @@ pub async fn get_load(url: &str, connections: usize, seconds: u64) -> Run {
             (lat, errors)
         }));
     }
-    let (mut all, mut errors) = (Vec::new(), 0);
-    for t in tasks {
-        let (l, e) = t.await.expect("load task");
-        all.extend(l);
-        errors += e;
-    }
-    all.sort();
-    Run {
-        ops_per_sec: all.len() as f64 / seconds as f64,
-        p50: percentile(&all, 0.5),
-        p99: percentile(&all, 0.99),
-        errors,
-    }
+    gather(tasks, seconds).await
 }
 
 /// One request and its whole response; `Ok(true)` for a 2xx.

@@ -179,9 +179,17 @@ where
             (lat, errors)
         }));
     }
+    gather(tasks, seconds).await
+}
+
+/// Load tasks' latencies and error counts, as one run of `seconds`.
+pub async fn gather(
+    tasks: Vec<tokio::task::JoinHandle<(Vec<Duration>, u64)>>,
+    seconds: u64,
+) -> Run {
     let (mut all, mut errors) = (Vec::new(), 0);
     for t in tasks {
-        let (l, e) = t.await.expect("bench task");
+        let (l, e) = t.await.expect("load task");
         all.extend(l);
         errors += e;
     }

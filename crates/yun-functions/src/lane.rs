@@ -28,7 +28,7 @@ use crate::runtime::InvocationEnv;
 
 /// Called by the reader for each event admitted to the lane once it is over: with how
 /// long it ran (`None`: it never ran) and whether the instance survived it.
-pub type TurnHook = Box<dyn Fn(u64, Option<Duration>, bool) + Send + Sync>;
+pub type TurnHook = Box<dyn Fn(Option<Duration>, bool) + Send + Sync>;
 
 pub struct Lane {
     pub id: u64,
@@ -37,7 +37,6 @@ pub struct Lane {
 }
 
 struct Shared {
-    id: u64,
     state: Mutex<State>,
     writer: OwnedWriteHalf,
     /// An event is pending, or the lane closed.
@@ -180,7 +179,6 @@ impl Lane {
         let writer = instance.take_writer()?;
         let id = instance.id;
         let shared = Arc::new(Shared {
-            id,
             state: Mutex::new(State::default()),
             writer,
             wake_reader: Notify::new(),
@@ -211,7 +209,7 @@ impl Lane {
             }
             if let Err(e) = state.encode(input) {
                 drop(state);
-                (self.shared.on_turn)(self.id, None, true);
+                (self.shared.on_turn)(None, true);
                 return Ok(TurnOutcome {
                     result: Err(Failure::Unsendable(e.to_string())),
                     ran: Duration::ZERO,
@@ -292,7 +290,7 @@ async fn read_events(mut instance: Instance, shared: Arc<Shared>) {
             result,
         };
         let survived = outcome.survived();
-        (shared.on_turn)(shared.id, Some(outcome.ran), survived);
+        (shared.on_turn)(Some(outcome.ran), survived);
         let _ = turn.done.send(Ok(outcome));
         let unrun = {
             let mut state = lock(&shared.state);
@@ -305,7 +303,7 @@ async fn read_events(mut instance: Instance, shared: Arc<Shared>) {
             std::mem::take(&mut state.pending)
         };
         for turn in unrun {
-            (shared.on_turn)(shared.id, None, false);
+            (shared.on_turn)(None, false);
             let _ = turn.done.send(Err(Unrun));
         }
         instance.kill();

@@ -327,8 +327,11 @@ impl Runtime {
             )
             .await
         {
-            Ok(()) => Lane::new(instance, turn_hook(pool))
-                .ok_or_else(|| InvokeError::Unavailable("the instance has no channel".into())),
+            Ok(()) => {
+                let hook = turn_hook(pool, instance.id);
+                Lane::new(instance, hook)
+                    .ok_or_else(|| InvokeError::Unavailable("the instance has no channel".into()))
+            }
             Err(failure) => {
                 tokio::spawn(instance.shutdown());
                 Err(failure.into())
@@ -453,10 +456,10 @@ impl Runtime {
     }
 }
 
-/// The pool's accounting for the events its lanes run.
-fn turn_hook(pool: &Arc<FunctionPool>) -> TurnHook {
+/// The pool's accounting for the events lane `lane` runs.
+fn turn_hook(pool: &Arc<FunctionPool>, lane: u64) -> TurnHook {
     let pool = Arc::downgrade(pool);
-    Box::new(move |lane, ran, survived| {
+    Box::new(move |ran, survived| {
         if let Some(pool) = pool.upgrade() {
             if let Some(ran) = ran {
                 pool.note_run(ran);
