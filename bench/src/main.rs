@@ -202,12 +202,12 @@ pub async fn gather(
     }
 }
 
-/// GET `url` from `CONNECTIONS` clients for `LOAD_SECONDS`, after a second of the same
+/// GET `url` from `connections` clients for `LOAD_SECONDS`, after a second of the same
 /// load whose figures are dropped: the servers' JIT (and Yun's instances, started by the
 /// load itself) are warm when the measured seconds start, as in any steady state.
-async fn load(url: &str) -> Run {
-    load::get_load(url, CONNECTIONS, WARMUP_SECONDS).await;
-    load::get_load(url, CONNECTIONS, LOAD_SECONDS).await
+async fn load(url: &str, connections: usize) -> Run {
+    load::get_load(url, connections, WARMUP_SECONDS).await;
+    load::get_load(url, connections, LOAD_SECONDS).await
 }
 
 async fn wait_http(url: &str) {
@@ -254,8 +254,12 @@ async fn main() {
         }
         // For profiling: the warm load alone, against any URL.
         Some("load") => {
-            let url = std::env::args().nth(2).expect("usage: yun-bench load URL");
-            let l = load(&url).await;
+            let usage = "usage: yun-bench load URL [CONNECTIONS]";
+            let url = std::env::args().nth(2).expect(usage);
+            let connections = std::env::args()
+                .nth(3)
+                .map_or(CONNECTIONS, |c| c.parse().expect(usage));
+            let l = load(&url, connections).await;
             println!(
                 "{:.0} req/s, p50 {}, p99 {}, {} errors",
                 l.ops_per_sec,
@@ -265,7 +269,7 @@ async fn main() {
             );
         }
         Some(other) => {
-            eprintln!("usage: yun-bench [functions|db|storage|auth|load URL] (got {other:?})")
+            eprintln!("usage: yun-bench [functions|db|storage|auth|load URL [CONNECTIONS]] (got {other:?})")
         }
     }
 }
@@ -339,9 +343,9 @@ async fn functions() {
         ms(percentile(&yun_seq, 0.99).saturating_sub(percentile(&bare_seq, 0.99)))
     );
 
-    let bare_load = load(&bare_url).await;
-    let yun_load = load(&yun_url).await;
-    let yun1_load = load(&yun1_url).await;
+    let bare_load = load(&bare_url, CONNECTIONS).await;
+    let yun_load = load(&yun_url, CONNECTIONS).await;
+    let yun1_load = load(&yun1_url, CONNECTIONS).await;
     println!(
         "## Warm HTTP function, {CONNECTIONS} connections, {LOAD_SECONDS} s each (after {WARMUP_SECONDS} s unmeasured)"
     );

@@ -433,6 +433,17 @@ impl App {
                 YunError::invalid_param(format!("the event is not valid JSON: {e}"))
             })?;
         }
+        self.invoke_checked(identity, name, event, caller).await
+    }
+
+    /// [`Self::invoke`] for an event known to be valid JSON (Yun serialized it).
+    async fn invoke_checked(
+        &self,
+        identity: &Identity,
+        name: &FunctionName,
+        event: String,
+        caller: &CallerContext,
+    ) -> Result<Invocation, YunError> {
         let loaded = self.function(&identity.env, name).await?;
         let spec = &loaded.spec;
         let request_id = caller.request_id.clone();
@@ -557,6 +568,7 @@ impl App {
 
     /// Invokes the function serving `path` in `env` for unauthenticated HTTP traffic.
     /// `None` when no function serves the path.
+    /// `event` must be valid JSON (the HTTP request as Yun serialized it).
     pub async fn invoke_public_http(
         &self,
         env: &EnvId,
@@ -574,7 +586,9 @@ impl App {
             env: env.clone(),
             caller: Caller::Anonymous,
         };
-        self.invoke(&identity, &name, event, caller).await.map(Some)
+        self.invoke_checked(&identity, &name, event, caller)
+            .await
+            .map(Some)
     }
 
     /// Waits until queued logs and records are stored (tests, shutdown).

@@ -317,6 +317,10 @@ async fn read_events(mut instance: Instance, shared: Arc<Shared>) {
 async fn write_events(shared: Arc<Shared>) {
     loop {
         shared.wake_writer.notified().await;
+        // Let the tasks already scheduled run first: the frames they admit to this lane
+        // go out in the same write (one send and one wake of the instance for several
+        // events). The instance is busy, so the frame waits for nothing.
+        tokio::task::yield_now().await;
         loop {
             {
                 let mut state = lock(&shared.state);

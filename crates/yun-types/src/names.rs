@@ -1,6 +1,7 @@
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {kind} {value:?}: {rule}")]
@@ -15,11 +16,14 @@ const RESERVED_ENV_IDS: &[&str] = &[
     "admin", "api", "web", "auth", "files", "healthz", "readyz", "metrics",
 ];
 
+// The names are shared (`Arc<str>`), not owned strings: every request, record and log
+// line carries its env and function, and each copy would be an allocation.
+
 /// An environment id. CloudBase's own rule (`^[a-z0-9_-]{1,40}$`, the SDKs prefix hosts
 /// with it), plus the reserved route names.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(try_from = "String", into = "String")]
-pub struct EnvId(String);
+pub struct EnvId(Arc<str>);
 
 impl EnvId {
     pub fn parse(value: &str) -> Result<Self, NameError> {
@@ -54,7 +58,7 @@ impl EnvId {
 /// at most 60 characters, not ending in '-' or '_'. It is also a directory name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(try_from = "String", into = "String")]
-pub struct FunctionName(String);
+pub struct FunctionName(Arc<str>);
 
 impl FunctionName {
     pub fn parse(value: &str) -> Result<Self, NameError> {
@@ -90,7 +94,7 @@ macro_rules! string_newtype_impls {
         }
         impl From<$t> for String {
             fn from(value: $t) -> String {
-                value.0
+                value.0.to_string()
             }
         }
         impl fmt::Display for $t {
