@@ -14,9 +14,9 @@ const Module = require('module');
 const PROTOCOL_VERSION = 2;
 const channel = new net.Socket({ fd: 0, readable: true, writable: true });
 
-// The per-invocation variables, as Yun last sent them. Replaced, not changed in place,
-// so an earlier event's context keeps its own.
-let invocationEnv = {};
+// The per-invocation variables, as Yun last sent them (changed in place: a context
+// holds its own copy, as text, in `environment`).
+const invocationEnv = {};
 
 // process.env shows them over the process's own environment rather than holding them:
 // glibc's setenv keeps every distinct value it is ever given (about 100 bytes per event
@@ -30,16 +30,12 @@ process.env = new Proxy(ownEnv, {
   get: (target, key) => (layered(key) ? invocationEnv[key] : target[key]),
   has: (target, key) => layered(key) || key in target,
   set: (target, key, value) => {
-    if (layered(key)) invocationEnv = { ...invocationEnv, [key]: `${value}` };
+    if (layered(key)) setInvocationVar(key, `${value}`);
     else target[key] = value;
     return true;
   },
   deleteProperty: (target, key) => {
-    if (layered(key)) {
-      const next = { ...invocationEnv };
-      delete next[key];
-      invocationEnv = next;
-    }
+    if (layered(key)) unsetInvocationVar(key);
     return delete target[key];
   },
   ownKeys: (target) => [...new Set([...Reflect.ownKeys(target), ...Object.keys(invocationEnv)])],
@@ -163,22 +159,52 @@ async function runQueued() {
   running = false;
 }
 
-// Yun sends only the variables that changed since the event before.
-function applyEnv(set, unset) {
-  if (!set && !unset) return;
-  const next = { ...invocationEnv, ...set };
-  for (const k of unset || []) delete next[k];
-  invocationEnv = next;
+// SCF's `context.environment`: the event's variables minus the credential, as JSON text
+// with sorted keys. Usually only TCB_SEQID changes from one event to the next, so the text
+// around its value is kept, and rebuilt only when another variable changes.
+const SEQ_ID = 'TCB_SEQID';
+let environmentAround = null; // [before, after] TCB_SEQID's value; null when stale
+const isCredential = (k) => k.startsWith('TENCENTCLOUD_SECRET') || k === 'TENCENTCLOUD_SESSIONTOKEN';
+const entryText = (k) => `${JSON.stringify(k)}:${JSON.stringify(invocationEnv[k])}`;
+
+function setInvocationVar(key, value) {
+  const known = Object.hasOwn(invocationEnv, key);
+  if (!known || (key !== SEQ_ID && invocationEnv[key] !== value)) environmentAround = null;
+  invocationEnv[key] = value;
+}
+function unsetInvocationVar(key) {
+  if (Object.hasOwn(invocationEnv, key)) environmentAround = null;
+  delete invocationEnv[key];
 }
 
-const isCredential = (k) => k.startsWith('TENCENTCLOUD_SECRET') || k === 'TENCENTCLOUD_SESSIONTOKEN';
+function environmentText() {
+  if (environmentAround === null) {
+    const keys = Object.keys(invocationEnv).filter((k) => !isCredential(k)).sort();
+    const at = keys.indexOf(SEQ_ID);
+    if (at === -1) {
+      environmentAround = [`{${keys.map(entryText).join(',')}}`, null];
+    } else {
+      const before = keys.slice(0, at).map(entryText);
+      const after = keys.slice(at + 1).map(entryText);
+      environmentAround = [
+        `{${before.map((e) => `${e},`).join('')}${JSON.stringify(SEQ_ID)}:`,
+        `${after.map((e) => `,${e}`).join('')}}`,
+      ];
+    }
+  }
+  const [before, after] = environmentAround;
+  return after === null ? before : before + JSON.stringify(invocationEnv[SEQ_ID]) + after;
+}
+
+// Yun sends only the variables that changed since the event before.
+function applyEnv(set, unset) {
+  if (set) for (const k of Object.keys(set)) setInvocationVar(k, set[k]);
+  if (unset) for (const k of unset) unsetInvocationVar(k);
+}
 
 // SCF's context, spelled out rather than spread (one object shape for every event).
-// `environment` (the event's variables minus the credential, as JSON text) is built when
-// first read: few handlers read it, and building it costs more than the rest.
-function contextFor(requestId, env) {
+function contextFor(requestId) {
   const s = staticContext;
-  let environment;
   return {
     request_id: requestId,
     function_name: s.function_name,
@@ -187,15 +213,7 @@ function contextFor(requestId, env) {
     memory_limit_in_mb: s.memory_limit_in_mb,
     time_limit_in_ms: s.time_limit_in_ms,
     callbackWaitsForEmptyEventLoop: s.callbackWaitsForEmptyEventLoop,
-    get environment() {
-      if (environment === undefined) {
-        const visible = {};
-        for (const k of Object.keys(env).sort()) if (!isCredential(k)) visible[k] = env[k];
-        environment = JSON.stringify(visible);
-      }
-      return environment;
-    },
-    set environment(value) { environment = value; },
+    environment: environmentText(),
   };
 }
 
@@ -225,7 +243,7 @@ async function invoke(message) {
   };
   try {
     const event = message.payload ? JSON.parse(message.payload) : {};
-    const context = contextFor(message.request_id, invocationEnv);
+    const context = contextFor(message.request_id);
     const value = await new Promise((resolve, reject) => {
       // SCF allows both styles: a returned promise/value, or main(event, context, callback).
       const callback = (err, result) => (err ? reject(err) : resolve(result));

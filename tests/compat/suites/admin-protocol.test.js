@@ -72,6 +72,26 @@ test('a request signed with the real signer passes; unknown actions get INVALID_
   assert.ok(unknown.requestId);
 });
 
+test('context.environment follows each event on a warm instance', async () => {
+  // The SDK and a bare signed request differ in TCB_SOURCE and TCB_SEQID: alternating
+  // them on one instance changes one variable, then several, then back.
+  const results = [];
+  for (let i = 0; i < 3; i++) {
+    results.push((await yun.admin().callFunction({ name: 'echo', data: {} })).result);
+    const raw = await signedPost({ action: 'functions.invokeFunction', function_name: 'echo', request_data: '{}' });
+    results.push(JSON.parse(raw.data.response_data));
+  }
+  assert.equal(new Set(results.map((r) => r.pid)).size, 1, 'one warm instance served them all');
+  for (const r of results) {
+    assert.equal(r.context.environment.TCB_SEQID, r.env.TCB_SEQID);
+    assert.equal(r.context.environment.TCB_SOURCE, r.env.TCB_SOURCE);
+    assert.equal(r.context.environment.TCB_ENV, yun.envId);
+  }
+  assert.equal(results[1].env.TCB_SEQID, 'test_1', 'the caller\'s seqId is continued');
+  assert.notEqual(results[0].env.TCB_SEQID, results[2].env.TCB_SEQID);
+  assert.notEqual(results[0].env.TCB_SOURCE, results[1].env.TCB_SOURCE);
+});
+
 test('a body changed after signing is SIGN_INVALID_ERROR', async () => {
   const changed = await signedPost(
     { action: 'functions.invokeFunction', function_name: 'echo', request_data: '{"k":1}' },

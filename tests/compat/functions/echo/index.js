@@ -15,6 +15,8 @@ exports.main = async (event, context) => {
       SCF_NAMESPACE: process.env.SCF_NAMESPACE,
       TCB_CONTEXT_CNFG: process.env.TCB_CONTEXT_CNFG,
       GREETING: process.env.GREETING,
+      TCB_SEQID: process.env.TCB_SEQID,
+      TCB_SOURCE: process.env.TCB_SOURCE,
       hasSecretId: Boolean(process.env.TENCENTCLOUD_SECRETID),
       secretIdIsTemporary: String(process.env.TENCENTCLOUD_SECRETID || '').startsWith('tmp:'),
       platformVarsVisible: Object.keys(process.env).filter((k) => k.startsWith('YUN_') && k !== 'YUN_NODE_LAYER' && k !== 'YUN_PRELOAD'),
