@@ -12,7 +12,14 @@ const path = require('path');
 const Module = require('module');
 
 const PROTOCOL_VERSION = 2;
-const channel = new net.Socket({ fd: 0, readable: true, writable: true });
+// Reads land in one reused buffer, handed to onFrames: no stream machinery per read.
+const readBuffer = Buffer.allocUnsafe(64 * 1024);
+const channel = new net.Socket({
+  fd: 0,
+  readable: true,
+  writable: true,
+  onread: { buffer: readBuffer, callback: (n, buffer) => onFrames(buffer.subarray(0, n)) },
+});
 
 // The per-invocation variables, as Yun last sent them (changed in place: a context
 // holds its own copy, as text, in `environment`).
@@ -258,8 +265,10 @@ async function invoke(message) {
   }
 }
 
+// `chunk` is a view of the reused read buffer: frames are parsed before this returns, and
+// an unfinished frame is copied out.
 let buffered = null;
-channel.on('data', (chunk) => {
+function onFrames(chunk) {
   buffered = buffered ? Buffer.concat([buffered, chunk]) : chunk;
   let offset = 0;
   while (buffered.length - offset >= 4) {
@@ -276,8 +285,8 @@ channel.on('data', (chunk) => {
       runQueued();
     }
   }
-  buffered = offset === buffered.length ? null : buffered.subarray(offset);
-});
+  buffered = offset === buffered.length ? null : Buffer.from(buffered.subarray(offset));
+}
 // Yun closed its end: the instance is no longer wanted.
 channel.on('end', () => process.exit(0));
 channel.on('error', () => process.exit(0));

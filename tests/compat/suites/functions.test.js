@@ -42,6 +42,16 @@ test('instances run as an unprivileged user and are reused while warm', async ()
   if (process.getuid && process.getuid() === 0) assert.notEqual(a.result.uid, 0, 'functions never run as root');
 });
 
+test('an event larger than the instance\'s read buffer arrives whole, and the next one after it', async () => {
+  // About 1 MB in many reads, multi-byte characters split across read boundaries.
+  const text = 'ab€😀'.repeat(100_000);
+  const big = await yun.admin().callFunction({ name: 'echo', data: { text } });
+  assert.equal(big.result.event.text, text);
+  const small = await yun.admin().callFunction({ name: 'echo', data: { n: 1 } });
+  assert.deepEqual(small.result.event, { n: 1 });
+  assert.equal(small.result.pid, big.result.pid, 'the same instance read both');
+});
+
 async function fault(kind) {
   try {
     const res = await yun.admin().callFunction({ name: 'faults', data: { kind } });
