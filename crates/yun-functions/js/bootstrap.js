@@ -226,8 +226,8 @@ function contextFor(requestId) {
 
 // The instance's high-water mark (getrusage, KiB), which catches peaks inside an
 // invocation. Read again only once a millisecond has passed since the last read: the
-// syscall sums every thread's CPU time (about 7% of a trivial event's cost), and an
-// event answered sooner cannot have raised the mark by more than a millisecond allows.
+// syscall sums every thread's CPU time (about 7% of a trivial event's cost), so a
+// record may miss at most what the instance allocated in the last millisecond.
 let peakRssKb = 0;
 let peakReadAt = -Infinity;
 function peakRss() {
