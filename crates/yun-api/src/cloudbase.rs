@@ -1,16 +1,17 @@
 //! `POST /admin`: the CloudBase server protocol (`../shared/cloudbase-protocol.md` §1–2).
 //! Always HTTP 200 with a JSON body; errors are `{requestId, code, message}`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use yun_app::{CallerContext, Identity, SignedRequest};
+use yun_app::{CallerContext, Identity, InstanceBinding, SignedRequest};
 use yun_types::{new_sortable_id, EnvId, FunctionName, YunError};
 
 use crate::AppState;
@@ -76,8 +77,34 @@ pub async fn admin(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    respond(&app, peer.ip(), None, query, &uri, &headers, body).await
+}
+
+/// `/admin` as a sandboxed instance reaches it, through its own gateway socket.
+pub async fn admin_from_instance(
+    State(app): State<AppState>,
+    Extension(instance): Extension<InstanceBinding>,
+    Query(query): Query<AdminQuery>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let loopback = IpAddr::from([127, 0, 0, 1]);
+    respond(&app, loopback, Some(&instance), query, &uri, &headers, body).await
+}
+
+async fn respond(
+    app: &AppState,
+    peer: IpAddr,
+    instance: Option<&InstanceBinding>,
+    query: AdminQuery,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+) -> Response {
     let request_id = new_sortable_id();
-    match handle(&app, &request_id, peer, query, &uri, &headers, body).await {
+    let from = Origin { peer, instance };
+    match handle(app, &request_id, from, query, uri, headers, body).await {
         Ok((data, extras)) => {
             let mut envelope = extras;
             envelope.insert("requestId".into(), Value::String(request_id));
@@ -91,10 +118,16 @@ pub async fn admin(
     }
 }
 
+/// Where an `/admin` request came from.
+struct Origin<'a> {
+    peer: IpAddr,
+    instance: Option<&'a InstanceBinding>,
+}
+
 async fn handle(
     app: &AppState,
     request_id: &str,
-    peer: SocketAddr,
+    from: Origin<'_>,
     query: AdminQuery,
     uri: &Uri,
     headers: &HeaderMap,
@@ -132,6 +165,7 @@ async fn handle(
         query: uri.query().unwrap_or(""),
         header: &header,
         body: &body,
+        instance: from.instance,
     };
     let identity = app.authenticate_signed(&signed, &env).await?;
     let action = str_param(&body, "action")?;
@@ -140,7 +174,7 @@ async fn handle(
             let caller = CallerContext {
                 request_id: request_id.to_owned(),
                 source: header("x-tcb-source").unwrap_or_default(),
-                client_ip: Some(peer.ip().to_string()),
+                client_ip: Some(from.peer.to_string()),
                 seq_id: query.seq_id,
             };
             let value = invoke_function(app, &identity, &body, &caller).await?;

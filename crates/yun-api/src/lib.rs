@@ -27,6 +27,15 @@ pub use management::{management_routes, OPENAPI};
 
 pub type AppState = Arc<App>;
 
+/// What a sandboxed instance reaches through its gateway: the SDK surface only (no
+/// management API, no end-user surfaces), knowing which instance is calling.
+pub fn instance_router(app: Arc<App>) -> Router<()> {
+    Router::new()
+        .route("/admin", post(cloudbase::admin_from_instance))
+        .layer(DefaultBodyLimit::disable())
+        .with_state(app)
+}
+
 /// The whole HTTP surface. Serve it with `into_make_service_with_connect_info::<SocketAddr>()`.
 pub fn router(app: Arc<App>) -> Router {
     // What a web app's pages call from their own origin: the js-sdk's actions, sign-in,

@@ -3,6 +3,7 @@
 use serde_json::{Map, Value};
 use yun_auth::tc3::{self, Authorization, RequestParts};
 use yun_auth::{Caller, Identity, TempCredentialIssuer};
+use yun_functions::InstanceBinding;
 use yun_meta::{KeyRecord, KeyRole};
 use yun_types::{EnvId, ErrorCode, YunError};
 
@@ -19,6 +20,8 @@ pub struct SignedRequest<'a> {
     pub query: &'a str,
     pub header: &'a (dyn Fn(&str) -> Option<String> + Sync),
     pub body: &'a Map<String, Value>,
+    /// Set when the request came from a sandboxed instance through its own gateway.
+    pub instance: Option<&'a InstanceBinding>,
 }
 
 fn key_caller(key: &KeyRecord) -> Caller {
@@ -92,6 +95,34 @@ impl App {
             .await
     }
 
+    /// Where instances are sandboxed, a function's temporary credential is good only
+    /// from an instance of that function, through that instance's own gateway: a copy
+    /// taken out (read from another process, logged, sent away) is useless.
+    fn check_credential_holder(
+        &self,
+        credential: &Identity,
+        instance: Option<&InstanceBinding>,
+    ) -> Result<(), YunError> {
+        if !self.runtime.binds_credentials() {
+            return Ok(());
+        }
+        let holder = instance.and_then(|binding| binding.get());
+        let matches = match (&credential.caller, holder) {
+            (Caller::Function { name }, Some((env, loaded))) => {
+                env == &credential.env && loaded == name
+            }
+            _ => false,
+        };
+        if matches {
+            Ok(())
+        } else {
+            Err(YunError::new(
+                ErrorCode::PermissionDenied,
+                "this temporary credential is valid only inside the function it was issued to",
+            ))
+        }
+    }
+
     /// Verifies a TC3-signed `/admin` request and resolves it in `env`.
     pub async fn authenticate_signed(
         &self,
@@ -120,6 +151,7 @@ impl App {
         let (home, caller, secret_key) = if TempCredentialIssuer::is_temp(&auth.secret_id) {
             let token = req.body.get("sessionToken").and_then(Value::as_str);
             let (identity, key) = self.issuer.resolve(&auth.secret_id, token, now)?;
+            self.check_credential_holder(&identity, req.instance)?;
             (identity.env, identity.caller, key)
         } else {
             let key = self.live_key(&auth.secret_id).await?.ok_or_else(|| {

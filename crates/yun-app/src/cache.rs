@@ -61,9 +61,10 @@ pub(crate) struct MetaCache {
 pub(crate) type EnvRules = Arc<HashMap<String, Arc<yun_rules::RuleSet>>>;
 
 /// A function credential is issued for this long past the invocation's time limit ...
-const CREDENTIAL_LIFETIME_SECS: i64 = 900;
-/// ... and reused while it still outlives the invocation by this much.
-const CREDENTIAL_MARGIN_SECS: i64 = 300;
+const CREDENTIAL_LIFETIME_SECS: i64 = 60;
+/// ... and reused while it still outlives the invocation by this much: a copy that
+/// leaves its instance is good for a minute past the function's timeout at most.
+const CREDENTIAL_MARGIN_SECS: i64 = 30;
 
 fn read<K: std::hash::Hash + Eq, V: Clone>(map: &RwLock<HashMap<K, V>>, key: &K) -> Option<V> {
     map.read().ok().and_then(|m| m.get(key).cloned())

@@ -30,6 +30,7 @@ pub use storage::{FileOutcome, UploadTarget, MAX_LIST_PAGE};
 pub use user_db::UserQuery;
 pub use users::{UserSession, MAX_USER_PAGE};
 pub use yun_auth::{Caller, Identity};
+pub use yun_functions::InstanceBinding;
 pub use yun_meta::{EnvSettings, LogFilter};
 pub use yun_users::{Session, TicketKey, TicketKeyRecord, UserRecord, SUDO_SECS};
 

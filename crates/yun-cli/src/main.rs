@@ -150,6 +150,28 @@ struct DevArgs {
     /// Bytes of files each env may store
     #[arg(long, default_value_t = 50 << 30)]
     storage_quota: u64,
+    /// Run instances in the sandbox (namespaces, seccomp, a uid each): auto (where the
+    /// host allows), on (refuse to start without it), off.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
+    sandbox: String,
+    /// Uids sandboxed instances run as, FIRST-LAST.
+    #[arg(long, default_value = "6000000-6065535", value_parser = parse_uid_range)]
+    instance_uids: std::ops::RangeInclusive<u32>,
+    /// Size of each instance's private /tmp, in MiB.
+    #[arg(long, default_value_t = 64)]
+    tmp_size_mb: u32,
+}
+
+fn parse_uid_range(text: &str) -> Result<std::ops::RangeInclusive<u32>, String> {
+    let (first, last) = text
+        .split_once('-')
+        .ok_or_else(|| "expected FIRST-LAST".to_string())?;
+    let first: u32 = first.trim().parse().map_err(|e| format!("{first}: {e}"))?;
+    let last: u32 = last.trim().parse().map_err(|e| format!("{last}: {e}"))?;
+    if first == 0 || last < first {
+        return Err("the range must be non-empty and above 0".into());
+    }
+    Ok(first..=last)
 }
 
 // Why mimalloc: see the workspace Cargo.toml.
@@ -173,6 +195,13 @@ fn tune_allocator() {
 }
 
 fn main() {
+    // The sandbox's init is this binary too; it runs before anything else starts.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "sandbox-init")
+    {
+        yun_sandbox::init::run();
+    }
     tune_allocator();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -229,6 +258,14 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
             max_file_bytes: args.max_file_size,
             env_quota_bytes: args.storage_quota,
         },
+        sandbox: match args.sandbox.as_str() {
+            "on" => yun_server::SandboxMode::On,
+            "off" => yun_server::SandboxMode::Off,
+            _ => yun_server::SandboxMode::Auto,
+        },
+        instance_uids: args.instance_uids,
+        tmp_mb: args.tmp_size_mb,
+        init_exe: std::env::current_exe().ok(),
     })
     .await?;
     output::dev_banner(&server);

@@ -139,6 +139,13 @@ process.on('uncaughtException', (err) => fatal('uncaught_exception', err));
 process.on('unhandledRejection', (reason) => fatal('unhandled_rejection', reason));
 
 function load(message) {
+  // In Yun's sandbox the process starts with only the rights to change its ids, and
+  // gives them up here, before any of the function's code runs.
+  if (typeof message.uid === 'number') {
+    process.setgroups([message.uid]);
+    process.setgid(message.uid);
+    process.setuid(message.uid);
+  }
   staticContext = message.context || {};
   for (const [k, v] of Object.entries(message.env || {})) ownEnv[k] = v;
   process.chdir(message.code_dir);

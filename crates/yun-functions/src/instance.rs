@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use yun_meta::{InvocationStatus, NewLogLine};
 use yun_types::{EnvId, FunctionName};
 
+use crate::isolation::{GatewaySocket, InstanceBinding, Isolation, UidLease};
 use crate::lane::Turn;
 use crate::protocol::{
     read_frame, write_frame, FrameError, HostMessage, InstanceMessage, JsError, PROTOCOL_VERSION,
@@ -44,6 +45,8 @@ pub struct SpawnConfig {
     /// Drop to this uid/gid (when Yun runs as root) so instances cannot read Yun's files.
     pub run_as: Option<(u32, u32)>,
     pub sandbox: Arc<Sandbox>,
+    /// Start instances inside the namespaces sandbox (`None`: plain processes).
+    pub isolation: Option<Arc<Isolation>>,
 }
 
 /// Where an invocation's output goes.
@@ -142,6 +145,136 @@ impl std::fmt::Display for LoadFailure {
     }
 }
 
+impl Jail {
+    /// Asks the init to show the instance its code (read-only, at `/var/user`).
+    async fn mount_code(&mut self, relative: &str) -> Result<(), String> {
+        use tokio::io::AsyncWriteExt as _;
+        let request = yun_sandbox::mount_request(relative);
+        let exchange = async {
+            self.control.get_mut().write_all(request.as_bytes()).await?;
+            let mut reply = String::new();
+            self.control.read_line(&mut reply).await?;
+            Ok::<_, std::io::Error>(reply)
+        };
+        match tokio::time::timeout(LOAD_TIMEOUT, exchange).await {
+            Ok(Ok(reply)) if reply.trim_end() == "ok" => Ok(()),
+            Ok(Ok(reply)) if reply.is_empty() => Err("the sandbox's init is gone".into()),
+            Ok(Ok(reply)) => Err(format!(
+                "the sandbox refused the code: {}",
+                reply.trim_end().trim_start_matches("error ")
+            )),
+            Ok(Err(e)) => Err(format!("the sandbox's init is gone: {e}")),
+            Err(_) => Err("the sandbox's init did not answer".into()),
+        }
+    }
+}
+
+/// The function an instance loads.
+pub struct LoadSpec<'a> {
+    pub env: &'a EnvId,
+    pub name: &'a FunctionName,
+    /// The code folder on the host.
+    pub code_dir: &'a str,
+    pub handler: &'a str,
+    pub env_vars: &'a BTreeMap<String, String>,
+    pub context: &'a Value,
+}
+
+/// The command that starts `node` inside the sandbox, through `yun sandbox-init`, and
+/// the child's end of the control socket, to keep open until the command has spawned.
+#[allow(unsafe_code)]
+fn jailed_command(
+    isolation: &Arc<Isolation>,
+    id: u64,
+    cgroup: Option<&InstanceCgroup>,
+    mut argv: Vec<String>,
+    env: Vec<(String, String)>,
+) -> Result<(std::process::Command, std::os::unix::net::UnixStream, Jail), String> {
+    argv[0] = isolation.node.display().to_string();
+    let binding = InstanceBinding::default();
+    let gateway = isolation
+        .gateway
+        .as_ref()
+        .map(|g| g.open(id, binding.clone()).map(|socket| (socket, g.port())))
+        .transpose()
+        .map_err(|e| format!("cannot open the instance's gateway: {e}"))?;
+    let spec = yun_sandbox::Spec {
+        root: isolation.root.clone(),
+        ro_binds: isolation.ro_binds.clone(),
+        functions_dir: isolation.functions_dir.clone(),
+        tmp_mb: isolation.tmp_mb,
+        shm_mb: isolation.shm_mb,
+        cgroup_procs: cgroup.map(InstanceCgroup::procs_files).unwrap_or_default(),
+        gateway: gateway.as_ref().map(|(socket, port)| yun_sandbox::Gateway {
+            socket: socket.path.clone(),
+            port: *port,
+        }),
+        batch: true,
+        argv,
+        env,
+    };
+    let spec = serde_json::to_string(&spec).map_err(|e| e.to_string())?;
+    let (control, control_child) =
+        std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
+    let mut cmd = std::process::Command::new(&isolation.init_exe);
+    cmd.arg("sandbox-init")
+        .env_clear()
+        .env(yun_sandbox::SPEC_VAR, spec)
+        .current_dir("/");
+    let control_fd = std::os::fd::AsRawFd::as_raw_fd(&control_child);
+    // SAFETY: dup2 is async-signal-safe; `control_child` stays open in the parent until
+    // the command is dropped after spawn, so the descriptor is valid in the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(control_fd, yun_sandbox::CONTROL_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let control = {
+        control.set_nonblocking(true).map_err(|e| e.to_string())?;
+        tokio::net::UnixStream::from_std(control).map_err(|e| e.to_string())?
+    };
+    Ok((
+        cmd,
+        control_child,
+        Jail {
+            isolation: isolation.clone(),
+            control: BufReader::new(control),
+            binding,
+            _gateway: gateway.map(|(socket, _)| socket),
+            uid: None,
+        },
+    ))
+}
+
+/// Runs `node -e 0` in the sandbox: whether this host can build it, and if not, why.
+pub async fn trial(isolation: &Arc<Isolation>, node: &std::path::Path) -> Result<(), String> {
+    let argv = vec![node.display().to_string(), "-e".into(), "0".into()];
+    let env = vec![("PATH".to_string(), "/usr/bin:/bin".to_string())];
+    let (mut cmd, end, jail) = jailed_command(isolation, 0, None, argv, env)?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.kill_on_drop(true);
+    let spawned = cmd.spawn();
+    drop(cmd);
+    drop(end);
+    let child = spawned.map_err(|e| format!("cannot start the sandbox: {e}"))?;
+    let output = tokio::time::timeout(READY_TIMEOUT, child.wait_with_output())
+        .await
+        .map_err(|_| "the sandbox trial did not finish in time".to_string())?
+        .map_err(|e| e.to_string())?;
+    drop(jail);
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
+    }
+}
+
 /// What one invocation needs besides the instance.
 pub struct InvokeInput<'a> {
     pub request_id: &'a str,
@@ -164,7 +297,18 @@ pub struct Instance {
     /// The `--max-old-space-size` class this process was started with.
     pub memory_mb: u32,
     pub peak_rss_kb: u64,
-    sandbox: Arc<Sandbox>,
+    /// Set when the instance runs in the sandbox.
+    jail: Option<Jail>,
+}
+
+/// What a sandboxed instance holds besides its process.
+struct Jail {
+    isolation: Arc<Isolation>,
+    /// The init's control socket (mount requests).
+    control: BufReader<tokio::net::UnixStream>,
+    binding: InstanceBinding,
+    _gateway: Option<GatewaySocket>,
+    uid: Option<UidLease>,
 }
 
 fn heap_limit_mb(memory_mb: u32) -> u32 {
@@ -224,36 +368,59 @@ impl Instance {
     ) -> Result<Self, String> {
         let (host, child_end) =
             std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
-        let mut cmd = std::process::Command::new(&cfg.node);
-        cmd.arg(format!("--max-old-space-size={}", heap_limit_mb(memory_mb)))
-            .arg(&cfg.bootstrap)
-            .env_clear()
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-            .env("HOME", "/tmp")
-            .env("TMPDIR", "/tmp")
-            .env("LANG", "C.UTF-8")
-            .env("YUN_PRELOAD", if preload { "1" } else { "0" })
-            .current_dir("/")
-            .stdin(Stdio::from(OwnedFd::from(child_end)))
+        let cgroup = cfg.sandbox.cgroup(id, memory_mb);
+        let mut env: Vec<(String, String)> = [
+            ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            ("HOME", "/tmp"),
+            ("TMPDIR", "/tmp"),
+            ("LANG", "C.UTF-8"),
+            ("YUN_PRELOAD", if preload { "1" } else { "0" }),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        if let Some(layer) = &cfg.layer_dir {
+            env.push(("YUN_NODE_LAYER".into(), layer.display().to_string()));
+        }
+        let argv = vec![
+            cfg.node.display().to_string(),
+            format!("--max-old-space-size={}", heap_limit_mb(memory_mb)),
+            cfg.bootstrap.display().to_string(),
+        ];
+        let (mut cmd, control_child, jail) = match &cfg.isolation {
+            Some(isolation) => {
+                let (cmd, end, jail) = jailed_command(isolation, id, cgroup.as_ref(), argv, env)?;
+                (cmd, Some(end), Some(jail))
+            }
+            None => {
+                let mut cmd = std::process::Command::new(&argv[0]);
+                cmd.args(&argv[1..]).env_clear().envs(env).current_dir("/");
+                if let Some((uid, gid)) = cfg.run_as {
+                    cmd.uid(uid).gid(gid);
+                }
+                (cmd, None, None)
+            }
+        };
+        cmd.stdin(Stdio::from(OwnedFd::from(child_end)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
-        if let Some(layer) = &cfg.layer_dir {
-            cmd.env("YUN_NODE_LAYER", layer);
-        }
-        if let Some((uid, gid)) = cfg.run_as {
-            cmd.uid(uid).gid(gid);
-        }
         let mut cmd = tokio::process::Command::from(cmd);
         cmd.kill_on_drop(true);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", cfg.node.display()))?;
-        // The command holds our copy of the child's socket end; close it so that a
-        // process dying at start shows up as EOF at once, not as a ready timeout.
+        let spawned = cmd.spawn();
+        // The command holds our copies of the child's ends (channel, control); close them
+        // so that a process dying at start shows up as EOF at once, not as a timeout.
         drop(cmd);
+        drop(control_child);
+        let mut child = spawned.map_err(|e| format!("cannot start {}: {e}", cfg.node.display()))?;
         let pid = child.id().ok_or("instance exited at once")?;
-        run_as_batch(pid);
+        if jail.is_none() {
+            // In the sandbox the init does both itself, before it forks.
+            run_as_batch(pid);
+            if let Some(cgroup) = &cgroup {
+                cgroup.join(pid);
+            }
+        }
         let raw = Arc::new(Mutex::new(RawOutput::default()));
         if let Some(out) = child.stdout.take() {
             spawn_raw_reader(out, "stdout", raw.clone());
@@ -272,10 +439,10 @@ impl Instance {
             reader: BufReader::new(reader),
             writer: Some(writer),
             raw,
-            cgroup: None,
+            cgroup,
             memory_mb,
             peak_rss_kb: 0,
-            sandbox: cfg.sandbox.clone(),
+            jail,
         };
         match tokio::time::timeout(READY_TIMEOUT, read_frame(&mut instance.reader)).await {
             Ok(Ok(InstanceMessage::Ready {
@@ -303,21 +470,39 @@ impl Instance {
             .unwrap_or_default()
     }
 
-    /// Specialises the process to one function: confines it, sets its env, loads its code.
-    pub async fn load(
-        &mut self,
-        code_dir: &str,
-        handler: &str,
-        env: &BTreeMap<String, String>,
-        context: &Value,
-        memory_mb: u32,
-    ) -> Result<(), LoadFailure> {
-        self.cgroup = self.sandbox.confine(self.id, self.pid, memory_mb);
+    /// Specialises the process to one function: shows it its code, sets its env and
+    /// uid, loads its code.
+    pub async fn load(&mut self, function: &LoadSpec<'_>) -> Result<(), LoadFailure> {
+        let mut uid = None;
+        let code_dir = match &mut self.jail {
+            Some(jail) => {
+                let rel = std::path::Path::new(function.code_dir)
+                    .strip_prefix(&jail.isolation.functions_dir)
+                    .map_err(|_| LoadFailure::Process("code outside the functions folder".into()))?
+                    .to_str()
+                    .ok_or_else(|| LoadFailure::Process("code path is not UTF-8".into()))?
+                    .to_owned();
+                jail.mount_code(&rel).await.map_err(LoadFailure::Process)?;
+                let lease = jail
+                    .isolation
+                    .uids
+                    .lease()
+                    .ok_or_else(|| LoadFailure::Process("no free instance uid".into()))?;
+                uid = Some(lease.uid);
+                jail.uid = Some(lease);
+                let _ = jail
+                    .binding
+                    .set((function.env.clone(), function.name.clone()));
+                yun_sandbox::CODE_DIR
+            }
+            None => function.code_dir,
+        };
         let message = HostMessage::Load {
             code_dir,
-            handler,
-            env,
-            context,
+            handler: function.handler,
+            env: function.env_vars,
+            context: function.context,
+            uid,
         };
         let writer = self
             .writer
@@ -347,6 +532,16 @@ impl Instance {
                 }
             }
         }
+    }
+
+    /// Whether the process has ended (an idle instance can die: its own timer, a kill).
+    pub fn has_exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Resolves when the process ends.
+    pub(crate) async fn exited(&mut self) {
+        let _ = self.child.wait().await;
     }
 
     /// The channel's write side, for the lane that queues events to this instance.
@@ -503,6 +698,7 @@ mod tests {
             layer_dir: None,
             run_as: None,
             sandbox: Arc::new(Sandbox::HeapFlagOnly { why: "test".into() }),
+            isolation: None,
         };
         let err = Instance::spawn(&cfg, 1, 128, false)
             .await

@@ -29,6 +29,9 @@ use crate::runtime::InvocationEnv;
 /// Called by the reader for each event admitted to the lane once it is over: with how
 /// long it ran (`None`: it never ran) and whether the instance survived it.
 pub type TurnHook = Box<dyn Fn(Option<Duration>, bool) + Send + Sync>;
+/// Called by the reader when the instance died while it had no event: the pool drops it
+/// so that no event is sent to a dead process.
+pub type DeathHook = Box<dyn Fn() + Send + Sync>;
 
 pub struct Lane {
     pub id: u64,
@@ -44,6 +47,7 @@ struct Shared {
     /// The outbox holds bytes the socket did not take.
     wake_writer: Notify,
     on_turn: TurnHook,
+    on_idle_death: DeathHook,
 }
 
 #[derive(Default)]
@@ -175,7 +179,11 @@ impl Shared {
 
 impl Lane {
     /// A loaded instance; `None` if its channel was already taken.
-    pub fn new(mut instance: Instance, on_turn: TurnHook) -> Option<Arc<Self>> {
+    pub fn new(
+        mut instance: Instance,
+        on_turn: TurnHook,
+        on_idle_death: DeathHook,
+    ) -> Option<Arc<Self>> {
         let writer = instance.take_writer()?;
         let id = instance.id;
         let shared = Arc::new(Shared {
@@ -184,6 +192,7 @@ impl Lane {
             wake_reader: Notify::new(),
             wake_writer: Notify::new(),
             on_turn,
+            on_idle_death,
         });
         tokio::spawn(write_events(shared.clone()));
         let reader = tokio::spawn(read_events(instance, shared.clone()));
@@ -279,7 +288,13 @@ async fn read_events(mut instance: Instance, shared: Arc<Shared>) {
                     break None;
                 }
             }
-            woken.await;
+            tokio::select! {
+                _ = woken => {}
+                _ = instance.exited() => {
+                    hand_back_after_death(&shared);
+                    break None;
+                }
+            }
         };
         let Some(turn) = turn else { break };
         let started = Instant::now();
@@ -314,6 +329,27 @@ async fn read_events(mut instance: Instance, shared: Arc<Shared>) {
 }
 
 /// The writer: finishes outboxes the socket could not take at once.
+/// The instance died between events: events admitted meanwhile never ran.
+fn hand_back_after_death(shared: &Shared) {
+    let unrun = {
+        let mut state = lock(&shared.state);
+        if state.closed {
+            return;
+        }
+        state.closed = true;
+        state.outbox.clear();
+        std::mem::take(&mut state.pending)
+    };
+    tracing::debug!("an idle instance died");
+    if unrun.is_empty() {
+        (shared.on_idle_death)();
+    }
+    for turn in unrun {
+        (shared.on_turn)(None, false);
+        let _ = turn.done.send(Err(Unrun));
+    }
+}
+
 async fn write_events(shared: Arc<Shared>) {
     loop {
         shared.wake_writer.notified().await;

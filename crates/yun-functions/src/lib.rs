@@ -7,6 +7,7 @@
 //! Knows nothing of HTTP, signatures or where metadata is stored.
 
 pub mod instance;
+pub mod isolation;
 pub mod lane;
 pub mod package;
 pub mod pool;
@@ -14,7 +15,8 @@ pub mod protocol;
 pub mod runtime;
 pub mod sandbox;
 
-pub use instance::{Failure, SpawnConfig};
+pub use instance::{trial as sandbox_trial, Failure, SpawnConfig};
+pub use isolation::{Gateway, GatewaySocket, InstanceBinding, Isolation, UidPool};
 pub use runtime::{
     install_bootstrap, FunctionSpec, InvocationEnv, InvokeError, InvokeReport, InvokeRequest,
     Runtime, RuntimeConfig,

@@ -23,6 +23,9 @@ pub enum HostMessage<'a> {
         handler: &'a str,
         env: &'a BTreeMap<String, String>,
         context: &'a Value,
+        /// The uid to become before loading the code (sandboxed instances).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        uid: Option<u32>,
     },
     /// Run one event (the payload). `env` and `unset` change the per-invocation
     /// variables from the previous event's (the SDKs read identity from there): the

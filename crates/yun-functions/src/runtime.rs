@@ -13,8 +13,10 @@ use tokio::sync::{mpsc, Notify};
 use yun_meta::NewLogLine;
 use yun_types::{EnvId, FunctionName};
 
-use crate::instance::{Failure, Instance, InvokeInput, LoadFailure, LogTarget, SpawnConfig};
-use crate::lane::{Lane, TurnHook};
+use crate::instance::{
+    Failure, Instance, InvokeInput, LoadFailure, LoadSpec, LogTarget, SpawnConfig,
+};
+use crate::lane::{DeathHook, Lane, TurnHook};
 use crate::pool::{queue_depth, throttled, Admission, PoolPolicy, PoolState};
 use crate::protocol::JsError;
 
@@ -209,6 +211,15 @@ impl Runtime {
         runtime
     }
 
+    /// Whether function credentials must come through their instance's own gateway.
+    pub fn binds_credentials(&self) -> bool {
+        self.cfg
+            .spawn
+            .isolation
+            .as_ref()
+            .is_some_and(|i| i.gateway.is_some())
+    }
+
     pub fn config(&self) -> &RuntimeConfig {
         &self.cfg
     }
@@ -305,9 +316,13 @@ impl Runtime {
         spec: &FunctionSpec,
         pool: &Arc<FunctionPool>,
     ) -> Result<Arc<Lane>, InvokeError> {
-        let stem = lock(&self.stems)
-            .get_mut(&spec.memory_mb)
-            .and_then(VecDeque::pop_front);
+        let stem = {
+            let mut stems = lock(&self.stems);
+            let cells = stems.entry(spec.memory_mb).or_default();
+            // A stem cell can die while it waits (killed, out of memory): skip those.
+            cells.retain_mut(|stem| !stem.has_exited());
+            cells.pop_front()
+        };
         if self.cfg.stem_cells > 0 {
             let _ = self.stem_requests.send(spec.memory_mb);
         }
@@ -317,19 +332,11 @@ impl Runtime {
                 .await
                 .map_err(InvokeError::Unavailable)?,
         };
-        match instance
-            .load(
-                &spec.code_dir,
-                &spec.handler,
-                &spec.static_env,
-                &static_context(spec),
-                spec.memory_mb,
-            )
-            .await
-        {
+        match instance.load(&load_spec(spec, &static_context(spec))).await {
             Ok(()) => {
-                let hook = turn_hook(pool, instance.id);
-                Lane::new(instance, hook)
+                let instance_id = instance.id;
+                let hook = turn_hook(pool, instance_id);
+                Lane::new(instance, hook, idle_death_hook(pool, instance_id))
                     .ok_or_else(|| InvokeError::Unavailable("the instance has no channel".into()))
             }
             Err(failure) => {
@@ -346,15 +353,7 @@ impl Runtime {
             Instance::spawn(&self.cfg.spawn, self.instance_id(), spec.memory_mb, false)
                 .await
                 .map_err(InvokeError::Unavailable)?;
-        let result = instance
-            .load(
-                &spec.code_dir,
-                &spec.handler,
-                &spec.static_env,
-                &static_context(spec),
-                spec.memory_mb,
-            )
-            .await;
+        let result = instance.load(&load_spec(spec, &static_context(spec))).await;
         instance.shutdown().await;
         result.map_err(InvokeError::from)
     }
@@ -469,6 +468,18 @@ fn turn_hook(pool: &Arc<FunctionPool>, lane: u64) -> TurnHook {
     })
 }
 
+/// Drops lane `lane` from the pool: its instance died while idle.
+fn idle_death_hook(pool: &Arc<FunctionPool>, lane: u64) -> DeathHook {
+    let pool = Arc::downgrade(pool);
+    Box::new(move || {
+        if let Some(pool) = pool.upgrade() {
+            let gone = lock(&pool.state).remove(lane);
+            drop(gone);
+            pool.released.notify_one();
+        }
+    })
+}
+
 /// Accounts for one finished event on lane `lane`: a failed instance leaves the pool,
 /// and so does an idle one of a retired pool.
 fn settle(pool: &FunctionPool, lane: u64, survived: bool) {
@@ -486,6 +497,17 @@ fn settle(pool: &FunctionPool, lane: u64, survived: bool) {
         tokio::spawn(async move { lane.shutdown().await });
     }
     pool.released.notify_one();
+}
+
+fn load_spec<'a>(spec: &'a FunctionSpec, context: &'a serde_json::Value) -> LoadSpec<'a> {
+    LoadSpec {
+        env: &spec.env,
+        name: &spec.name,
+        code_dir: &spec.code_dir,
+        handler: &spec.handler,
+        env_vars: &spec.static_env,
+        context,
+    }
 }
 
 /// The SCF context fields an instance keeps for every event; the bootstrap adds each

@@ -66,9 +66,9 @@ impl Sandbox {
         }
     }
 
-    /// Moves `pid` into a fresh cgroup limited to `memory_mb`. Failure is logged and the
-    /// instance runs with the heap flag only.
-    pub fn confine(&self, instance_id: u64, pid: u32, memory_mb: u32) -> Option<InstanceCgroup> {
+    /// A fresh cgroup for instance `instance_id` limited to `memory_mb`, before any
+    /// process is in it. Failure is logged and the instance runs with the heap flag only.
+    pub fn cgroup(&self, instance_id: u64, memory_mb: u32) -> Option<InstanceCgroup> {
         let Sandbox::CgroupV1 { memory, pids } = self else {
             return None;
         };
@@ -76,23 +76,21 @@ impl Sandbox {
         let result = (|| -> std::io::Result<InstanceCgroup> {
             let mem_dir = memory.join(&name);
             std::fs::create_dir_all(&mem_dir)?;
+            let mut group = InstanceCgroup {
+                memory_dir: mem_dir.clone(),
+                dirs: vec![mem_dir.clone()],
+            };
             std::fs::write(
                 mem_dir.join("memory.limit_in_bytes"),
                 (u64::from(memory_mb) << 20).to_string(),
             )?;
-            std::fs::write(mem_dir.join("cgroup.procs"), pid.to_string())?;
-            let mut dirs = vec![mem_dir.clone()];
             if let Some(pids) = pids {
                 let pid_dir = pids.join(&name);
                 std::fs::create_dir_all(&pid_dir)?;
+                group.dirs.push(pid_dir.clone());
                 std::fs::write(pid_dir.join("pids.max"), MAX_PIDS_PER_INSTANCE.to_string())?;
-                std::fs::write(pid_dir.join("cgroup.procs"), pid.to_string())?;
-                dirs.push(pid_dir);
             }
-            Ok(InstanceCgroup {
-                memory_dir: mem_dir,
-                dirs,
-            })
+            Ok(group)
         })();
         result
             .map_err(|e| tracing::warn!(error = %e, "could not confine instance; heap flag only"))
@@ -117,6 +115,20 @@ pub struct InstanceCgroup {
 }
 
 impl InstanceCgroup {
+    /// The `cgroup.procs` files a process writes its pid to, to join.
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
+    }
+
+    /// Moves `pid` in (an unsandboxed instance, right after it started).
+    pub fn join(&self, pid: u32) {
+        for procs in self.procs_files() {
+            if let Err(e) = std::fs::write(&procs, pid.to_string()) {
+                tracing::warn!(file = %procs.display(), error = %e, "could not join cgroup");
+            }
+        }
+    }
+
     /// Whether the kernel's OOM killer acted in this cgroup.
     pub fn oom_killed(&self) -> bool {
         let control =

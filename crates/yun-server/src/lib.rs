@@ -2,6 +2,8 @@
 //! builds the [`App`], starts the functions runtime and serves every HTTP surface on one
 //! port; shuts down in reverse order (stop accepting, stop instances, flush records).
 
+mod gateway;
+
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
@@ -13,13 +15,18 @@ use yun_app::{App, AppSettings, Credentials, Recorder};
 use yun_docdb::sqlite::SqliteDocStore;
 use yun_docdb::store::DocStore;
 use yun_docdb::{DocDb, Limits};
-use yun_functions::{install_bootstrap, Runtime, RuntimeConfig, Sandbox, SpawnConfig};
+use yun_functions::{
+    install_bootstrap, sandbox_trial, Isolation, Runtime, RuntimeConfig, Sandbox, SpawnConfig,
+    UidPool,
+};
 use yun_meta::sqlite::SqliteMetaStore;
 use yun_meta::MetaStore;
 pub use yun_storage::StorageLimits;
 use yun_storage::{ObjectBackend, SqliteFileIndex, Storage};
 use yun_types::{EnvId, YunError};
 use yun_users::{SqliteUserStore, Users};
+
+use crate::gateway::UnixGateway;
 
 /// Settings of an embedded (`yun dev`) node.
 #[derive(Debug, Clone)]
@@ -40,7 +47,28 @@ pub struct DevConfig {
     /// defaults to `{data_dir}/files`.
     pub storage: Option<String>,
     pub storage_limits: StorageLimits,
+    pub sandbox: SandboxMode,
+    /// Uids sandboxed instances run as, one per live instance.
+    pub instance_uids: std::ops::RangeInclusive<u32>,
+    /// Size of each instance's private `/tmp`, in MiB.
+    pub tmp_mb: u32,
+    /// The `yun` binary, which runs the sandbox's init (`yun sandbox-init`); `None` in
+    /// harnesses that run the server inside another program (no sandbox there).
+    pub init_exe: Option<PathBuf>,
 }
+
+/// Whether instances run in the namespaces sandbox (`yun-sandbox`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxMode {
+    /// Where the host allows it (root, namespaces): the trial at start decides.
+    Auto,
+    /// Always; Yun does not start where it cannot build the sandbox.
+    On,
+    Off,
+}
+
+/// Uids of sandboxed instances unless configured: far above any distribution's users.
+pub const DEFAULT_INSTANCE_UIDS: std::ops::RangeInclusive<u32> = 6_000_000..=6_065_535;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -55,6 +83,8 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("the instance sandbox cannot be built on this host: {0} (run `yun doctor`)")]
+    Sandbox(String),
     #[error(transparent)]
     Yun(#[from] YunError),
 }
@@ -78,6 +108,107 @@ fn make_dir(path: &Path, mode: u32) -> Result<(), ServerError> {
 
 /// The versions the platform layer installs: the ones the conformance suite pins.
 const LAYER_PACKAGES: &[&str] = &["wx-server-sdk@4.0.2", "@cloudbase/node-sdk@3.18.3"];
+
+/// `program` as the kernel will find it: a bare name is looked up on `PATH`.
+fn find_program(program: &Path) -> Option<PathBuf> {
+    let found = if program.components().count() > 1 {
+        Some(program.to_owned())
+    } else {
+        std::env::var_os("PATH")
+            .map(|path| {
+                std::env::split_paths(&path)
+                    .map(|dir| dir.join(program))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+            .into_iter()
+            .find(|candidate| candidate.is_file())
+    };
+    found.and_then(|p| std::fs::canonicalize(p).ok())
+}
+
+/// What every sandboxed instance sees of the host, read-only: the system's programs and
+/// libraries, the few `/etc` files name lookups and TLS need, node, the bootstrap and
+/// the SDK layer. Nothing else of `/etc`, no home folder, nothing of the data folder.
+fn sandbox_view(node: &Path, bootstrap: &Path, layer: &Path) -> Vec<PathBuf> {
+    let system = [
+        "/usr",
+        "/bin",
+        "/sbin",
+        "/lib",
+        "/lib64",
+        "/lib32",
+        "/libx32",
+        "/etc/alternatives",
+        "/etc/ssl",
+        "/etc/ca-certificates",
+        "/etc/resolv.conf",
+        "/etc/hosts",
+        "/etc/nsswitch.conf",
+        "/etc/localtime",
+        "/etc/passwd",
+        "/etc/group",
+        "/etc/ld.so.cache",
+        "/etc/ld.so.conf",
+        "/etc/ld.so.conf.d",
+    ];
+    let mut view: Vec<PathBuf> = system.iter().map(PathBuf::from).collect();
+    view.extend([node.to_owned(), bootstrap.to_owned(), layer.to_owned()]);
+    view
+}
+
+/// The sandbox instances run in, after a trial run; `None` where it is off or, in
+/// `auto` mode, where this host cannot build it.
+async fn isolation(
+    cfg: &DevConfig,
+    runtime_dir: &Path,
+    functions_dir: &Path,
+    bootstrap: &Path,
+    layer: &Path,
+    gateway: UnixGateway,
+) -> Result<Option<Arc<Isolation>>, ServerError> {
+    let unavailable = |why: String| match cfg.sandbox {
+        SandboxMode::On => Err(ServerError::Sandbox(why)),
+        _ => {
+            tracing::warn!(why = %why, "instances run without the sandbox (see `yun doctor`)");
+            Ok(None)
+        }
+    };
+    if cfg.sandbox == SandboxMode::Off {
+        return Ok(None);
+    }
+    let Some(init_exe) = cfg.init_exe.clone() else {
+        return unavailable("no yun binary to run the sandbox's init".into());
+    };
+    if !nix::unistd::geteuid().is_root() {
+        return unavailable("Yun is not running as root, which building namespaces needs".into());
+    }
+    let Some(node) = find_program(&cfg.node) else {
+        return unavailable(format!("cannot find {}", cfg.node.display()));
+    };
+    let root = runtime_dir.join("sandbox-root");
+    make_dir(&root, 0o755)?;
+    let gateways = runtime_dir.join("gateways");
+    let _ = std::fs::remove_dir_all(&gateways); // sockets of an earlier run
+    make_dir(&gateways, 0o700)?;
+    let build = |gateway: Option<Arc<dyn yun_functions::Gateway>>| {
+        Arc::new(Isolation {
+            init_exe: init_exe.clone(),
+            node: node.clone(),
+            root: root.clone(),
+            functions_dir: functions_dir.to_owned(),
+            ro_binds: sandbox_view(&node, bootstrap, layer),
+            tmp_mb: cfg.tmp_mb,
+            shm_mb: 16,
+            uids: UidPool::new(cfg.instance_uids.clone()),
+            gateway,
+        })
+    };
+    if let Err(why) = sandbox_trial(&build(None), &node).await {
+        return unavailable(why);
+    }
+    Ok(Some(build(Some(Arc::new(gateway)))))
+}
 
 /// A started node, ready to serve.
 pub struct Server {
@@ -257,13 +388,29 @@ impl Server {
         let url = format!("http://{local}");
 
         let sandbox = Arc::new(Sandbox::detect(&format!("yun-{}", std::process::id())));
-        let run_as = instance_user(&functions_dir);
-        let isolation = format!(
+        let bootstrap = install_bootstrap(&runtime_dir)
+            .map_err(io_err("cannot write the bootstrap to", &runtime_dir))?;
+        let (gateway, router_slot) = UnixGateway::new(runtime_dir.join("gateways"), local.port());
+        let isolation = isolation(
+            &cfg,
+            &runtime_dir,
+            &functions_dir,
+            &bootstrap,
+            &layer,
+            gateway,
+        )
+        .await?;
+        let run_as = match &isolation {
+            Some(_) => None,
+            None => instance_user(&functions_dir),
+        };
+        let isolation_text = format!(
             "{}; {}",
             sandbox.describe(),
-            match run_as {
-                Some(_) => "instances run as user nobody",
-                None => "instances run as the current user",
+            match (&isolation, run_as) {
+                (Some(_), _) => "instances sandboxed (namespaces, seccomp, a uid each, private /tmp, Yun-only network)",
+                (None, Some(_)) => "no sandbox: instances run as user nobody",
+                (None, None) => "no sandbox: instances run as the current user",
             }
         );
         let recorder = Recorder::start(meta.clone());
@@ -271,11 +418,11 @@ impl Server {
             RuntimeConfig {
                 spawn: SpawnConfig {
                     node: cfg.node.clone(),
-                    bootstrap: install_bootstrap(&runtime_dir)
-                        .map_err(io_err("cannot write the bootstrap to", &runtime_dir))?,
+                    bootstrap,
                     layer_dir: Some(layer),
                     run_as,
                     sandbox,
+                    isolation,
                 },
                 stem_cells: cfg.stem_cells,
                 default_memory_mb: 256,
@@ -305,6 +452,8 @@ impl Server {
             )
             .await?,
         );
+        // Instances' gateways serve from now on (they wait until then).
+        let _ = router_slot.send(Some(yun_api::instance_router(app.clone())));
 
         let credentials_path = cfg.data_dir.join("credentials.json");
         let first = app.initialize(&cfg.default_env).await?;
@@ -342,7 +491,7 @@ impl Server {
             url,
             credentials,
             first_start: first.is_some(),
-            isolation,
+            isolation: isolation_text,
             storage: backend.describe(),
             data_dir: cfg.data_dir,
             listener,

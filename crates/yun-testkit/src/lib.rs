@@ -63,6 +63,14 @@ pub fn archive(files: &[(&str, &str)]) -> Vec<u8> {
         .expect("in-memory gzip")
 }
 
+/// The `yun` binary built beside this test (`target/debug/yun`), which runs the
+/// sandbox's init; without it the server runs instances unsandboxed.
+fn yun_binary() -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let profile_dir = exe.parent()?.parent()?;
+    Some(profile_dir.join("yun")).filter(|p| p.is_file())
+}
+
 impl TestYun {
     pub async fn start(options: Options) -> Self {
         let data_dir = tempfile::tempdir().expect("temp dir");
@@ -85,6 +93,10 @@ impl TestYun {
             queue_timeout: options.queue_timeout,
             storage: None,
             storage_limits: Default::default(),
+            sandbox: yun_server::SandboxMode::Auto,
+            instance_uids: yun_server::DEFAULT_INSTANCE_UIDS,
+            tmp_mb: 64,
+            init_exe: yun_binary(),
         })
         .await
         .expect("yun starts");
