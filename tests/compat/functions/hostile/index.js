@@ -161,6 +161,7 @@ const attacks = {
         const ids = uidsOf(child.pid);
         // The exec has happened once the command is the setuid binary, not node's fork.
         const comm = fs.readFileSync(`/proc/${child.pid}/comm`, 'utf8').trim();
+        // Read again once it prompts: by then it is blocked on stdin, past any set*id().
         if (comm === path.basename(file)) { seen = { comm, ...ids }; if (out.length > 0) break; }
       } catch (_) { /* not yet, or gone */ }
       await sleep(20);
