@@ -27,11 +27,18 @@ pub use management::{management_routes, OPENAPI};
 
 pub type AppState = Arc<App>;
 
-/// What a sandboxed instance reaches through its gateway: the SDK surface only (no
-/// management API, no end-user surfaces), knowing which instance is calling.
+/// What a sandboxed instance reaches through its gateway: the SDK surface and the
+/// signed file URLs it hands out, knowing which instance is calling; no management API,
+/// no end-user surfaces.
 pub fn instance_router(app: Arc<App>) -> Router<()> {
     Router::new()
         .route("/admin", post(cloudbase::admin_from_instance))
+        .route(
+            "/files/{env}/{*path}",
+            get(files::download)
+                .put(files::upload_put)
+                .post(files::upload_form),
+        )
         .layer(DefaultBodyLimit::disable())
         .with_state(app)
 }

@@ -96,6 +96,15 @@ enum Command {
         #[command(subcommand)]
         command: RulesCommand,
     },
+    /// Which protections of function instances this host gives, and why not.
+    Doctor {
+        /// The node binary instances would run.
+        #[arg(long, default_value = "node")]
+        node: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Cloud functions: deploy, invoke, logs, list, delete.
     Fn {
         #[command(subcommand)]
@@ -227,6 +236,7 @@ fn main() {
                 command: RulesCommand::Test { file, json },
             } => rules_test::run(&file, json),
             Command::Auth { command, conn } => users::auth(command, conn).await,
+            Command::Doctor { node, json } => doctor(&node, json).await,
         }
     });
     if let Err(e) = result {
@@ -270,6 +280,31 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     .await?;
     output::dev_banner(&server);
     server.serve(shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn doctor(node: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let report = yun_server::doctor::run(node, &exe).await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let mark = |on: bool| if on { "yes" } else { "NO" };
+    for (name, on) in [
+        ("namespaces (mount, PID, IPC, UTS, network, cgroup)", report.namespaces),
+        ("seccomp filter", report.seccomp),
+        ("a uid per instance", report.uid_per_instance),
+        ("private /tmp and /dev/shm", report.private_tmp),
+        ("network: Yun only", report.network_policy),
+        ("memory limit", report.memory_limit),
+        ("pids limit", report.pids_limit),
+    ] {
+        println!("  {:<52} {}", name, mark(on));
+    }
+    for why in &report.missing {
+        println!("\nmissing: {why}");
+    }
     Ok(())
 }
 

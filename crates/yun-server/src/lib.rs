@@ -2,6 +2,7 @@
 //! builds the [`App`], starts the functions runtime and serves every HTTP surface on one
 //! port; shuts down in reverse order (stop accepting, stop instances, flush records).
 
+pub mod doctor;
 mod gateway;
 
 use std::net::SocketAddr;

@@ -32,7 +32,7 @@ const UID_MAX = 6065535;
 // What a stolen temporary credential gets, used from another tenant's instance (the
 // caller is an instance of env `other`) and from the host (outside any instance).
 const STOLEN_FROM_OTHER_INSTANCE = 'PERMISSION_DENIED';
-const STOLEN_FROM_HOST = 'INVALID_SECRET_ID';
+const STOLEN_FROM_HOST = 'PERMISSION_DENIED';
 // FunctionCodeInvalid's code on the wire (crates/yun-types/src/error.rs), HTTP 400.
 const CODE_INVALID = 'INVALID_PARAM';
 
@@ -195,9 +195,9 @@ test('fs: /proc/1/root/{data}/credentials.json -> EACCES (pid 1 is the sandbox i
   assert.ok(['EACCES', 'ENOENT'].includes(r.code), JSON.stringify(r));
 });
 
-test('fs: / (and /proc/self/cwd) hold only the binds: system folders, /tmp, /proc, /dev and the parents of the node, code and layer paths', async () => {
+test('fs: / (and /proc/self/cwd) hold only the binds: system folders, /tmp, /proc, /dev, /run (the gateway), /var/user (the code) and the parents of the node and layer paths', async () => {
   const top = (p) => path.resolve(p).split('/')[1];
-  const allowed = new Set(['bin', 'dev', 'etc', 'lib', 'lib32', 'lib64', 'libx32', 'proc', 'sbin', 'tmp', 'usr',
+  const allowed = new Set(['bin', 'dev', 'etc', 'lib', 'lib32', 'lib64', 'libx32', 'proc', 'sbin', 'tmp', 'usr', 'run', 'var',
     top(yun.dataDir), top(LAYER), top(fs.realpathSync('/usr/bin/node'))]);
   for (const where of ['/', '/proc/self/cwd']) {
     const r = await attack('readdir', { path: where });
@@ -206,10 +206,17 @@ test('fs: / (and /proc/self/cwd) hold only the binds: system folders, /tmp, /pro
   }
 });
 
-test('fs: /etc holds only certificates, resolv.conf, hosts, nsswitch.conf, localtime, passwd, group', async () => {
+test('fs: /var holds only the code folder, /run only the gateway socket and the init\'s private folder (closed to the function)', async () => {
+  assert.deepEqual((await attack('readdir', { path: '/var' })).entries, ['user']);
+  assert.deepEqual((await attack('readdir', { path: '/run' })).entries.sort(), ['yun-init', 'yun.sock']);
+  assert.equal((await attack('readdir', { path: '/run/yun-init' })).code, 'EACCES');
+});
+
+test('fs: /etc holds only certificates, resolv.conf, hosts, nsswitch.conf, localtime, passwd, group and the loader\'s and alternatives\' links', async () => {
   const r = await attack('readdir', { path: '/etc' });
   assert.equal(r.ok, true, JSON.stringify(r));
-  const allowed = new Set(['ssl', 'ca-certificates', 'ca-certificates.conf', 'resolv.conf', 'hosts', 'nsswitch.conf', 'localtime', 'passwd', 'group']);
+  const allowed = new Set(['ssl', 'ca-certificates', 'ca-certificates.conf', 'resolv.conf', 'hosts', 'nsswitch.conf', 'localtime', 'passwd', 'group',
+    'alternatives', 'ld.so.cache', 'ld.so.conf', 'ld.so.conf.d']);
   assert.deepEqual(r.entries.filter((e) => !allowed.has(e)), [], r.entries.join(' '));
 });
 
@@ -546,15 +553,61 @@ test('deploy: after the hostile archives nothing was planted and nothing is left
 });
 
 // ---------------------------------------------------------------------------------------
-// TODO(sandbox): `yun doctor --json` arrives with the sandbox; until then this fails.
-// It must report every protection this suite relies on as in force on this host (root).
+// yun doctor: exactly the protections the host gives. As root here: all of them. Without
+// CAP_SYS_ADMIN (as in a container that does not grant it): no namespaces, so none of the
+// sandbox, but the cgroup limits. As an ordinary user: none.
 
-test('doctor reports exactly the available protections', async () => {
-  const r = await new Promise((resolve) => {
-    require('node:child_process').execFile(BIN, ['doctor', '--json'], { env: { ...process.env, YUN_URL: yun.url } }, (err, stdout, stderr) => resolve({ code: err ? err.code : 0, stdout, stderr }));
-  });
+const { execFile } = require('node:child_process');
+const run = (cmd, args, env = process.env) => new Promise((resolve) => {
+  execFile(cmd, args, { env, timeout: 60000 }, (err, stdout, stderr) => resolve({ code: err ? err.code : 0, stdout, stderr }));
+});
+const SANDBOX_FIELDS = ['namespaces', 'seccomp', 'uid_per_instance', 'private_tmp', 'network_policy'];
+const doctor = async (prefix = []) => {
+  const r = prefix.length ? await run(prefix[0], [...prefix.slice(1), BIN, 'doctor', '--json']) : await run(BIN, ['doctor', '--json']);
   assert.equal(r.code, 0, r.stderr);
-  const report = JSON.parse(r.stdout);
-  const fields = ['namespaces', 'seccomp', 'uid_per_instance', 'private_tmp', 'network_policy', 'memory_limit', 'pids_limit'];
-  assert.deepEqual(Object.fromEntries(fields.map((f) => [f, report[f]])), Object.fromEntries(fields.map((f) => [f, true])));
+  return JSON.parse(r.stdout);
+};
+const expectReport = (report, sandbox, cgroups) => {
+  const got = Object.fromEntries([...SANDBOX_FIELDS, 'memory_limit', 'pids_limit'].map((f) => [f, report[f]]));
+  const want = Object.fromEntries([...SANDBOX_FIELDS.map((f) => [f, sandbox]), ['memory_limit', cgroups], ['pids_limit', cgroups]]);
+  assert.deepEqual(got, want, JSON.stringify(report));
+};
+
+test('doctor reports exactly the available protections: all of them as root', async () => {
+  const report = await doctor();
+  expectReport(report, true, true);
+  assert.deepEqual(report.missing, []);
+});
+
+test('doctor without CAP_SYS_ADMIN: no sandbox (unshare refused), cgroup limits still in force', async () => {
+  const report = await doctor(['setpriv', '--bounding-set=-sys_admin']);
+  expectReport(report, false, true);
+  assert.match(report.missing.join('\n'), /unshare: EPERM/);
+});
+
+test('doctor as an ordinary user: nothing, and it says why', async () => {
+  const report = await doctor(['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups']);
+  expectReport(report, false, false);
+  assert.match(report.missing.join('\n'), /not running as root/);
+});
+
+test('yun dev --sandbox on refuses to start where the sandbox cannot be built; auto starts without it and says so', async () => {
+  const dir = fs.mkdtempSync(path.join(require('node:os').tmpdir(), 'yun-nosandbox-'));
+  const args = ['dev', '--data-dir', dir, '--listen', '127.0.0.1:0', '--node-layer', LAYER];
+  const refused = await run('setpriv', ['--bounding-set=-sys_admin', BIN, ...args, '--sandbox', 'on']);
+  assert.notEqual(refused.code, 0);
+  assert.match(refused.stderr, /instance sandbox cannot be built on this host: .*unshare: EPERM.*yun doctor/);
+  const child = require('node:child_process').spawn('setpriv', ['--bounding-set=-sys_admin', BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout.on('data', (d) => (out += d));
+  child.stderr.on('data', (d) => (out += d));
+  try {
+    await waitFor(() => /Isolation/.test(out), 'the banner', 20000);
+    assert.match(out, /Isolation .*no sandbox/);
+    assert.match(out, /instances run without the sandbox/);
+  } finally {
+    child.kill('SIGTERM');
+    await new Promise((r) => child.on('exit', r));
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });
