@@ -265,6 +265,8 @@ impl App {
             Ok(record) => record,
             Err(e) => {
                 let _ = tokio::fs::remove_dir_all(&dir).await;
+                // The function's folder too, when this attempt was all it held.
+                let _ = tokio::fs::remove_dir(self.code_dir(env, name)).await;
                 return Err(e);
             }
         };
