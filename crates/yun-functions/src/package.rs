@@ -14,7 +14,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
-use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
@@ -164,12 +164,16 @@ fn unpack_inner(archive: &[u8], dir: &Path, limits: PackageLimits) -> Result<u64
                     std::fs::create_dir_all(parent).map_err(YunError::internal)?;
                 }
                 let executable = entry.header().mode().is_ok_and(|m| m & 0o111 != 0);
+                let mode = if executable { 0o755 } else { 0o644 };
                 // create_new: never through anything already there.
                 let mut out = std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
-                    .mode(if executable { 0o755 } else { 0o644 })
+                    .mode(mode)
                     .open(&target)
+                    .map_err(YunError::internal)?;
+                // Set again past the umask: instances (another user) must read it.
+                out.set_permissions(std::fs::Permissions::from_mode(mode))
                     .map_err(YunError::internal)?;
                 let budget = limits.max_unpacked_bytes - total;
                 // Read at most one byte past the budget: the header's size is not trusted.
@@ -534,7 +538,6 @@ fn read_manifest(dir: &Path) -> Result<Option<serde_json::Value>, YunError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt as _;
 
     type Builder = tar::Builder<flate2::write::GzEncoder<Vec<u8>>>;
 
