@@ -205,6 +205,20 @@ async fn create_key(State(app): State<AppState>, InEnv(who): InEnv, body: Body) 
         .into_response())
 }
 
+#[derive(Deserialize)]
+struct ShowKey {
+    #[serde(default)]
+    reveal: bool,
+}
+
+async fn own_key(
+    State(app): State<AppState>,
+    KeyHolder(who): KeyHolder,
+    Query(q): Query<ShowKey>,
+) -> ApiResult {
+    ok(json!({ "key": app.own_key(&who, q.reveal).await? }))
+}
+
 async fn revoke_key(
     State(app): State<AppState>,
     InEnv(who): InEnv,
@@ -794,6 +808,7 @@ pub fn management_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)
         route(Method::GET, "/api/v1/envs", list_envs),
         route(Method::POST, "/api/v1/envs", create_env),
         route(Method::DELETE, "/api/v1/envs/{env}", delete_env),
+        route(Method::GET, "/api/v1/key", own_key),
         route(Method::GET, "/api/v1/envs/{env}/keys", list_keys),
         route(Method::POST, "/api/v1/envs/{env}/keys", create_key),
         route(

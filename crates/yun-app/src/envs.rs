@@ -41,6 +41,11 @@ fn mint_key(env: &EnvId, role: KeyRole, description: &str) -> KeyRecord {
     }
 }
 
+/// Shows only the first characters of a SecretKey.
+fn mask(key: &mut KeyRecord) {
+    key.secret_key = format!("{}…", &key.secret_key[..4.min(key.secret_key.len())]);
+}
+
 impl From<KeyRecord> for NewKey {
     fn from(k: KeyRecord) -> Self {
         NewKey {
@@ -162,10 +167,26 @@ impl App {
     /// The env's keys, SecretKeys masked.
     pub async fn list_keys(&self, identity: &Identity) -> Result<Vec<KeyRecord>, YunError> {
         let mut keys = self.meta.list_keys(&identity.env).await?;
-        for key in &mut keys {
-            key.secret_key = format!("{}…", &key.secret_key[..4.min(key.secret_key.len())]);
-        }
+        keys.iter_mut().for_each(mask);
         Ok(keys)
+    }
+
+    /// The platform key making the request (`yun key show`), its SecretKey masked
+    /// unless `reveal`: start-up no longer prints it, so this is where its holder finds it.
+    pub async fn own_key(&self, identity: &Identity, reveal: bool) -> Result<KeyRecord, YunError> {
+        Self::require_platform(identity)?;
+        let Caller::PlatformKey { secret_id } = &identity.caller else {
+            return Err(YunError::internal(
+                "require_platform admitted a non-platform caller",
+            ));
+        };
+        let mut key = self.meta.get_key(secret_id).await?.ok_or_else(|| {
+            YunError::new(ErrorCode::NotFound, "the key making the request is gone")
+        })?;
+        if !reveal {
+            mask(&mut key);
+        }
+        Ok(key)
     }
 
     pub async fn revoke_key(&self, identity: &Identity, secret_id: &str) -> Result<(), YunError> {

@@ -1,7 +1,7 @@
 //! Deploying, listing, invoking and deleting functions; their logs and records.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -265,6 +265,8 @@ impl App {
             Ok(record) => record,
             Err(e) => {
                 let _ = tokio::fs::remove_dir_all(&dir).await;
+                // The function's folder too, when this attempt was all it held.
+                let _ = tokio::fs::remove_dir(self.code_dir(env, name)).await;
                 return Err(e);
             }
         };
@@ -281,21 +283,18 @@ impl App {
         archive: Vec<u8>,
         dir: PathBuf,
     ) -> Result<(), YunError> {
-        let unpack_dir = dir.clone();
-        tokio::task::spawn_blocking(move || {
-            package::unpack(&archive, &unpack_dir, PackageLimits::default())
-        })
-        .await
-        .map_err(YunError::internal)??;
-        package::check_handler_file(&dir, &spec.handler)?;
-        if !package::missing_dependencies(&dir, LAYER_PACKAGES)?.is_empty() {
-            package::npm_install(
-                &dir,
-                &self.settings.npm,
-                &self.settings.npm_cache,
-                NPM_INSTALL_TIMEOUT,
-            )
-            .await?;
+        // Unpacked and installed aside; the version's folder appears only complete.
+        let staging = package::staging_dir(&dir);
+        let prepared = self.prepare(spec, archive, &staging).await;
+        let placed = match prepared {
+            Ok(()) => tokio::fs::rename(&staging, &dir)
+                .await
+                .map_err(YunError::internal),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = placed {
+            let _ = tokio::fs::remove_dir_all(&staging).await;
+            return Err(e);
         }
         let record = FunctionRecord {
             spec: spec.clone(),
@@ -313,6 +312,33 @@ impl App {
                 ),
                 other => YunError::internal(other.message()),
             })
+    }
+
+    /// Unpacks the archive into `staging`, checks the handler and installs what the
+    /// package lacks.
+    async fn prepare(
+        &self,
+        spec: &NewFunction,
+        archive: Vec<u8>,
+        staging: &Path,
+    ) -> Result<(), YunError> {
+        let unpack_dir = staging.to_owned();
+        tokio::task::spawn_blocking(move || {
+            package::unpack(&archive, &unpack_dir, PackageLimits::default())
+        })
+        .await
+        .map_err(YunError::internal)??;
+        package::check_handler_file(staging, &spec.handler)?;
+        if !package::missing_dependencies(staging, LAYER_PACKAGES)?.is_empty() {
+            package::npm_install(
+                staging,
+                &self.settings.npm,
+                &self.settings.npm_cache,
+                NPM_INSTALL_TIMEOUT,
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// Keeps the new code and the one before it (its instances may still be finishing).

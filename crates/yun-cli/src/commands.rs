@@ -47,6 +47,11 @@ pub enum KeyCommand {
         #[arg(long, default_value = "")]
         description: String,
     },
+    /// Show the platform key in use; its SecretKey masked unless --reveal.
+    Show {
+        #[arg(long)]
+        reveal: bool,
+    },
     Revoke {
         /// The SecretId to revoke (named apart from the global --secret-id).
         #[arg(value_name = "SECRET_ID")]
@@ -249,6 +254,25 @@ pub async fn key(command: KeyCommand, conn: Connection) -> anyhow::Result<()> {
                 println!(
                     "SecretId   {}\nSecretKey  {}",
                     text(v.pointer("/key/secret_id")),
+                    text(v.pointer("/key/secret_key"))
+                );
+            });
+        }
+        KeyCommand::Show { reveal } => {
+            let v = client
+                .send(
+                    Method::GET,
+                    "/api/v1/key",
+                    &[("reveal", reveal.to_string())],
+                    None,
+                )
+                .await?;
+            output::emit(conn.json, &v, |v| {
+                println!(
+                    "SecretId   {}\nEnv        {}\nRole       {}\nSecretKey  {}",
+                    text(v.pointer("/key/secret_id")),
+                    text(v.pointer("/key/env")),
+                    text(v.pointer("/key/role")),
                     text(v.pointer("/key/secret_key"))
                 );
             });

@@ -55,7 +55,7 @@ enum Command {
         #[command(flatten)]
         conn: Connection,
     },
-    /// Keys of the env: create, list, revoke.
+    /// Keys of the env: create, list, revoke; show the platform key in use.
     Key {
         #[command(subcommand)]
         command: commands::KeyCommand,

@@ -67,7 +67,12 @@ pub fn dev_banner(server: &yun_server::Server) {
     println!("  URL         {}", c.url);
     println!("  Env         {}", c.env_id);
     println!("  SecretId    {}", c.secret_id);
-    println!("  SecretKey   {}", c.secret_key);
+    // The SecretKey is shown once, when it is created: start-up output ends up in logs.
+    if server.first_start {
+        println!("  SecretKey   {}", c.secret_key);
+    } else {
+        println!("  SecretKey   (hidden; `yun key show --reveal` prints it)");
+    }
     println!(
         "  Data        {} (credentials in credentials.json)",
         server.data_dir.display()

@@ -286,44 +286,136 @@ fn mirror_tree(from: &Path, to: &Path) -> Result<(), ServerError> {
     Ok(())
 }
 
-fn ensure_layer(layer: &Path, npm: &Path) {
-    if layer
-        .join("node_modules/wx-server-sdk/package.json")
-        .is_file()
-    {
+/// The file in a complete layer naming what it holds. Written only after npm succeeded
+/// and node loaded both SDKs, just before the folder is renamed into place.
+const LAYER_STAMP: &str = ".yun-layer";
+
+fn layer_stamp() -> String {
+    LAYER_PACKAGES.join("\n") + "\n"
+}
+
+/// Where an install of `layer` builds before it is renamed into place.
+fn layer_staging(layer: &Path) -> PathBuf {
+    let name = layer.file_name().unwrap_or_default().to_string_lossy();
+    layer.with_file_name(format!("{name}.tmp-{}", std::process::id()))
+}
+
+/// Whether `layer` is a complete install of [`LAYER_PACKAGES`]. Anything short of that
+/// is cleared for a new install: an earlier install's leftover staging folders (a start
+/// killed mid-install), and a layer folder without the stamp or with other versions
+/// (half-installed, or older pins).
+fn layer_complete(layer: &Path) -> bool {
+    let name = layer.file_name().unwrap_or_default().to_string_lossy();
+    let leftover = format!("{name}.tmp-");
+    let siblings = layer.parent().and_then(|p| std::fs::read_dir(p).ok());
+    for entry in siblings.into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&leftover) {
+            tracing::info!(dir = %entry.path().display(), "removing an interrupted layer install");
+            if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                tracing::warn!(dir = %entry.path().display(), error = %e, "cannot remove an interrupted layer install");
+            }
+        }
+    }
+    if std::fs::read_to_string(layer.join(LAYER_STAMP)).is_ok_and(|s| s == layer_stamp()) {
+        return true;
+    }
+    if layer.exists() {
+        tracing::info!(dir = %layer.display(), "the Node SDK layer is incomplete or of other versions; reinstalling");
+        if let Err(e) = std::fs::remove_dir_all(layer) {
+            tracing::warn!(dir = %layer.display(), error = %e, "cannot remove the incomplete layer");
+        }
+    }
+    false
+}
+
+/// Installs the platform layer in the background unless a complete one is in place.
+/// Instances find no layer until the install is renamed into place; functions that
+/// ship their SDKs work meanwhile.
+fn ensure_layer(layer: &Path, npm: &Path, node: &Path) {
+    if layer_complete(layer) {
         return;
     }
-    let (layer, npm) = (layer.to_owned(), npm.to_owned());
+    let (layer, npm, node) = (layer.to_owned(), npm.to_owned(), node.to_owned());
     tokio::spawn(async move {
         tracing::info!(dir = %layer.display(), "installing the Node SDK layer (wx-server-sdk, @cloudbase/node-sdk) with npm");
-        let _ = std::fs::write(
-            layer.join("package.json"),
-            r#"{"name":"yun-node-layer","private":true}"#,
-        );
-        let status = tokio::process::Command::new(&npm)
-            .args([
-                "install",
-                "--no-audit",
-                "--no-fund",
-                "--loglevel=error",
-                "--ignore-scripts",
-            ])
-            .args(LAYER_PACKAGES)
-            .current_dir(&layer)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .status()
-            .await;
-        match status {
-            Ok(s) if s.success() => {
-                tracing::info!("Node SDK layer installed; new instances preload it")
+        let staging = layer_staging(&layer);
+        match install_layer(&staging, &layer, &npm, &node).await {
+            Ok(()) => tracing::info!("Node SDK layer installed; new instances preload it"),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&staging);
+                tracing::warn!(error = %e, "could not install the Node SDK layer; functions must ship their SDKs");
             }
-            other => tracing::warn!(
-                ?other,
-                "could not install the Node SDK layer; functions must ship their SDKs"
-            ),
         }
     });
+}
+
+async fn install_layer(
+    staging: &Path,
+    layer: &Path,
+    npm: &Path,
+    node: &Path,
+) -> Result<(), String> {
+    make_dir(staging, 0o755).map_err(|e| e.to_string())?;
+    std::fs::write(
+        staging.join("package.json"),
+        r#"{"name":"yun-node-layer","private":true}"#,
+    )
+    .map_err(|e| e.to_string())?;
+    let mut install = tokio::process::Command::new(npm);
+    install
+        .args([
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--loglevel=error",
+            "--ignore-scripts",
+        ])
+        .args(LAYER_PACKAGES);
+    run_child(install, staging, "npm install").await?;
+    // npm's success is not enough: the layer counts only if both SDKs load.
+    let mut check = tokio::process::Command::new(node);
+    check.args([
+        "-e",
+        "require('wx-server-sdk'); require('@cloudbase/node-sdk')",
+    ]);
+    run_child(check, staging, "loading the SDKs").await?;
+    std::fs::write(staging.join(LAYER_STAMP), layer_stamp()).map_err(|e| e.to_string())?;
+    std::fs::rename(staging, layer).map_err(|e| e.to_string())
+}
+
+/// Runs a child in `dir` that dies with Yun: killed when its future is dropped (an
+/// ordered shutdown), and sent SIGKILL by the kernel if Yun's thread dies first (a
+/// `kill -9`), so no orphan goes on writing into the folder.
+async fn run_child(mut cmd: tokio::process::Command, dir: &Path, what: &str) -> Result<(), String> {
+    cmd.current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true);
+    die_with_parent(cmd.as_std_mut());
+    let output = cmd.output().await.map_err(|e| format!("{what}: {e}"))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let tail: Vec<&str> = stderr.lines().rev().take(8).collect();
+    Err(format!(
+        "{what}: {}: {}",
+        output.status,
+        tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+    ))
+}
+
+#[allow(unsafe_code)]
+fn die_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: the closure runs between fork and exec and only makes one syscall
+    // (prctl), which is async-signal-safe; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
 }
 
 impl Server {
@@ -354,8 +446,8 @@ impl Server {
             Some(dir) => reachable_layer(dir, &cfg.data_dir)?,
             None => {
                 let dir = cfg.data_dir.join("layers/node");
-                make_dir(&dir, 0o755)?;
-                ensure_layer(&dir, &cfg.npm);
+                make_dir(&cfg.data_dir.join("layers"), 0o755)?;
+                ensure_layer(&dir, &cfg.npm, &cfg.node);
                 dir
             }
         };
@@ -590,5 +682,35 @@ mod tests {
             0o755
         );
         assert_eq!(blocked_ancestor(&mirror.join("node_modules")), None);
+    }
+
+    #[test]
+    fn interrupted_and_half_layers_are_cleared_not_trusted() {
+        let root = tempfile::tempdir().unwrap();
+        let layer = root.path().join("node");
+        // A start killed mid-install, and a layer npm left half-written (no stamp).
+        let leftover = root.path().join("node.tmp-4242");
+        std::fs::create_dir_all(leftover.join("node_modules/wx-server-sdk")).unwrap();
+        std::fs::create_dir_all(layer.join("node_modules/wx-server-sdk")).unwrap();
+        std::fs::write(layer.join("node_modules/wx-server-sdk/package.json"), "{}").unwrap();
+        let unrelated = root.path().join("mirror");
+        std::fs::create_dir_all(&unrelated).unwrap();
+        assert!(!layer_complete(&layer));
+        assert!(!leftover.exists() && !layer.exists() && unrelated.exists());
+
+        // A stamp of other versions is not this layer either.
+        std::fs::create_dir_all(&layer).unwrap();
+        std::fs::write(layer.join(LAYER_STAMP), "wx-server-sdk@1.0.0\n").unwrap();
+        assert!(!layer_complete(&layer));
+        assert!(!layer.exists());
+
+        // The stamp an install writes last marks it complete, and it is kept.
+        std::fs::create_dir_all(&layer).unwrap();
+        std::fs::write(layer.join(LAYER_STAMP), layer_stamp()).unwrap();
+        assert!(layer_complete(&layer));
+        assert!(layer.join(LAYER_STAMP).is_file());
+        assert!(layer_staging(&layer)
+            .to_string_lossy()
+            .ends_with(&format!("node.tmp-{}", std::process::id())));
     }
 }

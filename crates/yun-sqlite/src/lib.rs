@@ -84,6 +84,29 @@ fn run_job(conn: &mut Connection, job: Job) -> Option<Completion> {
     completion
 }
 
+/// The databases hold keys and user data: their files are the owner's alone. SQLite
+/// gives a new `-wal` and `-shm` the mode of the database file, so creating that one
+/// 0600 covers them; files an older Yun created are tightened too.
+fn make_private(path: &Path) -> Result<(), YunError> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let cannot = |e: std::io::Error| YunError::internal(format!("{}: {e}", path.display()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(cannot)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let file = PathBuf::from(format!("{}{suffix}", path.display()));
+        if file.exists() {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                .map_err(cannot)?;
+        }
+    }
+    Ok(())
+}
+
 /// Readers map the file (up to 1 GiB of it) instead of copying each page out of the
 /// kernel: perf on an indexed range over 1M documents showed `read()` copies and the
 /// per-connection page cache (2 MB by default) among the top costs.
@@ -93,6 +116,7 @@ impl Sqlite {
     /// Opens (or creates) the database, applies the migrations it has not seen, and
     /// starts the writer thread. `migrations` is append-only: never edit one that shipped.
     pub fn open(path: &Path, migrations: &[&str]) -> Result<Self, YunError> {
+        make_private(path)?;
         let conn = Connection::open(path).map_err(db_err)?;
         conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;")
             .map_err(db_err)?;
@@ -195,6 +219,35 @@ impl Sqlite {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn database_files_are_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let db = Sqlite::open(&path, &["CREATE TABLE t (v INTEGER)"]).unwrap();
+        db.write(|c| c.execute("INSERT INTO t VALUES (1)", []).map_err(db_err))
+            .await
+            .unwrap();
+        db.read(|c| c.execute_batch("SELECT * FROM t").map_err(db_err))
+            .await
+            .unwrap();
+        for name in ["t.db", "t.db-wal", "t.db-shm"] {
+            let mode = dir
+                .path()
+                .join(name)
+                .metadata()
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}");
+        }
+        // A file an older build left readable is tightened on open.
+        drop(db);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        Sqlite::open(&path, &["CREATE TABLE t (v INTEGER)"]).unwrap();
+        assert_eq!(path.metadata().unwrap().permissions().mode() & 0o777, 0o600);
+    }
 
     #[tokio::test]
     async fn migrations_run_once_and_readers_see_commits() {
