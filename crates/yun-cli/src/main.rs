@@ -292,7 +292,10 @@ async fn doctor(node: &std::path::Path, json: bool) -> anyhow::Result<()> {
     }
     let mark = |on: bool| if on { "yes" } else { "NO" };
     for (name, on) in [
-        ("namespaces (mount, PID, IPC, UTS, network, cgroup)", report.namespaces),
+        (
+            "namespaces (mount, PID, IPC, UTS, network, cgroup)",
+            report.namespaces,
+        ),
         ("seccomp filter", report.seccomp),
         ("a uid per instance", report.uid_per_instance),
         ("private /tmp and /dev/shm", report.private_tmp),

@@ -155,6 +155,14 @@ fn unpack_inner(archive: &[u8], dir: &Path, limits: PackageLimits) -> Result<u64
                 kind_name(kind_of_entry)
             )));
         };
+        if kind == Kind::File && entry.header().mode().is_ok_and(|m| m & 0o6000 != 0) {
+            // Modes are ours anyway; a package asking for setuid or setgid is refused so
+            // the author learns it cannot work, rather than finding the bit gone.
+            return Err(invalid(format!(
+                "archive entry {} is setuid or setgid; function code cannot carry those bits",
+                shown(&rel)
+            )));
+        }
         admit(&rel, kind, &mut kinds, &mut parents)?;
         let target = dir.join(&rel);
         match kind {
@@ -619,7 +627,7 @@ mod tests {
                 tar::EntryType::Regular,
                 "run.sh",
                 "",
-                0o6755,
+                0o1755,
                 b"#!/bin/sh",
             );
         });
@@ -627,7 +635,7 @@ mod tests {
         check_handler_file(&dest, "index.main").unwrap();
         assert!(dest.join("lib/alias.js").is_file());
         assert!(dest.join("self/lib/up/index.js").is_file());
-        // Modes are ours: never setuid, setgid or sticky.
+        // Modes are ours: never sticky (setuid and setgid are refused, below).
         let mode = |p: &str| dest.join(p).metadata().unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode("run.sh"), 0o755);
         assert_eq!(mode("index.js"), 0o644);
@@ -841,6 +849,10 @@ mod tests {
         });
         assert!(message(2, under).contains("which is a symlink"));
         assert!(message(3, archive(|b| symlink(b, "gone", "x"))).contains("does not resolve"));
+        let setuid = archive(|b| entry(b, tar::EntryType::Regular, "su", "", 0o4755, b"x"));
+        assert!(message(4, setuid).contains("setuid or setgid"));
+        let setgid = archive(|b| entry(b, tar::EntryType::Regular, "sg", "", 0o2755, b"x"));
+        assert!(message(5, setgid).contains("setuid or setgid"));
     }
 
     #[test]

@@ -195,11 +195,13 @@ test('fs: /proc/1/root/{data}/credentials.json -> EACCES (pid 1 is the sandbox i
   assert.ok(['EACCES', 'ENOENT'].includes(r.code), JSON.stringify(r));
 });
 
-test('fs: / (and /proc/self/cwd) hold only the binds: system folders, /tmp, /proc, /dev, /run (the gateway), /var/user (the code) and the parents of the node and layer paths', async () => {
+test('fs: / (and /proc/self/root) hold only the binds: system folders, /tmp, /proc, /dev, /run (the gateway), /var/user (the code) and the parents of the node and layer paths', async () => {
   const top = (p) => path.resolve(p).split('/')[1];
   const allowed = new Set(['bin', 'dev', 'etc', 'lib', 'lib32', 'lib64', 'libx32', 'proc', 'sbin', 'tmp', 'usr', 'run', 'var',
     top(yun.dataDir), top(LAYER), top(fs.realpathSync('/usr/bin/node'))]);
-  for (const where of ['/', '/proc/self/cwd']) {
+  const cwd = await attack('readlink', { path: '/proc/self/cwd' });
+  assert.equal(cwd.target, '/var/user', JSON.stringify(cwd));
+  for (const where of ['/', '/proc/self/root']) {
     const r = await attack('readdir', { path: where });
     assert.equal(r.ok, true, JSON.stringify(r));
     assert.deepEqual(r.entries.filter((e) => !allowed.has(e)), [], `${where}: ${r.entries.join(' ')}`);

@@ -63,6 +63,7 @@ const attacks = {
     return { bytes: bytes.length, head: bytes.subarray(0, 200).toString('latin1') };
   }),
   readdir: async ({ path: p }) => tryIt(() => ({ entries: fs.readdirSync(p).sort() })),
+  readlink: async ({ path: p }) => tryIt(() => ({ target: fs.readlinkSync(p) })),
   stat: async ({ path: p }) => tryIt(() => ({ mode: fs.statSync(p).mode })),
   // Reads every file under a folder (the victim's code, a data folder) and says whether
   // the marker appears anywhere: the read may be refused at any level.
