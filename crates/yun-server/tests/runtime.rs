@@ -6,19 +6,28 @@ use std::time::Duration;
 use serde_json::json;
 use yun_testkit::{Options, TestYun};
 
+/// Each instance names itself with a token of its own: pids inside the sandbox are those
+/// of the instance's own PID namespace (the same in every instance).
 const ECHO: &[(&str, &str)] = &[(
     "index.js",
-    "exports.main = async (e) => ({ e, pid: process.pid })",
+    "const instance = require('crypto').randomUUID();
+exports.main = async (e) => ({ e, instance, pid: process.pid, uid: process.getuid() })",
 )];
 
-fn pid(envelope: &serde_json::Value) -> u64 {
-    let data: serde_json::Value = serde_json::from_str(
+fn result(envelope: &serde_json::Value) -> serde_json::Value {
+    serde_json::from_str(
         envelope["data"]["response_data"]
             .as_str()
             .expect("response_data"),
     )
-    .expect("JSON");
-    data["pid"].as_u64().expect("pid")
+    .expect("JSON")
+}
+
+fn instance(envelope: &serde_json::Value) -> String {
+    result(envelope)["instance"]
+        .as_str()
+        .expect("instance")
+        .to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -32,7 +41,7 @@ async fn idle_instances_are_reaped_to_zero_and_the_next_call_is_cold() {
 
     let first = yun.invoke("echo", json!({ "n": 1 })).await;
     let second = yun.invoke("echo", json!({ "n": 2 })).await;
-    assert_eq!(pid(&first), pid(&second), "warm reuse");
+    assert_eq!(instance(&first), instance(&second), "warm reuse");
     assert_eq!(
         yun.invocation_record(first["requestId"].as_str().unwrap())
             .await["cold_start"],
@@ -57,10 +66,10 @@ async fn idle_instances_are_reaped_to_zero_and_the_next_call_is_cold() {
     }
     assert_eq!(idle, 0, "the idle instance was reaped");
     // The reaper stops the process on its own task: give it a bounded moment.
-    let proc_dir = format!("/proc/{}", pid(&first));
+    let first_result = result(&first);
     let mut alive = true;
     for _ in 0..40 {
-        alive = std::path::Path::new(&proc_dir).exists();
+        alive = yun_testkit::instance_alive(&first_result);
         if !alive {
             break;
         }
@@ -69,7 +78,7 @@ async fn idle_instances_are_reaped_to_zero_and_the_next_call_is_cold() {
     assert!(!alive, "the reaped instance's process is gone");
 
     let third = yun.invoke("echo", json!({ "n": 3 })).await;
-    assert_ne!(pid(&third), pid(&first));
+    assert_ne!(instance(&third), instance(&first));
     assert_eq!(
         yun.invocation_record(third["requestId"].as_str().unwrap())
             .await["cold_start"],
@@ -113,7 +122,11 @@ async fn concurrent_calls_scale_out_up_to_the_cap() {
     let yun = TestYun::start(Options::default()).await;
     yun.deploy(
         "sleepy",
-        &[("index.js", "exports.main = async () => { await new Promise(r => setTimeout(r, 400)); return process.pid }")],
+        &[(
+            "index.js",
+            "const instance = require('crypto').randomUUID();
+exports.main = async () => { await new Promise(r => setTimeout(r, 400)); return instance }",
+        )],
         json!({ "max_instances": 3 }),
     )
     .await;
@@ -145,10 +158,11 @@ async fn concurrent_calls_scale_out_up_to_the_cap() {
 async fn short_events_queue_on_a_busy_instance_and_a_crash_hands_the_queue_back_unrun() {
     let yun = TestYun::start(Options::default()).await;
     let handler = "let ran = 0;
+const instance = require('crypto').randomUUID();
 exports.main = async (e) => {
   ran += 1;
   if (e.crash) { await new Promise(r => setTimeout(r, 50)); process.exit(3); }
-  return { pid: process.pid, ran };
+  return { instance, ran };
 }";
     yun.deploy(
         "queued",
@@ -162,12 +176,12 @@ exports.main = async (e) => {
     }
     let calls = (0..8).map(|n| yun.invoke("queued", json!({ "n": n })));
     let results = futures_util::future::join_all(calls).await;
-    let first_pid = pid(&results[0]);
+    let first_instance = instance(&results[0]);
     for r in &results {
         assert!(r["code"].is_null(), "{r}");
         assert_eq!(
-            pid(r),
-            first_pid,
+            instance(r),
+            first_instance,
             "one instance ran them all, one at a time"
         );
     }
@@ -191,7 +205,7 @@ exports.main = async (e) => {
     );
     for r in &others {
         assert!(r["code"].is_null(), "{r}");
-        assert_ne!(pid(r), first_pid, "served by a new instance");
+        assert_ne!(instance(r), first_instance, "served by a new instance");
         let record = yun
             .invocation_record(r["requestId"].as_str().unwrap())
             .await;

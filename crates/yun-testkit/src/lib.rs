@@ -63,6 +63,31 @@ pub fn archive(files: &[(&str, &str)]) -> Vec<u8> {
         .expect("in-memory gzip")
 }
 
+/// Whether any process of the instance that returned `{pid, uid}` is still running. A
+/// sandboxed instance has a uid of its own (and a pid of its own namespace); an
+/// unsandboxed one is found by its pid.
+pub fn instance_alive(reported: &serde_json::Value) -> bool {
+    let uid = reported["uid"].as_u64().unwrap_or(0);
+    if uid < u64::from(*yun_server::DEFAULT_INSTANCE_UIDS.start()) {
+        let pid = reported["pid"].as_u64().unwrap_or(0);
+        return std::path::Path::new(&format!("/proc/{pid}")).exists();
+    }
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs.flatten().any(|entry| {
+        std::fs::read_to_string(entry.path().join("status"))
+            .ok()
+            .and_then(|status| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Uid:"))
+                    .and_then(|ids| ids.split_whitespace().next()?.parse::<u64>().ok())
+            })
+            == Some(uid)
+    })
+}
+
 /// The `yun` binary built beside this test (`target/debug/yun`), which runs the
 /// sandbox's init; without it the server runs instances unsandboxed.
 fn yun_binary() -> Option<std::path::PathBuf> {

@@ -100,4 +100,20 @@ async function startYun(extraArgs = [], { dataDir = fs.mkdtempSync(path.join(os.
   return yun;
 }
 
-module.exports = { startYun, sleep, waitFor, BIN, FUNCTIONS };
+/**
+ * Whether no process of a sandboxed instance is left on the host. Each live instance runs
+ * as a uid of its own (pids inside are those of its own PID namespace), so this checks
+ * that no process has that uid, children included.
+ */
+function instanceGone(uid) {
+  for (const pid of fs.readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
+    try {
+      const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+      const real = Number(/^Uid:\s+(\d+)/m.exec(status)[1]);
+      if (real === uid) return false;
+    } catch (_) { /* the process ended meanwhile */ }
+  }
+  return true;
+}
+
+module.exports = { startYun, sleep, waitFor, instanceGone, BIN, FUNCTIONS };

@@ -81,7 +81,7 @@ test('context.environment follows each event on a warm instance', async () => {
     const raw = await signedPost({ action: 'functions.invokeFunction', function_name: 'echo', request_data: '{}' });
     results.push(JSON.parse(raw.data.response_data));
   }
-  assert.equal(new Set(results.map((r) => r.pid)).size, 1, 'one warm instance served them all');
+  assert.equal(new Set(results.map((r) => r.uid)).size, 1, 'one warm instance served them all');
   for (const r of results) {
     assert.equal(r.context.environment.TCB_SEQID, r.env.TCB_SEQID);
     assert.equal(r.context.environment.TCB_SOURCE, r.env.TCB_SOURCE);

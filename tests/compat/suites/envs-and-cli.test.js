@@ -4,7 +4,7 @@
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
-const { startYun, waitFor } = require('../lib/yun');
+const { startYun, waitFor, instanceGone } = require('../lib/yun');
 
 let yun;
 let keyB;
@@ -99,9 +99,7 @@ test('credentials.json is private; Ctrl-C stops instances; a restart keeps every
   const warm = await yun.admin().callFunction({ name: 'echo', data: { before: 'restart' } });
   const { code, signal } = await yun.stop('SIGINT');
   assert.deepEqual({ code, signal }, { code: 0, signal: null }, yun.output());
-  await waitFor(() => {
-    try { process.kill(warm.result.pid, 0); return false; } catch (_) { return true; }
-  }, 'the instance to be stopped with Yun');
+  await waitFor(() => instanceGone(warm.result.uid), 'the instance to be stopped with Yun');
 
   const again = await startYun([], { dataDir: yun.dataDir });
   try {

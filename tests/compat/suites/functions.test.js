@@ -5,7 +5,7 @@ const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
-const { startYun, sleep, waitFor } = require('../lib/yun');
+const { startYun, sleep, waitFor, instanceGone } = require('../lib/yun');
 
 let yun;
 before(async () => {
@@ -38,7 +38,7 @@ test('wx-server-sdk inside a function calls another function through Yun', async
 test('instances run as an unprivileged user and are reused while warm', async () => {
   const a = await yun.admin().callFunction({ name: 'echo', data: {} });
   const b = await yun.admin().callFunction({ name: 'echo', data: {} });
-  assert.equal(a.result.pid, b.result.pid, 'the warm instance served both calls');
+  assert.equal(a.result.uid, b.result.uid, 'the warm instance served both calls');
   if (process.getuid && process.getuid() === 0) assert.notEqual(a.result.uid, 0, 'functions never run as root');
 });
 
@@ -49,7 +49,7 @@ test('an event larger than the instance\'s read buffer arrives whole, and the ne
   assert.equal(big.result.event.text, text);
   const small = await yun.admin().callFunction({ name: 'echo', data: { n: 1 } });
   assert.deepEqual(small.result.event, { n: 1 });
-  assert.equal(small.result.pid, big.result.pid, 'the same instance read both');
+  assert.equal(small.result.uid, big.result.uid, 'the same instance read both');
 });
 
 async function fault(kind) {
@@ -72,13 +72,13 @@ for (const [kind, pattern, replaced] of [
   ['big', /over the 6291456-byte limit/, false],
 ]) {
   test(`fault "${kind}" fails only that invocation (${replaced ? 'instance replaced' : 'instance kept'})`, async () => {
-    const before = (await fault('ok')).res.result.pid;
+    const before = (await fault('ok')).res.result.uid;
     const r = await fault(kind);
     assert.equal(r.ok, false, `${kind} must fail`);
     assert.equal(r.code, 'FUNCTIONS_EXECUTE_FAIL');
     assert.match(r.message, pattern);
     assert.match(r.requestId, /^[0-9a-f]{32}$/);
-    const after = (await fault('ok')).res.result.pid;
+    const after = (await fault('ok')).res.result.uid;
     if (replaced) assert.notEqual(after, before, 'a broken instance is replaced');
     else assert.equal(after, before, 'a healthy instance is kept');
     // Other functions never notice.
@@ -126,24 +126,22 @@ test('excess concurrent calls wait briefly, then get EXCEED_CONCURRENT_REQUEST_L
     yun.admin().callFunction({ name: 'slow', data: { ms: 300 } }),
     sleep(50).then(() => yun.admin().callFunction({ name: 'slow', data: { ms: 10 } })),
   ]);
-  assert.equal(first.result.pid, second.result.pid);
+  assert.equal(first.result.uid, second.result.uid);
 });
 
 test('a redeploy serves the new code and drains the old instances', async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'yun-fn-'));
-  fs.writeFileSync(path.join(dir, 'index.js'), 'exports.main = async () => ({ v: 1, pid: process.pid })');
+  fs.writeFileSync(path.join(dir, 'index.js'), 'exports.main = async () => ({ v: 1, uid: process.getuid() })');
   await yun.cliJson(['fn', 'deploy', dir, '--name', 'versioned']);
   const v1 = await yun.admin().callFunction({ name: 'versioned' });
   assert.equal(v1.result.v, 1);
-  fs.writeFileSync(path.join(dir, 'index.js'), 'exports.main = async () => ({ v: 2, pid: process.pid })');
+  fs.writeFileSync(path.join(dir, 'index.js'), 'exports.main = async () => ({ v: 2, uid: process.getuid() })');
   const deployed = await yun.cliJson(['fn', 'deploy', dir, '--name', 'versioned']);
   assert.equal(deployed.function.version, 2);
   const v2 = await yun.admin().callFunction({ name: 'versioned' });
   assert.equal(v2.result.v, 2);
-  assert.notEqual(v2.result.pid, v1.result.pid);
-  await waitFor(() => {
-    try { process.kill(v1.result.pid, 0); return false; } catch (_) { return true; }
-  }, 'the old instance to stop');
+  assert.notEqual(v2.result.uid, v1.result.uid);
+  await waitFor(() => instanceGone(v1.result.uid), 'the old instance to stop');
 });
 
 test('bad deploys are refused with a clear error and leave the old version serving', async () => {
@@ -203,8 +201,8 @@ test('hostile archives are refused and nothing is half-deployed', async () => {
   assert.equal(ok.status, 200, JSON.stringify(ok.body));
   for (const [entries, why] of [
     [[{ name: '../escape.js', body: 'x' }, { name: 'index.js', body: 'exports.main=async()=>1' }], /leaves the function folder/],
-    [[{ name: 'index.js', body: 'exports.main=async()=>1' }, { name: 'link', type: '2', link: '/etc/passwd' }], /points outside/],
-    [[{ name: 'index.js', body: 'exports.main=async()=>1' }, { name: 'dev', type: '3' }], /not a file, folder or symlink/],
+    [[{ name: 'index.js', body: 'exports.main=async()=>1' }, { name: 'link', type: '2', link: '/etc/passwd' }], /must point to a relative path inside the function folder/],
+    [[{ name: 'index.js', body: 'exports.main=async()=>1' }, { name: 'dev', type: '3' }], /only files, folders and symlinks are allowed/],
     [[{ name: 'other.js', body: 'x' }], /no index.js/],
   ]) {
     const r = await deployArchive('archived', tarGz(entries));

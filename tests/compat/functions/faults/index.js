@@ -2,7 +2,7 @@
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 exports.main = async (event) => {
   switch (event.kind) {
-    case 'ok': return { pid: process.pid };
+    case 'ok': return { pid: process.pid, uid: process.getuid() };
     case 'throw': console.error('about to throw'); throw new Error('boom');
     case 'reject': return Promise.reject(new TypeError('rejected on purpose'));
     case 'exit': process.exit(3); break;
