@@ -241,12 +241,14 @@ async fn main() {
             storage::run(&yun).await;
         }
         Some("functions") => functions().await,
+        Some("sandbox") => sandbox().await,
         Some("auth") => {
             let yun = spawn_yun(&yun_bin(), &[]).await;
             auth::run(&yun).await;
         }
         None => {
             functions().await;
+            sandbox().await;
             let yun = spawn_yun(&yun_bin(), &[]).await;
             db::run(&yun).await;
             storage::run(&yun).await;
@@ -269,8 +271,84 @@ async fn main() {
             );
         }
         Some(other) => {
-            eprintln!("usage: yun-bench [functions|db|storage|auth|load URL [CONNECTIONS]] (got {other:?})")
+            eprintln!("usage: yun-bench [functions|sandbox|db|storage|auth|load URL [CONNECTIONS]] (got {other:?})")
         }
+    }
+}
+
+/// A wx-server-sdk function started cold `COLD_STARTS` times after a deploy and as many
+/// after an idle reap (Yun started with `--idle-timeout 1s`): client-side latencies,
+/// sorted.
+async fn cold_starts(yun: &Yun, http: &reqwest::Client) -> (Vec<Duration>, Vec<Duration>) {
+    let sdk_fn = [("index.js", "const cloud = require('wx-server-sdk');\ncloud.init({ env: cloud.DYNAMIC_CURRENT_ENV });\nexports.main = async () => 'ok';\n")];
+    let mut after_deploy = Vec::new();
+    for i in 0..COLD_STARTS {
+        yun.deploy(
+            http,
+            "cold",
+            &sdk_fn,
+            json!({ "env_vars": { "ROUND": i.to_string() } }),
+        )
+        .await;
+        // Let the stem-cell pool refill, as it does between real deploys.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let start = Instant::now();
+        let r = yun.invoke(http, "cold").await;
+        after_deploy.push(start.elapsed());
+        assert_eq!(r["data"]["response_data"], "\"ok\"", "{r}");
+    }
+    let mut after_reap = Vec::new();
+    for _ in 0..COLD_STARTS {
+        tokio::time::sleep(Duration::from_millis(1700)).await;
+        let start = Instant::now();
+        let r = yun.invoke(http, "cold").await;
+        after_reap.push(start.elapsed());
+        assert_eq!(r["data"]["response_data"], "\"ok\"", "{r}");
+    }
+    after_deploy.sort();
+    after_reap.sort();
+    (after_deploy, after_reap)
+}
+
+/// The instance sandbox's cost: the same warm load and cold starts with `--sandbox off`
+/// and `--sandbox on`, in one run.
+async fn sandbox() {
+    let bin = yun_bin();
+    let http = reqwest::Client::new();
+    let handler = [("index.js", "exports.main = async () => ({ ok: true })")];
+    let mut rows = Vec::new();
+    for mode in ["off", "on"] {
+        let yun = spawn_yun(&bin, &["--sandbox", mode, "--idle-timeout", "1s"]).await;
+        yun.deploy(
+            &http,
+            "hello",
+            &handler,
+            json!({ "http_path": "/hello", "max_instances": 10 }),
+        )
+        .await;
+        let warm = load(&format!("{}/{}/hello", yun.url, yun.env), CONNECTIONS).await;
+        let (after_deploy, after_reap) = cold_starts(&yun, &http).await;
+        rows.push((mode, warm, after_deploy, after_reap));
+    }
+    println!("## Instance sandbox: off vs on, same run");
+    println!(
+        "| sandbox | warm req/s ({CONNECTIONS} conns) | ratio | p99 | cold p50 after deploy | after reap | max |\n|---|---|---|---|---|---|---|"
+    );
+    let base = rows[0].1.ops_per_sec;
+    for (mode, warm, after_deploy, after_reap) in &rows {
+        println!(
+            "| {mode} | {:.0} | {:.2}× | {} | {} | {} | {} |",
+            warm.ops_per_sec,
+            warm.ops_per_sec / base,
+            ms(warm.p99),
+            ms(percentile(after_deploy, 0.5)),
+            ms(percentile(after_reap, 0.5)),
+            ms(after_reap
+                .last()
+                .copied()
+                .unwrap_or_default()
+                .max(after_deploy.last().copied().unwrap_or_default()))
+        );
     }
 }
 
@@ -367,22 +445,25 @@ async fn functions() {
     let _ = bare.kill().await;
 
     // ---- memory ----
-    let warm_pids: Vec<u32> = {
-        let mut pids = Vec::new();
-        let probe = [("index.js", "exports.main = async () => process.pid")];
+    // Each instance reports its own RSS: inside the sandbox its pid is its namespace's.
+    let instance_rss: Vec<u64> = {
+        let mut rss = Vec::new();
+        let probe = [(
+            "index.js",
+            "exports.main = async () => Math.round(process.memoryUsage().rss / 1024)",
+        )];
         for name in ["probe-a", "probe-b", "probe-c"] {
             yun.deploy(&http, name, &probe, json!({})).await;
             let env = yun.invoke(&http, name).await;
-            pids.push(
+            rss.push(
                 env["data"]["response_data"]
                     .as_str()
                     .and_then(|s| s.parse().ok())
                     .unwrap_or(0),
             );
         }
-        pids
+        rss
     };
-    let instance_rss: Vec<u64> = warm_pids.iter().map(|p| rss_kb(*p)).collect();
     println!("\n## Memory");
     println!("| | RSS |\n|---|---|");
     println!(
@@ -425,40 +506,14 @@ async fn functions() {
         samples.sort();
         samples
     };
-    let sdk_fn = [("index.js", "const cloud = require('wx-server-sdk');\ncloud.init({ env: cloud.DYNAMIC_CURRENT_ENV });\nexports.main = async () => 'ok';\n")];
     let yun = spawn_yun(&bin, &["--idle-timeout", "1s"]).await;
-    let mut after_deploy = Vec::new();
-    for i in 0..COLD_STARTS {
-        yun.deploy(
-            &http,
-            "cold",
-            &sdk_fn,
-            json!({ "env_vars": { "ROUND": i.to_string() } }),
-        )
-        .await;
-        // Let the stem-cell pool refill, as it does between real deploys.
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        let start = Instant::now();
-        let r = yun.invoke(&http, "cold").await;
-        after_deploy.push(start.elapsed());
-        assert_eq!(r["data"]["response_data"], "\"ok\"", "{r}");
-    }
-    let mut after_reap = Vec::new();
-    for _ in 0..COLD_STARTS {
-        tokio::time::sleep(Duration::from_millis(1700)).await;
-        let start = Instant::now();
-        let r = yun.invoke(&http, "cold").await;
-        after_reap.push(start.elapsed());
-        assert_eq!(r["data"]["response_data"], "\"ok\"", "{r}");
-    }
+    let (after_deploy, after_reap) = cold_starts(&yun, &http).await;
     let mut warm = Vec::new();
     for _ in 0..COLD_STARTS {
         let start = Instant::now();
         yun.invoke(&http, "cold").await;
         warm.push(start.elapsed());
     }
-    after_deploy.sort();
-    after_reap.sort();
     warm.sort();
     println!(
         "\n## Cold start of a wx-server-sdk function (signed /admin call, client-side latency)"
