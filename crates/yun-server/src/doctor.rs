@@ -37,16 +37,12 @@ pub async fn run(node: &Path, init_exe: &Path) -> Report {
         }
     };
     let cgroups = Sandbox::detect(&format!("yun-doctor-{}", std::process::id()));
-    let (memory_limit, pids_limit) = match &cgroups {
-        Sandbox::CgroupV1 { pids, .. } => (true, pids.is_some()),
-        Sandbox::HeapFlagOnly { why } => {
-            missing.push(format!(
-                "memory and pids limits: {why}; only V8's heap limit applies (cgroup v2 is not supported yet)"
-            ));
-            (false, false)
-        }
-    };
-    if memory_limit && !pids_limit {
+    let (memory_limit, pids_limit) = cgroups.limits();
+    if let Sandbox::HeapFlagOnly { why } = &cgroups {
+        missing.push(format!(
+            "memory and pids limits: {why}; only V8's heap limit applies"
+        ));
+    } else if !pids_limit {
         missing.push("pids limit: no cgroup v1 pids controller".into());
     }
     cgroups.cleanup();

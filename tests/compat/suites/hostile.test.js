@@ -613,3 +613,34 @@ test('yun dev --sandbox on refuses to start where the sandbox cannot be built; a
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+// ---------------------------------------------------------------------------------------
+// Instance cgroups go with the Yun that made them: at a clean stop, and after a kill -9
+// at the next start.
+
+const cgroupDirs = (pid) => ['memory', 'pids'].map((controller) => {
+  const own = fs.readFileSync('/proc/self/cgroup', 'utf8').split('\n')
+    .map((l) => l.split(':')).find((parts) => parts[1] && parts[1].split(',').includes(controller));
+  return path.join('/sys/fs/cgroup', controller, own ? own[2] : '', `yun-${pid}`);
+});
+
+test('instance cgroups are removed at a clean stop, and after kill -9 at the next start', async () => {
+  const dataDir = fs.mkdtempSync(path.join(require('node:os').tmpdir(), 'yun-cgroups-'));
+  const first = await startYun([], { dataDir });
+  await first.admin().callFunction({ name: 'nonexistent' }).catch(() => {});
+  await waitFor(() => cgroupDirs(first.child.pid).every((d) => fs.existsSync(d)), 'the cgroups to exist');
+  await first.stop('SIGINT');
+  for (const dir of cgroupDirs(first.child.pid)) assert.equal(fs.existsSync(dir), false, dir);
+
+  const second = await startYun([], { dataDir });
+  await waitFor(() => cgroupDirs(second.child.pid).every((d) => fs.existsSync(d)), 'the cgroups to exist');
+  await second.stop('SIGKILL');
+  const left = cgroupDirs(second.child.pid);
+  const third = await startYun([], { dataDir });
+  try {
+    for (const dir of left) await waitFor(() => !fs.existsSync(dir), `${dir} to be swept`, 5000);
+  } finally {
+    await third.stop('SIGINT');
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  }
+});
