@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock};
 
 use yun_auth::TempCredential;
 use yun_functions::FunctionSpec;
-use yun_meta::{EnvSettings, FunctionRecord, KeyRecord};
+use yun_meta::{EnvSettings, FunctionRecord, KeyRecord, NetworkPolicy};
 use yun_types::{EnvId, ErrorCode, FunctionName, YunError};
 
 use crate::App;
@@ -121,8 +121,9 @@ impl App {
                 format!("function {name} does not exist in env {env}"),
             )
         })?;
+        let network = self.network_policy(env).await?;
         let loaded = Arc::new(LoadedFunction {
-            spec: self.runtime_spec(&record),
+            spec: self.runtime_spec(&record, network),
             record,
         });
         write(&self.cache.functions, key, loaded.clone());
@@ -178,6 +179,11 @@ impl App {
         let settings = self.meta.env_settings(env).await?;
         write(&self.cache.env_settings, env.clone(), settings.clone());
         Ok(settings)
+    }
+
+    /// What the env's functions may reach.
+    pub(crate) async fn network_policy(&self, env: &EnvId) -> Result<NetworkPolicy, YunError> {
+        Ok(self.env_settings(env).await?.network.unwrap_or_default())
     }
 
     pub(crate) fn forget_env_settings(&self, env: &EnvId) {

@@ -149,8 +149,15 @@ impl App {
                 "database limits must satisfy 1 <= db_default_limit <= db_max_limit <= 100000",
             ));
         }
+        let before = self.network_policy(&identity.env).await?;
         self.meta.put_env_settings(&identity.env, &settings).await?;
         self.forget_env_settings(&identity.env);
+        if settings.network.unwrap_or_default() != before {
+            // Running instances keep the network they started with: replace them.
+            for function in self.meta.list_functions(&identity.env).await? {
+                self.forget_function(&identity.env, &function.spec.name);
+            }
+        }
         Ok(settings)
     }
 

@@ -10,8 +10,8 @@ use yun_auth::{Caller, Identity};
 use yun_functions::package::{self, PackageLimits};
 use yun_functions::{FunctionSpec, InvocationEnv, InvokeError, InvokeRequest, LAYER_PACKAGES};
 use yun_meta::{
-    FunctionRecord, InvocationRecord, InvocationStatus, LogFilter, LogLine, LogQuery, NewFunction,
-    NewLogLine,
+    FunctionRecord, InvocationRecord, InvocationStatus, LogFilter, LogLine, LogQuery,
+    NetworkPolicy, NewFunction, NewLogLine,
 };
 use yun_types::{new_id, EnvId, ErrorCode, FunctionName, YunError};
 
@@ -169,7 +169,11 @@ impl App {
         env
     }
 
-    pub(crate) fn runtime_spec(&self, record: &FunctionRecord) -> FunctionSpec {
+    pub(crate) fn runtime_spec(
+        &self,
+        record: &FunctionRecord,
+        network: NetworkPolicy,
+    ) -> FunctionSpec {
         let spec = &record.spec;
         FunctionSpec {
             env: spec.env.clone(),
@@ -185,6 +189,7 @@ impl App {
             memory_mb: spec.memory_mb,
             max_instances: spec.max_instances as usize,
             static_env: self.static_env(spec),
+            network,
         }
     }
 
@@ -303,7 +308,7 @@ impl App {
             updated_at: 0,
         };
         self.runtime
-            .check_loads(&self.runtime_spec(&record))
+            .check_loads(&self.runtime_spec(&record, self.network_policy(&spec.env).await?))
             .await
             .map_err(|e| match e {
                 InvokeError::Load(js) => YunError::new(

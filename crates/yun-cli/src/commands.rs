@@ -36,6 +36,10 @@ pub enum EnvCommand {
         /// Largest limit a query may ask for (platform default 1000).
         #[arg(long)]
         db_max_limit: Option<u32>,
+        /// What the env's functions may reach: internet (default), yun-only, none.
+        /// Running instances are replaced.
+        #[arg(long, value_parser = ["internet", "yun-only", "none"])]
+        network: Option<String>,
     },
 }
 
@@ -190,6 +194,7 @@ pub async fn env(command: EnvCommand, conn: Connection) -> anyhow::Result<()> {
         EnvCommand::Configure {
             db_default_limit,
             db_max_limit,
+            network,
         } => {
             let current = client
                 .request(Method::GET, &client.env_path("/settings"), None)
@@ -200,6 +205,9 @@ pub async fn env(command: EnvCommand, conn: Connection) -> anyhow::Result<()> {
             }
             if let Some(n) = db_max_limit {
                 settings.insert("db_max_limit".into(), json!(n));
+            }
+            if let Some(policy) = network {
+                settings.insert("network".into(), json!(policy));
             }
             let v = client
                 .request(

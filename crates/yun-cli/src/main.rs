@@ -299,7 +299,11 @@ async fn doctor(node: &std::path::Path, json: bool) -> anyhow::Result<()> {
         ("seccomp filter", report.seccomp),
         ("a uid per instance", report.uid_per_instance),
         ("private /tmp and /dev/shm", report.private_tmp),
-        ("network: Yun only", report.network_policy),
+        ("network: Yun only, or none, per env", report.network_policy),
+        (
+            "network: the internet, per env (slirp4netns)",
+            report.internet,
+        ),
         ("memory limit", report.memory_limit),
         ("pids limit", report.pids_limit),
     ] {

@@ -17,7 +17,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::process::Child;
 use tokio::sync::mpsc;
-use yun_meta::{InvocationStatus, NewLogLine};
+use yun_meta::{InvocationStatus, NetworkPolicy, NewLogLine};
 use yun_types::{EnvId, FunctionName};
 
 use crate::isolation::{GatewaySocket, InstanceBinding, Isolation, UidLease};
@@ -146,10 +146,25 @@ impl std::fmt::Display for LoadFailure {
 }
 
 impl Jail {
-    /// Asks the init to show the instance its code (read-only, at `/var/user`).
-    async fn mount_code(&mut self, relative: &str) -> Result<(), String> {
+    /// Reads the init's host pid, which the outer process sends first.
+    async fn read_init_pid(&mut self) -> Result<(), String> {
+        let mut line = String::new();
+        tokio::time::timeout(READY_TIMEOUT, self.control.read_line(&mut line))
+            .await
+            .map_err(|_| "the sandbox did not report its init".to_string())?
+            .map_err(|e| e.to_string())?;
+        let pid = line
+            .trim_end()
+            .strip_prefix("init ")
+            .and_then(|pid| pid.parse().ok())
+            .ok_or_else(|| format!("unexpected first line from the sandbox: {line:?}"))?;
+        self.init_pid = Some(pid);
+        Ok(())
+    }
+
+    /// Sends one control request to the init and waits for its answer.
+    async fn request(&mut self, request: &str) -> Result<(), String> {
         use tokio::io::AsyncWriteExt as _;
-        let request = yun_sandbox::mount_request(relative);
         let exchange = async {
             self.control.get_mut().write_all(request.as_bytes()).await?;
             let mut reply = String::new();
@@ -160,11 +175,77 @@ impl Jail {
             Ok(Ok(reply)) if reply.trim_end() == "ok" => Ok(()),
             Ok(Ok(reply)) if reply.is_empty() => Err("the sandbox's init is gone".into()),
             Ok(Ok(reply)) => Err(format!(
-                "the sandbox refused the code: {}",
+                "the sandbox refused {:?}: {}",
+                request.trim_end(),
                 reply.trim_end().trim_start_matches("error ")
             )),
             Ok(Err(e)) => Err(format!("the sandbox's init is gone: {e}")),
             Err(_) => Err("the sandbox's init did not answer".into()),
+        }
+    }
+
+    /// Applies the env's network policy before the function's code runs.
+    async fn apply_network(&mut self, policy: NetworkPolicy) -> Result<(), String> {
+        match policy {
+            NetworkPolicy::None => self.request(yun_sandbox::NO_NETWORK_REQUEST).await,
+            NetworkPolicy::YunOnly => Ok(()),
+            NetworkPolicy::Internet => match self.isolation.slirp.clone() {
+                Some(slirp) => self.attach_internet(&slirp).await,
+                None => Ok(()), // said at start-up: Yun only on this host
+            },
+        }
+    }
+
+    /// Starts slirp4netns on the instance's network namespace: a default route to a
+    /// user-mode stack that reaches the internet and refuses the host's loopback. It
+    /// exits when the instance's end of its exit pipe closes.
+    #[allow(unsafe_code)]
+    async fn attach_internet(&mut self, slirp: &std::path::Path) -> Result<(), String> {
+        use std::os::fd::AsRawFd as _;
+        let pid = self.init_pid.ok_or("the sandbox's init is unknown")?;
+        let (mut ready_r, ready_w) = std::io::pipe().map_err(|e| e.to_string())?;
+        let (exit_r, exit_w) = std::io::pipe().map_err(|e| e.to_string())?;
+        let mut cmd = std::process::Command::new(slirp);
+        cmd.args([
+            "--configure",
+            "--mtu=65520",
+            "--disable-host-loopback",
+            "--enable-sandbox",
+            "--enable-seccomp",
+            "--ready-fd=3",
+            "--exit-fd=4",
+        ])
+        .arg(pid.to_string())
+        .arg("tap0")
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        let (ready_fd, exit_fd) = (ready_w.as_raw_fd(), exit_r.as_raw_fd());
+        // SAFETY: dup2 is async-signal-safe; both descriptors stay open until spawned.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(ready_fd, 3) < 0 || libc::dup2(exit_fd, 4) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut cmd = tokio::process::Command::from(cmd);
+        cmd.kill_on_drop(true);
+        let spawned = cmd.spawn();
+        drop((cmd, ready_w, exit_r));
+        let child = spawned.map_err(|e| format!("cannot start {}: {e}", slirp.display()))?;
+        let ready = tokio::task::spawn_blocking(move || {
+            let mut byte = [0u8; 1];
+            std::io::Read::read(&mut ready_r, &mut byte).map(|n| n == 1)
+        });
+        match tokio::time::timeout(LOAD_TIMEOUT, ready).await {
+            Ok(Ok(Ok(true))) => {
+                self.internet = Some((child, exit_w));
+                Ok(())
+            }
+            _ => Err("slirp4netns did not bring the instance's network up".into()),
         }
     }
 }
@@ -178,6 +259,7 @@ pub struct LoadSpec<'a> {
     pub handler: &'a str,
     pub env_vars: &'a BTreeMap<String, String>,
     pub context: &'a Value,
+    pub network: NetworkPolicy,
 }
 
 /// The command that starts `node` inside the sandbox, through `yun sandbox-init`, and
@@ -245,6 +327,8 @@ fn jailed_command(
             binding,
             _gateway: gateway.map(|(socket, _)| socket),
             uid: None,
+            init_pid: None,
+            internet: None,
         },
     ))
 }
@@ -309,6 +393,10 @@ struct Jail {
     binding: InstanceBinding,
     _gateway: Option<GatewaySocket>,
     uid: Option<UidLease>,
+    /// The init's pid on the host (its network namespace is the instance's).
+    init_pid: Option<u32>,
+    /// slirp4netns for an instance given the internet; it exits when this closes.
+    internet: Option<(tokio::process::Child, std::io::PipeWriter)>,
 }
 
 fn heap_limit_mb(memory_mb: u32) -> u32 {
@@ -448,7 +536,12 @@ impl Instance {
             Ok(Ok(InstanceMessage::Ready {
                 v: PROTOCOL_VERSION,
                 ..
-            })) => Ok(instance),
+            })) => {
+                if let Some(jail) = &mut instance.jail {
+                    jail.read_init_pid().await?;
+                }
+                Ok(instance)
+            }
             Ok(Ok(InstanceMessage::Ready { v, .. })) => Err(format!(
                 "bootstrap speaks protocol v{v}, expected v{PROTOCOL_VERSION}"
             )),
@@ -482,7 +575,12 @@ impl Instance {
                     .to_str()
                     .ok_or_else(|| LoadFailure::Process("code path is not UTF-8".into()))?
                     .to_owned();
-                jail.mount_code(&rel).await.map_err(LoadFailure::Process)?;
+                jail.request(&yun_sandbox::mount_request(&rel))
+                    .await
+                    .map_err(LoadFailure::Process)?;
+                jail.apply_network(function.network)
+                    .await
+                    .map_err(LoadFailure::Process)?;
                 let lease = jail
                     .isolation
                     .uids

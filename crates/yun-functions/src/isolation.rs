@@ -44,6 +44,9 @@ pub struct Isolation {
     pub shm_mb: u32,
     pub uids: Arc<UidPool>,
     pub gateway: Option<Arc<dyn Gateway>>,
+    /// `slirp4netns`, which gives an instance's network namespace the internet (and
+    /// not the host's loopback); without it, `internet` means Yun only.
+    pub slirp: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Isolation {
@@ -54,6 +57,7 @@ impl std::fmt::Debug for Isolation {
             .field("tmp_mb", &self.tmp_mb)
             .field("uids", &self.uids.range)
             .field("gateway", &self.gateway.is_some())
+            .field("slirp", &self.slirp)
             .finish()
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tokio::sync::{mpsc, Notify};
-use yun_meta::NewLogLine;
+use yun_meta::{NetworkPolicy, NewLogLine};
 use yun_types::{EnvId, FunctionName};
 
 use crate::instance::{
@@ -61,6 +61,8 @@ pub struct FunctionSpec {
     pub max_instances: usize,
     /// Set once when an instance loads the function (user vars and platform vars).
     pub static_env: BTreeMap<String, String>,
+    /// What its instances may reach (sandboxed instances only).
+    pub network: NetworkPolicy,
 }
 
 /// Variables set in `process.env` for one invocation only (identity, credential, seq
@@ -507,6 +509,7 @@ fn load_spec<'a>(spec: &'a FunctionSpec, context: &'a serde_json::Value) -> Load
         handler: &spec.handler,
         env_vars: &spec.static_env,
         context,
+        network: spec.network,
     }
 }
 

@@ -19,6 +19,24 @@ pub struct EnvSettings {
     /// The largest limit a query may ask for (CloudBase: 1000); more is an error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub db_max_limit: Option<u32>,
+    /// What the env's functions may reach (default: the internet, where the host can
+    /// give it; see [`NetworkPolicy`]). Applies to instances started after a change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkPolicy>,
+}
+
+/// What a sandboxed function's instances may reach over the network. Never the host's
+/// loopback services or Yun's management API, whatever the policy.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum NetworkPolicy {
+    /// Nothing, not even Yun (a function that only computes).
+    None,
+    /// Yun's SDK surface only.
+    YunOnly,
+    /// Yun, and the outside world through a user-mode network stack (slirp4netns).
+    #[default]
+    Internet,
 }
 
 /// What a key may do.

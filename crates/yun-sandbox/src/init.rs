@@ -86,14 +86,19 @@ fn outer(spec: &Spec) -> Result<i32, SandboxError> {
                 SETUP_FAILED
             }
         }),
-        ForkResult::Parent { child } => loop {
-            match waitpid(child, None) {
-                Ok(WaitStatus::Exited(_, code)) => return Ok(die_like(code)),
-                Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(die_like(128 + sig as i32)),
-                Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(sys("waiting for the init")(e)),
+        ForkResult::Parent { child } => {
+            // SAFETY: fd 3 is the control socket; borrowed for one write, not closed.
+            let control = unsafe { std::os::fd::BorrowedFd::borrow_raw(CONTROL_FD) };
+            let _ = nix::unistd::write(control, format!("init {child}\n").as_bytes());
+            loop {
+                match waitpid(child, None) {
+                    Ok(WaitStatus::Exited(_, code)) => return Ok(die_like(code)),
+                    Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(die_like(128 + sig as i32)),
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(sys("waiting for the init")(e)),
+                }
             }
-        },
+        }
     }
 }
 
@@ -148,7 +153,8 @@ fn init(spec: &Spec) -> Result<i32, SandboxError> {
     };
     // SAFETY: fd 3 is the control socket Yun passed us; nothing else owns it.
     let control = unsafe { OwnedFd::from_raw_fd(CONTROL_FD) };
-    std::thread::spawn(move || serve_control(UnixStream::from(control), functions));
+    let gateway_fd = gateway.as_ref().map(AsRawFd::as_raw_fd);
+    std::thread::spawn(move || serve_control(UnixStream::from(control), functions, gateway_fd));
     if let Some(listener) = gateway {
         std::thread::spawn(move || serve_gateway(listener));
     }
@@ -364,6 +370,10 @@ fn build_root(spec: &Spec) -> Result<(), SandboxError> {
     .map_err(sys("making /dev read-only"))?;
     std::fs::create_dir_all(inside(root, Path::new(CODE_DIR)))
         .map_err(io("creating the code folder"))?;
+    let etc = root.join("etc");
+    std::fs::create_dir_all(&etc).map_err(io("creating /etc"))?;
+    std::fs::write(etc.join("resolv.conf"), crate::RESOLV_CONF)
+        .map_err(io("writing /etc/resolv.conf"))?;
     let view = inside(root, Path::new(FUNCTIONS_VIEW));
     std::fs::create_dir_all(&view).map_err(io("creating the functions view"))?;
     let private_dir = view.parent().unwrap_or(root);
@@ -430,7 +440,7 @@ fn loopback_up() -> Result<(), SandboxError> {
 /// One request per line from Yun: `mount ENV/NAME/CODE` binds that code folder (beneath
 /// the functions folder, no symlinks on the way) read-only at [`CODE_DIR`], once.
 /// Yun closing the socket ends the instance.
-fn serve_control(stream: UnixStream, functions: OwnedFd) {
+fn serve_control(stream: UnixStream, functions: OwnedFd, gateway: Option<RawFd>) {
     let mut writer = match stream.try_clone() {
         Ok(w) => w,
         Err(_) => std::process::exit(SETUP_FAILED),
@@ -441,9 +451,18 @@ fn serve_control(stream: UnixStream, functions: OwnedFd) {
         let reply = match line.split_once(' ') {
             Some(("mount", _)) if loaded => Err("the code is already mounted".to_string()),
             Some(("mount", rel)) => mount_code(&functions, rel).map_err(|e| e.to_string()),
+            Some(("network", "none")) => {
+                // The gateway's accept fails from now on and its thread closes it.
+                if let Some(fd) = gateway {
+                    // SAFETY: shutdown on the gateway's socket, which its thread closes
+                    // only after this makes its accept fail.
+                    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+                }
+                Ok(())
+            }
             _ => Err(format!("unknown request {line:?}")),
         };
-        loaded |= reply.is_ok();
+        loaded |= line.starts_with("mount ") && reply.is_ok();
         let text = match reply {
             Ok(()) => "ok\n".to_string(),
             Err(e) => format!("error {}\n", e.replace('\n', " ")),
@@ -494,7 +513,11 @@ fn mount_code(functions: &OwnedFd, rel: &str) -> Result<(), SandboxError> {
 /// instance's socket (which only the init, as root, may open).
 fn serve_gateway(listener: TcpListener) {
     for conn in listener.incoming() {
-        let Ok(tcp) = conn else { continue };
+        let tcp = match conn {
+            Ok(tcp) => tcp,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break, // shut down: the instance has no network
+        };
         std::thread::spawn(move || {
             let Ok(unix) = UnixStream::connect(GATEWAY_SOCKET) else {
                 return;

@@ -70,9 +70,18 @@ pub struct Gateway {
 }
 
 /// Control requests from Yun to the init, one line each; answered `ok` or `error …`.
+/// (Before any, the outer process sends `init PID`: the init's pid on the host, for
+/// tools that join its network namespace.)
 pub fn mount_request(relative_code_dir: &str) -> String {
     format!("mount {relative_code_dir}\n")
 }
+
+/// Closes the instance's gateway: no network at all, not even Yun.
+pub const NO_NETWORK_REQUEST: &str = "network none\n";
+
+/// The resolver inside the sandbox: slirp4netns's DNS forwarder, where an instance is
+/// given the internet; nothing answers there otherwise.
+pub const RESOLV_CONF: &str = "nameserver 10.0.2.3\n";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {

@@ -20,6 +20,8 @@ pub struct Report {
     pub private_tmp: bool,
     /// Instances reach only Yun (their own network namespace and gateway).
     pub network_policy: bool,
+    /// Instances may be given the internet (slirp4netns is installed).
+    pub internet: bool,
     pub memory_limit: bool,
     pub pids_limit: bool,
     pub missing: Vec<String>,
@@ -46,12 +48,20 @@ pub async fn run(node: &Path, init_exe: &Path) -> Report {
         missing.push("pids limit: no cgroup v1 pids controller".into());
     }
     cgroups.cleanup();
+    let internet = sandbox && find_program(Path::new("slirp4netns")).is_some();
+    if sandbox && !internet {
+        missing.push(
+            "internet for functions: no slirp4netns (apt-get install slirp4netns); they reach Yun only"
+                .into(),
+        );
+    }
     Report {
         namespaces: sandbox,
         seccomp: sandbox,
         uid_per_instance: sandbox,
         private_tmp: sandbox,
         network_policy: sandbox,
+        internet,
         memory_limit,
         pids_limit,
         missing,
@@ -78,6 +88,7 @@ async fn sandbox_status(node: &Path, init_exe: &Path) -> Result<(), String> {
         shm_mb: 8,
         uids: UidPool::new(DEFAULT_INSTANCE_UIDS),
         gateway: None,
+        slirp: None,
     });
     let result = sandbox_trial(&isolation, &node).await;
     let _ = std::fs::remove_dir_all(&scratch);

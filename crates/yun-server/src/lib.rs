@@ -143,7 +143,6 @@ fn sandbox_view(node: &Path, bootstrap: &Path, layer: &Path) -> Vec<PathBuf> {
         "/etc/alternatives",
         "/etc/ssl",
         "/etc/ca-certificates",
-        "/etc/resolv.conf",
         "/etc/hosts",
         "/etc/nsswitch.conf",
         "/etc/localtime",
@@ -187,6 +186,10 @@ async fn isolation(
     let Some(node) = find_program(&cfg.node) else {
         return unavailable(format!("cannot find {}", cfg.node.display()));
     };
+    let slirp = find_program(Path::new("slirp4netns"));
+    if slirp.is_none() {
+        tracing::warn!("no slirp4netns on this host: functions reach Yun only, not the internet");
+    }
     let root = runtime_dir.join("sandbox-root");
     make_dir(&root, 0o755)?;
     let gateways = runtime_dir.join("gateways");
@@ -203,6 +206,7 @@ async fn isolation(
             shm_mb: 16,
             uids: UidPool::new(cfg.instance_uids.clone()),
             gateway,
+            slirp: slirp.clone(),
         })
     };
     if let Err(why) = sandbox_trial(&build(None), &node).await {
@@ -501,7 +505,8 @@ impl Server {
             "{}; {}",
             sandbox.describe(),
             match (&isolation, run_as) {
-                (Some(_), _) => "instances sandboxed (namespaces, seccomp, a uid each, private /tmp, Yun-only network)",
+                (Some(iso), _) if iso.slirp.is_some() => "instances sandboxed (namespaces, seccomp, a uid each, private /tmp; network per env: Yun and the internet, Yun only, or none)",
+                (Some(_), _) => "instances sandboxed (namespaces, seccomp, a uid each, private /tmp; network: Yun only, no slirp4netns for the internet)",
                 (None, Some(_)) => "no sandbox: instances run as user nobody",
                 (None, None) => "no sandbox: instances run as the current user",
             }

@@ -434,6 +434,49 @@ test("net: the function's own database, storage and callFunction still work", as
   assert.deepEqual(r, { ok: true, db: 1, file: 'own bytes', called: true, calledUid: r.calledUid });
 });
 
+// The network policy per env: internet (the default: a user-mode stack, slirp4netns,
+// that refuses the host's loopback), yun-only, none. A change replaces running instances.
+
+const procNet = (file) => attack('read', { path: `/proc/net/${file}` });
+
+test('net (internet, the default): a tap device and a default route through slirp4netns; its DNS; the host loopback through it refused', async () => {
+  const dev = await procNet('dev');
+  assert.match(dev.head, /tap0:/, JSON.stringify(dev));
+  const route = await procNet('route');
+  assert.match(route.head, /\ntap0\t00000000\t/, 'a default route via tap0');
+  assert.equal((await attack('read', { path: '/etc/resolv.conf' })).head, 'nameserver 10.0.2.3\n');
+  // 10.0.2.2 is slirp4netns's name for the host inside the instance's own namespace.
+  refused(await attack('connect', { host: '10.0.2.2', port: 5432 }), 'ECONNREFUSED');
+  refused(await attack('connect', { host: '10.0.2.2', port: Number(new URL(yun.url).port) }), 'ECONNREFUSED');
+});
+
+test('net (yun-only): no route out, Yun still answers', async () => {
+  await yun.cliJson(['env', 'configure', '--network', 'yun-only'], asOther());
+  try {
+    const dev = await procNet('dev');
+    assert.doesNotMatch(dev.head, /tap0/, 'the instances were replaced without the internet');
+    const route = await procNet('route');
+    assert.doesNotMatch(route.head, /\n\w+\t00000000\t/, 'no default route');
+    const r = await attack('ownCloud');
+    assert.equal(r.ok, true, JSON.stringify(r));
+  } finally {
+    await yun.cliJson(['env', 'configure', '--network', 'internet'], asOther());
+  }
+});
+
+test('net (none): not even Yun; other envs keep theirs', async () => {
+  await yun.cliJson(['env', 'configure', '--network', 'none'], asOther());
+  try {
+    refused(await attack('connect', { host: '127.0.0.1', port: Number(new URL(yun.url).port) }), 'ECONNREFUSED');
+    const r = await attack('ownCloud');
+    assert.equal(r.ok, false, JSON.stringify(r));
+    assert.match(JSON.stringify(r), /ECONNREFUSED/);
+  } finally {
+    await yun.cliJson(['env', 'configure', '--network', 'internet'], asOther());
+  }
+  assert.equal((await attack('ownCloud')).ok, true, 'back to the default');
+});
+
 // ---------------------------------------------------------------------------------------
 // Credentials: a function's temporary credential works only from its own instance.
 
