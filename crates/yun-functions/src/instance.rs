@@ -780,6 +780,16 @@ impl Instance {
     pub async fn shutdown(mut self) {
         self.kill();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.child.wait()).await;
+        // In the sandbox the killed init and node may still be exiting after the outer
+        // process is gone; their cgroup can be removed only once they have.
+        if let Some(cgroup) = &self.cgroup {
+            for _ in 0..200 {
+                if cgroup.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
         drop(self.cgroup.take());
     }
 }

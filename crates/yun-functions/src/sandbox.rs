@@ -246,6 +246,13 @@ impl InstanceCgroup {
         self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
     }
 
+    /// Whether no process is left in it.
+    pub fn is_empty(&self) -> bool {
+        self.procs_files()
+            .iter()
+            .all(|f| std::fs::read_to_string(f).map_or(true, |procs| procs.trim().is_empty()))
+    }
+
     /// Moves `pid` in (an unsandboxed instance, right after it started).
     pub fn join(&self, pid: u32) {
         for procs in self.procs_files() {

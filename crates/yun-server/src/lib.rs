@@ -464,6 +464,11 @@ impl Server {
             Some(spec) => ObjectBackend::parse(spec),
             None => ObjectBackend::Local(cfg.data_dir.join("files")),
         };
+        if let ObjectBackend::Local(dir) = &backend {
+            // Stored files are Yun's alone (served through signed URLs), whoever else runs
+            // on the host: an unsandboxed instance as `nobody` cannot open the folder.
+            make_dir(dir, 0o700)?;
+        }
         let storage = Arc::new(Storage::new(
             &backend,
             Arc::new(SqliteFileIndex::open(&meta_dir.join("files.db"))?),

@@ -15,7 +15,7 @@ const fs = require('node:fs');
 const path = require('node:path');
 const zlib = require('node:zlib');
 const tcb = require('@cloudbase/node-sdk');
-const { startYun, sleep, waitFor, BIN } = require('../lib/yun');
+const { startYun, sleep, waitFor, instanceGone: instanceGoneByUid, BIN } = require('../lib/yun');
 
 const LAYER = path.resolve(__dirname, '..');
 const DOC_SECRET = 'DOC-SECRET-4c2f9e7a11';
@@ -403,6 +403,15 @@ test('resources: native memory beyond the limit -> the invocation fails as out o
   assert.match(r.message, /memory limit/);
 });
 
+test('processes: an instance that dies while idle is dropped; the next call runs on a fresh one', async () => {
+  const before = await attack('dieIdle', { ms: 100 });
+  assert.equal(before.ok, true, JSON.stringify(before));
+  await waitFor(() => instanceGoneByUid(before.uid), 'the instance to die', 5000);
+  const after = await attack('whoami');
+  assert.equal(after.ok, true, JSON.stringify(after));
+  assert.notEqual(after.uid, before.uid);
+});
+
 // ---------------------------------------------------------------------------------------
 // Network: only the SDK surface of Yun is reachable.
 
@@ -437,13 +446,11 @@ test("net: the function's own database, storage and callFunction still work", as
 // The network policy per env: internet (the default: a user-mode stack, slirp4netns,
 // that refuses the host's loopback), yun-only, none. A change replaces running instances.
 
-const procNet = (file) => attack('read', { path: `/proc/net/${file}` });
+const procNet = async (file) => (await attack('text', { path: `/proc/net/${file}` })).text;
 
 test('net (internet, the default): a tap device and a default route through slirp4netns; its DNS; the host loopback through it refused', async () => {
-  const dev = await procNet('dev');
-  assert.match(dev.head, /tap0:/, JSON.stringify(dev));
-  const route = await procNet('route');
-  assert.match(route.head, /\ntap0\t00000000\t/, 'a default route via tap0');
+  assert.match(await procNet('dev'), /tap0:/);
+  assert.match(await procNet('route'), /\ntap0\t00000000\t/, 'a default route via tap0');
   assert.equal((await attack('read', { path: '/etc/resolv.conf' })).head, 'nameserver 10.0.2.3\n');
   // 10.0.2.2 is slirp4netns's name for the host inside the instance's own namespace.
   refused(await attack('connect', { host: '10.0.2.2', port: 5432 }), 'ECONNREFUSED');
@@ -453,10 +460,8 @@ test('net (internet, the default): a tap device and a default route through slir
 test('net (yun-only): no route out, Yun still answers', async () => {
   await yun.cliJson(['env', 'configure', '--network', 'yun-only'], asOther());
   try {
-    const dev = await procNet('dev');
-    assert.doesNotMatch(dev.head, /tap0/, 'the instances were replaced without the internet');
-    const route = await procNet('route');
-    assert.doesNotMatch(route.head, /\n\w+\t00000000\t/, 'no default route');
+    assert.doesNotMatch(await procNet('dev'), /tap0/, 'the instances were replaced without the internet');
+    assert.doesNotMatch(await procNet('route'), /\n\w+\t00000000\t/, 'no default route');
     const r = await attack('ownCloud');
     assert.equal(r.ok, true, JSON.stringify(r));
   } finally {

@@ -63,6 +63,7 @@ const attacks = {
     return { bytes: bytes.length, head: bytes.subarray(0, 200).toString('latin1') };
   }),
   readdir: async ({ path: p }) => tryIt(() => ({ entries: fs.readdirSync(p).sort() })),
+  text: async ({ path: p }) => tryIt(() => ({ text: fs.readFileSync(p, 'utf8').slice(0, 16384) })),
   readlink: async ({ path: p }) => tryIt(() => ({ target: fs.readlinkSync(p) })),
   stat: async ({ path: p }) => tryIt(() => ({ mode: fs.statSync(p).mode })),
   // Reads every file under a folder (the victim's code, a data folder) and says whether
@@ -118,6 +119,11 @@ const attacks = {
     return { ok: true };
   },
   exit: async () => { process.exit(7); },
+  // Answers, then dies while idle: the next event must not be sent to the dead process.
+  dieIdle: async ({ ms = 100 }) => {
+    setTimeout(() => process.kill(process.pid, 'SIGKILL'), ms);
+    return { ok: true, uid: process.getuid() };
+  },
 
   // ps: every pid this instance can see, with its command line where readable.
   ps: async () => tryIt(() => {
