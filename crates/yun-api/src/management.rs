@@ -609,7 +609,7 @@ async fn copy_file(State(app): State<AppState>, InEnv(who): InEnv, body: Body) -
             &who,
             vec![(req.from, req.to.clone(), req.overwrite, req.move_original)],
         )
-        .await
+        .await?
         .pop()
         .ok_or_else(|| YunError::internal("a copy returned no outcome"))?;
     ok(json!({ "file": file_json(&who.env, &copied.result?) }))

@@ -5,7 +5,7 @@ use yun_auth::{Caller, Identity};
 use yun_meta::{EnvRecord, EnvSettings, KeyRecord, KeyRole};
 use yun_types::{new_id, EnvId, ErrorCode, YunError};
 
-use crate::App;
+use crate::{App, Operation};
 use yun_types::unix_now;
 
 /// What `yun dev` prints on first start and writes to `credentials.json`.
@@ -72,7 +72,7 @@ impl App {
         identity: &Identity,
         env: &EnvId,
     ) -> Result<(EnvRecord, NewKey), YunError> {
-        Self::require_platform(identity)?;
+        Self::authorize(identity, Operation::CreateEnv)?;
         let record = self.meta.create_env(env).await?;
         let key = mint_key(env, KeyRole::Env, "first key of the env");
         self.meta.insert_key(&key).await?;
@@ -80,16 +80,20 @@ impl App {
     }
 
     pub async fn list_envs(&self, identity: &Identity) -> Result<Vec<EnvRecord>, YunError> {
+        Self::authorize(identity, Operation::ListEnvs)?;
         let all = self.meta.list_envs().await?;
         Ok(match identity.caller {
             Caller::PlatformKey { .. } => all,
-            _ => all.into_iter().filter(|e| e.id == identity.env).collect(),
+            Caller::EnvKey { .. }
+            | Caller::Function { .. }
+            | Caller::User(_)
+            | Caller::Anonymous => all.into_iter().filter(|e| e.id == identity.env).collect(),
         })
     }
 
     /// Deletes an env with everything it owns: keys, functions, code, logs.
     pub async fn delete_env(&self, identity: &Identity, env: &EnvId) -> Result<(), YunError> {
-        Self::require_platform(identity)?;
+        Self::authorize(identity, Operation::DeleteEnv)?;
         if let Caller::PlatformKey { secret_id } = &identity.caller {
             if self
                 .meta
@@ -128,6 +132,7 @@ impl App {
     }
 
     pub async fn env_settings_of(&self, identity: &Identity) -> Result<EnvSettings, YunError> {
+        Self::authorize(identity, Operation::GetEnvSettings)?;
         self.env_settings(&identity.env).await
     }
 
@@ -137,6 +142,7 @@ impl App {
         identity: &Identity,
         settings: EnvSettings,
     ) -> Result<EnvSettings, YunError> {
+        Self::authorize(identity, Operation::PutEnvSettings)?;
         let default = settings.db_default_limit.unwrap_or(100);
         let max = settings.db_max_limit.unwrap_or(1000);
         if default == 0 || default > max || max > 100_000 {
@@ -154,6 +160,7 @@ impl App {
         identity: &Identity,
         description: &str,
     ) -> Result<NewKey, YunError> {
+        Self::authorize(identity, Operation::CreateKey)?;
         let key = mint_key(&identity.env, KeyRole::Env, description);
         self.meta.insert_key(&key).await?;
         Ok(key.into())
@@ -161,6 +168,7 @@ impl App {
 
     /// The env's keys, SecretKeys masked.
     pub async fn list_keys(&self, identity: &Identity) -> Result<Vec<KeyRecord>, YunError> {
+        Self::authorize(identity, Operation::ListKeys)?;
         let mut keys = self.meta.list_keys(&identity.env).await?;
         for key in &mut keys {
             key.secret_key = format!("{}…", &key.secret_key[..4.min(key.secret_key.len())]);
@@ -169,6 +177,7 @@ impl App {
     }
 
     pub async fn revoke_key(&self, identity: &Identity, secret_id: &str) -> Result<(), YunError> {
+        Self::authorize(identity, Operation::RevokeKey)?;
         let revoked = self
             .meta
             .revoke_key(&identity.env, secret_id, unix_now())

@@ -12,7 +12,7 @@ use yun_storage::{file_id, parse_file_id, CloudPath, FileRecord};
 use yun_types::{EnvId, ErrorCode, YunError};
 
 use crate::rules::{rule_auth, RulesTarget};
-use crate::App;
+use crate::{App, Operation};
 use yun_types::unix_now;
 
 /// How long `getUploadMetadata`'s authorization stays valid.
@@ -145,6 +145,7 @@ impl App {
         identity: &Identity,
         path: &str,
     ) -> Result<(bool, bool), YunError> {
+        Self::authorize(identity, Operation::FileAuthority)?;
         let path = CloudPath::parse(path)?;
         let existing = self.existing(&identity.env, &path).await?;
         let read = self
@@ -195,6 +196,7 @@ impl App {
         identity: &Identity,
         path: &str,
     ) -> Result<UploadTarget, YunError> {
+        Self::authorize(identity, Operation::UploadTarget)?;
         let path = CloudPath::parse(path)?;
         let env = &identity.env;
         let existing = self.existing(env, &path).await?;
@@ -317,6 +319,7 @@ impl App {
         name: &str,
         max_age: Option<i64>,
     ) -> Result<String, YunError> {
+        Self::authorize(identity, Operation::FileUrl)?;
         let path = Self::own_path_or_id(identity, name)?;
         self.temp_url(identity, &path, max_age).await
     }
@@ -329,6 +332,7 @@ impl App {
         after: &str,
         limit: usize,
     ) -> Result<Vec<FileRecord>, YunError> {
+        Self::authorize(identity, Operation::ListFiles)?;
         if !(1..=MAX_LIST_PAGE).contains(&limit) {
             return Err(YunError::invalid_param(format!(
                 "limit must be 1 to {MAX_LIST_PAGE}"
@@ -349,6 +353,7 @@ impl App {
         S: Stream<Item = Result<Bytes, E>> + Unpin + Send,
         E: std::fmt::Display,
     {
+        Self::authorize(identity, Operation::PutFile)?;
         let path = CloudPath::parse(path)?;
         self.storage
             .upload(
@@ -363,12 +368,14 @@ impl App {
 
     /// Management: the record of a file named by path or id, to stream it.
     pub async fn stat_file(&self, identity: &Identity, name: &str) -> Result<FileRecord, YunError> {
+        Self::authorize(identity, Operation::StatFile)?;
         let path = Self::own_path_or_id(identity, name)?;
         self.storage.stat(&identity.env, &path).await
     }
 
     /// Management: deletes a file named by path or id.
     pub async fn delete_file(&self, identity: &Identity, name: &str) -> Result<(), YunError> {
+        Self::authorize(identity, Operation::DeleteFile)?;
         let path = Self::own_path_or_id(identity, name)?;
         self.storage.delete(&identity.env, &path).await
     }
@@ -378,7 +385,8 @@ impl App {
         &self,
         identity: &Identity,
         files: Vec<(String, Option<i64>)>,
-    ) -> Vec<FileOutcome<String>> {
+    ) -> Result<Vec<FileOutcome<String>>, YunError> {
+        Self::authorize(identity, Operation::TempUrls)?;
         let mut out = Vec::with_capacity(files.len());
         for (id, max_age) in files {
             let result = async {
@@ -393,14 +401,15 @@ impl App {
                 result,
             });
         }
-        out
+        Ok(out)
     }
 
     pub async fn delete_files(
         &self,
         identity: &Identity,
         ids: Vec<String>,
-    ) -> Vec<FileOutcome<()>> {
+    ) -> Result<Vec<FileOutcome<()>>, YunError> {
+        Self::authorize(identity, Operation::DeleteFiles)?;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             let result = async {
@@ -415,7 +424,7 @@ impl App {
                 result,
             });
         }
-        out
+        Ok(out)
     }
 
     /// `storage.batchCopyFile` and the management copy; answers with the new files.
@@ -423,7 +432,8 @@ impl App {
         &self,
         identity: &Identity,
         copies: Vec<(String, String, bool, bool)>,
-    ) -> Vec<FileOutcome<FileRecord>> {
+    ) -> Result<Vec<FileOutcome<FileRecord>>, YunError> {
+        Self::authorize(identity, Operation::CopyFiles)?;
         let mut out = Vec::with_capacity(copies.len());
         for (src, dst, overwrite, remove_original) in copies {
             let result = async {
@@ -450,6 +460,6 @@ impl App {
                 result,
             });
         }
-        out
+        Ok(out)
     }
 }
