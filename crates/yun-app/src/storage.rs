@@ -185,7 +185,7 @@ impl App {
     }
 
     /// A temporary download URL, raw (not percent-encoded): the SDK encodes it itself.
-    pub fn download_url(&self, env: &EnvId, path: &CloudPath, max_age: i64) -> String {
+    fn download_url(&self, env: &EnvId, path: &CloudPath, max_age: i64) -> String {
         let expires = unix_now() + max_age;
         let sign = self.url_signer.download_sign(env, path, expires);
         format!("{}{path}?sign={sign}&t={expires}", self.files_base(env))
