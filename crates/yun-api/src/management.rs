@@ -566,7 +566,7 @@ async fn download_file(
 ) -> ApiResult {
     use axum::http::header;
     let file = app.stat_file(&who, &path).await?;
-    let stream = app.storage().read(&file, None).await?;
+    let stream = app.read_file(&file, None).await?;
     Ok((
         [
             (header::CONTENT_TYPE, file.content_type.clone()),

@@ -3,12 +3,15 @@
 //! Uploads and downloads themselves go through signed URLs, so the byte streams never
 //! need the caller's key.
 
+use std::ops::Range;
+
 use bytes::Bytes;
+use futures_util::stream::BoxStream;
 use futures_util::Stream;
 use serde_json::json;
 use yun_auth::{Caller, Identity};
 use yun_rules::Context;
-use yun_storage::{file_id, parse_file_id, CloudPath, FileRecord};
+use yun_storage::{file_id, parse_file_id, CloudPath, FileRecord, ImageOps, Rendered};
 use yun_types::{EnvId, ErrorCode, YunError};
 
 use crate::rules::{rule_auth, RulesTarget};
@@ -288,8 +291,23 @@ impl App {
         self.storage.stat(env, &path).await
     }
 
-    pub fn storage(&self) -> &yun_storage::Storage {
-        &self.storage
+    /// The bytes of a file that a checked call found ([`App::stat_file`] for admins,
+    /// [`App::open_signed`] for a signed URL): storage is read only through those.
+    pub async fn read_file(
+        &self,
+        file: &FileRecord,
+        range: Option<Range<u64>>,
+    ) -> Result<BoxStream<'static, Result<Bytes, YunError>>, YunError> {
+        self.storage.read(file, range).await
+    }
+
+    /// [`App::read_file`], as an image rendering (`imageMogr2`).
+    pub async fn render_image(
+        &self,
+        file: &FileRecord,
+        ops: &ImageOps,
+    ) -> Result<Rendered, YunError> {
+        self.storage.render_image(file, ops).await
     }
 
     /// A temporary URL for an existing file, valid `max_age` seconds (default one day).
