@@ -72,7 +72,7 @@ pub async fn handle(
                 };
                 files.push((text(entry, "fileid")?.to_owned(), max_age));
             }
-            let outcomes = app.temp_urls(identity, files).await;
+            let outcomes = app.temp_urls(identity, files).await?;
             let download_list: Vec<Value> = outcomes
                 .into_iter()
                 .map(|o| {
@@ -95,7 +95,7 @@ pub async fn handle(
                         .ok_or_else(|| YunError::invalid_param("fileid_list holds strings"))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            let outcomes = app.delete_files(identity, ids).await;
+            let outcomes = app.delete_files(identity, ids).await?;
             json!({ "delete_list": outcomes.into_iter().map(|o| item(o, "fileID", |()| json!({}))).collect::<Vec<_>>() })
         }
         "storage.batchCopyFile" => {
@@ -114,7 +114,7 @@ pub async fn handle(
                         .unwrap_or(false),
                 ));
             }
-            let outcomes = app.copy_files(identity, copies).await;
+            let outcomes = app.copy_files(identity, copies).await?;
             json!({ "copy_list": outcomes.into_iter().map(|o| item(o, "fileId", |file| json!({ "fileID": yun_storage::file_id(&identity.env, &file.path) }))).collect::<Vec<_>>() })
         }
         "storage.getFileAuthority" => {

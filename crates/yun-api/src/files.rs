@@ -190,7 +190,7 @@ pub async fn download(
         return (StatusCode::NOT_MODIFIED, out).into_response();
     }
     if let Some((_, ops)) = image {
-        return match app.storage().render_image(&file, &ops).await {
+        return match app.render_image(&file, &ops).await {
             Ok(rendered) => {
                 set(header::CONTENT_LENGTH, rendered.bytes.len().to_string());
                 let body = if method == Method::HEAD {
@@ -224,7 +224,7 @@ pub async fn download(
     if method == Method::HEAD {
         return (status, out).into_response();
     }
-    match app.storage().read(&file, range).await {
+    match app.read_file(&file, range).await {
         Ok(stream) => (status, out, Body::from_stream(stream)).into_response(),
         Err(e) => json_error(&e),
     }

@@ -580,7 +580,7 @@ async fn download_file(
 ) -> ApiResult {
     use axum::http::header;
     let file = app.stat_file(&who, &path).await?;
-    let stream = app.storage().read(&file, None).await?;
+    let stream = app.read_file(&file, None).await?;
     Ok((
         [
             (header::CONTENT_TYPE, file.content_type.clone()),
@@ -623,7 +623,7 @@ async fn copy_file(State(app): State<AppState>, InEnv(who): InEnv, body: Body) -
             &who,
             vec![(req.from, req.to.clone(), req.overwrite, req.move_original)],
         )
-        .await
+        .await?
         .pop()
         .ok_or_else(|| YunError::internal("a copy returned no outcome"))?;
     ok(json!({ "file": file_json(&who.env, &copied.result?) }))

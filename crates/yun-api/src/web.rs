@@ -93,13 +93,9 @@ async fn handle(
         database if database.starts_with("database.") => {
             crate::web_db::handle(app, identity, database, &body).await
         }
-        // The same actions as `/admin`; `yun-app` checks the storage rules for end users.
-        "storage.getUploadMetadata"
-        | "storage.batchGetDownloadUrl"
-        | "storage.batchDeleteFile"
-        | "storage.batchCopyFile"
-        | "storage.getFileAuthority" => Ok(crate::cloudbase_storage::handle(
-            app, identity, action, &body,
+        // The same actions as `/admin`; `yun-app` decides what an end user may do.
+        storage if storage.starts_with("storage.") => Ok(crate::cloudbase_storage::handle(
+            app, identity, storage, &body,
         )
         .await?
         .0),

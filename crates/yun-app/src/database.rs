@@ -1,39 +1,29 @@
-//! Database use-cases: every call acts in the caller's env. The operations and their
-//! semantics live in `yun-docdb`; this layer decides who may call and what is stamped.
+//! Database use-cases without security rules, for keys and functions (end users go
+//! through `user_db.rs`): every call acts in the caller's env. The operations and their
+//! semantics live in `yun-docdb`; this layer decides who may call.
 
 use serde_json::Value;
-use yun_auth::{Caller, Identity};
+use yun_auth::Identity;
 use yun_docdb::filter::Filter;
 use yun_docdb::find::Projection;
 use yun_docdb::index::IndexSpec;
 use yun_docdb::{Change, Find, Limits, UpdateMode, Updated};
-use yun_types::{ErrorCode, YunError};
+use yun_types::YunError;
 
-use crate::App;
+use crate::{App, Operation};
 
 impl App {
-    /// These operations are the admin path: rules do not apply. End users go through
-    /// `user_db.rs`, which checks their rules; this refuses them here so no surface can
-    /// reach around it.
-    fn admin_path(identity: &Identity) -> Result<(), YunError> {
-        match identity.caller {
-            Caller::User(_) | Caller::Anonymous => Err(YunError::new(
-                ErrorCode::DatabasePermissionDenied,
-                "end users reach the database under security rules only",
-            )),
-            _ => Ok(()),
-        }
-    }
-
     pub async fn db_create_collection(
         &self,
         identity: &Identity,
         name: &str,
     ) -> Result<(), YunError> {
+        Self::authorize(identity, Operation::CreateCollection)?;
         self.docdb.create_collection(&identity.env, name).await
     }
 
     pub async fn db_list_collections(&self, identity: &Identity) -> Result<Vec<String>, YunError> {
+        Self::authorize(identity, Operation::ListCollections)?;
         self.docdb.list_collections(&identity.env).await
     }
 
@@ -56,7 +46,7 @@ impl App {
         collection: &str,
         docs: Vec<Value>,
     ) -> Result<Vec<String>, YunError> {
-        Self::admin_path(identity)?;
+        Self::authorize(identity, Operation::InsertDocuments)?;
         self.docdb
             .insert(&identity.env, collection, docs, None, None)
             .await
@@ -68,7 +58,7 @@ impl App {
         collection: &str,
         find: Find,
     ) -> Result<Vec<Value>, YunError> {
-        Self::admin_path(identity)?;
+        Self::authorize(identity, Operation::FindDocuments)?;
         let limits = self.env_limits(identity).await?;
         self.docdb
             .find(&identity.env, collection, find, &limits)
@@ -81,7 +71,7 @@ impl App {
         collection: &str,
         filter: Filter,
     ) -> Result<u64, YunError> {
-        Self::admin_path(identity)?;
+        Self::authorize(identity, Operation::CountDocuments)?;
         self.docdb.count(&identity.env, collection, filter).await
     }
 
@@ -94,7 +84,7 @@ impl App {
         multi: bool,
         upsert: Option<Value>,
     ) -> Result<(Updated, Vec<Value>), YunError> {
-        Self::admin_path(identity)?;
+        Self::authorize(identity, Operation::UpdateDocuments)?;
         self.docdb
             .update(
                 &identity.env,
@@ -116,7 +106,7 @@ impl App {
         collection: &str,
         stages: Vec<yun_docdb::aggregate::Stage>,
     ) -> Result<Vec<Value>, YunError> {
-        Self::admin_path(identity)?;
+        Self::authorize(identity, Operation::AggregateDocuments)?;
         self.docdb
             .aggregate(&identity.env, collection, stages)
             .await
@@ -129,7 +119,7 @@ impl App {
         filter: Filter,
         multi: bool,
     ) -> Result<u64, YunError> {
-        Self::admin_path(identity)?;
+        Self::authorize(identity, Operation::RemoveDocuments)?;
         self.docdb
             .remove(&identity.env, collection, filter, multi, None)
             .await
@@ -138,8 +128,9 @@ impl App {
 
 /// Transactions: bound to the caller's env; another env's transaction id is unknown here.
 impl App {
-    pub fn db_start_transaction(&self, identity: &Identity) -> String {
-        self.docdb.start_transaction(&identity.env)
+    pub fn db_start_transaction(&self, identity: &Identity) -> Result<String, YunError> {
+        Self::authorize(identity, Operation::StartTransaction)?;
+        Ok(self.docdb.start_transaction(&identity.env))
     }
 
     pub async fn db_commit_transaction(
@@ -147,10 +138,12 @@ impl App {
         identity: &Identity,
         txn: &str,
     ) -> Result<(), YunError> {
+        Self::authorize(identity, Operation::CommitTransaction)?;
         self.docdb.commit_transaction(&identity.env, txn).await
     }
 
     pub fn db_abort_transaction(&self, identity: &Identity, txn: &str) -> Result<(), YunError> {
+        Self::authorize(identity, Operation::AbortTransaction)?;
         self.docdb.abort_transaction(&identity.env, txn)
     }
 
@@ -162,6 +155,7 @@ impl App {
         filter: &Filter,
         projection: &Projection,
     ) -> Result<Vec<Value>, YunError> {
+        Self::authorize(identity, Operation::TransactionFind)?;
         self.docdb
             .txn_find(&identity.env, txn, collection, filter, projection)
             .await
@@ -174,6 +168,7 @@ impl App {
         collection: &str,
         docs: Vec<Value>,
     ) -> Result<Vec<String>, YunError> {
+        Self::authorize(identity, Operation::TransactionInsert)?;
         self.docdb
             .txn_insert(&identity.env, txn, collection, docs)
             .await
@@ -188,6 +183,7 @@ impl App {
         change: &Change,
         upsert: Option<Value>,
     ) -> Result<Updated, YunError> {
+        Self::authorize(identity, Operation::TransactionUpdate)?;
         self.docdb
             .txn_update(&identity.env, txn, collection, filter, change, upsert)
             .await
@@ -200,6 +196,7 @@ impl App {
         collection: &str,
         filter: &Filter,
     ) -> Result<u64, YunError> {
+        Self::authorize(identity, Operation::TransactionRemove)?;
         self.docdb
             .txn_remove(&identity.env, txn, collection, filter)
             .await
@@ -215,6 +212,7 @@ impl App {
         docs: Vec<Value>,
         upsert: bool,
     ) -> Result<(u64, u64), YunError> {
+        Self::authorize(identity, Operation::ImportDocuments)?;
         self.docdb
             .import(&identity.env, collection, docs, upsert)
             .await
@@ -225,6 +223,7 @@ impl App {
         identity: &Identity,
         name: &str,
     ) -> Result<(), YunError> {
+        Self::authorize(identity, Operation::DropCollection)?;
         self.docdb.drop_collection(&identity.env, name).await
     }
 
@@ -234,6 +233,7 @@ impl App {
         collection: &str,
         spec: IndexSpec,
     ) -> Result<(), YunError> {
+        Self::authorize(identity, Operation::CreateIndex)?;
         self.docdb
             .create_index(&identity.env, collection, spec)
             .await
@@ -244,6 +244,7 @@ impl App {
         identity: &Identity,
         collection: &str,
     ) -> Result<Vec<IndexSpec>, YunError> {
+        Self::authorize(identity, Operation::ListIndexes)?;
         self.docdb.list_indexes(&identity.env, collection).await
     }
 
@@ -253,6 +254,7 @@ impl App {
         collection: &str,
         name: &str,
     ) -> Result<(), YunError> {
+        Self::authorize(identity, Operation::DropIndex)?;
         self.docdb.drop_index(&identity.env, collection, name).await
     }
 }

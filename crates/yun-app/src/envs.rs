@@ -5,7 +5,7 @@ use yun_auth::{Caller, Identity};
 use yun_meta::{EnvRecord, EnvSettings, KeyRecord, KeyRole};
 use yun_types::{new_id, EnvId, ErrorCode, YunError};
 
-use crate::App;
+use crate::{App, Operation};
 use yun_types::unix_now;
 
 /// What `yun dev` prints on first start and writes to `credentials.json`.
@@ -77,7 +77,7 @@ impl App {
         identity: &Identity,
         env: &EnvId,
     ) -> Result<(EnvRecord, NewKey), YunError> {
-        Self::require_platform(identity)?;
+        Self::authorize(identity, Operation::CreateEnv)?;
         let record = self.meta.create_env(env).await?;
         let key = mint_key(env, KeyRole::Env, "first key of the env");
         self.meta.insert_key(&key).await?;
@@ -85,16 +85,20 @@ impl App {
     }
 
     pub async fn list_envs(&self, identity: &Identity) -> Result<Vec<EnvRecord>, YunError> {
+        Self::authorize(identity, Operation::ListEnvs)?;
         let all = self.meta.list_envs().await?;
         Ok(match identity.caller {
             Caller::PlatformKey { .. } => all,
-            _ => all.into_iter().filter(|e| e.id == identity.env).collect(),
+            Caller::EnvKey { .. }
+            | Caller::Function { .. }
+            | Caller::User(_)
+            | Caller::Anonymous => all.into_iter().filter(|e| e.id == identity.env).collect(),
         })
     }
 
     /// Deletes an env with everything it owns: keys, functions, code, logs.
     pub async fn delete_env(&self, identity: &Identity, env: &EnvId) -> Result<(), YunError> {
-        Self::require_platform(identity)?;
+        Self::authorize(identity, Operation::DeleteEnv)?;
         if let Caller::PlatformKey { secret_id } = &identity.caller {
             if self
                 .meta
@@ -133,6 +137,7 @@ impl App {
     }
 
     pub async fn env_settings_of(&self, identity: &Identity) -> Result<EnvSettings, YunError> {
+        Self::authorize(identity, Operation::GetEnvSettings)?;
         self.env_settings(&identity.env).await
     }
 
@@ -142,6 +147,7 @@ impl App {
         identity: &Identity,
         settings: EnvSettings,
     ) -> Result<EnvSettings, YunError> {
+        Self::authorize(identity, Operation::PutEnvSettings)?;
         let default = settings.db_default_limit.unwrap_or(100);
         let max = settings.db_max_limit.unwrap_or(1000);
         if default == 0 || default > max || max > 100_000 {
@@ -166,6 +172,7 @@ impl App {
         identity: &Identity,
         description: &str,
     ) -> Result<NewKey, YunError> {
+        Self::authorize(identity, Operation::CreateKey)?;
         let key = mint_key(&identity.env, KeyRole::Env, description);
         self.meta.insert_key(&key).await?;
         Ok(key.into())
@@ -173,6 +180,7 @@ impl App {
 
     /// The env's keys, SecretKeys masked.
     pub async fn list_keys(&self, identity: &Identity) -> Result<Vec<KeyRecord>, YunError> {
+        Self::authorize(identity, Operation::ListKeys)?;
         let mut keys = self.meta.list_keys(&identity.env).await?;
         keys.iter_mut().for_each(mask);
         Ok(keys)
@@ -181,10 +189,10 @@ impl App {
     /// The platform key making the request (`yun key show`), its SecretKey masked
     /// unless `reveal`: start-up no longer prints it, so this is where its holder finds it.
     pub async fn own_key(&self, identity: &Identity, reveal: bool) -> Result<KeyRecord, YunError> {
-        Self::require_platform(identity)?;
+        Self::authorize(identity, Operation::ShowOwnKey)?;
         let Caller::PlatformKey { secret_id } = &identity.caller else {
             return Err(YunError::internal(
-                "require_platform admitted a non-platform caller",
+                "ShowOwnKey admitted a caller without a platform key",
             ));
         };
         let mut key = self.meta.get_key(secret_id).await?.ok_or_else(|| {
@@ -197,6 +205,7 @@ impl App {
     }
 
     pub async fn revoke_key(&self, identity: &Identity, secret_id: &str) -> Result<(), YunError> {
+        Self::authorize(identity, Operation::RevokeKey)?;
         let revoked = self
             .meta
             .revoke_key(&identity.env, secret_id, unix_now())

@@ -15,7 +15,7 @@ use yun_meta::{
 };
 use yun_types::{new_id, EnvId, ErrorCode, FunctionName, YunError};
 
-use crate::App;
+use crate::{App, Operation};
 use yun_types::unix_now;
 
 // Invocation variable values that never change, shared so that the runtime tells them
@@ -202,6 +202,7 @@ impl App {
         name: &FunctionName,
         req: DeployRequest,
     ) -> Result<FunctionRecord, YunError> {
+        Self::authorize(identity, Operation::DeployFunction)?;
         let env = &identity.env;
         let previous = self.meta.get_function(env, name).await?.map(|r| r.spec);
         let handler = req
@@ -369,6 +370,7 @@ impl App {
         &self,
         identity: &Identity,
     ) -> Result<Vec<FunctionRecord>, YunError> {
+        Self::authorize(identity, Operation::ListFunctions)?;
         self.meta.list_functions(&identity.env).await
     }
 
@@ -377,6 +379,7 @@ impl App {
         identity: &Identity,
         name: &FunctionName,
     ) -> Result<FunctionRecord, YunError> {
+        Self::authorize(identity, Operation::GetFunction)?;
         Ok(self.function(&identity.env, name).await?.record.clone())
     }
 
@@ -385,6 +388,7 @@ impl App {
         identity: &Identity,
         name: &FunctionName,
     ) -> Result<(), YunError> {
+        Self::authorize(identity, Operation::DeleteFunction)?;
         if !self.meta.delete_function(&identity.env, name).await? {
             return Err(YunError::new(
                 ErrorCode::FunctionNotFound,
@@ -459,6 +463,7 @@ impl App {
         event: String,
         caller: &CallerContext,
     ) -> Result<Invocation, YunError> {
+        Self::authorize(identity, Operation::InvokeFunction)?;
         if !event.is_empty() {
             serde_json::from_str::<serde::de::IgnoredAny>(&event).map_err(|e| {
                 YunError::invalid_param(format!("the event is not valid JSON: {e}"))
@@ -554,6 +559,7 @@ impl App {
         function: Option<&FunctionName>,
         filter: LogFilter,
     ) -> Result<Vec<LogLine>, YunError> {
+        Self::authorize(identity, Operation::ReadLogs)?;
         let limit = filter.limit.unwrap_or(1000).min(10_000);
         let filter = LogFilter {
             limit: Some(limit),
@@ -574,6 +580,7 @@ impl App {
         function: Option<&FunctionName>,
         limit: u32,
     ) -> Result<Vec<InvocationRecord>, YunError> {
+        Self::authorize(identity, Operation::ListInvocations)?;
         self.recorder.flush().await;
         self.meta
             .list_invocations(&identity.env, function, limit.min(1000))
@@ -585,6 +592,7 @@ impl App {
         identity: &Identity,
         request_id: &str,
     ) -> Result<InvocationRecord, YunError> {
+        Self::authorize(identity, Operation::GetInvocation)?;
         self.recorder.flush().await;
         self.meta
             .get_invocation(&identity.env, request_id)
@@ -598,7 +606,8 @@ impl App {
     }
 
     /// Invokes the function serving `path` in `env` for unauthenticated HTTP traffic.
-    /// `None` when no function serves the path.
+    /// `None` when no function serves the path. No operation check: an HTTP path is what
+    /// makes a function public, and this is the only way an anonymous caller runs one.
     /// `event` must be valid JSON (the HTTP request as Yun serialized it).
     pub async fn invoke_public_http(
         &self,

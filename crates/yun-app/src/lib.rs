@@ -1,9 +1,11 @@
-//! Yun's use-cases. Every entry point takes the caller's resolved [`Identity`] and acts in
-//! `identity.env` only. Owns the ordering of side effects (files, metadata, instances)
+//! Yun's use-cases. Every entry point takes the caller's resolved [`Identity`], acts in
+//! `identity.env` only, and first checks that the caller may run it ([`App::authorize`],
+//! `authz.rs`). Owns the ordering of side effects (files, metadata, instances)
 //! so that a failed deploy leaves nothing behind. No HTTP types here: the `yun-api`
 //! handlers stay thin and call these methods.
 
 mod access;
+mod authz;
 mod cache;
 mod database;
 mod envs;
@@ -22,6 +24,7 @@ use yun_functions::Runtime;
 use yun_meta::MetaStore;
 
 pub use access::SignedRequest;
+pub use authz::{Capability, Operation};
 pub use envs::{Credentials, NewKey};
 pub use functions::{CallerContext, DeployRequest, Invocation};
 pub use recorder::Recorder;
@@ -91,17 +94,5 @@ impl App {
 
     pub fn settings(&self) -> &AppSettings {
         &self.settings
-    }
-
-    /// Identity checks that need no store: whether the caller may act in `identity.env`
-    /// at the platform level (create and delete envs).
-    fn require_platform(identity: &Identity) -> Result<(), yun_types::YunError> {
-        match identity.caller {
-            Caller::PlatformKey { .. } => Ok(()),
-            _ => Err(yun_types::YunError::new(
-                yun_types::ErrorCode::PermissionDenied,
-                "this needs a platform key",
-            )),
-        }
     }
 }

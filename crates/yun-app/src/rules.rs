@@ -5,9 +5,9 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use yun_auth::{Caller, EndUser, Identity};
 use yun_rules::{Auth, RuleSet, Target};
-use yun_types::{ErrorCode, YunError};
+use yun_types::YunError;
 
-use crate::App;
+use crate::{App, Operation};
 
 pub(crate) const STORAGE_TARGET: &str = "storage";
 
@@ -52,16 +52,6 @@ pub(crate) fn rule_auth(user: &EndUser) -> Auth {
     }
 }
 
-fn admins_only(identity: &Identity) -> Result<(), YunError> {
-    match identity.caller {
-        Caller::PlatformKey { .. } | Caller::EnvKey { .. } => Ok(()),
-        _ => Err(YunError::new(
-            ErrorCode::PermissionDenied,
-            "rules are set with a key of the env",
-        )),
-    }
-}
-
 impl App {
     /// The rules that apply to `target`: the stored set or the default.
     pub(crate) async fn rules_for(
@@ -82,7 +72,7 @@ impl App {
         identity: &Identity,
         target: &RulesTarget,
     ) -> Result<Value, YunError> {
-        admins_only(identity)?;
+        Self::authorize(identity, Operation::GetRules)?;
         let stored = self.env_rules(&identity.env).await?;
         let default = !stored.contains_key(&target.key());
         Ok(json!({
@@ -99,7 +89,7 @@ impl App {
         target: &RulesTarget,
         spec: Option<&Value>,
     ) -> Result<Value, YunError> {
-        admins_only(identity)?;
+        Self::authorize(identity, Operation::SetRules)?;
         let normalised = spec
             .map(|spec| {
                 RuleSet::parse(spec, target.kind())

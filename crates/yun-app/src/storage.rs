@@ -3,16 +3,19 @@
 //! Uploads and downloads themselves go through signed URLs, so the byte streams never
 //! need the caller's key.
 
+use std::ops::Range;
+
 use bytes::Bytes;
+use futures_util::stream::BoxStream;
 use futures_util::Stream;
 use serde_json::json;
 use yun_auth::{Caller, Identity};
 use yun_rules::Context;
-use yun_storage::{file_id, parse_file_id, CloudPath, FileRecord};
+use yun_storage::{file_id, parse_file_id, CloudPath, FileRecord, ImageOps, Rendered};
 use yun_types::{EnvId, ErrorCode, YunError};
 
 use crate::rules::{rule_auth, RulesTarget};
-use crate::App;
+use crate::{App, Operation};
 use yun_types::unix_now;
 
 /// How long `getUploadMetadata`'s authorization stays valid.
@@ -145,6 +148,7 @@ impl App {
         identity: &Identity,
         path: &str,
     ) -> Result<(bool, bool), YunError> {
+        Self::authorize(identity, Operation::FileAuthority)?;
         let path = CloudPath::parse(path)?;
         let existing = self.existing(&identity.env, &path).await?;
         let read = self
@@ -184,7 +188,7 @@ impl App {
     }
 
     /// A temporary download URL, raw (not percent-encoded): the SDK encodes it itself.
-    pub fn download_url(&self, env: &EnvId, path: &CloudPath, max_age: i64) -> String {
+    fn download_url(&self, env: &EnvId, path: &CloudPath, max_age: i64) -> String {
         let expires = unix_now() + max_age;
         let sign = self.url_signer.download_sign(env, path, expires);
         format!("{}{path}?sign={sign}&t={expires}", self.files_base(env))
@@ -195,6 +199,7 @@ impl App {
         identity: &Identity,
         path: &str,
     ) -> Result<UploadTarget, YunError> {
+        Self::authorize(identity, Operation::UploadTarget)?;
         let path = CloudPath::parse(path)?;
         let env = &identity.env;
         let existing = self.existing(env, &path).await?;
@@ -286,8 +291,23 @@ impl App {
         self.storage.stat(env, &path).await
     }
 
-    pub fn storage(&self) -> &yun_storage::Storage {
-        &self.storage
+    /// The bytes of a file that a checked call found ([`App::stat_file`] for admins,
+    /// [`App::open_signed`] for a signed URL): storage is read only through those.
+    pub async fn read_file(
+        &self,
+        file: &FileRecord,
+        range: Option<Range<u64>>,
+    ) -> Result<BoxStream<'static, Result<Bytes, YunError>>, YunError> {
+        self.storage.read(file, range).await
+    }
+
+    /// [`App::read_file`], as an image rendering (`imageMogr2`).
+    pub async fn render_image(
+        &self,
+        file: &FileRecord,
+        ops: &ImageOps,
+    ) -> Result<Rendered, YunError> {
+        self.storage.render_image(file, ops).await
     }
 
     /// A temporary URL for an existing file, valid `max_age` seconds (default one day).
@@ -317,6 +337,7 @@ impl App {
         name: &str,
         max_age: Option<i64>,
     ) -> Result<String, YunError> {
+        Self::authorize(identity, Operation::FileUrl)?;
         let path = Self::own_path_or_id(identity, name)?;
         self.temp_url(identity, &path, max_age).await
     }
@@ -329,6 +350,7 @@ impl App {
         after: &str,
         limit: usize,
     ) -> Result<Vec<FileRecord>, YunError> {
+        Self::authorize(identity, Operation::ListFiles)?;
         if !(1..=MAX_LIST_PAGE).contains(&limit) {
             return Err(YunError::invalid_param(format!(
                 "limit must be 1 to {MAX_LIST_PAGE}"
@@ -349,6 +371,7 @@ impl App {
         S: Stream<Item = Result<Bytes, E>> + Unpin + Send,
         E: std::fmt::Display,
     {
+        Self::authorize(identity, Operation::PutFile)?;
         let path = CloudPath::parse(path)?;
         self.storage
             .upload(
@@ -363,12 +386,14 @@ impl App {
 
     /// Management: the record of a file named by path or id, to stream it.
     pub async fn stat_file(&self, identity: &Identity, name: &str) -> Result<FileRecord, YunError> {
+        Self::authorize(identity, Operation::StatFile)?;
         let path = Self::own_path_or_id(identity, name)?;
         self.storage.stat(&identity.env, &path).await
     }
 
     /// Management: deletes a file named by path or id.
     pub async fn delete_file(&self, identity: &Identity, name: &str) -> Result<(), YunError> {
+        Self::authorize(identity, Operation::DeleteFile)?;
         let path = Self::own_path_or_id(identity, name)?;
         self.storage.delete(&identity.env, &path).await
     }
@@ -378,7 +403,8 @@ impl App {
         &self,
         identity: &Identity,
         files: Vec<(String, Option<i64>)>,
-    ) -> Vec<FileOutcome<String>> {
+    ) -> Result<Vec<FileOutcome<String>>, YunError> {
+        Self::authorize(identity, Operation::TempUrls)?;
         let mut out = Vec::with_capacity(files.len());
         for (id, max_age) in files {
             let result = async {
@@ -393,14 +419,15 @@ impl App {
                 result,
             });
         }
-        out
+        Ok(out)
     }
 
     pub async fn delete_files(
         &self,
         identity: &Identity,
         ids: Vec<String>,
-    ) -> Vec<FileOutcome<()>> {
+    ) -> Result<Vec<FileOutcome<()>>, YunError> {
+        Self::authorize(identity, Operation::DeleteFiles)?;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             let result = async {
@@ -415,7 +442,7 @@ impl App {
                 result,
             });
         }
-        out
+        Ok(out)
     }
 
     /// `storage.batchCopyFile` and the management copy; answers with the new files.
@@ -423,7 +450,8 @@ impl App {
         &self,
         identity: &Identity,
         copies: Vec<(String, String, bool, bool)>,
-    ) -> Vec<FileOutcome<FileRecord>> {
+    ) -> Result<Vec<FileOutcome<FileRecord>>, YunError> {
+        Self::authorize(identity, Operation::CopyFiles)?;
         let mut out = Vec::with_capacity(copies.len());
         for (src, dst, overwrite, remove_original) in copies {
             let result = async {
@@ -450,6 +478,6 @@ impl App {
                 result,
             });
         }
-        out
+        Ok(out)
     }
 }

@@ -20,7 +20,7 @@ use yun_rules::{Auth, Context, Rule, RuleSet};
 use yun_types::{ErrorCode, YunError};
 
 use crate::rules::{end_user, rule_auth, RulesTarget};
-use crate::App;
+use crate::{App, Operation};
 
 /// A read as the js-sdk sends it; `query` is in stored form.
 pub struct UserQuery {
@@ -172,6 +172,7 @@ impl App {
         collection: &str,
         q: UserQuery,
     ) -> Result<Vec<Value>, YunError> {
+        Self::authorize(identity, Operation::UserFind)?;
         let checker = self.checker(identity, collection).await?;
         let per_document = checker.read_query(&q.query)?;
         let limits = self.env_limits(identity).await?;
@@ -215,6 +216,7 @@ impl App {
         collection: &str,
         stages: Vec<(String, Value)>,
     ) -> Result<Vec<Value>, YunError> {
+        Self::authorize(identity, Operation::UserAggregate)?;
         let checker = self.checker(identity, collection).await?;
         let ctx = checker.ctx(None, None);
         let input_ok = match stages.first() {
@@ -261,6 +263,7 @@ impl App {
         collection: &str,
         query: Value,
     ) -> Result<u64, YunError> {
+        Self::authorize(identity, Operation::UserCount)?;
         if single_id(&query).is_some() {
             let found = self
                 .user_find(
@@ -291,6 +294,7 @@ impl App {
         collection: &str,
         docs: Vec<Value>,
     ) -> Result<Vec<String>, YunError> {
+        Self::authorize(identity, Operation::UserInsert)?;
         let checker = self.checker(identity, collection).await?;
         let uid = checker.auth.uid.clone();
         for doc in &docs {
@@ -318,6 +322,7 @@ impl App {
         multi: bool,
         upsert: bool,
     ) -> Result<Updated, YunError> {
+        Self::authorize(identity, Operation::UserUpdate)?;
         let checker = self.checker(identity, collection).await?;
         checker.query_within(&checker.rules.update, &query, "update")?;
         let uid = checker.auth.uid.clone();
@@ -371,6 +376,7 @@ impl App {
         query: Value,
         multi: bool,
     ) -> Result<u64, YunError> {
+        Self::authorize(identity, Operation::UserRemove)?;
         let checker = self.checker(identity, collection).await?;
         checker.query_within(&checker.rules.delete, &query, "delete")?;
         let guard = checker.guard(Value::Null);

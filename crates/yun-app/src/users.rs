@@ -5,7 +5,7 @@ use yun_auth::{Caller, EndUser, Identity};
 use yun_types::{EnvId, ErrorCode, YunError};
 use yun_users::{Session, TicketKey, TicketKeyRecord, UserRecord};
 
-use crate::App;
+use crate::{App, Operation};
 
 /// Most users a management listing returns per page.
 pub const MAX_USER_PAGE: usize = 1000;
@@ -36,17 +36,6 @@ impl App {
                 ErrorCode::InvalidEnv,
                 format!("env {env} does not exist"),
             ))
-        }
-    }
-
-    /// Admins of the env: its keys, platform keys and its functions. End users are not.
-    fn require_admin(identity: &Identity) -> Result<(), YunError> {
-        match identity.caller {
-            Caller::PlatformKey { .. } | Caller::EnvKey { .. } | Caller::Function { .. } => Ok(()),
-            Caller::User(_) | Caller::Anonymous => Err(YunError::new(
-                ErrorCode::PermissionDenied,
-                "this needs an admin credential of the env",
-            )),
         }
     }
 
@@ -122,10 +111,12 @@ impl App {
     /// Ends the session: its refresh tokens stop working. The access token itself stays
     /// valid until it expires (JWTs are not looked up per request).
     pub async fn sign_out(&self, session: &UserSession) -> Result<(), YunError> {
+        Self::authorize(&session.identity, Operation::SignOut)?;
         self.users.end_session(&session.session_id).await
     }
 
     pub async fn sudo(&self, session: &UserSession, password: &str) -> Result<String, YunError> {
+        Self::authorize(&session.identity, Operation::Sudo)?;
         self.users
             .sudo(&session.identity.env, &session.user.uid, password)
             .await
@@ -137,6 +128,7 @@ impl App {
         sudo_token: &str,
         new_password: &str,
     ) -> Result<(), YunError> {
+        Self::authorize(&session.identity, Operation::SetPassword)?;
         self.users
             .set_password(
                 &session.identity.env,
@@ -153,7 +145,7 @@ impl App {
         after: &str,
         limit: usize,
     ) -> Result<Vec<UserRecord>, YunError> {
-        Self::require_admin(identity)?;
+        Self::authorize(identity, Operation::ListUsers)?;
         self.users
             .store()
             .list_users(&identity.env, after, limit.clamp(1, MAX_USER_PAGE))
@@ -161,7 +153,7 @@ impl App {
     }
 
     pub async fn get_user(&self, identity: &Identity, uid: &str) -> Result<UserRecord, YunError> {
-        Self::require_admin(identity)?;
+        Self::authorize(identity, Operation::GetUser)?;
         self.users
             .store()
             .user(&identity.env, uid)
@@ -176,7 +168,7 @@ impl App {
         uid: &str,
         disabled: bool,
     ) -> Result<(), YunError> {
-        Self::require_admin(identity)?;
+        Self::authorize(identity, Operation::SetUserDisabled)?;
         if self
             .users
             .set_disabled(&identity.env, uid, disabled)
@@ -189,7 +181,7 @@ impl App {
     }
 
     pub async fn delete_user(&self, identity: &Identity, uid: &str) -> Result<(), YunError> {
-        Self::require_admin(identity)?;
+        Self::authorize(identity, Operation::DeleteUser)?;
         if self.users.delete_user(&identity.env, uid).await? {
             Ok(())
         } else {
@@ -199,7 +191,7 @@ impl App {
 
     /// A new key pair for custom-login tickets; the private key is shown only now.
     pub async fn create_ticket_key(&self, identity: &Identity) -> Result<TicketKey, YunError> {
-        Self::require_admin(identity)?;
+        Self::authorize(identity, Operation::CreateTicketKey)?;
         self.users.create_ticket_key(&identity.env).await
     }
 
@@ -207,12 +199,12 @@ impl App {
         &self,
         identity: &Identity,
     ) -> Result<Vec<TicketKeyRecord>, YunError> {
-        Self::require_admin(identity)?;
+        Self::authorize(identity, Operation::ListTicketKeys)?;
         self.users.store().list_ticket_keys(&identity.env).await
     }
 
     pub async fn delete_ticket_key(&self, identity: &Identity, kid: &str) -> Result<(), YunError> {
-        Self::require_admin(identity)?;
+        Self::authorize(identity, Operation::DeleteTicketKey)?;
         if self
             .users
             .store()
@@ -231,7 +223,7 @@ impl App {
     /// A new token-signing key: every end user's access token stops working (their
     /// refresh tokens still get new ones).
     pub async fn rotate_user_key(&self, identity: &Identity) -> Result<(), YunError> {
-        Self::require_admin(identity)?;
+        Self::authorize(identity, Operation::RotateUserKey)?;
         self.users.rotate_key(&identity.env).await
     }
 }
