@@ -770,6 +770,16 @@ impl Instance {
 
     /// Kills the whole process group (the function may have started children).
     pub fn kill(&mut self) {
+        // A sandboxed instance ends with its init: the kernel then kills everything in
+        // its PID namespace, and the outer process reaps the init and exits. Killing the
+        // outer process instead would leave the init to the host's init to reap, and
+        // its cgroup busy until then.
+        if let Some(init) = self.jail.as_ref().and_then(|j| j.init_pid) {
+            if let Ok(init) = i32::try_from(init) {
+                let _ = nix::sys::signal::kill(Pid::from_raw(init), Signal::SIGKILL);
+                return;
+            }
+        }
         if let Ok(pid) = i32::try_from(self.pid) {
             let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
         }

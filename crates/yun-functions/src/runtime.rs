@@ -183,6 +183,10 @@ pub struct Runtime {
     pools: Mutex<HashMap<PoolKey, Arc<FunctionPool>>>,
     stems: Mutex<HashMap<u32, VecDeque<Instance>>>,
     stem_requests: mpsc::UnboundedSender<u32>,
+    /// Set at shutdown: no new stem cell is kept.
+    stopping: AtomicBool,
+    /// Held by the stem-cell filler while it starts one.
+    starting_stem: tokio::sync::Mutex<()>,
     next_instance: AtomicU64,
     logs: mpsc::Sender<NewLogLine>,
 }
@@ -202,6 +206,8 @@ impl Runtime {
             pools: Mutex::new(HashMap::new()),
             stems: Mutex::new(HashMap::new()),
             stem_requests,
+            stopping: AtomicBool::new(false),
+            starting_stem: tokio::sync::Mutex::new(()),
             next_instance: AtomicU64::new(1),
             logs,
         });
@@ -237,10 +243,20 @@ impl Runtime {
         while let Some(class) = requests.recv().await {
             loop {
                 let Some(rt) = runtime.upgrade() else { return };
+                // `shutdown` takes this once it has set `stopping`: a stem cell still
+                // starting then is stopped here, not left to die with the process.
+                let _starting = rt.starting_stem.lock().await;
+                if rt.stopping.load(Ordering::Acquire) {
+                    return;
+                }
                 if lock(&rt.stems).get(&class).map_or(0, VecDeque::len) >= rt.cfg.stem_cells {
                     break;
                 }
                 match Instance::spawn(&rt.cfg.spawn, rt.instance_id(), class, true).await {
+                    Ok(stem) if rt.stopping.load(Ordering::Acquire) => {
+                        stem.shutdown().await;
+                        return;
+                    }
                     Ok(stem) => lock(&rt.stems).entry(class).or_default().push_back(stem),
                     Err(e) => {
                         tracing::warn!(error = %e, memory_mb = class, "stem cell failed to start");
@@ -253,9 +269,12 @@ impl Runtime {
 
     async fn reap_loop(runtime: std::sync::Weak<Self>) {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
-        loop {
+        for round in 0u64.. {
             tick.tick().await;
             let Some(rt) = runtime.upgrade() else { return };
+            if round % 10 == 0 {
+                rt.cfg.spawn.sandbox.sweep();
+            }
             let pools: Vec<Arc<FunctionPool>> = lock(&rt.pools).values().cloned().collect();
             let now = Instant::now();
             for pool in pools {
@@ -441,6 +460,8 @@ impl Runtime {
 
     /// Stops every instance and stem cell; called once at shutdown.
     pub async fn shutdown(&self) {
+        self.stopping.store(true, Ordering::Release);
+        drop(self.starting_stem.lock().await);
         let pools: Vec<Arc<FunctionPool>> = lock(&self.pools).drain().map(|(_, p)| p).collect();
         let lanes: Vec<Arc<Lane>> = pools.iter().flat_map(|p| lock(&p.state).drain()).collect();
         let stems: Vec<Instance> = lock(&self.stems).drain().flat_map(|(_, v)| v).collect();

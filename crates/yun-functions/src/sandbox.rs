@@ -216,6 +216,23 @@ impl Sandbox {
         }
     }
 
+    /// Removes the cgroups of Yun processes that are gone; their instances' processes
+    /// may take a while to be reaped, so this runs now and then, not only at start.
+    pub fn sweep(&self) {
+        let parents: Vec<&Path> = match self {
+            Sandbox::CgroupV1 { memory, pids } => [Some(memory), pids.as_ref()]
+                .into_iter()
+                .flatten()
+                .filter_map(|d| d.parent())
+                .collect(),
+            Sandbox::CgroupV2 { base } => base.parent().into_iter().collect(),
+            Sandbox::HeapFlagOnly { .. } => Vec::new(),
+        };
+        for parent in parents {
+            sweep_stale(parent);
+        }
+    }
+
     /// Removes this process's cgroups at shutdown, with any instance cgroup left (their
     /// processes must be gone). Under v2 Yun's own leaf stays until it exits; the next
     /// start sweeps it.

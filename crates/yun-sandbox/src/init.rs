@@ -291,6 +291,31 @@ fn outermost(paths: &[PathBuf]) -> Vec<PathBuf> {
     kept
 }
 
+/// The kernel-wide corners of `/proc` that a PID namespace does not scope, as container
+/// runtimes treat them: tunables read-only, kernel memory and key listings hidden.
+fn harden_proc(proc_dir: &Path) -> Result<(), SandboxError> {
+    for name in ["sys", "sysrq-trigger", "irq", "bus", "fs"] {
+        let path = proc_dir.join(name);
+        if path.exists() {
+            bind_ro(&path, &path, true)?;
+        }
+    }
+    for name in ["kcore", "keys", "timer_list", "sched_debug", "kallsyms"] {
+        let path = proc_dir.join(name);
+        if path.exists() {
+            mount(
+                Some("/dev/null"),
+                &path,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(sys(format!("hiding /proc/{name}")))?;
+        }
+    }
+    Ok(())
+}
+
 fn build_root(spec: &Spec) -> Result<(), SandboxError> {
     // Nothing we mount from here on propagates back to the host.
     mount(
@@ -328,6 +353,7 @@ fn build_root(spec: &Spec) -> Result<(), SandboxError> {
         None::<&str>,
     )
     .map_err(sys("mounting /proc"))?;
+    harden_proc(&proc_dir)?;
 
     let dev = root.join("dev");
     tmpfs(

@@ -403,6 +403,13 @@ test('resources: native memory beyond the limit -> the invocation fails as out o
   assert.match(r.message, /memory limit/);
 });
 
+test('proc: kernel-wide corners are hidden or read-only (/proc/keys and /proc/kallsyms empty, /proc/sys read-only)', async () => {
+  assert.deepEqual(await attack('read', { path: '/proc/keys' }), { ok: true, bytes: 0, head: '' });
+  assert.deepEqual(await attack('read', { path: '/proc/kallsyms' }), { ok: true, bytes: 0, head: '' });
+  const r = await attack('exec', { file: '/bin/sh', args: ['-c', 'grep " /proc/sys " /proc/self/mounts'] });
+  assert.match(r.stdout, / \/proc\/sys proc ro,/, JSON.stringify(r));
+});
+
 test('processes: an instance that dies while idle is dropped; the next call runs on a fresh one', async () => {
   const before = await attack('dieIdle', { ms: 100 });
   assert.equal(before.ok, true, JSON.stringify(before));
@@ -452,9 +459,10 @@ test('net (internet, the default): a tap device and a default route through slir
   assert.match(await procNet('dev'), /tap0:/);
   assert.match(await procNet('route'), /\ntap0\t00000000\t/, 'a default route via tap0');
   assert.equal((await attack('read', { path: '/etc/resolv.conf' })).head, 'nameserver 10.0.2.3\n');
-  // 10.0.2.2 is slirp4netns's name for the host inside the instance's own namespace.
-  refused(await attack('connect', { host: '10.0.2.2', port: 5432 }), 'ECONNREFUSED');
-  refused(await attack('connect', { host: '10.0.2.2', port: Number(new URL(yun.url).port) }), 'ECONNREFUSED');
+  // 10.0.2.2 is slirp4netns's name for the host inside the instance's own namespace;
+  // with --disable-host-loopback it answers "network unreachable".
+  refused(await attack('connect', { host: '10.0.2.2', port: 5432 }), 'ENETUNREACH');
+  refused(await attack('connect', { host: '10.0.2.2', port: Number(new URL(yun.url).port) }), 'ENETUNREACH');
 });
 
 test('net (yun-only): no route out, Yun still answers', async () => {
@@ -686,7 +694,8 @@ test('instance cgroups are removed at a clean stop, and after kill -9 at the nex
   const left = cgroupDirs(second.child.pid);
   const third = await startYun([], { dataDir });
   try {
-    for (const dir of left) await waitFor(() => !fs.existsSync(dir), `${dir} to be swept`, 5000);
+    // Swept at start, and every 5 s while the killed instances wait to be reaped.
+    for (const dir of left) await waitFor(() => !fs.existsSync(dir), `${dir} to be swept`, 15000);
   } finally {
     await third.stop('SIGINT');
     fs.rmSync(dataDir, { recursive: true, force: true });
