@@ -6,6 +6,7 @@ const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 const { startYun, sleep, waitFor, instanceGone } = require('../lib/yun');
+const { tarGz } = require('../lib/tar');
 
 let yun;
 before(async () => {
@@ -170,31 +171,6 @@ async function deployArchive(name, archive) {
   return { status: res.status, body: await res.json() };
 }
 
-function tarGz(entries) {
-  // A minimal ustar writer so the test can build hostile archives no real tool makes.
-  const blocks = [];
-  for (const e of entries) {
-    const h = Buffer.alloc(512);
-    h.write(e.name, 0, 100);
-    h.write('0000644\0', 100);
-    h.write('0000000\0', 108);
-    h.write('0000000\0', 116);
-    const body = Buffer.from(e.body || '');
-    h.write(body.length.toString(8).padStart(11, '0') + '\0', 124);
-    h.write('00000000000\0', 136);
-    h.write(e.type || '0', 156);
-    if (e.link) h.write(e.link, 157, 100);
-    h.write('ustar\0', 257);
-    h.write('00', 263);
-    h.fill(' ', 148, 156);
-    let sum = 0;
-    for (const b of h) sum += b;
-    h.write(sum.toString(8).padStart(6, '0') + '\0 ', 148);
-    blocks.push(h, body, Buffer.alloc((512 - (body.length % 512)) % 512));
-  }
-  blocks.push(Buffer.alloc(1024));
-  return require('node:zlib').gzipSync(Buffer.concat(blocks));
-}
 
 test('hostile archives are refused and nothing is half-deployed', async () => {
   const ok = await deployArchive('archived', tarGz([{ name: 'index.js', body: 'exports.main = async () => "from tar"' }]));

@@ -13,9 +13,9 @@ const { test, before, after, afterEach } = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const path = require('node:path');
-const zlib = require('node:zlib');
 const tcb = require('@cloudbase/node-sdk');
 const { startYun, sleep, waitFor, instanceGone: instanceGoneByUid, BIN } = require('../lib/yun');
+const { tarGz } = require('../lib/tar');
 
 const LAYER = path.resolve(__dirname, '..');
 const DOC_SECRET = 'DOC-SECRET-4c2f9e7a11';
@@ -532,34 +532,6 @@ test("creds: other's own credential downloading dev's private file -> PERMISSION
 // ---------------------------------------------------------------------------------------
 // Deploys: hostile archives through the management API, with other's own key.
 
-/** A ustar writer that writes whatever headers it is given (tar libraries refuse these). */
-function tarGz(entries) {
-  const blocks = [];
-  const octal = (n, width) => n.toString(8).padStart(width - 1, '0') + '\0';
-  for (const e of entries) {
-    const h = Buffer.alloc(512);
-    const body = Buffer.from(e.body || '');
-    h.write(e.name, 0, 100);
-    h.write(octal(e.mode ?? 0o644, 8), 100);
-    h.write(octal(0, 8), 108);
-    h.write(octal(0, 8), 116);
-    h.write(octal(body.length, 12), 124);
-    h.write(octal(Math.floor(Date.now() / 1000), 12), 136);
-    h.write(e.type || '0', 156);
-    if (e.link) h.write(e.link, 157, 100);
-    h.write('ustar\0', 257);
-    h.write('00', 263);
-    h.write(octal(e.major || 0, 8), 329);
-    h.write(octal(e.minor || 0, 8), 337);
-    h.fill(' ', 148, 156);
-    let sum = 0;
-    for (const b of h) sum += b;
-    h.write(sum.toString(8).padStart(6, '0') + '\0 ', 148);
-    blocks.push(h, body, Buffer.alloc((512 - (body.length % 512)) % 512));
-  }
-  blocks.push(Buffer.alloc(1024));
-  return zlib.gzipSync(Buffer.concat(blocks));
-}
 
 const INDEX = { name: 'index.js', body: 'exports.main = async () => "deployed"' };
 const HOSTILE_ARCHIVES = [
