@@ -310,13 +310,17 @@ async fn cold_starts(yun: &Yun, http: &reqwest::Client) -> (Vec<Duration>, Vec<D
     (after_deploy, after_reap)
 }
 
-/// The instance sandbox's cost: the same warm load and cold starts with `--sandbox off`
-/// and `--sandbox on`, in one run.
+/// Rounds of warm load per mode in the sandbox comparison, interleaved.
+const SANDBOX_ROUNDS: usize = 4;
+
+/// The instance sandbox's cost: `--sandbox off` and `--sandbox on` side by side in one
+/// run, warm load in interleaved rounds (the machine's speed drifts from one run to the
+/// next more than the difference measured), then cold starts.
 async fn sandbox() {
     let bin = yun_bin();
     let http = reqwest::Client::new();
     let handler = [("index.js", "exports.main = async () => ({ ok: true })")];
-    let mut rows = Vec::new();
+    let mut yuns = Vec::new();
     for mode in ["off", "on"] {
         let yun = spawn_yun(&bin, &["--sandbox", mode, "--idle-timeout", "1s"]).await;
         yun.deploy(
@@ -326,23 +330,40 @@ async fn sandbox() {
             json!({ "http_path": "/hello", "max_instances": 10 }),
         )
         .await;
-        let warm = load(&format!("{}/{}/hello", yun.url, yun.env), CONNECTIONS).await;
-        let (after_deploy, after_reap) = cold_starts(&yun, &http).await;
-        rows.push((mode, warm, after_deploy, after_reap));
+        yuns.push((mode, yun));
     }
     println!("## Instance sandbox: off vs on, same run");
     println!(
-        "| sandbox | warm req/s ({CONNECTIONS} conns) | ratio | p99 | cold p50 after deploy | after reap | max |\n|---|---|---|---|---|---|---|"
+        "| round | off req/s | on req/s | on/off | off p99 | on p99 |\n|---|---|---|---|---|---|"
     );
-    let base = rows[0].1.ops_per_sec;
-    for (mode, warm, after_deploy, after_reap) in &rows {
+    let mut ratios = Vec::new();
+    for round in 1..=SANDBOX_ROUNDS {
+        let mut runs = Vec::new();
+        for (_, yun) in &yuns {
+            runs.push(load(&format!("{}/{}/hello", yun.url, yun.env), CONNECTIONS).await);
+        }
+        let ratio = runs[1].ops_per_sec / runs[0].ops_per_sec;
+        ratios.push(ratio);
         println!(
-            "| {mode} | {:.0} | {:.2}× | {} | {} | {} | {} |",
-            warm.ops_per_sec,
-            warm.ops_per_sec / base,
-            ms(warm.p99),
-            ms(percentile(after_deploy, 0.5)),
-            ms(percentile(after_reap, 0.5)),
+            "| {round} | {:.0} | {:.0} | {ratio:.2}× | {} | {} |",
+            runs[0].ops_per_sec,
+            runs[1].ops_per_sec,
+            ms(runs[0].p99),
+            ms(runs[1].p99)
+        );
+    }
+    ratios.sort_by(f64::total_cmp);
+    let median = (ratios[(ratios.len() - 1) / 2] + ratios[ratios.len() / 2]) / 2.0;
+    println!(
+        "\nwarm throughput, sandbox on / off, median of {SANDBOX_ROUNDS} rounds: {median:.2}×\n"
+    );
+    println!("| sandbox | cold p50 after deploy | after reap | max |\n|---|---|---|---|");
+    for (mode, yun) in &yuns {
+        let (after_deploy, after_reap) = cold_starts(yun, &http).await;
+        println!(
+            "| {mode} | {} | {} | {} |",
+            ms(percentile(&after_deploy, 0.5)),
+            ms(percentile(&after_reap, 0.5)),
             ms(after_reap
                 .last()
                 .copied()

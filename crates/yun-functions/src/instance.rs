@@ -187,12 +187,28 @@ impl Jail {
     /// Applies the env's network policy before the function's code runs.
     async fn apply_network(&mut self, policy: NetworkPolicy) -> Result<(), String> {
         match policy {
-            NetworkPolicy::None => self.request(yun_sandbox::NO_NETWORK_REQUEST).await,
-            NetworkPolicy::YunOnly => Ok(()),
-            NetworkPolicy::Internet => match self.isolation.slirp.clone() {
-                Some(slirp) => self.attach_internet(&slirp).await,
-                None => Ok(()), // said at start-up: Yun only on this host
+            NetworkPolicy::Internet => match (&self.internet, self.isolation.slirp.clone()) {
+                (None, Some(slirp)) => self.attach_internet(&slirp).await,
+                _ => Ok(()), // up since spawn, or no slirp4netns here (said at start-up)
             },
+            NetworkPolicy::YunOnly => {
+                self.detach_internet().await;
+                Ok(())
+            }
+            NetworkPolicy::None => {
+                self.detach_internet().await;
+                self.request(yun_sandbox::NO_NETWORK_REQUEST).await
+            }
+        }
+    }
+
+    /// Stops slirp4netns and waits for it: its tap device, and so the route out, is
+    /// gone before the function's code runs.
+    async fn detach_internet(&mut self) {
+        if let Some((mut slirp, exit)) = self.internet.take() {
+            drop(exit);
+            let _ = slirp.start_kill();
+            let _ = tokio::time::timeout(LOAD_TIMEOUT, slirp.wait()).await;
         }
     }
 
@@ -539,6 +555,13 @@ impl Instance {
             })) => {
                 if let Some(jail) = &mut instance.jail {
                     jail.read_init_pid().await?;
+                    // Most envs keep the default (internet): bring it up now, off the
+                    // cold-start path; a load for another policy takes it down.
+                    if let Some(slirp) = jail.isolation.slirp.clone() {
+                        if let Err(e) = jail.attach_internet(&slirp).await {
+                            tracing::warn!(error = %e, "no internet for this instance yet");
+                        }
+                    }
                 }
                 Ok(instance)
             }

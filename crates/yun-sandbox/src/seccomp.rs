@@ -57,6 +57,11 @@ const DENIED: &[(&str, i64)] = &[
     ("fsconfig", libc::SYS_fsconfig),
     ("fsmount", libc::SYS_fsmount),
     ("fspick", libc::SYS_fspick),
+    // A large kernel surface with a history of privilege escalations; libuv falls back
+    // to its thread pool when it is refused.
+    ("io_uring_setup", libc::SYS_io_uring_setup),
+    ("io_uring_enter", libc::SYS_io_uring_enter),
+    ("io_uring_register", libc::SYS_io_uring_register),
 ];
 
 /// Namespace flags refused in `clone`.

@@ -314,7 +314,7 @@ test('proc: different instances (two functions of other, the victim in dev) get 
 // ---------------------------------------------------------------------------------------
 // Syscalls: seccomp refuses the kernel's attack surface with EPERM.
 
-for (const name of ['ptrace', 'unshare', 'mount', 'keyctl', 'bpf', 'init_module', 'reboot']) {
+for (const name of ['ptrace', 'unshare', 'mount', 'keyctl', 'bpf', 'init_module', 'reboot', 'io_uring_setup', 'process_vm_readv', 'setns']) {
   test(`seccomp: raw ${name}() -> EPERM`, async () => {
     refused(await attack('syscall', { name }), 'EPERM');
   });
