@@ -27,6 +27,26 @@ pub use management::{management_routes, OPENAPI};
 
 pub type AppState = Arc<App>;
 
+/// 200 once Yun can run every function; 503 with the reason while the SDK layer is
+/// installing (a first start) or if it could not be.
+async fn readyz(
+    axum::extract::State(app): axum::extract::State<AppState>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let not_ready = |reason: &str| {
+        (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({ "ready": false, "reason": reason })),
+        )
+            .into_response()
+    };
+    match app.runtime().layer_state() {
+        yun_functions::LayerState::Ready => "ready".into_response(),
+        yun_functions::LayerState::Installing => not_ready("the Node SDK layer is installing"),
+        yun_functions::LayerState::Failed(why) => not_ready(&why),
+    }
+}
+
 /// What a sandboxed instance reaches through its gateway: the SDK surface and the
 /// signed file URLs it hands out, knowing which instance is calling; no management API,
 /// no end-user surfaces.
@@ -67,7 +87,7 @@ pub fn router(app: Arc<App>) -> Router {
         );
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ready" }))
+        .route("/readyz", get(readyz))
         .route("/admin", post(cloudbase::admin))
         .merge(management::router())
         .merge(browser)

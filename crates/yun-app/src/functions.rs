@@ -8,7 +8,12 @@ use std::time::Duration;
 use serde::Serialize;
 use yun_auth::{Caller, Identity};
 use yun_functions::package::{self, PackageLimits};
-use yun_functions::{FunctionSpec, InvocationEnv, InvokeError, InvokeRequest, LAYER_PACKAGES};
+use yun_functions::{
+    FunctionSpec, InvocationEnv, InvokeError, InvokeRequest, LayerState, LAYER_PACKAGES,
+};
+
+/// How long a deploy waits for the SDK layer being installed on a first start.
+const LAYER_WAIT: Duration = Duration::from_secs(600);
 use yun_meta::{
     FunctionRecord, InvocationRecord, InvocationStatus, LogFilter, LogLine, LogQuery,
     NetworkPolicy, NewFunction, NewLogLine,
@@ -308,14 +313,29 @@ impl App {
             created_at: 0,
             updated_at: 0,
         };
+        // On a first start the SDK layer may still be installing: the load check below
+        // would fail to find wx-server-sdk, so wait for it.
+        let layer = self.runtime.wait_for_layer(LAYER_WAIT).await;
         self.runtime
             .check_loads(&self.runtime_spec(&record, self.network_policy(&spec.env).await?))
             .await
             .map_err(|e| match e {
-                InvokeError::Load(js) => YunError::new(
-                    ErrorCode::FunctionCodeInvalid,
-                    format!("the function does not load: {}", js.summary()),
-                ),
+                InvokeError::Load(js) => {
+                    let missing_layer = LAYER_PACKAGES
+                        .iter()
+                        .any(|p| js.message.contains(&format!("Cannot find module '{p}'")));
+                    let why = match (&layer, missing_layer) {
+                        (LayerState::Failed(why), true) => format!(": {why}"),
+                        (LayerState::Installing, true) => {
+                            ": the Node SDK layer is still installing; deploy again shortly".into()
+                        }
+                        _ => String::new(),
+                    };
+                    YunError::new(
+                        ErrorCode::FunctionCodeInvalid,
+                        format!("the function does not load: {}{why}", js.summary()),
+                    )
+                }
                 other => YunError::internal(other.message()),
             })
     }

@@ -149,6 +149,7 @@ async fn start_app(dir: &std::path::Path) -> App {
             idle_timeout: Duration::from_secs(60),
             queue_timeout: Duration::from_secs(1),
             output_limit: 1 << 20,
+            layer: yun_functions::layer_ready(),
             log_limit: 1 << 20,
         },
         recorder.log_sender(),

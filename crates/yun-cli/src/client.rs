@@ -44,6 +44,21 @@ impl Client {
         })
     }
 
+    /// Why the server is not ready yet (`/readyz` answers 503), or `None`.
+    pub async fn readiness(&self) -> Option<String> {
+        let res = self
+            .http
+            .get(format!("{}/readyz", self.url))
+            .send()
+            .await
+            .ok()?;
+        if res.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE {
+            return None;
+        }
+        let body: Value = res.json().await.ok()?;
+        body["reason"].as_str().map(str::to_owned)
+    }
+
     pub async fn request(
         &self,
         method: Method,

@@ -382,8 +382,13 @@ pub async fn function(command: FnCommand, conn: Connection) -> anyhow::Result<()
                         .collect::<anyhow::Result<_>>()?,
                 )
             };
+            // A first start installs the SDK layer; the deploy waits for it on the server.
+            let layer_note = match client.readiness().await {
+                Some(reason) => format!(" (waiting first: {reason})"),
+                None => String::new(),
+            };
             let spinner = ProgressBar::new_spinner().with_message(format!(
-                "uploading {} KiB, installing, checking the handler",
+                "uploading {} KiB, installing, checking the handler{layer_note}",
                 archive.len() / 1024
             ));
             spinner.enable_steady_tick(Duration::from_millis(100));

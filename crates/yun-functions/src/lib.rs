@@ -18,8 +18,8 @@ pub mod sandbox;
 pub use instance::{trial as sandbox_trial, Failure, SpawnConfig};
 pub use isolation::{Gateway, GatewaySocket, InstanceBinding, Isolation, UidPool};
 pub use runtime::{
-    install_bootstrap, FunctionSpec, InvocationEnv, InvokeError, InvokeReport, InvokeRequest,
-    Runtime, RuntimeConfig,
+    install_bootstrap, layer_ready, FunctionSpec, InvocationEnv, InvokeError, InvokeReport,
+    InvokeRequest, LayerState, Runtime, RuntimeConfig,
 };
 pub use sandbox::Sandbox;
 

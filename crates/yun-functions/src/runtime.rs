@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use yun_meta::{NetworkPolicy, NewLogLine};
 use yun_types::{EnvId, FunctionName};
 
@@ -46,6 +46,23 @@ pub struct RuntimeConfig {
     pub output_limit: usize,
     /// Log bytes kept per invocation.
     pub log_limit: usize,
+    /// Whether the platform SDK layer is in place (see [`LayerState`]).
+    pub layer: watch::Receiver<LayerState>,
+}
+
+/// The platform SDK layer (`wx-server-sdk`, `@cloudbase/node-sdk`) as instances find it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LayerState {
+    Ready,
+    /// Being installed (a first start): instances started now would not see it.
+    Installing,
+    /// It could not be installed; says why and what to do.
+    Failed(String),
+}
+
+/// A layer that is there from the start (given with `--node-layer`, or installed).
+pub fn layer_ready() -> watch::Receiver<LayerState> {
+    watch::channel(LayerState::Ready).1
 }
 
 /// One deployed version of a function, as the runtime needs it.
@@ -212,6 +229,7 @@ impl Runtime {
             logs,
         });
         tokio::spawn(Self::fill_stems(Arc::downgrade(&runtime), requests));
+        tokio::spawn(Self::follow_layer(Arc::downgrade(&runtime)));
         tokio::spawn(Self::reap_loop(Arc::downgrade(&runtime)));
         if runtime.cfg.stem_cells > 0 {
             let _ = runtime.stem_requests.send(runtime.cfg.default_memory_mb);
@@ -264,6 +282,60 @@ impl Runtime {
                     }
                 }
             }
+        }
+    }
+
+    /// When the layer arrives, stem cells started without it are replaced: they
+    /// preloaded nothing, and in the sandbox they do not even see its folder.
+    async fn follow_layer(runtime: std::sync::Weak<Self>) {
+        let Some(mut layer) = runtime.upgrade().map(|rt| rt.cfg.layer.clone()) else {
+            return;
+        };
+        while layer.changed().await.is_ok() {
+            if *layer.borrow_and_update() != LayerState::Ready {
+                continue;
+            }
+            let Some(rt) = runtime.upgrade() else { return };
+            let stale: Vec<(u32, Instance)> = {
+                let _starting = rt.starting_stem.lock().await;
+                lock(&rt.stems)
+                    .drain()
+                    .flat_map(|(class, cells)| cells.into_iter().map(move |c| (class, c)))
+                    .collect()
+            };
+            tracing::info!(
+                stem_cells = stale.len(),
+                "the SDK layer is ready: replacing stem cells"
+            );
+            let mut classes: Vec<u32> = stale.iter().map(|(class, _)| *class).collect();
+            classes.push(rt.cfg.default_memory_mb);
+            classes.sort_unstable();
+            classes.dedup();
+            for (_, stem) in stale {
+                stem.shutdown().await;
+            }
+            for class in classes {
+                let _ = rt.stem_requests.send(class);
+            }
+        }
+    }
+
+    /// The layer's state now.
+    pub fn layer_state(&self) -> LayerState {
+        self.cfg.layer.borrow().clone()
+    }
+
+    /// Waits (at most `limit`) while the layer is being installed; its state then.
+    pub async fn wait_for_layer(&self, limit: Duration) -> LayerState {
+        let mut layer = self.cfg.layer.clone();
+        let settled = tokio::time::timeout(
+            limit,
+            layer.wait_for(|state| *state != LayerState::Installing),
+        )
+        .await;
+        match settled {
+            Ok(Ok(state)) => state.clone(),
+            _ => self.layer_state(),
         }
     }
 

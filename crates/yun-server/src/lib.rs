@@ -12,13 +12,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::serve::ListenerExt as _;
+use tokio::sync::watch;
 use yun_app::{App, AppSettings, Credentials, Recorder};
 use yun_docdb::sqlite::SqliteDocStore;
 use yun_docdb::store::DocStore;
 use yun_docdb::{DocDb, Limits};
 use yun_functions::{
-    install_bootstrap, sandbox_trial, Isolation, Runtime, RuntimeConfig, Sandbox, SpawnConfig,
-    UidPool,
+    install_bootstrap, layer_ready, sandbox_trial, Isolation, LayerState, Runtime, RuntimeConfig,
+    Sandbox, SpawnConfig, UidPool,
 };
 use yun_meta::sqlite::SqliteMetaStore;
 use yun_meta::MetaStore;
@@ -332,25 +333,37 @@ fn layer_complete(layer: &Path) -> bool {
     false
 }
 
-/// Installs the platform layer in the background unless a complete one is in place.
-/// Instances find no layer until the install is renamed into place; functions that
-/// ship their SDKs work meanwhile.
-fn ensure_layer(layer: &Path, npm: &Path, node: &Path) {
+/// Installs the platform layer in the background unless a complete one is in place,
+/// and says where it stands: instances find no layer until the install is renamed into
+/// place; deploys wait for it; functions that ship their SDKs work meanwhile.
+fn ensure_layer(layer: &Path, npm: &Path, node: &Path) -> watch::Receiver<LayerState> {
     if layer_complete(layer) {
-        return;
+        return layer_ready();
     }
+    let (state, receiver) = watch::channel(LayerState::Installing);
     let (layer, npm, node) = (layer.to_owned(), npm.to_owned(), node.to_owned());
     tokio::spawn(async move {
-        tracing::info!(dir = %layer.display(), "installing the Node SDK layer (wx-server-sdk, @cloudbase/node-sdk) with npm");
+        tracing::info!(dir = %layer.display(), "installing the Node SDK layer (wx-server-sdk, @cloudbase/node-sdk) with npm; deploys wait for it");
         let staging = layer_staging(&layer);
         match install_layer(&staging, &layer, &npm, &node).await {
-            Ok(()) => tracing::info!("Node SDK layer installed; new instances preload it"),
+            Ok(()) => {
+                tracing::info!("Yun is ready: the Node SDK layer is installed");
+                let _ = state.send(LayerState::Ready);
+            }
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&staging);
-                tracing::warn!(error = %e, "could not install the Node SDK layer; functions must ship their SDKs");
+                let why = format!(
+                    "the Node SDK layer (wx-server-sdk, @cloudbase/node-sdk) could not be installed: {e}. \
+                     Functions that require them fail until it is: check that npm reaches its \
+                     registry and restart `yun dev`, or start it with `--node-layer DIR` where \
+                     DIR/node_modules holds both"
+                );
+                tracing::error!("{why}");
+                let _ = state.send(LayerState::Failed(why));
             }
         }
     });
+    receiver
 }
 
 async fn install_layer(
@@ -446,13 +459,13 @@ impl Server {
         make_dir(&runtime_dir, 0o755)?;
         let npm_cache = cfg.data_dir.join("npm-cache");
         make_dir(&npm_cache, 0o700)?;
-        let layer = match &cfg.node_layer {
-            Some(dir) => reachable_layer(dir, &cfg.data_dir)?,
+        let (layer, layer_state) = match &cfg.node_layer {
+            Some(dir) => (reachable_layer(dir, &cfg.data_dir)?, layer_ready()),
             None => {
                 let dir = cfg.data_dir.join("layers/node");
                 make_dir(&cfg.data_dir.join("layers"), 0o755)?;
-                ensure_layer(&dir, &cfg.npm, &cfg.node);
-                dir
+                let state = ensure_layer(&dir, &cfg.npm, &cfg.node);
+                (dir, state)
             }
         };
 
@@ -533,6 +546,7 @@ impl Server {
                 queue_timeout: cfg.queue_timeout,
                 output_limit: 6 << 20,
                 log_limit: 1 << 20,
+                layer: layer_state,
             },
             recorder.log_sender(),
         );

@@ -28,10 +28,13 @@ async function waitFor(check, what, timeoutMs = 20000) {
  * Starts `yun dev`. With `cwd`, it runs there with the default relative data dir, as a
  * newcomer types it.
  */
-async function startYun(extraArgs = [], { dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'yun-compat-')), cwd } = {}) {
+async function startYun(extraArgs = [], { dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'yun-compat-')), cwd, installLayer = false } = {}) {
   const dataArgs = cwd ? [] : ['--data-dir', dataDir];
   if (cwd) dataDir = path.join(cwd, '.yun');
-  const child = spawn(BIN, ['dev', ...dataArgs, '--listen', '127.0.0.1:0', '--node-layer', LAYER, ...extraArgs], {
+  // By default the suites lend Yun their pinned SDKs; `installLayer` leaves Yun to install
+  // its own from the registry, as on a newcomer's first start.
+  const layerArgs = installLayer ? [] : ['--node-layer', LAYER];
+  const child = spawn(BIN, ['dev', ...dataArgs, '--listen', '127.0.0.1:0', ...layerArgs, ...extraArgs], {
     cwd,
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, YUN_LOG: 'warn' },
