@@ -39,3 +39,23 @@ test('first start: /readyz says the layer is installing; a wx-server-sdk functio
   const second = await yun.admin().callFunction({ name: 'whoami2', data: {} });
   assert.equal(second.result.wxContext.ENV, yun.envId);
 });
+
+test('a layer that cannot be installed is a clear error in /readyz and at deploy, naming the fix', async () => {
+  // `false` stands for an npm that cannot reach its registry.
+  const broken = await startYun(['--npm', '/bin/false'], { installLayer: true });
+  try {
+    let body;
+    for (let i = 0; i < 100; i++) {
+      const r = await fetch(`${broken.url}/readyz`);
+      body = await r.json();
+      if (body.reason !== 'the Node SDK layer is installing') break;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    assert.match(body.reason, /could not be installed: npm install: exit status: 1.*--node-layer DIR/);
+    const deployed = await broken.cli(['fn', 'deploy', path.join(FUNCTIONS, 'whoami'), '--name', 'whoami']);
+    assert.notEqual(deployed.code, 0);
+    assert.match(deployed.stderr, /Cannot find module 'wx-server-sdk'.*could not be installed.*--node-layer DIR/s);
+  } finally {
+    await broken.stop();
+  }
+});
