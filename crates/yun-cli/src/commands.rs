@@ -145,8 +145,8 @@ pub async fn env(command: EnvCommand, conn: Connection) -> anyhow::Result<()> {
                 conn.json,
                 "/api/v1/envs",
                 "envs",
-                &["ENV", "CREATED_AT"],
-                |e| vec![text(e.get("id")), text(e.get("created_at"))],
+                &["ENV", "CREATED (UTC)"],
+                |e| vec![text(e.get("id")), output::unix_time(&e["created_at"])],
             )
             .await?;
         }

@@ -30,8 +30,13 @@ pub fn table(headers: &[&str], rows: Vec<Vec<String>>) {
 
 /// A Unix-milliseconds value as `YYYY-MM-DD hh:mm:ss` (UTC), `-` when absent.
 pub fn unix_ms_time(ms: &Value) -> String {
-    ms.as_i64()
-        .and_then(|ms| time::OffsetDateTime::from_unix_timestamp(ms / 1000).ok())
+    unix_time(&ms.as_i64().map_or(Value::Null, |ms| Value::from(ms / 1000)))
+}
+
+/// A Unix-seconds value as `YYYY-MM-DD hh:mm:ss` (UTC), `-` when absent.
+pub fn unix_time(secs: &Value) -> String {
+    secs.as_i64()
+        .and_then(|secs| time::OffsetDateTime::from_unix_timestamp(secs).ok())
         .and_then(|t| {
             t.format(time::macros::format_description!(
                 "[year]-[month]-[day] [hour]:[minute]:[second]"
