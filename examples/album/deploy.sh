@@ -16,7 +16,7 @@ ensure() {
 
 for collection in albums photos likes comments shares; do
   ensure db create "$collection"
-  "$yun" db rules "$collection" set "@$here/rules/$collection.json" >/dev/null
+  "$yun" db rules set "$collection" "@$here/rules/$collection.json" >/dev/null
 done
 "$yun" storage rules set "@$here/rules/storage.json" >/dev/null
 

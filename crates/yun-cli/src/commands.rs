@@ -604,11 +604,12 @@ pub enum DbCommand {
         #[command(subcommand)]
         command: IndexCommand,
     },
-    /// Security rules of a collection for end users (admin keys bypass them).
+    /// Security rules of a collection for end users (admin keys bypass them):
+    /// `get COLLECTION`, `set COLLECTION RULES` (a preset, JSON or @FILE), `reset
+    /// COLLECTION`. The older order `COLLECTION get|set|reset` still works.
     Rules {
-        collection: String,
-        #[command(subcommand)]
-        command: crate::rules::RulesCommand,
+        #[arg(num_args = 2..=3, value_names = ["ACTION", "COLLECTION", "RULES"])]
+        args: Vec<String>,
     },
 }
 
@@ -932,10 +933,8 @@ pub async fn db(command: DbCommand, conn: Connection) -> anyhow::Result<()> {
                 )
             });
         }
-        DbCommand::Rules {
-            collection,
-            command,
-        } => {
+        DbCommand::Rules { args } => {
+            let (collection, command) = crate::rules::collection_command(args)?;
             let path = client.env_path(&format!("/collections/{collection}/rules"));
             crate::rules::run(
                 &client,

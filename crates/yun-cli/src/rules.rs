@@ -19,6 +19,32 @@ pub enum RulesCommand {
     Reset,
 }
 
+/// `yun db rules` arguments, verb first as every other noun's (`get COLL`, `set COLL
+/// RULES`, `reset COLL`) or in the older order (`COLL get`, …): the collection and what
+/// to do with its rules.
+pub fn collection_command(args: Vec<String>) -> anyhow::Result<(String, RulesCommand)> {
+    let verb = |action: &str, rules: Option<&String>| match (action, rules) {
+        ("get", None) => Some(RulesCommand::Get),
+        ("reset", None) => Some(RulesCommand::Reset),
+        ("set", Some(rules)) => Some(RulesCommand::Set {
+            rules: rules.clone(),
+        }),
+        _ => None,
+    };
+    let (first, second, rest) = match args.as_slice() {
+        [a, b] => (a, b, None),
+        [a, b, c] => (a, b, Some(c)),
+        _ => anyhow::bail!("usage: yun db rules get|set|reset COLLECTION [RULES]"),
+    };
+    if let Some(command) = verb(first, rest) {
+        return Ok((second.clone(), command));
+    }
+    if let Some(command) = verb(second, rest) {
+        return Ok((first.clone(), command));
+    }
+    anyhow::bail!("usage: yun db rules get COLLECTION | set COLLECTION RULES | reset COLLECTION")
+}
+
 /// A preset name as is; JSON (inline or `@file`) parsed.
 fn rules_value(arg: &str) -> anyhow::Result<Value> {
     let text = match arg.strip_prefix('@') {
@@ -66,4 +92,42 @@ pub async fn run(
         println!("Rules of {what}{note}:\n{rules}");
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Option<(String, String)> {
+        collection_command(args.iter().map(|s| s.to_string()).collect())
+            .ok()
+            .map(|(c, cmd)| {
+                let what = match cmd {
+                    RulesCommand::Get => "get".to_string(),
+                    RulesCommand::Reset => "reset".to_string(),
+                    RulesCommand::Set { rules } => format!("set {rules}"),
+                };
+                (c, what)
+            })
+    }
+
+    #[test]
+    fn verb_first_and_the_older_order_both_read() {
+        let pair = |c: &str, w: &str| Some((c.to_string(), w.to_string()));
+        assert_eq!(parse(&["get", "photos"]), pair("photos", "get"));
+        assert_eq!(
+            parse(&["set", "photos", "READONLY"]),
+            pair("photos", "set READONLY")
+        );
+        assert_eq!(parse(&["reset", "photos"]), pair("photos", "reset"));
+        assert_eq!(parse(&["photos", "get"]), pair("photos", "get"));
+        assert_eq!(
+            parse(&["photos", "set", "PRIVATE"]),
+            pair("photos", "set PRIVATE")
+        );
+        // A collection named like a verb: the verb-first reading wins.
+        assert_eq!(parse(&["get", "reset"]), pair("reset", "get"));
+        assert_eq!(parse(&["photos", "drop"]), None);
+        assert_eq!(parse(&["set", "photos"]), None);
+    }
 }

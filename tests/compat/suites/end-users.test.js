@@ -268,22 +268,23 @@ test('yun user list, disable, enable and delete', async () => {
 });
 
 test('yun db rules and yun storage rules: presets, custom rules checked before they are stored, reset', async () => {
-  assert.deepEqual(await yun.cliJson(['db', 'rules', 'photos', 'get']), { rules: 'PRIVATE', default: true });
-  assert.deepEqual(await yun.cliJson(['db', 'rules', 'photos', 'set', 'READONLY']), { rules: 'READONLY', default: false });
+  assert.deepEqual(await yun.cliJson(['db', 'rules', 'get', 'photos']), { rules: 'PRIVATE', default: true });
+  assert.deepEqual(await yun.cliJson(['db', 'rules', 'set', 'photos', 'READONLY']), { rules: 'READONLY', default: false });
   const custom = { read: 'doc.public == true || doc._openid == auth.openid', write: 'doc._openid == auth.openid' };
-  assert.deepEqual(await yun.cliJson(['db', 'rules', 'photos', 'set', JSON.stringify(custom)]), { rules: custom, default: false });
+  assert.deepEqual(await yun.cliJson(['db', 'rules', 'set', 'photos', JSON.stringify(custom)]), { rules: custom, default: false });
   const split = { read: true, create: 'auth != null', update: false, delete: 'doc._openid == auth.uid' };
-  assert.deepEqual((await yun.cliJson(['db', 'rules', 'likes', 'set', JSON.stringify(split)])).rules, split);
+  assert.deepEqual((await yun.cliJson(['db', 'rules', 'set', 'likes', JSON.stringify(split)])).rules, split);
   for (const [bad, message] of [
     ['{"read": "doc.x =="}', /rule syntax/],
     ['{"read": "window.x == 1", "write": false}', /unknown variable/],
     ['{"read": true}', /write\) is required/],
     ['EVERYONE', /unknown preset/],
   ]) {
-    const r = await yun.cli(['db', 'rules', 'photos', 'set', bad]);
+    const r = await yun.cli(['db', 'rules', 'set', 'photos', bad]);
     assert.notEqual(r.code, 0, bad);
     assert.match(r.stderr, message);
   }
+  // The older order (collection first) still reads.
   assert.deepEqual((await yun.cliJson(['db', 'rules', 'photos', 'get'])).rules, custom, 'a refused set changes nothing');
   assert.deepEqual(await yun.cliJson(['db', 'rules', 'photos', 'reset']), { rules: 'PRIVATE', default: true });
   assert.deepEqual(await yun.cliJson(['storage', 'rules', 'get']), { rules: 'READONLY', default: true });
