@@ -210,6 +210,90 @@ async fn load(url: &str, connections: usize) -> Run {
     load::get_load(url, connections, LOAD_SECONDS).await
 }
 
+/// `wrk -t2 -c32 --latency` output: requests per second and the 99th percentile.
+fn parse_wrk(out: &str) -> Option<(f64, String)> {
+    let rate = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    let p99 = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .map_or("-".into(), |v| v.trim().to_owned());
+    Some((rate, p99))
+}
+
+/// The warm row as outsiders measure it: `wrk` (Debian's), 32 connections, a POST with
+/// a JSON body that the handler parses and answers from, bare Node and Yun interleaved.
+async fn wrk_rows(bare_url: &str, yun: &Yun, http: &reqwest::Client) {
+    let Ok(found) = tokio::process::Command::new("wrk")
+        .arg("--version")
+        .output()
+        .await
+    else {
+        println!("\n(wrk rows skipped: no `wrk` on PATH; apt-get install wrk)\n");
+        return;
+    };
+    drop(found);
+    let handler = [(
+        "index.js",
+        "exports.main = async (event) => { const b = JSON.parse(event.body); return { msg: `hello ${b.name}`, n: b.n + 1 }; };",
+    )];
+    yun.deploy(http, "json", &handler, json!({ "http_path": "/json" }))
+        .await;
+    let script = std::env::temp_dir().join(format!("yun-bench-{}.lua", std::process::id()));
+    let lua = "wrk.method = \"POST\"\nwrk.body = '{\"name\":\"yun\",\"n\":41}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n";
+    if std::fs::write(&script, lua).is_err() {
+        return;
+    }
+    let targets = [
+        ("bare Node http (1 process)", bare_url.to_owned()),
+        ("Yun HTTP function", format!("{}/{}/json", yun.url, yun.env)),
+    ];
+    // One unmeasured second each, so Yun's instances are started and warm, as for the
+    // lean client's rows.
+    for (_, url) in &targets {
+        let _ = tokio::process::Command::new("wrk")
+            .args(["-t2", "-c32", &format!("-d{WARMUP_SECONDS}s"), "-s"])
+            .arg(&script)
+            .arg(url)
+            .output()
+            .await;
+    }
+    println!(
+        "\n## wrk -t2 -c32, POST with a JSON body, {LOAD_SECONDS} s each, 2 interleaved rounds"
+    );
+    println!("| | req/s | ratio | p99 |\n|---|---|---|---|");
+    for _ in 0..2 {
+        let mut base = None;
+        for (name, url) in &targets {
+            let out = tokio::process::Command::new("wrk")
+                .args([
+                    "-t2",
+                    "-c32",
+                    "--latency",
+                    &format!("-d{LOAD_SECONDS}s"),
+                    "-s",
+                ])
+                .arg(&script)
+                .arg(url)
+                .output()
+                .await;
+            let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+            match text.ok().as_deref().and_then(parse_wrk) {
+                Some((rate, p99)) => {
+                    let ratio = rate / *base.get_or_insert(rate);
+                    println!("| {name} | {rate:.0} | {ratio:.2}× | {p99} |");
+                }
+                None => println!("| {name} | wrk failed | | |"),
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&script);
+}
+
 async fn wait_http(url: &str) {
     for _ in 0..200 {
         if reqwest::get(url).await.is_ok() {
@@ -463,6 +547,7 @@ async fn functions() {
             l.errors
         );
     }
+    wrk_rows(&bare_url, &yun, &http).await;
     let _ = bare.kill().await;
 
     // ---- memory ----
@@ -567,4 +652,14 @@ async fn functions() {
         "\ncold start p50 vs node+require baseline: {:.1}× faster",
         percentile(&node_spawn, 0.5).as_secs_f64() / percentile(&after_reap, 0.5).as_secs_f64()
     );
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn wrk_output_gives_the_rate_and_p99() {
+        let out = "Running 5s test @ http://127.0.0.1:1/x\n  2 threads and 32 connections\n  Latency Distribution\n     50%  795.00us\n     99%    3.21ms\n  120000 requests in 5.00s, 20.00MB read\nRequests/sec:  24012.34\nTransfer/sec:      4.00MB\n";
+        assert_eq!(super::parse_wrk(out), Some((24012.34, "3.21ms".to_owned())));
+        assert_eq!(super::parse_wrk("connection refused"), None);
+    }
 }
