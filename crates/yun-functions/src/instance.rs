@@ -3,7 +3,7 @@
 //! handles one invocation at a time.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::os::fd::OwnedFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -215,7 +215,6 @@ impl Jail {
     /// Starts slirp4netns on the instance's network namespace: a default route to a
     /// user-mode stack that reaches the internet and refuses the host's loopback. It
     /// exits when the instance's end of its exit pipe closes.
-    #[allow(unsafe_code)]
     async fn attach_internet(&mut self, slirp: &std::path::Path) -> Result<(), String> {
         use std::os::fd::AsRawFd as _;
         let pid = self.init_pid.ok_or("the sandbox's init is unknown")?;
@@ -237,16 +236,11 @@ impl Jail {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-        let (ready_fd, exit_fd) = (ready_w.as_raw_fd(), exit_r.as_raw_fd());
-        // SAFETY: dup2 is async-signal-safe; both descriptors stay open until spawned.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::dup2(ready_fd, 3) < 0 || libc::dup2(exit_fd, 4) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        // Both stay open until the command has spawned (dropped below).
+        pass_fds(
+            &mut cmd,
+            [(ready_w.as_raw_fd(), 3), (exit_r.as_raw_fd(), 4)],
+        );
         let mut cmd = tokio::process::Command::from(cmd);
         cmd.kill_on_drop(true);
         let spawned = cmd.spawn();
@@ -278,9 +272,26 @@ pub struct LoadSpec<'a> {
     pub network: NetworkPolicy,
 }
 
+/// Gives the child `cmd` starts each `(ours, theirs)` descriptor at number `theirs`.
+/// The caller keeps every `ours` open until the command has spawned.
+#[allow(unsafe_code)]
+fn pass_fds<const N: usize>(cmd: &mut std::process::Command, fds: [(RawFd, RawFd); N]) {
+    // SAFETY: the closure runs between fork and exec and only calls dup2, which is
+    // async-signal-safe; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (ours, theirs) in fds {
+                if libc::dup2(ours, theirs) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
 /// The command that starts `node` inside the sandbox, through `yun sandbox-init`, and
 /// the child's end of the control socket, to keep open until the command has spawned.
-#[allow(unsafe_code)]
 fn jailed_command(
     isolation: &Arc<Isolation>,
     id: u64,
@@ -319,17 +330,9 @@ fn jailed_command(
         .env_clear()
         .env(yun_sandbox::SPEC_VAR, spec)
         .current_dir("/");
+    // `control_child` stays open until the command has spawned (the caller drops it).
     let control_fd = std::os::fd::AsRawFd::as_raw_fd(&control_child);
-    // SAFETY: dup2 is async-signal-safe; `control_child` stays open in the parent until
-    // the command is dropped after spawn, so the descriptor is valid in the child.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(control_fd, yun_sandbox::CONTROL_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    pass_fds(&mut cmd, [(control_fd, yun_sandbox::CONTROL_FD)]);
     let control = {
         control.set_nonblocking(true).map_err(|e| e.to_string())?;
         tokio::net::UnixStream::from_std(control).map_err(|e| e.to_string())?
