@@ -26,9 +26,12 @@ pub struct AdminQuery {
     seq_id: Option<String>,
 }
 
+fn error_body(request_id: &str, e: &YunError) -> Value {
+    json!({ "requestId": request_id, "code": e.code.cloudbase(), "message": e.message })
+}
+
 pub(crate) fn envelope_error(request_id: &str, e: &YunError) -> Response {
-    Json(json!({ "requestId": request_id, "code": e.code.cloudbase(), "message": e.message }))
-        .into_response()
+    Json(error_body(request_id, e)).into_response()
 }
 
 /// `INVALID_ACTION` for an action Yun does not serve.
@@ -104,16 +107,60 @@ async fn respond(
 ) -> Response {
     let request_id = new_sortable_id();
     let from = Origin { peer, instance };
-    match handle(app, &request_id, from, query, uri, headers, body).await {
+    let outcome = handle(app, &request_id, from, query, uri, headers, body).await;
+    Json(envelope(&request_id, outcome)).into_response()
+}
+
+/// `/admin` as an instance calls it over its own channel (the in-function data path,
+/// `yun_functions::api`). The caller is the instance's function: there is no signature
+/// to check. Everything else is the HTTP route's, down to the envelope's bytes.
+pub async fn admin_from_channel(
+    app: &AppState,
+    home: &EnvId,
+    function: &FunctionName,
+    target: &str,
+    body: String,
+) -> String {
+    let request_id = new_sortable_id();
+    let outcome = async {
+        let uri: Uri = target
+            .parse()
+            .map_err(|_| YunError::invalid_param("malformed request target"))?;
+        if uri.path() != "/admin" {
+            return Err(YunError::invalid_param("only /admin is served here"));
+        }
+        let Query(query) = Query::<AdminQuery>::try_from_uri(&uri)
+            .map_err(|e| YunError::invalid_param(e.to_string()))?;
+        if body.len() > ADMIN_BODY_LIMIT {
+            return Err(crate::body::too_large(ADMIN_BODY_LIMIT));
+        }
+        let body = parse_body(body.as_bytes())?;
+        let env = requested_env(query.env.clone(), &body)?;
+        let identity = app.authenticate_instance(home, function, &env).await?;
+        let caller = CallerContext {
+            request_id: request_id.clone(),
+            source: String::new(),
+            client_ip: Some(IpAddr::from([127, 0, 0, 1]).to_string()),
+            seq_id: query.seq_id,
+        };
+        dispatch(app, &identity, &body, caller).await
+    }
+    .await;
+    envelope(&request_id, outcome).to_string()
+}
+
+/// The body every `/admin` answer has: `{requestId, data, …}` or `{requestId, code, message}`.
+fn envelope(request_id: &str, outcome: Result<(Value, Map<String, Value>), YunError>) -> Value {
+    match outcome {
         Ok((data, extras)) => {
             let mut envelope = extras;
-            envelope.insert("requestId".into(), Value::String(request_id));
+            envelope.insert("requestId".into(), Value::String(request_id.to_owned()));
             envelope.insert("data".into(), data);
-            Json(Value::Object(envelope)).into_response()
+            Value::Object(envelope)
         }
         Err(e) => {
             tracing::debug!(code = %e.code, message = %e.message, "admin request failed");
-            envelope_error(&request_id, &e)
+            error_body(request_id, &e)
         }
     }
 }
@@ -134,19 +181,8 @@ async fn handle(
     body: Body,
 ) -> Result<(Value, Map<String, Value>), YunError> {
     let bytes = crate::body::read(body, ADMIN_BODY_LIMIT).await?;
-    let body: Map<String, Value> = serde_json::from_slice(&bytes)
-        .map_err(|e| YunError::invalid_param(format!("the body must be a JSON object: {e}")))?;
-    let env_name = query
-        .env
-        .filter(|e| !e.is_empty())
-        .or_else(|| {
-            body.get("envName")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        })
-        .ok_or_else(|| YunError::invalid_param("no env: pass ?env= or envName"))?;
-    let env = EnvId::parse(&env_name)
-        .map_err(|e| YunError::new(yun_types::ErrorCode::InvalidEnv, e.to_string()))?;
+    let body = parse_body(&bytes)?;
+    let env = requested_env(query.env, &body)?;
     let header = |name: &str| {
         headers
             .get(name)
@@ -168,23 +204,52 @@ async fn handle(
         instance: from.instance,
     };
     let identity = app.authenticate_signed(&signed, &env).await?;
-    let action = str_param(&body, "action")?;
+    let caller = CallerContext {
+        request_id: request_id.to_owned(),
+        source: header("x-tcb-source").unwrap_or_default(),
+        client_ip: Some(from.peer.to_string()),
+        seq_id: query.seq_id,
+    };
+    dispatch(app, &identity, &body, caller).await
+}
+
+fn parse_body(bytes: &[u8]) -> Result<Map<String, Value>, YunError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| YunError::invalid_param(format!("the body must be a JSON object: {e}")))
+}
+
+/// The env a call names: `?env=`, else the body's `envName`.
+fn requested_env(query_env: Option<String>, body: &Map<String, Value>) -> Result<EnvId, YunError> {
+    let env_name = query_env
+        .filter(|e| !e.is_empty())
+        .or_else(|| {
+            body.get("envName")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .ok_or_else(|| YunError::invalid_param("no env: pass ?env= or envName"))?;
+    EnvId::parse(&env_name)
+        .map_err(|e| YunError::new(yun_types::ErrorCode::InvalidEnv, e.to_string()))
+}
+
+/// Runs an authenticated call's `action`.
+async fn dispatch(
+    app: &AppState,
+    identity: &Identity,
+    body: &Map<String, Value>,
+    caller: CallerContext,
+) -> Result<(Value, Map<String, Value>), YunError> {
+    let action = str_param(body, "action")?;
     match action {
         "functions.invokeFunction" => {
-            let caller = CallerContext {
-                request_id: request_id.to_owned(),
-                source: header("x-tcb-source").unwrap_or_default(),
-                client_ip: Some(from.peer.to_string()),
-                seq_id: query.seq_id,
-            };
-            let value = invoke_function(app, &identity, &body, &caller).await?;
+            let value = invoke_function(app, identity, body, &caller).await?;
             Ok((json!({ "response_data": value }), Map::new()))
         }
         database if database.starts_with("database.") => {
-            crate::cloudbase_db::handle(app, &identity, database, &body).await
+            crate::cloudbase_db::handle(app, identity, database, body).await
         }
         storage if storage.starts_with("storage.") => {
-            crate::cloudbase_storage::handle(app, &identity, storage, &body).await
+            crate::cloudbase_storage::handle(app, identity, storage, body).await
         }
         other => Err(unsupported_action(other)),
     }

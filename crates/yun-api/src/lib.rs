@@ -23,6 +23,7 @@ use axum::Router;
 use tower_http::cors::{Any, CorsLayer};
 use yun_app::App;
 
+pub use cloudbase::admin_from_channel;
 pub use management::{management_routes, OPENAPI};
 
 pub type AppState = Arc<App>;

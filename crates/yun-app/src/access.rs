@@ -5,7 +5,7 @@ use yun_auth::tc3::{self, Authorization, RequestParts};
 use yun_auth::{Caller, Identity, TempCredentialIssuer};
 use yun_functions::InstanceBinding;
 use yun_meta::{KeyRecord, KeyRole};
-use yun_types::{EnvId, ErrorCode, YunError};
+use yun_types::{EnvId, ErrorCode, FunctionName, YunError};
 
 use crate::App;
 use yun_types::unix_now;
@@ -121,6 +121,21 @@ impl App {
                 "this temporary credential is valid only inside the function it was issued to",
             ))
         }
+    }
+
+    /// A call over an instance's own channel (the in-function data path): the caller is
+    /// the function that instance loaded, as with its credential, and nothing the call
+    /// says can change that.
+    pub async fn authenticate_instance(
+        &self,
+        home: &EnvId,
+        function: &FunctionName,
+        env: &EnvId,
+    ) -> Result<Identity, YunError> {
+        let caller = Caller::Function {
+            name: function.clone(),
+        };
+        self.admit_to_env(home, caller, env).await
     }
 
     /// Verifies a TC3-signed `/admin` request and resolves it in `env`.

@@ -31,18 +31,30 @@ const invocationEnv = {};
 // and costs a microsecond or more each. The SDKs read process.env from JS, which sees the
 // layer; so do child processes started with the default env. Installed before anything
 // is required, so no module keeps the bare object.
+// Reads of the native object cost a getenv and a fresh string each, and the SDKs read
+// dozens of variables per call, so reads are served from a plain copy; writes go to both.
 const ownEnv = process.env;
+const ownCopy = Object.assign(Object.create(null), ownEnv);
+// Bumped whenever the environment the SDKs see changes (see the tcbcontext patch).
+let envGeneration = 0;
+function setOwnVar(key, value) {
+  ownEnv[key] = value;
+  ownCopy[key] = ownEnv[key]; // as the native object stored it (a string)
+  envGeneration++;
+}
 const layered = (key) => typeof key === 'string' && Object.hasOwn(invocationEnv, key);
 process.env = new Proxy(ownEnv, {
-  get: (target, key) => (layered(key) ? invocationEnv[key] : target[key]),
-  has: (target, key) => layered(key) || key in target,
+  get: (target, key) => (layered(key) ? invocationEnv[key] : ownCopy[key]),
+  has: (target, key) => layered(key) || key in ownCopy,
   set: (target, key, value) => {
     if (layered(key)) setInvocationVar(key, `${value}`);
-    else target[key] = value;
+    else setOwnVar(key, value);
     return true;
   },
   deleteProperty: (target, key) => {
     if (layered(key)) unsetInvocationVar(key);
+    delete ownCopy[key];
+    envGeneration++;
     return delete target[key];
   },
   ownKeys: (target) => [...new Set([...Reflect.ownKeys(target), ...Object.keys(invocationEnv)])],
@@ -102,25 +114,160 @@ for (const stream of ['stdout', 'stderr']) {
 
 // The platform layer: SDKs Yun provides (as SCF provides wx-server-sdk). A stem cell
 // loads them before it knows its function; a bare `require` of one resolves to the
-// preloaded copy so the user's cold start does not pay for it again.
+// preloaded copy so the user's cold start does not pay for it again, unless the function
+// ships its own copy (in its code folder: not a folder another function could write to,
+// such as $HOME/.node_modules).
 const layerDir = process.env.YUN_NODE_LAYER || '';
 const layerPackages = ['wx-server-sdk', '@cloudbase/node-sdk'];
 const layerResolved = new Map();
-if (layerDir) {
-  const layerRequire = Module.createRequire(path.join(layerDir, 'package.json'));
+const layerRequire = layerDir ? Module.createRequire(path.join(layerDir, 'package.json')) : null;
+if (layerRequire) {
   for (const name of layerPackages) {
     try {
-      const resolved = layerRequire.resolve(name);
-      if (process.env.YUN_PRELOAD === '1') layerRequire(name);
-      layerResolved.set(name, resolved);
+      layerResolved.set(name, layerRequire.resolve(name));
     } catch (_) { /* not in the layer: the function must ship it */ }
   }
 }
 const originalResolve = Module._resolveFilename;
+let codeDir = null;
 Module._resolveFilename = function resolveFilename(request, parent, isMain, options) {
   const layered = layerResolved.get(request);
-  return layered || originalResolve.call(this, request, parent, isMain, options);
+  if (layered === undefined) return originalResolve.call(this, request, parent, isMain, options);
+  if (codeDir !== null && parent && parent.filename && parent.filename.startsWith(codeDir)) {
+    try {
+      const own = originalResolve.call(this, request, parent, isMain, options);
+      if (own.startsWith(codeDir)) return own;
+    } catch (_) { /* not shipped: the layer's */ }
+  }
+  return layered;
 };
+
+// The in-function data path (yun-functions/src/api.rs). Inside SCF the node-sdk opens a
+// new connection for every call, signs it with TC3 and runs it through a generic HTTP
+// stack: about 2 ms of CPU per database call. The layer's copies of the SDK (wx-server-sdk
+// carries its own) instead send their /admin calls over this channel while an event runs:
+// Yun knows which function is calling from the channel itself, so nothing is signed. Only
+// calls made with the function's own credential to Yun's own URL go this way; any other
+// (a key of the user's, a proxy, another server) and every call from a copy of the SDK the
+// function ships itself go over HTTP as before. Everything above the transport (params,
+// retries, timeouts, errors) is the SDK's own code, unchanged.
+const VIA_CHANNEL = Symbol('yun.viaChannel');
+let adminUrlPrefix = null; // `${Yun's /admin URL}?` once loaded with the channel
+const pendingCalls = new Map();
+let nextCallId = 1;
+
+function callsYunAsFunction(requester, method, url) {
+  const config = requester.config || {};
+  const opts = requester.opts || {};
+  return current !== null && adminUrlPrefix !== null && method === 'post'
+    && process.env.YUN_SDK_TRANSPORT !== 'http'
+    && typeof url === 'string' && url.startsWith(adminUrlPrefix)
+    && !requester.args.isFormData && !config.accessKey && !config.proxy
+    && !opts.getCrossAccountInfo && !config.getCrossAccountInfo
+    && config.secretId === process.env.TENCENTCLOUD_SECRETID
+    && config.secretKey === process.env.TENCENTCLOUD_SECRETKEY;
+}
+
+// request-core's error for a response that did not come in time, as its callers test it.
+function requestTimeout(url) {
+  const err = new Error('request timeout');
+  err.code = 'ESOCKETTIMEDOUT';
+  err.reusedSocket = true;
+  err.hasConnected = true;
+  err.connecting = false;
+  err.url = url;
+  return err;
+}
+
+function callOverChannel(opts, done) {
+  const id = nextCallId++;
+  let timer = null;
+  pendingCalls.set(id, (text) => {
+    if (timer !== null) clearTimeout(timer);
+    let body;
+    try {
+      body = text.length === 0 ? undefined : JSON.parse(text);
+    } catch (err) {
+      done(err);
+      return;
+    }
+    done(null, { statusCode: 200, headers: { 'content-type': 'application/json' } }, body);
+  });
+  if (opts.timeout) {
+    timer = setTimeout(() => {
+      pendingCalls.delete(id);
+      done(requestTimeout(opts.url));
+    }, opts.timeout);
+  }
+  const target = `/admin?${opts.url.slice(adminUrlPrefix.length)}`;
+  sendSoon({ type: 'api', id, target }, JSON.stringify(opts.body));
+}
+
+const sdkPatches = {
+  // The SDK rebuilds its view of the environment (a dozen variables, two key lists) several
+  // times per call; it changes only when the environment does.
+  'utils/tcbcontext.js': (exports) => {
+    const compute = exports.getCloudbaseContext;
+    if (typeof compute !== 'function') return;
+    let cached = null;
+    let cachedAt = -1;
+    exports.getCloudbaseContext = function getCloudbaseContext(context) {
+      if (context !== undefined) return compute(context);
+      if (cachedAt !== envGeneration) {
+        cached = compute();
+        cachedAt = envGeneration;
+      }
+      return Object.assign({}, cached);
+    };
+  },
+  // The requester's headers carry the TC3 signature: not made for the channel.
+  'utils/tcbapirequester.js': (exports) => {
+    const proto = exports.TcbApiHttpRequester && exports.TcbApiHttpRequester.prototype;
+    if (!proto || typeof proto.getHeaders !== 'function') return;
+    const signedHeaders = proto.getHeaders;
+    proto.getHeaders = function getHeaders(method, url, params) {
+      if (callsYunAsFunction(this, method, url)) return { [VIA_CHANNEL]: true };
+      return signedHeaders.call(this, method, url, params);
+    };
+  },
+  // The transport under the SDK's retries and timings.
+  'utils/request-core.js': (exports) => {
+    const httpRequest = exports.request;
+    if (typeof httpRequest !== 'function') return;
+    exports.request = function request(opts, done) {
+      if (opts && opts.headers && opts.headers[VIA_CHANNEL]) return callOverChannel(opts, done);
+      return httpRequest(opts, done);
+    };
+  },
+};
+// Patched as they are compiled, whether a stem cell preloads them or the function
+// requires them later.
+const patchesByFile = new Map();
+for (const main of layerResolved.values()) {
+  const copies = [main];
+  try {
+    copies.push(Module.createRequire(main).resolve('@cloudbase/node-sdk'));
+  } catch (_) { /* wx-server-sdk without a copy of its own */ }
+  for (const copy of copies) {
+    if (!copy.endsWith(`${path.sep}dist${path.sep}index.js`)) continue;
+    const dist = path.dirname(copy);
+    for (const [file, patch] of Object.entries(sdkPatches)) patchesByFile.set(path.join(dist, file), patch);
+  }
+}
+if (patchesByFile.size > 0) {
+  const compile = Module.prototype._compile;
+  Module.prototype._compile = function patchedCompile(content, filename) {
+    const result = compile.call(this, content, filename);
+    const patch = patchesByFile.get(filename);
+    if (patch) patch(this.exports);
+    return result;
+  };
+}
+if (layerRequire && process.env.YUN_PRELOAD === '1') {
+  for (const name of layerResolved.keys()) {
+    try { layerRequire(name); } catch (_) { /* reported when the function requires it */ }
+  }
+}
 
 let handler = null;
 let staticContext = {};
@@ -147,8 +294,14 @@ function load(message) {
     process.setuid(message.uid);
   }
   staticContext = message.context || {};
-  for (const [k, v] of Object.entries(message.env || {})) ownEnv[k] = v;
+  for (const [k, v] of Object.entries(message.env || {})) setOwnVar(k, v);
+  if (message.sdk_channel) {
+    try {
+      adminUrlPrefix = `${JSON.parse(ownEnv.TCB_CONTEXT_CNFG).URL}?`;
+    } catch (_) { /* no URL to recognise: everything goes over HTTP */ }
+  }
   process.chdir(message.code_dir);
+  codeDir = `${process.cwd()}${path.sep}`;
   const dot = message.handler.lastIndexOf('.');
   const file = message.handler.slice(0, dot);
   const exportName = message.handler.slice(dot + 1);
@@ -182,11 +335,13 @@ const isCredential = (k) => k.startsWith('TENCENTCLOUD_SECRET') || k === 'TENCEN
 const entryText = (k) => `${JSON.stringify(k)}:${JSON.stringify(invocationEnv[k])}`;
 
 function setInvocationVar(key, value) {
+  envGeneration++;
   const known = Object.hasOwn(invocationEnv, key);
   if (!known || (key !== SEQ_ID && invocationEnv[key] !== value)) environmentAround = null;
   invocationEnv[key] = value;
 }
 function unsetInvocationVar(key) {
+  envGeneration++;
   if (Object.hasOwn(invocationEnv, key)) environmentAround = null;
   delete invocationEnv[key];
 }
@@ -286,7 +441,11 @@ function onFrames(chunk) {
     const message = JSON.parse(buffered.toString('utf8', offset + 4, headerEnd));
     if (headerEnd < end) message.payload = buffered.toString('utf8', headerEnd + 1, end);
     offset = end;
-    if (message.type === 'load') load(message);
+    if (message.type === 'api_result') {
+      const answer = pendingCalls.get(message.id);
+      pendingCalls.delete(message.id);
+      if (answer) answer(message.payload || '');
+    } else if (message.type === 'load') load(message);
     else if (message.type === 'invoke') {
       queued.push(message);
       runQueued();

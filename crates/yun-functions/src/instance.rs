@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use yun_meta::{InvocationStatus, NetworkPolicy, NewLogLine};
 use yun_types::{EnvId, FunctionName};
 
+use crate::api::{ApiPort, ApiReplies, InstanceApi};
 use crate::isolation::{GatewaySocket, InstanceBinding, Isolation, UidLease};
 use crate::lane::Turn;
 use crate::protocol::{
@@ -270,6 +271,8 @@ pub struct LoadSpec<'a> {
     pub env_vars: &'a BTreeMap<String, String>,
     pub context: &'a Value,
     pub network: NetworkPolicy,
+    /// Serves the layer SDKs' calls over the channel (`None`: they go over HTTP).
+    pub api: Option<&'a Arc<dyn InstanceApi>>,
 }
 
 /// Gives the child `cmd` starts each `(ours, theirs)` descriptor at number `theirs`.
@@ -402,6 +405,8 @@ pub struct Instance {
     pub peak_rss_kb: u64,
     /// Set when the instance runs in the sandbox.
     jail: Option<Jail>,
+    /// The function's end of the in-function data path, once loaded.
+    api: Option<ApiPort>,
 }
 
 /// What a sandboxed instance holds besides its process.
@@ -550,6 +555,7 @@ impl Instance {
             memory_mb,
             peak_rss_kb: 0,
             jail,
+            api: None,
         };
         match tokio::time::timeout(READY_TIMEOUT, read_frame(&mut instance.reader)).await {
             Ok(Ok(InstanceMessage::Ready {
@@ -621,12 +627,18 @@ impl Instance {
             }
             None => function.code_dir,
         };
+        // An env without the network (`none`) cannot reach Yun over HTTP either.
+        self.api = function
+            .api
+            .filter(|_| function.network != NetworkPolicy::None)
+            .map(|api| ApiPort::new(api.clone(), function.env.clone(), function.name.clone()));
         let message = HostMessage::Load {
             code_dir,
             handler: function.handler,
             env: function.env_vars,
             context: function.context,
             uid,
+            sdk_channel: self.api.is_some(),
         };
         let writer = self
             .writer
@@ -676,11 +688,15 @@ impl Instance {
     /// Reads one event's output and result; its frame is already written. The timeout
     /// runs from here: the event starts when the one before it has answered. On a
     /// failure that leaves the instance unhealthy, its process group is already killed.
-    pub(crate) async fn run_turn(&mut self, turn: &Turn) -> Result<String, Failure> {
+    pub(crate) async fn run_turn(
+        &mut self,
+        turn: &Turn,
+        replies: &Arc<dyn ApiReplies>,
+    ) -> Result<String, Failure> {
         if let Ok(mut raw) = self.raw.lock() {
             raw.target = Some(turn.logs.clone());
         }
-        let outcome = match tokio::time::timeout(turn.timeout, self.receive(turn)).await {
+        let outcome = match tokio::time::timeout(turn.timeout, self.receive(turn, replies)).await {
             Ok(outcome) => outcome,
             Err(_) => {
                 self.kill();
@@ -693,11 +709,19 @@ impl Instance {
         outcome
     }
 
-    async fn receive(&mut self, turn: &Turn) -> Result<String, Failure> {
+    async fn receive(
+        &mut self,
+        turn: &Turn,
+        replies: &Arc<dyn ApiReplies>,
+    ) -> Result<String, Failure> {
         let logs = &turn.logs;
         let mut logged = 0usize;
         loop {
             match read_frame(&mut self.reader).await {
+                Ok(InstanceMessage::Api { id, target, body }) => {
+                    let body = body.unwrap_or_default();
+                    ApiPort::serve(self.api.as_ref(), id, target, body, replies).await;
+                }
                 Ok(InstanceMessage::Log { stream, data }) => {
                     if logged < turn.log_limit {
                         logged += data.len();

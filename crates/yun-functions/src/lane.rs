@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{oneshot, Notify};
 
+use crate::api::ApiReplies;
 use crate::instance::{Failure, Instance, InvokeInput, LogTarget};
 use crate::protocol::{encode_frame, FrameError, HostMessage};
 use crate::runtime::InvocationEnv;
@@ -177,6 +178,25 @@ impl Shared {
     }
 }
 
+impl ApiReplies for Shared {
+    /// Answers go out with the events' frames, through the same outbox.
+    fn reply(&self, id: u64, body: &str) {
+        let mut state = lock(&self.state);
+        let header = HostMessage::ApiResult { id };
+        if let Err(e) = encode_frame(&mut state.outbox, &header, Some(body)) {
+            let refused = serde_json::json!({
+                "requestId": "",
+                "code": "SYS_ERR",
+                "message": format!("the answer cannot be sent to the function: {e}"),
+            });
+            let _ = encode_frame(&mut state.outbox, &header, Some(&refused.to_string()));
+        }
+        if !state.writing {
+            self.write_outbox(&mut state);
+        }
+    }
+}
+
 impl Lane {
     /// A loaded instance; `None` if its channel was already taken.
     pub fn new(
@@ -275,6 +295,7 @@ impl Drop for Lane {
 
 /// The reader: runs the lane's events in order on its instance, then stops it.
 async fn read_events(mut instance: Instance, shared: Arc<Shared>) {
+    let replies: Arc<dyn ApiReplies> = shared.clone();
     loop {
         let turn = loop {
             let woken = shared.wake_reader.notified();
@@ -298,7 +319,7 @@ async fn read_events(mut instance: Instance, shared: Arc<Shared>) {
         };
         let Some(turn) = turn else { break };
         let started = Instant::now();
-        let result = instance.run_turn(&turn).await;
+        let result = instance.run_turn(&turn, &replies).await;
         let outcome = TurnOutcome {
             ran: started.elapsed(),
             peak_rss_kb: instance.peak_rss_kb,

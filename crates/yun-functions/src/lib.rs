@@ -6,6 +6,7 @@
 //!
 //! Knows nothing of HTTP, signatures or where metadata is stored.
 
+pub mod api;
 pub mod instance;
 pub mod isolation;
 pub mod lane;
@@ -15,6 +16,7 @@ pub mod protocol;
 pub mod runtime;
 pub mod sandbox;
 
+pub use api::{ApiFuture, InstanceApi};
 pub use instance::{trial as sandbox_trial, Failure, SpawnConfig};
 pub use isolation::{Gateway, GatewaySocket, InstanceBinding, Isolation, UidPool};
 pub use runtime::{

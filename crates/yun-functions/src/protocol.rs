@@ -26,6 +26,8 @@ pub enum HostMessage<'a> {
         /// The uid to become before loading the code (sandboxed instances).
         #[serde(skip_serializing_if = "Option::is_none")]
         uid: Option<u32>,
+        /// Whether the layer's SDKs may call Yun over this channel (`api` frames).
+        sdk_channel: bool,
     },
     /// Run one event (the payload). `env` and `unset` change the per-invocation
     /// variables from the previous event's (the SDKs read identity from there): the
@@ -37,6 +39,8 @@ pub enum HostMessage<'a> {
         #[serde(skip_serializing_if = "<[_]>::is_empty")]
         unset: &'a [&'a str],
     },
+    /// The answer to the instance's `api` call `id` (the payload: the response body).
+    ApiResult { id: u64 },
 }
 
 fn as_map<S: serde::Serializer>(pairs: &&[(&str, &str)], s: S) -> Result<S::Ok, S::Error> {
@@ -88,6 +92,13 @@ pub enum InstanceMessage {
         request_id: Option<String>,
         kind: String,
         error: JsError,
+    },
+    /// An SDK call to Yun (`crate::api`): the payload is the request body.
+    Api {
+        id: u64,
+        target: String,
+        #[serde(skip)]
+        body: Option<String>,
     },
 }
 
@@ -193,9 +204,11 @@ pub async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> Result<InstanceMe
     let Some(newline) = newline else {
         return Ok(message);
     };
-    if let InstanceMessage::Result { value, .. } = &mut message {
+    if let InstanceMessage::Result { value: payload, .. }
+    | InstanceMessage::Api { body: payload, .. } = &mut message
+    {
         body.drain(..=newline);
-        *value = Some(String::from_utf8(body).map_err(|e| malformed(&e))?);
+        *payload = Some(String::from_utf8(body).map_err(|e| malformed(&e))?);
     }
     Ok(message)
 }

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use yun_meta::{NetworkPolicy, NewLogLine};
 use yun_types::{EnvId, FunctionName};
 
+use crate::api::InstanceApi;
 use crate::instance::{
     Failure, Instance, InvokeInput, LoadFailure, LoadSpec, LogTarget, SpawnConfig,
 };
@@ -206,6 +207,8 @@ pub struct Runtime {
     starting_stem: tokio::sync::Mutex<()>,
     next_instance: AtomicU64,
     logs: mpsc::Sender<NewLogLine>,
+    /// The in-function data path, once the app serving it exists.
+    api: OnceLock<Arc<dyn InstanceApi>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -227,6 +230,7 @@ impl Runtime {
             starting_stem: tokio::sync::Mutex::new(()),
             next_instance: AtomicU64::new(1),
             logs,
+            api: OnceLock::new(),
         });
         tokio::spawn(Self::fill_stems(Arc::downgrade(&runtime), requests));
         tokio::spawn(Self::follow_layer(Arc::downgrade(&runtime)));
@@ -235,6 +239,12 @@ impl Runtime {
             let _ = runtime.stem_requests.send(runtime.cfg.default_memory_mb);
         }
         runtime
+    }
+
+    /// Serves the in-function data path from now on (instances loaded before it go over
+    /// HTTP). Set once, by the composition root, when the app exists.
+    pub fn serve_instance_api(&self, api: Arc<dyn InstanceApi>) {
+        let _ = self.api.set(api);
     }
 
     /// Whether function credentials must come through their instance's own gateway.
@@ -425,7 +435,10 @@ impl Runtime {
                 .await
                 .map_err(InvokeError::Unavailable)?,
         };
-        match instance.load(&load_spec(spec, &static_context(spec))).await {
+        match instance
+            .load(&load_spec(spec, &static_context(spec), self.api.get()))
+            .await
+        {
             Ok(()) => {
                 let instance_id = instance.id;
                 let hook = turn_hook(pool, instance_id);
@@ -446,7 +459,9 @@ impl Runtime {
             Instance::spawn(&self.cfg.spawn, self.instance_id(), spec.memory_mb, false)
                 .await
                 .map_err(InvokeError::Unavailable)?;
-        let result = instance.load(&load_spec(spec, &static_context(spec))).await;
+        let result = instance
+            .load(&load_spec(spec, &static_context(spec), self.api.get()))
+            .await;
         instance.shutdown().await;
         result.map_err(InvokeError::from)
     }
@@ -594,8 +609,13 @@ fn settle(pool: &FunctionPool, lane: u64, survived: bool) {
     pool.released.notify_one();
 }
 
-fn load_spec<'a>(spec: &'a FunctionSpec, context: &'a serde_json::Value) -> LoadSpec<'a> {
+fn load_spec<'a>(
+    spec: &'a FunctionSpec,
+    context: &'a serde_json::Value,
+    api: Option<&'a Arc<dyn InstanceApi>>,
+) -> LoadSpec<'a> {
     LoadSpec {
+        api,
         env: &spec.env,
         name: &spec.name,
         code_dir: &spec.code_dir,

@@ -6,9 +6,13 @@
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
 
+use std::sync::{Arc, Weak};
+
 use axum::{Extension, Router};
 use tokio::sync::watch;
-use yun_functions::{Gateway, GatewaySocket, InstanceBinding};
+use yun_app::App;
+use yun_functions::{ApiFuture, Gateway, GatewaySocket, InstanceApi, InstanceBinding};
+use yun_types::{EnvId, FunctionName};
 
 pub struct UnixGateway {
     dir: PathBuf,
@@ -64,5 +68,30 @@ impl Gateway for UnixGateway {
 
     fn port(&self) -> u16 {
         self.port
+    }
+}
+
+/// The in-function data path's server side: calls arriving on instances' own channels go
+/// to the same `/admin` handling as HTTP. Holds the app weakly: the app owns the runtime
+/// that holds this.
+pub struct ChannelApi(pub Weak<App>);
+
+impl InstanceApi for ChannelApi {
+    fn call(&self, env: &EnvId, name: &FunctionName, target: String, body: String) -> ApiFuture {
+        let app = self.0.upgrade();
+        let (env, name) = (env.clone(), name.clone());
+        Box::pin(async move {
+            match app {
+                Some(app) => yun_api::admin_from_channel(&app, &env, &name, &target, body).await,
+                None => r#"{"requestId":"","code":"SYS_ERR","message":"Yun is stopping"}"#.into(),
+            }
+        })
+    }
+}
+
+impl ChannelApi {
+    pub fn serve(app: &Arc<App>) {
+        app.runtime()
+            .serve_instance_api(Arc::new(ChannelApi(Arc::downgrade(app))));
     }
 }

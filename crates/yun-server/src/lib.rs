@@ -28,7 +28,7 @@ use yun_storage::{ObjectBackend, SqliteFileIndex, Storage};
 use yun_types::{EnvId, YunError};
 use yun_users::{SqliteUserStore, Users};
 
-use crate::gateway::UnixGateway;
+use crate::gateway::{ChannelApi, UnixGateway};
 
 /// Settings of an embedded (`yun dev`) node.
 #[derive(Debug, Clone)]
@@ -571,6 +571,7 @@ impl Server {
         );
         // Instances' gateways serve from now on (they wait until then).
         let _ = router_slot.send(Some(yun_api::instance_router(app.clone())));
+        ChannelApi::serve(&app);
 
         let credentials_path = cfg.data_dir.join("credentials.json");
         let first = app.initialize(&cfg.default_env).await?;
