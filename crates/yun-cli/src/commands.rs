@@ -17,15 +17,12 @@ use crate::Connection;
 
 #[derive(Subcommand)]
 pub enum EnvCommand {
+    /// List the envs (a platform key sees them all; an env key its own)
     List,
     /// Create an env; prints its first key.
-    Create {
-        id: String,
-    },
+    Create { id: String },
     /// Delete an env and everything in it.
-    Delete {
-        id: String,
-    },
+    Delete { id: String },
     /// Show the env's settings (YUN_ENV / --env).
     Settings,
     /// Change the env's settings; unnamed ones keep their value.
@@ -45,6 +42,7 @@ pub enum EnvCommand {
 
 #[derive(Subcommand)]
 pub enum KeyCommand {
+    /// List the env's keys (SecretIds, role, state; never the SecretKeys)
     List,
     /// Create a key for the env; the SecretKey is shown only now.
     Create {
@@ -56,6 +54,7 @@ pub enum KeyCommand {
         #[arg(long)]
         reveal: bool,
     },
+    /// Revoke a key: requests signed with it stop working at once
     Revoke {
         /// The SecretId to revoke (named apart from the global --secret-id).
         #[arg(value_name = "SECRET_ID")]
@@ -108,10 +107,10 @@ pub enum FnCommand {
         #[arg(long, default_value_t = 1000)]
         limit: u32,
     },
+    /// List the env's functions
     List,
-    Delete {
-        name: String,
-    },
+    /// Delete a function with all its versions
+    Delete { name: String },
 }
 
 /// `500ms`, `3s`, `10m`, `2h`, `7d`, or a bare number of seconds.
@@ -625,13 +624,10 @@ pub enum IndexCommand {
         #[arg(long)]
         unique: bool,
     },
-    List {
-        collection: String,
-    },
-    Drop {
-        collection: String,
-        name: String,
-    },
+    /// List a collection's indexes
+    List { collection: String },
+    /// Drop an index
+    Drop { collection: String, name: String },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]

@@ -19,20 +19,13 @@ pub enum UserCommand {
     /// List the env's end users.
     List,
     /// Show one user.
-    Get {
-        uid: String,
-    },
+    Get { uid: String },
     /// Block a user: their sessions end and their tokens stop working at once.
-    Disable {
-        uid: String,
-    },
-    Enable {
-        uid: String,
-    },
+    Disable { uid: String },
+    /// Let a disabled user sign in again
+    Enable { uid: String },
     /// Delete a user and their sessions (their documents and files stay).
-    Delete {
-        uid: String,
-    },
+    Delete { uid: String },
 }
 
 #[derive(Subcommand)]
@@ -55,11 +48,10 @@ pub enum TicketKeyCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// List the ticket keys
     List,
     /// Revoke a key: tickets it signed stop working.
-    Revoke {
-        private_key_id: String,
-    },
+    Revoke { private_key_id: String },
 }
 
 fn login_type(user: &Value) -> &'static str {

@@ -208,7 +208,8 @@ const sdkPatches = {
   // times per call; it changes only when the environment does.
   'utils/tcbcontext.js': (exports) => {
     const compute = exports.getCloudbaseContext;
-    if (typeof compute !== 'function') return;
+    const computeUrl = exports.getServerInjectUrl;
+    if (typeof compute !== 'function' || typeof computeUrl !== 'function') return;
     let cached = null;
     let cachedAt = -1;
     exports.getCloudbaseContext = function getCloudbaseContext(context) {
@@ -217,7 +218,16 @@ const sdkPatches = {
         cached = compute();
         cachedAt = envGeneration;
       }
-      return Object.assign({}, cached);
+      return { ...cached };
+    };
+    let url = '';
+    let urlAt = -1;
+    exports.getServerInjectUrl = function getServerInjectUrl() {
+      if (urlAt !== envGeneration) {
+        url = computeUrl();
+        urlAt = envGeneration;
+      }
+      return url;
     };
   },
   // The requester's headers carry the TC3 signature: not made for the channel.
