@@ -114,12 +114,12 @@ async fn respond(
 /// `/admin` as an instance calls it over its own channel (the in-function data path,
 /// `yun_functions::api`). The caller is the instance's function: there is no signature
 /// to check. Everything else is the HTTP route's, down to the envelope's bytes.
-pub async fn admin_from_channel(
+pub(crate) async fn admin_from_channel(
     app: &AppState,
     home: &EnvId,
     function: &FunctionName,
     target: &str,
-    body: String,
+    body: &[u8],
 ) -> String {
     let request_id = new_sortable_id();
     let outcome = async {
@@ -134,7 +134,7 @@ pub async fn admin_from_channel(
         if body.len() > ADMIN_BODY_LIMIT {
             return Err(crate::body::too_large(ADMIN_BODY_LIMIT));
         }
-        let body = parse_body(body.as_bytes())?;
+        let body = parse_body(body)?;
         let env = requested_env(query.env.clone(), &body)?;
         let identity = app.authenticate_instance(home, function, &env).await?;
         let caller = CallerContext {

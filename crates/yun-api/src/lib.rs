@@ -6,6 +6,7 @@
 
 mod auth;
 mod body;
+pub mod channel;
 mod cloudbase;
 mod cloudbase_db;
 mod cloudbase_storage;
@@ -23,7 +24,6 @@ use axum::Router;
 use tower_http::cors::{Any, CorsLayer};
 use yun_app::App;
 
-pub use cloudbase::admin_from_channel;
 pub use management::{management_routes, OPENAPI};
 
 pub type AppState = Arc<App>;

@@ -10,6 +10,7 @@
 const net = require('net');
 const path = require('path');
 const Module = require('module');
+const { Readable, Writable } = require('stream');
 
 const PROTOCOL_VERSION = 2;
 // Reads land in one reused buffer, handed to onFrames: no stream machinery per read.
@@ -153,6 +154,7 @@ Module._resolveFilename = function resolveFilename(request, parent, isMain, opti
 // retries, timeouts, errors) is the SDK's own code, unchanged.
 const VIA_CHANNEL = Symbol('yun.viaChannel');
 let adminUrlPrefix = null; // `${Yun's /admin URL}?` once loaded with the channel
+let filesUrlPrefix = null; // `${Yun's URL}/files/`, likewise
 const pendingCalls = new Map();
 let nextCallId = 1;
 
@@ -166,6 +168,13 @@ function callsYunAsFunction(requester, method, url) {
     && !opts.getCrossAccountInfo && !config.getCrossAccountInfo
     && config.secretId === process.env.TENCENTCLOUD_SECRETID
     && config.secretKey === process.env.TENCENTCLOUD_SECRETKEY;
+}
+
+function transfersToYun(opts) {
+  return current !== null && filesUrlPrefix !== null && opts
+    && process.env.YUN_SDK_TRANSPORT !== 'http'
+    && typeof opts.url === 'string' && opts.url.startsWith(filesUrlPrefix)
+    && /^(get|put)$/i.test(opts.method || '') && !opts.formData && !opts.proxy;
 }
 
 // request-core's error for a response that did not come in time, as its callers test it.
@@ -182,8 +191,9 @@ function requestTimeout(url) {
 function callOverChannel(opts, done) {
   const id = nextCallId++;
   let timer = null;
-  pendingCalls.set(id, (text) => {
+  pendingCalls.set(id, (answer) => {
     if (timer !== null) clearTimeout(timer);
+    const text = answer.payload || '';
     let body;
     try {
       body = text.length === 0 ? undefined : JSON.parse(text);
@@ -201,6 +211,65 @@ function callOverChannel(opts, done) {
   }
   const target = `/admin?${opts.url.slice(adminUrlPrefix.length)}`;
   sendSoon({ type: 'api', id, target }, JSON.stringify(opts.body));
+}
+
+// The bytes of an upload (PUT) or a download (GET) to Yun's own /files, over the channel:
+// what request-core's caller sees is what request-core would give it (the status, the
+// headers, the body as its `type` asks), and a body too large for a frame goes over HTTP.
+const TRANSFER_LIMIT = 16 << 20;
+function transferOverChannel(opts, done, overHttp) {
+  const method = opts.method.toUpperCase();
+  const headers = {};
+  for (const [k, v] of Object.entries(opts.headers || {})) if (v !== undefined) headers[k.toLowerCase()] = String(v);
+  const target = opts.url.slice(filesUrlPrefix.length - '/files/'.length);
+  const send = (body) => {
+    const id = nextCallId++;
+    pendingCalls.set(id, (answer) => {
+      if (answer.fallback) {
+        const req = overHttp(opts, done);
+        if (method !== 'GET') req.end(body);
+        return;
+      }
+      const res = Readable.from(answer.body.length > 0 ? [answer.body] : []);
+      res.statusCode = answer.status;
+      res.headers = answer.headers || {};
+      if (opts.type === 'stream') done(null, res, undefined);
+      else if (opts.type === 'rawStream') done(null, res, res);
+      else if (opts.encoding) done(null, res, answer.body.toString(opts.encoding));
+      else if (opts.type === 'json' || opts.json) {
+        let parsed;
+        try {
+          parsed = answer.body.length === 0 ? undefined : JSON.parse(answer.body.toString());
+        } catch (err) {
+          done(err);
+          return;
+        }
+        done(null, res, parsed);
+      } else done(null, res, answer.body);
+    });
+    sendSoon({ type: 'api', id, target, method, headers }, body);
+  };
+  // request-core ends a GET itself; a PUT is ended by whoever pipes the bytes into it.
+  const sink = new Writable({
+    write(chunk, encoding, callback) {
+      this.chunks.push(chunk);
+      this.size += chunk.length;
+      callback();
+    },
+    final(callback) {
+      const body = Buffer.concat(this.chunks);
+      if (body.length > TRANSFER_LIMIT) {
+        const req = overHttp(opts, done);
+        req.on('error', (err) => sink.emit('error', err));
+        req.end(body);
+      } else send(body);
+      callback();
+    },
+  });
+  sink.chunks = [];
+  sink.size = 0;
+  if (method === 'GET') sink.end();
+  return sink;
 }
 
 const sdkPatches = {
@@ -246,6 +315,7 @@ const sdkPatches = {
     if (typeof httpRequest !== 'function') return;
     exports.request = function request(opts, done) {
       if (opts && opts.headers && opts.headers[VIA_CHANNEL]) return callOverChannel(opts, done);
+      if (transfersToYun(opts)) return transferOverChannel(opts, done, httpRequest);
       return httpRequest(opts, done);
     };
   },
@@ -307,7 +377,9 @@ function load(message) {
   for (const [k, v] of Object.entries(message.env || {})) setOwnVar(k, v);
   if (message.sdk_channel) {
     try {
-      adminUrlPrefix = `${JSON.parse(ownEnv.TCB_CONTEXT_CNFG).URL}?`;
+      const adminUrl = JSON.parse(ownEnv.TCB_CONTEXT_CNFG).URL;
+      adminUrlPrefix = `${adminUrl}?`;
+      filesUrlPrefix = `${adminUrl.replace(/\/admin$/, '')}/files/`;
     } catch (_) { /* no URL to recognise: everything goes over HTTP */ }
   }
   process.chdir(message.code_dir);
@@ -449,12 +521,14 @@ function onFrames(chunk) {
     const newline = buffered.indexOf(10, offset + 4);
     const headerEnd = newline === -1 || newline >= end ? end : newline;
     const message = JSON.parse(buffered.toString('utf8', offset + 4, headerEnd));
-    if (headerEnd < end) message.payload = buffered.toString('utf8', headerEnd + 1, end);
+    if (headerEnd < end && message.status === undefined) message.payload = buffered.toString('utf8', headerEnd + 1, end);
     offset = end;
     if (message.type === 'api_result') {
       const answer = pendingCalls.get(message.id);
       pendingCalls.delete(message.id);
-      if (answer) answer(message.payload || '');
+      // A transfer's body is bytes: copied out of the reused read buffer.
+      if (message.status !== undefined) message.body = Buffer.from(buffered.subarray(Math.min(headerEnd + 1, end), end));
+      if (answer) answer(message);
     } else if (message.type === 'load') load(message);
     else if (message.type === 'invoke') {
       queued.push(message);

@@ -20,19 +20,48 @@ use yun_types::{EnvId, FunctionName};
 /// unread meanwhile, which is the back-pressure an HTTP server's accept queue would give).
 const CALLS_IN_FLIGHT: usize = 64;
 
-pub type ApiFuture = Pin<Box<dyn Future<Output = String> + Send>>;
+/// One call as the instance made it.
+pub struct ApiRequest {
+    /// Path and query: `/admin?env=…&seqId=…`, or `/files/{env}/{path}?…` for a transfer.
+    pub target: String,
+    /// Set for file transfers (`PUT` uploads, `GET` downloads); `/admin` is always a POST.
+    pub method: Option<String>,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// Its answer.
+#[derive(Debug, Default)]
+pub struct ApiResponse {
+    /// Set for file transfers; `/admin` answers are always 200 (errors are in the body).
+    pub status: Option<u16>,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// The answer does not fit a frame: the instance makes the call over HTTP instead.
+    pub fallback: bool,
+}
+
+impl ApiResponse {
+    pub fn admin(body: String) -> Self {
+        Self {
+            body: body.into_bytes(),
+            ..Self::default()
+        }
+    }
+}
+
+pub type ApiFuture = Pin<Box<dyn Future<Output = ApiResponse> + Send>>;
 
 /// Serves the SDK surface to instances over their channels; given by the composition root.
 pub trait InstanceApi: Send + Sync {
-    /// Answers one call made by function `name` of `env`. `target` is the path and query
-    /// the SDK built (`/admin?env=…&seqId=…`), `body` its JSON text. The answer is the
-    /// response body the HTTP route would give, as JSON text.
-    fn call(&self, env: &EnvId, name: &FunctionName, target: String, body: String) -> ApiFuture;
+    /// Answers one call made by function `name` of `env`: what the HTTP route would
+    /// answer the same request, minus the signature check (the caller is known).
+    fn call(&self, env: &EnvId, name: &FunctionName, request: ApiRequest) -> ApiFuture;
 }
 
 /// Where an instance's answers are written (its lane's outbox, in order with its events).
 pub(crate) trait ApiReplies: Send + Sync {
-    fn reply(&self, id: u64, body: &str);
+    fn reply(&self, id: u64, response: &ApiResponse);
 }
 
 /// A loaded instance's end of the data path.
@@ -45,7 +74,11 @@ pub(crate) struct ApiPort {
 
 /// What an `api` frame from an instance without the data path gets (the bootstrap sends
 /// none there; a function writing frames itself does).
-const REFUSED: &str = r#"{"requestId":"","code":"PERMISSION_DENIED","message":"this instance may not call Yun over its channel"}"#;
+fn refused() -> ApiResponse {
+    ApiResponse::admin(
+        r#"{"requestId":"","code":"PERMISSION_DENIED","message":"this instance may not call Yun over its channel"}"#.into(),
+    )
+}
 
 impl ApiPort {
     pub(crate) fn new(api: Arc<dyn InstanceApi>, env: EnvId, name: FunctionName) -> Self {
@@ -61,23 +94,22 @@ impl ApiPort {
     pub(crate) async fn serve(
         port: Option<&ApiPort>,
         id: u64,
-        target: String,
-        body: String,
+        request: ApiRequest,
         replies: &Arc<dyn ApiReplies>,
     ) {
         let Some(port) = port else {
-            replies.reply(id, REFUSED);
+            replies.reply(id, &refused());
             return;
         };
         let Ok(slot) = port.slots.clone().acquire_owned().await else {
             return;
         };
-        let answer = port.api.call(&port.env, &port.name, target, body);
+        let answer = port.api.call(&port.env, &port.name, request);
         let replies = replies.clone();
         tokio::spawn(async move {
-            let body = answer.await;
+            let response = answer.await;
             drop(slot);
-            replies.reply(id, &body);
+            replies.reply(id, &response);
         });
     }
 }

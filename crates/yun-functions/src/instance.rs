@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use yun_meta::{InvocationStatus, NetworkPolicy, NewLogLine};
 use yun_types::{EnvId, FunctionName};
 
-use crate::api::{ApiPort, ApiReplies, InstanceApi};
+use crate::api::{ApiPort, ApiReplies, ApiRequest, InstanceApi};
 use crate::isolation::{GatewaySocket, InstanceBinding, Isolation, UidLease};
 use crate::lane::Turn;
 use crate::protocol::{
@@ -718,9 +718,21 @@ impl Instance {
         let mut logged = 0usize;
         loop {
             match read_frame(&mut self.reader).await {
-                Ok(InstanceMessage::Api { id, target, body }) => {
-                    let body = body.unwrap_or_default();
-                    ApiPort::serve(self.api.as_ref(), id, target, body, replies).await;
+                Ok(InstanceMessage::Api {
+                    id,
+                    target,
+                    method,
+                    headers,
+                    body,
+                }) => {
+                    let headers = headers.into_iter().collect();
+                    let request = ApiRequest {
+                        target,
+                        method,
+                        headers,
+                        body,
+                    };
+                    ApiPort::serve(self.api.as_ref(), id, request, replies).await;
                 }
                 Ok(InstanceMessage::Log { stream, data }) => {
                     if logged < turn.log_limit {

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{oneshot, Notify};
 
-use crate::api::ApiReplies;
+use crate::api::{ApiReplies, ApiResponse};
 use crate::instance::{Failure, Instance, InvokeInput, LogTarget};
 use crate::protocol::{encode_frame, FrameError, HostMessage};
 use crate::runtime::InvocationEnv;
@@ -121,7 +121,7 @@ impl State {
             env: &changed,
             unset: &unset,
         };
-        encode_frame(&mut self.outbox, &header, Some(input.event))?;
+        encode_frame(&mut self.outbox, &header, Some(input.event.as_bytes()))?;
         // Keeping the new `Arc`s (equal text or not) lets the next event compare by pointer.
         self.sent_env.clone_from(env);
         Ok(())
@@ -180,16 +180,28 @@ impl Shared {
 
 impl ApiReplies for Shared {
     /// Answers go out with the events' frames, through the same outbox.
-    fn reply(&self, id: u64, body: &str) {
+    fn reply(&self, id: u64, response: &ApiResponse) {
+        let headers: Vec<(&str, &str)> = response
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let header = |fallback| HostMessage::ApiResult {
+            id,
+            status: response.status,
+            headers: &headers,
+            fallback,
+        };
         let mut state = lock(&self.state);
-        let header = HostMessage::ApiResult { id };
-        if let Err(e) = encode_frame(&mut state.outbox, &header, Some(body)) {
-            let refused = serde_json::json!({
-                "requestId": "",
-                "code": "SYS_ERR",
-                "message": format!("the answer cannot be sent to the function: {e}"),
-            });
-            let _ = encode_frame(&mut state.outbox, &header, Some(&refused.to_string()));
+        if encode_frame(
+            &mut state.outbox,
+            &header(response.fallback),
+            Some(&response.body),
+        )
+        .is_err()
+        {
+            // Larger than a frame: the instance makes this call over HTTP instead.
+            let _ = encode_frame(&mut state.outbox, &header(true), None);
         }
         if !state.writing {
             self.write_outbox(&mut state);

@@ -16,7 +16,7 @@ pub mod protocol;
 pub mod runtime;
 pub mod sandbox;
 
-pub use api::{ApiFuture, InstanceApi};
+pub use api::{ApiFuture, ApiRequest, ApiResponse, InstanceApi};
 pub use instance::{trial as sandbox_trial, Failure, SpawnConfig};
 pub use isolation::{Gateway, GatewaySocket, InstanceBinding, Isolation, UidPool};
 pub use runtime::{

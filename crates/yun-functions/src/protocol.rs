@@ -40,7 +40,17 @@ pub enum HostMessage<'a> {
         unset: &'a [&'a str],
     },
     /// The answer to the instance's `api` call `id` (the payload: the response body).
-    ApiResult { id: u64 },
+    /// `status` and `headers` come with answers to file transfers; `fallback` asks the
+    /// instance to make the call over HTTP instead (a body too large for a frame).
+    ApiResult {
+        id: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        status: Option<u16>,
+        #[serde(skip_serializing_if = "<[_]>::is_empty", serialize_with = "as_map")]
+        headers: &'a [(&'a str, &'a str)],
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        fallback: bool,
+    },
 }
 
 fn as_map<S: serde::Serializer>(pairs: &&[(&str, &str)], s: S) -> Result<S::Ok, S::Error> {
@@ -93,12 +103,17 @@ pub enum InstanceMessage {
         kind: String,
         error: JsError,
     },
-    /// An SDK call to Yun (`crate::api`): the payload is the request body.
+    /// An SDK call to Yun (`crate::api`): the payload is the request body, bytes.
+    /// `method` and `headers` come with file transfers (`/files/…`).
     Api {
         id: u64,
         target: String,
+        #[serde(default)]
+        method: Option<String>,
+        #[serde(default)]
+        headers: BTreeMap<String, String>,
         #[serde(skip)]
-        body: Option<String>,
+        body: Vec<u8>,
     },
 }
 
@@ -118,7 +133,7 @@ pub enum FrameError {
 pub fn encode_frame(
     out: &mut Vec<u8>,
     header: &HostMessage<'_>,
-    payload: Option<&str>,
+    payload: Option<&[u8]>,
 ) -> Result<(), FrameError> {
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
@@ -127,7 +142,7 @@ pub fn encode_frame(
         .map(|()| {
             if let Some(payload) = payload {
                 out.push(b'\n');
-                out.extend_from_slice(payload.as_bytes());
+                out.extend_from_slice(payload);
             }
             out.len() - start - 4
         })
@@ -204,11 +219,16 @@ pub async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> Result<InstanceMe
     let Some(newline) = newline else {
         return Ok(message);
     };
-    if let InstanceMessage::Result { value: payload, .. }
-    | InstanceMessage::Api { body: payload, .. } = &mut message
-    {
-        body.drain(..=newline);
-        *payload = Some(String::from_utf8(body).map_err(|e| malformed(&e))?);
+    match &mut message {
+        InstanceMessage::Result { value, .. } => {
+            body.drain(..=newline);
+            *value = Some(String::from_utf8(body).map_err(|e| malformed(&e))?);
+        }
+        InstanceMessage::Api { body: payload, .. } => {
+            body.drain(..=newline);
+            *payload = body;
+        }
+        _ => {}
     }
     Ok(message)
 }
@@ -244,6 +264,55 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn api_frames_carry_bytes_and_answers_carry_status_and_headers() {
+        let mut frame = br#"{"type":"api","id":7,"target":"/files/dev/a.bin","method":"PUT","headers":{"authorization":"g"}}"#.to_vec();
+        frame.push(b'\n');
+        frame.extend_from_slice(&[0xff, b'\n', 0x00, 0xfe]);
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        a.write_all(&(frame.len() as u32).to_be_bytes())
+            .await
+            .unwrap();
+        a.write_all(&frame).await.unwrap();
+        match read_frame(&mut b).await.unwrap() {
+            InstanceMessage::Api {
+                id,
+                target,
+                method,
+                headers,
+                body,
+            } => {
+                assert_eq!((id, target.as_str()), (7, "/files/dev/a.bin"));
+                assert_eq!(method.as_deref(), Some("PUT"));
+                assert_eq!(headers.get("authorization").map(String::as_str), Some("g"));
+                assert_eq!(body, [0xff, b'\n', 0x00, 0xfe]);
+            }
+            other => panic!("{other:?}"),
+        }
+
+        let mut out = Vec::new();
+        let header = HostMessage::ApiResult {
+            id: 7,
+            status: Some(200),
+            headers: &[("etag", "x")],
+            fallback: false,
+        };
+        encode_frame(&mut out, &header, Some(&[1, 2])).unwrap();
+        assert_eq!(
+            &out[4..],
+            b"{\"type\":\"api_result\",\"id\":7,\"status\":200,\"headers\":{\"etag\":\"x\"}}\n\x01\x02"
+        );
+        out.clear();
+        let admin = HostMessage::ApiResult {
+            id: 8,
+            status: None,
+            headers: &[],
+            fallback: false,
+        };
+        encode_frame(&mut out, &admin, Some(b"{}")).unwrap();
+        assert_eq!(&out[4..], b"{\"type\":\"api_result\",\"id\":8}\n{}");
+    }
+
+    #[tokio::test]
     async fn payloads_travel_as_raw_text_after_the_header() {
         let mut out = Vec::new();
         let header = HostMessage::Invoke {
@@ -251,7 +320,7 @@ mod tests {
             env: &[("TCB_SEQID", "r1")],
             unset: &["WX_OPENID"],
         };
-        encode_frame(&mut out, &header, Some("{\"a\":\n\"x\\ny\"}")).unwrap();
+        encode_frame(&mut out, &header, Some(b"{\"a\":\n\"x\\ny\"}")).unwrap();
         let len = u32::from_be_bytes(out[..4].try_into().unwrap()) as usize;
         assert_eq!(len, out.len() - 4);
         let text = std::str::from_utf8(&out[4..]).unwrap();

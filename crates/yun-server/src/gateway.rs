@@ -11,7 +11,9 @@ use std::sync::{Arc, Weak};
 use axum::{Extension, Router};
 use tokio::sync::watch;
 use yun_app::App;
-use yun_functions::{ApiFuture, Gateway, GatewaySocket, InstanceApi, InstanceBinding};
+use yun_functions::{
+    ApiFuture, ApiRequest, ApiResponse, Gateway, GatewaySocket, InstanceApi, InstanceBinding,
+};
 use yun_types::{EnvId, FunctionName};
 
 pub struct UnixGateway {
@@ -77,13 +79,15 @@ impl Gateway for UnixGateway {
 pub struct ChannelApi(pub Weak<App>);
 
 impl InstanceApi for ChannelApi {
-    fn call(&self, env: &EnvId, name: &FunctionName, target: String, body: String) -> ApiFuture {
+    fn call(&self, env: &EnvId, name: &FunctionName, request: ApiRequest) -> ApiFuture {
         let app = self.0.upgrade();
         let (env, name) = (env.clone(), name.clone());
         Box::pin(async move {
             match app {
-                Some(app) => yun_api::admin_from_channel(&app, &env, &name, &target, body).await,
-                None => r#"{"requestId":"","code":"SYS_ERR","message":"Yun is stopping"}"#.into(),
+                Some(app) => yun_api::channel::serve(&app, &env, &name, request).await,
+                None => ApiResponse::admin(
+                    r#"{"requestId":"","code":"SYS_ERR","message":"Yun is stopping"}"#.into(),
+                ),
             }
         })
     }

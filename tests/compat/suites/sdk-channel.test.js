@@ -52,16 +52,23 @@ test('every SDK call kind gives byte-identical results over the channel and over
   assert.equal(http.out.download.ok, 'one €');
   assert.equal(http.out.callFunction.ok.result.wxContext.SOURCE, 'function');
   assert.equal(http.out.callMissing.error.code, 'FUNCTION_NOT_FOUND');
-  // Only the byte transfers of upload and download go over HTTP on the channel's side.
+  // Over HTTP every call is a request (the upload's and download's bytes too); over the
+  // channel none is.
   assert.ok(http.adminRequests >= 25, `HTTP side made ${http.adminRequests} /admin requests`);
-  assert.equal(channel.adminRequests, 0);
+  assert.ok(http.yunRequests >= http.adminRequests + 2, `HTTP side made ${http.yunRequests} requests`);
+  assert.equal(channel.yunRequests, 0);
 });
 
 test('the same battery run again over the channel in a warm instance gives the same results', async () => {
   const res = await yun.admin().callFunction({ name: 'sdkpaths', data: { transports: ['channel', 'http'] } });
   const { http, channel } = res.result;
   assert.deepEqual(normalised(channel.out), normalised(http.out));
-  assert.equal(channel.adminRequests, 0);
+  assert.equal(channel.yunRequests, 0);
+});
+
+test('a file too large for a frame goes over HTTP both ways and arrives whole', async () => {
+  const res = await yun.admin().callFunction({ name: 'channelprobe', data: { kind: 'big-file', mb: 17 } });
+  assert.deepEqual(res.result, { same: true, bytes: 17 << 20, yunRequests: 2 });
 });
 
 test('hostile: a call forged over the channel cannot act in another env (query or body)', async () => {
@@ -92,6 +99,15 @@ test("hostile: a call over the channel cannot claim an end user's identity", asy
   assert.equal(whoami.wxContext.OPENID, '');
   assert.equal(whoami.wxContext.SOURCE, 'function');
   assert.equal(whoami.userInfo.uid, '');
+});
+
+test('hostile: a file transfer over the channel needs the same signature as over HTTP', async () => {
+  await yun.admin().uploadFile({ cloudPath: 'private/secret.txt', fileContent: Buffer.from('TRANSFER-SECRET') });
+  for (const env of [yun.envId, 'other']) {
+    const res = await yun.admin().callFunction({ name: 'channelprobe', data: { kind: 'unsigned-download', env, path: 'private/secret.txt' } });
+    assert.equal(res.result.status, 403, JSON.stringify(res.result));
+    assert.doesNotMatch(res.result.body, /TRANSFER-SECRET/);
+  }
 });
 
 test('hostile: a flood of calls over the channel is answered in full, with back-pressure, and the instance stays healthy', async () => {

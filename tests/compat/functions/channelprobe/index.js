@@ -1,6 +1,8 @@
 // A hostile function against the in-function data path: it takes the channel's private
 // marker from the layer SDK and sends calls of its own making over the channel, claiming
 // another env, an end user's identity, or a forged credential.
+const crypto = require('crypto');
+const http = require('http');
 const path = require('path');
 const cloud = require('wx-server-sdk');
 
@@ -56,6 +58,29 @@ exports.main = async (event) => {
       const answers = await Promise.all(calls);
       if (event.n === 1) return answers[0];
       return { answered: answers.filter((a) => a.data && a.data.total >= 0).length };
+    }
+    case 'unsigned-download': {
+      // A transfer over the channel with no signature or grant of its own.
+      const origin = adminUrl().replace(/\/admin$/, '');
+      return new Promise((resolve, reject) => core.request({ method: 'get', url: `${origin}/files/${event.env}/${event.path}`, type: 'raw' },
+        (err, res, body) => (err ? reject(err) : resolve({ status: res.statusCode, body: body.toString() }))));
+    }
+    case 'big-file': {
+      let yunRequests = 0;
+      const httpRequest = http.request;
+      http.request = function request(url, ...rest) {
+        if (String(url).includes('/files/')) yunRequests++;
+        return httpRequest.call(this, url, ...rest);
+      };
+      try {
+        const bytes = crypto.randomBytes(event.mb << 20);
+        const up = await cloud.uploadFile({ cloudPath: 'big/file.bin', fileContent: bytes });
+        const down = await cloud.downloadFile({ fileID: up.fileID });
+        await cloud.deleteFile({ fileList: [up.fileID] });
+        return { same: Buffer.compare(bytes, down.fileContent) === 0, bytes: down.fileContent.length, yunRequests };
+      } finally {
+        http.request = httpRequest;
+      }
     }
     case 'plain-query': {
       try {

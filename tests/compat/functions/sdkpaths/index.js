@@ -7,11 +7,14 @@ const tcb = require('@cloudbase/node-sdk');
 
 cloud.init({ env: cloud.DYNAMIC_CURRENT_ENV });
 
-// How many requests went to Yun's /admin over HTTP.
+// How many requests went to Yun over HTTP: to /admin, and in all (file bytes too).
 let adminRequests = 0;
+let yunRequests = 0;
 const httpRequest = http.request;
 http.request = function request(url, ...rest) {
-  if (String(url && url.href ? url.href : url).includes('/admin')) adminRequests++;
+  const text = String(url && url.href ? url.href : url);
+  if (text.startsWith(JSON.parse(process.env.TCB_CONTEXT_CNFG).URL.replace(/\/admin$/, ''))) yunRequests++;
+  if (text.includes('/admin')) adminRequests++;
   return httpRequest.call(this, url, ...rest);
 };
 
@@ -82,8 +85,9 @@ exports.main = async (event) => {
     if (transport === 'http') process.env.YUN_SDK_TRANSPORT = 'http';
     else delete process.env.YUN_SDK_TRANSPORT;
     adminRequests = 0;
+    yunRequests = 0;
     const out = await battery();
-    results[transport] = { out, adminRequests };
+    results[transport] = { out, adminRequests, yunRequests };
   }
   delete process.env.YUN_SDK_TRANSPORT;
   return results;
