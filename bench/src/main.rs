@@ -109,6 +109,16 @@ impl Yun {
         );
     }
 
+    /// The wrk rows' function: `POST /{env}/json` answers `{msg, n: n + 1}` from its body.
+    async fn deploy_json(&self, http: &reqwest::Client) {
+        let handler = [(
+            "index.js",
+            "exports.main = async (event) => { const b = JSON.parse(event.body); return { msg: `hello ${b.name}`, n: b.n + 1 }; };",
+        )];
+        self.deploy(http, "json", &handler, json!({ "http_path": "/json" }))
+            .await;
+    }
+
     async fn invoke(&self, http: &reqwest::Client, name: &str) -> Value {
         yun_testkit::signed_admin_request(http, &self.url, &self.env, &self.id, &self.key, json!({ "action": "functions.invokeFunction", "function_name": name, "request_data": "{}" }))
             .send()
@@ -210,44 +220,107 @@ async fn load(url: &str, connections: usize) -> Run {
     load::get_load(url, connections, LOAD_SECONDS).await
 }
 
-/// `wrk -t2 -c32 --latency` output: requests per second and the 99th percentile.
-fn parse_wrk(out: &str) -> Option<(f64, String)> {
-    let rate = out
-        .lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))?
-        .trim()
-        .parse()
+/// One `wrk -t2 -c32 --latency` run, as its output gives it.
+struct Wrk {
+    rate: f64,
+    requests: u64,
+    p50: Duration,
+    p99: Duration,
+    /// Non-2xx/3xx answers plus socket errors (connect, read, write, timeout).
+    errors: u64,
+}
+
+fn parse_wrk(out: &str) -> Option<Wrk> {
+    let field = |prefix: &str| {
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .map(str::trim)
+    };
+    let latency = |prefix| field(prefix).and_then(wrk_duration).unwrap_or_default();
+    let socket_errors: u64 = field("Socket errors:").map_or(0, |v| {
+        v.split(',')
+            .filter_map(|e| e.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum()
+    });
+    Some(Wrk {
+        rate: field("Requests/sec:")?.parse().ok()?,
+        requests: out
+            .lines()
+            .find_map(|l| l.trim().split_once(" requests in "))?
+            .0
+            .parse()
+            .ok()?,
+        p50: latency("50%"),
+        p99: latency("99%"),
+        errors: socket_errors
+            + field("Non-2xx or 3xx responses:").map_or(0, |v| v.parse().unwrap_or(0)),
+    })
+}
+
+/// wrk's latencies: `795.00us`, `3.21ms`, `1.02s`.
+fn wrk_duration(v: &str) -> Option<Duration> {
+    let split = v.find(|c: char| c.is_ascii_alphabetic())?;
+    let n: f64 = v[..split].parse().ok()?;
+    let scale = match &v[split..] {
+        "us" => 1e-6,
+        "ms" => 1e-3,
+        "s" => 1.0,
+        "m" => 60.0,
+        _ => return None,
+    };
+    Some(Duration::from_secs_f64(n * scale))
+}
+
+/// Whether Debian's `wrk` is on PATH; says so when it is not.
+async fn has_wrk() -> bool {
+    let found = tokio::process::Command::new("wrk")
+        .arg("--version")
+        .output()
+        .await
+        .is_ok();
+    if !found {
+        println!("\n(wrk rows skipped: no `wrk` on PATH; apt-get install wrk)\n");
+    }
+    found
+}
+
+/// A wrk Lua script in a temporary file (deleted on drop).
+fn wrk_script(lua: &str) -> Option<tempfile::NamedTempFile> {
+    use std::io::Write as _;
+    let mut f = tempfile::Builder::new()
+        .prefix("yun-bench-")
+        .suffix(".lua")
+        .tempfile()
         .ok()?;
-    let p99 = out
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("99%"))
-        .map_or("-".into(), |v| v.trim().to_owned());
-    Some((rate, p99))
+    f.write_all(lua.as_bytes()).ok()?;
+    Some(f)
+}
+
+/// The JSON POST of the wrk rows: `{msg, n}` answered from this body.
+const WRK_JSON_POST: &str = "wrk.method = \"POST\"\nwrk.body = '{\"name\":\"yun\",\"n\":41}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n";
+
+/// `wrk -t2 -c32 --latency` for `seconds` against `url` with `script`; None if wrk failed.
+async fn wrk(script: &Path, url: &str, seconds: u64) -> Option<Wrk> {
+    let out = tokio::process::Command::new("wrk")
+        .args(["-t2", "-c32", "--latency", &format!("-d{seconds}s"), "-s"])
+        .arg(script)
+        .arg(url)
+        .output()
+        .await
+        .ok()?;
+    parse_wrk(&String::from_utf8_lossy(&out.stdout))
 }
 
 /// The warm row as outsiders measure it: `wrk` (Debian's), 32 connections, a POST with
 /// a JSON body that the handler parses and answers from, bare Node and Yun interleaved.
 async fn wrk_rows(bare_url: &str, yun: &Yun, http: &reqwest::Client) {
-    let Ok(found) = tokio::process::Command::new("wrk")
-        .arg("--version")
-        .output()
-        .await
-    else {
-        println!("\n(wrk rows skipped: no `wrk` on PATH; apt-get install wrk)\n");
-        return;
-    };
-    drop(found);
-    let handler = [(
-        "index.js",
-        "exports.main = async (event) => { const b = JSON.parse(event.body); return { msg: `hello ${b.name}`, n: b.n + 1 }; };",
-    )];
-    yun.deploy(http, "json", &handler, json!({ "http_path": "/json" }))
-        .await;
-    let script = std::env::temp_dir().join(format!("yun-bench-{}.lua", std::process::id()));
-    let lua = "wrk.method = \"POST\"\nwrk.body = '{\"name\":\"yun\",\"n\":41}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n";
-    if std::fs::write(&script, lua).is_err() {
+    if !has_wrk().await {
         return;
     }
+    yun.deploy_json(http).await;
+    let Some(script) = wrk_script(WRK_JSON_POST) else {
+        return;
+    };
     let targets = [
         ("bare Node http (1 process)", bare_url.to_owned()),
         ("Yun HTTP function", format!("{}/{}/json", yun.url, yun.env)),
@@ -255,12 +328,7 @@ async fn wrk_rows(bare_url: &str, yun: &Yun, http: &reqwest::Client) {
     // One unmeasured second each, so Yun's instances are started and warm, as for the
     // lean client's rows.
     for (_, url) in &targets {
-        let _ = tokio::process::Command::new("wrk")
-            .args(["-t2", "-c32", &format!("-d{WARMUP_SECONDS}s"), "-s"])
-            .arg(&script)
-            .arg(url)
-            .output()
-            .await;
+        wrk(script.path(), url, WARMUP_SECONDS).await;
     }
     println!(
         "\n## wrk -t2 -c32, POST with a JSON body, {LOAD_SECONDS} s each, 2 interleaved rounds"
@@ -269,29 +337,54 @@ async fn wrk_rows(bare_url: &str, yun: &Yun, http: &reqwest::Client) {
     for _ in 0..2 {
         let mut base = None;
         for (name, url) in &targets {
-            let out = tokio::process::Command::new("wrk")
-                .args([
-                    "-t2",
-                    "-c32",
-                    "--latency",
-                    &format!("-d{LOAD_SECONDS}s"),
-                    "-s",
-                ])
-                .arg(&script)
-                .arg(url)
-                .output()
-                .await;
-            let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-            match text.ok().as_deref().and_then(parse_wrk) {
-                Some((rate, p99)) => {
-                    let ratio = rate / *base.get_or_insert(rate);
-                    println!("| {name} | {rate:.0} | {ratio:.2}× | {p99} |");
+            match wrk(script.path(), url, LOAD_SECONDS).await {
+                Some(w) => {
+                    let ratio = w.rate / *base.get_or_insert(w.rate);
+                    println!("| {name} | {:.0} | {ratio:.2}× | {} |", w.rate, ms(w.p99));
                 }
                 None => println!("| {name} | wrk failed | | |"),
             }
         }
     }
-    let _ = std::fs::remove_file(&script);
+}
+
+/// `bench/bare-node.js` on a free port with `workers` processes (`node:cluster` when more
+/// than one); its base URL once it answers.
+async fn spawn_bare_node(workers: usize) -> (tokio::process::Child, String) {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+        l.local_addr().expect("addr").port()
+    };
+    let child = tokio::process::Command::new("node")
+        .arg(repo().join("bench/bare-node.js"))
+        .arg(port.to_string())
+        .arg(workers.to_string())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node");
+    let url = format!("http://127.0.0.1:{port}");
+    wait_http(&format!("{url}/hello")).await;
+    (child, url)
+}
+
+/// Stops a child with `signal` (`kill -SIGNAL PID`), so it can stop its own children, and
+/// waits for it: at most 5 s, then SIGKILL.
+async fn stop(child: &mut tokio::process::Child, signal: &str) {
+    if let Some(pid) = child.id() {
+        let _ = tokio::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .await;
+        if tokio::time::timeout(Duration::from_secs(5), child.wait())
+            .await
+            .is_ok()
+        {
+            return;
+        }
+    }
+    let _ = child.kill().await;
 }
 
 async fn wait_http(url: &str) {
@@ -307,6 +400,7 @@ async fn wait_http(url: &str) {
 mod auth;
 mod db;
 mod load;
+mod peers;
 mod storage;
 
 // The same allocator as yun, so the load generator takes no more CPU than it must.
@@ -326,6 +420,7 @@ async fn main() {
         }
         Some("functions") => functions().await,
         Some("sandbox") => sandbox().await,
+        Some("peers") => peers::run().await,
         Some("auth") => {
             let yun = spawn_yun(&yun_bin(), &[]).await;
             auth::run(&yun).await;
@@ -355,7 +450,7 @@ async fn main() {
             );
         }
         Some(other) => {
-            eprintln!("usage: yun-bench [functions|sandbox|db|storage|auth|load URL [CONNECTIONS]] (got {other:?})")
+            eprintln!("usage: yun-bench [functions|sandbox|peers|db|storage|auth|load URL [CONNECTIONS]] (got {other:?})")
         }
     }
 }
@@ -463,19 +558,8 @@ async fn functions() {
     println!("# Yun benchmarks ({})\n", bin.display());
 
     // ---- warm: HTTP function vs bare Node ----
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
-        l.local_addr().expect("addr").port()
-    };
-    let mut bare = tokio::process::Command::new("node")
-        .arg(repo().join("bench/bare-node.js"))
-        .arg(port.to_string())
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node");
-    let bare_url = format!("http://127.0.0.1:{port}/hello");
-    wait_http(&bare_url).await;
+    let (mut bare, bare_url) = spawn_bare_node(1).await;
+    let bare_url = format!("{bare_url}/hello");
 
     let yun = spawn_yun(&bin, &[]).await;
     let handler = [("index.js", "exports.main = async () => ({ ok: true })")];
@@ -656,10 +740,17 @@ async fn functions() {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     #[test]
-    fn wrk_output_gives_the_rate_and_p99() {
-        let out = "Running 5s test @ http://127.0.0.1:1/x\n  2 threads and 32 connections\n  Latency Distribution\n     50%  795.00us\n     99%    3.21ms\n  120000 requests in 5.00s, 20.00MB read\nRequests/sec:  24012.34\nTransfer/sec:      4.00MB\n";
-        assert_eq!(super::parse_wrk(out), Some((24012.34, "3.21ms".to_owned())));
-        assert_eq!(super::parse_wrk("connection refused"), None);
+    fn wrk_output_gives_the_rate_latencies_and_errors() {
+        let out = "Running 5s test @ http://127.0.0.1:1/x\n  2 threads and 32 connections\n  Latency Distribution\n     50%  795.00us\n     75%    1.10ms\n     99%    3.21ms\n  120000 requests in 5.00s, 20.00MB read\n  Socket errors: connect 0, read 2, write 0, timeout 1\n  Non-2xx or 3xx responses: 4\nRequests/sec:  24012.34\nTransfer/sec:      4.00MB\n";
+        let w = super::parse_wrk(out).expect("parsed");
+        assert_eq!(w.rate, 24012.34);
+        assert_eq!(w.requests, 120000);
+        assert_eq!(w.p50, Duration::from_micros(795));
+        assert_eq!(w.p99, Duration::from_micros(3210));
+        assert_eq!(w.errors, 7);
+        assert!(super::parse_wrk("connection refused").is_none());
     }
 }
