@@ -65,6 +65,13 @@ process.env = new Proxy(ownEnv, {
 });
 
 function frame(header, payload) {
+  // A transfer's body is bytes, never text.
+  if (Buffer.isBuffer(payload)) {
+    const head = Buffer.from(`${JSON.stringify(header)}\n`);
+    const length = Buffer.allocUnsafe(4);
+    length.writeUInt32BE(head.length + payload.length, 0);
+    return Buffer.concat([length, head, payload]);
+  }
   const text = payload === undefined ? JSON.stringify(header) : `${JSON.stringify(header)}\n${payload}`;
   const length = Buffer.byteLength(text);
   const buffer = Buffer.allocUnsafe(4 + length);

@@ -66,9 +66,11 @@ test('the same battery run again over the channel in a warm instance gives the s
   assert.equal(channel.yunRequests, 0);
 });
 
-test('a file too large for a frame goes over HTTP both ways and arrives whole', async () => {
-  const res = await yun.admin().callFunction({ name: 'channelprobe', data: { kind: 'big-file', mb: 17 } });
-  assert.deepEqual(res.result, { same: true, bytes: 17 << 20, yunRequests: 2 });
+test('file bytes (every byte value) go over the channel both ways and arrive whole; a file too large for a frame goes over HTTP', async () => {
+  const small = await yun.admin().callFunction({ name: 'channelprobe', data: { kind: 'big-file', bytes: 256 << 10 } });
+  assert.deepEqual(small.result, { same: true, bytes: 256 << 10, yunRequests: 0 });
+  const big = await yun.admin().callFunction({ name: 'channelprobe', data: { kind: 'big-file', bytes: 17 << 20 } });
+  assert.deepEqual(big.result, { same: true, bytes: 17 << 20, yunRequests: 2 });
 });
 
 test('hostile: a call forged over the channel cannot act in another env (query or body)', async () => {

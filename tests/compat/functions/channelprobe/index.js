@@ -73,7 +73,7 @@ exports.main = async (event) => {
         return httpRequest.call(this, url, ...rest);
       };
       try {
-        const bytes = crypto.randomBytes(event.mb << 20);
+        const bytes = crypto.randomBytes(event.bytes);
         const up = await cloud.uploadFile({ cloudPath: 'big/file.bin', fileContent: bytes });
         const down = await cloud.downloadFile({ fileID: up.fileID });
         await cloud.deleteFile({ fileList: [up.fileID] });
