@@ -284,6 +284,18 @@ impl<'t> IndexedWriter<'t> {
     }
 }
 
+/// A write whose filter pins `_id` touches a bounded number of documents.
+fn write_access(filter: &Filter) -> Access {
+    if filter.id_candidates().is_some() {
+        Access::PointWrite
+    } else {
+        Access::Write
+    }
+}
+
+/// Inserts of at most this many documents are short writes.
+const SHORT_INSERT: usize = 16;
+
 /// A query that pins `_id` reads a bounded number of documents; any other may scan.
 fn read_access(filter: &Filter) -> Access {
     if filter.id_candidates().is_some() {
@@ -425,7 +437,12 @@ impl DocDb {
     ) -> Result<Vec<String>, YunError> {
         let prepared = self.prepare_inserts(docs, owner)?;
         let collection = collection.to_owned();
-        run(&*self.store, env, Access::Write, move |txn| {
+        let access = if prepared.len() <= SHORT_INSERT {
+            Access::PointWrite
+        } else {
+            Access::Write
+        };
+        run(&*self.store, env, access, move |txn| {
             require_collection(txn, &collection)?;
             let mut writer = IndexedWriter::new(txn, &collection)?;
             for (id, doc) in &prepared {
@@ -509,7 +526,8 @@ impl DocDb {
         }
         let limits = self.limits;
         let collection = collection.to_owned();
-        run(&*self.store, env, Access::Write, move |txn| {
+        let access = write_access(&filter);
+        run(&*self.store, env, access, move |txn| {
             require_collection(txn, &collection)?;
             let mut outcome = Updated::default();
             let mut written = Vec::new();
@@ -704,7 +722,8 @@ impl DocDb {
         guard: Option<WriteGuard>,
     ) -> Result<u64, YunError> {
         let collection = collection.to_owned();
-        run(&*self.store, env, Access::Write, move |txn| {
+        let access = write_access(&filter);
+        run(&*self.store, env, access, move |txn| {
             require_collection(txn, &collection)?;
             let mut deleted = 0;
             let found = candidates(txn, &collection, &filter)?;

@@ -402,23 +402,28 @@ impl DocStore for SqliteDocStore {
         }
     }
 
-    async fn write(&self, env: &EnvId, work: Work) -> Result<(), YunError> {
+    async fn write(&self, env: &EnvId, point: bool, work: Work) -> Result<(), YunError> {
         let env = env.to_string();
-        // The writer runs this in its own savepoint and commits it with its group.
-        self.db
-            .write(move |conn| {
-                work(&mut SqliteTxn {
-                    tx: conn,
-                    env,
-                    version: None,
-                })
+        // The writer runs this in its own savepoint and commits it with its group, or,
+        // for a short write while it is idle, the caller commits it alone.
+        let job = move |conn: &mut rusqlite::Connection| {
+            work(&mut SqliteTxn {
+                tx: conn,
+                env,
+                version: None,
             })
-            .await
+        };
+        if point {
+            self.db.write_now(job).await
+        } else {
+            self.db.write(job).await
+        }
     }
 
     async fn drop_env(&self, env: &EnvId) -> Result<(), YunError> {
         self.write(
             env,
+            false,
             Box::new(|txn| {
                 for name in txn.list_collections()? {
                     txn.drop_collection(&name)?;

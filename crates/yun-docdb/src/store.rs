@@ -81,6 +81,9 @@ pub enum Access {
     Point,
     /// Reads an unknown amount (a scan, an index range): runs where it blocks nothing.
     Read,
+    /// Writes a few documents by key: on the caller's thread when the store's writer is
+    /// idle (no hand-off), else queued with the others.
+    PointWrite,
     Write,
 }
 
@@ -93,7 +96,8 @@ pub trait DocStore: Send + Sync + 'static {
     /// (see [`Access::Point`]).
     async fn read(&self, env: &EnvId, point: bool, work: Work) -> Result<(), YunError>;
     /// Runs `work` in a write transaction of `env`; committed when it returns `Ok`.
-    async fn write(&self, env: &EnvId, work: Work) -> Result<(), YunError>;
+    /// `point`: a short write ([`Access::PointWrite`]).
+    async fn write(&self, env: &EnvId, point: bool, work: Work) -> Result<(), YunError>;
     /// Deletes every collection of the env.
     async fn drop_env(&self, env: &EnvId) -> Result<(), YunError>;
 }
@@ -112,7 +116,8 @@ pub(crate) async fn run<T: Send + 'static>(
         Ok(())
     });
     match access {
-        Access::Write => store.write(env, work).await?,
+        Access::Write => store.write(env, false, work).await?,
+        Access::PointWrite => store.write(env, true, work).await?,
         Access::Point => store.read(env, true, work).await?,
         Access::Read => store.read(env, false, work).await?,
     }
