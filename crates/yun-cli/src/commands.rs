@@ -90,9 +90,12 @@ pub enum FnCommand {
     /// Invoke synchronously and print the result.
     Invoke {
         name: String,
-        /// The event, as JSON.
-        #[arg(long, default_value = "{}")]
-        data: String,
+        /// The event, as JSON: `yun fn invoke hello '{"n":1}'` (default `{}`).
+        #[arg(conflicts_with = "data")]
+        event: Option<String>,
+        /// The event, as JSON (the same as EVENT).
+        #[arg(long)]
+        data: Option<String>,
     },
     /// Show logs; -f follows.
     Logs {
@@ -422,8 +425,9 @@ pub async fn function(command: FnCommand, conn: Connection) -> anyhow::Result<()
                 }
             });
         }
-        FnCommand::Invoke { name, data } => {
-            let event: Value = serde_json::from_str(&data).context("--data must be JSON")?;
+        FnCommand::Invoke { name, event, data } => {
+            let given = event.or(data).unwrap_or_else(|| "{}".to_owned());
+            let event: Value = serde_json::from_str(&given).context("the event must be JSON")?;
             let v = client
                 .request(
                     Method::POST,

@@ -74,7 +74,10 @@ test('the CLI prints tables for people and one error line with a non-zero exit',
   assert.match(missing.stderr, /^error: FUNCTION_NOT_FOUND: function nope does not exist in env dev/);
   const badJson = await yun.cli(['fn', 'invoke', 'echo', '--data', '{oops']);
   assert.equal(badJson.code, 1);
-  assert.match(badJson.stderr, /--data must be JSON/);
+  assert.match(badJson.stderr, /the event must be JSON/);
+  // The event as a positional argument, like every other command's payload.
+  const positional = await yun.cliJson(['fn', 'invoke', 'echo', '{"n":7}']);
+  assert.deepEqual(positional.result.event, { n: 7 });
   const unreachable = await yun.cli(['fn', 'list'], { YUN_URL: 'http://127.0.0.1:1' });
   assert.equal(unreachable.code, 1);
   assert.match(unreachable.stderr, /cannot reach Yun at http:\/\/127\.0\.0\.1:1/);
