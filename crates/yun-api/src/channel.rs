@@ -18,9 +18,9 @@ pub async fn serve(
     app: &AppState,
     env: &EnvId,
     function: &FunctionName,
-    request: ApiRequest,
+    mut request: ApiRequest,
 ) -> ApiResponse {
-    match request.method.clone() {
+    match request.method.take() {
         None => ApiResponse::admin(
             crate::cloudbase::admin_from_channel(
                 app,

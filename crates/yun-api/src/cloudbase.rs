@@ -16,6 +16,9 @@ use yun_types::{new_sortable_id, EnvId, FunctionName, YunError};
 
 use crate::AppState;
 
+/// Where an instance's calls come from, as its SDK sees Yun (`127.0.0.1:{port}`).
+const LOOPBACK: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
 /// `request_data` may be up to 6 MB (SCF's synchronous payload limit); leave room.
 const ADMIN_BODY_LIMIT: usize = 8 << 20;
 
@@ -92,8 +95,7 @@ pub async fn admin_from_instance(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let loopback = IpAddr::from([127, 0, 0, 1]);
-    respond(&app, loopback, Some(&instance), query, &uri, &headers, body).await
+    respond(&app, LOOPBACK, Some(&instance), query, &uri, &headers, body).await
 }
 
 async fn respond(
@@ -140,7 +142,7 @@ pub(crate) async fn admin_from_channel(
         let caller = CallerContext {
             request_id: request_id.clone(),
             source: String::new(),
-            client_ip: Some(IpAddr::from([127, 0, 0, 1]).to_string()),
+            client_ip: Some(LOOPBACK.to_string()),
             seq_id: query.seq_id,
         };
         dispatch(app, &identity, &body, caller).await

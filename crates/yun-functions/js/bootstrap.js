@@ -166,41 +166,51 @@ let filesUrlPrefix = null; // `${Yun's URL}/files/`, likewise
 const pendingCalls = new Map();
 let nextCallId = 1;
 
-function callsYunAsFunction(requester, method, url) {
-  const config = requester.config || {};
-  const opts = requester.opts || {};
-  return current !== null && adminUrlPrefix !== null && method === 'post'
-    && process.env.YUN_SDK_TRANSPORT !== 'http'
-    && typeof url === 'string' && url.startsWith(adminUrlPrefix)
-    && !requester.args.isFormData && !config.accessKey && !config.proxy
-    && !opts.getCrossAccountInfo && !config.getCrossAccountInfo
-    && config.secretId === process.env.TENCENTCLOUD_SECRETID
+// Calls may go over the channel now: an event runs, this instance has the channel, and
+// the function has not asked for HTTP.
+function channelOpen() {
+  return current !== null && adminUrlPrefix !== null && process.env.YUN_SDK_TRANSPORT !== 'http';
+}
+
+// A requester config with nothing of the user's own that the channel would bypass: an
+// access key, a proxy, a cross-account credential.
+function plainConfig(config, opts) {
+  return !config.accessKey && !config.proxy && !opts.getCrossAccountInfo && !config.getCrossAccountInfo;
+}
+
+function isOwnCredential(config) {
+  return config.secretId === process.env.TENCENTCLOUD_SECRETID
     && config.secretKey === process.env.TENCENTCLOUD_SECRETKEY;
 }
 
+function callsYunAsFunction(requester, method, url) {
+  const config = requester.config || {};
+  return channelOpen() && method === 'post'
+    && typeof url === 'string' && url.startsWith(adminUrlPrefix)
+    && !requester.args.isFormData && plainConfig(config, requester.opts || {})
+    && isOwnCredential(config);
+}
+
 function transfersToYun(opts) {
-  return current !== null && filesUrlPrefix !== null && opts
-    && process.env.YUN_SDK_TRANSPORT !== 'http'
+  return channelOpen() && opts && !opts.proxy
     && typeof opts.url === 'string' && opts.url.startsWith(filesUrlPrefix)
-    && /^(get|put)$/i.test(opts.method || '') && !opts.formData && !opts.proxy;
+    && /^(get|put)$/i.test(opts.method || '') && !opts.formData;
 }
 
 // The requester config a short call uses (the SDK's, with the function's credential where
 // it has none: its prepareCredentials), or null when the call must take the SDK's own way.
 function shortCallConfig(args) {
-  if (current === null || adminUrlPrefix === null || process.env.YUN_SDK_TRANSPORT === 'http') return null;
+  if (!channelOpen()) return null;
   const config = args.config || {};
   const opts = args.opts || {};
   const action = args.params && args.params.action;
   if (args.method !== 'post' || args.isFormData || typeof action !== 'string' || action.startsWith('wx.')) return null;
-  if (config.accessKey || config.proxy || opts.getCrossAccountInfo || config.getCrossAccountInfo) return null;
+  if (!plainConfig(config, opts)) return null;
   if (opts.retryOptions || (config.retries && typeof config.retries === 'number')) return null;
   const injected = adminUrlPrefix.slice(0, -1);
   if ((config.serviceUrl || injected) !== injected) return null;
+  if (config.secretId && config.secretKey) return isOwnCredential(config) ? config : null;
   const env = process.env;
-  if (config.secretId && config.secretKey) {
-    return config.secretId === env.TENCENTCLOUD_SECRETID && config.secretKey === env.TENCENTCLOUD_SECRETKEY ? config : null;
-  }
   return { ...config, secretId: env.TENCENTCLOUD_SECRETID, secretKey: env.TENCENTCLOUD_SECRETKEY, sessionToken: env.TENCENTCLOUD_SESSIONTOKEN };
 }
 
@@ -310,7 +320,6 @@ function transferOverChannel(opts, done, overHttp) {
   const sink = new Writable({
     write(chunk, encoding, callback) {
       this.chunks.push(chunk);
-      this.size += chunk.length;
       callback();
     },
     final(callback) {
@@ -324,7 +333,6 @@ function transferOverChannel(opts, done, overHttp) {
     },
   });
   sink.chunks = [];
-  sink.size = 0;
   if (method === 'GET') sink.end();
   return sink;
 }
