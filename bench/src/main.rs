@@ -40,14 +40,21 @@ fn repo() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
+/// `yun dev` on an empty data folder, with the test suites' SDK layer (no install).
 async fn spawn_yun(bin: &Path, extra: &[&str]) -> Yun {
-    let dir = tempfile::tempdir().expect("temp dir");
     let layer = repo().join("tests/compat");
+    let mut args = vec!["--node-layer", layer.to_str().expect("UTF-8 path")];
+    args.extend_from_slice(extra);
+    spawn_yun_bare(bin, &args).await
+}
+
+/// `yun dev` on an empty data folder with only `extra` as flags: without
+/// `--node-layer`, it installs its SDK layer from the npm registry as a newcomer's does.
+async fn spawn_yun_bare(bin: &Path, extra: &[&str]) -> Yun {
+    let dir = tempfile::tempdir().expect("temp dir");
     let child = tokio::process::Command::new(bin)
         .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
-        .arg("--node-layer")
-        .arg(&layer)
         .args(extra)
         .env("YUN_LOG", "warn")
         .stdout(Stdio::null())
@@ -421,12 +428,14 @@ async fn main() {
         Some("functions") => functions().await,
         Some("sandbox") => sandbox().await,
         Some("peers") => peers::run().await,
+        Some("first-start") => first_start(&yun_bin(), &reqwest::Client::new()).await,
         Some("auth") => {
             let yun = spawn_yun(&yun_bin(), &[]).await;
             auth::run(&yun).await;
         }
         None => {
             functions().await;
+            first_start(&yun_bin(), &reqwest::Client::new()).await;
             sandbox().await;
             let yun = spawn_yun(&yun_bin(), &[]).await;
             db::run(&yun).await;
@@ -450,7 +459,7 @@ async fn main() {
             );
         }
         Some(other) => {
-            eprintln!("usage: yun-bench [functions|sandbox|peers|db|storage|auth|load URL [CONNECTIONS]] (got {other:?})")
+            eprintln!("usage: yun-bench [functions|first-start|sandbox|peers|db|storage|auth|load URL [CONNECTIONS]] (got {other:?})")
         }
     }
 }
@@ -735,6 +744,50 @@ async fn functions() {
     println!(
         "\ncold start p50 vs node+require baseline: {:.1}× faster",
         percentile(&node_spawn, 0.5).as_secs_f64() / percentile(&after_reap, 0.5).as_secs_f64()
+    );
+}
+
+/// A newcomer's first minute: `yun dev` on an empty data folder with no layer given, so
+/// it installs `wx-server-sdk` from the npm registry while a `wx-server-sdk` function is
+/// deployed and called at once; then the cold starts of [`cold_starts`] on that server.
+async fn first_start(bin: &Path, http: &reqwest::Client) {
+    let start = Instant::now();
+    let yun = spawn_yun_bare(bin, &["--idle-timeout", "1s"]).await;
+    let answering = start.elapsed();
+    let sdk_fn = [("index.js", "const cloud = require('wx-server-sdk');\ncloud.init({ env: cloud.DYNAMIC_CURRENT_ENV });\nexports.main = async () => 'ok';\n")];
+    // The deploy waits for the layer install.
+    yun.deploy(http, "cold", &sdk_fn, json!({})).await;
+    let deployed = start.elapsed();
+    let first = Instant::now();
+    let r = yun.invoke(http, "cold").await;
+    let first_call = first.elapsed();
+    assert_eq!(
+        r["data"]["response_data"], "\"ok\"",
+        "the first call after a first start: {r}"
+    );
+    let ready = loop {
+        let r = http.get(format!("{}/readyz", yun.url)).send().await;
+        if r.is_ok_and(|r| r.status().is_success()) {
+            break start.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let (after_deploy, after_reap) = cold_starts(&yun, http).await;
+    println!(
+        "\n## First start on an empty data folder (the SDK layer installs from the npm registry)"
+    );
+    println!("| since `yun dev` started | |\n|---|---|");
+    println!("| answering `/healthz` | {} |", ms(answering));
+    println!(
+        "| deploy of a wx-server-sdk function sent at once, done (it waits for the layer) | {} |",
+        ms(deployed)
+    );
+    println!("| `/readyz` 200 | {} |", ms(ready));
+    println!("| its first call (succeeded) | {} |", ms(first_call));
+    println!(
+        "| later cold starts, p50 after deploy / after idle reap (n={COLD_STARTS}, target ≤ 25 ms) | {} / {} |",
+        ms(percentile(&after_deploy, 0.5)),
+        ms(percentile(&after_reap, 0.5))
     );
 }
 
