@@ -13,20 +13,101 @@ use crate::{drive, ms, Yun};
 const CLIENTS: usize = 32;
 const SECONDS: u64 = 5;
 
-fn docs_wanted() -> u64 {
+pub(crate) fn docs_wanted() -> u64 {
     std::env::var("YUN_BENCH_DOCS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000)
 }
 
-async fn admin(http: &reqwest::Client, yun: &Yun, body: Value) -> Option<Value> {
-    let res = yun_testkit::signed_admin_request(http, &yun.url, &yun.env, &yun.id, &yun.key, body)
+/// A signed `/admin` call's answer, when it succeeded.
+pub(crate) async fn admin(http: &reqwest::Client, yun: &Yun, body: Value) -> Option<Value> {
+    admin_raw(http, yun, body)
+        .await
+        .filter(|v| v.get("code").is_none())
+}
+
+/// A signed `/admin` call's answer, error or not.
+pub(crate) async fn admin_raw(http: &reqwest::Client, yun: &Yun, body: Value) -> Option<Value> {
+    Ctx::of(yun).admin_raw(http, body).await
+}
+
+/// What a load task needs to sign `/admin` calls (a `Yun` stays with its owner).
+#[derive(Clone)]
+pub(crate) struct Ctx(Arc<(String, String, String, String)>);
+
+impl Ctx {
+    pub(crate) fn of(yun: &Yun) -> Self {
+        Self(Arc::new((
+            yun.url.clone(),
+            yun.env.clone(),
+            yun.id.clone(),
+            yun.key.clone(),
+        )))
+    }
+
+    pub(crate) async fn admin_raw(&self, http: &reqwest::Client, body: Value) -> Option<Value> {
+        let (url, env, id, key) = &*self.0;
+        let res = yun_testkit::signed_admin_request(http, url, env, id, key, body)
+            .send()
+            .await
+            .ok()?;
+        res.json().await.ok()
+    }
+}
+
+/// Creates an index through the management API.
+pub(crate) async fn create_index(
+    yun: &Yun,
+    http: &reqwest::Client,
+    collection: &str,
+    name: &str,
+    fields: Value,
+) {
+    let res = http
+        .post(format!(
+            "{}/api/v1/envs/{}/collections/{collection}/indexes",
+            yun.url, yun.env
+        ))
+        .basic_auth(&yun.id, Some(&yun.key))
+        .json(&json!({ "name": name, "fields": fields }))
         .send()
         .await
-        .ok()?;
-    let v: Value = res.json().await.ok()?;
-    v.get("code").is_none().then_some(v)
+        .expect("index");
+    assert!(
+        res.status().is_success(),
+        "index: {}",
+        res.text().await.unwrap_or_default()
+    );
+}
+
+/// Loads `n` documents made by `doc(i)` in batches of 1000 with 4 loaders.
+pub(crate) async fn load(
+    yun: &Yun,
+    http: &reqwest::Client,
+    collection: &str,
+    n: u64,
+    doc: fn(u64) -> Value,
+) {
+    let mut loaders = Vec::new();
+    for w in 0..4u64 {
+        let (http, ctx, collection) = (http.clone(), Ctx::of(yun), collection.to_owned());
+        loaders.push(tokio::spawn(async move {
+            let mut batch = w;
+            while batch * 1000 < n {
+                let docs: Vec<Value> = (batch * 1000..((batch + 1) * 1000).min(n))
+                    .map(|i| Value::String(doc(i).to_string()))
+                    .collect();
+                let body = json!({ "action": "database.insertDocument", "collectionName": collection, "data": docs });
+                let res = ctx.admin_raw(&http, body).await.expect("load");
+                assert!(res.get("code").is_none(), "load failed: {res}");
+                batch += 4;
+            }
+        }));
+    }
+    for l in loaders {
+        l.await.expect("loader");
+    }
 }
 
 /// The same operations straight on SQLite, one connection per client thread.
@@ -141,50 +222,24 @@ pub async fn run(yun: &Yun) {
 
     // Load in batches of 1000 with 4 loaders, then build the index from them.
     let started = Instant::now();
-    let loaded = Arc::new(AtomicU64::new(0));
-    let mut loaders = Vec::new();
-    for w in 0..4u64 {
-        let (http, loaded) = (http.clone(), loaded.clone());
-        let (url, env, id, key) = (
-            yun.url.clone(),
-            yun.env.clone(),
-            yun.id.clone(),
-            yun.key.clone(),
-        );
-        loaders.push(tokio::spawn(async move {
-            let mut batch = w;
-            while batch * 1000 < n {
-                let docs: Vec<Value> = (batch * 1000..((batch + 1) * 1000).min(n))
-                    .map(|i| Value::String(json!({"_id": format!("id{i}"), "n": i, "text": "hello"}).to_string()))
-                    .collect();
-                let body = json!({ "action": "database.insertDocument", "collectionName": "bench", "data": docs });
-                let res: Value = yun_testkit::signed_admin_request(&http, &url, &env, &id, &key, body).send().await.expect("load").json().await.expect("json");
-                assert!(res.get("code").is_none(), "load failed: {res}");
-                loaded.fetch_add(1000, Ordering::Relaxed);
-                batch += 4;
-            }
-        }));
-    }
-    for l in loaders {
-        l.await.expect("loader");
-    }
+    load(
+        yun,
+        &http,
+        "bench",
+        n,
+        |i| json!({"_id": format!("id{i}"), "n": i, "text": "hello"}),
+    )
+    .await;
     let load_time = started.elapsed();
     let started = Instant::now();
-    let res = http
-        .post(format!(
-            "{}/api/v1/envs/{}/collections/bench/indexes",
-            yun.url, yun.env
-        ))
-        .basic_auth(&yun.id, Some(&yun.key))
-        .json(&json!({ "name": "by_n", "fields": [{ "field": "n", "direction": 1 }] }))
-        .send()
-        .await
-        .expect("index");
-    assert!(
-        res.status().is_success(),
-        "index: {}",
-        res.text().await.unwrap_or_default()
-    );
+    create_index(
+        yun,
+        &http,
+        "bench",
+        "by_n",
+        json!([{ "field": "n", "direction": 1 }]),
+    )
+    .await;
     println!("loaded {n} documents in {:.1} s ({:.0} docs/s in batches of 1000); built the index in {:.1} s\n", load_time.as_secs_f64(), n as f64 / load_time.as_secs_f64(), started.elapsed().as_secs_f64());
 
     let yun_arc = Arc::new((

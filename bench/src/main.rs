@@ -408,6 +408,7 @@ mod auth;
 mod db;
 mod load;
 mod peers;
+mod queries;
 mod storage;
 
 // The same allocator as yun, so the load generator takes no more CPU than it must.
@@ -428,6 +429,10 @@ async fn main() {
         Some("functions") => functions().await,
         Some("sandbox") => sandbox().await,
         Some("peers") => peers::run().await,
+        Some("queries") => {
+            let yun = spawn_yun(&yun_bin(), &[]).await;
+            queries::run(&yun).await;
+        }
         Some("first-start") => first_start(&yun_bin(), &reqwest::Client::new()).await,
         Some("auth") => {
             let yun = spawn_yun(&yun_bin(), &[]).await;
@@ -459,7 +464,7 @@ async fn main() {
             );
         }
         Some(other) => {
-            eprintln!("usage: yun-bench [functions|first-start|sandbox|peers|db|storage|auth|load URL [CONNECTIONS]] (got {other:?})")
+            eprintln!("usage: yun-bench [functions|first-start|sandbox|peers|queries|db|storage|auth|load URL [CONNECTIONS]] (got {other:?})")
         }
     }
 }

@@ -207,14 +207,15 @@ fn tune_allocator() {
 /// SQLite allocates with the C allocator, not Rust's. glibc gives a thread arena's free
 /// top back to the kernel (`madvise`) once it exceeds 128 KiB, which SQLite's statement
 /// buffers reach on every write: each trim is a TLB shoot-down on every core, about a
-/// tenth of the CPU of a point write under load. A fixed 64 MiB threshold keeps that
-/// memory in the arena (fixing it also stops glibc's dynamic threshold).
+/// tenth of the CPU of a point write under load. A fixed 8 MiB threshold keeps that
+/// memory in the arena (fixing it also stops glibc's dynamic threshold) and bounds what
+/// each arena keeps.
 #[allow(unsafe_code)]
 fn trim_c_heap_rarely() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets an integer tunable; it is safe to call at any time.
     unsafe {
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 8 << 20);
     }
 }
 

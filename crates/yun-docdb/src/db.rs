@@ -7,9 +7,11 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 use yun_types::{new_sortable_id, EnvId, ErrorCode, YunError};
 
+use crate::exec::{self, Matcher, Meter, Sizes, Sorter, Source, QUERY_TIME_LIMIT};
 use crate::filter::Filter;
 use crate::find::{Projection, SortKeys};
 use crate::index::{self, IndexSpec};
+use crate::plan;
 use crate::store::{run, Access, DocStore, DocTxn};
 use crate::update;
 
@@ -82,6 +84,7 @@ pub struct Updated {
 pub struct DocDb {
     store: Arc<dyn DocStore>,
     limits: Limits,
+    sizes: Arc<Sizes>,
     pub(crate) transactions: crate::txn::Transactions,
 }
 
@@ -101,18 +104,58 @@ pub fn check_collection(name: &str) -> Result<(), YunError> {
     }
 }
 
-/// The documents that may match `filter`: fetched by primary key when it pins `_id`,
-/// otherwise the whole collection. The evaluator still decides every match.
-fn candidates(
-    txn: &mut dyn DocTxn,
-    collection: &str,
-    filter: &Filter,
-) -> Result<Vec<Value>, YunError> {
-    unbounded(candidates_within(txn, collection, filter, usize::MAX)?)
-}
-
 fn unbounded<T>(found: Option<T>) -> Result<T, YunError> {
     found.ok_or_else(|| YunError::internal("an unbounded read ran over its budget"))
+}
+
+/// Documents an index build reads between writes of their entries.
+const INDEX_BUILD_BATCH: usize = 1000;
+
+/// Runs an aggregation's leading `$match`, `$sort`, `$skip` and `$limit` as a query (the
+/// planner's indexes, top-k), and returns its documents with the stages left.
+fn leading_stages<'s>(
+    txn: &mut dyn DocTxn,
+    sizes: (&Sizes, &str),
+    collection: &str,
+    stages: &'s [crate::aggregate::Stage],
+) -> Result<(Vec<Value>, &'s [crate::aggregate::Stage]), YunError> {
+    use crate::aggregate::Stage;
+    let mut rest = stages;
+    let take = |rest: &mut &'s [Stage], want: fn(&Stage) -> bool| match rest.split_first() {
+        Some((first, tail)) if want(first) => {
+            *rest = tail;
+            Some(first)
+        }
+        _ => None,
+    };
+    let filter = match take(&mut rest, |s| matches!(s, Stage::Match(_))) {
+        Some(Stage::Match(f)) => f.clone(),
+        _ => Filter::all(),
+    };
+    let order = match take(&mut rest, |s| matches!(s, Stage::Sort(_))) {
+        Some(Stage::Sort(k)) => k.clone(),
+        _ => SortKeys::default(),
+    };
+    let skip = match take(&mut rest, |s| matches!(s, Stage::Skip(_))) {
+        Some(Stage::Skip(n)) => *n,
+        _ => 0,
+    };
+    let limit = match take(&mut rest, |s| matches!(s, Stage::Limit(_))) {
+        Some(Stage::Limit(n)) => Some(*n),
+        _ => None,
+    };
+    let docs = select(
+        txn,
+        sizes,
+        collection,
+        &filter,
+        &order,
+        skip,
+        limit.unwrap_or(usize::MAX),
+        usize::MAX,
+    )?;
+    let docs = unbounded(docs)?;
+    Ok((docs, rest))
 }
 
 /// Index-range reads that find at most this many entries run on the caller's thread
@@ -146,76 +189,105 @@ async fn read_bounded<T: Send + 'static>(
     .await
 }
 
-/// The documents the filter can match, or `None` when reading them would examine more
-/// than `budget` index entries (or scan the collection).
-fn candidates_within(
-    txn: &mut dyn DocTxn,
-    collection: &str,
-    filter: &Filter,
-    budget: usize,
-) -> Result<Option<Vec<Value>>, YunError> {
-    let ids = match filter.id_candidates() {
-        Some(ids) => ids,
-        None => {
-            let indexes = txn.list_indexes(collection)?;
-            match index::plan(filter, &indexes) {
-                Some((spec, ranges)) => {
-                    let ids = txn.index_ids(collection, &spec.name, &ranges, budget)?;
-                    if ids.len() > budget {
-                        return Ok(None);
-                    }
-                    ids
-                }
-                None if budget == usize::MAX => return txn.scan(collection).map(Some),
-                None => return Ok(None),
-            }
-        }
-    };
-    Ok(Some(
-        ids.iter()
-            .map(|id| txn.get(collection, id))
-            .collect::<Result<Vec<_>, _>>()?
-            .into_iter()
-            .flatten()
-            .collect(),
-    ))
-}
-
-/// A find in one snapshot; `None` when its candidates are over `budget`.
+/// A find in one snapshot; `None` when it would examine more than `budget` index
+/// entries and documents.
 fn find_in(
     txn: &mut dyn DocTxn,
+    sizes: (&Sizes, &str),
     collection: &str,
     q: &Find,
     limit: usize,
     budget: usize,
 ) -> Result<Option<Vec<Value>>, YunError> {
     require_collection(txn, collection)?;
-    let Some(found) = candidates_within(txn, collection, &q.filter, budget)? else {
-        return Ok(None);
-    };
-    let mut docs: Vec<Value> = found.into_iter().filter(|d| q.filter.matches(d)).collect();
-    if !q.order.is_empty() {
-        docs.sort_by(|a, b| q.order.compare(a, b));
-    } else if let Some((path, near)) = q.filter.near() {
-        // `$nearSphere` results come nearest first.
-        let distance = |d: &Value| {
-            let mut found = Vec::new();
-            crate::filter::lookup(d, path, &mut found);
-            found
-                .into_iter()
-                .flatten()
-                .filter_map(|v| near.distance(v))
-                .fold(f64::INFINITY, f64::min)
-        };
-        docs.sort_by(|a, b| distance(a).total_cmp(&distance(b)));
-    }
-    Ok(Some(
-        docs.iter()
-            .skip(q.skip)
-            .take(limit)
-            .map(|d| q.projection.apply(d))
-            .collect(),
-    ))
+    let docs = select(
+        txn, sizes, collection, &q.filter, &q.order, q.skip, limit, budget,
+    )?;
+    Ok(docs.map(|docs| docs.iter().map(|d| q.projection.apply(d)).collect()))
+}
+
+/// The matches at `skip..skip + limit` in `order`, planned over the collection's
+/// indexes; `None` when over `budget`.
+#[allow(clippy::too_many_arguments)]
+fn select(
+    txn: &mut dyn DocTxn,
+    sizes: (&Sizes, &str),
+    collection: &str,
+    filter: &Filter,
+    order: &SortKeys,
+    skip: usize,
+    limit: usize,
+    budget: usize,
+) -> Result<Option<Vec<Value>>, YunError> {
+    let indexes = txn.list_indexes(collection)?;
+    let plan = plan::plan(filter, order, &indexes);
+    let mut meter = Meter::new(budget, Some(QUERY_TIME_LIMIT));
+    let sorter = Sorter::of(filter, order);
+    let docs = exec::select(
+        &mut Source::new(txn, collection, sizes),
+        &mut meter,
+        &plan,
+        &Matcher::new(filter).sorting(sorter.as_ref()),
+        sorter.as_ref(),
+        skip,
+        limit,
+    )?;
+    Ok((!meter.over_budget).then_some(docs))
+}
+
+/// A count in one snapshot; `None` when over `budget` (see [`find_in`]).
+fn count_in(
+    txn: &mut dyn DocTxn,
+    sizes: (&Sizes, &str),
+    collection: &str,
+    filter: &Filter,
+    budget: usize,
+) -> Result<Option<u64>, YunError> {
+    require_collection(txn, collection)?;
+    let indexes = txn.list_indexes(collection)?;
+    let plan = plan::plan(filter, &SortKeys::default(), &indexes);
+    let mut meter = Meter::new(budget, Some(QUERY_TIME_LIMIT));
+    let n = exec::count(
+        &mut Source::new(txn, collection, sizes),
+        &mut meter,
+        &plan,
+        &Matcher::new(filter),
+        budget,
+    )?;
+    Ok((!meter.over_budget).then_some(n))
+}
+
+/// The `_id`s a write by filter applies to, in `_id` order: only `_id`s are held, the
+/// documents are read again one by one as they are written.
+fn matching_ids(
+    txn: &mut dyn DocTxn,
+    sizes: (&Sizes, &str),
+    collection: &str,
+    filter: &Filter,
+    first_only: bool,
+) -> Result<Vec<String>, YunError> {
+    let indexes = txn.list_indexes(collection)?;
+    let plan = plan::plan(filter, &SortKeys::default(), &indexes);
+    exec::matching_ids(
+        &mut Source::new(txn, collection, sizes),
+        &plan,
+        &Matcher::new(filter),
+        first_only,
+    )
+}
+
+/// Every document of a collection, decoded (an aggregation's `$lookup`).
+fn all_documents(txn: &mut dyn DocTxn, collection: &str) -> Result<Vec<Value>, YunError> {
+    let mut docs = Vec::new();
+    txn.scan_each(collection, None, &mut |_, text| {
+        docs.push(
+            serde_json::from_str(text).map_err(|e| {
+                YunError::internal(format!("a stored document does not decode: {e}"))
+            })?,
+        );
+        Ok(true)
+    })?;
+    Ok(docs)
 }
 
 /// Document writes that keep the collection's indexes in step and enforce unique ones.
@@ -265,6 +337,10 @@ impl<'t> IndexedWriter<'t> {
                 .delete_index_keys(&self.collection, &spec.name, id)?;
         }
         Ok(())
+    }
+
+    pub(crate) fn get(&mut self, id: &str) -> Result<Option<Value>, YunError> {
+        self.txn.get(&self.collection, id)
     }
 
     pub(crate) fn insert(&mut self, id: &str, doc: &Value) -> Result<(), YunError> {
@@ -336,6 +412,7 @@ impl DocDb {
         Self {
             store,
             limits,
+            sizes: Default::default(),
             transactions: Default::default(),
         }
     }
@@ -479,8 +556,9 @@ impl DocDb {
         };
         let collection = collection.to_owned();
         let access = read_access(&q.filter);
+        let (sizes, env_name) = (self.sizes.clone(), env.to_string());
         read_bounded(&*self.store, env, access, move |txn, budget| {
-            find_in(txn, &collection, &q, limit, budget)
+            find_in(txn, (&sizes, &env_name), &collection, &q, limit, budget)
         })
         .await
     }
@@ -492,15 +570,12 @@ impl DocDb {
         filter: Filter,
     ) -> Result<u64, YunError> {
         let collection = collection.to_owned();
+        let (sizes, env_name) = (self.sizes.clone(), env.to_string());
         read_bounded(
             &*self.store,
             env,
             read_access(&filter),
-            move |txn, budget| {
-                require_collection(txn, &collection)?;
-                Ok(candidates_within(txn, &collection, &filter, budget)?
-                    .map(|found| found.iter().filter(|d| filter.matches(d)).count() as u64))
-            },
+            move |txn, budget| count_in(txn, (&sizes, &env_name), &collection, &filter, budget),
         )
         .await
     }
@@ -526,14 +601,16 @@ impl DocDb {
         }
         let limits = self.limits;
         let collection = collection.to_owned();
+        let (sizes, env_name) = (self.sizes.clone(), env.to_string());
         let access = write_access(&filter);
         run(&*self.store, env, access, move |txn| {
             require_collection(txn, &collection)?;
             let mut outcome = Updated::default();
             let mut written = Vec::new();
-            let found = candidates(txn, &collection, &filter)?;
+            let ids = matching_ids(txn, (&sizes, &env_name), &collection, &filter, !multi)?;
             let mut writer = IndexedWriter::new(txn, &collection)?;
-            for doc in found.into_iter().filter(|d| filter.matches(d)) {
+            for id in &ids {
+                let Some(doc) = writer.get(id)? else { continue };
                 let new = match &change {
                     Change::Operators(ops) => update::apply(&doc, ops)?,
                     Change::Replace(data) => update::replace(&doc, data)?,
@@ -547,14 +624,10 @@ impl DocDb {
                             "document would be {bytes} bytes, over the limit"
                         )));
                     }
-                    let id = id_text(&doc["_id"])?;
-                    writer.replace(&id, &new)?;
+                    writer.replace(id, &new)?;
                     outcome.updated += 1;
                 }
                 written.push(new);
-                if !multi {
-                    break;
-                }
             }
             if outcome.matched == 0 {
                 if let Some(seed) = upsert {
@@ -637,19 +710,33 @@ impl DocDb {
                 ));
             }
             let mut seen = std::collections::HashSet::new();
-            for doc in txn.scan(&collection)? {
-                let id = id_text(&doc["_id"])?;
-                let keys = index::keys(&spec, &doc)?;
-                if !spec.multikey && index::has_array(&spec, &doc)? {
-                    txn.mark_multikey(&collection, &spec)?;
-                    spec.multikey = true;
+            // In batches: the entries are written between reads of the collection.
+            let mut after: Option<String> = None;
+            loop {
+                let mut batch: Vec<(String, Value)> = Vec::new();
+                txn.scan_each(&collection, after.as_deref(), &mut |id, text| {
+                    let doc = serde_json::from_str(text).map_err(|e| {
+                        YunError::internal(format!("a stored document does not decode: {e}"))
+                    })?;
+                    batch.push((id.to_owned(), doc));
+                    Ok(batch.len() < INDEX_BUILD_BATCH)
+                })?;
+                for (id, doc) in &batch {
+                    let keys = index::keys(&spec, doc)?;
+                    if !spec.multikey && index::has_array(&spec, doc)? {
+                        txn.mark_multikey(&collection, &spec)?;
+                        spec.multikey = true;
+                    }
+                    if spec.unique && keys.iter().any(|k| !seen.insert(k.clone())) {
+                        return Err(index::duplicate(&spec));
+                    }
+                    txn.put_index_keys(&collection, &spec.name, id, &keys)?;
                 }
-                if spec.unique && keys.iter().any(|k| !seen.insert(k.clone())) {
-                    return Err(index::duplicate(&spec));
+                if batch.len() < INDEX_BUILD_BATCH {
+                    return Ok(());
                 }
-                txn.put_index_keys(&collection, &spec.name, &id, &keys)?;
+                after = batch.pop().map(|(id, _)| id);
             }
-            Ok(())
         })
         .await
     }
@@ -695,20 +782,18 @@ impl DocDb {
         stages: Vec<crate::aggregate::Stage>,
     ) -> Result<Vec<Value>, YunError> {
         let collection = collection.to_owned();
+        let (sizes, env_name) = (self.sizes.clone(), env.to_string());
         run(&*self.store, env, Access::Read, move |txn| {
             require_collection(txn, &collection)?;
-            let docs = match stages.first() {
-                Some(crate::aggregate::Stage::Match(f)) => candidates(txn, &collection, f)?,
-                _ => txn.scan(&collection)?,
-            };
+            let (docs, rest) = leading_stages(txn, (&sizes, &env_name), &collection, &stages)?;
             let mut load = |name: &str| {
                 if txn.collection_exists(name)? {
-                    txn.scan(name)
+                    all_documents(txn, name)
                 } else {
                     Ok(Vec::new())
                 }
             };
-            crate::aggregate::run(&stages, docs, &mut load)
+            crate::aggregate::run(rest, docs, &mut load)
         })
         .await
     }
@@ -722,19 +807,18 @@ impl DocDb {
         guard: Option<WriteGuard>,
     ) -> Result<u64, YunError> {
         let collection = collection.to_owned();
+        let (sizes, env_name) = (self.sizes.clone(), env.to_string());
         let access = write_access(&filter);
         run(&*self.store, env, access, move |txn| {
             require_collection(txn, &collection)?;
             let mut deleted = 0;
-            let found = candidates(txn, &collection, &filter)?;
+            let ids = matching_ids(txn, (&sizes, &env_name), &collection, &filter, !multi)?;
             let mut writer = IndexedWriter::new(txn, &collection)?;
-            for doc in found.into_iter().filter(|d| filter.matches(d)) {
+            for id in &ids {
+                let Some(doc) = writer.get(id)? else { continue };
                 check_guard(&guard, Some(&doc), None)?;
-                if writer.delete(&id_text(&doc["_id"])?)? {
+                if writer.delete(id)? {
                     deleted += 1;
-                }
-                if !multi {
-                    break;
                 }
             }
             Ok(deleted)

@@ -218,6 +218,21 @@ impl Filter {
         }
     }
 
+    /// The top-level fields the filter reads: a document with only these fields matches
+    /// exactly when the whole document does.
+    pub fn top_fields(&self, out: &mut Vec<String>) {
+        match self {
+            Filter::And(fs) | Filter::Or(fs) | Filter::Nor(fs) => {
+                fs.iter().for_each(|f| f.top_fields(out))
+            }
+            Filter::Field { path, .. } => {
+                if !out.contains(&path[0]) {
+                    out.push(path[0].clone());
+                }
+            }
+        }
+    }
+
     pub fn matches(&self, doc: &Value) -> bool {
         match self {
             Filter::And(fs) => fs.iter().all(|f| f.matches(doc)),
@@ -395,13 +410,25 @@ impl Cond {
     /// Whether the condition holds for the values a path reached.
     fn holds(&self, found: &[Option<&Value>]) -> bool {
         match self {
-            Cond::Ne(v) => !Cond::Eq(v.clone()).holds(found),
-            Cond::Nin(list) => !Cond::In(list.clone()).holds(found),
+            Cond::Ne(v) => !found.iter().any(|x| Cond::eq_holds_one(v, *x)),
+            Cond::Nin(list) => !found.iter().any(|x| Cond::in_holds_one(list, *x)),
             Cond::Not(inner) => !inner.holds(found),
             Cond::Every(conds) => conds.iter().all(|c| c.holds(found)),
             Cond::Exists(want) => found.iter().any(Option::is_some) == *want,
             _ => found.iter().any(|v| self.holds_one(*v)),
         }
+    }
+
+    /// `Cond::Eq(v).holds_one(x)`, without building the condition.
+    fn eq_holds_one(v: &Value, x: Option<&Value>) -> bool {
+        let test = |x: Option<&Value>| equal(x, Some(v)) || (v.is_null() && x.is_none());
+        test(x) || matches!(x, Some(Value::Array(items)) if items.iter().any(|i| test(Some(i))))
+    }
+
+    /// `Cond::In(list).holds_one(x)`, without building the condition.
+    fn in_holds_one(list: &[Cond], x: Option<&Value>) -> bool {
+        let test = |x: Option<&Value>| list.iter().any(|c| c.test(x));
+        test(x) || matches!(x, Some(Value::Array(items)) if items.iter().any(|i| test(Some(i))))
     }
 
     /// One reached value; arrays are also tried element by element.

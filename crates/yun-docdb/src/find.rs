@@ -39,6 +39,17 @@ impl SortKeys {
         self.0.is_empty()
     }
 
+    /// The sort fields in priority order, each with whether it is descending.
+    pub fn keys(&self) -> &[(Vec<String>, bool)] {
+        &self.0
+    }
+
+    /// The value `doc` sorts by on one of the keys.
+    pub fn key_of<'d>(&self, doc: &'d Value, key: usize) -> Option<&'d Value> {
+        let (path, descending) = &self.0[key];
+        sort_key(doc, path, *descending)
+    }
+
     pub fn compare(&self, a: &Value, b: &Value) -> Ordering {
         for (path, descending) in &self.0 {
             let (ka, kb) = (

@@ -7,7 +7,7 @@
 use serde_json::Value;
 use yun_types::{ErrorCode, YunError};
 
-use crate::filter::{lookup, parse_path, Cond, Filter};
+use crate::filter::{lookup, parse_path};
 use crate::order::bracket;
 use crate::value::as_date;
 
@@ -100,7 +100,7 @@ fn encode_text(s: &str, out: &mut Vec<u8>) {
 }
 
 /// One component as stored: descending fields invert their bytes.
-fn component(v: Option<&Value>, direction: i8) -> Vec<u8> {
+pub fn component(v: Option<&Value>, direction: i8) -> Vec<u8> {
     let mut bytes = Vec::new();
     encode(v, &mut bytes);
     if direction < 0 {
@@ -168,121 +168,6 @@ pub struct KeyRange {
     pub high: Vec<u8>,
 }
 
-/// The smallest byte string greater than every string starting with `prefix`.
-fn after_prefix(prefix: &[u8]) -> Vec<u8> {
-    let mut p = prefix.to_vec();
-    while let Some(last) = p.pop() {
-        if last != 0xff {
-            p.push(last + 1);
-            return p;
-        }
-    }
-    vec![0xff; 9]
-}
-
-fn bracket_range(b: u8) -> KeyRange {
-    KeyRange {
-        low: vec![b],
-        high: vec![b + 1],
-    }
-}
-
-/// Ranges of the leading field that cover every document `cond` can match, when
-/// the condition bounds it (equality, `$in`, ranges); `None` means no bound.
-fn ranges(cond: &Cond, direction: i8, multikey: bool) -> Option<Vec<KeyRange>> {
-    let eq = |v: &Value| {
-        let c = component(Some(v), direction);
-        KeyRange {
-            high: after_prefix(&c),
-            low: c,
-        }
-    };
-    let bounded = |v: &Value, lower: bool, inclusive: bool| {
-        // Ranges stay inside the bound's type bracket (MongoDB's type bracketing).
-        let b = bracket(Some(v));
-        let edge = component(Some(v), direction);
-        let edge_end = after_prefix(&edge);
-        let whole = bracket_range(b);
-        let (low, high) = match (lower, inclusive) {
-            (true, true) => (edge, whole.high),
-            (true, false) => (edge_end, whole.high),
-            (false, true) => (whole.low, edge_end),
-            (false, false) => (whole.low, edge),
-        };
-        KeyRange { low, high }
-    };
-    let r = match cond {
-        Cond::Eq(v) if !v.is_array() => vec![eq(v)],
-        Cond::In(list) => {
-            let mut out = Vec::new();
-            for c in list {
-                match c {
-                    Cond::Eq(v) if !v.is_array() => out.push(eq(v)),
-                    _ => return None,
-                }
-            }
-            out
-        }
-        // Descending order flips which end a bound is; keep it simple and bound only ascending.
-        Cond::Gt(v) if direction > 0 => vec![bounded(v, true, false)],
-        Cond::Gte(v) if direction > 0 => vec![bounded(v, true, true)],
-        Cond::Lt(v) if direction > 0 => vec![bounded(v, false, false)],
-        Cond::Lte(v) if direction > 0 => vec![bounded(v, false, true)],
-        // On a multikey index, not the intersection: different elements may satisfy
-        // each bound (`{$gte: 5, $lt: 6}` matches `[3, 9]`); any one bound covers every
-        // match. Without arrays the bounds intersect.
-        Cond::Every(conds) if multikey => {
-            return conds.iter().find_map(|c| ranges(c, direction, true))
-        }
-        Cond::Every(conds) => {
-            let mut acc: Option<KeyRange> = None;
-            for c in conds {
-                // Only single-range bounds intersect; `$in` lists and unbounded ones are skipped.
-                if let Some([r]) = ranges(c, direction, false).as_deref() {
-                    acc = Some(match acc {
-                        None => r.clone(),
-                        Some(a) => KeyRange {
-                            low: a.low.max(r.low.clone()),
-                            high: a.high.min(r.high.clone()),
-                        },
-                    });
-                }
-            }
-            let r = acc?;
-            return Some(if r.low < r.high { vec![r] } else { Vec::new() });
-        }
-        _ => return None,
-    };
-    Some(r)
-}
-
-/// Picks an index whose leading field the filter bounds; returns it and its ranges.
-pub fn plan<'a>(
-    filter: &Filter,
-    indexes: &'a [IndexSpec],
-) -> Option<(&'a IndexSpec, Vec<KeyRange>)> {
-    let clauses: Vec<&Filter> = match filter {
-        Filter::And(cs) => cs.iter().collect(),
-        f => vec![f],
-    };
-    for spec in indexes {
-        let lead = &spec.fields[0];
-        let Ok(path) = parse_path(&lead.field) else {
-            continue;
-        };
-        for clause in &clauses {
-            if let Filter::Field { path: p, cond } = clause {
-                if *p == path {
-                    if let Some(r) = ranges(cond, lead.direction, spec.multikey) {
-                        return Some((spec, r));
-                    }
-                }
-            }
-        }
-    }
-    None
-}
-
 pub fn duplicate(spec: &IndexSpec) -> YunError {
     YunError::new(
         ErrorCode::DuplicateKey,
@@ -293,7 +178,16 @@ pub fn duplicate(spec: &IndexSpec) -> YunError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::filter::Filter;
     use serde_json::json;
+
+    /// The index plan's spec and ranges, when the planner picks one.
+    pub(super) fn plan(filter: &Filter, specs: &[IndexSpec]) -> Option<(IndexSpec, Vec<KeyRange>)> {
+        match crate::plan::plan(filter, &crate::find::SortKeys::default(), specs) {
+            crate::plan::Plan::Index(s) => Some((s.spec, s.ranges)),
+            _ => None,
+        }
+    }
 
     fn spec(field: &str, direction: i8) -> IndexSpec {
         IndexSpec {
@@ -399,6 +293,7 @@ mod tests {
             ] {
                 let filter = Filter::parse(&q).unwrap();
                 let (index, ranges) = plan(&filter, specs).expect("indexable");
+                let index = &index;
                 for d in docs.iter() {
                     if filter.matches(d) {
                         let covered = keys(index, d)
@@ -431,7 +326,9 @@ mod tests {
 /// plan may read more than the matches, never less.
 #[cfg(test)]
 mod properties {
+    use super::tests::plan;
     use super::*;
+    use crate::filter::Filter;
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -481,14 +378,14 @@ mod properties {
     proptest! {
         #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
         #[test]
-        fn plans_cover_every_document_the_evaluator_matches(values in prop::collection::vec(field_value(), 1..12), cond in condition()) {
+        fn plans_cover_every_document_the_evaluator_matches(values in prop::collection::vec(field_value(), 1..12), cond in condition(), direction in prop_oneof![Just(1i8), Just(-1i8)]) {
             let docs: Vec<Value> = values.iter().map(|v| match v { Some(v) => json!({ "n": v }), None => json!({}) }).collect();
             let filter = Filter::parse(&json!({ "n": cond })).unwrap();
             let multikey = docs.iter().any(|d| d["n"].is_array());
-            let spec = IndexSpec { name: "i".into(), fields: vec![IndexField { field: "n".into(), direction: 1 }], unique: false, multikey };
+            let spec = IndexSpec { name: "i".into(), fields: vec![IndexField { field: "n".into(), direction }], unique: false, multikey };
             if let Some((index, ranges)) = plan(&filter, std::slice::from_ref(&spec)) {
                 for d in docs.iter().filter(|d| filter.matches(d)) {
-                    prop_assert!(covered(index, &ranges, d), "{} matches {} but the plan skips it", json!({ "n": cond }), d);
+                    prop_assert!(covered(&index, &ranges, d), "{} matches {} but the plan skips it", json!({ "n": cond }), d);
                 }
             }
         }

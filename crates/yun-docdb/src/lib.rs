@@ -5,12 +5,14 @@
 
 pub mod aggregate;
 pub mod db;
+pub(crate) mod exec;
 pub mod expr;
 pub mod filter;
 pub mod find;
 pub mod geo;
 pub mod index;
 pub mod order;
+pub mod plan;
 pub mod sqlite;
 pub mod store;
 pub mod txn;

@@ -11,11 +11,20 @@ use yun_sqlite::{db_err, Sqlite};
 use yun_types::{EnvId, ErrorCode, YunError};
 
 use crate::index::{IndexSpec, KeyRange};
-use crate::store::{DocStore, DocTxn, Work};
+use crate::store::{DocStore, DocTxn, Visit, Work};
 
-/// A key range scan of one index: a search on the entries' primary key.
+/// A key range scan of one index: a search on the entries' primary key, in its order.
 const INDEX_RANGE_SQL: &str =
-    "SELECT id FROM index_entries WHERE env = ?1 AND collection = ?2 AND name = ?3 AND key >= ?4 AND key < ?5";
+    "SELECT key, id FROM index_entries WHERE env = ?1 AND collection = ?2 AND name = ?3 AND key >= ?4 AND key < ?5 ORDER BY key, id";
+const INDEX_RANGE_BACKWARD_SQL: &str =
+    "SELECT key, id FROM index_entries WHERE env = ?1 AND collection = ?2 AND name = ?3 AND key >= ?4 AND key < ?5 ORDER BY key DESC, id DESC";
+/// The same walks resumed past an entry (row values compare (key, id) as the order).
+const INDEX_RANGE_AFTER_SQL: &str =
+    "SELECT key, id FROM index_entries WHERE env = ?1 AND collection = ?2 AND name = ?3 AND key >= ?4 AND key < ?5 AND (key, id) > (?6, ?7) ORDER BY key, id";
+const INDEX_RANGE_BACKWARD_AFTER_SQL: &str =
+    "SELECT key, id FROM index_entries WHERE env = ?1 AND collection = ?2 AND name = ?3 AND key >= ?4 AND key < ?5 AND (key, id) < (?6, ?7) ORDER BY key DESC, id DESC";
+const INDEX_COUNT_SQL: &str =
+    "SELECT count(*) FROM index_entries WHERE env = ?1 AND collection = ?2 AND name = ?3 AND key >= ?4 AND key < ?5";
 
 const MIGRATIONS: &[&str] = &[
     r#"
@@ -173,18 +182,56 @@ impl DocTxn for SqliteTxn<'_> {
         Ok(n > 0)
     }
 
-    fn scan(&mut self, collection: &str) -> Result<Vec<Value>, YunError> {
+    fn scan_each(
+        &mut self,
+        collection: &str,
+        after: Option<&str>,
+        visit: Visit<'_, str>,
+    ) -> Result<(), YunError> {
+        // `_id`s are never empty, so "after nothing" is after "".
         let mut stmt = self
             .tx
             .prepare_cached(
-                "SELECT doc FROM documents WHERE env = ?1 AND collection = ?2 ORDER BY id",
+                "SELECT id, doc FROM documents WHERE env = ?1 AND collection = ?2 AND id > ?3 ORDER BY id",
             )
             .map_err(db_err)?;
-        let rows = stmt
-            .query_map(params![self.env, collection], |r| r.get::<_, String>(0))
+        let mut rows = stmt
+            .query(params![self.env, collection, after.unwrap_or("")])
             .map_err(db_err)?;
-        rows.map(|text| serde_json::from_str(&text.map_err(db_err)?).map_err(db_err))
-            .collect()
+        while let Some(row) = rows.next().map_err(db_err)? {
+            let id = row
+                .get_ref(0)
+                .and_then(|v| Ok(v.as_str()?))
+                .map_err(db_err)?;
+            let doc = row
+                .get_ref(1)
+                .and_then(|v| Ok(v.as_str()?))
+                .map_err(db_err)?;
+            if !visit(id, doc)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn count_documents(&mut self, collection: &str) -> Result<u64, YunError> {
+        self.query_row_cached(
+            "SELECT count(*) FROM documents WHERE env = ?1 AND collection = ?2",
+            params![self.env, collection],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n as u64)
+        .map_err(db_err)
+    }
+
+    fn get_text(&mut self, collection: &str, id: &str) -> Result<Option<String>, YunError> {
+        self.query_row_cached(
+            "SELECT doc FROM documents WHERE env = ?1 AND collection = ?2 AND id = ?3",
+            params![self.env, collection, id],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(db_err)
     }
 
     fn get(&mut self, collection: &str, id: &str) -> Result<Option<Value>, YunError> {
@@ -336,31 +383,70 @@ impl DocTxn for SqliteTxn<'_> {
             .map_err(db_err)
     }
 
-    fn index_ids(
+    fn index_each(
         &mut self,
         collection: &str,
         index: &str,
-        ranges: &[KeyRange],
-        at_most: usize,
-    ) -> Result<Vec<String>, YunError> {
-        let mut stmt = self.tx.prepare_cached(INDEX_RANGE_SQL).map_err(db_err)?;
-        let mut ids = Vec::new();
-        'ranges: for r in ranges {
-            let rows = stmt
-                .query_map(params![self.env, collection, index, r.low, r.high], |row| {
-                    row.get::<_, String>(0)
-                })
-                .map_err(db_err)?;
-            for id in rows {
-                ids.push(id.map_err(db_err)?);
-                if ids.len() > at_most {
-                    break 'ranges;
-                }
+        range: &KeyRange,
+        after: Option<(&[u8], &str)>,
+        backward: bool,
+        visit: Visit<'_, [u8]>,
+    ) -> Result<(), YunError> {
+        let sql = match (backward, after.is_some()) {
+            (false, false) => INDEX_RANGE_SQL,
+            (false, true) => INDEX_RANGE_AFTER_SQL,
+            (true, false) => INDEX_RANGE_BACKWARD_SQL,
+            (true, true) => INDEX_RANGE_BACKWARD_AFTER_SQL,
+        };
+        let mut stmt = self.tx.prepare_cached(sql).map_err(db_err)?;
+        let mut rows = match after {
+            None => stmt.query(params![self.env, collection, index, range.low, range.high]),
+            // The row value alone does not narrow SQLite's search: the range starts (or,
+            // backward, ends) at the last key read, so a resumed walk never reads again
+            // what it has read.
+            Some((key, id)) if backward => {
+                let high = [key, &[0]].concat().min(range.high.clone());
+                stmt.query(params![
+                    self.env, collection, index, range.low, high, key, id
+                ])
+            }
+            Some((key, id)) => {
+                let low = key.max(range.low.as_slice());
+                stmt.query(params![
+                    self.env, collection, index, low, range.high, key, id
+                ])
             }
         }
-        ids.sort();
-        ids.dedup();
-        Ok(ids)
+        .map_err(db_err)?;
+        while let Some(row) = rows.next().map_err(db_err)? {
+            let key = row
+                .get_ref(0)
+                .and_then(|v| Ok(v.as_blob()?))
+                .map_err(db_err)?;
+            let id = row
+                .get_ref(1)
+                .and_then(|v| Ok(v.as_str()?))
+                .map_err(db_err)?;
+            if !visit(key, id)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn index_count(
+        &mut self,
+        collection: &str,
+        index: &str,
+        range: &KeyRange,
+    ) -> Result<u64, YunError> {
+        self.query_row_cached(
+            INDEX_COUNT_SQL,
+            params![self.env, collection, index, range.low, range.high],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n as u64)
+        .map_err(db_err)
     }
 
     fn index_key_taken(
@@ -440,25 +526,44 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn index_range_scans_search_the_entries_primary_key() {
+    async fn index_range_scans_search_the_entries_primary_key_in_its_order() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteDocStore::open(&dir.path().join("d.db")).unwrap();
-        let plan: Vec<String> = store
-            .db
-            .read(|conn| {
-                let mut stmt = conn
-                    .prepare(&format!("EXPLAIN QUERY PLAN {INDEX_RANGE_SQL}"))
-                    .map_err(db_err)?;
-                let rows = stmt
-                    .query_map(params!["e", "c", "i", vec![1u8], vec![2u8]], |r| {
-                        r.get::<_, String>(3)
-                    })
-                    .map_err(db_err)?;
-                rows.collect::<Result<_, _>>().map_err(db_err)
-            })
-            .await
-            .unwrap();
-        let plan = plan.join(" | ");
-        assert!(plan.contains("SEARCH index_entries USING PRIMARY KEY (env=? AND collection=? AND name=? AND key>? AND key<?)"), "{plan}");
+        for sql in [
+            INDEX_RANGE_SQL,
+            INDEX_RANGE_BACKWARD_SQL,
+            INDEX_RANGE_AFTER_SQL,
+            INDEX_RANGE_BACKWARD_AFTER_SQL,
+            INDEX_COUNT_SQL,
+        ] {
+            let plan: Vec<String> = store
+                .db
+                .read(move |conn| {
+                    let mut stmt = conn
+                        .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                        .map_err(db_err)?;
+                    let n = stmt.parameter_count();
+                    let args: Vec<Box<dyn rusqlite::ToSql>> = vec![
+                        Box::new("e"),
+                        Box::new("c"),
+                        Box::new("i"),
+                        Box::new(vec![1u8]),
+                        Box::new(vec![2u8]),
+                        Box::new(vec![1u8, 5]),
+                        Box::new("x"),
+                    ];
+                    let rows = stmt
+                        .query_map(rusqlite::params_from_iter(args.iter().take(n)), |r| {
+                            r.get::<_, String>(3)
+                        })
+                        .map_err(db_err)?;
+                    rows.collect::<Result<_, _>>().map_err(db_err)
+                })
+                .await
+                .unwrap();
+            let plan = plan.join(" | ");
+            assert!(plan.contains("SEARCH index_entries USING PRIMARY KEY (env=? AND collection=? AND name=? AND key>? AND key<?)"), "{sql}: {plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "{sql} sorts: {plan}");
+        }
     }
 }

@@ -8,6 +8,10 @@ use yun_types::{EnvId, YunError};
 
 use crate::index::{IndexSpec, KeyRange};
 
+/// A streaming visitor: gets an entry's first part (a document's `_id`, or an index key)
+/// and its second (the document's text, or the entry's `_id`); returns whether to go on.
+pub type Visit<'v, K> = &'v mut dyn FnMut(&K, &str) -> Result<bool, YunError>;
+
 /// Operations inside one transaction of one env. Called on a blocking thread: may block,
 /// must not call back into async code.
 pub trait DocTxn {
@@ -17,10 +21,20 @@ pub trait DocTxn {
     fn list_collections(&mut self) -> Result<Vec<String>, YunError>;
     /// Drops the collection and its documents; false when it did not exist.
     fn drop_collection(&mut self, collection: &str) -> Result<bool, YunError>;
-    /// Every document of the collection, in `_id` order. (The SQL compiler will push
-    /// filters and order down; until then the model filters in Rust.)
-    fn scan(&mut self, collection: &str) -> Result<Vec<Value>, YunError>;
+    /// Streams the collection's documents in `_id` order as (`_id`, stored JSON text),
+    /// from past `after` when given, until `visit` returns false. Nothing is decoded
+    /// here: the executor decides how much of each document it needs.
+    fn scan_each(
+        &mut self,
+        collection: &str,
+        after: Option<&str>,
+        visit: Visit<'_, str>,
+    ) -> Result<(), YunError>;
     fn get(&mut self, collection: &str, id: &str) -> Result<Option<Value>, YunError>;
+    /// How many documents the collection holds (a full count: callers cache it).
+    fn count_documents(&mut self, collection: &str) -> Result<u64, YunError>;
+    /// The stored JSON text of one document.
+    fn get_text(&mut self, collection: &str, id: &str) -> Result<Option<String>, YunError>;
     /// The document and its version: a number that changes on every write to it.
     fn get_versioned(
         &mut self,
@@ -53,16 +67,26 @@ pub trait DocTxn {
         index: &str,
         id: &str,
     ) -> Result<(), YunError>;
-    /// The `_id`s with a key in any of the ranges, each once. Stops reading once it
-    /// has found more than `at_most` entries (so a caller on a budget learns the range
-    /// is bigger without reading it all).
-    fn index_ids(
+    /// Streams the index entries with a key in `range` as (key, `_id`), in key order
+    /// (ties by `_id`), or the reverse of that with `backward`, until `visit` returns
+    /// false; with `after`, only the entries past that one in this order (a resumed
+    /// walk).
+    fn index_each(
         &mut self,
         collection: &str,
         index: &str,
-        ranges: &[KeyRange],
-        at_most: usize,
-    ) -> Result<Vec<String>, YunError>;
+        range: &KeyRange,
+        after: Option<(&[u8], &str)>,
+        backward: bool,
+        visit: Visit<'_, [u8]>,
+    ) -> Result<(), YunError>;
+    /// How many entries have a key in `range`.
+    fn index_count(
+        &mut self,
+        collection: &str,
+        index: &str,
+        range: &KeyRange,
+    ) -> Result<u64, YunError>;
     /// Whether a document other than `except_id` has `key` in the index.
     fn index_key_taken(
         &mut self,

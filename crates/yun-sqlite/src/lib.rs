@@ -38,6 +38,10 @@ pub struct Sqlite {
     jobs: mpsc::Sender<Job>,
     writer: Arc<Writer>,
     readers: Arc<Mutex<Vec<Connection>>>,
+    /// Long reads running at once: twice the cores. More only queue for the CPU while
+    /// each holds a connection, its caches and its partial results; short requests
+    /// stay fast behind a bounded number of scans.
+    long_reads: Arc<tokio::sync::Semaphore>,
 }
 
 /// The one writing connection: the writer thread's, lent to a caller of
@@ -226,6 +230,9 @@ impl Sqlite {
             jobs,
             writer,
             readers: Arc::new(Mutex::new(Vec::new())),
+            long_reads: Arc::new(tokio::sync::Semaphore::new(
+                2 * std::thread::available_parallelism().map_or(2, usize::from),
+            )),
         })
     }
 
@@ -279,10 +286,19 @@ impl Sqlite {
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, YunError> + Send + 'static,
     ) -> Result<T, YunError> {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || this.read_pooled(f))
+        let permit = self
+            .long_reads
+            .clone()
+            .acquire_owned()
             .await
-            .map_err(db_err)?
+            .map_err(db_err)?;
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            this.read_pooled(f)
+        })
+        .await
+        .map_err(db_err)?
     }
 
     /// Runs `f` on the calling thread: for reads known to be short (a few rows by key),

@@ -43,6 +43,8 @@ pub enum ErrorCode {
     CollectionExists,
     /// A transaction's documents changed under it; the SDK's `runTransaction` retries.
     TransactionConflict,
+    /// A query over its time or memory bound (the message says which, and the fix).
+    DatabaseQueryLimit,
     /// An end user's database call that the collection's security rules do not allow.
     DatabasePermissionDenied,
     /// A write would duplicate an `_id` or a unique index key.
@@ -92,6 +94,7 @@ impl ErrorCode {
             Self::CollectionNotFound => "DATABASE_COLLECTION_NOT_EXIST",
             Self::CollectionExists => "DATABASE_COLLECTION_ALREADY_EXIST",
             Self::TransactionConflict => "DATABASE_TRANSACTION_CONFLICT",
+            Self::DatabaseQueryLimit => "DATABASE_REQUEST_FAILED",
             Self::DatabasePermissionDenied => "DATABASE_PERMISSION_DENIED",
             // CloudBase documents no dedicated duplicate-key code; its generic database
             // error carries MongoDB's "E11000 duplicate key" message.
@@ -114,7 +117,7 @@ impl ErrorCode {
     pub fn http_status(self) -> u16 {
         match self {
             Self::InvalidParam | Self::InvalidAction | Self::FunctionCodeInvalid => 400,
-            Self::DatabaseInvalidOperator => 400,
+            Self::DatabaseInvalidOperator | Self::DatabaseQueryLimit => 400,
             Self::CollectionNotFound => 404,
             Self::CollectionExists | Self::TransactionConflict | Self::DuplicateKey => 409,
             Self::SignParamInvalid | Self::SignExpired | Self::SignInvalid => 401,
