@@ -487,37 +487,62 @@ async fn import_documents(
 }
 
 /// A quick read for people and scripts: relaxed EJSON in, relaxed EJSON out.
+impl QueryRequest {
+    /// The query as the database takes it (`where` in EJSON).
+    fn into_find(self) -> Result<yun_docdb::Find, YunError> {
+        use yun_docdb::{
+            filter::Filter,
+            find::{Projection, SortKeys},
+            value,
+        };
+        let filter = value::from_ejson(
+            self.r#where.unwrap_or_else(|| json!({})),
+            yun_types::unix_ms(),
+        )?;
+        Ok(yun_docdb::Find {
+            filter: Filter::parse(&filter)?,
+            order: self
+                .order
+                .map(|o| SortKeys::parse(&o))
+                .transpose()?
+                .unwrap_or_default(),
+            skip: self.skip,
+            limit: self.limit,
+            projection: self
+                .projection
+                .map(|p| Projection::parse(&p))
+                .transpose()?
+                .unwrap_or(Projection::All),
+        })
+    }
+}
+
 async fn query_collection(
     State(app): State<AppState>,
     InEnv(who): InEnv,
     Path((_, collection)): Path<(String, String)>,
     body: Body,
 ) -> ApiResult {
-    use yun_docdb::{
-        filter::Filter,
-        find::{Projection, SortKeys},
-        value,
-    };
+    use yun_docdb::value;
     let req: QueryRequest = json_body(body, JSON_BODY_LIMIT).await?;
-    let now = yun_types::unix_ms();
-    let filter = value::from_ejson(req.r#where.unwrap_or_else(|| json!({})), now)?;
-    let find = yun_docdb::Find {
-        filter: Filter::parse(&filter)?,
-        order: req
-            .order
-            .map(|o| SortKeys::parse(&o))
-            .transpose()?
-            .unwrap_or_default(),
-        skip: req.skip,
-        limit: req.limit,
-        projection: req
-            .projection
-            .map(|p| Projection::parse(&p))
-            .transpose()?
-            .unwrap_or(Projection::All),
-    };
-    let docs = app.db_find(&who, &collection, find).await?;
+    let docs = app.db_find(&who, &collection, req.into_find()?).await?;
     ok(json!({ "documents": docs.iter().map(value::Ejson).collect::<Vec<_>>() }))
+}
+
+/// Runs a query and answers its plan and cost instead of its documents.
+async fn explain_query(
+    State(app): State<AppState>,
+    InEnv(who): InEnv,
+    Path((_, collection)): Path<(String, String)>,
+    body: Body,
+) -> ApiResult {
+    let req: QueryRequest = json_body(body, JSON_BODY_LIMIT).await?;
+    let report = app.db_explain(&who, &collection, req.into_find()?).await?;
+    ok(json!(report))
+}
+
+async fn slow_queries(State(app): State<AppState>, InEnv(who): InEnv) -> ApiResult {
+    ok(json!({ "queries": app.db_slow_queries(&who)? }))
 }
 
 // ---- storage ----
@@ -873,6 +898,12 @@ pub fn management_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)
             "/api/v1/envs/{env}/collections/{collection}/query",
             query_collection,
         ),
+        route(
+            Method::POST,
+            "/api/v1/envs/{env}/collections/{collection}/explain",
+            explain_query,
+        ),
+        route(Method::GET, "/api/v1/envs/{env}/slow-queries", slow_queries),
         route(
             Method::POST,
             "/api/v1/envs/{env}/collections/{collection}/import",

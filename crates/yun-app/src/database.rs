@@ -2,6 +2,8 @@
 //! through `user_db.rs`): every call acts in the caller's env. The operations and their
 //! semantics live in `yun-docdb`; this layer decides who may call.
 
+use std::time::Duration;
+
 use serde_json::Value;
 use yun_auth::Identity;
 use yun_docdb::filter::Filter;
@@ -36,6 +38,9 @@ impl App {
                 .db_default_limit
                 .map_or(base.default_limit, |n| n as usize),
             max_limit: settings.db_max_limit.map_or(base.max_limit, |n| n as usize),
+            slow_query: settings
+                .db_slow_query_ms
+                .map_or(base.slow_query, |ms| Duration::from_millis(ms.into())),
             ..base
         })
     }
@@ -72,7 +77,33 @@ impl App {
         filter: Filter,
     ) -> Result<u64, YunError> {
         Self::authorize(identity, Operation::CountDocuments)?;
-        self.docdb.count(&identity.env, collection, filter).await
+        let limits = self.env_limits(identity).await?;
+        self.docdb
+            .count(&identity.env, collection, filter, &limits)
+            .await
+    }
+
+    /// Runs a find and reports its plan and cost (`yun db explain`).
+    pub async fn db_explain(
+        &self,
+        identity: &Identity,
+        collection: &str,
+        find: Find,
+    ) -> Result<yun_docdb::slow::QueryReport, YunError> {
+        Self::authorize(identity, Operation::FindDocuments)?;
+        let limits = self.env_limits(identity).await?;
+        self.docdb
+            .explain(&identity.env, collection, find, &limits)
+            .await
+    }
+
+    /// The env's slow queries, newest first: shapes and plans, no values.
+    pub fn db_slow_queries(
+        &self,
+        identity: &Identity,
+    ) -> Result<Vec<yun_docdb::slow::QueryReport>, YunError> {
+        Self::authorize(identity, Operation::FindDocuments)?;
+        Ok(self.docdb.slow_queries(&identity.env))
     }
 
     pub async fn db_update(

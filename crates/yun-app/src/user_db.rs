@@ -283,8 +283,9 @@ impl App {
         self.checker(identity, collection)
             .await?
             .read_query(&query)?;
+        let limits = self.env_limits(identity).await?;
         self.docdb
-            .count(&identity.env, collection, Filter::parse(&query)?)
+            .count(&identity.env, collection, Filter::parse(&query)?, &limits)
             .await
     }
 

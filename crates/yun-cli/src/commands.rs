@@ -33,6 +33,10 @@ pub enum EnvCommand {
         /// Largest limit a query may ask for (platform default 1000).
         #[arg(long)]
         db_max_limit: Option<u32>,
+        /// Finds and counts that take this long (ms) go to the slow-query log
+        /// (platform default 100).
+        #[arg(long)]
+        db_slow_query_ms: Option<u32>,
         /// What the env's functions may reach: internet (default), yun-only, none.
         /// Running instances are replaced.
         #[arg(long, value_parser = ["internet", "yun-only", "none"])]
@@ -191,11 +195,17 @@ pub async fn env(command: EnvCommand, conn: Connection) -> anyhow::Result<()> {
                     s.get("db_max_limit")
                         .map_or("1000 (default)".into(), |n| n.to_string())
                 );
+                println!(
+                    "db_slow_query_ms  {}",
+                    s.get("db_slow_query_ms")
+                        .map_or("100 (default)".into(), |n| n.to_string())
+                );
             });
         }
         EnvCommand::Configure {
             db_default_limit,
             db_max_limit,
+            db_slow_query_ms,
             network,
         } => {
             let current = client
@@ -207,6 +217,9 @@ pub async fn env(command: EnvCommand, conn: Connection) -> anyhow::Result<()> {
             }
             if let Some(n) = db_max_limit {
                 settings.insert("db_max_limit".into(), json!(n));
+            }
+            if let Some(n) = db_slow_query_ms {
+                settings.insert("db_slow_query_ms".into(), json!(n));
             }
             if let Some(policy) = network {
                 settings.insert("network".into(), json!(policy));
@@ -562,6 +575,63 @@ mod tests {
     }
 }
 
+/// A query as `yun db query` and `yun db explain` take it.
+#[derive(clap::Args)]
+pub struct QueryArgs {
+    collection: String,
+    #[arg(long = "where")]
+    filter: Option<String>,
+    #[arg(long)]
+    order: Option<String>,
+    #[arg(long, default_value_t = 0)]
+    skip: usize,
+    #[arg(long)]
+    limit: Option<usize>,
+}
+
+impl QueryArgs {
+    /// The management API's query body and the collection's path.
+    fn request(&self, client: &Client, route: &str) -> anyhow::Result<(String, Value)> {
+        Ok((
+            client.env_path(&format!("/collections/{}/{route}", self.collection)),
+            json!({
+                "where": json_arg("where", self.filter.clone())?,
+                "order": json_arg("order", self.order.clone())?,
+                "skip": self.skip,
+                "limit": self.limit,
+            }),
+        ))
+    }
+}
+
+/// One line per query report: where it read, what it examined, how long it took.
+fn report_line(r: &Value) -> Vec<String> {
+    let plan = &r["plan"];
+    let how = match plan["stage"].as_str() {
+        Some("INDEX_SCAN") => format!(
+            "index {} ({} range{}, {}{})",
+            output::text(plan.get("index")),
+            plan["ranges"],
+            if plan["ranges"] == json!(1) { "" } else { "s" },
+            output::text(plan.get("direction")),
+            if plan["servesOrder"] == json!(true) {
+                ", in order"
+            } else {
+                ""
+            }
+        ),
+        Some(other) => other.to_lowercase().replace('_', " "),
+        None => "?".into(),
+    };
+    vec![
+        format!("{:.1}", r["millis"].as_f64().unwrap_or(0.0)),
+        how,
+        r["keysExamined"].to_string(),
+        r["docsExamined"].to_string(),
+        r["returned"].to_string(),
+    ]
+}
+
 #[derive(Subcommand)]
 pub enum DbCommand {
     /// List the env's collections.
@@ -572,19 +642,21 @@ pub enum DbCommand {
     Drop { name: String },
     /// Read documents: `yun db query todos --where '{"done":false}' --order '{"n":-1}' --limit 5`.
     Query {
-        collection: String,
-        #[arg(long = "where")]
-        filter: Option<String>,
-        #[arg(long)]
-        order: Option<String>,
-        #[arg(long, default_value_t = 0)]
-        skip: usize,
-        #[arg(long)]
-        limit: Option<usize>,
+        #[command(flatten)]
+        query: QueryArgs,
         /// Projection, e.g. '{"title":1}'.
         #[arg(long)]
         fields: Option<String>,
     },
+    /// Run a query and show how it ran: the index and ranges used, index entries and
+    /// documents examined, documents returned, time.
+    Explain {
+        #[command(flatten)]
+        query: QueryArgs,
+    },
+    /// Finds and counts slower than the env's threshold (`yun env configure
+    /// --db-slow-query-ms`, default 100), newest first, with values stripped.
+    SlowQueries,
     /// Import JSON Lines or CSV (by extension, or --format), all or nothing.
     Import {
         collection: String,
@@ -836,32 +908,62 @@ pub async fn db(command: DbCommand, conn: Connection) -> anyhow::Result<()> {
             )
             .await?;
         }
-        DbCommand::Query {
-            collection,
-            filter,
-            order,
-            skip,
-            limit,
-            fields,
-        } => {
-            let body = json!({
-                "where": json_arg("where", filter)?,
-                "order": json_arg("order", order)?,
-                "skip": skip,
-                "limit": limit,
-                "projection": json_arg("fields", fields)?,
-            });
-            let v = client
-                .request(
-                    Method::POST,
-                    &client.env_path(&format!("/collections/{collection}/query")),
-                    Some(body),
-                )
-                .await?;
+        DbCommand::Query { query, fields } => {
+            let (path, mut body) = query.request(&client, "query")?;
+            body["projection"] = json!(json_arg("fields", fields)?);
+            let v = client.request(Method::POST, &path, Some(body)).await?;
             output::emit(conn.json, &v, |v| {
                 for doc in v["documents"].as_array().into_iter().flatten() {
                     println!("{doc}");
                 }
+            });
+        }
+        DbCommand::Explain { query } => {
+            let (path, body) = query.request(&client, "explain")?;
+            let v = client.request(Method::POST, &path, Some(body)).await?;
+            output::emit(conn.json, &v, |v| {
+                output::table(
+                    &["ms", "read", "index entries", "documents", "returned"],
+                    vec![report_line(v)],
+                );
+            });
+        }
+        DbCommand::SlowQueries => {
+            let v = client
+                .request(Method::GET, &client.env_path("/slow-queries"), None)
+                .await?;
+            output::emit(conn.json, &v, |v| {
+                let rows = v["queries"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|q| {
+                        let mut row = vec![
+                            output::unix_ms_time(&q["at"]),
+                            format!(
+                                "{} {}",
+                                output::text(q.get("operation")),
+                                output::text(q.get("collection"))
+                            ),
+                        ];
+                        row.extend(report_line(q));
+                        row.push(format!("{} {}", q["filter"], q["order"]));
+                        row
+                    })
+                    .collect();
+                output::table(
+                    &[
+                        "when",
+                        "query",
+                        "ms",
+                        "read",
+                        "index entries",
+                        "documents",
+                        "returned",
+                        "shape",
+                    ],
+                    rows,
+                );
             });
         }
         DbCommand::Import {

@@ -3,6 +3,7 @@
 //! at all.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 use yun_types::{new_sortable_id, EnvId, ErrorCode, YunError};
@@ -11,7 +12,8 @@ use crate::exec::{self, Matcher, Meter, Sizes, Sorter, Source, QUERY_TIME_LIMIT}
 use crate::filter::Filter;
 use crate::find::{Projection, SortKeys};
 use crate::index::{self, IndexSpec};
-use crate::plan;
+use crate::plan::{self, Plan};
+use crate::slow::{QueryReport, SlowLog};
 use crate::store::{run, Access, DocStore, DocTxn};
 use crate::update;
 
@@ -24,6 +26,10 @@ pub struct Limits {
     pub max_limit: usize,
     /// The largest document, as stored JSON (MongoDB's 16 MiB).
     pub max_document_bytes: usize,
+    /// Finds and counts that run longer go to the slow-query log.
+    pub slow_query: Duration,
+    /// The most a sort without an index may hold (MongoDB's 100 MiB).
+    pub sort_memory: usize,
 }
 
 impl Default for Limits {
@@ -32,6 +38,8 @@ impl Default for Limits {
             default_limit: 100,
             max_limit: 1000,
             max_document_bytes: 16 << 20,
+            slow_query: Duration::from_millis(100),
+            sort_memory: exec::SORT_MEMORY_LIMIT,
         }
     }
 }
@@ -85,6 +93,7 @@ pub struct DocDb {
     store: Arc<dyn DocStore>,
     limits: Limits,
     sizes: Arc<Sizes>,
+    slow: SlowLog,
     pub(crate) transactions: crate::txn::Transactions,
 }
 
@@ -152,9 +161,9 @@ fn leading_stages<'s>(
         &order,
         skip,
         limit.unwrap_or(usize::MAX),
-        usize::MAX,
+        Meter::new(usize::MAX, Some(QUERY_TIME_LIMIT), exec::SORT_MEMORY_LIMIT),
     )?;
-    let docs = unbounded(docs)?;
+    let (docs, _, _) = unbounded(docs)?;
     Ok((docs, rest))
 }
 
@@ -189,8 +198,11 @@ async fn read_bounded<T: Send + 'static>(
     .await
 }
 
+/// A result, with its report when the query ran long enough to be reported.
+type Reported<T> = (T, Option<QueryReport>);
+
 /// A find in one snapshot; `None` when it would examine more than `budget` index
-/// entries and documents.
+/// entries and documents. With its report when it ran for `report_after` or longer.
 fn find_in(
     txn: &mut dyn DocTxn,
     sizes: (&Sizes, &str),
@@ -198,16 +210,39 @@ fn find_in(
     q: &Find,
     limit: usize,
     budget: usize,
-) -> Result<Option<Vec<Value>>, YunError> {
+    limits: &Limits,
+) -> Result<Option<Reported<Vec<Value>>>, YunError> {
+    let started = Instant::now();
     require_collection(txn, collection)?;
-    let docs = select(
-        txn, sizes, collection, &q.filter, &q.order, q.skip, limit, budget,
-    )?;
-    Ok(docs.map(|docs| docs.iter().map(|d| q.projection.apply(d)).collect()))
+    let meter = Meter::new(budget, Some(QUERY_TIME_LIMIT), limits.sort_memory);
+    let Some((docs, plan, stats)) = select(
+        txn, sizes, collection, &q.filter, &q.order, q.skip, limit, meter,
+    )?
+    else {
+        return Ok(None);
+    };
+    let took = started.elapsed();
+    let report = (took >= limits.slow_query).then(|| QueryReport {
+        at: yun_types::unix_ms(),
+        collection: collection.to_owned(),
+        operation: "find",
+        filter: q.filter.shape(),
+        order: q.order.to_value(),
+        skip: q.skip,
+        limit: Some(limit),
+        plan: plan.describe(),
+        stats: exec::Stats {
+            returned: docs.len() as u64,
+            ..stats
+        },
+        millis: took.as_secs_f64() * 1000.0,
+    });
+    let docs = docs.iter().map(|d| q.projection.apply(d)).collect();
+    Ok(Some((docs, report)))
 }
 
 /// The matches at `skip..skip + limit` in `order`, planned over the collection's
-/// indexes; `None` when over `budget`.
+/// indexes, with the plan and what it examined; `None` when over the meter's budget.
 #[allow(clippy::too_many_arguments)]
 fn select(
     txn: &mut dyn DocTxn,
@@ -217,11 +252,10 @@ fn select(
     order: &SortKeys,
     skip: usize,
     limit: usize,
-    budget: usize,
-) -> Result<Option<Vec<Value>>, YunError> {
+    mut meter: Meter,
+) -> Result<Option<(Vec<Value>, Plan, exec::Stats)>, YunError> {
     let indexes = txn.list_indexes(collection)?;
     let plan = plan::plan(filter, order, &indexes);
-    let mut meter = Meter::new(budget, Some(QUERY_TIME_LIMIT));
     let sorter = Sorter::of(filter, order);
     let docs = exec::select(
         &mut Source::new(txn, collection, sizes),
@@ -232,7 +266,7 @@ fn select(
         skip,
         limit,
     )?;
-    Ok((!meter.over_budget).then_some(docs))
+    Ok((!meter.over_budget).then_some((docs, plan, meter.stats)))
 }
 
 /// A count in one snapshot; `None` when over `budget` (see [`find_in`]).
@@ -242,11 +276,13 @@ fn count_in(
     collection: &str,
     filter: &Filter,
     budget: usize,
-) -> Result<Option<u64>, YunError> {
+    report_after: Duration,
+) -> Result<Option<Reported<u64>>, YunError> {
+    let started = Instant::now();
     require_collection(txn, collection)?;
     let indexes = txn.list_indexes(collection)?;
     let plan = plan::plan(filter, &SortKeys::default(), &indexes);
-    let mut meter = Meter::new(budget, Some(QUERY_TIME_LIMIT));
+    let mut meter = Meter::new(budget, Some(QUERY_TIME_LIMIT), exec::SORT_MEMORY_LIMIT);
     let n = exec::count(
         &mut Source::new(txn, collection, sizes),
         &mut meter,
@@ -254,7 +290,26 @@ fn count_in(
         &Matcher::new(filter),
         budget,
     )?;
-    Ok((!meter.over_budget).then_some(n))
+    if meter.over_budget {
+        return Ok(None);
+    }
+    let took = started.elapsed();
+    let report = (took >= report_after).then(|| QueryReport {
+        at: yun_types::unix_ms(),
+        collection: collection.to_owned(),
+        operation: "count",
+        filter: filter.shape(),
+        order: Value::Object(Map::new()),
+        skip: 0,
+        limit: None,
+        plan: plan.describe(),
+        stats: exec::Stats {
+            returned: 1,
+            ..meter.stats
+        },
+        millis: took.as_secs_f64() * 1000.0,
+    });
+    Ok(Some((n, report)))
 }
 
 /// The `_id`s a write by filter applies to, in `_id` order: only `_id`s are held, the
@@ -413,6 +468,7 @@ impl DocDb {
             store,
             limits,
             sizes: Default::default(),
+            slow: Default::default(),
             transactions: Default::default(),
         }
     }
@@ -554,13 +610,71 @@ impl DocDb {
             }
             Some(n) => n,
         };
+        let (docs, report) = self
+            .find_reported(env, collection, q, limit, *limits)
+            .await?;
+        if let Some(report) = report {
+            self.slow.record(env.as_str(), report);
+        }
+        Ok(docs)
+    }
+
+    async fn find_reported(
+        &self,
+        env: &EnvId,
+        collection: &str,
+        q: Find,
+        limit: usize,
+        limits: Limits,
+    ) -> Result<(Vec<Value>, Option<QueryReport>), YunError> {
         let collection = collection.to_owned();
         let access = read_access(&q.filter);
         let (sizes, env_name) = (self.sizes.clone(), env.to_string());
         read_bounded(&*self.store, env, access, move |txn, budget| {
-            find_in(txn, (&sizes, &env_name), &collection, &q, limit, budget)
+            find_in(
+                txn,
+                (&sizes, &env_name),
+                &collection,
+                &q,
+                limit,
+                budget,
+                &limits,
+            )
         })
         .await
+    }
+
+    /// Runs a find and answers how: the plan, index entries and documents examined,
+    /// documents returned, and the time it took (`yun db explain`).
+    pub async fn explain(
+        &self,
+        env: &EnvId,
+        collection: &str,
+        q: Find,
+        limits: &Limits,
+    ) -> Result<QueryReport, YunError> {
+        let limit = q
+            .limit
+            .unwrap_or(limits.default_limit)
+            .min(limits.max_limit);
+        let (_, report) = self
+            .find_reported(
+                env,
+                collection,
+                q,
+                limit,
+                Limits {
+                    slow_query: Duration::ZERO,
+                    ..*limits
+                },
+            )
+            .await?;
+        report.ok_or_else(|| YunError::internal("an explained query made no report"))
+    }
+
+    /// The env's queries slower than its threshold, newest first.
+    pub fn slow_queries(&self, env: &EnvId) -> Vec<QueryReport> {
+        self.slow.list(env.as_str())
     }
 
     pub async fn count(
@@ -568,16 +682,31 @@ impl DocDb {
         env: &EnvId,
         collection: &str,
         filter: Filter,
+        limits: &Limits,
     ) -> Result<u64, YunError> {
         let collection = collection.to_owned();
         let (sizes, env_name) = (self.sizes.clone(), env.to_string());
-        read_bounded(
+        let report_after = limits.slow_query;
+        let (n, report) = read_bounded(
             &*self.store,
             env,
             read_access(&filter),
-            move |txn, budget| count_in(txn, (&sizes, &env_name), &collection, &filter, budget),
+            move |txn, budget| {
+                count_in(
+                    txn,
+                    (&sizes, &env_name),
+                    &collection,
+                    &filter,
+                    budget,
+                    report_after,
+                )
+            },
         )
-        .await
+        .await?;
+        if let Some(report) = report {
+            self.slow.record(env.as_str(), report);
+        }
+        Ok(n)
     }
 
     /// Updates the first (or, with `multi`, every) matching document; with `upsert`,
@@ -894,9 +1023,14 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(dup.code, ErrorCode::DuplicateKey);
-        assert_eq!(db.count(&env, "todos", Filter::all()).await.unwrap(), 2);
         assert_eq!(
-            db.count(&other, "todos", Filter::all())
+            db.count(&env, "todos", Filter::all(), &Limits::default())
+                .await
+                .unwrap(),
+            2
+        );
+        assert_eq!(
+            db.count(&other, "todos", Filter::all(), &Limits::default())
                 .await
                 .unwrap_err()
                 .code,
@@ -1016,7 +1150,7 @@ mod tests {
         let mut before = Vec::new();
         for q in &queries {
             before.push(
-                db.count(&env, "p", Filter::parse(q).unwrap())
+                db.count(&env, "p", Filter::parse(q).unwrap(), &Limits::default())
                     .await
                     .unwrap(),
             );
@@ -1051,7 +1185,7 @@ mod tests {
         .unwrap();
         for (q, expected) in queries.iter().zip(&before) {
             assert_eq!(
-                db.count(&env, "p", Filter::parse(q).unwrap())
+                db.count(&env, "p", Filter::parse(q).unwrap(), &Limits::default())
                     .await
                     .unwrap(),
                 *expected,
@@ -1072,15 +1206,25 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(
-            db.count(&env, "p", Filter::parse(&json!({"n": 7})).unwrap())
-                .await
-                .unwrap(),
+            db.count(
+                &env,
+                "p",
+                Filter::parse(&json!({"n": 7})).unwrap(),
+                &Limits::default()
+            )
+            .await
+            .unwrap(),
             0
         );
         assert_eq!(
-            db.count(&env, "p", Filter::parse(&json!({"n": 700})).unwrap())
-                .await
-                .unwrap(),
+            db.count(
+                &env,
+                "p",
+                Filter::parse(&json!({"n": 700})).unwrap(),
+                &Limits::default()
+            )
+            .await
+            .unwrap(),
             4
         );
         db.remove(
@@ -1096,7 +1240,8 @@ mod tests {
             db.count(
                 &env,
                 "p",
-                Filter::parse(&json!({"n": {"$gte": 700}})).unwrap()
+                Filter::parse(&json!({"n": {"$gte": 700}})).unwrap(),
+                &Limits::default()
             )
             .await
             .unwrap(),
@@ -1150,7 +1295,9 @@ mod tests {
             .unwrap_err();
         assert_eq!(dup.code, ErrorCode::DuplicateKey);
         assert_eq!(
-            db.count(&env, "users", Filter::all()).await.unwrap(),
+            db.count(&env, "users", Filter::all(), &Limits::default())
+                .await
+                .unwrap(),
             1,
             "the whole batch was refused"
         );
@@ -1158,6 +1305,57 @@ mod tests {
         db.insert(&env, "users", vec![json!({"email": "a@x"})], None, None)
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_sort_over_its_memory_bound_asks_for_an_index_and_explain_says_how_a_query_ran() {
+        let (_dir, db, env) = setup();
+        db.create_collection(&env, "p").await.unwrap();
+        let docs: Vec<Value> = (0..300)
+            .map(|i| json!({ "n": i, "pad": "x".repeat(200) }))
+            .collect();
+        db.insert(&env, "p", docs, None, None).await.unwrap();
+        let tight = Limits {
+            sort_memory: 16 << 10,
+            ..Limits::default()
+        };
+        let by_n = |skip| Find {
+            order: SortKeys::parse(&json!({"n": -1})).unwrap(),
+            skip,
+            limit: Some(10),
+            ..all(json!({}))
+        };
+        // The top 10 fit; skipping 200 first does not, without an index.
+        assert_eq!(
+            db.find(&env, "p", by_n(0), &tight).await.unwrap()[0]["n"],
+            299
+        );
+        let err = db.find(&env, "p", by_n(200), &tight).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::DatabaseQueryLimit, "{err}");
+        assert!(err.message.contains("create an index"), "{err}");
+        let spec = IndexSpec {
+            name: "n".into(),
+            fields: vec![crate::index::IndexField {
+                field: "n".into(),
+                direction: 1,
+            }],
+            unique: false,
+            multikey: false,
+        };
+        db.create_index(&env, "p", spec).await.unwrap();
+        let found = db.find(&env, "p", by_n(200), &tight).await.unwrap();
+        assert_eq!(found[0]["n"], 99, "read backward through the index");
+        let report = db.explain(&env, "p", by_n(200), &tight).await.unwrap();
+        assert_eq!(report.plan["index"], "n");
+        assert_eq!(report.plan["direction"], "backward");
+        assert_eq!(report.stats.returned, 10);
+        assert_eq!(
+            report.stats.docs_examined, 10,
+            "the skip is counted in the index, not fetched"
+        );
+        assert_eq!(report.stats.keys_examined, 211);
+        assert_eq!(report.filter, json!({}));
+        assert!(db.slow_queries(&env).is_empty(), "nothing took 100 ms");
     }
 
     #[tokio::test]

@@ -49,18 +49,22 @@ pub(crate) struct Meter {
     pub over_budget: bool,
     started: Instant,
     time_limit: Option<Duration>,
+    /// What a sort may hold (see [`TopK`]).
+    sort_memory: usize,
 }
 
 impl Meter {
     /// `budget`: index entries plus documents it may examine (`usize::MAX`: no bound);
-    /// `time_limit`: reads have one, writes finish what they started.
-    pub fn new(budget: usize, time_limit: Option<Duration>) -> Self {
+    /// `time_limit`: reads have one, writes finish what they started; `sort_memory`:
+    /// what a sort without an index may hold.
+    pub fn new(budget: usize, time_limit: Option<Duration>, sort_memory: usize) -> Self {
         Self {
             stats: Stats::default(),
             budget: budget as u64,
             over_budget: false,
             started: Instant::now(),
             time_limit,
+            sort_memory,
         }
     }
 
@@ -264,9 +268,10 @@ impl<'q> Sorter<'q> {
 }
 
 /// The best `want` documents seen, by the sorter and then `_id`: never a sort of all
-/// matches, and an error rather than more than [`SORT_MEMORY_LIMIT`] held.
+/// matches, and an error rather than more than its memory bound held.
 struct TopK<'s, 'q> {
     want: usize,
+    memory: usize,
     sorter: &'s Sorter<'q>,
     items: Vec<Ranked>,
     bytes: usize,
@@ -277,9 +282,10 @@ struct TopK<'s, 'q> {
 type Ranked = (Value, String, Option<String>, usize);
 
 impl<'s, 'q> TopK<'s, 'q> {
-    fn new(want: usize, sorter: &'s Sorter<'q>) -> Self {
+    fn new(want: usize, sorter: &'s Sorter<'q>, memory: usize) -> Self {
         Self {
             want,
+            memory,
             sorter,
             items: Vec::new(),
             bytes: 0,
@@ -309,17 +315,16 @@ impl<'s, 'q> TopK<'s, 'q> {
     fn add(&mut self, ranked: Ranked) -> Result<(), YunError> {
         self.bytes += ranked.3;
         self.items.push(ranked);
-        if self.items.len() >= self.want.saturating_mul(2).max(64) || self.bytes > SORT_MEMORY_LIMIT
-        {
+        if self.items.len() >= self.want.saturating_mul(2).max(64) || self.bytes > self.memory {
             self.compact();
-            if self.bytes > SORT_MEMORY_LIMIT {
+            if self.bytes > self.memory {
                 return Err(YunError::new(
                     ErrorCode::DatabaseQueryLimit,
                     format!(
-                        "the sort by {} needs more than {} MiB of memory: create an index on those fields \
+                        "the sort by {} needs more than {} KiB of memory: create an index on those fields \
                          (in that order and direction, after the fields the query matches by equality), or lower skip + limit",
                         self.sorter.describe(),
-                        SORT_MEMORY_LIMIT >> 20
+                        self.memory >> 10
                     ),
                 ));
             }
@@ -537,7 +542,7 @@ pub(crate) fn select(
         (_, Some(sorter)) => {
             // Documents are ranked by the fields they sort by, and decoded only if they
             // end in the top.
-            let mut top = TopK::new(want, sorter);
+            let mut top = TopK::new(want, sorter, meter.sort_memory);
             source.each(meter, plan, &mut |id, text| {
                 if let Some(partial) = matcher.partial(text)? {
                     top.push_partial(partial, id, text)?;
@@ -708,7 +713,8 @@ fn ordered(
     let sorter = Sorter::Keys(keys);
     let fetch_free = scan.covered && !scan.several_keys;
     let mut group_prefix: Option<(Vec<u8>, bool)> = None;
-    let mut group = TopK::new(window.want, &sorter);
+    let memory = meter.sort_memory;
+    let mut group = TopK::new(window.want, &sorter, memory);
     let mut group_ids: Vec<String> = Vec::new();
     let mut seen: HashSet<String> = HashSet::new();
     source.walk(meter, scan, range, &mut |source, meter, key, id| {
@@ -718,12 +724,12 @@ fn ordered(
         let prefix = order_prefix(key, &descending, 0, components);
         if group_prefix.as_ref() != Some(&prefix) {
             window.place_ids(source, meter, &mut group_ids)?;
-            let done = std::mem::replace(&mut group, TopK::new(0, &sorter));
+            let done = std::mem::replace(&mut group, TopK::new(0, &sorter, memory));
             done.finish()?.into_iter().for_each(|d| window.place(d));
             if window.full() {
                 return Ok(false);
             }
-            group = TopK::new(window.want - window.position, &sorter);
+            group = TopK::new(window.want - window.position, &sorter, memory);
             group_prefix = Some(prefix);
         }
         if fetch_free && group_prefix.as_ref().is_some_and(|(_, exact)| *exact) {
@@ -815,7 +821,7 @@ pub(crate) fn matching_ids(
     matcher: &Matcher,
     first_only: bool,
 ) -> Result<Vec<String>, YunError> {
-    let mut meter = Meter::new(usize::MAX, None);
+    let mut meter = Meter::new(usize::MAX, None, SORT_MEMORY_LIMIT);
     let mut ids = Vec::new();
     source.each(&mut meter, plan, &mut |id, text| {
         if matcher.accepts(text)? {

@@ -233,6 +233,19 @@ impl Filter {
         }
     }
 
+    /// The filter with its values stripped (`{n: {$gt: "?"}}`): what the slow-query log
+    /// keeps, so it groups queries by shape and holds no user data.
+    pub fn shape(&self) -> Value {
+        let list = |fs: &[Filter]| Value::Array(fs.iter().map(Filter::shape).collect());
+        match self {
+            Filter::And(fs) if fs.is_empty() => Value::Object(Map::new()),
+            Filter::And(fs) => serde_json::json!({ "$and": list(fs) }),
+            Filter::Or(fs) => serde_json::json!({ "$or": list(fs) }),
+            Filter::Nor(fs) => serde_json::json!({ "$nor": list(fs) }),
+            Filter::Field { path, cond } => serde_json::json!({ path.join("."): cond.shape() }),
+        }
+    }
+
     pub fn matches(&self, doc: &Value) -> bool {
         match self {
             Filter::And(fs) => fs.iter().all(|f| f.matches(doc)),
@@ -292,6 +305,46 @@ pub fn lookup<'a>(v: &'a Value, path: &[String], out: &mut Vec<Option<&'a Value>
 }
 
 impl Cond {
+    /// See [`Filter::shape`].
+    fn shape(&self) -> Value {
+        use serde_json::json;
+        let hidden = || Value::String("?".into());
+        let list = |n: usize| Value::String(format!("[{n} values]"));
+        match self {
+            Cond::Eq(_) => hidden(),
+            Cond::Ne(_) => json!({ "$ne": hidden() }),
+            Cond::Gt(_) => json!({ "$gt": hidden() }),
+            Cond::Gte(_) => json!({ "$gte": hidden() }),
+            Cond::Lt(_) => json!({ "$lt": hidden() }),
+            Cond::Lte(_) => json!({ "$lte": hidden() }),
+            Cond::In(l) => json!({ "$in": list(l.len()) }),
+            Cond::Nin(l) => json!({ "$nin": list(l.len()) }),
+            Cond::Exists(b) => json!({ "$exists": b }),
+            Cond::Size(_) => json!({ "$size": hidden() }),
+            Cond::All(l) => json!({ "$all": list(l.len()) }),
+            Cond::ElemMatch(ElemMatch::Document(f)) => json!({ "$elemMatch": f.shape() }),
+            Cond::ElemMatch(ElemMatch::Value(c)) => json!({ "$elemMatch": c.shape() }),
+            Cond::Mod { .. } => json!({ "$mod": hidden() }),
+            Cond::Regex(_) => json!({ "$regex": hidden() }),
+            Cond::Not(c) => json!({ "$not": c.shape() }),
+            Cond::Near(_) => json!({ "$nearSphere": hidden() }),
+            Cond::Within(_) => json!({ "$geoWithin": hidden() }),
+            Cond::Intersects(_) => json!({ "$geoIntersects": hidden() }),
+            Cond::Every(cs) => {
+                let mut m = Map::new();
+                for c in cs {
+                    match c.shape() {
+                        Value::Object(o) => m.extend(o),
+                        other => {
+                            m.insert("$eq".into(), other);
+                        }
+                    }
+                }
+                Value::Object(m)
+            }
+        }
+    }
+
     fn parse(value: &Value, depth: usize) -> Result<Self, YunError> {
         if let Some(spec) = as_regex(value) {
             return Ok(Cond::Regex(Box::new(regex(spec)?)));

@@ -39,6 +39,16 @@ impl SortKeys {
         self.0.is_empty()
     }
 
+    /// The order as a query names it: `{field: 1 | -1, …}`.
+    pub fn to_value(&self) -> Value {
+        Value::Object(
+            self.0
+                .iter()
+                .map(|(p, desc)| (p.join("."), Value::from(if *desc { -1 } else { 1 })))
+                .collect(),
+        )
+    }
+
     /// The sort fields in priority order, each with whether it is descending.
     pub fn keys(&self) -> &[(Vec<String>, bool)] {
         &self.0

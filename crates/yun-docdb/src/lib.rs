@@ -5,7 +5,7 @@
 
 pub mod aggregate;
 pub mod db;
-pub(crate) mod exec;
+pub mod exec;
 pub mod expr;
 pub mod filter;
 pub mod find;
@@ -13,6 +13,7 @@ pub mod geo;
 pub mod index;
 pub mod order;
 pub mod plan;
+pub mod slow;
 pub mod sqlite;
 pub mod store;
 pub mod txn;

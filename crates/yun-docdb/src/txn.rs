@@ -385,6 +385,11 @@ mod tests {
             Vec::<Value>::new()
         );
         db.commit_transaction(&a, &t).await.unwrap();
-        assert_eq!(db.count(&a, "c", Filter::all()).await.unwrap(), 1);
+        assert_eq!(
+            db.count(&a, "c", Filter::all(), &Limits::default())
+                .await
+                .unwrap(),
+            1
+        );
     }
 }

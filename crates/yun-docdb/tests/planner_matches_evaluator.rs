@@ -229,7 +229,7 @@ fn plans_and_the_evaluator_agree() {
                 projection: Projection::All,
             };
             let found = db.find(&env, &collection, q, &Limits::default()).await;
-            let counted = db.count(&env, &collection, filter.clone()).await;
+            let counted = db.count(&env, &collection, filter.clone(), &Limits::default()).await;
             (found, counted)
         });
         let mut expected: Vec<Value> = docs.iter().filter(|d| filter.matches(d)).cloned().collect();

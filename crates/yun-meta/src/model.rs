@@ -19,6 +19,10 @@ pub struct EnvSettings {
     /// The largest limit a query may ask for (CloudBase: 1000); more is an error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub db_max_limit: Option<u32>,
+    /// Finds and counts that run at least this long (ms; default 100) go to the env's
+    /// slow-query log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_slow_query_ms: Option<u32>,
     /// What the env's functions may reach (default: the internet, where the host can
     /// give it; see [`NetworkPolicy`]). Applies to instances started after a change.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -277,6 +277,38 @@ test('yun db: collections, indexes, a unique violation through the SDK, quick qu
   await assert.rejects(db.collection('people').count(), { code: 'DATABASE_COLLECTION_NOT_EXIST' });
 });
 
+test('yun db explain shows the index a feed query walks in order; slow queries are logged without their values', async () => {
+  await db.createCollection('feed');
+  await db.collection('feed').add(Array.from({ length: 60 }, (_, i) => ({ _id: `f${String(i).padStart(2, '0')}`, album: `a${i % 3}`, n: i, secret: `s${i}` })));
+  await yun.cliJson(['db', 'index', 'create', 'feed', 'album_n', '--field', 'album', '--field', 'n:desc']);
+  const feed = await db.collection('feed').where({ album: 'a1' }).orderBy('n', 'desc').limit(5).get();
+  assert.deepEqual(feed.data.map((d) => d.n), [58, 55, 52, 49, 46]);
+  const plan = await yun.cliJson(['db', 'explain', 'feed', '--where', '{"album":"a1"}', '--order', '{"n":-1}', '--limit', '5']);
+  assert.equal(plan.plan.stage, 'INDEX_SCAN');
+  assert.equal(plan.plan.index, 'album_n');
+  assert.equal(plan.plan.servesOrder, true);
+  assert.equal(plan.returned, 5);
+  assert.ok(plan.keysExamined <= 6 && plan.docsExamined <= 6, `it stops at the limit: ${JSON.stringify(plan)}`);
+  const scan = await yun.cliJson(['db', 'explain', 'feed', '--where', '{"secret":"s7"}']);
+  assert.equal(scan.plan.stage, 'COLLECTION_SCAN');
+  assert.equal(scan.docsExamined, 60);
+  const table = await yun.cli(['db', 'explain', 'feed', '--where', '{"album":"a1"}', '--order', '{"n":-1}']);
+  assert.match(table.stdout, /index album_n \(1 range, forward, in order\)/);
+  // Every query is slow at a threshold of 0 ms; the log keeps shapes, never values.
+  await yun.cliJson(['env', 'configure', '--db-slow-query-ms', '0']);
+  await db.collection('feed').where({ secret: 's42' }).count();
+  const slow = await yun.cliJson(['db', 'slow-queries']);
+  const logged = slow.queries.find((q) => q.collection === 'feed' && q.operation === 'count');
+  assert.ok(logged, JSON.stringify(slow));
+  assert.deepEqual(logged.filter, { secret: '?' });
+  assert.ok(!JSON.stringify(slow).includes('s42'), 'no value is kept');
+  await yun.cliJson(['env', 'configure', '--db-slow-query-ms', '100000']);
+  const before = (await yun.cliJson(['db', 'slow-queries'])).queries.length;
+  await db.collection('feed').where({ secret: 's43' }).count();
+  assert.equal((await yun.cliJson(['db', 'slow-queries'])).queries.length, before, 'fast queries are not logged');
+  assert.match((await yun.cli(['db', 'slow-queries'])).stdout, /count feed/);
+});
+
 test('yun db export and import: JSON Lines and CSV round trips, upsert, all or nothing', async () => {
   const fs = require('node:fs');
   const os = require('node:os');
@@ -327,7 +359,7 @@ test('limits are per env: an honest error above the max, and a default for calls
   await db.collection('many').add(Array.from({ length: 60 }, (_, i) => ({ i })));
   assert.equal((await db.collection('many').limit(60).get()).data.length, 60);
   const set = await yun.cliJson(['env', 'configure', '--db-max-limit', '50', '--db-default-limit', '5']);
-  assert.deepEqual(set.settings, { db_default_limit: 5, db_max_limit: 50 });
+  assert.deepEqual([set.settings.db_default_limit, set.settings.db_max_limit], [5, 50]);
   await assert.rejects(db.collection('many').limit(60).get(), (e) => e.code === 'INVALID_PARAM' && /maximum of 50/.test(e.message));
   assert.equal((await db.collection('many').limit(50).get()).data.length, 50);
   // The SDK always names a limit (100 by default); other callers get the env's default.
