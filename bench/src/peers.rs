@@ -43,10 +43,25 @@ exports.main = async (event) => {
 };
 ";
 
+/// The feed query of issue 16 over this many documents `{n, album, s}`.
+const FEED_ITEMS: u64 = 10_000;
+
+const FEED_FN: &str = "const cloud = require('wx-server-sdk');
+cloud.init({ env: cloud.DYNAMIC_CURRENT_ENV });
+const db = cloud.database();
+const _ = db.command;
+exports.main = async (event) => {
+  const { cls } = JSON.parse(event.body);
+  const r = await db.collection(cls).where({ n: _.gt(500) }).orderBy('n', 'desc').limit(20).get();
+  return { count: r.data.length, first: r.data.length ? r.data[0].n : null };
+};
+";
+
 #[derive(Clone, Copy, PartialEq)]
 enum Row {
     Hello,
     Like,
+    Feed,
 }
 
 /// Whose CPU is sampled around a target's measured runs.
@@ -97,11 +112,26 @@ pub async fn run() {
         json!({ "http_path": "/like", "max_instances": 10 }),
     )
     .await;
+    yun.deploy(
+        &http,
+        "feed",
+        &[("index.js", FEED_FN)],
+        json!({ "http_path": "/feed", "max_instances": 10 }),
+    )
+    .await;
     let yun_seeded = seed_yun(&yun, &http).await;
+    let feed_seeded = seed_yun_feed(&yun, &http).await;
     let yun_pid = yun.child.id().unwrap_or(0);
 
     let parse = match Parse::start(&http).await {
-        Ok(p) => Some(p),
+        Ok(p) => match p.seed_feed(&http).await {
+            Ok(()) => Some(p),
+            Err(why) => {
+                println!("**Parse Server rows skipped**: seeding the feed: {why}\n");
+                p.stop().await;
+                None
+            }
+        },
         Err(why) => {
             println!("**Parse Server rows skipped**: {why}\n");
             None
@@ -164,6 +194,39 @@ pub async fn run() {
             Cpu::Yun(yun_pid),
         ));
     }
+    let feed_lua = |headers: &str, cls: &str| {
+        format!(
+            "wrk.method = \"POST\"\nwrk.body = '{{\"cls\":\"{cls}\"}}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n{headers}"
+        )
+    };
+    if feed_seeded {
+        for (name, cls) in [
+            ("Yun function, no index", "items"),
+            ("Yun function, index (n)", "items_ix"),
+        ] {
+            specs.push((
+                Row::Feed,
+                name,
+                format!("{}/{}/feed", yun.url, yun.env),
+                feed_lua("", cls),
+                Cpu::Yun(yun_pid),
+            ));
+        }
+    }
+    if let Some(p) = &parse {
+        for (name, cls) in [
+            ("Parse Cloud Code, no index", "Item"),
+            ("Parse Cloud Code, index (n)", "ItemIx"),
+        ] {
+            specs.push((
+                Row::Feed,
+                name,
+                format!("{}/functions/feed", p.url),
+                feed_lua(&parse_headers, cls),
+                Cpu::Parse(p.pid),
+            ));
+        }
+    }
     if let Some(p) = &parse {
         specs.push((
             Row::Like,
@@ -183,6 +246,7 @@ pub async fn run() {
             (Row::Hello, _) => json!({"name": "yun", "n": 41}),
             (Row::Like, Some(p)) if is_parse => json!({ "id": p.photo_ids[0] }),
             (Row::Like, _) => json!({ "id": yun_ids[0] }),
+            (Row::Feed, _) => json!({ "cls": feed_class(name) }),
         };
         let mut req = http.post(&url).json(&body);
         if is_parse {
@@ -204,10 +268,12 @@ pub async fn run() {
         let ok = match row {
             Row::Hello => v["n"] == 42 && v["msg"] == "hello yun",
             Row::Like => v["likes"].as_u64().is_some_and(|n| n >= 1),
+            Row::Feed => v["count"] == 20 && v["first"] == FEED_ITEMS - 1,
         };
         let row_name = match row {
             Row::Hello => "hello",
             Row::Like => "like",
+            Row::Feed => "feed",
         };
         println!(
             "| {name} | {row_name} | {} {} |",
@@ -264,6 +330,10 @@ pub async fn run() {
             Row::Like,
             "like: a random one of 100 photos, `likes + 1` then read back",
         ),
+        (
+            Row::Feed,
+            "feed: `where({n: _.gt(500)}).orderBy('n', 'desc').limit(20)` over 10,000 documents",
+        ),
     ] {
         println!("\n## {title}\n");
         println!("| target | req/s per round | p50 per round | p99 per round | errors |\n|---|---|---|---|---|");
@@ -309,6 +379,18 @@ pub async fn run() {
                 "Yun function, wx-server-sdk",
                 "Parse Server Cloud Code",
             )],
+            Row::Feed => &[
+                (
+                    "Yun / Parse Server, no index",
+                    "Yun function, no index",
+                    "Parse Cloud Code, no index",
+                ),
+                (
+                    "Yun / Parse Server, index (n)",
+                    "Yun function, index (n)",
+                    "Parse Cloud Code, index (n)",
+                ),
+            ],
         };
         println!("\n| req/s ratio | per round | median |\n|---|---|---|");
         for (label, num, den) in ratios {
@@ -791,6 +873,36 @@ impl Parse {
         })
     }
 
+    /// The feed's documents: `Item` without an index, `ItemIx` with one on `n` (Parse's
+    /// schema API creates it in PostgreSQL).
+    async fn seed_feed(&self, http: &reqwest::Client) -> Result<(), String> {
+        for cls in ["Item", "ItemIx"] {
+            let r = http
+                .post(format!("{}/functions/seedItems", self.url))
+                .header("X-Parse-Application-Id", APP_ID)
+                .header("X-Parse-Master-Key", MASTER_KEY)
+                .json(&json!({ "cls": cls, "count": FEED_ITEMS }))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            if !r.status().is_success() {
+                return Err(r.text().await.unwrap_or_default());
+            }
+        }
+        let r = http
+            .put(format!("{}/schemas/ItemIx", self.url))
+            .header("X-Parse-Application-Id", APP_ID)
+            .header("X-Parse-Master-Key", MASTER_KEY)
+            .json(&json!({ "className": "ItemIx", "indexes": { "n_1": { "n": 1 } } }))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !r.status().is_success() {
+            return Err(format!("the index: {}", r.text().await.unwrap_or_default()));
+        }
+        Ok(())
+    }
+
     async fn stop(mut self) {
         stop(&mut self.child, "TERM").await;
         let _ = pg_sql(&[&format!("DROP DATABASE IF EXISTS {PARSE_DB} WITH (FORCE)")]).await;
@@ -913,6 +1025,46 @@ async fn install_peers() -> Result<PathBuf, String> {
 // ---- Yun ----
 
 /// `photos`: `{_id: "p0".."p99", likes: 0}` through the management API.
+/// The collection a feed target reads.
+fn feed_class(target: &str) -> &'static str {
+    match (target.starts_with("Yun"), target.ends_with("(n)")) {
+        (true, false) => "items",
+        (true, true) => "items_ix",
+        (false, false) => "Item",
+        (false, true) => "ItemIx",
+    }
+}
+
+/// The feed's documents: `items` without an index, `items_ix` with one on `n`.
+async fn seed_yun_feed(yun: &crate::Yun, http: &reqwest::Client) -> bool {
+    fn item(n: u64) -> Value {
+        json!({ "n": n, "album": format!("a{}", n % 100), "s": format!("item {n}") })
+    }
+    for collection in ["items", "items_ix"] {
+        if crate::db::admin(
+            http,
+            yun,
+            json!({ "action": "database.addCollection", "collectionName": collection }),
+        )
+        .await
+        .is_none()
+        {
+            println!("**Yun feed rows skipped**: cannot create {collection}");
+            return false;
+        }
+        crate::db::load(yun, http, collection, FEED_ITEMS, item).await;
+    }
+    crate::db::create_index(
+        yun,
+        http,
+        "items_ix",
+        "by_n",
+        json!([{ "field": "n", "direction": 1 }]),
+    )
+    .await;
+    true
+}
+
 async fn seed_yun(yun: &crate::Yun, http: &reqwest::Client) -> bool {
     let base = format!("{}/api/v1/envs/{}/collections", yun.url, yun.env);
     let docs: Vec<Value> = (0..PHOTOS)

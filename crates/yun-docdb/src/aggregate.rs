@@ -362,6 +362,11 @@ fn accumulate(
 }
 
 /// Groups `docs` by `key`, keeping first-seen order.
+/// Groups one `$group` (or `$bucket`, `$sortByCount`) may make: each costs a key, its
+/// members and its accumulators, so a key per document over a big collection took
+/// seconds of CPU and memory in proportion; past this it is a clear error instead.
+pub const MAX_GROUPS: usize = 100_000;
+
 fn group_by(
     docs: Vec<Value>,
     key: impl Fn(&Value) -> Result<Value, YunError>,
@@ -373,6 +378,15 @@ fn group_by(
         let text = k.to_string();
         match index.get(&text) {
             Some(&i) => groups[i].1.push(doc),
+            None if groups.len() == MAX_GROUPS => {
+                return Err(YunError::new(
+                    ErrorCode::DatabaseQueryLimit,
+                    format!(
+                        "the pipeline makes more than {MAX_GROUPS} groups: group by fewer distinct values, \
+                         or $match fewer documents first"
+                    ),
+                ))
+            }
             None => {
                 index.insert(text, groups.len());
                 groups.push((k, vec![doc]));
@@ -790,6 +804,21 @@ mod tests {
         )
         .unwrap();
         assert_eq!(roots, vec![json!({"who": "u1"})]);
+    }
+
+    #[test]
+    fn a_group_per_document_past_the_bound_is_an_error_not_a_stall() {
+        let docs: Vec<Value> = (0..=MAX_GROUPS).map(|i| json!({ "k": i })).collect();
+        let stages = pipeline(json!([{"$group": {"_id": "$k", "n": {"$sum": 1}}}]));
+        let mut none = |_: &str| Ok(Vec::new());
+        let err = run(&stages, docs.clone(), &mut none).unwrap_err();
+        assert_eq!(err.code, ErrorCode::DatabaseQueryLimit, "{err}");
+        assert_eq!(
+            run(&stages, docs[..MAX_GROUPS].to_vec(), &mut none)
+                .unwrap()
+                .len(),
+            MAX_GROUPS
+        );
     }
 
     #[test]

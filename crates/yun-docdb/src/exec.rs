@@ -275,6 +275,9 @@ struct TopK<'s, 'q> {
     sorter: &'s Sorter<'q>,
     items: Vec<Ranked>,
     bytes: usize,
+    /// Once `want` are kept: the worst of them. A candidate that does not beat it is
+    /// dropped at once, without copying its text.
+    bar: Option<(Value, String)>,
 }
 
 /// What sorts (the document, or the fields it sorts by), its `_id`, its stored text when
@@ -284,6 +287,7 @@ type Ranked = (Value, String, Option<String>, usize);
 impl<'s, 'q> TopK<'s, 'q> {
     fn new(want: usize, sorter: &'s Sorter<'q>, memory: usize) -> Self {
         Self {
+            bar: None,
             want,
             memory,
             sorter,
@@ -303,6 +307,16 @@ impl<'s, 'q> TopK<'s, 'q> {
 
     /// The fields a document sorts by, with its stored text for decoding if it wins.
     fn push_partial(&mut self, partial: Value, id: &str, text: &str) -> Result<(), YunError> {
+        if let Some((value, bar_id)) = &self.bar {
+            let beats = self
+                .sorter
+                .compare(&partial, value)
+                .then_with(|| id.cmp(bar_id.as_str()))
+                .is_lt();
+            if !beats {
+                return Ok(());
+            }
+        }
         // The text twice over covers the fields decoded from it.
         self.add((
             partial,
@@ -339,6 +353,11 @@ impl<'s, 'q> TopK<'s, 'q> {
                 .select_nth_unstable_by(self.want, |a, b| Self::cmp(sorter, a, b));
             self.items.truncate(self.want);
             self.bytes = self.items.iter().map(|r| r.3).sum();
+            self.bar = self
+                .items
+                .iter()
+                .max_by(|a, b| Self::cmp(sorter, a, b))
+                .map(|r| (r.0.clone(), r.1.clone()));
         }
     }
 
