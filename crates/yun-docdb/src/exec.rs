@@ -136,23 +136,19 @@ impl<'f> Matcher<'f> {
 
     /// The fields read (filter and order) of the stored document, when it matches.
     fn partial(&self, text: &str) -> Result<Option<Value>, YunError> {
-        let partial = Value::Object(
+        let partial = Value::Object(if self.fields.is_empty() {
+            Map::new()
+        } else {
             Partial(&self.fields)
                 .deserialize(&mut serde_json::Deserializer::from_str(text))
-                .map_err(stored)?,
-        );
+                .map_err(stored)?
+        });
         Ok(self.filter.matches(&partial).then_some(partial))
     }
 
     /// Whether the stored document matches.
     pub fn accepts(&self, text: &str) -> Result<bool, YunError> {
-        if self.fields.is_empty() {
-            return Ok(self.filter.matches(&Value::Object(Map::new())));
-        }
-        let partial = Partial(&self.fields)
-            .deserialize(&mut serde_json::Deserializer::from_str(text))
-            .map_err(stored)?;
-        Ok(self.filter.matches(&Value::Object(partial)))
+        Ok(self.partial(text)?.is_some())
     }
 
     /// The stored document, decoded, when it matches.
@@ -385,9 +381,9 @@ type EntryVisit<'v, 't> =
 pub(crate) struct Source<'t> {
     pub txn: &'t mut dyn DocTxn,
     pub collection: &'t str,
-    /// The collection's size, when known, decides whether a wide index range is read
-    /// or the collection scanned instead.
-    pub sizes: Option<(&'t Sizes, &'t str)>,
+    /// Collection sizes and the env: whether a wide index range is read or the
+    /// collection scanned instead.
+    pub sizes: (&'t Sizes, &'t str),
 }
 
 /// How long a collection's counted size is trusted for planning.
@@ -425,7 +421,7 @@ impl<'t> Source<'t> {
         Self {
             txn,
             collection,
-            sizes: Some(sizes),
+            sizes,
         }
     }
 
@@ -506,8 +502,9 @@ impl<'t> Source<'t> {
         plan: &Plan,
         visit: &mut dyn FnMut(&str, &str) -> Result<bool, YunError>,
     ) -> Result<(), YunError> {
-        let cap = match (plan, self.sizes) {
-            (Plan::Index(_) | Plan::Union(_), Some((sizes, env))) => {
+        let cap = match plan {
+            Plan::Index(_) | Plan::Union(_) => {
+                let (sizes, env) = self.sizes;
                 let n = sizes.get(self.txn, env, self.collection)?;
                 (n as usize / 8).max(MIN_RANGE_BEFORE_SCAN)
             }
@@ -803,11 +800,10 @@ pub(crate) fn count(
     meter: &mut Meter,
     plan: &Plan,
     matcher: &Matcher,
-    budget: usize,
 ) -> Result<u64, YunError> {
     if let Plan::Index(scan) = plan {
         if scan.covered {
-            if budget != usize::MAX {
+            if meter.budget != u64::MAX {
                 // Unknown length: count where it blocks nothing.
                 meter.over_budget = true;
                 return Ok(0);
