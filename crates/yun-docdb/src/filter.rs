@@ -319,11 +319,14 @@ impl Filter {
             Filter::And(fs) => fs.iter().all(|f| f.matches(doc)),
             Filter::Or(fs) => fs.iter().any(|f| f.matches(doc)),
             Filter::Nor(fs) => !fs.iter().any(|f| f.matches(doc)),
-            Filter::Field { path, cond } => {
-                let mut found = Vec::new();
-                lookup(doc, path, &mut found);
-                cond.holds(&found)
-            }
+            Filter::Field { path, cond } => match lookup_plain(doc, path) {
+                Some(reached) => cond.holds(&[reached]),
+                None => {
+                    let mut found = Vec::new();
+                    lookup(doc, path, &mut found);
+                    cond.holds(&found)
+                }
+            },
         }
     }
 }
@@ -341,6 +344,23 @@ pub fn upsert_seed(query: &Value) -> Value {
         }
     }
     Value::Object(seed)
+}
+
+/// What [`lookup`] finds when no array stands on the way to the path's last field: at
+/// most one value, found without allocating (this runs per document on scans). `None`
+/// when an array is on the way: only [`lookup`] knows how to descend it.
+pub(crate) fn lookup_plain<'a>(mut v: &'a Value, path: &[String]) -> Option<Option<&'a Value>> {
+    for field in path {
+        match v {
+            Value::Object(m) => match m.get(field) {
+                Some(child) => v = child,
+                None => return Some(None),
+            },
+            Value::Array(_) => return None,
+            _ => return Some(None),
+        }
+    }
+    Some(Some(v))
 }
 
 /// Every value `path` reaches in `v`; `None` where it reaches nothing.

@@ -5,7 +5,7 @@ use std::cmp::Ordering;
 use serde_json::{Map, Value};
 use yun_types::{ErrorCode, YunError};
 
-use crate::filter::{lookup, parse_path};
+use crate::filter::{lookup, lookup_plain, parse_path};
 use crate::order::compare;
 use crate::value::as_i64;
 
@@ -78,6 +78,11 @@ impl SortKeys {
 /// The value a document sorts by: arrays sort by their smallest element ascending and
 /// their largest descending.
 fn sort_key<'a>(doc: &'a Value, path: &[String], descending: bool) -> Option<&'a Value> {
+    match lookup_plain(doc, path) {
+        Some(Some(v)) if !v.is_array() => return Some(v),
+        Some(None) => return None,
+        _ => {}
+    }
     let mut found = Vec::new();
     lookup(doc, path, &mut found);
     let mut flat: Vec<Option<&Value>> = Vec::new();
