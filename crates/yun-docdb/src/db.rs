@@ -14,7 +14,7 @@ use crate::find::{Projection, SortKeys};
 use crate::index::{self, IndexSpec};
 use crate::plan::{self, Plan};
 use crate::slow::{QueryReport, SlowLog};
-use crate::store::{run, Access, DocStore, DocTxn};
+use crate::store::{run, Access, ChangeOp, DocStore, DocTxn, NewChange};
 use crate::update;
 
 /// Per-call limits, CloudBase's by default.
@@ -409,19 +409,46 @@ impl<'t> IndexedWriter<'t> {
     }
 
     pub(crate) fn insert(&mut self, id: &str, doc: &Value) -> Result<(), YunError> {
-        self.txn.insert(&self.collection, id, doc)?;
-        self.put_keys(id, doc)
+        let text = doc.to_string();
+        self.txn.insert(&self.collection, id, &text)?;
+        self.put_keys(id, doc)?;
+        self.log(ChangeOp::Create, id, None, Some(&text))
     }
 
     pub(crate) fn replace(&mut self, id: &str, doc: &Value) -> Result<(), YunError> {
+        let before = self.txn.get_text(&self.collection, id)?;
+        let text = doc.to_string();
         self.drop_keys(id)?;
-        self.txn.replace(&self.collection, id, doc)?;
-        self.put_keys(id, doc)
+        self.txn.replace(&self.collection, id, &text)?;
+        self.put_keys(id, doc)?;
+        self.log(ChangeOp::Update, id, before.as_deref(), Some(&text))
     }
 
     pub(crate) fn delete(&mut self, id: &str) -> Result<bool, YunError> {
+        let Some(before) = self.txn.get_text(&self.collection, id)? else {
+            return Ok(false);
+        };
         self.drop_keys(id)?;
-        self.txn.delete(&self.collection, id)
+        self.txn.delete(&self.collection, id)?;
+        self.log(ChangeOp::Delete, id, Some(&before), None)?;
+        Ok(true)
+    }
+
+    /// Every document write goes through here, so none escapes the change log.
+    fn log(
+        &mut self,
+        op: ChangeOp,
+        doc_id: &str,
+        before: Option<&str>,
+        after: Option<&str>,
+    ) -> Result<(), YunError> {
+        self.txn.append_change(&NewChange {
+            collection: &self.collection,
+            doc_id,
+            op,
+            before,
+            after,
+        })
     }
 }
 
@@ -524,7 +551,17 @@ impl DocDb {
     pub async fn drop_collection(&self, env: &EnvId, name: &str) -> Result<(), YunError> {
         let owned = name.to_owned();
         if !run(&*self.store, env, Access::Write, move |txn| {
-            txn.drop_collection(&owned)
+            let dropped = txn.drop_collection(&owned)?;
+            if dropped {
+                txn.append_change(&NewChange {
+                    collection: &owned,
+                    doc_id: "",
+                    op: ChangeOp::Drop,
+                    before: None,
+                    after: None,
+                })?;
+            }
+            Ok(dropped)
         })
         .await?
         {

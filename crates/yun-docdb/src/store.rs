@@ -41,11 +41,15 @@ pub trait DocTxn {
         collection: &str,
         id: &str,
     ) -> Result<Option<(Value, u64)>, YunError>;
-    /// Inserts a new document; a duplicate `_id` is an `AlreadyExists` error.
-    fn insert(&mut self, collection: &str, id: &str, doc: &Value) -> Result<(), YunError>;
+    /// Inserts a new document (its stored JSON text); a duplicate `_id` is a
+    /// `DuplicateKey` error.
+    fn insert(&mut self, collection: &str, id: &str, text: &str) -> Result<(), YunError>;
     /// Replaces an existing document.
-    fn replace(&mut self, collection: &str, id: &str, doc: &Value) -> Result<(), YunError>;
+    fn replace(&mut self, collection: &str, id: &str, text: &str) -> Result<(), YunError>;
     fn delete(&mut self, collection: &str, id: &str) -> Result<bool, YunError>;
+    /// Appends to the env's change log, in this transaction: the entry exists exactly
+    /// when the write it records commits (an outbox).
+    fn append_change(&mut self, change: &NewChange<'_>) -> Result<(), YunError>;
 
     fn list_indexes(&mut self, collection: &str) -> Result<Vec<IndexSpec>, YunError>;
     /// Records an index definition; false when the name is taken. Entries come separately.
@@ -97,6 +101,80 @@ pub trait DocTxn {
     ) -> Result<bool, YunError>;
 }
 
+/// What a write did to a document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeOp {
+    Create,
+    Update,
+    Delete,
+    /// The whole collection went (one entry, no document).
+    Drop,
+}
+
+impl ChangeOp {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeOp::Create => "create",
+            ChangeOp::Update => "update",
+            ChangeOp::Delete => "delete",
+            ChangeOp::Drop => "drop",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "create" => ChangeOp::Create,
+            "update" => ChangeOp::Update,
+            "delete" => ChangeOp::Delete,
+            "drop" => ChangeOp::Drop,
+            _ => return None,
+        })
+    }
+}
+
+/// A change as a write records it: the documents as stored JSON text.
+pub struct NewChange<'a> {
+    pub collection: &'a str,
+    pub doc_id: &'a str,
+    pub op: ChangeOp,
+    pub before: Option<&'a str>,
+    pub after: Option<&'a str>,
+}
+
+/// An entry of the change log. `seq` grows with every commit across all envs and is
+/// never reused (retention keeps the newest entry).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangeEntry {
+    pub seq: u64,
+    pub env: String,
+    pub collection: String,
+    pub doc_id: String,
+    pub op: ChangeOp,
+    pub before: Option<String>,
+    pub after: Option<String>,
+    /// Commit time, Unix milliseconds.
+    pub at_ms: i64,
+}
+
+/// How long the change log keeps entries, per env.
+#[derive(Debug, Clone, Copy)]
+pub struct ChangeRetention {
+    pub max_age: std::time::Duration,
+    /// The documents' text, before and after, summed.
+    pub max_bytes: u64,
+}
+
+impl Default for ChangeRetention {
+    /// A week, or 256 MiB of documents per env, whichever is less.
+    fn default() -> Self {
+        Self {
+            max_age: std::time::Duration::from_secs(7 * 24 * 3600),
+            max_bytes: 256 << 20,
+        }
+    }
+}
+
 /// How a unit of work touches the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -124,6 +202,17 @@ pub trait DocStore: Send + Sync + 'static {
     async fn write(&self, env: &EnvId, point: bool, work: Work) -> Result<(), YunError>;
     /// Deletes every collection of the env.
     async fn drop_env(&self, env: &EnvId) -> Result<(), YunError>;
+
+    /// Change log entries of every env past `after`, in `seq` order, at most `limit`.
+    async fn changes_after(&self, after: u64, limit: usize) -> Result<Vec<ChangeEntry>, YunError>;
+    /// The newest entry's `seq` (0 when the log is empty).
+    async fn last_change(&self) -> Result<u64, YunError>;
+    /// Drops entries past `retention`, only ones below `below` (what every reader of
+    /// the log has passed), never the newest. Returns how many went.
+    async fn prune_changes(&self, retention: ChangeRetention, below: u64) -> Result<u64, YunError>;
+    /// A named reader's position in the change log (0 before its first save).
+    async fn change_cursor(&self, name: &str) -> Result<u64, YunError>;
+    async fn save_change_cursor(&self, name: &str, seq: u64) -> Result<(), YunError>;
 }
 
 /// Runs a closure with a result through [`DocStore::read`] or [`DocStore::write`].
