@@ -26,7 +26,7 @@ struct Yun {
     env: String,
     id: String,
     key: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 /// The `yun` under test: `YUN_BIN`, else the release build.
@@ -77,7 +77,7 @@ async fn spawn_yun_bare(bin: &Path, extra: &[&str]) -> Yun {
                     env: s("envId"),
                     id: s("secretId"),
                     key: s("secretKey"),
-                    _dir: dir,
+                    dir,
                 };
             }
         }
@@ -159,7 +159,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-fn ms(d: Duration) -> String {
+pub(crate) fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1000.0)
 }
 
@@ -406,6 +406,7 @@ async fn wait_http(url: &str) {
 
 mod auth;
 mod db;
+mod events;
 mod load;
 mod peers;
 mod queries;
@@ -433,6 +434,7 @@ async fn main() {
             let yun = spawn_yun(&yun_bin(), &[]).await;
             queries::run(&yun).await;
         }
+        Some("events") => events::run().await,
         Some("first-start") => first_start(&yun_bin(), &reqwest::Client::new()).await,
         Some("auth") => {
             let yun = spawn_yun(&yun_bin(), &[]).await;
@@ -464,7 +466,7 @@ async fn main() {
             );
         }
         Some(other) => {
-            eprintln!("usage: yun-bench [functions|first-start|sandbox|peers|queries|db|storage|auth|load URL [CONNECTIONS]] (got {other:?})")
+            eprintln!("usage: yun-bench [functions|first-start|sandbox|peers|queries|events|db|storage|auth|load URL [CONNECTIONS]] (got {other:?})")
         }
     }
 }

@@ -54,7 +54,9 @@ pub(crate) fn str_param<'a>(body: &'a Map<String, Value>, key: &str) -> Result<&
 }
 
 /// `functions.invokeFunction`: `request_data` is the event as JSON text; the result is
-/// the function's return value as JSON text.
+/// the function's return value as JSON text. Yun's extension, SCF's field: with
+/// `InvocationType: "Event"` the event is queued and the result is at once
+/// `{"RequestId": …, "InvocationType": "Event"}` (no official SDK sends it).
 pub(crate) async fn invoke_function(
     app: &AppState,
     identity: &Identity,
@@ -72,7 +74,18 @@ pub(crate) async fn invoke_function(
             ))
         }
     };
-    app.invoke(identity, &name, event, caller).await?.result
+    match body.get("InvocationType").and_then(Value::as_str) {
+        None | Some("RequestResponse") => app.invoke(identity, &name, event, caller).await?.result,
+        Some("Event") => {
+            let request_id = app
+                .invoke_async(identity, &name, event, &caller.source)
+                .await?;
+            Ok(json!({ "RequestId": request_id, "InvocationType": "Event" }).to_string())
+        }
+        Some(other) => Err(YunError::invalid_param(format!(
+            "InvocationType must be RequestResponse or Event, not {other:?}"
+        ))),
+    }
 }
 
 pub async fn admin(

@@ -19,7 +19,7 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use yun_app::{CallerContext, DeployRequest, Identity, LogFilter};
+use yun_app::{CallerContext, DeployRequest, Identity, LogFilter, NewTrigger};
 use yun_types::{new_sortable_id, EnvId, ErrorCode, FunctionName, YunError};
 
 use crate::AppState;
@@ -254,6 +254,8 @@ struct Deploy {
     max_instances: Option<u32>,
     env_vars: Option<BTreeMap<String, String>>,
     http_path: Option<String>,
+    async_retry: Option<yun_meta::AsyncRetry>,
+    triggers: Option<Vec<NewTrigger>>,
 }
 
 async fn deploy_function(
@@ -275,6 +277,8 @@ async fn deploy_function(
         max_instances: req.max_instances,
         env_vars: req.env_vars,
         http_path: req.http_path,
+        async_retry: req.async_retry,
+        triggers: req.triggers,
     };
     ok(json!({ "function": app.deploy(&who, &name, request).await? }))
 }
@@ -296,17 +300,30 @@ async fn delete_function(
     ok(json!({ "deleted": name }))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InvokeParams {
+    /// Queue the event and answer its request id at once (SCF's `InvocationType: Event`).
+    #[serde(default, rename = "async")]
+    queued: bool,
+}
+
 async fn invoke_function(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     InEnv(who): InEnv,
     Path((_, name)): Path<(String, String)>,
+    Query(params): Query<InvokeParams>,
     body: Body,
 ) -> ApiResult {
     let name = function_name(&name)?;
     let bytes = crate::body::read(body, JSON_BODY_LIMIT).await?;
     let event = String::from_utf8(bytes.to_vec())
         .map_err(|_| YunError::invalid_param("the event must be UTF-8 JSON"))?;
+    if params.queued {
+        let request_id = app.invoke_async(&who, &name, event, "async").await?;
+        return ok(json!({ "request_id": request_id, "queued": true }));
+    }
     let caller = CallerContext {
         request_id: new_sortable_id(),
         source: "management_api".into(),
@@ -329,6 +346,85 @@ async fn invoke_function(
             request_id: Some(invocation.request_id),
         }),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeadLetterParams {
+    request_id: Option<String>,
+}
+
+async fn list_dead_letters(
+    State(app): State<AppState>,
+    InEnv(who): InEnv,
+    Path((_, name)): Path<(String, String)>,
+    Query(params): Query<DeadLetterParams>,
+) -> ApiResult {
+    let name = function_name(&name)?;
+    let letters = app
+        .dead_letters(&who, &name, params.request_id.as_deref())
+        .await?;
+    ok(json!({ "dead_letters": letters }))
+}
+
+async fn replay_dead_letters(
+    State(app): State<AppState>,
+    InEnv(who): InEnv,
+    Path((_, name)): Path<(String, String)>,
+    Query(params): Query<DeadLetterParams>,
+) -> ApiResult {
+    let name = function_name(&name)?;
+    let replayed = app
+        .replay_dead_letters(&who, &name, params.request_id.as_deref())
+        .await?;
+    ok(json!({ "replayed": replayed }))
+}
+
+async fn purge_dead_letters(
+    State(app): State<AppState>,
+    InEnv(who): InEnv,
+    Path((_, name)): Path<(String, String)>,
+    Query(params): Query<DeadLetterParams>,
+) -> ApiResult {
+    let name = function_name(&name)?;
+    let purged = app
+        .purge_dead_letters(&who, &name, params.request_id.as_deref())
+        .await?;
+    ok(json!({ "purged": purged }))
+}
+
+async fn list_function_triggers(
+    State(app): State<AppState>,
+    InEnv(who): InEnv,
+    Path((_, name)): Path<(String, String)>,
+) -> ApiResult {
+    let name = function_name(&name)?;
+    ok(json!({ "triggers": app.list_triggers(&who, Some(&name)).await? }))
+}
+
+async fn list_env_triggers(State(app): State<AppState>, InEnv(who): InEnv) -> ApiResult {
+    ok(json!({ "triggers": app.list_triggers(&who, None).await? }))
+}
+
+async fn create_trigger(
+    State(app): State<AppState>,
+    InEnv(who): InEnv,
+    Path((_, name)): Path<(String, String)>,
+    body: Body,
+) -> ApiResult {
+    let name = function_name(&name)?;
+    let trigger: NewTrigger = json_body(body, JSON_BODY_LIMIT).await?;
+    ok(json!({ "trigger": app.create_trigger(&who, &name, trigger).await? }))
+}
+
+async fn delete_trigger(
+    State(app): State<AppState>,
+    InEnv(who): InEnv,
+    Path((_, name, trigger)): Path<(String, String, String)>,
+) -> ApiResult {
+    let name = function_name(&name)?;
+    app.delete_trigger(&who, &name, &trigger).await?;
+    ok(json!({ "deleted": trigger }))
 }
 
 async fn function_logs(
@@ -866,6 +962,41 @@ pub fn management_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)
             Method::GET,
             "/api/v1/envs/{env}/functions/{name}/logs",
             function_logs,
+        ),
+        route(
+            Method::GET,
+            "/api/v1/envs/{env}/functions/{name}/dead-letters",
+            list_dead_letters,
+        ),
+        route(
+            Method::GET,
+            "/api/v1/envs/{env}/functions/{name}/triggers",
+            list_function_triggers,
+        ),
+        route(
+            Method::POST,
+            "/api/v1/envs/{env}/functions/{name}/triggers",
+            create_trigger,
+        ),
+        route(
+            Method::DELETE,
+            "/api/v1/envs/{env}/functions/{name}/triggers/{trigger}",
+            delete_trigger,
+        ),
+        route(
+            Method::GET,
+            "/api/v1/envs/{env}/triggers",
+            list_env_triggers,
+        ),
+        route(
+            Method::DELETE,
+            "/api/v1/envs/{env}/functions/{name}/dead-letters",
+            purge_dead_letters,
+        ),
+        route(
+            Method::POST,
+            "/api/v1/envs/{env}/functions/{name}/dead-letters/replay",
+            replay_dead_letters,
         ),
         route(
             Method::GET,

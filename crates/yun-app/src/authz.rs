@@ -115,6 +115,13 @@ operations! {
     GetFunction => Admin,
     DeleteFunction => Admin,
     InvokeFunction => SignedIn,
+    // Async events: server-side callers (end users' SDKs have no async call).
+    InvokeFunctionAsync => Server,
+    ListDeadLetters => Admin,
+    ReplayDeadLetters => Admin,
+    PurgeDeadLetters => Admin,
+    ManageTriggers => Admin,
+    ListTriggers => Admin,
     ReadLogs => Admin,
     ListInvocations => Admin,
     GetInvocation => Admin,

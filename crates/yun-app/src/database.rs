@@ -5,11 +5,11 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use yun_auth::Identity;
+use yun_auth::{Caller, Identity};
 use yun_docdb::filter::Filter;
 use yun_docdb::find::Projection;
 use yun_docdb::index::IndexSpec;
-use yun_docdb::{Change, Find, Limits, UpdateMode, Updated};
+use yun_docdb::{written_by, Change, Find, Limits, UpdateMode, Updated};
 use yun_types::YunError;
 
 use crate::{App, Operation};
@@ -52,9 +52,12 @@ impl App {
         docs: Vec<Value>,
     ) -> Result<Vec<String>, YunError> {
         Self::authorize(identity, Operation::InsertDocuments)?;
-        self.docdb
-            .insert(&identity.env, collection, docs, None, None)
-            .await
+        written_by(
+            writer(identity),
+            self.docdb
+                .insert(&identity.env, collection, docs, None, None),
+        )
+        .await
     }
 
     pub async fn db_find(
@@ -116,19 +119,18 @@ impl App {
         upsert: Option<Value>,
     ) -> Result<(Updated, Vec<Value>), YunError> {
         Self::authorize(identity, Operation::UpdateDocuments)?;
-        self.docdb
-            .update(
-                &identity.env,
-                collection,
-                filter,
-                change,
-                UpdateMode {
-                    multi,
-                    upsert,
-                    ..Default::default()
-                },
-            )
-            .await
+        let update = self.docdb.update(
+            &identity.env,
+            collection,
+            filter,
+            change,
+            UpdateMode {
+                multi,
+                upsert,
+                ..Default::default()
+            },
+        );
+        written_by(writer(identity), update).await
     }
 
     pub async fn db_aggregate(
@@ -151,9 +153,21 @@ impl App {
         multi: bool,
     ) -> Result<u64, YunError> {
         Self::authorize(identity, Operation::RemoveDocuments)?;
-        self.docdb
-            .remove(&identity.env, collection, filter, multi, None)
-            .await
+        written_by(
+            writer(identity),
+            self.docdb
+                .remove(&identity.env, collection, filter, multi, None),
+        )
+        .await
+    }
+}
+
+/// Whose writes these are in the change log: a function's code is named, so that its
+/// own triggers do not fire on them (`events::changes`).
+fn writer(identity: &Identity) -> Option<&str> {
+    match &identity.caller {
+        Caller::Function { name } => Some(name.as_str()),
+        _ => None,
     }
 }
 
@@ -170,7 +184,11 @@ impl App {
         txn: &str,
     ) -> Result<(), YunError> {
         Self::authorize(identity, Operation::CommitTransaction)?;
-        self.docdb.commit_transaction(&identity.env, txn).await
+        written_by(
+            writer(identity),
+            self.docdb.commit_transaction(&identity.env, txn),
+        )
+        .await
     }
 
     pub fn db_abort_transaction(&self, identity: &Identity, txn: &str) -> Result<(), YunError> {

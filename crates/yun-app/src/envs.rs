@@ -155,8 +155,12 @@ impl App {
                 "database limits must satisfy 1 <= db_default_limit <= db_max_limit <= 100000",
             ));
         }
+        if let Some(offset) = &settings.timer_utc_offset {
+            crate::events::utc_offset(offset)?;
+        }
         let before = self.network_policy(&identity.env).await?;
         self.meta.put_env_settings(&identity.env, &settings).await?;
+        self.triggers_changed();
         self.forget_env_settings(&identity.env);
         if settings.network.unwrap_or_default() != before {
             // Running instances keep the network they started with: replace them.

@@ -15,7 +15,7 @@ use yun_functions::{
 /// How long a deploy waits for the SDK layer being installed on a first start.
 const LAYER_WAIT: Duration = Duration::from_secs(600);
 use yun_meta::{
-    FunctionRecord, InvocationRecord, InvocationStatus, LogFilter, LogLine, LogQuery,
+    AsyncRetry, FunctionRecord, InvocationRecord, InvocationStatus, LogFilter, LogLine, LogQuery,
     NetworkPolicy, NewFunction, NewLogLine,
 };
 use yun_types::{new_id, EnvId, ErrorCode, FunctionName, YunError};
@@ -56,6 +56,9 @@ pub struct DeployRequest {
     pub env_vars: Option<BTreeMap<String, String>>,
     /// `Some("")` removes the HTTP path.
     pub http_path: Option<String>,
+    pub async_retry: Option<AsyncRetry>,
+    /// Replaces the function's triggers when given (`config.json`'s `triggers`).
+    pub triggers: Option<Vec<crate::NewTrigger>>,
 }
 
 /// Who is calling, beyond the identity: what a function sees in its context.
@@ -69,6 +72,21 @@ pub struct CallerContext {
     pub client_ip: Option<String>,
     /// The caller's `seqId`, continued into the callee's `TCB_SEQID`.
     pub seq_id: Option<String>,
+}
+
+/// Which delivery of an event an invocation is, and what sent it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Attempt<'a> {
+    /// 1 for the first.
+    pub number: u32,
+    pub trigger: Option<&'a str>,
+}
+
+impl Attempt<'_> {
+    pub const FIRST: Attempt<'static> = Attempt {
+        number: 1,
+        trigger: None,
+    };
 }
 
 #[derive(Debug, Serialize)]
@@ -248,8 +266,26 @@ impl App {
         if let Some(p) = &http_path {
             check_http_path(p)?;
         }
+        let async_retry = req
+            .async_retry
+            .or(previous.as_ref().map(|p| p.async_retry))
+            .unwrap_or_default();
+        check_range("async retries", async_retry.retries, &(0..=10))?;
+        check_range(
+            "async retry interval (s)",
+            async_retry.interval_s,
+            &(1..=3600),
+        )?;
+        check_range(
+            "async max event age (s)",
+            async_retry.max_age_s,
+            &(60..=86_400),
+        )?;
         if req.archive.is_empty() {
             return Err(YunError::invalid_param("the code archive is empty"));
+        }
+        if let Some(triggers) = &req.triggers {
+            self.check_deploy_triggers(env, name, triggers).await?;
         }
 
         let code_id = new_id("v");
@@ -266,6 +302,7 @@ impl App {
             code_sha256: package::sha256_hex(&req.archive),
             code_size: req.archive.len() as u64,
             code_id: code_id.clone(),
+            async_retry,
         };
         let staged = self.stage(&spec, req.archive, dir.clone()).await;
         let stored = match staged {
@@ -282,6 +319,9 @@ impl App {
             }
         };
         self.forget_function(env, name);
+        if let Some(triggers) = &req.triggers {
+            self.set_triggers(env, name, triggers).await?;
+        }
         self.remove_old_code(env, name, &code_id, previous.map(|p| p.code_id))
             .await;
         tracing::info!(env = %env, function = %name, version = record.version, by = %identity.label(), "deployed");
@@ -472,6 +512,11 @@ impl App {
             ("TCB_SEQID", seq_id),
             ("TCB_SOURCE", text(source)),
             ("TCB_ENV", text(spec.env.as_str())),
+            // SCF sets it for timer deliveries; the SDKs read it (which API token).
+            (
+                "TRIGGER_SRC",
+                text(if source == "timer" { "timer" } else { "" }),
+            ),
         ]
     }
 
@@ -489,16 +534,18 @@ impl App {
                 YunError::invalid_param(format!("the event is not valid JSON: {e}"))
             })?;
         }
-        self.invoke_checked(identity, name, event, caller).await
+        self.invoke_checked(identity, name, event, caller, Attempt::FIRST)
+            .await
     }
 
     /// [`Self::invoke`] for an event known to be valid JSON (Yun serialized it).
-    async fn invoke_checked(
+    pub(crate) async fn invoke_checked(
         &self,
         identity: &Identity,
         name: &FunctionName,
         event: String,
         caller: &CallerContext,
+        attempt: Attempt<'_>,
     ) -> Result<Invocation, YunError> {
         let loaded = self.function(&identity.env, name).await?;
         let spec = &loaded.spec;
@@ -563,6 +610,8 @@ impl App {
                 status,
                 cold_start: report.cold_start,
                 error: result.as_ref().err().map(|e| e.message.clone()),
+                attempt: attempt.number,
+                trigger: attempt.trigger.map(str::to_owned),
             })
             .await;
         Ok(Invocation {
@@ -646,7 +695,7 @@ impl App {
             env: env.clone(),
             caller: Caller::Anonymous,
         };
-        self.invoke_checked(&identity, &name, event, caller)
+        self.invoke_checked(&identity, &name, event, caller, Attempt::FIRST)
             .await
             .map(Some)
     }

@@ -9,6 +9,7 @@ mod authz;
 mod cache;
 mod database;
 mod envs;
+mod events;
 mod functions;
 mod recorder;
 mod rules;
@@ -26,6 +27,7 @@ use yun_meta::MetaStore;
 pub use access::SignedRequest;
 pub use authz::{Capability, Operation};
 pub use envs::{Credentials, NewKey};
+pub use events::{ChangeSource, NewTrigger};
 pub use functions::{CallerContext, DeployRequest, Invocation};
 pub use recorder::Recorder;
 pub use rules::RulesTarget;
@@ -61,18 +63,34 @@ pub struct App {
     storage: Arc<yun_storage::Storage>,
     url_signer: yun_storage::UrlSigner,
     users: Arc<yun_users::Users>,
+    events: Arc<dyn yun_events::EventBus>,
+    /// Bumped when triggers (or what they depend on) change: the loops read them again.
+    trigger_signal: tokio::sync::watch::Sender<u64>,
+}
+
+/// The stores the use-cases run on, as the composition root picked them.
+pub struct Stores {
+    pub meta: Arc<dyn MetaStore>,
+    pub docdb: Arc<yun_docdb::DocDb>,
+    pub storage: Arc<yun_storage::Storage>,
+    pub users: Arc<yun_users::Users>,
+    pub events: Arc<dyn yun_events::EventBus>,
 }
 
 impl App {
     pub async fn new(
-        meta: Arc<dyn MetaStore>,
+        stores: Stores,
         runtime: Arc<Runtime>,
-        docdb: Arc<yun_docdb::DocDb>,
-        storage: Arc<yun_storage::Storage>,
-        users: Arc<yun_users::Users>,
         recorder: Recorder,
         settings: AppSettings,
     ) -> yun_meta::Result<Self> {
+        let Stores {
+            meta,
+            docdb,
+            storage,
+            users,
+            events,
+        } = stores;
         let master = meta.master_key().await?;
         Ok(Self {
             meta,
@@ -85,6 +103,8 @@ impl App {
             recorder,
             cache: cache::MetaCache::default(),
             docdb,
+            events,
+            trigger_signal: tokio::sync::watch::Sender::new(0),
         })
     }
 

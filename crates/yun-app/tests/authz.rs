@@ -9,7 +9,7 @@ use bytes::Bytes;
 use serde_json::json;
 use yun_app::{
     App, AppSettings, Caller, CallerContext, DeployRequest, Identity, LogFilter, Operation,
-    Recorder, RulesTarget, UserQuery, UserSession,
+    Recorder, RulesTarget, Stores, UserQuery, UserSession,
 };
 use yun_docdb::filter::Filter;
 use yun_docdb::find::{Projection, SortKeys};
@@ -61,6 +61,12 @@ const MATRIX: &[(Operation, &[Kind])] = &[
     (Operation::GetFunction, ADMIN),
     (Operation::DeleteFunction, ADMIN),
     (Operation::InvokeFunction, SIGNED_IN),
+    (Operation::InvokeFunctionAsync, SERVER),
+    (Operation::ListDeadLetters, ADMIN),
+    (Operation::ReplayDeadLetters, ADMIN),
+    (Operation::PurgeDeadLetters, ADMIN),
+    (Operation::ManageTriggers, ADMIN),
+    (Operation::ListTriggers, ADMIN),
     (Operation::ReadLogs, ADMIN),
     (Operation::ListInvocations, ADMIN),
     (Operation::GetInvocation, ADMIN),
@@ -155,11 +161,14 @@ async fn start_app(dir: &std::path::Path) -> App {
         recorder.log_sender(),
     );
     App::new(
-        meta,
+        Stores {
+            meta,
+            docdb: Arc::new(DocDb::new(docs, Limits::default())),
+            storage,
+            users,
+            events: Arc::new(yun_events::SqliteBus::open(&dir.join("events.db")).unwrap()),
+        },
         runtime,
-        Arc::new(DocDb::new(docs, Limits::default())),
-        storage,
-        users,
         recorder,
         AppSettings {
             public_url: "http://127.0.0.1:1".into(),
@@ -243,6 +252,21 @@ async fn call(
             .invoke(who, &name("f"), String::new(), &CallerContext::default())
             .await
             .map(drop),
+        Operation::InvokeFunctionAsync => app
+            .invoke_async(who, &name("f"), String::new(), "async")
+            .await
+            .map(drop),
+        Operation::ListDeadLetters => app.dead_letters(who, &name("f"), None).await.map(drop),
+        Operation::ReplayDeadLetters => app
+            .replay_dead_letters(who, &name("f"), None)
+            .await
+            .map(drop),
+        Operation::PurgeDeadLetters => app
+            .purge_dead_letters(who, &name("f"), None)
+            .await
+            .map(drop),
+        Operation::ManageTriggers => app.delete_trigger(who, &name("f"), "t").await,
+        Operation::ListTriggers => app.list_triggers(who, None).await.map(drop),
         Operation::ReadLogs => app.logs(who, None, LogFilter::default()).await.map(drop),
         Operation::ListInvocations => app.invocations(who, None, 10).await.map(drop),
         Operation::GetInvocation => app.invocation(who, "none").await.map(drop),

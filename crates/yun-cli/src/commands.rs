@@ -41,6 +41,10 @@ pub enum EnvCommand {
         /// Running instances are replaced.
         #[arg(long, value_parser = ["internet", "yun-only", "none"])]
         network: Option<String>,
+        /// The UTC offset timer triggers are read in, e.g. +08:00 (the default, as
+        /// CloudBase) or +00:00.
+        #[arg(long, allow_hyphen_values = true)]
+        timer_utc_offset: Option<String>,
     },
 }
 
@@ -90,8 +94,18 @@ pub enum FnCommand {
         /// Expose the function over HTTP at /{env}{path}; "" removes it.
         #[arg(long)]
         http_path: Option<String>,
+        /// Async events: retries of a runtime error (0–10; SCF's default 2). Any of the
+        /// three --async-* options sets all three; the ones left out take SCF's defaults.
+        #[arg(long)]
+        async_retries: Option<u32>,
+        /// Async events: time between retries (default 1m).
+        #[arg(long, value_parser = parse_duration)]
+        async_retry_interval: Option<Duration>,
+        /// Async events: how long an event may wait, retries included (default 6h).
+        #[arg(long, value_parser = parse_duration)]
+        async_max_age: Option<Duration>,
     },
-    /// Invoke synchronously and print the result.
+    /// Invoke and print the result; with --async, queue the event and print its request id.
     Invoke {
         name: String,
         /// The event, as JSON: `yun fn invoke hello '{"n":1}'` (default `{}`).
@@ -100,6 +114,20 @@ pub enum FnCommand {
         /// The event, as JSON (the same as EVENT).
         #[arg(long)]
         data: Option<String>,
+        /// Queue the event (SCF's async invocation: retries, then the dead-letter queue).
+        #[arg(long = "async")]
+        queued: bool,
+    },
+    /// The dead-letter queue: async events that failed for good.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Triggers: timers (SCF's 7-field cron) and database changes. A deploy replaces
+    /// a function's triggers with the `triggers` of its folder's config.json, if any.
+    Trigger {
+        #[command(subcommand)]
+        command: TriggerCommand,
     },
     /// Show logs; -f follows.
     Logs {
@@ -118,6 +146,44 @@ pub enum FnCommand {
     List,
     /// Delete a function with all its versions
     Delete { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum TriggerCommand {
+    /// Add a trigger: `yun fn trigger create nightly --name t --type timer --config '0 0 2 * * * *'`
+    Create {
+        function: String,
+        #[arg(long)]
+        name: String,
+        /// timer or database
+        #[arg(long = "type")]
+        kind: String,
+        /// A timer's cron, or a database trigger's JSON `{"collection", "events", "filter"}`.
+        #[arg(long, allow_hyphen_values = true)]
+        config: String,
+    },
+    /// List the env's triggers, or one function's
+    List { function: Option<String> },
+    /// Delete a trigger
+    Delete { function: String, name: String },
+}
+
+#[derive(Subcommand)]
+pub enum DlqCommand {
+    /// List a function's dead letters
+    List { name: String },
+    /// Show one dead letter in full: error, event, retries, times
+    Show { name: String, request_id: String },
+    /// Queue dead letters again as new async events (all, or one) and remove them
+    Replay {
+        name: String,
+        request_id: Option<String>,
+    },
+    /// Delete dead letters (all, or one)
+    Purge {
+        name: String,
+        request_id: Option<String>,
+    },
 }
 
 /// `500ms`, `3s`, `10m`, `2h`, `7d`, or a bare number of seconds.
@@ -200,6 +266,12 @@ pub async fn env(command: EnvCommand, conn: Connection) -> anyhow::Result<()> {
                     s.get("db_slow_query_ms")
                         .map_or("100 (default)".into(), |n| n.to_string())
                 );
+                println!(
+                    "timer_utc_offset  {}",
+                    s.get("timer_utc_offset")
+                        .and_then(Value::as_str)
+                        .unwrap_or("+08:00 (default)")
+                );
             });
         }
         EnvCommand::Configure {
@@ -207,6 +279,7 @@ pub async fn env(command: EnvCommand, conn: Connection) -> anyhow::Result<()> {
             db_max_limit,
             db_slow_query_ms,
             network,
+            timer_utc_offset,
         } => {
             let current = client
                 .request(Method::GET, &client.env_path("/settings"), None)
@@ -223,6 +296,9 @@ pub async fn env(command: EnvCommand, conn: Connection) -> anyhow::Result<()> {
             }
             if let Some(policy) = network {
                 settings.insert("network".into(), json!(policy));
+            }
+            if let Some(offset) = timer_utc_offset {
+                settings.insert("timer_utc_offset".into(), json!(offset));
             }
             let v = client
                 .request(
@@ -381,8 +457,22 @@ pub async fn function(command: FnCommand, conn: Connection) -> anyhow::Result<()
             max_instances,
             env_vars,
             http_path,
+            async_retries,
+            async_retry_interval,
+            async_max_age,
         } => {
             let archive = pack(&dir)?;
+            let triggers = config_triggers(&dir)?;
+            let async_retry = (async_retries.is_some()
+                || async_retry_interval.is_some()
+                || async_max_age.is_some())
+            .then(|| {
+                json!({
+                    "retries": async_retries.unwrap_or(2),
+                    "interval_s": async_retry_interval.map_or(60, |d| d.as_secs()),
+                    "max_age_s": async_max_age.map_or(6 * 3600, |d| d.as_secs()),
+                })
+            });
             let vars: Option<BTreeMap<String, String>> = if env_vars.is_empty() {
                 None
             } else {
@@ -415,6 +505,8 @@ pub async fn function(command: FnCommand, conn: Connection) -> anyhow::Result<()
                 "max_instances": max_instances,
                 "env_vars": vars,
                 "http_path": http_path,
+                "async_retry": async_retry,
+                "triggers": triggers,
             });
             let result = client
                 .request(
@@ -438,7 +530,31 @@ pub async fn function(command: FnCommand, conn: Connection) -> anyhow::Result<()
                 }
             });
         }
-        FnCommand::Invoke { name, event, data } => {
+        FnCommand::Invoke {
+            name,
+            event,
+            data,
+            queued: true,
+        } => {
+            let given = event.or(data).unwrap_or_else(|| "{}".to_owned());
+            let event: Value = serde_json::from_str(&given).context("the event must be JSON")?;
+            let v = client
+                .send(
+                    Method::POST,
+                    &client.env_path(&format!("/functions/{name}/invoke")),
+                    &[("async", "true".to_owned())],
+                    Some(event),
+                )
+                .await?;
+            output::emit(conn.json, &v, |v| {
+                println!("Queued: request id {}", text(v.get("request_id")));
+            });
+        }
+        FnCommand::Dlq { command } => dead_letters(&client, conn.json, command).await?,
+        FnCommand::Trigger { command } => triggers(&client, conn.json, command).await?,
+        FnCommand::Invoke {
+            name, event, data, ..
+        } => {
             let given = event.or(data).unwrap_or_else(|| "{}".to_owned());
             let event: Value = serde_json::from_str(&given).context("the event must be JSON")?;
             let v = client
@@ -849,6 +965,152 @@ pub(crate) async fn act(
 }
 
 /// GETs `path` and prints its `key` array as a table (the whole response with --json).
+/// The `triggers` of a function folder's `config.json` (WeChat DevTools' file), if any.
+fn config_triggers(dir: &Path) -> anyhow::Result<Option<Value>> {
+    let path = dir.join("config.json");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(None);
+    };
+    let config: Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    Ok(config.get("triggers").cloned())
+}
+
+async fn triggers(client: &Client, json: bool, command: TriggerCommand) -> anyhow::Result<()> {
+    match command {
+        TriggerCommand::Create {
+            function,
+            name,
+            kind,
+            config,
+        } => {
+            // A database trigger's config is JSON; a timer's is its cron string.
+            let config = match kind.as_str() {
+                "timer" => Value::String(config),
+                _ => serde_json::from_str(&config).context("--config must be JSON")?,
+            };
+            let v = client
+                .request(
+                    Method::POST,
+                    &client.env_path(&format!("/functions/{function}/triggers")),
+                    Some(json!({ "name": name, "type": kind, "config": config })),
+                )
+                .await?;
+            output::emit(json, &v, |_| {
+                println!("Created trigger {name} of {function}.")
+            });
+        }
+        TriggerCommand::List { function } => {
+            let path = match &function {
+                Some(f) => client.env_path(&format!("/functions/{f}/triggers")),
+                None => client.env_path("/triggers"),
+            };
+            print_list(
+                client,
+                json,
+                &path,
+                "triggers",
+                &["FUNCTION", "NAME", "TYPE", "CONFIG", "LAST_FIRED"],
+                |t| {
+                    vec![
+                        text(t.get("function")),
+                        text(t.get("name")),
+                        text(t.get("type")),
+                        text(t.get("config")),
+                        text(t.get("last_fired_ms")),
+                    ]
+                },
+            )
+            .await?;
+        }
+        TriggerCommand::Delete { function, name } => {
+            let v = client
+                .request(
+                    Method::DELETE,
+                    &client.env_path(&format!("/functions/{function}/triggers/{name}")),
+                    None,
+                )
+                .await?;
+            output::emit(json, &v, |_| {
+                println!("Deleted trigger {name} of {function}.")
+            });
+        }
+    }
+    Ok(())
+}
+
+async fn dead_letters(client: &Client, json: bool, command: DlqCommand) -> anyhow::Result<()> {
+    let path =
+        |name: &str, tail: &str| client.env_path(&format!("/functions/{name}/dead-letters{tail}"));
+    let one = |id: Option<String>| -> Vec<(&'static str, String)> {
+        id.map(|id| ("request_id", id)).into_iter().collect()
+    };
+    match command {
+        DlqCommand::List { name } => {
+            print_list(
+                client,
+                json,
+                &path(&name, ""),
+                "dead_letters",
+                &["REQUEST_ID", "FAILED_AT", "RETRIES", "SOURCE", "ERROR"],
+                |l| {
+                    vec![
+                        text(l.get("request_id")),
+                        text(l.get("failed_at_ms")),
+                        text(l.get("retry_num")),
+                        text(
+                            l.get("trigger")
+                                .filter(|t| !t.is_null())
+                                .or(l.get("source")),
+                        ),
+                        format!(
+                            "{}: {}",
+                            text(l.get("error_code")),
+                            text(l.get("error_message"))
+                        ),
+                    ]
+                },
+            )
+            .await?;
+        }
+        DlqCommand::Show { name, request_id } => {
+            let v = client
+                .send(Method::GET, &path(&name, ""), &one(Some(request_id)), None)
+                .await?;
+            let letter = v["dead_letters"][0].clone();
+            output::emit(json, &letter, |l| {
+                println!("{}", serde_json::to_string_pretty(l).unwrap_or_default());
+            });
+        }
+        DlqCommand::Replay { name, request_id } => {
+            let v = client
+                .send(
+                    Method::POST,
+                    &path(&name, "/replay"),
+                    &one(request_id),
+                    None,
+                )
+                .await?;
+            output::emit(json, &v, |v| {
+                let ids = v["replayed"].as_array().cloned().unwrap_or_default();
+                println!("Replayed {} event(s) as new async invocations:", ids.len());
+                for id in ids {
+                    println!("  {}", text(Some(&id)));
+                }
+            });
+        }
+        DlqCommand::Purge { name, request_id } => {
+            let v = client
+                .send(Method::DELETE, &path(&name, ""), &one(request_id), None)
+                .await?;
+            output::emit(json, &v, |v| {
+                println!("Purged {} dead letter(s).", text(v.get("purged")));
+            });
+        }
+    }
+    Ok(())
+}
+
 pub(crate) async fn print_list(
     client: &Client,
     json: bool,

@@ -153,6 +153,11 @@ struct DevArgs {
     /// standard AWS_* variables (default: DATA_DIR/files)
     #[arg(long)]
     storage: Option<String>,
+    /// Where async events and trigger deliveries wait: the data folder (SQLite, the
+    /// default) or `nats://HOST:PORT[/PREFIX]` (NATS JetStream, shared by the processes
+    /// using it; PREFIX names the streams, default yun)
+    #[arg(long)]
+    events: Option<String>,
     /// Largest file an upload may store, in bytes
     #[arg(long, default_value_t = 5 << 30)]
     max_file_size: u64,
@@ -280,6 +285,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         idle_timeout: args.idle_timeout,
         queue_timeout: args.queue_timeout,
         storage: args.storage,
+        events: args.events,
         storage_limits: yun_server::StorageLimits {
             max_file_bytes: args.max_file_size,
             env_quota_bytes: args.storage_quota,

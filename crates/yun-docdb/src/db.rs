@@ -443,9 +443,9 @@ impl<'t> IndexedWriter<'t> {
         after: Option<&str>,
     ) -> Result<(), YunError> {
         self.txn.append_change(&NewChange {
-            collection: &self.collection,
-            doc_id,
-            op,
+            target: &self.collection,
+            op: op.as_str(),
+            key: doc_id,
             before,
             after,
         })
@@ -554,9 +554,9 @@ impl DocDb {
             let dropped = txn.drop_collection(&owned)?;
             if dropped {
                 txn.append_change(&NewChange {
-                    collection: &owned,
-                    doc_id: "",
-                    op: ChangeOp::Drop,
+                    target: &owned,
+                    op: ChangeOp::Drop.as_str(),
+                    key: "",
                     before: None,
                     after: None,
                 })?;

@@ -21,3 +21,4 @@ pub mod update;
 pub mod value;
 
 pub use db::{Change, DocDb, Find, Limits, UpdateMode, Updated, WriteGuard};
+pub use yun_types::changes::written_by;

@@ -11,9 +11,7 @@ use yun_sqlite::{db_err, Sqlite};
 use yun_types::{EnvId, ErrorCode, YunError};
 
 use crate::index::{IndexSpec, KeyRange};
-use crate::store::{
-    ChangeEntry, ChangeOp, ChangeRetention, DocStore, DocTxn, NewChange, Visit, Work,
-};
+use crate::store::{ChangeLog, DocStore, DocTxn, NewChange, Visit, Work};
 
 /// A key range scan of one index: a search on the entries' primary key, in its order.
 const INDEX_RANGE_SQL: &str =
@@ -75,24 +73,7 @@ CREATE INDEX index_entries_by_document ON index_entries (env, collection, name, 
 -- more page written by every commit.
 DROP TABLE sequence;
 "#,
-    r#"
--- The change log, an outbox: each document write appends its entry in its own
--- transaction. `seq` is the rowid: the next is one past the largest, and retention
--- always keeps the largest, so a sequence is never handed out twice.
-CREATE TABLE changes (
-    seq INTEGER PRIMARY KEY,
-    env TEXT NOT NULL,
-    collection TEXT NOT NULL,
-    doc_id TEXT NOT NULL,
-    op TEXT NOT NULL,
-    before TEXT,
-    after TEXT,
-    at INTEGER NOT NULL
-);
-CREATE INDEX changes_by_env ON changes (env, seq);
--- Where each reader of the log (the trigger dispatcher) has got to.
-CREATE TABLE change_cursors (name TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
-"#,
+    yun_sqlite::changelog::MIGRATION,
 ];
 
 /// The document store on one SQLite file (see `yun-sqlite` for the connection model).
@@ -313,23 +294,6 @@ impl DocTxn for SqliteTxn<'_> {
             .map_err(db_err)
     }
 
-    fn append_change(&mut self, change: &NewChange<'_>) -> Result<(), YunError> {
-        self.execute_cached(
-            "INSERT INTO changes (env, collection, doc_id, op, before, after, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                self.env,
-                change.collection,
-                change.doc_id,
-                change.op.as_str(),
-                change.before,
-                change.after,
-                yun_types::unix_ms()
-            ],
-        )
-        .map(|_| ())
-        .map_err(db_err)
-    }
-
     fn delete(&mut self, collection: &str, id: &str) -> Result<bool, YunError> {
         self.execute_cached(
             "DELETE FROM documents WHERE env = ?1 AND collection = ?2 AND id = ?3",
@@ -337,6 +301,10 @@ impl DocTxn for SqliteTxn<'_> {
         )
         .map(|n| n > 0)
         .map_err(db_err)
+    }
+
+    fn append_change(&mut self, change: &NewChange<'_>) -> Result<(), YunError> {
+        yun_sqlite::changelog::append(self.tx, &self.env, change)
     }
 
     fn list_indexes(&mut self, collection: &str) -> Result<Vec<IndexSpec>, YunError> {
@@ -557,150 +525,8 @@ impl DocStore for SqliteDocStore {
         .await
     }
 
-    async fn changes_after(&self, after: u64, limit: usize) -> Result<Vec<ChangeEntry>, YunError> {
-        self.db
-            .read(move |conn| {
-                let mut stmt = conn
-                    .prepare_cached(
-                        "SELECT seq, env, collection, doc_id, op, before, after, at FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-                    )
-                    .map_err(db_err)?;
-                let rows = stmt
-                    .query_map(params![after as i64, limit as i64], |r| {
-                        Ok(ChangeEntry {
-                            seq: r.get::<_, i64>(0)? as u64,
-                            env: r.get(1)?,
-                            collection: r.get(2)?,
-                            doc_id: r.get(3)?,
-                            op: ChangeOp::parse(r.get_ref(4)?.as_str()?).ok_or_else(|| {
-                                rusqlite::Error::InvalidColumnType(
-                                    4,
-                                    "op".into(),
-                                    rusqlite::types::Type::Text,
-                                )
-                            })?,
-                            before: r.get(5)?,
-                            after: r.get(6)?,
-                            at_ms: r.get(7)?,
-                        })
-                    })
-                    .map_err(db_err)?;
-                rows.collect::<Result<_, _>>().map_err(db_err)
-            })
-            .await
-    }
-
-    async fn last_change(&self) -> Result<u64, YunError> {
-        self.db
-            .read(|conn| {
-                conn.query_row("SELECT coalesce(max(seq), 0) FROM changes", [], |r| {
-                    r.get::<_, i64>(0)
-                })
-                .map(|n| n as u64)
-                .map_err(db_err)
-            })
-            .await
-    }
-
-    async fn prune_changes(&self, retention: ChangeRetention, below: u64) -> Result<u64, YunError> {
-        let oldest_kept_ms =
-            yun_types::unix_ms() - i64::try_from(retention.max_age.as_millis()).unwrap_or(i64::MAX);
-        // What goes is decided on a reader; the writer only deletes, in slices, so that
-        // document writes queued behind it wait for one slice at most.
-        let cuts: Vec<(String, i64)> = self
-            .db
-            .read(move |conn| {
-                let newest: i64 = conn
-                    .query_row("SELECT coalesce(max(seq), 0) FROM changes", [], |r| r.get(0))
-                    .map_err(db_err)?;
-                // Entries at or past `limit` stay whatever their age or size.
-                let limit = newest.min(i64::try_from(below).unwrap_or(i64::MAX));
-                let envs: Vec<String> = {
-                    let mut stmt = conn
-                        .prepare("SELECT DISTINCT env FROM changes")
-                        .map_err(db_err)?;
-                    let rows = stmt.query_map([], |r| r.get(0)).map_err(db_err)?;
-                    rows.collect::<Result<_, _>>().map_err(db_err)?
-                };
-                let mut cuts = Vec::new();
-                for env in envs {
-                    // The newest entries whose documents fit in the byte budget and are
-                    // young enough stay; the cut is the newest entry that goes.
-                    let mut stmt = conn
-                        .prepare_cached(
-                            "SELECT seq, at, coalesce(length(before), 0) + coalesce(length(after), 0) FROM changes WHERE env = ?1 ORDER BY seq DESC",
-                        )
-                        .map_err(db_err)?;
-                    let mut rows = stmt.query(params![env]).map_err(db_err)?;
-                    let mut total = 0u64;
-                    while let Some(row) = rows.next().map_err(db_err)? {
-                        let (seq, at, bytes): (i64, i64, i64) =
-                            (row.get(0).map_err(db_err)?, row.get(1).map_err(db_err)?, row.get(2).map_err(db_err)?);
-                        total += bytes as u64;
-                        if total > retention.max_bytes || at < oldest_kept_ms {
-                            let cut = seq.min(limit - 1);
-                            if cut > 0 {
-                                cuts.push((env.clone(), cut));
-                            }
-                            break;
-                        }
-                    }
-                }
-                Ok(cuts)
-            })
-            .await?;
-        const SLICE: i64 = 5000;
-        let mut pruned = 0;
-        for (env, cut) in cuts {
-            loop {
-                let env = env.clone();
-                let n = self
-                    .db
-                    .write(move |conn| {
-                        conn.execute(
-                            "DELETE FROM changes WHERE seq IN (SELECT seq FROM changes WHERE env = ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3)",
-                            params![env, cut, SLICE],
-                        )
-                        .map_err(db_err)
-                    })
-                    .await?;
-                pruned += n as u64;
-                if (n as i64) < SLICE {
-                    break;
-                }
-            }
-        }
-        Ok(pruned)
-    }
-
-    async fn change_cursor(&self, name: &str) -> Result<u64, YunError> {
-        let name = name.to_owned();
-        self.db
-            .read(move |conn| {
-                conn.query_row(
-                    "SELECT seq FROM change_cursors WHERE name = ?1",
-                    params![name],
-                    |r| r.get::<_, i64>(0),
-                )
-                .optional()
-                .map(|s| s.unwrap_or(0) as u64)
-                .map_err(db_err)
-            })
-            .await
-    }
-
-    async fn save_change_cursor(&self, name: &str, seq: u64) -> Result<(), YunError> {
-        let name = name.to_owned();
-        self.db
-            .write(move |conn| {
-                conn.execute(
-                    "INSERT INTO change_cursors (name, seq) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET seq = excluded.seq",
-                    params![name, seq as i64],
-                )
-                .map(|_| ())
-                .map_err(db_err)
-            })
-            .await
+    fn change_log(&self) -> &dyn ChangeLog {
+        &self.db
     }
 }
 

@@ -7,6 +7,7 @@ use serde_json::Value;
 use yun_types::{EnvId, YunError};
 
 use crate::index::{IndexSpec, KeyRange};
+pub use yun_types::changes::{ChangeEntry, ChangeLog, ChangeRetention, NewChange};
 
 /// A streaming visitor: gets an entry's first part (a document's `_id`, or an index key)
 /// and its second (the document's text, or the entry's `_id`); returns whether to go on.
@@ -101,7 +102,7 @@ pub trait DocTxn {
     ) -> Result<bool, YunError>;
 }
 
-/// What a write did to a document.
+/// What a write did to a document (a change log entry's `op`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ChangeOp {
@@ -133,48 +134,6 @@ impl ChangeOp {
     }
 }
 
-/// A change as a write records it: the documents as stored JSON text.
-pub struct NewChange<'a> {
-    pub collection: &'a str,
-    pub doc_id: &'a str,
-    pub op: ChangeOp,
-    pub before: Option<&'a str>,
-    pub after: Option<&'a str>,
-}
-
-/// An entry of the change log. `seq` grows with every commit across all envs and is
-/// never reused (retention keeps the newest entry).
-#[derive(Debug, Clone, PartialEq)]
-pub struct ChangeEntry {
-    pub seq: u64,
-    pub env: String,
-    pub collection: String,
-    pub doc_id: String,
-    pub op: ChangeOp,
-    pub before: Option<String>,
-    pub after: Option<String>,
-    /// Commit time, Unix milliseconds.
-    pub at_ms: i64,
-}
-
-/// How long the change log keeps entries, per env.
-#[derive(Debug, Clone, Copy)]
-pub struct ChangeRetention {
-    pub max_age: std::time::Duration,
-    /// The documents' text, before and after, summed.
-    pub max_bytes: u64,
-}
-
-impl Default for ChangeRetention {
-    /// A week, or 256 MiB of documents per env, whichever is less.
-    fn default() -> Self {
-        Self {
-            max_age: std::time::Duration::from_secs(7 * 24 * 3600),
-            max_bytes: 256 << 20,
-        }
-    }
-}
-
 /// How a unit of work touches the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -203,16 +162,8 @@ pub trait DocStore: Send + Sync + 'static {
     /// Deletes every collection of the env.
     async fn drop_env(&self, env: &EnvId) -> Result<(), YunError>;
 
-    /// Change log entries of every env past `after`, in `seq` order, at most `limit`.
-    async fn changes_after(&self, after: u64, limit: usize) -> Result<Vec<ChangeEntry>, YunError>;
-    /// The newest entry's `seq` (0 when the log is empty).
-    async fn last_change(&self) -> Result<u64, YunError>;
-    /// Drops entries past `retention`, only ones below `below` (what every reader of
-    /// the log has passed), never the newest. Returns how many went.
-    async fn prune_changes(&self, retention: ChangeRetention, below: u64) -> Result<u64, YunError>;
-    /// A named reader's position in the change log (0 before its first save).
-    async fn change_cursor(&self, name: &str) -> Result<u64, YunError>;
-    async fn save_change_cursor(&self, name: &str, seq: u64) -> Result<(), YunError>;
+    /// The change log every write appends to (see [`DocTxn::append_change`]).
+    fn change_log(&self) -> &dyn ChangeLog;
 }
 
 /// Runs a closure with a result through [`DocStore::read`] or [`DocStore::write`].
@@ -223,8 +174,9 @@ pub(crate) async fn run<T: Send + 'static>(
     f: impl FnOnce(&mut dyn DocTxn) -> Result<T, YunError> + Send + 'static,
 ) -> Result<T, YunError> {
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let origin = yun_types::changes::origin();
     let work: Work = Box::new(move |txn| {
-        let value = f(txn)?;
+        let value = yun_types::changes::during(origin, || f(txn))?;
         let _ = tx.send(value);
         Ok(())
     });

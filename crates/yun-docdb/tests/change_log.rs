@@ -9,19 +9,19 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use yun_docdb::filter::Filter;
 use yun_docdb::sqlite::SqliteDocStore;
-use yun_docdb::store::{ChangeEntry, ChangeOp, ChangeRetention, DocStore};
+use yun_docdb::store::{ChangeEntry, ChangeRetention, DocStore};
 use yun_docdb::{Change, DocDb, Limits, UpdateMode};
 use yun_types::{EnvId, ErrorCode};
 
 /// An entry as the test compares it: env, `_id`, op, before, after.
-type Seen<'a> = (&'a str, &'a str, ChangeOp, Option<Value>, Option<Value>);
+type Seen<'a> = (&'a str, &'a str, &'a str, Option<Value>, Option<Value>);
 
 fn doc(text: &Option<String>) -> Option<Value> {
     text.as_deref().map(|t| serde_json::from_str(t).unwrap())
 }
 
 async fn all_changes(store: &dyn DocStore) -> Vec<ChangeEntry> {
-    store.changes_after(0, 1000).await.unwrap()
+    store.change_log().changes_after(0, 1000).await.unwrap()
 }
 
 fn filter(v: Value) -> Filter {
@@ -89,9 +89,13 @@ async fn every_write_path_appends_its_change_and_failed_writes_append_none() {
         .await
         .unwrap();
     db.commit_transaction(&env, &txn).await.unwrap();
-    db.remove(&env, "c", filter(json!({"_id": "a"})), false, None)
-        .await
-        .unwrap();
+    // A function's write is recorded as its.
+    yun_docdb::written_by(
+        Some("cleaner"),
+        db.remove(&env, "c", filter(json!({"_id": "a"})), false, None),
+    )
+    .await
+    .unwrap();
     db.import(&env, "c", vec![json!({"_id": "t", "n": 6})], true)
         .await
         .unwrap();
@@ -103,8 +107,8 @@ async fn every_write_path_appends_its_change_and_failed_writes_append_none() {
         .map(|e| {
             (
                 e.env.as_str(),
-                e.doc_id.as_str(),
-                e.op,
+                e.key.as_str(),
+                e.op.as_str(),
                 doc(&e.before),
                 doc(&e.after),
             )
@@ -116,53 +120,65 @@ async fn every_write_path_appends_its_change_and_failed_writes_append_none() {
             (
                 "dev",
                 "a",
-                ChangeOp::Create,
+                "create",
                 None,
                 Some(json!({"_id": "a", "n": 1}))
             ),
             (
                 "other",
                 "a",
-                ChangeOp::Create,
+                "create",
                 None,
                 Some(json!({"_id": "a", "n": 100}))
             ),
             (
                 "dev",
                 "a",
-                ChangeOp::Update,
+                "update",
                 Some(json!({"_id": "a", "n": 1})),
                 Some(json!({"_id": "a", "n": 11}))
             ),
             (
                 "dev",
                 "t",
-                ChangeOp::Create,
+                "create",
                 None,
                 Some(json!({"_id": "t", "n": 5}))
             ),
             (
                 "dev",
                 "a",
-                ChangeOp::Delete,
+                "delete",
                 Some(json!({"_id": "a", "n": 11})),
                 None
             ),
             (
                 "dev",
                 "t",
-                ChangeOp::Update,
+                "update",
                 Some(json!({"_id": "t", "n": 5})),
                 Some(json!({"_id": "t", "n": 6}))
             ),
-            ("dev", "", ChangeOp::Drop, None, None),
+            ("dev", "", "drop", None, None),
         ]
     );
     assert!(log.windows(2).all(|w| w[0].seq < w[1].seq));
-    assert!(log.iter().all(|e| e.collection == "c" && e.at_ms > 0));
-    assert_eq!(store.last_change().await.unwrap(), log.last().unwrap().seq);
+    let origins: Vec<Option<&str>> = log.iter().map(|e| e.origin.as_deref()).collect();
+    assert_eq!(
+        origins,
+        [None, None, None, None, Some("cleaner"), None, None]
+    );
+    assert!(log.iter().all(|e| e.target == "c" && e.at_ms > 0));
+    assert_eq!(
+        store.change_log().last_change().await.unwrap(),
+        log.last().unwrap().seq
+    );
     // Paging from a position.
-    let tail = store.changes_after(log[4].seq, 2).await.unwrap();
+    let tail = store
+        .change_log()
+        .changes_after(log[4].seq, 2)
+        .await
+        .unwrap();
     assert_eq!(tail, log[5..7].to_vec());
 }
 
@@ -194,7 +210,14 @@ async fn retention_drops_old_entries_below_the_readers_and_never_reuses_a_sequen
         max_age: Duration::from_secs(3600),
         max_bytes: 1 << 20,
     };
-    assert_eq!(store.prune_changes(roomy, u64::MAX).await.unwrap(), 0);
+    assert_eq!(
+        store
+            .change_log()
+            .prune_changes(roomy, u64::MAX)
+            .await
+            .unwrap(),
+        0
+    );
 
     // A budget of four entries' bytes keeps the newest four, but nothing a reader has
     // not passed: with readers at the sixth entry, only the first five may go.
@@ -202,9 +225,23 @@ async fn retention_drops_old_entries_below_the_readers_and_never_reuses_a_sequen
         max_age: Duration::from_secs(3600),
         max_bytes: 4 * size(&log[0]) + 1,
     };
-    assert_eq!(store.prune_changes(tight, log[5].seq).await.unwrap(), 5);
+    assert_eq!(
+        store
+            .change_log()
+            .prune_changes(tight, log[5].seq)
+            .await
+            .unwrap(),
+        5
+    );
     assert_eq!(all_changes(&*store).await, log[5..].to_vec());
-    assert_eq!(store.prune_changes(tight, u64::MAX).await.unwrap(), 1);
+    assert_eq!(
+        store
+            .change_log()
+            .prune_changes(tight, u64::MAX)
+            .await
+            .unwrap(),
+        1
+    );
     assert_eq!(all_changes(&*store).await, log[6..].to_vec());
 
     // Past its age everything goes but the newest entry, so that the next write, even
@@ -214,7 +251,14 @@ async fn retention_drops_old_entries_below_the_readers_and_never_reuses_a_sequen
         max_bytes: 1 << 20,
     };
     std::thread::sleep(Duration::from_millis(5));
-    assert_eq!(store.prune_changes(expired, u64::MAX).await.unwrap(), 3);
+    assert_eq!(
+        store
+            .change_log()
+            .prune_changes(expired, u64::MAX)
+            .await
+            .unwrap(),
+        3
+    );
     assert_eq!(all_changes(&*store).await, log[9..].to_vec());
     drop(db);
     drop(store);
@@ -223,11 +267,28 @@ async fn retention_drops_old_entries_below_the_readers_and_never_reuses_a_sequen
     db.insert(&env, "c", vec![json!({"n": 10})], None, None)
         .await
         .unwrap();
-    assert_eq!(store.last_change().await.unwrap(), log[9].seq + 1);
+    assert_eq!(
+        store.change_log().last_change().await.unwrap(),
+        log[9].seq + 1
+    );
 
     // Readers' positions survive a restart.
-    assert_eq!(store.change_cursor("triggers").await.unwrap(), 0);
-    store.save_change_cursor("triggers", 7).await.unwrap();
-    store.save_change_cursor("triggers", 9).await.unwrap();
-    assert_eq!(store.change_cursor("triggers").await.unwrap(), 9);
+    assert_eq!(
+        store.change_log().change_cursor("triggers").await.unwrap(),
+        0
+    );
+    store
+        .change_log()
+        .save_change_cursor("triggers", 7)
+        .await
+        .unwrap();
+    store
+        .change_log()
+        .save_change_cursor("triggers", 9)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.change_log().change_cursor("triggers").await.unwrap(),
+        9
+    );
 }

@@ -71,4 +71,51 @@ pub trait MetaStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<InvocationRecord>>;
     async fn query_logs(&self, query: &LogQuery) -> Result<Vec<LogLine>>;
+
+    /// Replaces the function's triggers with `triggers` (all of one function).
+    async fn replace_triggers(
+        &self,
+        env: &EnvId,
+        function: &FunctionName,
+        triggers: &[TriggerRecord],
+    ) -> Result<()>;
+    /// Adds one trigger; `AlreadyExists` when the function has one of that name.
+    async fn insert_trigger(&self, trigger: &TriggerRecord) -> Result<()>;
+    /// Triggers of an env (of one function), or of every env with `env` unset.
+    async fn list_triggers(
+        &self,
+        env: Option<&EnvId>,
+        function: Option<&FunctionName>,
+    ) -> Result<Vec<TriggerRecord>>;
+    async fn delete_trigger(
+        &self,
+        env: &EnvId,
+        function: &FunctionName,
+        name: &str,
+    ) -> Result<bool>;
+    /// Records a timer's tick as fired.
+    async fn trigger_fired(
+        &self,
+        env: &EnvId,
+        function: &FunctionName,
+        name: &str,
+        at_ms: i64,
+    ) -> Result<()>;
+
+    /// Keeps an async event that failed for good (replaces one with the same request id).
+    async fn put_dead_letter(&self, letter: &DeadLetter) -> Result<()>;
+    /// A function's dead letters, oldest failure first; one when `request_id` is given.
+    async fn list_dead_letters(
+        &self,
+        env: &EnvId,
+        function: &FunctionName,
+        request_id: Option<&str>,
+    ) -> Result<Vec<DeadLetter>>;
+    /// Deletes a function's dead letters (one when `request_id` is given); how many went.
+    async fn delete_dead_letters(
+        &self,
+        env: &EnvId,
+        function: &FunctionName,
+        request_id: Option<&str>,
+    ) -> Result<u64>;
 }

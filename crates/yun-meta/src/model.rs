@@ -27,6 +27,9 @@ pub struct EnvSettings {
     /// give it; see [`NetworkPolicy`]). Applies to instances started after a change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkPolicy>,
+    /// The UTC offset timer triggers are read in, `+08:00` by default (CloudBase's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timer_utc_offset: Option<String>,
 }
 
 /// What a sandboxed function's instances may reach over the network. Never the host's
@@ -91,6 +94,31 @@ pub struct NewFunction {
     pub code_size: u64,
     /// Folder name of this version's unpacked code under the function's code folder.
     pub code_id: String,
+    /// What happens to its async events when an attempt fails.
+    #[serde(default)]
+    pub async_retry: AsyncRetry,
+}
+
+/// SCF's async retry policy, per function: runtime errors (the function threw, timed out,
+/// crashed) are retried `retries` times `interval_s` apart; throttles and system errors
+/// are retried until the event is `max_age_s` old; then the event goes to the function's
+/// dead-letter queue.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AsyncRetry {
+    pub retries: u32,
+    pub interval_s: u64,
+    pub max_age_s: u64,
+}
+
+impl Default for AsyncRetry {
+    /// SCF's defaults: 2 retries a minute apart, events kept 6 hours.
+    fn default() -> Self {
+        Self {
+            retries: 2,
+            interval_s: 60,
+            max_age_s: 6 * 3600,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -156,6 +184,47 @@ pub struct InvocationRecord {
     pub status: InvocationStatus,
     pub cold_start: bool,
     pub error: Option<String>,
+    /// 1, or the retry of an async event this delivery is.
+    pub attempt: u32,
+    /// The trigger that caused the invocation (`async` for an async invoke).
+    pub trigger: Option<String>,
+}
+
+/// A trigger: what makes a function run without a caller.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TriggerRecord {
+    pub env: EnvId,
+    pub function: FunctionName,
+    /// Unique per function.
+    pub name: String,
+    /// `timer`, `database` or `storage`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// As given: a cron expression for a timer, JSON text for the others.
+    pub config: String,
+    pub created_at_ms: i64,
+    /// A timer's last tick fired (its missed ticks are caught up from here).
+    pub last_fired_ms: Option<i64>,
+}
+
+/// An async event that failed for good, with SCF's dead-letter fields.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub env: EnvId,
+    pub function: FunctionName,
+    pub request_id: String,
+    /// The CloudBase error code of the last attempt (`FUNCTIONS_EXECUTE_FAIL`, …).
+    pub error_code: String,
+    pub error_message: String,
+    /// The event, JSON text.
+    pub event: String,
+    /// What sent it: `async`, `timer`, `database`, `storage`, `replay`.
+    pub source: String,
+    pub trigger: Option<String>,
+    /// Retries made after the first attempt.
+    pub retry_num: u32,
+    pub enqueued_at_ms: i64,
+    pub failed_at_ms: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

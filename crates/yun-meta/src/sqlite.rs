@@ -102,6 +102,58 @@ DROP TABLE invocations;
 ALTER TABLE invocations_by_id RENAME TO invocations;
 CREATE INDEX invocations_by_function ON invocations(env, function, started_at_ms);
 "#,
+    r#"
+-- Async deliveries: every attempt of a request is a record of its own, with the trigger
+-- that caused it.
+CREATE TABLE invocations_by_attempt (
+    request_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    env TEXT NOT NULL,
+    function TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    started_at_ms INTEGER NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    billed_ms INTEGER NOT NULL,
+    memory_peak_kb INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    cold_start INTEGER NOT NULL,
+    error TEXT,
+    trigger TEXT,
+    PRIMARY KEY (request_id, attempt)
+) WITHOUT ROWID;
+INSERT INTO invocations_by_attempt SELECT request_id, 1, env, function, version,
+    started_at_ms, duration_ms, billed_ms, memory_peak_kb, status, cold_start, error, NULL
+    FROM invocations;
+DROP TABLE invocations;
+ALTER TABLE invocations_by_attempt RENAME TO invocations;
+CREATE INDEX invocations_by_function ON invocations(env, function, started_at_ms);
+-- Async events that failed for good, per function, with why.
+CREATE TABLE dead_letters (
+    env TEXT NOT NULL REFERENCES envs(id) ON DELETE CASCADE,
+    function TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    error_code TEXT NOT NULL,
+    error_message TEXT NOT NULL,
+    event TEXT NOT NULL,
+    source TEXT NOT NULL,
+    trigger TEXT,
+    retry_num INTEGER NOT NULL,
+    enqueued_at_ms INTEGER NOT NULL,
+    failed_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (env, function, request_id)
+) WITHOUT ROWID;
+-- Triggers per function; they go with their function (see delete_function) and env.
+CREATE TABLE triggers (
+    env TEXT NOT NULL REFERENCES envs(id) ON DELETE CASCADE,
+    function TEXT NOT NULL,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    config TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    last_fired_ms INTEGER,
+    PRIMARY KEY (env, function, name)
+) WITHOUT ROWID;
+"#,
 ];
 
 /// The metadata store on one SQLite file (see `yun-sqlite` for the connection model).
@@ -180,11 +232,60 @@ fn invocation_row(row: &Row<'_>) -> rusqlite::Result<InvocationRecord> {
         status: InvocationStatus::parse(&status).unwrap_or(InvocationStatus::Error),
         cold_start: row.get(9)?,
         error: row.get(10)?,
+        attempt: row.get(11)?,
+        trigger: row.get(12)?,
     })
 }
 
 const INVOCATION_COLS: &str =
-    "request_id, env, function, version, started_at_ms, duration_ms, billed_ms, memory_peak_kb, status, cold_start, error";
+    "request_id, env, function, version, started_at_ms, duration_ms, billed_ms, memory_peak_kb, status, cold_start, error, attempt, trigger";
+
+fn dead_letter_row(row: &Row<'_>) -> rusqlite::Result<DeadLetter> {
+    Ok(DeadLetter {
+        env: env_col(row, 0)?,
+        function: fn_col(row, 1)?,
+        request_id: row.get(2)?,
+        error_code: row.get(3)?,
+        error_message: row.get(4)?,
+        event: row.get(5)?,
+        source: row.get(6)?,
+        trigger: row.get(7)?,
+        retry_num: row.get(8)?,
+        enqueued_at_ms: row.get(9)?,
+        failed_at_ms: row.get(10)?,
+    })
+}
+
+fn trigger_row(row: &Row<'_>) -> rusqlite::Result<TriggerRecord> {
+    Ok(TriggerRecord {
+        env: env_col(row, 0)?,
+        function: fn_col(row, 1)?,
+        name: row.get(2)?,
+        kind: row.get(3)?,
+        config: row.get(4)?,
+        created_at_ms: row.get(5)?,
+        last_fired_ms: row.get(6)?,
+    })
+}
+
+const TRIGGER_COLS: &str = "env, function, name, kind, config, created_at_ms, last_fired_ms";
+
+fn insert_trigger_row(conn: &rusqlite::Connection, t: &TriggerRecord) -> rusqlite::Result<usize> {
+    conn.prepare_cached(&format!(
+        "INSERT INTO triggers ({TRIGGER_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+    ))?
+    .execute(params![
+        t.env.as_str(),
+        t.function.as_str(),
+        t.name,
+        t.kind,
+        t.config,
+        t.created_at_ms,
+        t.last_fired_ms
+    ])
+}
+
+const DEAD_LETTER_COLS: &str = "env, function, request_id, error_code, error_message, event, source, trigger, retry_num, enqueued_at_ms, failed_at_ms";
 
 #[async_trait]
 impl MetaStore for SqliteMetaStore {
@@ -531,6 +632,12 @@ impl MetaStore for SqliteMetaStore {
                         params![env.as_str(), name.as_str()],
                     )
                     .map_err(db_err)?;
+                // Its triggers go with it (its dead letters stay to be read or purged).
+                conn.execute(
+                    "DELETE FROM triggers WHERE env = ?1 AND function = ?2",
+                    params![env.as_str(), name.as_str()],
+                )
+                .map_err(db_err)?;
                 Ok(n > 0)
             })
             .await
@@ -543,13 +650,14 @@ impl MetaStore for SqliteMetaStore {
             {
                 let mut stmt = tx
                     .prepare_cached(&format!(
-                        "INSERT OR REPLACE INTO invocations ({INVOCATION_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+                        "INSERT OR REPLACE INTO invocations ({INVOCATION_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
                     ))
                     .map_err(db_err)?;
                 for r in &records {
                     stmt.execute(params![
                         r.request_id, r.env.as_str(), r.function.as_str(), r.version, r.started_at_ms,
-                        r.duration_ms, r.billed_ms, r.memory_peak_kb, r.status.as_str(), r.cold_start, r.error
+                        r.duration_ms, r.billed_ms, r.memory_peak_kb, r.status.as_str(), r.cold_start, r.error,
+                        r.attempt, r.trigger
                     ])
                     .map_err(db_err)?;
                 }
@@ -589,7 +697,7 @@ impl MetaStore for SqliteMetaStore {
             .read(move |conn| {
                 conn.query_row(
                     &format!(
-                    "SELECT {INVOCATION_COLS} FROM invocations WHERE env = ?1 AND request_id = ?2"
+                    "SELECT {INVOCATION_COLS} FROM invocations WHERE env = ?1 AND request_id = ?2 ORDER BY attempt DESC LIMIT 1"
                 ),
                     params![env.as_str(), request_id],
                     invocation_row,
@@ -620,6 +728,170 @@ impl MetaStore for SqliteMetaStore {
             rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)
         })
         .await
+    }
+
+    async fn replace_triggers(
+        &self,
+        env: &EnvId,
+        function: &FunctionName,
+        triggers: &[TriggerRecord],
+    ) -> Result<()> {
+        let (env, function, triggers) = (env.clone(), function.clone(), triggers.to_vec());
+        self.db
+            .write(move |conn| {
+                conn.execute(
+                    "DELETE FROM triggers WHERE env = ?1 AND function = ?2",
+                    params![env.as_str(), function.as_str()],
+                )
+                .map_err(db_err)?;
+                for t in &triggers {
+                    insert_trigger_row(conn, t).map_err(db_err)?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn insert_trigger(&self, trigger: &TriggerRecord) -> Result<()> {
+        let t = trigger.clone();
+        self.db
+            .write(move |conn| match insert_trigger_row(conn, &t) {
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    Err(YunError::new(
+                        ErrorCode::AlreadyExists,
+                        format!("function {} already has a trigger {:?}", t.function, t.name),
+                    ))
+                }
+                other => other.map(|_| ()).map_err(db_err),
+            })
+            .await
+    }
+
+    async fn list_triggers(
+        &self,
+        env: Option<&EnvId>,
+        function: Option<&FunctionName>,
+    ) -> Result<Vec<TriggerRecord>> {
+        let (env, function) = (env.cloned(), function.cloned());
+        self.db
+            .read(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached(&format!(
+                        "SELECT {TRIGGER_COLS} FROM triggers WHERE (?1 IS NULL OR env = ?1) AND (?2 IS NULL OR function = ?2) ORDER BY env, function, name"
+                    ))
+                    .map_err(db_err)?;
+                let rows = stmt
+                    .query_map(
+                        params![env.as_ref().map(|e| e.as_str()), function.as_ref().map(|f| f.as_str())],
+                        trigger_row,
+                    )
+                    .map_err(db_err)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)
+            })
+            .await
+    }
+
+    async fn delete_trigger(
+        &self,
+        env: &EnvId,
+        function: &FunctionName,
+        name: &str,
+    ) -> Result<bool> {
+        let (env, function, name) = (env.clone(), function.clone(), name.to_owned());
+        self.db
+            .write(move |conn| {
+                conn.execute(
+                    "DELETE FROM triggers WHERE env = ?1 AND function = ?2 AND name = ?3",
+                    params![env.as_str(), function.as_str(), name],
+                )
+                .map(|n| n > 0)
+                .map_err(db_err)
+            })
+            .await
+    }
+
+    async fn trigger_fired(
+        &self,
+        env: &EnvId,
+        function: &FunctionName,
+        name: &str,
+        at_ms: i64,
+    ) -> Result<()> {
+        let (env, function, name) = (env.clone(), function.clone(), name.to_owned());
+        self.db
+            .write(move |conn| {
+                conn.execute(
+                    "UPDATE triggers SET last_fired_ms = ?4 WHERE env = ?1 AND function = ?2 AND name = ?3",
+                    params![env.as_str(), function.as_str(), name, at_ms],
+                )
+                .map(|_| ())
+                .map_err(db_err)
+            })
+            .await
+    }
+
+    async fn put_dead_letter(&self, letter: &DeadLetter) -> Result<()> {
+        let l = letter.clone();
+        self.db
+            .write(move |conn| {
+                conn.prepare_cached(&format!(
+                    "INSERT OR REPLACE INTO dead_letters ({DEAD_LETTER_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+                ))
+                .and_then(|mut stmt| {
+                    stmt.execute(params![
+                        l.env.as_str(), l.function.as_str(), l.request_id, l.error_code, l.error_message,
+                        l.event, l.source, l.trigger, l.retry_num, l.enqueued_at_ms, l.failed_at_ms
+                    ])
+                })
+                .map(|_| ())
+                .map_err(db_err)
+            })
+            .await
+    }
+
+    async fn list_dead_letters(
+        &self,
+        env: &EnvId,
+        function: &FunctionName,
+        request_id: Option<&str>,
+    ) -> Result<Vec<DeadLetter>> {
+        let (env, function, request_id) =
+            (env.clone(), function.clone(), request_id.map(str::to_owned));
+        self.db
+            .read(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached(&format!(
+                        "SELECT {DEAD_LETTER_COLS} FROM dead_letters WHERE env = ?1 AND function = ?2 AND (?3 IS NULL OR request_id = ?3) ORDER BY failed_at_ms, request_id"
+                    ))
+                    .map_err(db_err)?;
+                let rows = stmt
+                    .query_map(params![env.as_str(), function.as_str(), request_id], dead_letter_row)
+                    .map_err(db_err)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)
+            })
+            .await
+    }
+
+    async fn delete_dead_letters(
+        &self,
+        env: &EnvId,
+        function: &FunctionName,
+        request_id: Option<&str>,
+    ) -> Result<u64> {
+        let (env, function, request_id) =
+            (env.clone(), function.clone(), request_id.map(str::to_owned));
+        self.db
+            .write(move |conn| {
+                conn.execute(
+                    "DELETE FROM dead_letters WHERE env = ?1 AND function = ?2 AND (?3 IS NULL OR request_id = ?3)",
+                    params![env.as_str(), function.as_str(), request_id],
+                )
+                .map(|n| n as u64)
+                .map_err(db_err)
+            })
+            .await
     }
 
     async fn query_logs(&self, q: &LogQuery) -> Result<Vec<LogLine>> {
@@ -683,37 +955,122 @@ mod tests {
             code_sha256: "x".into(),
             code_size: 1,
             code_id: "c1".into(),
+            async_retry: Default::default(),
         }
     }
 
     #[tokio::test]
-    async fn invocation_records_survive_the_move_to_a_table_keyed_by_request_id() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("meta.db");
-        let before = MIGRATIONS.len() - 1;
-        {
-            let db = Sqlite::open(&path, &MIGRATIONS[..before]).unwrap();
-            db.write(|conn| {
-                conn.execute_batch(
-                    "INSERT INTO invocations VALUES ('r1', 'a', 'f', 1, 10, 5, 5, 100, 'success', 1, NULL);",
-                )
-                .map_err(db_err)
-            })
-            .await
-            .unwrap();
+    async fn invocation_records_survive_the_moves_of_their_table() {
+        // From before the table keyed by request id, and from before the one keyed by
+        // (request id, attempt): both had these eleven columns.
+        for before in [MIGRATIONS.len() - 2, MIGRATIONS.len() - 1] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("meta.db");
+            {
+                let db = Sqlite::open(&path, &MIGRATIONS[..before]).unwrap();
+                db.write(|conn| {
+                    conn.execute_batch(
+                        "INSERT INTO invocations VALUES ('r1', 'a', 'f', 1, 10, 5, 5, 100, 'success', 1, NULL);",
+                    )
+                    .map_err(db_err)
+                })
+                .await
+                .unwrap();
+            }
+            let store = SqliteMetaStore::open(&path).unwrap();
+            let record = store
+                .get_invocation(&env("a"), "r1")
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                (
+                    record.duration_ms,
+                    record.cold_start,
+                    record.attempt,
+                    record.trigger
+                ),
+                (5, true, 1, None)
+            );
+            assert!(store
+                .get_invocation(&env("b"), "r1")
+                .await
+                .unwrap()
+                .is_none());
         }
-        let store = SqliteMetaStore::open(&path).unwrap();
-        let record = store
-            .get_invocation(&env("a"), "r1")
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!((record.duration_ms, record.cold_start), (5, true));
+    }
+
+    #[tokio::test]
+    async fn dead_letters_stay_in_their_env_and_function() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteMetaStore::open(&dir.path().join("meta.db")).unwrap();
+        let f = FunctionName::parse("f").unwrap();
+        let letter = |e: &str, function: &FunctionName, id: &str, at: i64| DeadLetter {
+            env: env(e),
+            function: function.clone(),
+            request_id: id.into(),
+            error_code: "FUNCTIONS_EXECUTE_FAIL".into(),
+            error_message: "boom".into(),
+            event: "{}".into(),
+            source: "async".into(),
+            trigger: None,
+            retry_num: 2,
+            enqueued_at_ms: 1,
+            failed_at_ms: at,
+        };
+        for e in ["a", "b"] {
+            store.create_env(&env(e)).await.unwrap();
+        }
+        let g = FunctionName::parse("g").unwrap();
+        for l in [
+            letter("a", &f, "r2", 20),
+            letter("a", &f, "r1", 10),
+            letter("a", &g, "r3", 5),
+            letter("b", &f, "r4", 5),
+        ] {
+            store.put_dead_letter(&l).await.unwrap();
+        }
+        let ids = |v: Vec<DeadLetter>| v.into_iter().map(|l| l.request_id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(store.list_dead_letters(&env("a"), &f, None).await.unwrap()),
+            ["r1", "r2"]
+        );
+        assert_eq!(
+            ids(store
+                .list_dead_letters(&env("a"), &f, Some("r4"))
+                .await
+                .unwrap()),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            store
+                .delete_dead_letters(&env("a"), &f, Some("r4"))
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            store
+                .delete_dead_letters(&env("a"), &f, None)
+                .await
+                .unwrap(),
+            2
+        );
+        assert_eq!(
+            ids(store.list_dead_letters(&env("a"), &g, None).await.unwrap()),
+            ["r3"]
+        );
+        assert_eq!(
+            ids(store.list_dead_letters(&env("b"), &f, None).await.unwrap()),
+            ["r4"]
+        );
+        // They go with their env.
+        store.delete_env(&env("b")).await.unwrap();
         assert!(store
-            .get_invocation(&env("b"), "r1")
+            .list_dead_letters(&env("b"), &f, None)
             .await
             .unwrap()
-            .is_none());
+            .is_empty());
     }
 
     #[tokio::test]

@@ -13,10 +13,11 @@ use std::time::Duration;
 
 use axum::serve::ListenerExt as _;
 use tokio::sync::watch;
-use yun_app::{App, AppSettings, Credentials, Recorder};
+use yun_app::{App, AppSettings, ChangeSource, Credentials, Recorder, Stores};
 use yun_docdb::sqlite::SqliteDocStore;
 use yun_docdb::store::DocStore;
 use yun_docdb::{DocDb, Limits};
+use yun_events::{EventBus, JetStreamBus, SqliteBus};
 use yun_functions::{
     install_bootstrap, layer_ready, sandbox_trial, Isolation, LayerState, Runtime, RuntimeConfig,
     Sandbox, SpawnConfig, UidPool,
@@ -48,6 +49,10 @@ pub struct DevConfig {
     /// Where file bytes go: `s3://bucket` (endpoint and keys from `AWS_*`) or a folder;
     /// defaults to `{data_dir}/files`.
     pub storage: Option<String>,
+    /// Where async events wait: `None` for SQLite in the data dir, or a `nats://` URL
+    /// (NATS JetStream; processes on one server share the queue and fire a timer's tick
+    /// once).
+    pub events: Option<String>,
     pub storage_limits: StorageLimits,
     pub sandbox: SandboxMode,
     /// Uids sandboxed instances run as, one per live instance.
@@ -490,6 +495,17 @@ impl Server {
         let users = Arc::new(Users::new(Arc::new(SqliteUserStore::open(
             &meta_dir.join("users.db"),
         )?)));
+        let events: Arc<dyn EventBus> = match &cfg.events {
+            None => Arc::new(SqliteBus::open(&meta_dir.join("events.db")).map_err(YunError::from)?),
+            Some(url) => {
+                let (server, prefix) = nats_url(url);
+                Arc::new(
+                    JetStreamBus::connect(server, prefix)
+                        .await
+                        .map_err(YunError::from)?,
+                )
+            }
+        };
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .map_err(|source| ServerError::Bind {
@@ -559,16 +575,23 @@ impl Server {
         };
         let app = Arc::new(
             App::new(
-                meta.clone(),
+                Stores {
+                    meta: meta.clone(),
+                    docdb,
+                    storage,
+                    users,
+                    events,
+                },
                 runtime,
-                docdb,
-                storage,
-                users,
                 recorder,
                 settings,
             )
             .await?,
         );
+        tokio::spawn(app.clone().run_async_invoker());
+        tokio::spawn(app.clone().run_timers());
+        tokio::spawn(app.clone().run_change_triggers(ChangeSource::Documents));
+        tokio::spawn(app.clone().run_change_triggers(ChangeSource::Files));
         // Instances' gateways serve from now on (they wait until then).
         let _ = router_slot.send(Some(yun_api::instance_router(app.clone())));
         ChannelApi::serve(&app);
@@ -676,9 +699,39 @@ fn write_credentials(path: &Path, credentials: &Credentials) -> Result<(), Serve
     std::fs::rename(&tmp, path).map_err(io_err("cannot write", path))
 }
 
+/// Splits `nats://HOST:PORT/PREFIX` into the server and the prefix of Yun's streams
+/// (default `yun`): deployments sharing a NATS server keep apart by prefix.
+fn nats_url(url: &str) -> (&str, &str) {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    match url[after_scheme..].find('/') {
+        Some(i) if after_scheme + i + 1 < url.len() => {
+            (&url[..after_scheme + i], &url[after_scheme + i + 1..])
+        }
+        Some(i) => (&url[..after_scheme + i], "yun"),
+        None => (url, "yun"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nats_urls_name_the_server_and_the_streams_prefix() {
+        assert_eq!(
+            nats_url("nats://127.0.0.1:4222"),
+            ("nats://127.0.0.1:4222", "yun")
+        );
+        assert_eq!(
+            nats_url("nats://127.0.0.1:4222/"),
+            ("nats://127.0.0.1:4222", "yun")
+        );
+        assert_eq!(
+            nats_url("nats://h:4222/staging"),
+            ("nats://h:4222", "staging")
+        );
+        assert_eq!(nats_url("h:4222/x"), ("h:4222", "x"));
+    }
 
     #[test]
     fn private_folders_are_found_and_layers_mirrored_with_links() {

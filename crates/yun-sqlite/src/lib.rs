@@ -13,6 +13,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use rusqlite::{Connection, OpenFlags};
 use yun_types::YunError;
 
+pub mod changelog;
+
 pub use rusqlite;
 
 /// Wraps a SQLite error as an internal error (logged, generic to callers).

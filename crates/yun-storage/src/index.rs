@@ -8,9 +8,10 @@ use std::path::Path;
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, Row};
 use yun_sqlite::{db_err, Sqlite};
+use yun_types::changes::{ChangeLog, NewChange};
 use yun_types::{EnvId, YunError};
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FileRecord {
     pub path: String,
@@ -43,9 +44,13 @@ pub trait FileIndex: Send + Sync + 'static {
     async fn used_bytes(&self, env: &EnvId) -> Result<u64, YunError>;
     /// Forgets every file of the env; returns their objects for deletion.
     async fn drop_env(&self, env: &EnvId) -> Result<Vec<String>, YunError>;
+    /// The log every `put` (op `created`) and `delete` (`removed`) appends to in its own
+    /// transaction, the records as JSON before and after.
+    fn change_log(&self) -> &dyn ChangeLog;
 }
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE files (
     env TEXT NOT NULL,
     path TEXT NOT NULL,
@@ -57,7 +62,9 @@ CREATE TABLE files (
     created_at INTEGER NOT NULL,
     PRIMARY KEY (env, path)
 ) WITHOUT ROWID;
-"#];
+"#,
+    yun_sqlite::changelog::MIGRATION,
+];
 
 const COLUMNS: &str = "path, object, size, content_type, etag, owner, created_at";
 
@@ -85,6 +92,29 @@ fn select_one(
     .map_err(db_err)
 }
 
+fn log_change(
+    conn: &rusqlite::Connection,
+    env: &str,
+    op: &str,
+    path: &str,
+    before: Option<&FileRecord>,
+    after: Option<&FileRecord>,
+) -> Result<(), YunError> {
+    let text = |r: Option<&FileRecord>| r.map(serde_json::to_string).transpose().map_err(db_err);
+    let (before, after) = (text(before)?, text(after)?);
+    yun_sqlite::changelog::append(
+        conn,
+        env,
+        &NewChange {
+            target: "",
+            op,
+            key: path,
+            before: before.as_deref(),
+            after: after.as_deref(),
+        },
+    )
+}
+
 pub struct SqliteFileIndex {
     db: Sqlite,
 }
@@ -109,6 +139,7 @@ impl FileIndex for SqliteFileIndex {
         self.db
             .write(move |conn| {
                 let old = select_one(conn, &env, &r.path)?;
+                log_change(conn, &env, "created", &r.path, old.as_ref(), Some(&r))?;
                 conn.prepare_cached(&format!(
                     "INSERT OR REPLACE INTO files (env, {COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
                 ))
@@ -135,6 +166,9 @@ impl FileIndex for SqliteFileIndex {
         self.db
             .write(move |conn| {
                 let old = select_one(conn, &env, &path)?;
+                if old.is_some() {
+                    log_change(conn, &env, "removed", &path, old.as_ref(), None)?;
+                }
                 conn.prepare_cached("DELETE FROM files WHERE env = ?1 AND path = ?2")
                     .and_then(|mut s| s.execute(params![env, path]))
                     .map_err(db_err)?;
@@ -181,6 +215,10 @@ impl FileIndex for SqliteFileIndex {
                     .map_err(db_err)
             })
             .await
+    }
+
+    fn change_log(&self) -> &dyn ChangeLog {
+        &self.db
     }
 
     async fn drop_env(&self, env: &EnvId) -> Result<Vec<String>, YunError> {

@@ -17,7 +17,6 @@ use futures_util::stream::{BoxStream, Stream, StreamExt};
 use object_store::path::Path as ObjectKey;
 use object_store::{GetOptions, GetRange, GetResultPayload, ObjectStore, WriteMultipart};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio::sync::broadcast;
 use tokio_util::io::ReaderStream;
 use yun_types::{new_id, EnvId, ErrorCode, YunError};
 
@@ -45,13 +44,6 @@ impl Default for StorageLimits {
             env_quota_bytes: 50 << 30,
         }
     }
-}
-
-/// What happened to a file; the triggers issue consumes these.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StorageEvent {
-    Uploaded { env: EnvId, path: String, size: u64 },
-    Deleted { env: EnvId, path: String },
 }
 
 /// Where the bytes live.
@@ -137,7 +129,6 @@ pub struct Storage {
     local_root: Option<std::path::PathBuf>,
     index: Arc<dyn FileIndex>,
     limits: StorageLimits,
-    events: broadcast::Sender<StorageEvent>,
     /// Image renders are CPU-bound: at most one per core at a time.
     renders: tokio::sync::Semaphore,
 }
@@ -168,7 +159,6 @@ impl Storage {
             },
             index,
             limits,
-            events: broadcast::channel(1024).0,
             renders: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             ),
@@ -194,14 +184,10 @@ impl Storage {
         .map_err(|e| YunError::internal(format!("syncing {object}: {e}")))
     }
 
-    /// Uploads and deletes from now on. Slow receivers miss events (and are told so).
-    pub fn subscribe(&self) -> broadcast::Receiver<StorageEvent> {
-        self.events.subscribe()
-    }
-
-    fn emit(&self, event: StorageEvent) {
-        // No receivers is fine: nothing listens until triggers exist.
-        let _ = self.events.send(event);
+    /// The file index's change log: every upload, copy and delete, in the index's own
+    /// transaction (the storage triggers read it).
+    pub fn change_log(&self) -> &dyn yun_types::changes::ChangeLog {
+        self.index.change_log()
     }
 
     /// Streams `body` into a new object and points `path` at it. An error or a dropped
@@ -306,11 +292,6 @@ impl Storage {
                 return Err(e);
             }
         }
-        self.emit(StorageEvent::Uploaded {
-            env: env.clone(),
-            path: record.path.clone(),
-            size,
-        });
         Ok(record)
     }
 
@@ -458,10 +439,6 @@ impl Storage {
             .await?
             .ok_or_else(|| not_found(path.as_str()))?;
         self.retire(&old).await;
-        self.emit(StorageEvent::Deleted {
-            env: env.clone(),
-            path: old.path,
-        });
         Ok(())
     }
 
@@ -500,11 +477,6 @@ impl Storage {
         if let Some(old) = self.index.put(env, record.clone()).await? {
             self.retire(&old).await;
         }
-        self.emit(StorageEvent::Uploaded {
-            env: env.clone(),
-            path: record.path.clone(),
-            size: record.size,
-        });
         if remove_original {
             self.delete(env, from).await?;
         }
@@ -526,7 +498,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn uploads_and_deletes_are_published_and_a_failed_upload_is_not() {
+    async fn uploads_copies_and_deletes_are_logged_and_a_failed_upload_is_not() {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::new(
             &ObjectBackend::Local(dir.path().join("files")),
@@ -537,7 +509,6 @@ mod tests {
             },
         )
         .unwrap();
-        let mut events = storage.subscribe();
         let env = EnvId::parse("dev").unwrap();
         let path = CloudPath::parse("a/b.txt").unwrap();
         let body = |parts: &[&'static [u8]]| {
@@ -553,30 +524,36 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((file.size, file.content_type.as_str()), (6, "text/plain"));
-        assert_eq!(
-            events.try_recv().unwrap(),
-            StorageEvent::Uploaded {
-                env: env.clone(),
-                path: "a/b.txt".into(),
-                size: 6
-            }
-        );
         let too_big = storage
             .upload(&env, &path, None, "", body(&[b"0123456789", b"x"]))
             .await;
         assert_eq!(too_big.unwrap_err().code, ErrorCode::PayloadTooLarge);
-        assert!(
-            events.try_recv().is_err(),
-            "a refused upload publishes nothing"
-        );
         assert_eq!(storage.stat(&env, &path).await.unwrap().etag, file.etag);
-        storage.delete(&env, &path).await.unwrap();
+        let copy = CloudPath::parse("c.txt").unwrap();
+        storage.copy(&env, &path, &copy, false, true).await.unwrap();
+        storage.delete(&env, &copy).await.unwrap();
+        let log = storage.change_log().changes_after(0, 100).await.unwrap();
+        let seen: Vec<(&str, &str, &str)> = log
+            .iter()
+            .map(|e| (e.env.as_str(), e.op.as_str(), e.key.as_str()))
+            .collect();
+        // The refused upload logged nothing; the move is a copy and a delete.
         assert_eq!(
-            events.try_recv().unwrap(),
-            StorageEvent::Deleted {
-                env,
-                path: "a/b.txt".into()
-            }
+            seen,
+            [
+                ("dev", "created", "a/b.txt"),
+                ("dev", "created", "c.txt"),
+                ("dev", "removed", "a/b.txt"),
+                ("dev", "removed", "c.txt"),
+            ]
         );
+        let created: FileRecord = serde_json::from_str(log[0].after.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            (created.size, created.etag.as_str()),
+            (6, file.etag.as_str())
+        );
+        assert!(log[0].before.is_none() && log[2].after.is_none());
+        let removed: FileRecord = serde_json::from_str(log[3].before.as_deref().unwrap()).unwrap();
+        assert_eq!(removed.path, "c.txt");
     }
 }

@@ -117,6 +117,7 @@ impl TestYun {
             idle_timeout: options.idle_timeout,
             queue_timeout: options.queue_timeout,
             storage: None,
+            events: None,
             storage_limits: Default::default(),
             sandbox: yun_server::SandboxMode::Auto,
             instance_uids: yun_server::DEFAULT_INSTANCE_UIDS,

@@ -3,6 +3,7 @@
 //! Depends on nothing of Yun's. Every error a caller can see is an [`ErrorCode`]; each
 //! protocol (CloudBase envelope, management API JSON, CLI) reads its code from here.
 
+pub mod changes;
 mod error;
 mod names;
 

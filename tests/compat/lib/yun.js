@@ -6,6 +6,7 @@ const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 const tcb = require('@cloudbase/node-sdk');
+const { sign } = require('@cloudbase/signature-nodejs');
 
 const BIN = process.env.YUN_BIN || path.resolve(__dirname, '../../../target/debug/yun');
 // This folder's node_modules holds the pinned SDKs; Yun uses it as its Node layer.
@@ -69,6 +70,24 @@ async function startYun(extraArgs = [], { dataDir = fs.mkdtempSync(path.join(os.
         serviceUrl: `${creds.url}/admin`,
         timeout: 30000,
       });
+    },
+    /**
+     * A raw /admin request signed as the node-sdk signs it, for fields no SDK sends;
+     * `mutate` changes the body after signing. Resolves {status, json}.
+     */
+    async signedAdmin(body, { secretId = creds.secretId, secretKey = creds.secretKey, timestamp, mutate } = {}) {
+      const url = `${creds.url}/admin?env=${creds.envId}&seqId=test_1`;
+      const headers = { 'content-type': 'application/json', host: new URL(creds.url).host, 'user-agent': 'yun-compat' };
+      const params = { ...body, envName: creds.envId };
+      const ts = timestamp || Math.floor(Date.now() / 1000) - 1;
+      const { authorization } = sign({ secretId, secretKey, method: 'post', url, headers, params, timestamp: ts, withSignedParams: true });
+      const sent = mutate ? mutate({ ...params }) : params;
+      const res = await fetch(url, {
+        method: 'POST',
+        headers: { ...headers, authorization, 'x-timestamp': String(ts), 'x-signature-expires': '600' },
+        body: JSON.stringify(sent),
+      });
+      return { status: res.status, json: await res.json() };
     },
     /** Runs the yun CLI against this server; resolves {code, stdout, stderr}. */
     cli(args, env = {}) {

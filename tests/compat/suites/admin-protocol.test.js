@@ -3,7 +3,6 @@
 // envelopes, error codes, and every way a signature can be wrong.
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
-const { sign } = require('@cloudbase/signature-nodejs');
 const { startYun } = require('../lib/yun');
 
 let yun;
@@ -48,20 +47,11 @@ test('an unknown function is FUNCTION_NOT_FOUND with a request id', async () => 
   });
 });
 
-async function signedPost(body, { secretId = yun.secretId, secretKey = yun.secretKey, timestamp, mutate } = {}) {
-  const url = `${yun.url}/admin?env=${yun.envId}&seqId=test_1`;
-  const headers = { 'content-type': 'application/json', host: new URL(yun.url).host, 'user-agent': 'yun-compat' };
-  const params = { ...body, envName: yun.envId };
-  const ts = timestamp || Math.floor(Date.now() / 1000) - 1;
-  const { authorization } = sign({ secretId, secretKey, method: 'post', url, headers, params, timestamp: ts, withSignedParams: true });
-  const sent = mutate ? mutate({ ...params }) : params;
-  const res = await fetch(url, {
-    method: 'POST',
-    headers: { ...headers, authorization, 'x-timestamp': String(ts), 'x-signature-expires': '600' },
-    body: JSON.stringify(sent),
-  });
-  assert.equal(res.status, 200, 'the admin protocol always answers 200');
-  return res.json();
+/** A raw signed /admin request (the admin protocol always answers HTTP 200). */
+async function signedPost(body, opts) {
+  const { status, json } = await yun.signedAdmin(body, opts);
+  assert.equal(status, 200, 'the admin protocol always answers 200');
+  return json;
 }
 
 test('a request signed with the real signer passes; unknown actions get INVALID_ACTION', async () => {
