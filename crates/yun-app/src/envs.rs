@@ -121,6 +121,7 @@ impl App {
             self.users.drop_env(env).await?;
         }
         self.forget_env(env);
+        self.triggers_changed();
         if !deleted {
             return Err(YunError::new(
                 ErrorCode::InvalidEnv,

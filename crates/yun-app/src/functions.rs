@@ -80,12 +80,15 @@ pub(crate) struct Attempt<'a> {
     /// 1 for the first.
     pub number: u32,
     pub trigger: Option<&'a str>,
+    /// A timer trigger's delivery (`TRIGGER_SRC=timer`).
+    pub timer: bool,
 }
 
 impl Attempt<'_> {
     pub const FIRST: Attempt<'static> = Attempt {
         number: 1,
         trigger: None,
+        timer: false,
     };
 }
 
@@ -456,6 +459,8 @@ impl App {
             ));
         }
         self.forget_function(&identity.env, name);
+        // Its triggers went with it: the loops must stop firing them now.
+        self.triggers_changed();
         let _ = tokio::fs::remove_dir_all(self.code_dir(&identity.env, name)).await;
         Ok(())
     }
@@ -466,6 +471,7 @@ impl App {
         spec: &FunctionSpec,
         caller: &CallerContext,
         request_id: &str,
+        timer: bool,
     ) -> InvocationEnv {
         let credential =
             self.function_credential(&spec.env, &spec.name, spec.timeout.as_secs() as i64);
@@ -513,10 +519,7 @@ impl App {
             ("TCB_SOURCE", text(source)),
             ("TCB_ENV", text(spec.env.as_str())),
             // SCF sets it for timer deliveries; the SDKs read it (which API token).
-            (
-                "TRIGGER_SRC",
-                text(if source == "timer" { "timer" } else { "" }),
-            ),
+            ("TRIGGER_SRC", text(if timer { "timer" } else { "" })),
         ]
     }
 
@@ -551,7 +554,7 @@ impl App {
         let spec = &loaded.spec;
         let request_id = caller.request_id.clone();
         let started_at_ms = yun_types::unix_ms();
-        let env = self.invocation_env(identity, spec, caller, &request_id);
+        let env = self.invocation_env(identity, spec, caller, &request_id, attempt.timer);
         let report = self
             .runtime
             .invoke(

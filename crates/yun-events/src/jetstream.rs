@@ -31,8 +31,9 @@ use bytes::Bytes;
 use futures_util::{FutureExt as _, StreamExt as _};
 
 use crate::{
-    check_message, check_name, check_spec, check_visibility, partition, Delivery, EventBus,
-    EventsError, Message, Order, Published, Receipt, TopicSpec, DEDUPE_WINDOW, PARTITIONS,
+    check_claim, check_message, check_name, check_spec, check_visibility, partition, Delivery,
+    EventBus, EventsError, Message, Order, Published, Receipt, Retention, TopicSpec, CLAIM_TTL,
+    DEDUPE_WINDOW, PARTITIONS,
 };
 
 /// The header carrying a message's key.
@@ -59,6 +60,8 @@ pub struct JetStreamBus {
     /// Where the next ordered sweep starts, so that fetches asking for fewer messages
     /// than there are partitions do not always favour the first ones.
     sweep_from: AtomicU32,
+    /// The key-value bucket of claims, `{prefix}_claims`, made on first use.
+    claims: tokio::sync::OnceCell<jetstream::kv::Store>,
 }
 
 struct Topic {
@@ -119,6 +122,7 @@ impl JetStreamBus {
             prefix: prefix.to_owned(),
             topics: Mutex::new(HashMap::new()),
             sweep_from: AtomicU32::new(0),
+            claims: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -142,8 +146,15 @@ impl JetStreamBus {
             name: format!("{}_{topic}", self.prefix),
             description: Some(format!("yun-events topic {topic}")),
             subjects: self.subjects(topic, spec.order),
-            retention: stream::RetentionPolicy::Limits,
-            discard: stream::DiscardPolicy::Old,
+            retention: match spec.retention {
+                Retention::Limits => stream::RetentionPolicy::Limits,
+                Retention::WorkQueue => stream::RetentionPolicy::WorkQueue,
+            },
+            // A work queue refuses when full; it never drops a waiting message.
+            discard: match spec.retention {
+                Retention::Limits => stream::DiscardPolicy::Old,
+                Retention::WorkQueue => stream::DiscardPolicy::New,
+            },
             storage: stream::StorageType::File,
             max_age: spec.max_age,
             max_bytes: i64::try_from(spec.max_bytes).unwrap_or(i64::MAX),
@@ -577,6 +588,12 @@ impl EventBus for JetStreamBus {
                             asked: spec.order,
                         });
                     }
+                    if old.retention != config.retention {
+                        return Err(EventsError::Invalid(format!(
+                            "topic {topic:?} is declared with {:?} retention",
+                            old.retention
+                        )));
+                    }
                     if (old.max_age, old.max_bytes, old.duplicate_window)
                         != (config.max_age, config.max_bytes, config.duplicate_window)
                     {
@@ -616,6 +633,10 @@ impl EventBus for JetStreamBus {
             jetstream::context::PublishErrorKind::StreamNotFound => {
                 lock(&self.topics).remove(topic);
                 EventsError::UnknownTopic(topic.to_owned())
+            }
+            // A work queue at its limit (discard new): the server's words, no kind.
+            _ if e.to_string().contains("maximum bytes exceeded") => {
+                EventsError::Full(topic.to_owned())
             }
             _ => nats(e),
         };
@@ -674,6 +695,47 @@ impl EventBus for JetStreamBus {
             self.ring(&d.topic, &d.key).await;
         }
         Ok(())
+    }
+
+    async fn extend(&self, d: &Delivery, visibility: Duration) -> Result<(), EventsError> {
+        check_visibility(visibility)?;
+        self.reply(d, AckKind::Progress).await.map(drop)
+    }
+
+    async fn claim(&self, key: &str) -> Result<bool, EventsError> {
+        check_claim(key)?;
+        let store = self
+            .claims
+            .get_or_try_init(|| async {
+                // The bucket's stream made here, as async-nats's `create_key_value` would
+                // (it first asks for account details nats-server 2.9 answers differently).
+                // Creating a stream that exists with this config is a no-op, so every
+                // process may race to do it.
+                let bucket = format!("{}_claims", self.prefix);
+                self.js
+                    .get_or_create_stream(stream::Config {
+                        name: format!("KV_{bucket}"),
+                        subjects: vec![format!("$KV.{bucket}.>")],
+                        max_messages_per_subject: 1,
+                        max_age: CLAIM_TTL,
+                        storage: stream::StorageType::File,
+                        allow_rollup: true,
+                        deny_delete: true,
+                        allow_direct: true,
+                        discard: stream::DiscardPolicy::New,
+                        num_replicas: 1,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(nats)?;
+                self.js.get_key_value(bucket).await.map_err(nats)
+            })
+            .await?;
+        match store.create(key, Bytes::new()).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == jetstream::kv::CreateErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(nats(e)),
+        }
     }
 
     async fn pending(&self, topic: &str, group: &str) -> Result<u64, EventsError> {

@@ -23,10 +23,14 @@
 //!   succeeds and says `duplicate`, with the first one's sequence. SQLite dedupes for as
 //!   long as the first message is retained, which is at least that long unless
 //!   `max_bytes` dropped it.
-//! - **Retention** is by limits only: a message is dropped when older than `max_age`
-//!   (default 7 days) or when the topic passes `max_bytes` (default 1 GiB; oldest first),
-//!   whether or not groups have acked it, never because they have: a group created
-//!   later still sees the retained history, on both backends alike.
+//! - **Retention**: by default by limits only: a message is dropped when older than
+//!   `max_age` (default 7 days) or when the topic passes `max_bytes` (default 1 GiB;
+//!   oldest first), whether or not groups have acked it, never because they have: a
+//!   group created later still sees the retained history, on both backends alike. A
+//!   [`Retention::WorkQueue`] topic is for one group: a message goes when acked, and a
+//!   full topic refuses publishes ([`EventsError::Full`]) instead of dropping.
+//! - **Claims** ([`EventBus::claim`]): the first claimant of a key among all processes on
+//!   the bus gets it, for [`CLAIM_TTL`].
 //! - **Sequences** increase in publish order within a topic; they may have gaps.
 
 use std::time::{Duration, SystemTime};
@@ -43,6 +47,9 @@ pub use sqlite::SqliteBus;
 
 /// How long a `dedupe_id` is remembered at least (JetStream's `duplicate_window`).
 pub const DEDUPE_WINDOW: Duration = Duration::from_secs(120);
+
+/// How long a [`EventBus::claim`] holds (JetStream: its key-value bucket's `max_age`).
+pub const CLAIM_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Partitions of an [`Order::PerKey`] topic on JetStream. Part of the stored layout: a
 /// key's partition must not change while its messages are retained.
@@ -94,6 +101,17 @@ pub trait EventBus: Send + Sync + 'static {
     /// How many retained messages of the topic the group has not acked (delivered or
     /// not): for dead-letter depth, metrics and tests. Does not create the group.
     async fn pending(&self, topic: &str, group: &str) -> Result<u64, EventsError>;
+
+    /// Still working: keeps the delivery from others for `visibility` again, from now
+    /// (JetStream: for the group's `ack_wait`). Long work extends now and then, so a
+    /// short visibility redelivers soon after a crash without cutting long work short.
+    async fn extend(&self, delivery: &Delivery, visibility: Duration) -> Result<(), EventsError>;
+
+    /// Claims `key` (1 to 256 of `A-Z a-z 0-9 - _ = .`): true for the first claimant
+    /// among every process on this bus, false for the others for [`CLAIM_TTL`] after it.
+    /// A timer's tick is fired by whoever claims it, so by one process only, however
+    /// late the others catch up.
+    async fn claim(&self, key: &str) -> Result<bool, EventsError>;
 }
 
 /// Whether a group gets a key's messages one at a time, in order.
@@ -105,10 +123,23 @@ pub enum Order {
     PerKey,
 }
 
+/// What keeps a topic's messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    /// Age and size only: every group sees the retained history; past `max_bytes` the
+    /// oldest go, acked or not.
+    Limits,
+    /// A work queue for one group: a message goes when acked; past `max_bytes` a publish
+    /// is refused ([`EventsError::Full`]) rather than a waiting message dropped. A
+    /// `dedupe_id` is remembered for [`DEDUPE_WINDOW`] after its message went.
+    WorkQueue,
+}
+
 /// A topic's delivery order and retention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TopicSpec {
     pub order: Order,
+    pub retention: Retention,
     /// Messages older than this are dropped.
     pub max_age: Duration,
     /// Past this many bytes (payloads, keys and ids; JetStream counts its own framing
@@ -120,10 +151,11 @@ impl TopicSpec {
     pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
     pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
 
-    /// Default retention, the given order.
+    /// Default retention (limits), the given order.
     pub fn new(order: Order) -> Self {
         Self {
             order,
+            retention: Retention::Limits,
             max_age: Self::DEFAULT_MAX_AGE,
             max_bytes: Self::DEFAULT_MAX_BYTES,
         }
@@ -202,6 +234,9 @@ pub enum EventsError {
         declared: Order,
         asked: Order,
     },
+    /// A work queue at its `max_bytes`: nothing more until messages are acked.
+    #[error("topic {0:?} is full: its messages wait for their consumers")]
+    Full(String),
     /// A delivery from another kind of bus was handed to this one.
     #[error("this delivery did not come from this event bus")]
     ForeignDelivery,
@@ -217,6 +252,10 @@ impl From<EventsError> for YunError {
         match e {
             EventsError::Invalid(message) => YunError::invalid_param(message),
             EventsError::Store(e) => e,
+            e @ EventsError::Full(_) => YunError::new(
+                yun_types::ErrorCode::ConcurrencyLimit,
+                format!("events: {e}"),
+            ),
             e @ (EventsError::UnknownTopic(_)
             | EventsError::OrderConflict { .. }
             | EventsError::ForeignDelivery
@@ -272,6 +311,21 @@ fn check_visibility(visibility: Duration) -> Result<(), EventsError> {
         ));
     }
     Ok(())
+}
+
+/// Claims are JetStream key-value keys: 1 to 256 of `A-Z a-z 0-9 - _ = .`.
+fn check_claim(key: &str) -> Result<(), EventsError> {
+    let ok = (1..=MAX_KEY).contains(&key.len())
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_=.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(EventsError::Invalid(format!(
+            "claim {key:?}: use 1 to {MAX_KEY} of A-Z a-z 0-9 - _ = ."
+        )))
+    }
 }
 
 fn check_message(msg: &Message) -> Result<(), EventsError> {

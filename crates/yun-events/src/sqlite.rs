@@ -24,12 +24,14 @@ use yun_sqlite::{db_err, Sqlite};
 use yun_types::YunError;
 
 use crate::{
-    check_message, check_name, check_spec, check_visibility, Delivery, EventBus, EventsError,
-    Message, Order, Published, Receipt, TopicSpec,
+    check_claim, check_message, check_name, check_spec, check_visibility, Delivery, EventBus,
+    EventsError, Message, Order, Published, Receipt, Retention, TopicSpec, CLAIM_TTL,
+    DEDUPE_WINDOW,
 };
 
 /// Append-only: never edit one that shipped.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE topics (
     topic TEXT PRIMARY KEY,
     ordered INTEGER NOT NULL,
@@ -68,7 +70,22 @@ CREATE TABLE deliveries (
     PRIMARY KEY (topic, grp, seq)
 ) WITHOUT ROWID;
 CREATE INDEX deliveries_due ON deliveries (topic, grp, visible_at) WHERE acked = 0;
-"#];
+"#,
+    r#"
+-- Claims (`EventBus::claim`): the first claimant of a key holds it until `until_ms`.
+CREATE TABLE claims (key TEXT PRIMARY KEY, until_ms INTEGER NOT NULL) WITHOUT ROWID;
+-- Work queues (`Retention::WorkQueue`): a message goes when acked; its dedupe id is
+-- remembered here for the dedupe window.
+ALTER TABLE topics ADD COLUMN work_queue INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE gone_dedupes (
+    topic TEXT NOT NULL,
+    dedupe_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    gone_at INTEGER NOT NULL,
+    PRIMARY KEY (topic, dedupe_id)
+) WITHOUT ROWID;
+"#,
+];
 
 /// How far a fetch looks past the cursor for a message whose key is free: a long run of
 /// one blocked key is skipped up to here, and keys behind it wait for the cursor.
@@ -184,22 +201,29 @@ impl Inner {
 }
 
 fn read_spec(c: &Connection, topic: &str) -> Result<Option<TopicSpec>, YunError> {
-    c.prepare_cached("SELECT ordered, max_age_ms, max_bytes FROM topics WHERE topic = ?1")
-        .and_then(|mut s| {
-            s.query_row([topic], |r| {
-                Ok(TopicSpec {
-                    order: if r.get::<_, bool>(0)? {
-                        Order::PerKey
-                    } else {
-                        Order::Any
-                    },
-                    max_age: Duration::from_millis(non_negative(r.get(1)?)),
-                    max_bytes: non_negative(r.get(2)?),
-                })
+    c.prepare_cached(
+        "SELECT ordered, max_age_ms, max_bytes, work_queue FROM topics WHERE topic = ?1",
+    )
+    .and_then(|mut s| {
+        s.query_row([topic], |r| {
+            Ok(TopicSpec {
+                order: if r.get::<_, bool>(0)? {
+                    Order::PerKey
+                } else {
+                    Order::Any
+                },
+                retention: if r.get::<_, bool>(3)? {
+                    Retention::WorkQueue
+                } else {
+                    Retention::Limits
+                },
+                max_age: Duration::from_millis(non_negative(r.get(1)?)),
+                max_bytes: non_negative(r.get(2)?),
             })
-            .optional()
         })
-        .map_err(db_err)
+        .optional()
+    })
+    .map_err(db_err)
 }
 
 fn now_ms() -> i64 {
@@ -228,9 +252,15 @@ impl EventBus for SqliteBus {
                     if old.order != spec.order {
                         return Ok(Some(old.order));
                     }
+                    if old.retention != spec.retention {
+                        return Err(YunError::invalid_param(format!(
+                            "topic {name:?} is declared with {:?} retention",
+                            old.retention
+                        )));
+                    }
                 }
                 c.prepare_cached(
-                    "INSERT INTO topics (topic, ordered, max_age_ms, max_bytes) VALUES (?1, ?2, ?3, ?4)
+                    "INSERT INTO topics (topic, ordered, max_age_ms, max_bytes, work_queue) VALUES (?1, ?2, ?3, ?4, ?5)
                      ON CONFLICT (topic) DO UPDATE SET max_age_ms = excluded.max_age_ms, max_bytes = excluded.max_bytes",
                 )
                 .and_then(|mut s| {
@@ -238,7 +268,8 @@ impl EventBus for SqliteBus {
                         name,
                         spec.order == Order::PerKey,
                         ms(spec.max_age),
-                        i64::try_from(spec.max_bytes).unwrap_or(i64::MAX)
+                        i64::try_from(spec.max_bytes).unwrap_or(i64::MAX),
+                        spec.retention == Retention::WorkQueue
                     ])
                 })
                 .map_err(db_err)?;
@@ -265,7 +296,8 @@ impl EventBus for SqliteBus {
             .inner
             .db
             .write(move |c| append(c, &name, &spec, &msg, now_ms()))
-            .await?;
+            .await?
+            .ok_or_else(|| EventsError::Full(topic.to_owned()))?;
         if !published.duplicate {
             t.changed.notify_waiters();
         }
@@ -325,9 +357,13 @@ impl EventBus for SqliteBus {
         };
         let t = self.inner.topic(&d.topic).await?;
         let (topic, group, seq) = (d.topic.clone(), d.group.clone(), d.seq as i64);
+        let work_queue = t.spec().retention == Retention::WorkQueue;
         self.inner
             .db
             .write_now(move |c| {
+                if work_queue {
+                    return forget_message(c, &topic, seq, now_ms());
+                }
                 // Below the cursor the row goes; at or past it, it stays (marked) so the
                 // cursor knows the message was delivered when it gets there.
                 let deleted = c
@@ -377,6 +413,51 @@ impl EventBus for SqliteBus {
         Ok(())
     }
 
+    async fn extend(&self, d: &Delivery, visibility: Duration) -> Result<(), EventsError> {
+        let Receipt::Sqlite = d.receipt else {
+            return Err(EventsError::ForeignDelivery);
+        };
+        check_visibility(visibility)?;
+        let (topic, group, seq, attempt) =
+            (d.topic.clone(), d.group.clone(), d.seq as i64, d.attempt);
+        let visible_at = now_ms().saturating_add(ms(visibility));
+        self.inner
+            .db
+            .write_now(move |c| {
+                // Only the current delivery, as for a nack.
+                c.prepare_cached(
+                    "UPDATE deliveries SET visible_at = ?4
+                     WHERE topic = ?1 AND grp = ?2 AND seq = ?3 AND attempt = ?5 AND acked = 0",
+                )
+                .and_then(|mut s| s.execute(params![topic, group, seq, visible_at, attempt]))
+                .map_err(db_err)
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn claim(&self, key: &str) -> Result<bool, EventsError> {
+        check_claim(key)?;
+        let (key, now) = (key.to_owned(), now_ms());
+        let until = now.saturating_add(CLAIM_TTL.as_millis() as i64);
+        Ok(self
+            .inner
+            .db
+            .write(move |c| {
+                c.prepare_cached("DELETE FROM claims WHERE key = ?1 AND until_ms < ?2")
+                    .and_then(|mut s| s.execute(params![key, now]))
+                    .and_then(|_| {
+                        c.prepare_cached(
+                            "INSERT OR IGNORE INTO claims (key, until_ms) VALUES (?1, ?2)",
+                        )
+                    })
+                    .and_then(|mut s| s.execute(params![key, until]))
+                    .map(|inserted| inserted == 1)
+                    .map_err(db_err)
+            })
+            .await?)
+    }
+
     async fn pending(&self, topic: &str, group: &str) -> Result<u64, EventsError> {
         check_name("group", group)?;
         let t = self.inner.topic(topic).await?;
@@ -414,14 +495,15 @@ impl EventBus for SqliteBus {
     }
 }
 
-/// Appends one message (or finds its duplicate) and enforces `max_bytes`.
+/// Appends one message (or finds its duplicate) and enforces `max_bytes`; `None` when a
+/// work queue is full (nothing written).
 fn append(
     c: &mut Connection,
     topic: &str,
     spec: &TopicSpec,
     msg: &Message,
     now: i64,
-) -> Result<Published, YunError> {
+) -> Result<Option<Published>, YunError> {
     let oldest = now.saturating_sub(ms(spec.max_age));
     if let Some(id) = &msg.dedupe_id {
         let first: Option<(i64, i64)> = c
@@ -435,18 +517,43 @@ fn append(
             .map_err(db_err)?;
         match first {
             Some((seq, at)) if at >= oldest => {
-                return Ok(Published {
+                return Ok(Some(Published {
                     seq: non_negative(seq),
                     duplicate: true,
-                });
+                }));
             }
             // Expired but not pruned yet: it no longer counts, and its id is reused.
             Some((seq, _)) => delete_message(c, topic, seq)?,
             None => {}
         }
+        // A work queue's acked message is gone; its id is remembered a while.
+        let gone: Option<i64> = c
+            .prepare_cached(
+                "SELECT seq FROM gone_dedupes WHERE topic = ?1 AND dedupe_id = ?2 AND gone_at >= ?3",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![topic, id, now.saturating_sub(ms(DEDUPE_WINDOW))], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(db_err)?;
+        if let Some(seq) = gone {
+            return Ok(Some(Published {
+                seq: non_negative(seq),
+                duplicate: true,
+            }));
+        }
     }
     let size = msg.payload.len() + msg.key.len() + msg.dedupe_id.as_ref().map_or(0, String::len);
     let size = i64::try_from(size).unwrap_or(i64::MAX);
+    if spec.retention == Retention::WorkQueue {
+        let bytes: i64 = c
+            .prepare_cached("SELECT bytes FROM topics WHERE topic = ?1")
+            .and_then(|mut s| s.query_row([topic], |r| r.get(0)))
+            .map_err(db_err)?;
+        if bytes.saturating_add(size) > i64::try_from(spec.max_bytes).unwrap_or(i64::MAX) {
+            return Ok(None);
+        }
+    }
     let seq: i64 = c
         .prepare_cached(
             "INSERT INTO messages (topic, key, dedupe_id, payload, published_at, size)
@@ -467,13 +574,13 @@ fn append(
     if bytes > max_bytes {
         drop_oldest(c, topic, bytes - max_bytes)?;
     }
-    Ok(Published {
+    Ok(Some(Published {
         seq: non_negative(seq),
         duplicate: false,
-    })
+    }))
 }
 
-/// Drops the topic's oldest messages until `excess` bytes are gone.
+/// Drops the topic's oldest messages until `excess` bytes are gone (limits retention).
 fn drop_oldest(c: &mut Connection, topic: &str, mut excess: i64) -> Result<(), YunError> {
     let oldest: Vec<(i64, i64)> = {
         let mut s = c
@@ -498,6 +605,18 @@ fn drop_oldest(c: &mut Connection, topic: &str, mut excess: i64) -> Result<(), Y
 }
 
 /// Deletes one message, its groups' rows for it, and its bytes from the topic's count.
+/// Deletes an acked work-queue message, remembering its dedupe id for the window.
+fn forget_message(c: &mut Connection, topic: &str, seq: i64, now: i64) -> Result<(), YunError> {
+    c.prepare_cached(
+        "INSERT OR REPLACE INTO gone_dedupes (topic, dedupe_id, seq, gone_at)
+         SELECT topic, dedupe_id, seq, ?3 FROM messages
+         WHERE topic = ?1 AND seq = ?2 AND dedupe_id IS NOT NULL",
+    )
+    .and_then(|mut s| s.execute(params![topic, seq, now]))
+    .map_err(db_err)?;
+    delete_message(c, topic, seq)
+}
+
 fn delete_message(c: &mut Connection, topic: &str, seq: i64) -> Result<(), YunError> {
     let size: Option<i64> = c
         .prepare_cached("DELETE FROM messages WHERE seq = ?1 RETURNING size")
@@ -514,6 +633,12 @@ fn delete_message(c: &mut Connection, topic: &str, seq: i64) -> Result<(), YunEr
 
 /// Deletes every topic's messages past its `max_age`, with their groups' rows.
 fn prune_expired(c: &mut Connection, now: i64) -> Result<(), YunError> {
+    c.prepare_cached("DELETE FROM claims WHERE until_ms < ?1")
+        .and_then(|mut s| s.execute([now]))
+        .map_err(db_err)?;
+    c.prepare_cached("DELETE FROM gone_dedupes WHERE gone_at < ?1")
+        .and_then(|mut s| s.execute([now.saturating_sub(ms(DEDUPE_WINDOW))]))
+        .map_err(db_err)?;
     let topics: Vec<(String, i64)> = {
         let mut s = c
             .prepare_cached("SELECT topic, max_age_ms FROM topics")

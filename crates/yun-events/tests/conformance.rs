@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use yun_events::{
-    Delivery, EventBus, EventsError, JetStreamBus, Message, Order, SqliteBus, TopicSpec,
+    Delivery, EventBus, EventsError, JetStreamBus, Message, Order, Retention, SqliteBus, TopicSpec,
 };
 
 const GROUP: &str = "workers";
@@ -67,7 +67,8 @@ impl Drop for Backend {
         let Self::JetStream { url, prefix } = self else {
             return;
         };
-        let (url, streams) = (url.clone(), format!("{prefix}_"));
+        // Topics' streams, and the claims' key-value bucket (`KV_{prefix}_claims`).
+        let (url, streams, buckets) = (url.clone(), format!("{prefix}_"), format!("KV_{prefix}_"));
         // Drop cannot await, and may run inside the test's runtime: clean up from a
         // thread with a runtime of its own.
         let cleanup = std::thread::spawn(move || {
@@ -83,7 +84,11 @@ impl Drop for Backend {
                 let names: Vec<String> = js
                     .stream_names()
                     .filter_map(|n| async move { n.ok() })
-                    .filter(|n| futures_util::future::ready(n.starts_with(&streams)))
+                    .filter(|n| {
+                        futures_util::future::ready(
+                            n.starts_with(&streams) || n.starts_with(&buckets),
+                        )
+                    })
                     .collect()
                     .await;
                 for name in names {
@@ -604,6 +609,75 @@ async fn pending_counts(b: Backend) {
     }
 }
 
+async fn work_queues_forget_acked_messages_and_refuse_when_full(b: Backend) {
+    let bus = b.open().await;
+    // Room for two of these messages (JetStream counts its framing too: ~100 bytes).
+    let payload = "x".repeat(400);
+    let spec = TopicSpec {
+        retention: Retention::WorkQueue,
+        max_bytes: 1100,
+        ..TopicSpec::new(Order::Any)
+    };
+    bus.declare("work", spec).await.unwrap();
+    let with_id = |id: &str| Message::new("", payload.clone()).with_dedupe_id(id);
+    bus.publish("work", with_id("a")).await.unwrap();
+    bus.publish("work", with_id("b")).await.unwrap();
+    match bus.publish("work", with_id("c")).await {
+        Err(EventsError::Full(topic)) => assert_eq!(topic, "work"),
+        other => panic!("a full work queue refuses: {other:?}"),
+    }
+    let got = bus.fetch("work", GROUP, 2, LONG, NO_WAIT).await.unwrap();
+    assert_eq!(got.len(), 2);
+    bus.ack(&got[0]).await.unwrap();
+    // The acked message went: there is room again, and its id is still known.
+    let again = bus.publish("work", with_id("a")).await.unwrap();
+    assert!(again.duplicate, "an acked message's id is remembered");
+    assert!(!bus.publish("work", with_id("c")).await.unwrap().duplicate);
+    assert_eq!(bus.pending("work", GROUP).await.unwrap(), 2);
+    // Another retention for the same topic is refused.
+    assert!(bus
+        .declare("work", TopicSpec::new(Order::Any))
+        .await
+        .is_err());
+}
+
+async fn extending_keeps_a_delivery_from_others(b: Backend) {
+    let bus = b.open().await;
+    bus.declare("long", spec(Order::Any)).await.unwrap();
+    publish_all(&*bus, "long", &[("", "job")]).await;
+    let vis = Duration::from_secs(1);
+    let got = bus.fetch("long", GROUP, 1, vis, NO_WAIT).await.unwrap();
+    assert_eq!(got.len(), 1);
+    // Extended every half visibility for three visibilities: never delivered again.
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        bus.extend(&got[0], vis).await.unwrap();
+        assert!(bus
+            .fetch("long", GROUP, 1, vis, NO_WAIT)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+    // Left alone, it comes back.
+    let again = fetch_n(&*bus, "long", GROUP, 1, vis, Duration::from_secs(5)).await;
+    assert_eq!(again[0].attempt, 2);
+}
+
+async fn claims_are_held_once(b: Backend) {
+    let bus = b.open().await;
+    let other = b.open().await; // another process on the same bus
+    assert!(bus.claim("timer-dev-f-t-1000").await.unwrap());
+    assert!(!bus.claim("timer-dev-f-t-1000").await.unwrap());
+    assert!(!other.claim("timer-dev-f-t-1000").await.unwrap());
+    assert!(other.claim("timer-dev-f-t-2000").await.unwrap());
+    assert!(bus.claim("").await.is_err());
+    assert!(bus.claim("a\nb").await.is_err());
+    drop((bus, other));
+    // Held across a restart.
+    let bus = b.open().await;
+    assert!(!bus.claim("timer-dev-f-t-2000").await.unwrap());
+}
+
 /// Instantiates every case for each backend: `sqlite::case` and `jetstream::case`.
 macro_rules! conformance {
     ($($case:ident),+ $(,)?) => {
@@ -639,4 +713,7 @@ conformance!(
     long_poll_wakes_on_publish,
     retention_drops_old_messages,
     pending_counts,
+    work_queues_forget_acked_messages_and_refuse_when_full,
+    extending_keeps_a_delivery_from_others,
+    claims_are_held_once,
 );

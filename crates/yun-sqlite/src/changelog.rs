@@ -160,7 +160,7 @@ impl ChangeLog for Sqlite {
         Ok(pruned)
     }
 
-    async fn change_cursor(&self, name: &str) -> Result<u64, YunError> {
+    async fn change_cursor(&self, name: &str) -> Result<Option<u64>, YunError> {
         let name = name.to_owned();
         self.read(move |conn| {
             conn.query_row(
@@ -169,7 +169,7 @@ impl ChangeLog for Sqlite {
                 |r| r.get::<_, i64>(0),
             )
             .optional()
-            .map(|s| s.unwrap_or(0) as u64)
+            .map(|s| s.map(|s| s as u64))
             .map_err(db_err)
         })
         .await

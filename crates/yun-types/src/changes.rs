@@ -50,8 +50,8 @@ pub trait ChangeLog: Send + Sync {
     /// Drops entries past `retention`, only ones below `below` (what every reader has
     /// passed), never the newest. Returns how many went.
     async fn prune_changes(&self, retention: ChangeRetention, below: u64) -> Result<u64, YunError>;
-    /// A named reader's position (0 before its first save).
-    async fn change_cursor(&self, name: &str) -> Result<u64, YunError>;
+    /// A named reader's position; `None` before its first save.
+    async fn change_cursor(&self, name: &str) -> Result<Option<u64>, YunError>;
     async fn save_change_cursor(&self, name: &str, seq: u64) -> Result<(), YunError>;
 }
 
@@ -93,12 +93,18 @@ pub fn origin() -> Option<Arc<str>> {
     CALLER.try_with(Clone::clone).ok().flatten()
 }
 
-/// Runs `f` on this thread with `origin` as the writer, then restores the one before.
+/// Runs `f` on this thread with `origin` as the writer, then restores the one before
+/// (also when `f` panics: the writer thread catches panics and goes on).
 pub fn during<T>(origin: Option<Arc<str>>, f: impl FnOnce() -> T) -> T {
-    let before = WRITING.with(|w| w.replace(origin));
-    let out = f();
-    WRITING.with(|w| *w.borrow_mut() = before);
-    out
+    struct Restore(Option<Arc<str>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let before = self.0.take();
+            WRITING.with(|w| *w.borrow_mut() = before);
+        }
+    }
+    let _restore = Restore(WRITING.with(|w| w.replace(origin)));
+    f()
 }
 
 /// The writer of the write running on this thread.

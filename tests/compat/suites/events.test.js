@@ -250,6 +250,8 @@ test('bad triggers are refused with clear errors', async () => {
     [['onchange', 't1', 'timer', '0 0 2 1 * *'], /7 fields/],
     [['onchange', 't1', 'timer', '0 0 2 1 * * 2100'], /year field: 2100 is out of range/],
     [['onchange', 't1', 'timer', '61 * * * * * *'], /second field: 61/],
+    [['onchange', 't1', 'timer', '0 0 0 30 2 * *'], /never fires again/],
+    [['onchange', 't1', 'timer', '0 0 0 1 1 * 2020'], /never fires again/],
     [['nosuch', 't1', 'timer', '* * * * * * *'], /nosuch does not exist/],
     [['onchange', 't1', 'database', '{"collection":"missing"}'], /collection missing does not exist/],
     [['onchange', 't1', 'database', '{"collection":"albums","filter":{"n":{"$bad":1}}}'], /filter/],
@@ -317,4 +319,44 @@ test('two Yun processes on one NATS JetStream fire each timer tick once between 
   } finally {
     for (const y of pair) await y.stop();
   }
+});
+
+test('kill -9: changes committed before it fire their triggers after the restart; acked events do not come again', async () => {
+  const dataDir = require('node:fs').mkdtempSync(path.join(require('node:os').tmpdir(), 'yun-kill-'));
+  let y = await startYun([], { dataDir });
+  try {
+    for (const c of ['watched', 'seen']) await y.cliJson(['db', 'create', c]);
+    await y.deploy('onchange', 'onchange');
+    await y.cliJson(['fn', 'trigger', 'create', 'onchange', '--name', 'w', '--type', 'database',
+      '--config', JSON.stringify({ collection: 'watched', events: ['create'] })]);
+    const seenOf = async (app) => (await app.database().collection('seen').limit(1000).get()).data.map((s) => s.event.DocId);
+    const first = await y.admin().database().collection('watched').add({ n: 0 });
+    await waitFor(async () => (await seenOf(y.admin())).includes(first.id) || null, 'the first event');
+    await new Promise((r) => setTimeout(r, 1000)); // its delivery acked
+    // Committed (answered), then the process dies at once: their events may not even be
+    // on the queue yet.
+    const added = await Promise.all([1, 2, 3, 4, 5].map((n) => y.admin().database().collection('watched').add({ n })));
+    await y.stop('SIGKILL');
+    y = await startYun([], { dataDir });
+    const ids = added.map((a) => a.id);
+    const seen = await waitFor(async () => {
+      const s = await seenOf(y.admin());
+      return ids.every((id) => s.includes(id)) ? s : null;
+    }, 'every committed change delivered after the restart', 90000);
+    assert.equal(seen.filter((id) => id === first.id).length, 1, 'the acked event was not delivered again');
+  } finally {
+    await y.stop();
+  }
+});
+
+test('a deleted function\'s triggers stop at once', async () => {
+  await yun.deploy('onchange', 'doomed');
+  await yun.cliJson(['fn', 'trigger', 'create', 'doomed', '--name', 'albums', '--type', 'database',
+    '--config', JSON.stringify({ collection: 'albums' })]);
+  await yun.cliJson(['fn', 'delete', 'doomed']);
+  assert.deepEqual((await yun.cliJson(['fn', 'trigger', 'list'])).triggers.filter((t) => t.function === 'doomed'), []);
+  await yun.admin().database().collection('albums').add({ album: 'a9' });
+  await new Promise((r) => setTimeout(r, 1500));
+  // Had the trigger fired, its event would be a dead letter (no such function).
+  assert.deepEqual((await yun.cliJson(['fn', 'dlq', 'list', 'doomed'])).dead_letters, []);
 });

@@ -13,10 +13,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use yun_auth::{Caller, Identity};
-use yun_events::{Delivery, Message, Order, TopicSpec};
+use yun_events::{Delivery, Message, Order, Retention, TopicSpec};
 use yun_meta::{AsyncRetry, DeadLetter};
 use yun_types::{new_sortable_id, EnvId, ErrorCode, FunctionName, YunError};
 
+use super::triggers::derived_request_id;
 use crate::authz::Operation;
 use crate::functions::{Attempt, CallerContext};
 use crate::App;
@@ -24,9 +25,10 @@ use crate::App;
 /// The bus topic of every env's async events.
 pub const TOPIC: &str = "invocations";
 const GROUP: &str = "invoker";
-/// Longer than the longest function timeout (900 s) and its queue wait: a delivery is
-/// only taken again when the process that took it died.
-const VISIBILITY: Duration = Duration::from_secs(960);
+/// How long a delivery is kept from others; a running attempt extends it every
+/// [`EXTEND_EVERY`], so after a crash its event is delivered again within this.
+const VISIBILITY: Duration = Duration::from_secs(60);
+const EXTEND_EVERY: Duration = Duration::from_secs(20);
 /// SCF's limit on an async event.
 pub const MAX_EVENT_BYTES: usize = 128 << 10;
 /// Deliveries running at once in this process.
@@ -132,7 +134,13 @@ impl App {
     /// Delivers async events until the process ends. An attempt cut short by the end is
     /// delivered again (by any process of the cluster) once its visibility runs out.
     pub async fn run_async_invoker(self: Arc<Self>) {
-        if let Err(e) = self.events.declare(TOPIC, TopicSpec::new(Order::Any)).await {
+        // A work queue: an event goes once delivered, and a full queue refuses new
+        // events (a throttle to the caller) rather than dropping waiting ones.
+        let spec = TopicSpec {
+            retention: Retention::WorkQueue,
+            ..TopicSpec::new(Order::Any)
+        };
+        if let Err(e) = self.events.declare(TOPIC, spec).await {
             tracing::error!(error = %e, "cannot declare the async invocations topic: async events wait");
             return;
         }
@@ -176,7 +184,22 @@ impl App {
 
     async fn deliver(&self, delivery: Delivery) {
         let settle = match serde_json::from_slice::<QueuedEvent>(&delivery.payload) {
-            Ok(queued) => self.attempt(&queued, delivery.attempt).await,
+            Ok(queued) => {
+                let attempt = self.attempt(&queued, delivery.attempt);
+                tokio::pin!(attempt);
+                let start = tokio::time::Instant::now() + EXTEND_EVERY;
+                let mut beat = tokio::time::interval_at(start, EXTEND_EVERY);
+                loop {
+                    tokio::select! {
+                        next = &mut attempt => break next,
+                        _ = beat.tick() => {
+                            if let Err(e) = self.events.extend(&delivery, VISIBILITY).await {
+                                tracing::warn!(seq = delivery.seq, error = %e, "could not extend a running delivery");
+                            }
+                        }
+                    }
+                }
+            }
             Err(e) => {
                 tracing::error!(seq = delivery.seq, error = %e, "dropping an async event that does not decode");
                 Next::Done
@@ -205,7 +228,14 @@ impl App {
         };
         let policy = match self.function(&env, &name).await {
             Ok(f) => f.record.spec.async_retry,
-            Err(e) => return self.dead_letter(queued, (env, name), attempt, &e).await,
+            Err(e) if e.code == ErrorCode::FunctionNotFound => {
+                return self.dead_letter(queued, (env, name), attempt, &e).await
+            }
+            // The metadata store failing is not the event's fault: try again later.
+            Err(e) => {
+                tracing::warn!(error = %e.message, "async event: cannot read its function; retrying in a minute");
+                return Next::RetryIn(Duration::from_secs(60));
+            }
         };
         let identity = Identity {
             env: env.clone(),
@@ -222,6 +252,8 @@ impl App {
         let attempt_of = Attempt {
             number: attempt,
             trigger: Some(queued.trigger.as_deref().unwrap_or("async")),
+            // Only a timer's own events: a caller's source is whatever it sent.
+            timer: queued.trigger.is_some() && queued.source == "timer",
         };
         let outcome = self
             .invoke_checked(&identity, &name, queued.event.clone(), &caller, attempt_of)
@@ -261,6 +293,11 @@ impl App {
         };
         match self.meta.put_dead_letter(&letter).await {
             Ok(()) => Next::DeadLetter,
+            // Its env is gone, and the dead letter with it.
+            Err(_) if matches!(self.meta.get_env(&letter.env).await, Ok(None)) => {
+                tracing::warn!(env = %letter.env, request_id = %letter.request_id, "dropping an async event of a deleted env");
+                Next::Done
+            }
             // Not acked: tried again later rather than lost.
             Err(e) => {
                 tracing::warn!(error = %e.message, "could not store a dead letter; retrying in a minute");
@@ -306,12 +343,16 @@ impl App {
         }
         let mut replayed = Vec::new();
         for letter in letters {
-            // The new id derives from the letter's, so a replay retried after a crash
+            // The new id derives from the letter, so a replay retried after a crash
             // between the publish and the delete is published once.
             let queued = QueuedEvent {
                 env: letter.env.to_string(),
                 function: letter.function.to_string(),
-                request_id: format!("{}-r{}", letter.request_id, letter.failed_at_ms),
+                request_id: derived_request_id(&[
+                    "replay",
+                    &letter.request_id,
+                    &letter.failed_at_ms.to_string(),
+                ]),
                 event: letter.event,
                 source: "replay".into(),
                 trigger: letter.trigger,

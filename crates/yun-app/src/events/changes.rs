@@ -249,16 +249,17 @@ impl App {
                     continue;
                 }
             };
-            let Some(last) = batch.last().map(|c| c.seq) else {
-                if pruned_at.elapsed() > PRUNE_EVERY {
-                    pruned_at = Instant::now();
-                    if let Err(e) = store
-                        .prune_changes(ChangeRetention::default(), cursor + 1)
-                        .await
-                    {
-                        tracing::warn!(error = %e.message, "pruning the change log failed");
-                    }
+            // Pruned on a clock of its own: a log that is never idle is pruned too.
+            if pruned_at.elapsed() > PRUNE_EVERY {
+                pruned_at = Instant::now();
+                if let Err(e) = store
+                    .prune_changes(ChangeRetention::default(), cursor + 1)
+                    .await
+                {
+                    tracing::warn!(error = %e.message, "pruning the change log failed");
                 }
+            }
+            let Some(last) = batch.last().map(|c| c.seq) else {
                 tokio::select! {
                     _ = tokio::time::sleep(IDLE_POLL) => {}
                     // `changed()` marks the change seen: read the triggers again here.
@@ -282,8 +283,7 @@ impl App {
     /// Where reading starts: the saved position, or on a first start the log's end (a
     /// trigger sees the changes after it exists, not the history).
     async fn change_reader_start(&self, store: &dyn ChangeLog) -> Result<u64, YunError> {
-        let saved = store.change_cursor(READER).await?;
-        if saved > 0 {
+        if let Some(saved) = store.change_cursor(READER).await? {
             return Ok(saved);
         }
         let end = store.last_change().await?;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use time::{OffsetDateTime, PrimitiveDateTime, UtcOffset};
-use yun_types::EnvId;
+use yun_types::{EnvId, YunError};
 
 use super::async_invoke::QueuedEvent;
 use super::triggers::{derived_request_id, Spec, Trigger};
@@ -69,7 +69,7 @@ impl App {
             let wait = match self.fire_due_timers().await {
                 Ok(wait) => wait,
                 Err(e) => {
-                    tracing::warn!(error = %e.message, "timer triggers: retrying in 1 s");
+                    tracing::warn!(error = %e.message, "timer triggers: cannot read them; retrying in 1 s");
                     LONGEST_SLEEP
                 }
             };
@@ -81,40 +81,64 @@ impl App {
     }
 
     /// Publishes every due tick; answers how long until the next one (at most a second).
-    async fn fire_due_timers(&self) -> Result<Duration, yun_types::YunError> {
+    /// A trigger that fails (its env's settings, the bus) is tried again next round
+    /// without holding up the others.
+    async fn fire_due_timers(&self) -> Result<Duration, YunError> {
         let now = yun_types::unix_ms();
         let mut offsets: HashMap<EnvId, UtcOffset> = HashMap::new();
         let mut wait = LONGEST_SLEEP;
-        for Trigger { record, spec } in self.triggers_of_kind("timer").await? {
-            let Spec::Timer(schedule) = spec else {
-                continue;
-            };
-            let offset = match offsets.get(&record.env) {
-                Some(o) => *o,
-                None => {
-                    let settings = self.meta.env_settings(&record.env).await?;
-                    let o = utc_offset(settings.timer_utc_offset.as_deref().unwrap_or("+08:00"))?;
-                    offsets.insert(record.env.clone(), o);
-                    o
-                }
-            };
-            let since = record.last_fired_ms.unwrap_or(record.created_at_ms);
-            if let Some(tick) = latest_due(&schedule, since, now, offset) {
+        for trigger in self.triggers_of_kind("timer").await? {
+            match self.fire_timer(&trigger, now, &mut offsets).await {
+                Ok(Some(next)) => wait = wait.min(next),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(
+                    trigger = %trigger.record.name, function = %trigger.record.function,
+                    error = %e.message, "timer trigger: retrying next round"
+                ),
+            }
+        }
+        Ok(wait)
+    }
+
+    /// Fires `trigger`'s latest due tick, if any; answers the time to its next one.
+    async fn fire_timer(
+        &self,
+        Trigger { record, spec }: &Trigger,
+        now: i64,
+        offsets: &mut HashMap<EnvId, UtcOffset>,
+    ) -> Result<Option<Duration>, YunError> {
+        let Spec::Timer(schedule) = spec else {
+            return Ok(None);
+        };
+        let offset = match offsets.get(&record.env) {
+            Some(o) => *o,
+            None => {
+                let settings = self.meta.env_settings(&record.env).await?;
+                let o = utc_offset(settings.timer_utc_offset.as_deref().unwrap_or("+08:00"))?;
+                offsets.insert(record.env.clone(), o);
+                o
+            }
+        };
+        let since = record.last_fired_ms.unwrap_or(record.created_at_ms);
+        if let Some(tick) = latest_due(schedule, since, now, offset) {
+            let request_id = derived_request_id(&[
+                "timer",
+                record.env.as_str(),
+                record.function.as_str(),
+                &record.name,
+                &tick.to_string(),
+            ]);
+            // Whoever claims the tick fires it: one process of those sharing the bus,
+            // even one catching up on ticks long after the others fired them.
+            if self.events.claim(&request_id).await? {
                 let time = OffsetDateTime::from_unix_timestamp(tick / 1000)
-                    .map_err(yun_types::YunError::internal)?
+                    .map_err(YunError::internal)?
                     .format(&time::format_description::well_known::Rfc3339)
-                    .map_err(yun_types::YunError::internal)?;
-                let tick_text = tick.to_string();
+                    .map_err(YunError::internal)?;
                 let queued = QueuedEvent {
                     env: record.env.to_string(),
                     function: record.function.to_string(),
-                    request_id: derived_request_id(&[
-                        "timer",
-                        record.env.as_str(),
-                        record.function.as_str(),
-                        &record.name,
-                        &tick_text,
-                    ]),
+                    request_id,
                     event: json!({
                         "Type": "Timer",
                         "TriggerName": record.name,
@@ -127,18 +151,14 @@ impl App {
                     enqueued_at_ms: now,
                 };
                 self.enqueue(&queued).await?;
-                self.meta
-                    .trigger_fired(&record.env, &record.function, &record.name, tick)
-                    .await?;
             }
-            let next = to_local(now, offset)
-                .and_then(|local| schedule.next_after(local))
-                .map(|next| to_ms(next, offset) - now);
-            if let Some(ms) = next {
-                wait = wait.min(Duration::from_millis(ms.max(0) as u64));
-            }
+            self.meta
+                .trigger_fired(&record.env, &record.function, &record.name, tick)
+                .await?;
         }
-        Ok(wait)
+        Ok(to_local(now, offset)
+            .and_then(|local| schedule.next_after(local))
+            .map(|next| Duration::from_millis((to_ms(next, offset) - now).max(0) as u64)))
     }
 }
 

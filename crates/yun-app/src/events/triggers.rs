@@ -221,7 +221,17 @@ impl App {
                 return Err(invalid(&t.name, "named twice"));
             }
             let config = stored_config(t)?;
-            if let Spec::Database { collection, .. } = parse(&t.name, &t.kind, &config)? {
+            let spec = parse(&t.name, &t.kind, &config)?;
+            if let Spec::Timer(schedule) = &spec {
+                let now = time::OffsetDateTime::now_utc();
+                if schedule
+                    .next_after(time::PrimitiveDateTime::new(now.date(), now.time()))
+                    .is_none()
+                {
+                    return Err(invalid(&t.name, format!("{config:?} never fires again")));
+                }
+            }
+            if let Spec::Database { collection, .. } = spec {
                 if !self
                     .docdb
                     .list_collections(env)
