@@ -9,7 +9,7 @@ use base64::Engine as _;
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use crate::client::Client;
 use crate::output::{self, text};
@@ -445,6 +445,28 @@ fn pack(dir: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(builder.into_inner()?.finish()?)
 }
 
+/// `yun deploy`: the project's functions (or the ones named), one after the other.
+pub async fn deploy_project(
+    dir: &Path,
+    names: &[String],
+    mode: Option<&str>,
+    conn: Connection,
+) -> anyhow::Result<()> {
+    let client = Client::connect(&conn)?;
+    let functions = crate::project::load(dir, &client.env, mode)?;
+    for name in names {
+        if !functions.iter().any(|f| &f.name == name) {
+            bail!("{name} is not among the project's functions");
+        }
+    }
+    for f in functions {
+        if names.is_empty() || names.contains(&f.name) {
+            deploy_folder(&client, conn.json, &f.dir, &f.name, f.fields).await?;
+        }
+    }
+    Ok(())
+}
+
 pub async fn function(command: FnCommand, conn: Connection) -> anyhow::Result<()> {
     let client = Client::connect(&conn)?;
     match command {
@@ -461,8 +483,6 @@ pub async fn function(command: FnCommand, conn: Connection) -> anyhow::Result<()
             async_retry_interval,
             async_max_age,
         } => {
-            let archive = pack(&dir)?;
-            let triggers = config_triggers(&dir)?;
             let async_retry = (async_retries.is_some()
                 || async_retry_interval.is_some()
                 || async_max_age.is_some())
@@ -487,48 +507,20 @@ pub async fn function(command: FnCommand, conn: Connection) -> anyhow::Result<()
                         .collect::<anyhow::Result<_>>()?,
                 )
             };
-            // A first start installs the SDK layer; the deploy waits for it on the server.
-            let layer_note = match client.readiness().await {
-                Some(reason) => format!(" (waiting first: {reason})"),
-                None => String::new(),
-            };
-            let spinner = ProgressBar::new_spinner().with_message(format!(
-                "uploading {} KiB, installing, checking the handler{layer_note}",
-                archive.len() / 1024
-            ));
-            spinner.enable_steady_tick(Duration::from_millis(100));
-            let body = json!({
-                "code_base64": base64::engine::general_purpose::STANDARD.encode(&archive),
-                "handler": handler,
-                "timeout_ms": timeout.map(|t| t.as_millis() as u64),
-                "memory_mb": memory,
-                "max_instances": max_instances,
-                "env_vars": vars,
-                "http_path": http_path,
-                "async_retry": async_retry,
-                "triggers": triggers,
-            });
-            let result = client
-                .request(
-                    Method::PUT,
-                    &client.env_path(&format!("/functions/{name}")),
-                    Some(body),
-                )
-                .await;
-            spinner.finish_and_clear();
-            let v = result?;
-            output::emit(conn.json, &v, |v| {
-                let f = &v["function"];
-                println!(
-                    "Deployed {name} version {} ({} bytes, sha256 {}).",
-                    text(f.get("version")),
-                    text(f.get("code_size")),
-                    &text(f.get("code_sha256"))[..12.min(text(f.get("code_sha256")).len())]
-                );
-                if let Some(path) = f.get("http_path").and_then(Value::as_str) {
-                    println!("HTTP: {}/{}{}", client.url, client.env, path);
-                }
-            });
+            let mut fields = Map::new();
+            for (k, v) in [
+                ("handler", json!(handler)),
+                ("timeout_ms", json!(timeout.map(|t| t.as_millis() as u64))),
+                ("memory_mb", json!(memory)),
+                ("max_instances", json!(max_instances)),
+                ("env_vars", json!(vars)),
+                ("http_path", json!(http_path)),
+                ("async_retry", json!(async_retry)),
+                ("triggers", config_triggers(&dir)?.unwrap_or(Value::Null)),
+            ] {
+                fields.insert(k.into(), v);
+            }
+            deploy_folder(&client, conn.json, &dir, &name, fields).await?;
         }
         FnCommand::Invoke {
             name,
@@ -965,6 +957,54 @@ pub(crate) async fn act(
 }
 
 /// GETs `path` and prints its `key` array as a table (the whole response with --json).
+/// Packs `dir` and deploys it as `name` with the deploy request's other `fields`.
+pub(crate) async fn deploy_folder(
+    client: &Client,
+    json_out: bool,
+    dir: &Path,
+    name: &str,
+    mut fields: Map<String, Value>,
+) -> anyhow::Result<()> {
+    let archive = pack(dir)?;
+    // A first start installs the SDK layer; the deploy waits for it on the server.
+    let layer_note = match client.readiness().await {
+        Some(reason) => format!(" (waiting first: {reason})"),
+        None => String::new(),
+    };
+    let spinner = ProgressBar::new_spinner().with_message(format!(
+        "{name}: uploading {} KiB, installing, checking the handler{layer_note}",
+        archive.len() / 1024
+    ));
+    spinner.enable_steady_tick(Duration::from_millis(100));
+    fields.insert(
+        "code_base64".into(),
+        json!(base64::engine::general_purpose::STANDARD.encode(&archive)),
+    );
+    let result = client
+        .request(
+            Method::PUT,
+            &client.env_path(&format!("/functions/{name}")),
+            Some(Value::Object(fields)),
+        )
+        .await;
+    spinner.finish_and_clear();
+    let v = result?;
+    output::emit(json_out, &v, |v| {
+        let f = &v["function"];
+        let sha = text(f.get("code_sha256"));
+        println!(
+            "Deployed {name} version {} ({} bytes, sha256 {}).",
+            text(f.get("version")),
+            text(f.get("code_size")),
+            &sha[..12.min(sha.len())]
+        );
+        if let Some(path) = f.get("http_path").and_then(Value::as_str) {
+            println!("HTTP: {}/{}{}", client.url, client.env, path);
+        }
+    });
+    Ok(())
+}
+
 /// The `triggers` of a function folder's `config.json` (WeChat DevTools' file), if any.
 fn config_triggers(dir: &Path) -> anyhow::Result<Option<Value>> {
     let path = dir.join("config.json");

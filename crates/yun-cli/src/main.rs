@@ -4,6 +4,7 @@
 mod client;
 mod commands;
 mod output;
+mod project;
 mod rules;
 mod rules_test;
 mod storage;
@@ -109,6 +110,19 @@ enum Command {
     Fn {
         #[command(subcommand)]
         command: commands::FnCommand,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Deploy the functions of a CloudBase project (`cloudbaserc.json`, or package.json's
+    /// `cloudbase`) as `tcb fn deploy` does: all, or the ones named.
+    Deploy {
+        names: Vec<String>,
+        /// The project folder (default: this one).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Also reads `.env.MODE` for `{{env.X}}`.
+        #[arg(long)]
+        mode: Option<String>,
         #[command(flatten)]
         conn: Connection,
     },
@@ -250,6 +264,12 @@ fn main() {
             Command::Env { command, conn } => commands::env(command, conn).await,
             Command::Key { command, conn } => commands::key(command, conn).await,
             Command::Fn { command, conn } => commands::function(command, conn).await,
+            Command::Deploy {
+                names,
+                dir,
+                mode,
+                conn,
+            } => commands::deploy_project(&dir, &names, mode.as_deref(), conn).await,
             Command::Db { command, conn } => commands::db(command, conn).await,
             Command::Storage { command, conn } => storage::storage(command, conn).await,
             Command::User { command, conn } => users::user(command, conn).await,

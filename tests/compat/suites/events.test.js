@@ -360,3 +360,44 @@ test('a deleted function\'s triggers stop at once', async () => {
   // Had the trigger fired, its event would be a dead letter (no such function).
   assert.deepEqual((await yun.cliJson(['fn', 'dlq', 'list', 'doomed'])).dead_letters, []);
 });
+
+test('yun deploy reads a cloudbaserc.json project as tcb does: defaults, nested config, .env templating, triggers', async () => {
+  const fs = require('node:fs');
+  const project = fs.mkdtempSync(path.join(require('node:os').tmpdir(), 'yun-project-'));
+  fs.cpSync(path.join(FUNCTIONS, 'echo'), path.join(project, 'functions', 'echo'), { recursive: true });
+  fs.cpSync(path.join(FUNCTIONS, 'ticker'), path.join(project, 'code', 'ticker'), { recursive: true });
+  fs.writeFileSync(path.join(project, '.env'), 'GREETING=from .env\n');
+  fs.writeFileSync(path.join(project, '.env.staging'), 'GREETING=from .env.staging\n');
+  fs.writeFileSync(path.join(project, 'cloudbaserc.json'), JSON.stringify({
+    version: '2.0',
+    envId: '{{tcb.envId}}',
+    functionRoot: './functions',
+    functionDefaultConfig: { memorySize: 128, envVariables: { GREETING: '{{env.GREETING}}' } },
+    functions: [
+      { name: 'rcecho', dir: './functions/echo', timeout: 5 },
+      { name: 'rcticker', dir: './code/ticker', config: { timeout: 9, runtime: 'Nodejs18.15' },
+        triggers: [{ name: 'nightly', type: 'timer', config: '0 0 2 1 * * *' }] },
+    ],
+  }));
+  const r = await yun.cli(['deploy', '--dir', project, '--mode', 'staging']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /Deployed rcecho version 1/);
+  assert.match(r.stdout, /Deployed rcticker version 1/);
+  const res = await yun.admin().callFunction({ name: 'rcecho', data: {} });
+  assert.equal(res.result.env.GREETING, 'from .env.staging');
+  assert.equal(res.result.context.time_limit_in_ms, 5000);
+  assert.equal(res.result.context.memory_limit_in_mb, 128);
+  const triggers = (await yun.cliJson(['fn', 'trigger', 'list', 'rcticker'])).triggers;
+  assert.deepEqual(triggers.map((t) => t.name), ['nightly'], "the project's triggers, not the folder's config.json");
+  const fn = (await api('GET', '/functions/rcticker')).body.function;
+  assert.equal(fn.timeout_ms, 9000, 'the nested config of older files');
+  // One function by name; a name not in the project, a variable no .env has.
+  const one = await yun.cli(['deploy', 'rcecho', '--dir', project]);
+  assert.match(one.stdout, /Deployed rcecho version 2/);
+  assert.doesNotMatch(one.stdout, /rcticker/);
+  const missing = await yun.cli(['deploy', 'nosuch', '--dir', project]);
+  assert.match(missing.stderr, /nosuch is not among the project's functions/);
+  fs.writeFileSync(path.join(project, 'cloudbaserc.json'), JSON.stringify({ functions: [{ name: '{{env.NOPE}}' }] }));
+  const bad = await yun.cli(['deploy', '--dir', project]);
+  assert.match(bad.stderr, /NOPE is in none of \.env/);
+});
