@@ -144,6 +144,31 @@ impl SqliteBus {
     }
 }
 
+impl SqliteBus {
+    /// Makes the delivery `d` visible again `after` from now (a nack, or an extension).
+    async fn visible_in(&self, d: &Delivery, after: Duration) -> Result<(), EventsError> {
+        let Receipt::Sqlite = d.receipt else {
+            return Err(EventsError::ForeignDelivery);
+        };
+        let (topic, group, seq, attempt) =
+            (d.topic.clone(), d.group.clone(), d.seq as i64, d.attempt);
+        let visible_at = now_ms().saturating_add(ms(after));
+        self.inner
+            .db
+            .write_now(move |c| {
+                // Only the current delivery: a stale nack must not hide a newer one.
+                c.prepare_cached(
+                    "UPDATE deliveries SET visible_at = ?4
+                     WHERE topic = ?1 AND grp = ?2 AND seq = ?3 AND attempt = ?5 AND acked = 0",
+                )
+                .and_then(|mut s| s.execute(params![topic, group, seq, visible_at, attempt]))
+                .map_err(db_err)
+            })
+            .await?;
+        Ok(())
+    }
+}
+
 /// Deletes expired messages now and then; ends with the bus.
 async fn prune_every(inner: Weak<Inner>) {
     let mut tick = tokio::time::interval(PRUNE_EVERY);
@@ -389,51 +414,16 @@ impl EventBus for SqliteBus {
     }
 
     async fn nack(&self, d: &Delivery, delay: Duration) -> Result<(), EventsError> {
-        let Receipt::Sqlite = d.receipt else {
-            return Err(EventsError::ForeignDelivery);
-        };
         let t = self.inner.topic(&d.topic).await?;
-        let (topic, group, seq, attempt) =
-            (d.topic.clone(), d.group.clone(), d.seq as i64, d.attempt);
-        let visible_at = now_ms().saturating_add(ms(delay));
-        self.inner
-            .db
-            .write_now(move |c| {
-                // Only the current delivery: a stale nack must not hide a newer one.
-                c.prepare_cached(
-                    "UPDATE deliveries SET visible_at = ?4
-                     WHERE topic = ?1 AND grp = ?2 AND seq = ?3 AND attempt = ?5 AND acked = 0",
-                )
-                .and_then(|mut s| s.execute(params![topic, group, seq, visible_at, attempt]))
-                .map_err(db_err)
-            })
-            .await?;
+        self.visible_in(d, delay).await?;
         // Waiters recompute when the group's next delivery is due.
         t.changed.notify_waiters();
         Ok(())
     }
 
     async fn extend(&self, d: &Delivery, visibility: Duration) -> Result<(), EventsError> {
-        let Receipt::Sqlite = d.receipt else {
-            return Err(EventsError::ForeignDelivery);
-        };
         check_visibility(visibility)?;
-        let (topic, group, seq, attempt) =
-            (d.topic.clone(), d.group.clone(), d.seq as i64, d.attempt);
-        let visible_at = now_ms().saturating_add(ms(visibility));
-        self.inner
-            .db
-            .write_now(move |c| {
-                // Only the current delivery, as for a nack.
-                c.prepare_cached(
-                    "UPDATE deliveries SET visible_at = ?4
-                     WHERE topic = ?1 AND grp = ?2 AND seq = ?3 AND attempt = ?5 AND acked = 0",
-                )
-                .and_then(|mut s| s.execute(params![topic, group, seq, visible_at, attempt]))
-                .map_err(db_err)
-            })
-            .await?;
-        Ok(())
+        self.visible_in(d, visibility).await
     }
 
     async fn claim(&self, key: &str) -> Result<bool, EventsError> {
