@@ -150,7 +150,26 @@ pub fn load(dir: &Path, env: &str, mode: Option<&str>) -> anyhow::Result<Vec<Pro
             other => bail!("{{{{{other}}}}}: known are env.NAME, tcb.envId, util.uid"),
         }
     };
-    template(&mut project, &lookup).with_context(|| format!("in {}", file.display()))?;
+    // As tcb: `{{ }}` is read in version 2 files, here in what deploys functions.
+    let version = project
+        .get("version")
+        .and_then(Value::as_str)
+        .unwrap_or("1.0");
+    if version.starts_with('2') {
+        for key in ["functionRoot", "functionDefaultConfig", "functions"] {
+            if let Some(v) = project.get_mut(key) {
+                template(v, &lookup).with_context(|| format!("in {}", file.display()))?;
+            }
+        }
+    }
+    if let Some(id) = project.get("envId").and_then(Value::as_str) {
+        if id != env && !id.contains("{{") {
+            eprintln!(
+                "note: {} names env {id}; deploying to env {env} (from --env or the credentials)",
+                file.display()
+            );
+        }
+    }
     let root = dir.join(
         project
             .get("functionRoot")
@@ -177,17 +196,39 @@ pub fn load(dir: &Path, env: &str, mode: Option<&str>) -> anyhow::Result<Vec<Pro
                 .and_then(Value::as_str)
                 .context("a functions[] entry has no name")?
                 .to_owned();
-            let dir = match f.get("dir").and_then(Value::as_str) {
+            yun_types::FunctionName::parse(&name)
+                .map_err(|e| anyhow::anyhow!("function name {name:?}: {e}"))?;
+            let code = match f.get("dir").and_then(Value::as_str) {
                 Some(d) => dir.join(d),
                 None => root.join(&name),
             };
+            inside(dir, &code).with_context(|| format!("{name}: its code folder"))?;
             Ok(ProjectFunction {
                 fields: fields(&name, &f)?,
                 name,
-                dir,
+                dir: code,
             })
         })
         .collect()
+}
+
+/// Refuses a code folder outside the project (a `dir` of `../..` or `/`).
+fn inside(project: &Path, code: &Path) -> anyhow::Result<()> {
+    let (root, code) = (
+        project
+            .canonicalize()
+            .with_context(|| format!("{}", project.display()))?,
+        code.canonicalize()
+            .with_context(|| format!("{} does not exist", code.display()))?,
+    );
+    if !code.starts_with(&root) {
+        bail!(
+            "{} is outside the project {}",
+            code.display(),
+            root.display()
+        );
+    }
+    Ok(())
 }
 
 /// A functions[] entry as a deploy request's fields.
@@ -226,11 +267,10 @@ fn fields(name: &str, f: &Value) -> anyhow::Result<Map<String, Value>> {
     if let Some(path) = f.get("path") {
         out.insert("http_path".into(), path.clone());
     }
-    // A deploy from the project file sets the triggers it lists, none when it lists none.
-    out.insert(
-        "triggers".into(),
-        f.get("triggers").cloned().unwrap_or_else(|| json!([])),
-    );
+    // Listed triggers replace the function's; none listed keeps the ones it has.
+    if let Some(triggers) = f.get("triggers") {
+        out.insert("triggers".into(), triggers.clone());
+    }
     Ok(out)
 }
 
@@ -244,7 +284,8 @@ mod tests {
         std::fs::write(
             dir.path().join("cloudbaserc.json"),
             r#"{
-              "envId": "{{tcb.envId}}",
+              "version": "2.0",
+              "envId": "{{envId}}",
               "functionRoot": "./cloud",
               "functionDefaultConfig": {"timeout": 5, "envVariables": {"A": "{{env.GREETING}}", "B": "b"}},
               "functions": [
@@ -257,6 +298,9 @@ mod tests {
         .unwrap();
         std::fs::write(dir.path().join(".env"), "GREETING=hi\n# a comment\n").unwrap();
         std::fs::write(dir.path().join(".env.test"), "export GREETING=\"test\"\n").unwrap();
+        for code in ["cloud/flat", "elsewhere"] {
+            std::fs::create_dir_all(dir.path().join(code)).unwrap();
+        }
         let fns = load(dir.path(), "dev", Some("test")).unwrap();
         assert_eq!(fns[0].name, "flat");
         assert_eq!(fns[0].dir, dir.path().join("./cloud").join("flat"));
@@ -269,7 +313,7 @@ mod tests {
             fns[1].fields["timeout_ms"], 7000,
             "flat fields win over config"
         );
-        assert_eq!(fns[1].fields["triggers"], json!([]));
+        assert!(fns[1].fields.get("triggers").is_none(), "none listed: kept");
         let without_mode = load(dir.path(), "dev", None).unwrap();
         assert_eq!(without_mode[0].fields["env_vars"]["A"], "hi");
     }
@@ -277,23 +321,48 @@ mod tests {
     #[test]
     fn project_files_that_cannot_be_deployed_say_why() {
         let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("functions/f")).unwrap();
+        let write = |text: &str| std::fs::write(dir.path().join("cloudbaserc.json"), text).unwrap();
         let err = |text: &str| {
-            std::fs::write(dir.path().join("cloudbaserc.json"), text).unwrap();
+            write(text);
             format!("{:#}", load(dir.path(), "dev", None).err().unwrap())
         };
-        assert!(
-            err(r#"{"functions": [{"name": "f", "runtime": "Python3.9"}]}"#)
-                .contains("Yun runs Node.js")
+        for (file, says) in [
+            (
+                r#"{"functions": [{"name": "f", "runtime": "Python3.9"}]}"#,
+                "Yun runs Node.js",
+            ),
+            (
+                r#"{"version": "2.0", "functions": [{"name": "{{env.NOPE}}"}]}"#,
+                "NOPE is in none of",
+            ),
+            (
+                r#"{"version": "2.0", "functions": [{"name": "{{what}}"}]}"#,
+                "known are",
+            ),
+            (r#"{"functions": [{"timeout": 3}]}"#, "has no name"),
+            (r#"{"envId": "x"}"#, "no functions array"),
+            (
+                r#"{"functions": [{"name": "../../prod/functions/f"}]}"#,
+                "function name",
+            ),
+            (
+                r#"{"functions": [{"name": "f", "dir": "../"}]}"#,
+                "outside the project",
+            ),
+        ] {
+            let e = err(file);
+            assert!(e.contains(says), "{file}: {e}");
+        }
+        // Version 1 files are read as written.
+        write(r#"{"functions": [{"name": "f", "envVariables": {"T": "{{kept}}"}}]}"#);
+        assert_eq!(
+            load(dir.path(), "dev", None).unwrap()[0].fields["env_vars"]["T"],
+            "{{kept}}"
         );
-        assert!(err(r#"{"functions": [{"name": "{{env.NOPE}}"}]}"#).contains("NOPE is in none of"));
-        assert!(err(r#"{"functions": [{"name": "{{what}}"}]}"#).contains("known are"));
-        assert!(err(r#"{"functions": [{"timeout": 3}]}"#).contains("has no name"));
-        assert!(err(r#"{"envId": "x"}"#).contains("no functions array"));
         std::fs::remove_file(dir.path().join("cloudbaserc.json")).unwrap();
         std::fs::write(dir.path().join("cloudbaserc.js"), "module.exports = {}").unwrap();
-        assert!(
-            format!("{:#}", load(dir.path(), "dev", None).err().unwrap())
-                .contains("write it as cloudbaserc.json")
-        );
+        let e = format!("{:#}", load(dir.path(), "dev", None).err().unwrap());
+        assert!(e.contains("write it as cloudbaserc.json"), "{e}");
     }
 }

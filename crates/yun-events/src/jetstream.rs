@@ -62,6 +62,8 @@ pub struct JetStreamBus {
     sweep_from: AtomicU32,
     /// The key-value bucket of claims, `{prefix}_claims`, made on first use.
     claims: tokio::sync::OnceCell<jetstream::kv::Store>,
+    /// This bus's name as a claimant (the value of its claims).
+    claimant: String,
 }
 
 struct Topic {
@@ -123,6 +125,7 @@ impl JetStreamBus {
             topics: Mutex::new(HashMap::new()),
             sweep_from: AtomicU32::new(0),
             claims: tokio::sync::OnceCell::new(),
+            claimant: yun_types::new_id("c"),
         })
     }
 
@@ -731,9 +734,13 @@ impl EventBus for JetStreamBus {
                 self.js.get_key_value(bucket).await.map_err(nats)
             })
             .await?;
-        match store.create(key, Bytes::new()).await {
+        let me = Bytes::from(self.claimant.clone());
+        match store.create(key, me.clone()).await {
             Ok(_) => Ok(true),
-            Err(e) if e.kind() == jetstream::kv::CreateErrorKind::AlreadyExists => Ok(false),
+            // Ours already (a retry), or another process's.
+            Err(e) if e.kind() == jetstream::kv::CreateErrorKind::AlreadyExists => {
+                Ok(store.get(key).await.map_err(nats)? == Some(me))
+            }
             Err(e) => Err(nats(e)),
         }
     }

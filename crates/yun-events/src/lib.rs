@@ -108,9 +108,9 @@ pub trait EventBus: Send + Sync + 'static {
     async fn extend(&self, delivery: &Delivery, visibility: Duration) -> Result<(), EventsError>;
 
     /// Claims `key` (1 to 256 of `A-Z a-z 0-9 - _ = .`): true for the first claimant
-    /// among every process on this bus, false for the others for [`CLAIM_TTL`] after it.
-    /// A timer's tick is fired by whoever claims it, so by one process only, however
-    /// late the others catch up.
+    /// among every process on this bus (and for it again: a retry after a failure),
+    /// false for the others for [`CLAIM_TTL`] after it. A timer's tick is fired by whoever
+    /// claims it, so by one process only, however late the others catch up.
     async fn claim(&self, key: &str) -> Result<bool, EventsError>;
 }
 

@@ -85,6 +85,10 @@ CREATE TABLE gone_dedupes (
     PRIMARY KEY (topic, dedupe_id)
 ) WITHOUT ROWID;
 "#,
+    r#"
+-- Who holds a claim: its holder may claim it again (a retry after a failure).
+ALTER TABLE claims ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+"#,
 ];
 
 /// How far a fetch looks past the cursor for a message whose key is free: a long run of
@@ -100,6 +104,8 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 pub struct SqliteBus {
     inner: Arc<Inner>,
     pruner: tokio::task::JoinHandle<()>,
+    /// This bus's name as a claimant.
+    claimant: String,
 }
 
 struct Inner {
@@ -140,7 +146,11 @@ impl SqliteBus {
             topics: Mutex::new(HashMap::new()),
         });
         let pruner = runtime.spawn(prune_every(Arc::downgrade(&inner)));
-        Ok(Self { inner, pruner })
+        Ok(Self {
+            inner,
+            pruner,
+            claimant: yun_types::new_id("c"),
+        })
     }
 }
 
@@ -428,7 +438,7 @@ impl EventBus for SqliteBus {
 
     async fn claim(&self, key: &str) -> Result<bool, EventsError> {
         check_claim(key)?;
-        let (key, now) = (key.to_owned(), now_ms());
+        let (key, now, me) = (key.to_owned(), now_ms(), self.claimant.clone());
         let until = now.saturating_add(CLAIM_TTL.as_millis() as i64);
         Ok(self
             .inner
@@ -438,11 +448,13 @@ impl EventBus for SqliteBus {
                     .and_then(|mut s| s.execute(params![key, now]))
                     .and_then(|_| {
                         c.prepare_cached(
-                            "INSERT OR IGNORE INTO claims (key, until_ms) VALUES (?1, ?2)",
+                            "INSERT OR IGNORE INTO claims (key, until_ms, owner) VALUES (?1, ?2, ?3)",
                         )
                     })
-                    .and_then(|mut s| s.execute(params![key, until]))
-                    .map(|inserted| inserted == 1)
+                    .and_then(|mut s| s.execute(params![key, until, me]))
+                    .and_then(|_| c.prepare_cached("SELECT owner FROM claims WHERE key = ?1"))
+                    .and_then(|mut s| s.query_row([&key], |r| r.get::<_, String>(0)))
+                    .map(|owner| owner == me)
                     .map_err(db_err)
             })
             .await?)

@@ -667,13 +667,17 @@ async fn claims_are_held_once(b: Backend) {
     let bus = b.open().await;
     let other = b.open().await; // another process on the same bus
     assert!(bus.claim("timer-dev-f-t-1000").await.unwrap());
-    assert!(!bus.claim("timer-dev-f-t-1000").await.unwrap());
+    assert!(
+        bus.claim("timer-dev-f-t-1000").await.unwrap(),
+        "its holder again"
+    );
     assert!(!other.claim("timer-dev-f-t-1000").await.unwrap());
     assert!(other.claim("timer-dev-f-t-2000").await.unwrap());
     assert!(bus.claim("").await.is_err());
     assert!(bus.claim("a\nb").await.is_err());
+    assert!(!bus.claim("timer-dev-f-t-2000").await.unwrap());
     drop((bus, other));
-    // Held across a restart.
+    // Held across a restart (a restarted process is another claimant).
     let bus = b.open().await;
     assert!(!bus.claim("timer-dev-f-t-2000").await.unwrap());
 }

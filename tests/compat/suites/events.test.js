@@ -397,7 +397,7 @@ test('yun deploy reads a cloudbaserc.json project as tcb does: defaults, nested 
   assert.doesNotMatch(one.stdout, /rcticker/);
   const missing = await yun.cli(['deploy', 'nosuch', '--dir', project]);
   assert.match(missing.stderr, /nosuch is not among the project's functions/);
-  fs.writeFileSync(path.join(project, 'cloudbaserc.json'), JSON.stringify({ functions: [{ name: '{{env.NOPE}}' }] }));
+  fs.writeFileSync(path.join(project, 'cloudbaserc.json'), JSON.stringify({ version: '2.0', functions: [{ name: '{{env.NOPE}}' }] }));
   const bad = await yun.cli(['deploy', '--dir', project]);
   assert.match(bad.stderr, /NOPE is in none of \.env/);
 });

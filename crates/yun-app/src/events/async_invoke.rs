@@ -22,8 +22,8 @@ use crate::authz::Operation;
 use crate::functions::{Attempt, CallerContext};
 use crate::App;
 
-/// The bus topic of every env's async events.
-pub const TOPIC: &str = "invocations";
+/// The bus topic of every env's async events (a work queue).
+pub const TOPIC: &str = "async-events";
 const GROUP: &str = "invoker";
 /// How long a delivery is kept from others; a running attempt extends it every
 /// [`EXTEND_EVERY`], so after a crash its event is delivered again within this.

@@ -1,10 +1,12 @@
 //! Timer triggers: each tick of a schedule becomes an async event
 //! `{Type: "Timer", TriggerName, Time, Message}` (`Time` in UTC, the schedule in the
 //! env's offset). A tick's request id derives from (env, function, trigger, tick), so
-//! several processes on one bus publish it once: the bus drops the repeats.
+//! several processes on one bus publish it once: the bus drops the repeats, and a claim
+//! on the bus keeps a late process from firing it again.
 //!
 //! Missed ticks while Yun was stopped: the latest one fires once at start, then the
-//! schedule goes on (SCF documents none; this is the common choice of schedulers).
+//! schedule goes on (SCF documents none; this is the common choice of schedulers). Only
+//! ticks younger than a claim lasts (a week) are caught up.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,6 +15,8 @@ use std::time::Duration;
 use serde_json::json;
 use time::{OffsetDateTime, PrimitiveDateTime, UtcOffset};
 use yun_types::{EnvId, YunError};
+
+use yun_events::{CLAIM_TTL, DEDUPE_WINDOW};
 
 use super::async_invoke::QueuedEvent;
 use super::triggers::{derived_request_id, Spec, Trigger};
@@ -119,7 +123,12 @@ impl App {
                 o
             }
         };
-        let since = record.last_fired_ms.unwrap_or(record.created_at_ms);
+        // Catch-up reaches back as far as claims last: an older tick may have been fired
+        // by another process whose claim has expired.
+        let since = record
+            .last_fired_ms
+            .unwrap_or(record.created_at_ms)
+            .max(now - CLAIM_TTL.as_millis() as i64);
         if let Some(tick) = latest_due(schedule, since, now, offset) {
             let request_id = derived_request_id(&[
                 "timer",
@@ -128,9 +137,13 @@ impl App {
                 &record.name,
                 &tick.to_string(),
             ]);
-            // Whoever claims the tick fires it: one process of those sharing the bus,
-            // even one catching up on ticks long after the others fired them.
-            if self.events.claim(&request_id).await? {
+            // A fresh tick is published by every process that sees it due: the bus keeps
+            // one (the request id dedupes for DEDUPE_WINDOW). The tick is claimed after
+            // that, so that a process catching up on it later, past the window, finds it
+            // taken; a catch-up claims first. A failed publish is retried next round
+            // (the claim's holder may claim again).
+            let fresh = now - tick < DEDUPE_WINDOW.as_millis() as i64 / 2;
+            if fresh || self.events.claim(&request_id).await? {
                 let time = OffsetDateTime::from_unix_timestamp(tick / 1000)
                     .map_err(YunError::internal)?
                     .format(&time::format_description::well_known::Rfc3339)
@@ -138,7 +151,7 @@ impl App {
                 let queued = QueuedEvent {
                     env: record.env.to_string(),
                     function: record.function.to_string(),
-                    request_id,
+                    request_id: request_id.clone(),
                     event: json!({
                         "Type": "Timer",
                         "TriggerName": record.name,
@@ -151,6 +164,9 @@ impl App {
                     enqueued_at_ms: now,
                 };
                 self.enqueue(&queued).await?;
+                if fresh {
+                    self.events.claim(&request_id).await?;
+                }
             }
             self.meta
                 .trigger_fired(&record.env, &record.function, &record.name, tick)
