@@ -91,7 +91,9 @@ pub trait EventBus: Send + Sync + 'static {
     ) -> Result<Vec<Delivery>, EventsError>;
 
     /// Done: the message is never delivered to this group again. An ack that comes after
-    /// the visibility ran out (the message may be with another fetcher) still counts.
+    /// the visibility ran out (the message may be with another fetcher) still counts,
+    /// except on a [`Retention::WorkQueue`] topic on SQLite, where only the current
+    /// delivery's ack takes the message away.
     async fn ack(&self, delivery: &Delivery) -> Result<(), EventsError>;
 
     /// Not done: deliver the message again, with `attempt + 1`, after `delay` (retries

@@ -391,13 +391,26 @@ impl EventBus for SqliteBus {
             return Err(EventsError::ForeignDelivery);
         };
         let t = self.inner.topic(&d.topic).await?;
-        let (topic, group, seq) = (d.topic.clone(), d.group.clone(), d.seq as i64);
+        let (topic, group, seq, attempt) =
+            (d.topic.clone(), d.group.clone(), d.seq as i64, d.attempt);
         let work_queue = t.spec().retention == Retention::WorkQueue;
         self.inner
             .db
             .write_now(move |c| {
                 if work_queue {
-                    return forget_message(c, &topic, seq, now_ms());
+                    // Only the current delivery's ack: a stale one must not take the
+                    // message from the fetcher that has it now.
+                    let current = c
+                        .prepare_cached(
+                            "SELECT 1 FROM deliveries WHERE topic = ?1 AND grp = ?2 AND seq = ?3 AND attempt = ?4",
+                        )
+                        .and_then(|mut s| s.exists(params![topic, group, seq, attempt]))
+                        .map_err(db_err)?;
+                    return if current {
+                        forget_message(c, &topic, seq, now_ms())
+                    } else {
+                        Ok(())
+                    };
                 }
                 // Below the cursor the row goes; at or past it, it stays (marked) so the
                 // cursor knows the message was delivered when it gets there.

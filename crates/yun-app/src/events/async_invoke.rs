@@ -187,15 +187,20 @@ impl App {
             Ok(queued) => {
                 let attempt = self.attempt(&queued, delivery.attempt);
                 tokio::pin!(attempt);
-                let start = tokio::time::Instant::now() + EXTEND_EVERY;
-                let mut beat = tokio::time::interval_at(start, EXTEND_EVERY);
+                let mut next_extend = tokio::time::Instant::now() + EXTEND_EVERY;
                 loop {
                     tokio::select! {
                         next = &mut attempt => break next,
-                        _ = beat.tick() => {
-                            if let Err(e) = self.events.extend(&delivery, VISIBILITY).await {
-                                tracing::warn!(seq = delivery.seq, error = %e, "could not extend a running delivery");
-                            }
+                        _ = tokio::time::sleep_until(next_extend) => {
+                            next_extend = match self.events.extend(&delivery, VISIBILITY).await {
+                                Ok(()) => tokio::time::Instant::now() + EXTEND_EVERY,
+                                // Soon again: at VISIBILITY the event goes to another
+                                // fetcher while this attempt still runs.
+                                Err(e) => {
+                                    tracing::warn!(seq = delivery.seq, error = %e, "could not extend a running delivery; trying again in 2 s");
+                                    tokio::time::Instant::now() + Duration::from_secs(2)
+                                }
+                            };
                         }
                     }
                 }
