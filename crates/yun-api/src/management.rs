@@ -393,6 +393,24 @@ async fn purge_dead_letters(
     ok(json!({ "purged": purged }))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Concurrency {
+    /// Instances at most; 0 disables the function; null clears the reservation.
+    reserved: Option<u32>,
+}
+
+async fn set_concurrency(
+    State(app): State<AppState>,
+    InEnv(who): InEnv,
+    Path((_, name)): Path<(String, String)>,
+    body: Body,
+) -> ApiResult {
+    let name = function_name(&name)?;
+    let req: Concurrency = json_body(body, JSON_BODY_LIMIT).await?;
+    ok(json!({ "function": app.set_reserved_concurrency(&who, &name, req.reserved).await? }))
+}
+
 async fn list_function_triggers(
     State(app): State<AppState>,
     InEnv(who): InEnv,
@@ -972,6 +990,11 @@ pub fn management_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)
             Method::GET,
             "/api/v1/envs/{env}/functions/{name}/triggers",
             list_function_triggers,
+        ),
+        route(
+            Method::PUT,
+            "/api/v1/envs/{env}/functions/{name}/concurrency",
+            set_concurrency,
         ),
         route(
             Method::POST,

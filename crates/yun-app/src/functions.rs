@@ -9,7 +9,8 @@ use serde::Serialize;
 use yun_auth::{Caller, Identity};
 use yun_functions::package::{self, PackageLimits};
 use yun_functions::{
-    FunctionSpec, InvocationEnv, InvokeError, InvokeRequest, LayerState, LAYER_PACKAGES,
+    FunctionSpec, InvocationEnv, InvokeError, InvokeReport, InvokeRequest, LayerState,
+    LAYER_PACKAGES,
 };
 
 /// How long a deploy waits for the SDK layer being installed on a first start.
@@ -213,7 +214,8 @@ impl App {
             handler: spec.handler.clone(),
             timeout: Duration::from_millis(spec.timeout_ms),
             memory_mb: spec.memory_mb,
-            max_instances: spec.max_instances as usize,
+            // A reservation is the function's cap (SCF); 0 never reaches the runtime.
+            max_instances: spec.reserved_concurrency.unwrap_or(spec.max_instances) as usize,
             static_env: self.static_env(spec),
             network,
         }
@@ -306,6 +308,8 @@ impl App {
             code_size: req.archive.len() as u64,
             code_id: code_id.clone(),
             async_retry,
+            // A setting of its own (`yun fn concurrency`), kept across deploys.
+            reserved_concurrency: previous.as_ref().and_then(|p| p.reserved_concurrency),
         };
         let staged = self.stage(&spec, req.archive, dir.clone()).await;
         let stored = match staged {
@@ -446,6 +450,35 @@ impl App {
         Ok(self.function(&identity.env, name).await?.record.clone())
     }
 
+    /// Sets (or with `None` clears) SCF's reserved concurrency: the function's instances at
+    /// most, and `0` disables it. Its instances are replaced.
+    pub async fn set_reserved_concurrency(
+        &self,
+        identity: &Identity,
+        name: &FunctionName,
+        reserved: Option<u32>,
+    ) -> Result<FunctionRecord, YunError> {
+        Self::authorize(identity, Operation::DeployFunction)?;
+        if let Some(n) = reserved {
+            check_range("reserved concurrency", n, &(0..=*MAX_INSTANCES_RANGE.end()))?;
+        }
+        let mut spec = self
+            .meta
+            .get_function(&identity.env, name)
+            .await?
+            .ok_or_else(|| {
+                YunError::new(
+                    ErrorCode::FunctionNotFound,
+                    format!("function {name} does not exist in env {}", identity.env),
+                )
+            })?
+            .spec;
+        spec.reserved_concurrency = reserved;
+        let record = self.meta.put_function(&spec, unix_now()).await?;
+        self.forget_function(&identity.env, name);
+        Ok(record)
+    }
+
     pub async fn delete_function(
         &self,
         identity: &Identity,
@@ -555,28 +588,40 @@ impl App {
         let request_id = caller.request_id.clone();
         let started_at_ms = yun_types::unix_ms();
         let env = self.invocation_env(identity, spec, caller, &request_id, attempt.timer);
-        let report = self
-            .runtime
-            .invoke(
-                spec,
-                InvokeRequest {
-                    request_id: request_id.clone(),
-                    event,
-                    env,
-                },
-            )
-            .await;
+        let report = if loaded.record.spec.reserved_concurrency == Some(0) {
+            // SCF: a reserved concurrency of 0 disables the function; every call is over
+            // the limit (async events are retried as throttles, then dead-lettered).
+            InvokeReport {
+                result: Err(InvokeError::Disabled),
+                cold_start: false,
+                duration: Duration::ZERO,
+                memory_peak_kb: 0,
+            }
+        } else {
+            self.runtime
+                .invoke(
+                    spec,
+                    InvokeRequest {
+                        request_id: request_id.clone(),
+                        event,
+                        env,
+                    },
+                )
+                .await
+        };
         let duration_ms = report.duration.as_millis() as u64;
         let (status, result) = match report.result {
             Ok(value) => (InvocationStatus::Success, Ok(value)),
             Err(e) => {
                 let status = match &e {
-                    InvokeError::Throttled { .. } => InvocationStatus::Throttled,
+                    InvokeError::Throttled { .. } | InvokeError::Disabled => {
+                        InvocationStatus::Throttled
+                    }
                     InvokeError::Failed(f) => f.status(),
                     InvokeError::Load(_) | InvokeError::Unavailable(_) => InvocationStatus::Error,
                 };
                 let error = match &e {
-                    InvokeError::Throttled { .. } => {
+                    InvokeError::Throttled { .. } | InvokeError::Disabled => {
                         YunError::new(ErrorCode::ConcurrencyLimit, e.message())
                     }
                     InvokeError::Unavailable(_) => YunError::internal(e.message()),

@@ -118,6 +118,15 @@ pub enum FnCommand {
         #[arg(long = "async")]
         queued: bool,
     },
+    /// SCF's reserved concurrency: `--reserved N` caps the function at N instances (0
+    /// disables it: every call is throttled); `--clear` goes back to --max-instances.
+    Concurrency {
+        name: String,
+        #[arg(long, required_unless_present = "clear", conflicts_with = "clear")]
+        reserved: Option<u32>,
+        #[arg(long)]
+        clear: bool,
+    },
     /// The dead-letter queue: async events that failed for good.
     Dlq {
         #[command(subcommand)]
@@ -543,6 +552,20 @@ pub async fn function(command: FnCommand, conn: Connection) -> anyhow::Result<()
             });
         }
         FnCommand::Dlq { command } => dead_letters(&client, conn.json, command).await?,
+        FnCommand::Concurrency { name, reserved, .. } => {
+            let v = client
+                .request(
+                    Method::PUT,
+                    &client.env_path(&format!("/functions/{name}/concurrency")),
+                    Some(json!({ "reserved": reserved })),
+                )
+                .await?;
+            output::emit(conn.json, &v, |_| match reserved {
+                Some(0) => println!("{name} is disabled (reserved concurrency 0)."),
+                Some(n) => println!("{name} runs at most {n} instances (reserved concurrency)."),
+                None => println!("{name} has no reserved concurrency."),
+            });
+        }
         FnCommand::Trigger { command } => triggers(&client, conn.json, command).await?,
         FnCommand::Invoke {
             name, event, data, ..

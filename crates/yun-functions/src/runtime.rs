@@ -103,6 +103,8 @@ pub enum InvokeError {
         max_instances: usize,
         waited: Duration,
     },
+    /// The function's reserved concurrency is 0 (set by the platform, not the runtime).
+    Disabled,
     /// The function's code failed to load (syntax error, missing export).
     Load(JsError),
     Failed(Failure),
@@ -129,6 +131,9 @@ impl InvokeError {
                 "all {max_instances} instances stayed busy for {} ms; retry later",
                 waited.as_millis()
             ),
+            InvokeError::Disabled => {
+                "the function is disabled: its reserved concurrency is 0".into()
+            }
             InvokeError::Load(e) => format!("function failed to load: {}", e.summary()),
             InvokeError::Failed(f) => f.message(),
             InvokeError::Unavailable(why) => format!("could not start an instance: {why}"),

@@ -97,6 +97,11 @@ pub struct NewFunction {
     /// What happens to its async events when an attempt fails.
     #[serde(default)]
     pub async_retry: AsyncRetry,
+    /// SCF's reserved concurrency: its instances at most (instead of `max_instances`),
+    /// and `0` disables it. Yun has no pool shared by functions, so what a reservation
+    /// guarantees, any function already has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved_concurrency: Option<u32>,
 }
 
 /// SCF's async retry policy, per function: runtime errors (the function threw, timed out,

@@ -956,6 +956,7 @@ mod tests {
             code_size: 1,
             code_id: "c1".into(),
             async_retry: Default::default(),
+            reserved_concurrency: None,
         }
     }
 

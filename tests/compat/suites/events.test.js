@@ -401,3 +401,27 @@ test('yun deploy reads a cloudbaserc.json project as tcb does: defaults, nested 
   const bad = await yun.cli(['deploy', '--dir', project]);
   assert.match(bad.stderr, /NOPE is in none of \.env/);
 });
+
+test('reserved concurrency 0 disables a function: calls are throttled, async events end in the dead-letter queue', async () => {
+  await yun.deploy('flaky', 'held', ['--env-var', 'FIXED=1', '--async-retries', '0', '--async-retry-interval', '1s', '--async-max-age', '60s']);
+  await yun.cliJson(['fn', 'concurrency', 'held', '--reserved', '0']);
+  await assert.rejects(yun.admin().callFunction({ name: 'held', data: { key: 'h0', failTimes: 0 } }), (e) => {
+    assert.equal(e.code, 'EXCEED_CONCURRENT_REQUEST_LIMIT');
+    assert.match(e.message, /disabled: its reserved concurrency is 0/);
+    return true;
+  });
+  // Throttles are retried until the event's max age (60 s here), then dead-lettered;
+  // re-enabled before that, the event runs.
+  const id = (await yun.cliJson(['fn', 'invoke', 'held', '--async', JSON.stringify({ key: 'h1', failTimes: 0 })])).request_id;
+  await new Promise((r) => setTimeout(r, 2500));
+  assert.equal(await attempts('h1'), undefined, 'not run while disabled');
+  await yun.cliJson(['fn', 'concurrency', 'held', '--reserved', '2']);
+  await waitFor(async () => ((await attempts('h1')) || {}).done || null, 'the event, once enabled', 30000);
+  const record = (await api('GET', `/invocations/${id}`)).body.invocation;
+  assert.ok(record.attempt >= 2, `throttled attempts came first (attempt ${record.attempt})`);
+  assert.equal((await api('GET', '/functions/held')).body.function.reserved_concurrency, 2);
+  await yun.cliJson(['fn', 'concurrency', 'held', '--clear']);
+  assert.equal((await api('GET', '/functions/held')).body.function.reserved_concurrency, undefined);
+  const bad = await yun.cli(['fn', 'concurrency', 'held', '--reserved', '5000']);
+  assert.match(bad.stderr, /reserved concurrency must be between 0 and 1000/);
+});
