@@ -119,6 +119,13 @@ fn check_range<T: PartialOrd + std::fmt::Display + Copy>(
     }
 }
 
+/// An event from a caller must be JSON text.
+pub(crate) fn check_event(event: &str) -> Result<(), YunError> {
+    serde_json::from_str::<serde::de::IgnoredAny>(event)
+        .map(drop)
+        .map_err(|e| YunError::invalid_param(format!("the event is not valid JSON: {e}")))
+}
+
 fn check_env_vars(vars: &BTreeMap<String, String>) -> Result<(), YunError> {
     for key in vars.keys() {
         let valid = key
@@ -289,9 +296,11 @@ impl App {
         if req.archive.is_empty() {
             return Err(YunError::invalid_param("the code archive is empty"));
         }
-        if let Some(triggers) = &req.triggers {
-            self.check_deploy_triggers(env, name, triggers).await?;
-        }
+        // Checked before the code is staged; stored once the version is.
+        let triggers = match &req.triggers {
+            Some(t) => Some(self.check_triggers(env, name, t).await?),
+            None => None,
+        };
 
         let code_id = new_id("v");
         let dir = self.code_dir(env, name).join(&code_id);
@@ -326,8 +335,9 @@ impl App {
             }
         };
         self.forget_function(env, name);
-        if let Some(triggers) = &req.triggers {
-            self.set_triggers(env, name, triggers).await?;
+        if let Some(triggers) = &triggers {
+            self.meta.replace_triggers(env, name, triggers).await?;
+            self.triggers_changed();
         }
         self.remove_old_code(env, name, &code_id, previous.map(|p| p.code_id))
             .await;
@@ -566,9 +576,7 @@ impl App {
     ) -> Result<Invocation, YunError> {
         Self::authorize(identity, Operation::InvokeFunction)?;
         if !event.is_empty() {
-            serde_json::from_str::<serde::de::IgnoredAny>(&event).map_err(|e| {
-                YunError::invalid_param(format!("the event is not valid JSON: {e}"))
-            })?;
+            check_event(&event)?;
         }
         self.invoke_checked(identity, name, event, caller, Attempt::FIRST)
             .await

@@ -19,7 +19,7 @@ use yun_types::{new_sortable_id, EnvId, ErrorCode, FunctionName, YunError};
 
 use super::triggers::derived_request_id;
 use crate::authz::Operation;
-use crate::functions::{Attempt, CallerContext};
+use crate::functions::{check_event, Attempt, CallerContext};
 use crate::App;
 
 /// The bus topic of every env's async events (a work queue).
@@ -101,8 +101,7 @@ impl App {
                 ),
             ));
         }
-        serde_json::from_str::<serde::de::IgnoredAny>(&event)
-            .map_err(|e| YunError::invalid_param(format!("the event is not valid JSON: {e}")))?;
+        check_event(&event)?;
         // Refused now rather than dead-lettered later.
         self.function(&identity.env, name).await?;
         let queued = QueuedEvent {

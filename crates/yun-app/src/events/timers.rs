@@ -117,7 +117,7 @@ impl App {
         let offset = match offsets.get(&record.env) {
             Some(o) => *o,
             None => {
-                let settings = self.meta.env_settings(&record.env).await?;
+                let settings = self.env_settings(&record.env).await?;
                 let o = utc_offset(settings.timer_utc_offset.as_deref().unwrap_or("+08:00"))?;
                 offsets.insert(record.env.clone(), o);
                 o

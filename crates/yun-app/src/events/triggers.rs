@@ -208,7 +208,7 @@ pub(crate) fn derived_request_id(parts: &[&str]) -> String {
 
 impl App {
     /// Checks triggers for a function and makes their records (not stored).
-    async fn check_triggers(
+    pub(crate) async fn check_triggers(
         &self,
         env: &EnvId,
         function: &FunctionName,
@@ -264,29 +264,6 @@ impl App {
             });
         }
         Ok(records)
-    }
-
-    /// Replaces a function's triggers (a deploy with a `triggers` list).
-    pub(crate) async fn set_triggers(
-        &self,
-        env: &EnvId,
-        function: &FunctionName,
-        triggers: &[NewTrigger],
-    ) -> Result<(), YunError> {
-        let records = self.check_triggers(env, function, triggers).await?;
-        self.meta.replace_triggers(env, function, &records).await?;
-        self.triggers_changed();
-        Ok(())
-    }
-
-    /// Validates a deploy's triggers before its code is staged.
-    pub(crate) async fn check_deploy_triggers(
-        &self,
-        env: &EnvId,
-        function: &FunctionName,
-        triggers: &[NewTrigger],
-    ) -> Result<(), YunError> {
-        self.check_triggers(env, function, triggers).await.map(drop)
     }
 
     pub async fn create_trigger(
