@@ -429,6 +429,7 @@ async fn main() {
         }
         Some("functions") => functions().await,
         Some("sandbox") => sandbox().await,
+        Some("metrics") => metrics_overhead().await,
         Some("peers") => peers::run().await,
         Some("queries") => {
             let yun = spawn_yun(&yun_bin(), &[]).await;
@@ -466,7 +467,7 @@ async fn main() {
             );
         }
         Some(other) => {
-            eprintln!("usage: yun-bench [functions|first-start|sandbox|peers|queries|events|db|storage|auth|load URL [CONNECTIONS]] (got {other:?})")
+            eprintln!("usage: yun-bench [functions|first-start|sandbox|metrics|peers|queries|events|db|storage|auth|load URL [CONNECTIONS]] (got {other:?})")
         }
     }
 }
@@ -564,6 +565,102 @@ async fn sandbox() {
                 .copied()
                 .unwrap_or_default()
                 .max(after_deploy.last().copied().unwrap_or_default()))
+        );
+    }
+}
+
+/// Rounds of wrk per mode in the metrics comparison, interleaved.
+const METRICS_ROUNDS: usize = 4;
+
+/// What metrics cost: `yun dev --no-metrics` and `yun dev` (metrics on, scraped once a
+/// second as Prometheus would) side by side, `wrk` with the JSON POST in interleaved
+/// rounds; the median ratio is the figure.
+async fn metrics_overhead() {
+    if !has_wrk().await {
+        return;
+    }
+    let Some(script) = wrk_script(WRK_JSON_POST) else {
+        return;
+    };
+    let bin = yun_bin();
+    let http = reqwest::Client::new();
+    let off = spawn_yun(&bin, &["--no-metrics"]).await;
+    let on = spawn_yun(&bin, &[]).await;
+    for yun in [&off, &on] {
+        yun.deploy_json(&http).await;
+    }
+    let scraper = {
+        let (url, id, key, http) = (
+            format!("{}/metrics", on.url),
+            on.id.clone(),
+            on.key.clone(),
+            http.clone(),
+        );
+        tokio::spawn(async move {
+            let mut scrapes = 0u64;
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                match http.get(&url).basic_auth(&id, Some(&key)).send().await {
+                    Ok(r) if r.status().is_success() => {
+                        let _ = r.bytes().await;
+                        scrapes += 1;
+                    }
+                    other => {
+                        eprintln!("metrics scrape failed after {scrapes}: {other:?}");
+                        return;
+                    }
+                }
+            }
+        })
+    };
+    let targets = [("off", &off), ("on", &on)];
+    for (_, yun) in &targets {
+        wrk(
+            script.path(),
+            &format!("{}/{}/json", yun.url, yun.env),
+            WARMUP_SECONDS,
+        )
+        .await;
+    }
+    println!("## Metrics: off vs on (scraped every second), wrk -t2 -c32 JSON POST, {LOAD_SECONDS} s each");
+    println!(
+        "| round | off req/s | on req/s | on/off | off p99 | on p99 |\n|---|---|---|---|---|---|"
+    );
+    let mut ratios = Vec::new();
+    for round in 1..=METRICS_ROUNDS {
+        let mut runs = Vec::new();
+        for (_, yun) in &targets {
+            runs.push(
+                wrk(
+                    script.path(),
+                    &format!("{}/{}/json", yun.url, yun.env),
+                    LOAD_SECONDS,
+                )
+                .await,
+            );
+        }
+        let (Some(a), Some(b)) = (&runs[0], &runs[1]) else {
+            println!("| {round} | wrk failed | | | | |");
+            continue;
+        };
+        let ratio = b.rate / a.rate;
+        ratios.push(ratio);
+        println!(
+            "| {round} | {:.0} | {:.0} | {ratio:.3}× | {} | {} |",
+            a.rate,
+            b.rate,
+            ms(a.p99),
+            ms(b.p99)
+        );
+    }
+    scraper.abort();
+    if !ratios.is_empty() {
+        ratios.sort_by(f64::total_cmp);
+        let median = (ratios[(ratios.len() - 1) / 2] + ratios[ratios.len() / 2]) / 2.0;
+        println!(
+            "\nwarm throughput, metrics on / off, median of {} rounds: {median:.3}× (overhead {:.1}%)\n",
+            ratios.len(),
+            (1.0 - median) * 100.0
         );
     }
 }

@@ -5,6 +5,7 @@
 
 use axum::body::Body;
 use tower::ServiceExt as _;
+use yun_app::ops::{traced, TraceContext};
 use yun_functions::{ApiRequest, ApiResponse};
 use yun_types::{EnvId, FunctionName};
 
@@ -18,6 +19,17 @@ pub async fn serve(
     app: &AppState,
     env: &EnvId,
     function: &FunctionName,
+    request: ApiRequest,
+) -> ApiResponse {
+    // What the call does is part of the calling invocation's trace.
+    let context = request.traceparent.as_deref().and_then(TraceContext::parse);
+    traced(context, serve_traced(app, env, function, request)).await
+}
+
+async fn serve_traced(
+    app: &AppState,
+    env: &EnvId,
+    function: &FunctionName,
     mut request: ApiRequest,
 ) -> ApiResponse {
     match request.method.take() {
@@ -28,6 +40,7 @@ pub async fn serve(
                 function,
                 &request.target,
                 &request.body,
+                request.caused_by,
             )
             .await,
         ),

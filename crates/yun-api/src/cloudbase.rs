@@ -77,9 +77,7 @@ pub(crate) async fn invoke_function(
     match body.get("InvocationType").and_then(Value::as_str) {
         None | Some("RequestResponse") => app.invoke(identity, &name, event, caller).await?.result,
         Some("Event") => {
-            let request_id = app
-                .invoke_async(identity, &name, event, &caller.source)
-                .await?;
+            let request_id = app.invoke_async(identity, &name, event, caller).await?;
             Ok(json!({ "RequestId": request_id, "InvocationType": "Event" }).to_string())
         }
         Some(other) => Err(YunError::invalid_param(format!(
@@ -135,6 +133,7 @@ pub(crate) async fn admin_from_channel(
     function: &FunctionName,
     target: &str,
     body: &[u8],
+    caused_by: String,
 ) -> String {
     let request_id = new_sortable_id();
     let outcome = async {
@@ -157,6 +156,7 @@ pub(crate) async fn admin_from_channel(
             source: String::new(),
             client_ip: Some(LOOPBACK.to_string()),
             seq_id: query.seq_id,
+            parent_request_id: Some(caused_by),
         };
         dispatch(app, &identity, &body, caller).await
     }
@@ -224,6 +224,7 @@ async fn handle(
         source: header("x-tcb-source").unwrap_or_default(),
         client_ip: Some(from.peer.to_string()),
         seq_id: query.seq_id,
+        parent_request_id: None,
     };
     dispatch(app, &identity, &body, caller).await
 }

@@ -142,10 +142,10 @@ pub async fn download(
             .and_then(|t| t.parse().ok())
             .ok_or_else(|| YunError::new(ErrorCode::StorageSignInvalid, "t must be a Unix time"))?;
         let file = app.open_signed(&env, &path, &sign, expires).await?;
-        Ok::<_, YunError>((file, expires))
+        Ok::<_, YunError>((env, file, expires))
     }
     .await;
-    let (file, expires) = match file {
+    let (env, file, expires) = match file {
         Ok(found) => found,
         Err(e) => return json_error(&e),
     };
@@ -190,7 +190,7 @@ pub async fn download(
         return (StatusCode::NOT_MODIFIED, out).into_response();
     }
     if let Some((_, ops)) = image {
-        return match app.render_image(&file, &ops).await {
+        return match app.render_image(&env, &file, &ops).await {
             Ok(rendered) => {
                 set(header::CONTENT_LENGTH, rendered.bytes.len().to_string());
                 let body = if method == Method::HEAD {
@@ -224,7 +224,7 @@ pub async fn download(
     if method == Method::HEAD {
         return (status, out).into_response();
     }
-    match app.read_file(&file, range).await {
+    match app.read_file(&env, &file, range).await {
         Ok(stream) => (status, out, Body::from_stream(stream)).into_response(),
         Err(e) => json_error(&e),
     }

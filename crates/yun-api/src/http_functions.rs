@@ -212,6 +212,7 @@ async fn run(
         source: "http".into(),
         client_ip: Some(client_ip),
         seq_id: None,
+        parent_request_id: None,
     };
     let invocation = match app.invoke_public_http(&env, &path, event, &caller).await {
         Ok(Some(invocation)) => invocation,

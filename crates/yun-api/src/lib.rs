@@ -29,23 +29,73 @@ pub use management::{management_routes, OPENAPI};
 pub type AppState = Arc<App>;
 
 /// 200 once Yun can run every function; 503 with the reason while the SDK layer is
-/// installing (a first start) or if it could not be.
+/// installing (a first start) or if it could not be, while the first stem cells start,
+/// and while draining on SIGTERM.
 async fn readyz(
     axum::extract::State(app): axum::extract::State<AppState>,
 ) -> axum::response::Response {
     use axum::response::IntoResponse as _;
-    let not_ready = |reason: &str| {
-        (
+    match app.not_ready() {
+        None => "ready".into_response(),
+        Some(reason) => (
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             axum::Json(serde_json::json!({ "ready": false, "reason": reason })),
         )
-            .into_response()
-    };
-    match app.runtime().layer_state() {
-        yun_functions::LayerState::Ready => "ready".into_response(),
-        yun_functions::LayerState::Installing => not_ready("the Node SDK layer is installing"),
-        yun_functions::LayerState::Failed(why) => not_ready(&why),
+            .into_response(),
     }
+}
+
+/// The surface a request is for, as a bounded metrics label.
+fn surface(path: &str) -> &'static str {
+    let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
+    match first {
+        "admin" => "admin",
+        "web" => "web",
+        "auth" => "auth",
+        "api" => "management",
+        "files" => "files",
+        "healthz" | "readyz" | "metrics" => "operations",
+        _ => "http_functions",
+    }
+}
+
+/// The edge of every request: a W3C `traceparent` it carries becomes the context its
+/// work is traced in; it is counted by surface and status class and timed to its
+/// response head.
+async fn edge(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let context = request
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(yun_app::ops::TraceContext::parse);
+    yun_app::ops::traced(context, http_metrics(request, next)).await
+}
+
+async fn http_metrics(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if !yun_app::ops::metrics_on() {
+        return next.run(request).await;
+    }
+    let surface = surface(request.uri().path());
+    let began = std::time::Instant::now();
+    let response = next.run(request).await;
+    let status = match response.status().as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    metrics::counter!("yun_http_requests_total", "surface" => surface, "status" => status)
+        .increment(1);
+    metrics::histogram!("yun_http_request_duration_seconds", "surface" => surface)
+        .record(began.elapsed());
+    response
 }
 
 /// What a sandboxed instance reaches through its gateway: the SDK surface and the
@@ -89,6 +139,7 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(management::metrics))
         .route("/admin", post(cloudbase::admin))
         .merge(management::router())
         .merge(browser)
@@ -97,5 +148,6 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/{env}/{*path}", any(http_functions::serve))
         // Each surface reads its body with its own limit and answers in its own protocol.
         .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn(edge))
         .with_state(app)
 }

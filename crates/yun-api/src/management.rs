@@ -321,7 +321,11 @@ async fn invoke_function(
     let event = String::from_utf8(bytes.to_vec())
         .map_err(|_| YunError::invalid_param("the event must be UTF-8 JSON"))?;
     if params.queued {
-        let request_id = app.invoke_async(&who, &name, event, "async").await?;
+        let caller = CallerContext {
+            source: "async".into(),
+            ..CallerContext::default()
+        };
+        let request_id = app.invoke_async(&who, &name, event, &caller).await?;
         return ok(json!({ "request_id": request_id, "queued": true }));
     }
     let caller = CallerContext {
@@ -329,6 +333,7 @@ async fn invoke_function(
         source: "management_api".into(),
         client_ip: Some(peer.ip().to_string()),
         seq_id: None,
+        parent_request_id: None,
     };
     let invocation = app.invoke(&who, &name, event, &caller).await?;
     match invocation.result {
@@ -460,6 +465,69 @@ async fn env_logs(
     Query(filter): Query<LogFilter>,
 ) -> ApiResult {
     ok(json!({ "logs": app.logs(&who, None, filter).await? }))
+}
+
+async fn list_alerts(State(app): State<AppState>, InEnv(who): InEnv) -> ApiResult {
+    ok(json!({ "alerts": app.list_alerts(&who).await? }))
+}
+
+async fn create_alert(State(app): State<AppState>, InEnv(who): InEnv, body: Body) -> ApiResult {
+    let new: yun_app::ops::NewAlert = json_body(body, JSON_BODY_LIMIT).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "alert": app.create_alert(&who, new).await? })),
+    )
+        .into_response())
+}
+
+async fn delete_alert(
+    State(app): State<AppState>,
+    InEnv(who): InEnv,
+    Path((_, name)): Path<(String, String)>,
+) -> ApiResult {
+    app.delete_alert(&who, &name).await?;
+    ok(json!({ "deleted": name }))
+}
+
+async fn test_alert(
+    State(app): State<AppState>,
+    InEnv(who): InEnv,
+    Path((_, name)): Path<(String, String)>,
+) -> ApiResult {
+    ok(json!({ "delivery": app.test_alert(&who, &name).await? }))
+}
+
+async fn get_trace(
+    State(app): State<AppState>,
+    InEnv(who): InEnv,
+    Path((_, request_id)): Path<(String, String)>,
+) -> ApiResult {
+    ok(app.trace(&who, &request_id).await?)
+}
+
+async fn env_usage(
+    State(app): State<AppState>,
+    InEnv(who): InEnv,
+    Query(query): Query<yun_app::UsageQuery>,
+) -> ApiResult {
+    ok(app.usage(&who, query).await?)
+}
+
+/// `GET /metrics`: Prometheus text, for a platform key (HTTP Basic, as a scrape config's
+/// `basic_auth` sends it).
+pub(crate) async fn metrics(State(app): State<AppState>, KeyHolder(who): KeyHolder) -> ApiResult {
+    match app.metrics_text(&who).await? {
+        Some(text) => Ok((
+            [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+            text,
+        )
+            .into_response()),
+        None => Err(YunError::new(
+            ErrorCode::NotFound,
+            "metrics are off (yun dev --no-metrics)",
+        )
+        .into()),
+    }
 }
 
 #[derive(Deserialize)]
@@ -719,7 +787,7 @@ async fn download_file(
 ) -> ApiResult {
     use axum::http::header;
     let file = app.stat_file(&who, &path).await?;
-    let stream = app.read_file(&file, None).await?;
+    let stream = app.read_file(&who.env, &file, None).await?;
     Ok((
         [
             (header::CONTENT_TYPE, file.content_type.clone()),
@@ -1027,6 +1095,24 @@ pub fn management_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)
             function_invocations,
         ),
         route(Method::GET, "/api/v1/envs/{env}/logs", env_logs),
+        route(Method::GET, "/api/v1/envs/{env}/usage", env_usage),
+        route(Method::GET, "/api/v1/envs/{env}/alerts", list_alerts),
+        route(Method::POST, "/api/v1/envs/{env}/alerts", create_alert),
+        route(
+            Method::DELETE,
+            "/api/v1/envs/{env}/alerts/{name}",
+            delete_alert,
+        ),
+        route(
+            Method::POST,
+            "/api/v1/envs/{env}/alerts/{name}/test",
+            test_alert,
+        ),
+        route(
+            Method::GET,
+            "/api/v1/envs/{env}/traces/{request_id}",
+            get_trace,
+        ),
         route(
             Method::GET,
             "/api/v1/envs/{env}/invocations/{request_id}",

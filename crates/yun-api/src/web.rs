@@ -81,6 +81,7 @@ async fn handle(
                 source: "web".into(),
                 client_ip: Some(peer.ip().to_string()),
                 seq_id: body.get("seqId").and_then(Value::as_str).map(str::to_owned),
+                parent_request_id: None,
             };
             let text = invoke_function(app, identity, &body, &caller).await?;
             let response_data = if query.parse.as_deref() == Some("true") {

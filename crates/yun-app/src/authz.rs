@@ -125,6 +125,11 @@ operations! {
     ReadLogs => Admin,
     ListInvocations => Admin,
     GetInvocation => Admin,
+    ReadUsage => Admin,
+    ManageAlerts => Admin,
+    ListAlerts => Admin,
+    // Metrics cover every env: the platform's operator only.
+    ReadMetrics => Platform,
     // The database without rules (`database.rs`).
     CreateCollection => Server,
     ListCollections => Server,

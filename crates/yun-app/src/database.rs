@@ -20,12 +20,12 @@ impl App {
         identity: &Identity,
         name: &str,
     ) -> Result<(), YunError> {
-        Self::authorize(identity, Operation::CreateCollection)?;
+        let _op = self.db_operation(identity, Operation::CreateCollection)?;
         self.docdb.create_collection(&identity.env, name).await
     }
 
     pub async fn db_list_collections(&self, identity: &Identity) -> Result<Vec<String>, YunError> {
-        Self::authorize(identity, Operation::ListCollections)?;
+        let _op = self.db_operation(identity, Operation::ListCollections)?;
         self.docdb.list_collections(&identity.env).await
     }
 
@@ -51,7 +51,7 @@ impl App {
         collection: &str,
         docs: Vec<Value>,
     ) -> Result<Vec<String>, YunError> {
-        Self::authorize(identity, Operation::InsertDocuments)?;
+        let _op = self.db_operation(identity, Operation::InsertDocuments)?;
         written_by(
             writer(identity),
             self.docdb
@@ -66,7 +66,7 @@ impl App {
         collection: &str,
         find: Find,
     ) -> Result<Vec<Value>, YunError> {
-        Self::authorize(identity, Operation::FindDocuments)?;
+        let _op = self.db_operation(identity, Operation::FindDocuments)?;
         let limits = self.env_limits(identity).await?;
         self.docdb
             .find(&identity.env, collection, find, &limits)
@@ -79,7 +79,7 @@ impl App {
         collection: &str,
         filter: Filter,
     ) -> Result<u64, YunError> {
-        Self::authorize(identity, Operation::CountDocuments)?;
+        let _op = self.db_operation(identity, Operation::CountDocuments)?;
         let limits = self.env_limits(identity).await?;
         self.docdb
             .count(&identity.env, collection, filter, &limits)
@@ -93,7 +93,7 @@ impl App {
         collection: &str,
         find: Find,
     ) -> Result<yun_docdb::slow::QueryReport, YunError> {
-        Self::authorize(identity, Operation::FindDocuments)?;
+        let _op = self.db_operation(identity, Operation::FindDocuments)?;
         let limits = self.env_limits(identity).await?;
         self.docdb
             .explain(&identity.env, collection, find, &limits)
@@ -105,7 +105,7 @@ impl App {
         &self,
         identity: &Identity,
     ) -> Result<Vec<yun_docdb::slow::QueryReport>, YunError> {
-        Self::authorize(identity, Operation::FindDocuments)?;
+        let _op = self.db_operation(identity, Operation::FindDocuments)?;
         Ok(self.docdb.slow_queries(&identity.env))
     }
 
@@ -118,7 +118,7 @@ impl App {
         multi: bool,
         upsert: Option<Value>,
     ) -> Result<(Updated, Vec<Value>), YunError> {
-        Self::authorize(identity, Operation::UpdateDocuments)?;
+        let _op = self.db_operation(identity, Operation::UpdateDocuments)?;
         let update = self.docdb.update(
             &identity.env,
             collection,
@@ -139,7 +139,7 @@ impl App {
         collection: &str,
         stages: Vec<yun_docdb::aggregate::Stage>,
     ) -> Result<Vec<Value>, YunError> {
-        Self::authorize(identity, Operation::AggregateDocuments)?;
+        let _op = self.db_operation(identity, Operation::AggregateDocuments)?;
         self.docdb
             .aggregate(&identity.env, collection, stages)
             .await
@@ -152,7 +152,7 @@ impl App {
         filter: Filter,
         multi: bool,
     ) -> Result<u64, YunError> {
-        Self::authorize(identity, Operation::RemoveDocuments)?;
+        let _op = self.db_operation(identity, Operation::RemoveDocuments)?;
         written_by(
             writer(identity),
             self.docdb
@@ -174,7 +174,7 @@ fn writer(identity: &Identity) -> Option<&str> {
 /// Transactions: bound to the caller's env; another env's transaction id is unknown here.
 impl App {
     pub fn db_start_transaction(&self, identity: &Identity) -> Result<String, YunError> {
-        Self::authorize(identity, Operation::StartTransaction)?;
+        let _op = self.db_operation(identity, Operation::StartTransaction)?;
         Ok(self.docdb.start_transaction(&identity.env))
     }
 
@@ -183,7 +183,7 @@ impl App {
         identity: &Identity,
         txn: &str,
     ) -> Result<(), YunError> {
-        Self::authorize(identity, Operation::CommitTransaction)?;
+        let _op = self.db_operation(identity, Operation::CommitTransaction)?;
         written_by(
             writer(identity),
             self.docdb.commit_transaction(&identity.env, txn),
@@ -192,7 +192,7 @@ impl App {
     }
 
     pub fn db_abort_transaction(&self, identity: &Identity, txn: &str) -> Result<(), YunError> {
-        Self::authorize(identity, Operation::AbortTransaction)?;
+        let _op = self.db_operation(identity, Operation::AbortTransaction)?;
         self.docdb.abort_transaction(&identity.env, txn)
     }
 
@@ -204,7 +204,7 @@ impl App {
         filter: &Filter,
         projection: &Projection,
     ) -> Result<Vec<Value>, YunError> {
-        Self::authorize(identity, Operation::TransactionFind)?;
+        let _op = self.db_operation(identity, Operation::TransactionFind)?;
         self.docdb
             .txn_find(&identity.env, txn, collection, filter, projection)
             .await
@@ -217,7 +217,7 @@ impl App {
         collection: &str,
         docs: Vec<Value>,
     ) -> Result<Vec<String>, YunError> {
-        Self::authorize(identity, Operation::TransactionInsert)?;
+        let _op = self.db_operation(identity, Operation::TransactionInsert)?;
         self.docdb
             .txn_insert(&identity.env, txn, collection, docs)
             .await
@@ -232,7 +232,7 @@ impl App {
         change: &Change,
         upsert: Option<Value>,
     ) -> Result<Updated, YunError> {
-        Self::authorize(identity, Operation::TransactionUpdate)?;
+        let _op = self.db_operation(identity, Operation::TransactionUpdate)?;
         self.docdb
             .txn_update(&identity.env, txn, collection, filter, change, upsert)
             .await
@@ -245,7 +245,7 @@ impl App {
         collection: &str,
         filter: &Filter,
     ) -> Result<u64, YunError> {
-        Self::authorize(identity, Operation::TransactionRemove)?;
+        let _op = self.db_operation(identity, Operation::TransactionRemove)?;
         self.docdb
             .txn_remove(&identity.env, txn, collection, filter)
             .await
@@ -261,7 +261,7 @@ impl App {
         docs: Vec<Value>,
         upsert: bool,
     ) -> Result<(u64, u64), YunError> {
-        Self::authorize(identity, Operation::ImportDocuments)?;
+        let _op = self.db_operation(identity, Operation::ImportDocuments)?;
         self.docdb
             .import(&identity.env, collection, docs, upsert)
             .await
@@ -272,7 +272,7 @@ impl App {
         identity: &Identity,
         name: &str,
     ) -> Result<(), YunError> {
-        Self::authorize(identity, Operation::DropCollection)?;
+        let _op = self.db_operation(identity, Operation::DropCollection)?;
         self.docdb.drop_collection(&identity.env, name).await
     }
 
@@ -282,7 +282,7 @@ impl App {
         collection: &str,
         spec: IndexSpec,
     ) -> Result<(), YunError> {
-        Self::authorize(identity, Operation::CreateIndex)?;
+        let _op = self.db_operation(identity, Operation::CreateIndex)?;
         self.docdb
             .create_index(&identity.env, collection, spec)
             .await
@@ -293,7 +293,7 @@ impl App {
         identity: &Identity,
         collection: &str,
     ) -> Result<Vec<IndexSpec>, YunError> {
-        Self::authorize(identity, Operation::ListIndexes)?;
+        let _op = self.db_operation(identity, Operation::ListIndexes)?;
         self.docdb.list_indexes(&identity.env, collection).await
     }
 
@@ -303,7 +303,7 @@ impl App {
         collection: &str,
         name: &str,
     ) -> Result<(), YunError> {
-        Self::authorize(identity, Operation::DropIndex)?;
+        let _op = self.db_operation(identity, Operation::DropIndex)?;
         self.docdb.drop_index(&identity.env, collection, name).await
     }
 }

@@ -21,6 +21,7 @@ use yun_meta::{
 };
 use yun_types::{new_id, EnvId, ErrorCode, FunctionName, YunError};
 
+use crate::ops::TraceContext;
 use crate::{App, Operation};
 use yun_types::unix_now;
 
@@ -73,6 +74,8 @@ pub struct CallerContext {
     pub client_ip: Option<String>,
     /// The caller's `seqId`, continued into the callee's `TCB_SEQID`.
     pub seq_id: Option<String>,
+    /// The invocation whose code made this call (over its instance's channel).
+    pub parent_request_id: Option<String>,
 }
 
 /// Which delivery of an event an invocation is, and what sent it.
@@ -515,6 +518,7 @@ impl App {
         caller: &CallerContext,
         request_id: &str,
         timer: bool,
+        traceparent: &str,
     ) -> InvocationEnv {
         let credential =
             self.function_credential(&spec.env, &spec.name, spec.timeout.as_secs() as i64);
@@ -563,6 +567,8 @@ impl App {
             ("TCB_ENV", text(spec.env.as_str())),
             // SCF sets it for timer deliveries; the SDKs read it (which API token).
             ("TRIGGER_SRC", text(if timer { "timer" } else { "" })),
+            // W3C trace context, by OpenTelemetry's environment-variable carrier.
+            ("TRACEPARENT", text(traceparent)),
         ]
     }
 
@@ -595,7 +601,24 @@ impl App {
         let spec = &loaded.spec;
         let request_id = caller.request_id.clone();
         let started_at_ms = yun_types::unix_ms();
-        let env = self.invocation_env(identity, spec, caller, &request_id, attempt.timer);
+        // The invocation's span: under the caller's context, or the root of a trace
+        // named by its request id.
+        let parent = TraceContext::current();
+        let trace = self.settings.tracing.then(|| TraceContext {
+            trace_id: parent
+                .as_ref()
+                .map_or_else(|| request_id.clone(), |p| p.trace_id.clone()),
+            span_id: yun_types::new_span_id(),
+        });
+        let traceparent = trace.as_ref().map(TraceContext::header);
+        let env = self.invocation_env(
+            identity,
+            spec,
+            caller,
+            &request_id,
+            attempt.timer,
+            traceparent.as_deref().unwrap_or_default(),
+        );
         let report = if loaded.record.spec.reserved_concurrency == Some(0) {
             // SCF: a reserved concurrency of 0 disables the function; every call is over
             // the limit (async events are retried as throttles, then dead-lettered).
@@ -603,6 +626,7 @@ impl App {
                 result: Err(InvokeError::Disabled),
                 cold_start: false,
                 duration: Duration::ZERO,
+                waited: Duration::ZERO,
                 memory_peak_kb: 0,
             }
         } else {
@@ -613,11 +637,15 @@ impl App {
                         request_id: request_id.clone(),
                         event,
                         env,
+                        from_function: caller.parent_request_id.is_some()
+                            && matches!(identity.caller, Caller::Function { .. }),
+                        traceparent,
                     },
                 )
                 .await
         };
         let duration_ms = report.duration.as_millis() as u64;
+        let response_bytes = report.result.as_ref().map_or(0, |v| v.len() as u64);
         let (status, result) = match report.result {
             Ok(value) => (InvocationStatus::Success, Ok(value)),
             Err(e) => {
@@ -646,6 +674,7 @@ impl App {
             request_id: request_id.clone(),
             at_ms: yun_types::unix_ms(),
             stream: "platform".into(),
+            level: "error".into(),
             message,
         };
         if let Err(e) = &result {
@@ -668,8 +697,26 @@ impl App {
                 error: result.as_ref().err().map(|e| e.message.clone()),
                 attempt: attempt.number,
                 trigger: attempt.trigger.map(str::to_owned),
+                memory_mb: spec.memory_mb,
+                response_bytes,
+                parent_request_id: caller.parent_request_id.clone(),
+                trace_id: trace
+                    .as_ref()
+                    .map(|t| t.trace_id.clone())
+                    .unwrap_or_default(),
+                span_id: trace.map(|t| t.span_id).unwrap_or_default(),
+                parent_span_id: parent.filter(|_| self.settings.tracing).map(|p| p.span_id),
+                waited_ms: report.waited.as_millis() as u64,
             })
             .await;
+        crate::ops::metrics::invocation(
+            &identity.env,
+            name,
+            status,
+            report.cold_start,
+            report.duration,
+            report.waited,
+        );
         Ok(Invocation {
             request_id,
             result,
@@ -690,9 +737,12 @@ impl App {
             limit: Some(limit),
             ..filter
         };
+        // The invocations a request caused may be other functions': a caused query
+        // follows the request wherever it went in the env.
+        let caused = filter.caused && filter.request_id.is_some();
         let query = LogQuery {
             env: identity.env.clone(),
-            function: function.cloned(),
+            function: if caused { None } else { function.cloned() },
             filter,
         };
         self.recorder.flush().await;

@@ -11,6 +11,7 @@ mod database;
 mod envs;
 mod events;
 mod functions;
+pub mod ops;
 mod recorder;
 mod rules;
 mod storage;
@@ -18,6 +19,7 @@ mod user_db;
 mod users;
 
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use yun_auth::TempCredentialIssuer;
@@ -29,6 +31,7 @@ pub use authz::{Capability, Operation};
 pub use envs::{Credentials, NewKey};
 pub use events::{ChangeSource, NewTrigger};
 pub use functions::{CallerContext, DeployRequest, Invocation};
+pub use ops::{UsageQuery, UsageReport};
 pub use recorder::Recorder;
 pub use rules::RulesTarget;
 pub use storage::{FileOutcome, UploadTarget, MAX_LIST_PAGE};
@@ -50,6 +53,8 @@ pub struct AppSettings {
     pub npm_cache: PathBuf,
     /// Reported to functions as `TENCENTCLOUD_REGION`.
     pub region: String,
+    /// Invocations and the operations they make are traced (`yun trace`).
+    pub tracing: bool,
 }
 
 pub struct App {
@@ -66,6 +71,8 @@ pub struct App {
     events: Arc<dyn yun_events::EventBus>,
     /// Bumped when triggers (or what they depend on) change: the loops read them again.
     trigger_signal: tokio::sync::watch::Sender<u64>,
+    /// Set on SIGTERM: `/readyz` answers 503 while requests under way finish.
+    draining: AtomicBool,
 }
 
 /// The stores the use-cases run on, as the composition root picked them.
@@ -105,6 +112,7 @@ impl App {
             docdb,
             events,
             trigger_signal: tokio::sync::watch::Sender::new(0),
+            draining: AtomicBool::new(false),
         })
     }
 

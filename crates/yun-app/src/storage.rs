@@ -14,6 +14,7 @@ use yun_rules::Context;
 use yun_storage::{file_id, parse_file_id, CloudPath, FileRecord, ImageOps, Rendered};
 use yun_types::{EnvId, ErrorCode, YunError};
 
+use crate::ops::trace::{outcome, OpSpan};
 use crate::rules::{rule_auth, RulesTarget};
 use crate::{App, Operation};
 use yun_types::unix_now;
@@ -240,9 +241,15 @@ impl App {
             .url_signer
             .verify_upload(env, &path, token, authorization, unix_now())?;
         self.recheck_user_upload(env, &path, &grant.owner).await?;
-        self.storage
+        let span = OpSpan::start("storage.upload");
+        let result = self
+            .storage
             .upload(env, &path, content_type, &grant.owner, body)
             .await
+            .inspect(|file| crate::ops::metrics::storage_bytes(env, "in", file.size));
+        let function = grant.owner.strip_prefix("function:");
+        span.end_in(self, env, function, outcome(&result));
+        result
     }
 
     /// An end user's upload is checked again when the bytes arrive: the path may have
@@ -293,21 +300,32 @@ impl App {
 
     /// The bytes of a file that a checked call found ([`App::stat_file`] for admins,
     /// [`App::open_signed`] for a signed URL): storage is read only through those.
+    /// The bytes served count as the env's egress.
     pub async fn read_file(
         &self,
+        env: &EnvId,
         file: &FileRecord,
         range: Option<Range<u64>>,
     ) -> Result<BoxStream<'static, Result<Bytes, YunError>>, YunError> {
-        self.storage.read(file, range).await
+        let length = range.as_ref().map_or(file.size, |r| r.end - r.start);
+        let span = OpSpan::start("storage.download");
+        let stream = self.storage.read(file, range).await;
+        span.end_in(self, env, None, outcome(&stream));
+        let stream = stream?;
+        self.count_download(env, length);
+        Ok(stream)
     }
 
     /// [`App::read_file`], as an image rendering (`imageMogr2`).
     pub async fn render_image(
         &self,
+        env: &EnvId,
         file: &FileRecord,
         ops: &ImageOps,
     ) -> Result<Rendered, YunError> {
-        self.storage.render_image(file, ops).await
+        let rendered = self.storage.render_image(file, ops).await?;
+        self.count_download(env, rendered.bytes.len() as u64);
+        Ok(rendered)
     }
 
     /// A temporary URL for an existing file, valid `max_age` seconds (default one day).
@@ -382,6 +400,7 @@ impl App {
                 body,
             )
             .await
+            .inspect(|file| crate::ops::metrics::storage_bytes(&identity.env, "in", file.size))
     }
 
     /// Management: the record of a file named by path or id, to stream it.
@@ -407,6 +426,7 @@ impl App {
         Self::authorize(identity, Operation::TempUrls)?;
         let mut out = Vec::with_capacity(files.len());
         for (id, max_age) in files {
+            let span = OpSpan::start("storage.url");
             let result = async {
                 let path = Self::own_path(identity, &id)?;
                 self.check_stored_file(identity, &path, FileAction::Read)
@@ -414,6 +434,7 @@ impl App {
                 self.temp_url(identity, &path, max_age).await
             }
             .await;
+            span.end(self, identity, outcome(&result));
             out.push(FileOutcome {
                 file_id: id,
                 result,
@@ -430,6 +451,7 @@ impl App {
         Self::authorize(identity, Operation::DeleteFiles)?;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
+            let span = OpSpan::start("storage.delete");
             let result = async {
                 let path = Self::own_path(identity, &id)?;
                 self.check_stored_file(identity, &path, FileAction::Delete)
@@ -437,6 +459,7 @@ impl App {
                 self.storage.delete(&identity.env, &path).await
             }
             .await;
+            span.end(self, identity, outcome(&result));
             out.push(FileOutcome {
                 file_id: id,
                 result,
@@ -454,6 +477,7 @@ impl App {
         Self::authorize(identity, Operation::CopyFiles)?;
         let mut out = Vec::with_capacity(copies.len());
         for (src, dst, overwrite, remove_original) in copies {
+            let span = OpSpan::start("storage.copy");
             let result = async {
                 let from = Self::own_path_or_id(identity, &src)?;
                 let to = Self::own_path_or_id(identity, &dst)?;
@@ -473,6 +497,7 @@ impl App {
                     .await
             }
             .await;
+            span.end(self, identity, outcome(&result));
             out.push(FileOutcome {
                 file_id: src,
                 result,

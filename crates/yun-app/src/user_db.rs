@@ -172,7 +172,7 @@ impl App {
         collection: &str,
         q: UserQuery,
     ) -> Result<Vec<Value>, YunError> {
-        Self::authorize(identity, Operation::UserFind)?;
+        let _op = self.db_operation(identity, Operation::UserFind)?;
         let checker = self.checker(identity, collection).await?;
         let per_document = checker.read_query(&q.query)?;
         let limits = self.env_limits(identity).await?;
@@ -216,7 +216,7 @@ impl App {
         collection: &str,
         stages: Vec<(String, Value)>,
     ) -> Result<Vec<Value>, YunError> {
-        Self::authorize(identity, Operation::UserAggregate)?;
+        let _op = self.db_operation(identity, Operation::UserAggregate)?;
         let checker = self.checker(identity, collection).await?;
         let ctx = checker.ctx(None, None);
         let input_ok = match stages.first() {
@@ -263,7 +263,7 @@ impl App {
         collection: &str,
         query: Value,
     ) -> Result<u64, YunError> {
-        Self::authorize(identity, Operation::UserCount)?;
+        let _op = self.db_operation(identity, Operation::UserCount)?;
         if single_id(&query).is_some() {
             let found = self
                 .user_find(
@@ -295,7 +295,7 @@ impl App {
         collection: &str,
         docs: Vec<Value>,
     ) -> Result<Vec<String>, YunError> {
-        Self::authorize(identity, Operation::UserInsert)?;
+        let _op = self.db_operation(identity, Operation::UserInsert)?;
         let checker = self.checker(identity, collection).await?;
         let uid = checker.auth.uid.clone();
         for doc in &docs {
@@ -323,7 +323,7 @@ impl App {
         multi: bool,
         upsert: bool,
     ) -> Result<Updated, YunError> {
-        Self::authorize(identity, Operation::UserUpdate)?;
+        let _op = self.db_operation(identity, Operation::UserUpdate)?;
         let checker = self.checker(identity, collection).await?;
         checker.query_within(&checker.rules.update, &query, "update")?;
         let uid = checker.auth.uid.clone();
@@ -377,7 +377,7 @@ impl App {
         query: Value,
         multi: bool,
     ) -> Result<u64, YunError> {
-        Self::authorize(identity, Operation::UserRemove)?;
+        let _op = self.db_operation(identity, Operation::UserRemove)?;
         let checker = self.checker(identity, collection).await?;
         checker.query_within(&checker.rules.delete, &query, "delete")?;
         let guard = checker.guard(Value::Null);

@@ -41,7 +41,9 @@ impl App {
 
     pub async fn sign_in_anonymously(&self, env: &EnvId) -> Result<Session, YunError> {
         self.existing_env(env).await?;
-        self.users.sign_in_anonymously(env).await
+        let result = self.users.sign_in_anonymously(env).await;
+        crate::ops::metrics::sign_in(env, "anonymous", &result);
+        result
     }
 
     pub async fn sign_up(
@@ -51,7 +53,9 @@ impl App {
         password: &str,
     ) -> Result<Session, YunError> {
         self.existing_env(env).await?;
-        self.users.sign_up(env, username, password).await
+        let result = self.users.sign_up(env, username, password).await;
+        crate::ops::metrics::sign_in(env, "sign_up", &result);
+        result
     }
 
     pub async fn sign_in(
@@ -61,7 +65,9 @@ impl App {
         password: &str,
     ) -> Result<Session, YunError> {
         self.existing_env(env).await?;
-        self.users.sign_in(env, username, password).await
+        let result = self.users.sign_in(env, username, password).await;
+        crate::ops::metrics::sign_in(env, "password", &result);
+        result
     }
 
     pub async fn sign_in_with_ticket(
@@ -70,7 +76,9 @@ impl App {
         ticket: &str,
     ) -> Result<Session, YunError> {
         self.existing_env(env).await?;
-        self.users.sign_in_with_ticket(env, ticket).await
+        let result = self.users.sign_in_with_ticket(env, ticket).await;
+        crate::ops::metrics::sign_in(env, "ticket", &result);
+        result
     }
 
     pub async fn refresh_session(
@@ -79,7 +87,9 @@ impl App {
         refresh_token: &str,
     ) -> Result<Session, YunError> {
         self.existing_env(env).await?;
-        self.users.refresh(env, refresh_token).await
+        let result = self.users.refresh(env, refresh_token).await;
+        crate::ops::metrics::sign_in(env, "refresh", &result);
+        result
     }
 
     /// Resolves an end user's access token. With `env`, the token must belong to it.

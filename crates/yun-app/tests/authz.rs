@@ -9,7 +9,7 @@ use bytes::Bytes;
 use serde_json::json;
 use yun_app::{
     App, AppSettings, Caller, CallerContext, DeployRequest, Identity, LogFilter, Operation,
-    Recorder, RulesTarget, Stores, UserQuery, UserSession,
+    Recorder, RulesTarget, Stores, UsageQuery, UserQuery, UserSession,
 };
 use yun_docdb::filter::Filter;
 use yun_docdb::find::{Projection, SortKeys};
@@ -70,6 +70,10 @@ const MATRIX: &[(Operation, &[Kind])] = &[
     (Operation::ReadLogs, ADMIN),
     (Operation::ListInvocations, ADMIN),
     (Operation::GetInvocation, ADMIN),
+    (Operation::ReadUsage, ADMIN),
+    (Operation::ManageAlerts, ADMIN),
+    (Operation::ListAlerts, ADMIN),
+    (Operation::ReadMetrics, PLATFORM),
     (Operation::CreateCollection, SERVER),
     (Operation::ListCollections, SERVER),
     (Operation::InsertDocuments, SERVER),
@@ -138,7 +142,7 @@ async fn start_app(dir: &std::path::Path) -> App {
     let users = Arc::new(Users::new(Arc::new(
         SqliteUserStore::open(&dir.join("users.db")).expect("user store"),
     )));
-    let recorder = Recorder::start(meta.clone());
+    let recorder = Recorder::start(meta.clone(), None);
     // No stem cells: nothing here runs a function, so no instance is ever started.
     let runtime = Runtime::start(
         RuntimeConfig {
@@ -176,6 +180,7 @@ async fn start_app(dir: &std::path::Path) -> App {
             npm: "npm".into(),
             npm_cache: dir.join("npm-cache"),
             region: "ap-shanghai".into(),
+            tracing: true,
         },
     )
     .await
@@ -253,7 +258,7 @@ async fn call(
             .await
             .map(drop),
         Operation::InvokeFunctionAsync => app
-            .invoke_async(who, &name("f"), String::new(), "async")
+            .invoke_async(who, &name("f"), String::new(), &CallerContext::default())
             .await
             .map(drop),
         Operation::ListDeadLetters => app.dead_letters(who, &name("f"), None).await.map(drop),
@@ -270,6 +275,10 @@ async fn call(
         Operation::ReadLogs => app.logs(who, None, LogFilter::default()).await.map(drop),
         Operation::ListInvocations => app.invocations(who, None, 10).await.map(drop),
         Operation::GetInvocation => app.invocation(who, "none").await.map(drop),
+        Operation::ReadUsage => app.usage(who, UsageQuery::default()).await.map(drop),
+        Operation::ManageAlerts => app.delete_alert(who, "none").await,
+        Operation::ListAlerts => app.list_alerts(who).await.map(drop),
+        Operation::ReadMetrics => app.metrics_text(who).await.map(drop),
         Operation::CreateCollection => app.db_create_collection(who, col).await,
         Operation::ListCollections => app.db_list_collections(who).await.map(drop),
         Operation::InsertDocuments => app

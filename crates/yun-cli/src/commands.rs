@@ -45,6 +45,14 @@ pub enum EnvCommand {
         /// CloudBase) or +00:00.
         #[arg(long, allow_hyphen_values = true)]
         timer_utc_offset: Option<String>,
+        /// How long function logs and invocation records are kept, e.g. 7d, 12h
+        /// (default 30d).
+        #[arg(long, value_parser = parse_duration)]
+        log_retention: Option<Duration>,
+        /// The most the env's function logs may take, in MiB, oldest going first
+        /// (default 1024).
+        #[arg(long)]
+        log_max_mb: Option<u32>,
     },
 }
 
@@ -141,11 +149,25 @@ pub enum FnCommand {
     /// Show logs; -f follows.
     Logs {
         name: String,
+        /// The lines of one invocation, and of every invocation it caused (functions it
+        /// called, async events it queued); --only for its own lines alone.
         #[arg(long)]
         request_id: Option<String>,
+        /// With --request-id: only that invocation's own lines.
+        #[arg(long, requires = "request_id")]
+        only: bool,
         /// Only lines newer than this, e.g. 10m, 2h.
         #[arg(long, value_parser = parse_duration)]
         since: Option<Duration>,
+        /// Only lines older than this, e.g. 10m (ago).
+        #[arg(long, value_parser = parse_duration)]
+        until: Option<Duration>,
+        /// Only lines matching this regular expression.
+        #[arg(long)]
+        grep: Option<String>,
+        /// Only lines at this level or above.
+        #[arg(long, value_parser = ["debug", "info", "warn", "error"])]
+        level: Option<String>,
         #[arg(short = 'f', long)]
         follow: bool,
         #[arg(long, default_value_t = 1000)]
@@ -281,6 +303,17 @@ pub async fn env(command: EnvCommand, conn: Connection) -> anyhow::Result<()> {
                         .and_then(Value::as_str)
                         .unwrap_or("+08:00 (default)")
                 );
+                println!(
+                    "log_retention     {}",
+                    s.get("log_retention_secs")
+                        .and_then(Value::as_u64)
+                        .map_or("30d (default)".into(), |n| format!("{n}s"))
+                );
+                println!(
+                    "log_max_mb        {}",
+                    s.get("log_max_mb")
+                        .map_or("1024 (default)".into(), |n| n.to_string())
+                );
             });
         }
         EnvCommand::Configure {
@@ -289,6 +322,8 @@ pub async fn env(command: EnvCommand, conn: Connection) -> anyhow::Result<()> {
             db_slow_query_ms,
             network,
             timer_utc_offset,
+            log_retention,
+            log_max_mb,
         } => {
             let current = client
                 .request(Method::GET, &client.env_path("/settings"), None)
@@ -308,6 +343,12 @@ pub async fn env(command: EnvCommand, conn: Connection) -> anyhow::Result<()> {
             }
             if let Some(offset) = timer_utc_offset {
                 settings.insert("timer_utc_offset".into(), json!(offset));
+            }
+            if let Some(age) = log_retention {
+                settings.insert("log_retention_secs".into(), json!(age.as_secs().max(1)));
+            }
+            if let Some(mb) = log_max_mb {
+                settings.insert("log_max_mb".into(), json!(mb));
             }
             let v = client
                 .request(
@@ -599,19 +640,35 @@ pub async fn function(command: FnCommand, conn: Connection) -> anyhow::Result<()
         FnCommand::Logs {
             name,
             request_id,
+            only,
             since,
+            until,
+            grep,
+            level,
             follow,
             limit,
         } => {
             let mut query: Vec<(&str, String)> = vec![("limit", limit.to_string())];
             if let Some(id) = request_id {
                 query.push(("request_id", id));
+                if !only {
+                    query.push(("caused", "true".into()));
+                }
             }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_millis() as i64;
             if let Some(since) = since {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)?
-                    .as_millis() as i64;
                 query.push(("since_ms", (now - since.as_millis() as i64).to_string()));
+            }
+            if let Some(until) = until {
+                query.push(("until_ms", (now - until.as_millis() as i64).to_string()));
+            }
+            if let Some(pattern) = grep {
+                query.push(("grep", pattern));
+            }
+            if let Some(level) = level {
+                query.push(("level", level));
             }
             let path = client.env_path(&format!("/functions/{name}/logs"));
             let mut after: Option<i64> = None;
@@ -627,10 +684,10 @@ pub async fn function(command: FnCommand, conn: Connection) -> anyhow::Result<()
                         println!("{line}");
                     } else {
                         println!(
-                            "{} {} {:<8} {}",
+                            "{} {} {:<5} {}",
                             text(line.get("at_ms")),
                             text(line.get("request_id")),
-                            text(line.get("stream")),
+                            text(line.get("level")),
                             text(line.get("message"))
                         );
                     }
@@ -1440,6 +1497,257 @@ pub async fn db(command: DbCommand, conn: Connection) -> anyhow::Result<()> {
                 .await?;
             }
         },
+    }
+    Ok(())
+}
+
+/// `yun usage`: the env's usage report as a table (or its JSON).
+pub async fn usage(
+    since: Duration,
+    by: &str,
+    function: Option<String>,
+    conn: Connection,
+) -> anyhow::Result<()> {
+    let client = Client::connect(&conn)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    let mut query = vec![
+        ("since_ms", (now - since.as_millis() as i64).to_string()),
+        ("by", by.to_owned()),
+    ];
+    if let Some(f) = function {
+        query.push(("function", f));
+    }
+    let v = client
+        .send(Method::GET, &client.env_path("/usage"), &query, None)
+        .await?;
+    output::emit(conn.json, &v, |v| {
+        println!(
+            "{:<24} {:>11} {:>7} {:>12} {:>12} {:>10} {:>10}",
+            by.to_uppercase(),
+            "INVOCATIONS",
+            "ERRORS",
+            "GB-SECONDS",
+            "EGRESS",
+            "DB_READS",
+            "DB_WRITES"
+        );
+        let empty = Vec::new();
+        let rows = v["rows"].as_array().unwrap_or(&empty);
+        for row in rows.iter().chain(std::iter::once(&v["total"])) {
+            let key = match (by, row["key"].as_str()) {
+                (_, Some("total")) => "total".to_owned(),
+                ("function", Some("")) => "(no function)".to_owned(),
+                ("function", Some(name)) => name.to_owned(),
+                (_, Some(ms)) => ms
+                    .parse::<i64>()
+                    .ok()
+                    .and_then(|ms| time::OffsetDateTime::from_unix_timestamp(ms / 1000).ok())
+                    .and_then(|t| {
+                        t.format(&time::format_description::well_known::Rfc3339)
+                            .ok()
+                    })
+                    .unwrap_or_else(|| ms.to_owned()),
+                _ => String::new(),
+            };
+            println!(
+                "{:<24} {:>11} {:>7} {:>12.3} {:>12} {:>10} {:>10}",
+                key,
+                text(row.get("invocations")),
+                text(row.get("errors")),
+                row["gb_seconds"].as_f64().unwrap_or_default(),
+                text(row.get("egress_bytes")),
+                text(row.get("db_reads")),
+                text(row.get("db_writes"))
+            );
+        }
+        println!(
+            "\nstored: {} bytes in files, {} documents",
+            text(v.get("stored_bytes")),
+            text(v.get("documents"))
+        );
+    });
+    Ok(())
+}
+
+/// `yun trace REQUEST_ID`: the spans of the request's trace as a tree.
+pub async fn trace(request_id: &str, conn: Connection) -> anyhow::Result<()> {
+    let client = Client::connect(&conn)?;
+    let v = client
+        .request(
+            Method::GET,
+            &client.env_path(&format!("/traces/{request_id}")),
+            None,
+        )
+        .await?;
+    output::emit(conn.json, &v, |v| {
+        println!("trace {}", text(v.get("trace_id")));
+        let empty = Vec::new();
+        let spans = v["spans"].as_array().unwrap_or(&empty);
+        let ids: std::collections::HashSet<&str> =
+            spans.iter().filter_map(|s| s["span_id"].as_str()).collect();
+        // Roots: spans whose parent is not in the trace (the caller's, or none).
+        let roots: Vec<&Value> = spans
+            .iter()
+            .filter(|s| {
+                s["parent_span_id"]
+                    .as_str()
+                    .is_none_or(|p| !ids.contains(p))
+            })
+            .collect();
+        for (i, root) in roots.iter().enumerate() {
+            print_span(spans, root, "", i + 1 == roots.len(), true);
+        }
+    });
+    Ok(())
+}
+
+fn print_span(spans: &[Value], span: &Value, indent: &str, last: bool, root: bool) {
+    let (branch, next) = match (root, last) {
+        (true, _) => ("", String::new()),
+        (false, true) => ("└─ ", format!("{indent}   ")),
+        (false, false) => ("├─ ", format!("{indent}│  ")),
+    };
+    let duration_ms = span["duration_us"].as_f64().unwrap_or_default() / 1000.0;
+    let request = span["request_id"]
+        .as_str()
+        .map(|r| format!("  {r}"))
+        .unwrap_or_default();
+    println!(
+        "{indent}{branch}{}  {duration_ms:.1} ms  {}{request}",
+        text(span.get("name")),
+        text(span.get("status"))
+    );
+    let id = span["span_id"].as_str();
+    let children: Vec<&Value> = spans
+        .iter()
+        .filter(|s| id.is_some() && s["parent_span_id"].as_str() == id)
+        .collect();
+    for (i, child) in children.iter().enumerate() {
+        print_span(spans, child, &next, i + 1 == children.len(), false);
+    }
+}
+
+#[derive(Subcommand)]
+pub enum AlertCommand {
+    /// Create a rule: it fires when METRIC over the window is above THRESHOLD.
+    Create {
+        name: String,
+        /// error_rate (percent failed), p95_ms, throttles, dlq_depth.
+        #[arg(long, value_parser = ["error_rate", "p95_ms", "throttles", "dlq_depth"])]
+        metric: String,
+        #[arg(long)]
+        threshold: f64,
+        /// e.g. 5m (1s to 7d).
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        window: Duration,
+        /// Only this function (default: the whole env).
+        #[arg(long)]
+        function: Option<String>,
+        /// Where alerts are POSTed as JSON.
+        #[arg(long)]
+        webhook: String,
+    },
+    /// List the env's rules and whether they fire.
+    List,
+    Delete {
+        name: String,
+    },
+    /// Send the rule's webhook a test alert now.
+    Test {
+        name: String,
+    },
+}
+
+pub async fn alert(command: AlertCommand, conn: Connection) -> anyhow::Result<()> {
+    let client = Client::connect(&conn)?;
+    match command {
+        AlertCommand::Create {
+            name,
+            metric,
+            threshold,
+            window,
+            function,
+            webhook,
+        } => {
+            let body = json!({
+                "name": name, "metric": metric, "threshold": threshold,
+                "window_s": window.as_secs(), "function": function, "webhook": webhook,
+            });
+            let v = client
+                .request(Method::POST, &client.env_path("/alerts"), Some(body))
+                .await?;
+            output::emit(conn.json, &v, |v| {
+                println!("Created alert {}", text(v["alert"].get("name")))
+            });
+        }
+        AlertCommand::List => {
+            let v = client
+                .request(Method::GET, &client.env_path("/alerts"), None)
+                .await?;
+            output::emit(conn.json, &v, |v| {
+                println!(
+                    "{:<20} {:<16} {:<11} {:>10} {:>8} {:<8} WEBHOOK",
+                    "NAME", "FUNCTION", "METRIC", "THRESHOLD", "WINDOW", "STATE"
+                );
+                for a in v["alerts"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:<20} {:<16} {:<11} {:>10} {:>7}s {:<8} {}",
+                        text(a.get("name")),
+                        a["function"].as_str().unwrap_or("(env)"),
+                        text(a.get("metric")),
+                        text(a.get("threshold")),
+                        text(a.get("window_s")),
+                        if a["firing"].as_bool() == Some(true) {
+                            "FIRING"
+                        } else {
+                            "ok"
+                        },
+                        text(a.get("webhook"))
+                    );
+                }
+            });
+        }
+        AlertCommand::Delete { name } => {
+            let v = client
+                .request(
+                    Method::DELETE,
+                    &client.env_path(&format!("/alerts/{name}")),
+                    None,
+                )
+                .await?;
+            output::emit(conn.json, &v, |_| println!("Deleted alert {name}"));
+        }
+        AlertCommand::Test { name } => {
+            let v = client
+                .request(
+                    Method::POST,
+                    &client.env_path(&format!("/alerts/{name}/test")),
+                    None,
+                )
+                .await?;
+            let delivered = v["delivery"]["delivered"].as_bool() == Some(true);
+            output::emit(conn.json, &v, |v| {
+                let d = &v["delivery"];
+                if delivered {
+                    println!(
+                        "Delivered (HTTP {}, {} attempt(s))",
+                        text(d.get("status")),
+                        text(d.get("attempts"))
+                    );
+                } else {
+                    println!(
+                        "Not delivered after {} attempt(s): {}",
+                        text(d.get("attempts")),
+                        text(d.get("error"))
+                    );
+                }
+            });
+            if !delivered {
+                anyhow::bail!("the webhook did not take the test alert");
+            }
+        }
     }
     Ok(())
 }

@@ -113,6 +113,36 @@ enum Command {
         #[command(flatten)]
         conn: Connection,
     },
+    /// Usage of the env: invocations, GB-seconds, egress, database reads and writes, per
+    /// function, hour or day; stored bytes and documents now.
+    Usage {
+        /// From this long ago, e.g. 24h, 7d (default 7d).
+        #[arg(long, default_value = "7d", value_parser = commands::parse_duration)]
+        since: std::time::Duration,
+        /// A row per function, hour or day.
+        #[arg(long, default_value = "function", value_parser = ["function", "hour", "day"])]
+        by: String,
+        /// Only this function.
+        #[arg(long)]
+        function: Option<String>,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Alert rules: error rate, p95 duration, throttles or dead letters over a window,
+    /// sent to a webhook when they fire and when they are resolved.
+    Alert {
+        #[command(subcommand)]
+        command: commands::AlertCommand,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// The trace of an invocation: every invocation and operation of its request, as a
+    /// tree with durations.
+    Trace {
+        request_id: String,
+        #[command(flatten)]
+        conn: Connection,
+    },
     /// Deploy the functions of a CloudBase project (`cloudbaserc.json`, or package.json's
     /// `cloudbase`) as `tcb fn deploy` does: all, or the ones named.
     Deploy {
@@ -188,6 +218,23 @@ struct DevArgs {
     /// Size of each instance's private /tmp, in MiB.
     #[arg(long, default_value_t = 64)]
     tmp_size_mb: u32,
+    /// Serve no Prometheus metrics at /metrics (and record none).
+    #[arg(long)]
+    no_metrics: bool,
+    /// Record no traces (`yun trace`; OTLP export with OTEL_EXPORTER_OTLP_ENDPOINT).
+    #[arg(long)]
+    no_traces: bool,
+    /// How often old function logs and records are deleted (per env limits:
+    /// `yun env configure --log-retention … --log-max-mb …`).
+    #[arg(long, default_value = "1m", value_parser = commands::parse_duration)]
+    retention_interval: std::time::Duration,
+    /// How often alert rules (`yun alert`) are evaluated.
+    #[arg(long, default_value = "15s", value_parser = commands::parse_duration)]
+    alert_interval: std::time::Duration,
+    /// On SIGTERM, answer /readyz with 503 for this long while still serving, so a
+    /// load balancer stops sending requests; then stop. Ctrl-C stops at once.
+    #[arg(long, default_value = "0s", value_parser = commands::parse_duration)]
+    drain: std::time::Duration,
 }
 
 fn parse_uid_range(text: &str) -> Result<std::ops::RangeInclusive<u32>, String> {
@@ -271,6 +318,14 @@ fn main() {
                 conn,
             } => commands::deploy_project(&dir, &names, mode.as_deref(), conn).await,
             Command::Db { command, conn } => commands::db(command, conn).await,
+            Command::Trace { request_id, conn } => commands::trace(&request_id, conn).await,
+            Command::Alert { command, conn } => commands::alert(command, conn).await,
+            Command::Usage {
+                since,
+                by,
+                function,
+                conn,
+            } => commands::usage(since, &by, function, conn).await,
             Command::Storage { command, conn } => storage::storage(command, conn).await,
             Command::User { command, conn } => users::user(command, conn).await,
             Command::Rules {
@@ -318,10 +373,14 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         instance_uids: args.instance_uids,
         tmp_mb: args.tmp_size_mb,
         init_exe: std::env::current_exe().ok(),
+        metrics: !args.no_metrics,
+        tracing: !args.no_traces,
+        retention_every: args.retention_interval,
+        alerts_every: args.alert_interval,
     })
     .await?;
     output::dev_banner(&server);
-    server.serve(shutdown_signal()).await?;
+    server.serve(shutdown_signal(args.drain)).await?;
     Ok(())
 }
 
@@ -357,17 +416,22 @@ async fn doctor(node: &std::path::Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Ctrl-C stops at once; SIGTERM drains for `drain` first.
+async fn shutdown_signal(drain: std::time::Duration) -> yun_server::Stop {
     let ctrl_c = tokio::signal::ctrl_c();
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(_) => {
             let _ = ctrl_c.await;
-            return;
+            return yun_server::Stop::Now;
         }
     };
     tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
+        _ = ctrl_c => yun_server::Stop::Now,
+        _ = term.recv() => if drain.is_zero() {
+            yun_server::Stop::Now
+        } else {
+            yun_server::Stop::Drain(drain)
+        },
     }
 }

@@ -548,6 +548,18 @@ impl DocDb {
         .await
     }
 
+    /// Documents in all of the env's collections (usage reports).
+    pub async fn document_count(&self, env: &EnvId) -> Result<u64, YunError> {
+        run(&*self.store, env, Access::Read, |txn| {
+            let mut total = 0;
+            for collection in txn.list_collections()? {
+                total += txn.count_documents(&collection)?;
+            }
+            Ok(total)
+        })
+        .await
+    }
+
     pub async fn drop_collection(&self, env: &EnvId, name: &str) -> Result<(), YunError> {
         let owned = name.to_owned();
         if !run(&*self.store, env, Access::Write, move |txn| {

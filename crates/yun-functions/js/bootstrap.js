@@ -110,10 +110,21 @@ function errorInfo(err) {
   return { name: 'Error', message: String(message), stack: '' };
 }
 
+// The level of a line is the console method that wrote it; bare writes to stdout are
+// info, to stderr error (Yun decides those).
+let consoleLevel;
+for (const [method, level] of [['debug', 'debug'], ['trace', 'debug'], ['log', 'info'], ['info', 'info'], ['warn', 'warn'], ['error', 'error']]) {
+  const original = console[method];
+  console[method] = function leveled(...args) {
+    consoleLevel = level;
+    try { return original.apply(this, args); } finally { consoleLevel = undefined; }
+  };
+}
+
 for (const stream of ['stdout', 'stderr']) {
   process[stream].write = function write(chunk, encoding, callback) {
     const data = typeof chunk === 'string' ? chunk : Buffer.from(chunk).toString('utf8');
-    send({ type: 'log', stream, data });
+    send(consoleLevel ? { type: 'log', stream, data, level: consoleLevel } : { type: 'log', stream, data });
     const done = typeof encoding === 'function' ? encoding : callback;
     if (typeof done === 'function') process.nextTick(done);
     return true;
@@ -493,18 +504,22 @@ async function runQueued() {
   running = false;
 }
 
-// SCF's `context.environment`: the event's variables minus the credential, as JSON text
-// with sorted keys. Usually only TCB_SEQID changes from one event to the next, so the text
-// around its value is kept, and rebuilt only when another variable changes.
+// SCF's `context.environment`: the event's variables minus the credential (and Yun's
+// TRACEPARENT, which SCF does not have), as JSON text with sorted keys. Usually only
+// TCB_SEQID (and TRACEPARENT) change from one event to the next, so the text around
+// TCB_SEQID's value is kept, and rebuilt only when another variable changes.
 const SEQ_ID = 'TCB_SEQID';
+const TRACEPARENT = 'TRACEPARENT';
 let environmentAround = null; // [before, after] TCB_SEQID's value; null when stale
 const isCredential = (k) => k.startsWith('TENCENTCLOUD_SECRET') || k === 'TENCENTCLOUD_SESSIONTOKEN';
+const notInContext = (k) => isCredential(k) || k === TRACEPARENT;
 const entryText = (k) => `${JSON.stringify(k)}:${JSON.stringify(invocationEnv[k])}`;
 
 function setInvocationVar(key, value) {
   envGeneration++;
   const known = Object.hasOwn(invocationEnv, key);
-  if (!known || (key !== SEQ_ID && invocationEnv[key] !== value)) environmentAround = null;
+  const perEvent = key === SEQ_ID || key === TRACEPARENT;
+  if (!known || (!perEvent && invocationEnv[key] !== value)) environmentAround = null;
   invocationEnv[key] = value;
 }
 function unsetInvocationVar(key) {
@@ -515,7 +530,7 @@ function unsetInvocationVar(key) {
 
 function environmentText() {
   if (environmentAround === null) {
-    const keys = Object.keys(invocationEnv).filter((k) => !isCredential(k)).sort();
+    const keys = Object.keys(invocationEnv).filter((k) => !notInContext(k)).sort();
     const at = keys.indexOf(SEQ_ID);
     if (at === -1) {
       environmentAround = [`{${keys.map(entryText).join(',')}}`, null];

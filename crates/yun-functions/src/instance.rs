@@ -56,17 +56,26 @@ pub struct LogTarget {
     pub env: EnvId,
     pub function: FunctionName,
     pub request_id: String,
+    /// The event's W3C trace context, handed on with the calls its code makes.
+    pub traceparent: Option<String>,
     pub sink: mpsc::Sender<NewLogLine>,
 }
 
 impl LogTarget {
-    fn line(&self, stream: &str, message: String) -> NewLogLine {
+    fn line(&self, stream: &str, level: Option<&str>, message: String) -> NewLogLine {
+        // Only the four levels: the frame is the instance's, so anything else is a bare write.
+        let level = match level {
+            Some(l @ ("debug" | "info" | "warn" | "error")) => l,
+            _ if stream == "stdout" => "info",
+            _ => "error",
+        };
         NewLogLine {
             env: self.env.clone(),
             function: self.function.clone(),
             request_id: self.request_id.clone(),
             at_ms: yun_types::unix_ms(),
             stream: stream.into(),
+            level: level.into(),
             message,
         }
     }
@@ -443,7 +452,7 @@ fn spawn_raw_reader(
             if let Some(target) = &out.target {
                 // Raw output bypasses the bootstrap (native code, V8 fatal errors); rare,
                 // so dropping under back-pressure is acceptable here.
-                let _ = target.sink.try_send(target.line(name, line));
+                let _ = target.sink.try_send(target.line(name, None, line));
             }
         }
     });
@@ -731,17 +740,26 @@ impl Instance {
                         method,
                         headers,
                         body,
+                        caused_by: logs.request_id.clone(),
+                        traceparent: logs.traceparent.clone(),
                     };
                     ApiPort::serve(self.api.as_ref(), id, request, replies).await;
                 }
-                Ok(InstanceMessage::Log { stream, data }) => {
+                Ok(InstanceMessage::Log {
+                    stream,
+                    data,
+                    level,
+                }) => {
                     if logged < turn.log_limit {
                         logged += data.len();
                         let mut text = data.strip_suffix('\n').unwrap_or(&data).to_owned();
                         if logged >= turn.log_limit {
                             text.push_str("\n[yun: log output of this invocation truncated]");
                         }
-                        let _ = logs.sink.send(logs.line(&stream, text)).await;
+                        let _ = logs
+                            .sink
+                            .send(logs.line(&stream, level.as_deref(), text))
+                            .await;
                     }
                 }
                 Ok(InstanceMessage::Result {
@@ -764,7 +782,7 @@ impl Instance {
                             if !error.stack.is_empty() {
                                 let _ = logs
                                     .sink
-                                    .send(logs.line("stderr", error.stack.clone()))
+                                    .send(logs.line("stderr", None, error.stack.clone()))
                                     .await;
                             }
                             Err(Failure::Error(error))
@@ -780,6 +798,7 @@ impl Instance {
                         .sink
                         .send(logs.line(
                             "stderr",
+                            None,
                             if error.stack.is_empty() {
                                 error.summary()
                             } else {

@@ -21,7 +21,7 @@ pub use instance::{trial as sandbox_trial, Failure, SpawnConfig};
 pub use isolation::{Gateway, GatewaySocket, InstanceBinding, Isolation, UidPool};
 pub use runtime::{
     install_bootstrap, layer_ready, FunctionSpec, InvocationEnv, InvokeError, InvokeReport,
-    InvokeRequest, LayerState, Runtime, RuntimeConfig,
+    InvokeRequest, LayerState, PoolStats, Runtime, RuntimeConfig,
 };
 pub use sandbox::Sandbox;
 

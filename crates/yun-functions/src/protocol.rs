@@ -88,6 +88,9 @@ pub enum InstanceMessage {
     Log {
         stream: String,
         data: String,
+        /// The `console` method's level, when one wrote it.
+        #[serde(default)]
+        level: Option<String>,
     },
     Result {
         request_id: String,
@@ -246,7 +249,7 @@ mod tests {
             .unwrap();
         a.write_all(msg).await.unwrap();
         match read_frame(&mut b).await.unwrap() {
-            InstanceMessage::Log { stream, data } => {
+            InstanceMessage::Log { stream, data, .. } => {
                 assert_eq!((stream.as_str(), data.as_str()), ("stdout", "hi\n"))
             }
             other => panic!("{other:?}"),

@@ -94,6 +94,12 @@ pub struct InvokeRequest {
     /// The event as JSON text (`request_data`); empty means `{}`.
     pub event: String,
     pub env: InvocationEnv,
+    /// Made by a running function (it waits for this one's result): never queued
+    /// behind busy instances' events, which may be its caller or wait on it (a function
+    /// calling itself would wait for its own end).
+    pub from_function: bool,
+    /// The invocation's own trace context (its span), if traced.
+    pub traceparent: Option<String>,
 }
 
 #[derive(Debug)]
@@ -145,7 +151,18 @@ pub struct InvokeReport {
     pub result: Result<String, InvokeError>,
     pub cold_start: bool,
     pub duration: Duration,
+    /// How long the event waited for an instance to be free (not the cold start).
+    pub waited: Duration,
     pub memory_peak_kb: u64,
+}
+
+/// One function's instances, for metrics.
+#[derive(Debug, Clone)]
+pub struct PoolStats {
+    pub env: EnvId,
+    pub function: FunctionName,
+    pub idle: usize,
+    pub busy: usize,
 }
 
 struct FunctionPool {
@@ -208,6 +225,8 @@ pub struct Runtime {
     stem_requests: mpsc::UnboundedSender<u32>,
     /// Set at shutdown: no new stem cell is kept.
     stopping: AtomicBool,
+    /// Set once the first stem cells have started (or failed to): readiness waits for it.
+    stems_settled: AtomicBool,
     /// Held by the stem-cell filler while it starts one.
     starting_stem: tokio::sync::Mutex<()>,
     next_instance: AtomicU64,
@@ -226,12 +245,14 @@ impl Runtime {
     /// Starts the runtime and its background tasks (stem-cell filler, reaper).
     pub fn start(cfg: RuntimeConfig, logs: mpsc::Sender<NewLogLine>) -> Arc<Self> {
         let (stem_requests, requests) = mpsc::unbounded_channel();
+        let cfg_stem_cells = cfg.stem_cells;
         let runtime = Arc::new(Self {
             cfg,
             pools: Mutex::new(HashMap::new()),
             stems: Mutex::new(HashMap::new()),
             stem_requests,
             stopping: AtomicBool::new(false),
+            stems_settled: AtomicBool::new(cfg_stem_cells == 0),
             starting_stem: tokio::sync::Mutex::new(()),
             next_instance: AtomicU64::new(1),
             logs,
@@ -283,6 +304,7 @@ impl Runtime {
                     return;
                 }
                 if lock(&rt.stems).get(&class).map_or(0, VecDeque::len) >= rt.cfg.stem_cells {
+                    rt.stems_settled.store(true, Ordering::Release);
                     break;
                 }
                 match Instance::spawn(&rt.cfg.spawn, rt.instance_id(), class, true).await {
@@ -293,6 +315,7 @@ impl Runtime {
                     Ok(stem) => lock(&rt.stems).entry(class).or_default().push_back(stem),
                     Err(e) => {
                         tracing::warn!(error = %e, memory_mb = class, "stem cell failed to start");
+                        rt.stems_settled.store(true, Ordering::Release);
                         break;
                     }
                 }
@@ -336,6 +359,11 @@ impl Runtime {
     }
 
     /// The layer's state now.
+    /// Whether the stem cells asked for at start have started (or failed to).
+    pub fn stems_settled(&self) -> bool {
+        self.stems_settled.load(Ordering::Acquire)
+    }
+
     pub fn layer_state(&self) -> LayerState {
         self.cfg.layer.borrow().clone()
     }
@@ -418,6 +446,27 @@ impl Runtime {
             })
     }
 
+    /// Every function's instances.
+    pub fn instance_stats(&self) -> Vec<PoolStats> {
+        lock(&self.pools)
+            .iter()
+            .map(|((env, function), p)| {
+                let s = lock(&p.state);
+                PoolStats {
+                    env: env.clone(),
+                    function: function.clone(),
+                    idle: s.idle_count(),
+                    busy: s.busy_count(),
+                }
+            })
+            .collect()
+    }
+
+    /// Stem cells started and waiting for a function.
+    pub fn stem_cell_count(&self) -> usize {
+        lock(&self.stems).values().map(VecDeque::len).sum()
+    }
+
     /// A loaded instance of the function, from a stem cell or a fresh process.
     async fn cold_instance(
         &self,
@@ -475,12 +524,14 @@ impl Runtime {
         &self,
         pool: &FunctionPool,
         arrived: Instant,
+        may_queue: bool,
     ) -> Result<Option<Arc<Lane>>, InvokeError> {
         loop {
             let released = pool.released.notified();
             tokio::pin!(released);
             released.as_mut().enable();
-            match lock(&pool.state).admit(&pool.policy, pool.queue_depth()) {
+            let depth = if may_queue { pool.queue_depth() } else { 1 };
+            match lock(&pool.state).admit(&pool.policy, depth) {
                 Admission::Warm(lane) | Admission::Queued(lane) => return Ok(Some(lane)),
                 Admission::Cold => return Ok(None),
                 Admission::Wait => {}
@@ -503,16 +554,20 @@ impl Runtime {
     pub async fn invoke(&self, spec: &FunctionSpec, request: InvokeRequest) -> InvokeReport {
         let arrived = Instant::now();
         let pool = self.pool_for(spec);
-        let report = |result, cold_start, memory_peak_kb| InvokeReport {
+        let from_function = request.from_function;
+        let mut waited = Duration::ZERO;
+        let report = |result, cold_start, waited, memory_peak_kb| InvokeReport {
             result,
             cold_start,
             duration: arrived.elapsed(),
+            waited,
             memory_peak_kb,
         };
         let target = LogTarget {
             env: spec.env.clone(),
             function: spec.name.clone(),
             request_id: request.request_id.clone(),
+            traceparent: request.traceparent.clone(),
             sink: self.logs.clone(),
         };
         let event = Event {
@@ -524,7 +579,10 @@ impl Runtime {
         };
         let mut cold_start = false;
         loop {
-            let lane = match self.admit(&pool, arrived).await {
+            let admitting = Instant::now();
+            let admitted = self.admit(&pool, arrived, !from_function).await;
+            waited += admitting.elapsed();
+            let lane = match admitted {
                 Ok(Some(lane)) => lane,
                 Ok(None) => match self.cold_instance(spec, &pool).await {
                     Ok(lane) => {
@@ -535,17 +593,17 @@ impl Runtime {
                     Err(e) => {
                         lock(&pool.state).start_failed();
                         pool.released.notify_one();
-                        return report(Err(e), true, 0);
+                        return report(Err(e), true, waited, 0);
                     }
                 },
-                Err(e) => return report(Err(e), cold_start, 0),
+                Err(e) => return report(Err(e), cold_start, waited, 0),
             };
             // The lane's reader runs the event and accounts for it (the pool's turn
             // hook), whether or not this caller is still waiting.
             // Unrun: the instance died before this event's turn; admit it again.
             if let Ok(outcome) = lane.invoke(&event.input(), event.target.clone()).await {
                 let result = outcome.result.map_err(InvokeError::Failed);
-                return report(result, cold_start, outcome.peak_rss_kb);
+                return report(result, cold_start, waited, outcome.peak_rss_kb);
             }
         }
     }

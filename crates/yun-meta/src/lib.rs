@@ -70,7 +70,36 @@ pub trait MetaStore: Send + Sync + 'static {
         function: Option<&FunctionName>,
         limit: u32,
     ) -> Result<Vec<InvocationRecord>>;
+    /// Lines matching the query, oldest first; a `grep` that is not a regular
+    /// expression, or an unknown level, is an `InvalidParam`.
     async fn query_logs(&self, query: &LogQuery) -> Result<Vec<LogLine>>;
+    /// Stores spans of traced operations (batches from the background writer).
+    async fn append_spans(&self, spans: Vec<SpanRecord>) -> Result<()>;
+    /// A trace of the env: its invocations (spans themselves) and its operation spans.
+    async fn trace(
+        &self,
+        env: &EnvId,
+        trace_id: &str,
+    ) -> Result<(Vec<InvocationRecord>, Vec<SpanRecord>)>;
+    /// Bytes the env's log lines count for against its size limit.
+    async fn log_bytes(&self, env: &EnvId) -> Result<u64>;
+    /// One batch of retention for the env: at most `batch` of its oldest log lines (past
+    /// the age limit, or over the size limit) and `batch` of its records past the age
+    /// limit, in one short transaction; `more` says a further batch would find some.
+    /// Usage roll-ups past their periods go too.
+    async fn prune(
+        &self,
+        env: &EnvId,
+        retention: Retention,
+        now_ms: i64,
+        batch: u32,
+    ) -> Result<Pruned>;
+
+    /// Adds to the usage roll-ups (what the invocation records do not carry: database
+    /// operations, file downloads). Invocation records add their own, in `append_invocations`.
+    async fn add_usage(&self, increments: Vec<UsageIncrement>) -> Result<()>;
+    /// The env's roll-up rows of `period` (`hour` or `day`) starting at `since_ms` or later.
+    async fn usage(&self, env: &EnvId, period: &str, since_ms: i64) -> Result<Vec<UsageRow>>;
 
     /// Replaces the function's triggers with `triggers` (all of one function).
     async fn replace_triggers(
@@ -111,6 +140,29 @@ pub trait MetaStore: Send + Sync + 'static {
         function: &FunctionName,
         request_id: Option<&str>,
     ) -> Result<Vec<DeadLetter>>;
+    /// Adds an alert rule; `AlreadyExists` when the env has one of that name.
+    async fn insert_alert(&self, rule: &AlertRule) -> Result<()>;
+    /// Alert rules of an env, or of every env with `env` unset.
+    async fn list_alerts(&self, env: Option<&EnvId>) -> Result<Vec<AlertRule>>;
+    async fn delete_alert(&self, env: &EnvId, name: &str) -> Result<bool>;
+    /// Records an evaluation: the value, and whether the rule now fires.
+    async fn set_alert_state(
+        &self,
+        env: &EnvId,
+        name: &str,
+        value: f64,
+        firing: bool,
+        at_ms: i64,
+    ) -> Result<()>;
+    /// The env's (or one function's) invocations that started at `since_ms` or later.
+    async fn invocation_stats(
+        &self,
+        env: &EnvId,
+        function: Option<&FunctionName>,
+        since_ms: i64,
+    ) -> Result<InvocationStats>;
+    /// How many dead letters each function of the env has (those with any).
+    async fn count_dead_letters(&self, env: &EnvId) -> Result<Vec<(FunctionName, u64)>>;
     /// Deletes a function's dead letters (one when `request_id` is given); how many went.
     async fn delete_dead_letters(
         &self,

@@ -30,6 +30,32 @@ pub struct EnvSettings {
     /// The UTC offset timer triggers are read in, `+08:00` by default (CloudBase's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timer_utc_offset: Option<String>,
+    /// Function logs and invocation records older than this many seconds go (default
+    /// 30 days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_retention_secs: Option<u64>,
+    /// The env's function logs are kept under this many MiB, oldest going first
+    /// (default 1024).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_max_mb: Option<u32>,
+}
+
+/// Logs and records are kept 30 days by default (SCF's log service keeps 7 to 30 days).
+pub const DEFAULT_LOG_RETENTION_SECS: u64 = 30 * 86_400;
+pub const DEFAULT_LOG_MAX_MB: u32 = 1024;
+
+impl EnvSettings {
+    pub fn retention(&self) -> Retention {
+        Retention {
+            max_age_ms: i64::try_from(
+                self.log_retention_secs
+                    .unwrap_or(DEFAULT_LOG_RETENTION_SECS)
+                    .saturating_mul(1000),
+            )
+            .unwrap_or(i64::MAX),
+            max_bytes: u64::from(self.log_max_mb.unwrap_or(DEFAULT_LOG_MAX_MB)) << 20,
+        }
+    }
 }
 
 /// What a sandboxed function's instances may reach over the network. Never the host's
@@ -193,6 +219,162 @@ pub struct InvocationRecord {
     pub attempt: u32,
     /// The trigger that caused the invocation (`async` for an async invoke).
     pub trigger: Option<String>,
+    /// The function's memory limit when it ran: GB-seconds are this × `billed_ms`.
+    #[serde(default)]
+    pub memory_mb: u32,
+    /// Bytes of the result returned to the caller (egress).
+    #[serde(default)]
+    pub response_bytes: u64,
+    /// The invocation whose code made this one happen (a `callFunction`, an async
+    /// invoke, a write that fired a trigger), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_request_id: Option<String>,
+    /// The W3C trace it belongs to (32 hex digits), its span (16) and the span that
+    /// caused it (a caller's `traceparent`, the calling invocation's span).
+    #[serde(default)]
+    pub trace_id: String,
+    #[serde(default)]
+    pub span_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_span_id: Option<String>,
+    /// How long it waited for a free instance.
+    #[serde(default)]
+    pub waited_ms: u64,
+}
+
+/// An operation inside a trace (a database or storage call); invocations are spans too,
+/// kept as their records.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SpanRecord {
+    pub env: EnvId,
+    pub trace_id: String,
+    pub span_id: String,
+    pub parent_span_id: Option<String>,
+    /// `db.find`, `storage.upload`, …
+    pub name: String,
+    /// Unix microseconds.
+    pub start_us: i64,
+    pub duration_us: u64,
+    /// `ok` or `error`.
+    pub status: String,
+    /// The calling function, if a function made the call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+}
+
+/// Usage counted per env, function and period (an hour or a day starting at
+/// `start_ms`, UTC). `function` is empty for what no function did (a key's or an end
+/// user's database calls, file downloads through signed URLs).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UsageRow {
+    pub env: EnvId,
+    pub function: String,
+    /// `hour` or `day`.
+    pub period: String,
+    pub start_ms: i64,
+    #[serde(flatten)]
+    pub counts: UsageCounts,
+}
+
+/// What a period's usage adds up; also an increment to it.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UsageCounts {
+    pub invocations: u64,
+    pub errors: u64,
+    /// Memory limit (MB) × billed duration (ms), summed: SCF's GB-seconds × 1024 × 1000.
+    pub mb_ms: u64,
+    pub billed_ms: u64,
+    pub egress_bytes: u64,
+    pub db_reads: u64,
+    pub db_writes: u64,
+}
+
+impl UsageCounts {
+    pub fn add(&mut self, other: &UsageCounts) {
+        self.invocations += other.invocations;
+        self.errors += other.errors;
+        self.mb_ms += other.mb_ms;
+        self.billed_ms += other.billed_ms;
+        self.egress_bytes += other.egress_bytes;
+        self.db_reads += other.db_reads;
+        self.db_writes += other.db_writes;
+    }
+
+    /// What one invocation adds.
+    pub fn of_invocation(record: &InvocationRecord) -> Self {
+        Self {
+            invocations: 1,
+            errors: u64::from(record.status != InvocationStatus::Success),
+            mb_ms: u64::from(record.memory_mb) * record.billed_ms,
+            billed_ms: record.billed_ms,
+            egress_bytes: record.response_bytes,
+            ..Self::default()
+        }
+    }
+}
+
+/// An increment to the usage of one env and function, at `at_ms`.
+#[derive(Debug, Clone)]
+pub struct UsageIncrement {
+    pub env: EnvId,
+    pub function: String,
+    pub at_ms: i64,
+    pub counts: UsageCounts,
+}
+
+/// An alert rule: when `metric` of the env (or one function) over the last `window_s`
+/// seconds is above `threshold`, the webhook gets the alert; again when it is resolved.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AlertRule {
+    pub env: EnvId,
+    /// Unique per env.
+    pub name: String,
+    /// Only this function's invocations (or dead letters); all of the env's when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<FunctionName>,
+    /// `error_rate` (percent of invocations that failed), `p95_ms`, `throttles` (count),
+    /// `dlq_depth` (dead letters now).
+    pub metric: String,
+    pub threshold: f64,
+    pub window_s: u64,
+    pub webhook: String,
+    pub created_at_ms: i64,
+    /// Firing since its last evaluation crossed the threshold.
+    #[serde(default)]
+    pub firing: bool,
+    /// The last evaluation's value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_value: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_at_ms: Option<i64>,
+}
+
+/// Alert metrics, as rules name them.
+pub const ALERT_METRICS: &[&str] = &["error_rate", "p95_ms", "throttles", "dlq_depth"];
+
+/// Invocation figures of a window, for alert rules.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct InvocationStats {
+    pub invocations: u64,
+    pub errors: u64,
+    pub throttles: u64,
+    /// The 95th percentile of durations (nearest rank); 0 without invocations.
+    pub p95_ms: u64,
+}
+
+/// What one retention batch removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub logs: u64,
+    pub records: u64,
+    pub more: bool,
+}
+
+/// How long logs and records of an env are kept, and how much of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub max_age_ms: i64,
+    pub max_bytes: u64,
 }
 
 /// A trigger: what makes a function run without a caller.
@@ -240,8 +422,19 @@ pub struct NewLogLine {
     pub at_ms: i64,
     /// `stdout`, `stderr` or `platform` (Yun's own note about the invocation).
     pub stream: String,
+    /// `debug`, `info`, `warn` or `error`: the `console` method that wrote it (stdout
+    /// is `info`, stderr `error` when a process wrote it directly; platform lines `error`).
+    #[serde(default = "default_level")]
+    pub level: String,
     pub message: String,
 }
+
+fn default_level() -> String {
+    "info".into()
+}
+
+/// Log levels, least severe first.
+pub const LOG_LEVELS: &[&str] = &["debug", "info", "warn", "error"];
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LogLine {
@@ -260,6 +453,13 @@ pub struct LogFilter {
     pub until_ms: Option<i64>,
     pub stream: Option<String>,
     pub contains: Option<String>,
+    /// A regular expression the message must match.
+    pub grep: Option<String>,
+    /// Lines at this level or more severe.
+    pub level: Option<String>,
+    /// With `request_id`: also the lines of every invocation it caused, transitively.
+    #[serde(default)]
+    pub caused: bool,
     /// Only lines after this id: pages and follows.
     pub after_id: Option<i64>,
     pub limit: Option<u32>,

@@ -2,6 +2,7 @@
 //! `synchronous=NORMAL` (a committed transaction survives a process crash; an OS crash
 //! may lose the last moments, which is the trade-off ARCHITECTURE.md states).
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use async_trait::async_trait;
@@ -154,7 +155,65 @@ CREATE TABLE triggers (
     PRIMARY KEY (env, function, name)
 ) WITHOUT ROWID;
 "#,
+    r#"
+-- Operations: what an invocation cost and what caused it, log levels, per-env log bytes
+-- (retention by size), usage roll-ups.
+ALTER TABLE invocations ADD COLUMN memory_mb INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE invocations ADD COLUMN response_bytes INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE invocations ADD COLUMN parent_request_id TEXT;
+CREATE INDEX invocations_by_parent ON invocations(parent_request_id)
+    WHERE parent_request_id IS NOT NULL;
+CREATE INDEX invocations_by_age ON invocations(env, started_at_ms);
+ALTER TABLE invocations ADD COLUMN trace_id TEXT NOT NULL DEFAULT '';
+ALTER TABLE invocations ADD COLUMN span_id TEXT NOT NULL DEFAULT '';
+ALTER TABLE invocations ADD COLUMN parent_span_id TEXT;
+ALTER TABLE invocations ADD COLUMN waited_ms INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX invocations_by_trace ON invocations(trace_id) WHERE trace_id != '';
+CREATE TABLE spans (
+    env TEXT NOT NULL,
+    trace_id TEXT NOT NULL,
+    span_id TEXT NOT NULL,
+    parent_span_id TEXT,
+    name TEXT NOT NULL,
+    start_us INTEGER NOT NULL,
+    duration_us INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    function TEXT,
+    PRIMARY KEY (trace_id, span_id)
+) WITHOUT ROWID;
+CREATE INDEX spans_by_age ON spans(env, start_us);
+CREATE TABLE alerts (
+    env TEXT NOT NULL REFERENCES envs(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    PRIMARY KEY (env, name)
+) WITHOUT ROWID;
+ALTER TABLE logs ADD COLUMN level TEXT NOT NULL DEFAULT 'info';
+CREATE INDEX logs_by_env ON logs(env, id);
+CREATE TABLE log_bytes (env TEXT PRIMARY KEY, bytes INTEGER NOT NULL) WITHOUT ROWID;
+INSERT INTO log_bytes SELECT env, SUM(length(CAST(message AS BLOB)) + 64) FROM logs GROUP BY env;
+CREATE TABLE usage (
+    env TEXT NOT NULL,
+    function TEXT NOT NULL,
+    period TEXT NOT NULL,
+    start_ms INTEGER NOT NULL,
+    invocations INTEGER NOT NULL DEFAULT 0,
+    errors INTEGER NOT NULL DEFAULT 0,
+    mb_ms INTEGER NOT NULL DEFAULT 0,
+    billed_ms INTEGER NOT NULL DEFAULT 0,
+    egress_bytes INTEGER NOT NULL DEFAULT 0,
+    db_reads INTEGER NOT NULL DEFAULT 0,
+    db_writes INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (env, period, start_ms, function)
+) WITHOUT ROWID;
+"#,
 ];
+
+/// What a log line counts for against its env's size limit: its text and about what
+/// its row and index entries take besides.
+const LOG_LINE_OVERHEAD: i64 = 64;
+const HOUR_MS: i64 = 3_600_000;
+const DAY_MS: i64 = 86_400_000;
 
 /// The metadata store on one SQLite file (see `yun-sqlite` for the connection model).
 #[derive(Clone)]
@@ -234,11 +293,150 @@ fn invocation_row(row: &Row<'_>) -> rusqlite::Result<InvocationRecord> {
         error: row.get(10)?,
         attempt: row.get(11)?,
         trigger: row.get(12)?,
+        memory_mb: row.get(13)?,
+        response_bytes: row.get(14)?,
+        parent_request_id: row.get(15)?,
+        trace_id: row.get(16)?,
+        span_id: row.get(17)?,
+        parent_span_id: row.get(18)?,
+        waited_ms: row.get(19)?,
     })
 }
 
+fn count_log_bytes(conn: &rusqlite::Connection, env: &str, bytes: i64) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO log_bytes (env, bytes) VALUES (?1, max(?2, 0))
+         ON CONFLICT (env) DO UPDATE SET bytes = max(bytes + ?2, 0)",
+    )
+    .and_then(|mut stmt| stmt.execute(params![env, bytes]))
+    .map(drop)
+    .map_err(db_err)
+}
+
+/// Adds increments to their hour's and their day's roll-up rows.
+fn add_usage(conn: &rusqlite::Connection, increments: &[UsageIncrement]) -> Result<()> {
+    let mut merged: HashMap<(&str, &str, &str, i64), UsageCounts> = HashMap::new();
+    for inc in increments {
+        for (period, len) in [("hour", HOUR_MS), ("day", DAY_MS)] {
+            let start = inc.at_ms.div_euclid(len) * len;
+            merged
+                .entry((inc.env.as_str(), inc.function.as_str(), period, start))
+                .or_default()
+                .add(&inc.counts);
+        }
+    }
+    let mut stmt = conn
+        .prepare_cached(
+            "INSERT INTO usage (env, function, period, start_ms, invocations, errors, mb_ms, billed_ms, egress_bytes, db_reads, db_writes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+             ON CONFLICT (env, period, start_ms, function) DO UPDATE SET
+                invocations = invocations + ?5, errors = errors + ?6, mb_ms = mb_ms + ?7,
+                billed_ms = billed_ms + ?8, egress_bytes = egress_bytes + ?9,
+                db_reads = db_reads + ?10, db_writes = db_writes + ?11",
+        )
+        .map_err(db_err)?;
+    for ((env, function, period, start), c) in merged {
+        stmt.execute(params![
+            env,
+            function,
+            period,
+            start,
+            c.invocations,
+            c.errors,
+            c.mb_ms,
+            c.billed_ms,
+            c.egress_bytes,
+            c.db_reads,
+            c.db_writes
+        ])
+        .map_err(db_err)?;
+    }
+    Ok(())
+}
+
+fn log_line_row(r: &Row<'_>) -> rusqlite::Result<LogLine> {
+    Ok(LogLine {
+        id: r.get(0)?,
+        line: NewLogLine {
+            env: env_col(r, 1)?,
+            function: fn_col(r, 2)?,
+            request_id: r.get(3)?,
+            at_ms: r.get(4)?,
+            stream: r.get(5)?,
+            level: r.get(6)?,
+            message: r.get(7)?,
+        },
+    })
+}
+
+/// The log query's SQL and its parameters: only the conditions asked for, so the
+/// planner picks the index that fits (by request, by function, by env).
+fn log_query_sql(q: &LogQuery) -> (String, Vec<rusqlite::types::Value>) {
+    use rusqlite::types::Value as V;
+    let mut params: Vec<V> = vec![V::Text(q.env.to_string())];
+    let mut sql = String::new();
+    let mut conds = vec!["env = ?1".to_owned()];
+    let param = |v: V, params: &mut Vec<V>| {
+        params.push(v);
+        format!("?{}", params.len())
+    };
+    if let Some(id) = &q.filter.request_id {
+        let p = param(V::Text(id.clone()), &mut params);
+        if q.filter.caused {
+            // The invocation and every one it caused, transitively (bounded: a chain
+            // is at most what the records hold).
+            sql.push_str(&format!(
+                "WITH RECURSIVE tree(id) AS (SELECT {p} UNION SELECT i.request_id FROM invocations i JOIN tree ON i.parent_request_id = tree.id WHERE i.env = ?1) "
+            ));
+            conds.push("request_id IN tree".into());
+        } else {
+            conds.push(format!("request_id = {p}"));
+        }
+    }
+    if let Some(f) = &q.function {
+        conds.push(format!(
+            "function = {}",
+            param(V::Text(f.to_string()), &mut params)
+        ));
+    }
+    if let Some(ms) = q.filter.since_ms {
+        conds.push(format!("at_ms >= {}", param(V::Integer(ms), &mut params)));
+    }
+    if let Some(ms) = q.filter.until_ms {
+        conds.push(format!("at_ms <= {}", param(V::Integer(ms), &mut params)));
+    }
+    if let Some(stream) = &q.filter.stream {
+        conds.push(format!(
+            "stream = {}",
+            param(V::Text(stream.clone()), &mut params)
+        ));
+    }
+    if let Some(text) = &q.filter.contains {
+        conds.push(format!(
+            "instr(message, {}) > 0",
+            param(V::Text(text.clone()), &mut params)
+        ));
+    }
+    if let Some(level) = &q.filter.level {
+        let at_least: Vec<String> = LOG_LEVELS
+            .iter()
+            .skip_while(|l| *l != level)
+            .map(|l| format!("'{l}'"))
+            .collect();
+        conds.push(format!("level IN ({})", at_least.join(", ")));
+    }
+    if let Some(id) = q.filter.after_id {
+        conds.push(format!("id > {}", param(V::Integer(id), &mut params)));
+    }
+    sql.push_str(&format!(
+        "SELECT id, env, function, request_id, at_ms, stream, level, message FROM logs WHERE {} ORDER BY id",
+        conds.join(" AND ")
+    ));
+    (sql, params)
+}
+
 const INVOCATION_COLS: &str =
-    "request_id, env, function, version, started_at_ms, duration_ms, billed_ms, memory_peak_kb, status, cold_start, error, attempt, trigger";
+    "request_id, env, function, version, started_at_ms, duration_ms, billed_ms, memory_peak_kb, status, cold_start, error, attempt, trigger, memory_mb, response_bytes, parent_request_id, trace_id, span_id, parent_span_id, waited_ms";
 
 fn dead_letter_row(row: &Row<'_>) -> rusqlite::Result<DeadLetter> {
     Ok(DeadLetter {
@@ -390,8 +588,13 @@ impl MetaStore for SqliteMetaStore {
                     params![env.as_str()],
                 )
                 .map_err(db_err)?;
-                tx.execute("DELETE FROM logs WHERE env = ?1", params![env.as_str()])
+                for table in ["logs", "log_bytes", "usage", "spans"] {
+                    tx.execute(
+                        &format!("DELETE FROM {table} WHERE env = ?1"),
+                        params![env.as_str()],
+                    )
                     .map_err(db_err)?;
+                }
                 let n = tx
                     .execute("DELETE FROM envs WHERE id = ?1", params![env.as_str()])
                     .map_err(db_err)?;
@@ -650,19 +853,31 @@ impl MetaStore for SqliteMetaStore {
             {
                 let mut stmt = tx
                     .prepare_cached(&format!(
-                        "INSERT OR REPLACE INTO invocations ({INVOCATION_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+                        "INSERT OR REPLACE INTO invocations ({INVOCATION_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
                     ))
                     .map_err(db_err)?;
                 for r in &records {
                     stmt.execute(params![
                         r.request_id, r.env.as_str(), r.function.as_str(), r.version, r.started_at_ms,
                         r.duration_ms, r.billed_ms, r.memory_peak_kb, r.status.as_str(), r.cold_start, r.error,
-                        r.attempt, r.trigger
+                        r.attempt, r.trigger, r.memory_mb, r.response_bytes, r.parent_request_id,
+                        r.trace_id, r.span_id, r.parent_span_id, r.waited_ms
                     ])
                     .map_err(db_err)?;
                 }
             }
-            Ok(())
+            // The usage roll-ups move with the records, in the same transaction: they
+            // always reconcile.
+            let increments: Vec<UsageIncrement> = records
+                .iter()
+                .map(|r| UsageIncrement {
+                    env: r.env.clone(),
+                    function: r.function.to_string(),
+                    at_ms: r.started_at_ms,
+                    counts: UsageCounts::of_invocation(r),
+                })
+                .collect();
+            add_usage(tx, &increments)
         })
         .await
     }
@@ -674,12 +889,17 @@ impl MetaStore for SqliteMetaStore {
             {
                 let mut stmt = tx
                     .prepare_cached(
-                        "INSERT INTO logs (env, function, request_id, at_ms, stream, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        "INSERT INTO logs (env, function, request_id, at_ms, stream, level, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                     )
                     .map_err(db_err)?;
+                let mut bytes: HashMap<&str, i64> = HashMap::new();
                 for l in &lines {
-                    stmt.execute(params![l.env.as_str(), l.function.as_str(), l.request_id, l.at_ms, l.stream, l.message])
+                    stmt.execute(params![l.env.as_str(), l.function.as_str(), l.request_id, l.at_ms, l.stream, l.level, l.message])
                         .map_err(db_err)?;
+                    *bytes.entry(l.env.as_str()).or_default() += l.message.len() as i64 + LOG_LINE_OVERHEAD;
+                }
+                for (env, bytes) in bytes {
+                    count_log_bytes(tx, env, bytes)?;
                 }
             }
             Ok(())
@@ -896,41 +1116,390 @@ impl MetaStore for SqliteMetaStore {
 
     async fn query_logs(&self, q: &LogQuery) -> Result<Vec<LogLine>> {
         let q = q.clone();
-        self.db.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT id, env, function, request_id, at_ms, stream, message FROM logs
-                     WHERE env = ?1 AND (?2 IS NULL OR function = ?2) AND (?3 IS NULL OR request_id = ?3)
-                       AND (?4 IS NULL OR at_ms >= ?4) AND (?5 IS NULL OR at_ms <= ?5)
-                       AND (?6 IS NULL OR stream = ?6) AND (?7 IS NULL OR instr(message, ?7) > 0)
-                       AND (?8 IS NULL OR id > ?8)
-                     ORDER BY id LIMIT ?9",
-                )
-                .map_err(db_err)?;
-            let rows = stmt
-                .query_map(
-                    params![
-                        q.env.as_str(), q.function.as_ref().map(|f| f.as_str()), q.filter.request_id, q.filter.since_ms,
-                        q.filter.until_ms, q.filter.stream, q.filter.contains, q.filter.after_id, q.filter.limit.unwrap_or(1000)
-                    ],
-                    |r| {
-                        Ok(LogLine {
-                            id: r.get(0)?,
-                            line: NewLogLine {
-                                env: env_col(r, 1)?,
-                                function: fn_col(r, 2)?,
-                                request_id: r.get(3)?,
-                                at_ms: r.get(4)?,
-                                stream: r.get(5)?,
-                                message: r.get(6)?,
+        let grep = match &q.filter.grep {
+            Some(pattern) => Some(regex::Regex::new(pattern).map_err(|e| {
+                YunError::invalid_param(format!("grep is not a valid regular expression: {e}"))
+            })?),
+            None => None,
+        };
+        if let Some(level) = &q.filter.level {
+            if !LOG_LEVELS.contains(&level.as_str()) {
+                return Err(YunError::invalid_param(format!(
+                    "level must be one of {}, not {level:?}",
+                    LOG_LEVELS.join(", ")
+                )));
+            }
+        }
+        let limit = q.filter.limit.unwrap_or(1000) as usize;
+        self.db
+            .read(move |conn| {
+                let (sql, params) = log_query_sql(&q);
+                let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
+                let rows = stmt
+                    .query_map(rusqlite::params_from_iter(params), log_line_row)
+                    .map_err(db_err)?;
+                // The regular expression filters as rows stream: the limit counts matches.
+                let mut lines = Vec::new();
+                for row in rows {
+                    let line = row.map_err(db_err)?;
+                    if grep
+                        .as_ref()
+                        .is_none_or(|re| re.is_match(&line.line.message))
+                    {
+                        lines.push(line);
+                        if lines.len() >= limit {
+                            break;
+                        }
+                    }
+                }
+                Ok(lines)
+            })
+            .await
+    }
+
+    async fn count_dead_letters(&self, env: &EnvId) -> Result<Vec<(FunctionName, u64)>> {
+        let env = env.clone();
+        self.db
+            .read(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT function, COUNT(*) FROM dead_letters WHERE env = ?1 GROUP BY function",
+                    )
+                    .map_err(db_err)?;
+                let rows = stmt
+                    .query_map(params![env.as_str()], |r| Ok((fn_col(r, 0)?, r.get(1)?)))
+                    .map_err(db_err)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)
+            })
+            .await
+    }
+
+    async fn add_usage(&self, increments: Vec<UsageIncrement>) -> Result<()> {
+        self.db
+            .write(move |conn| add_usage(conn, &increments))
+            .await
+    }
+
+    async fn usage(&self, env: &EnvId, period: &str, since_ms: i64) -> Result<Vec<UsageRow>> {
+        let (env, period) = (env.clone(), period.to_owned());
+        self.db
+            .read(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT function, start_ms, invocations, errors, mb_ms, billed_ms, egress_bytes, db_reads, db_writes
+                         FROM usage WHERE env = ?1 AND period = ?2 AND start_ms >= ?3 ORDER BY start_ms, function",
+                    )
+                    .map_err(db_err)?;
+                let rows = stmt
+                    .query_map(params![env.as_str(), period, since_ms], |r| {
+                        Ok(UsageRow {
+                            env: env.clone(),
+                            function: r.get(0)?,
+                            period: period.clone(),
+                            start_ms: r.get(1)?,
+                            counts: UsageCounts {
+                                invocations: r.get(2)?,
+                                errors: r.get(3)?,
+                                mb_ms: r.get(4)?,
+                                billed_ms: r.get(5)?,
+                                egress_bytes: r.get(6)?,
+                                db_reads: r.get(7)?,
+                                db_writes: r.get(8)?,
                             },
                         })
-                    },
+                    })
+                    .map_err(db_err)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)
+            })
+            .await
+    }
+
+    async fn prune(
+        &self,
+        env: &EnvId,
+        retention: Retention,
+        now_ms: i64,
+        batch: u32,
+    ) -> Result<Pruned> {
+        let env = env.clone();
+        self.db
+            .write(move |conn| {
+                let tx: &rusqlite::Connection = conn;
+                let cutoff = now_ms.saturating_sub(retention.max_age_ms);
+                let bytes: i64 = tx
+                    .query_row("SELECT bytes FROM log_bytes WHERE env = ?1", params![env.as_str()], |r| r.get(0))
+                    .optional()
+                    .map_err(db_err)?
+                    .unwrap_or(0);
+                let excess = bytes.saturating_sub(i64::try_from(retention.max_bytes).unwrap_or(i64::MAX));
+                // The oldest lines of the env (ids grow with time): those past the age
+                // limit, and as many more as bring the env under its size limit.
+                let mut stmt = tx
+                    .prepare_cached(
+                        "DELETE FROM logs WHERE id IN (
+                            SELECT id FROM (
+                                SELECT id, at_ms, SUM(length(CAST(message AS BLOB)) + ?5) OVER (ORDER BY id) - (length(CAST(message AS BLOB)) + ?5) AS before
+                                FROM (SELECT id, at_ms, message FROM logs WHERE env = ?1 ORDER BY id LIMIT ?2))
+                            WHERE before < ?3 OR at_ms < ?4)
+                         RETURNING length(CAST(message AS BLOB))",
+                    )
+                    .map_err(db_err)?;
+                let freed: Vec<i64> = stmt
+                    .query_map(params![env.as_str(), batch, excess, cutoff, LOG_LINE_OVERHEAD], |r| r.get(0))
+                    .map_err(db_err)?
+                    .collect::<rusqlite::Result<_>>()
+                    .map_err(db_err)?;
+                let logs = freed.len() as u64;
+                let freed_bytes: i64 = freed.iter().map(|n| n + LOG_LINE_OVERHEAD).sum();
+                if freed_bytes > 0 {
+                    count_log_bytes(tx, env.as_str(), -freed_bytes)?;
+                }
+                let records = tx
+                    .prepare_cached(
+                        "DELETE FROM invocations WHERE env = ?1 AND started_at_ms < ?2 AND (request_id, attempt) IN
+                           (SELECT request_id, attempt FROM invocations WHERE env = ?1 AND started_at_ms < ?2 LIMIT ?3)",
+                    )
+                    .and_then(|mut s| s.execute(params![env.as_str(), cutoff, batch]))
+                    .map_err(db_err)? as u64;
+                tx.prepare_cached(
+                    "DELETE FROM spans WHERE env = ?1 AND start_us < ?2 AND (trace_id, span_id) IN
+                       (SELECT trace_id, span_id FROM spans WHERE env = ?1 AND start_us < ?2 LIMIT ?3)",
                 )
+                .and_then(|mut s| s.execute(params![env.as_str(), cutoff.saturating_mul(1000), batch]))
                 .map_err(db_err)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)
-        })
-        .await
+                // Usage is kept longer than logs: hours for 35 days, days for 400.
+                tx.prepare_cached(
+                    "DELETE FROM usage WHERE env = ?1 AND ((period = 'hour' AND start_ms < ?2) OR (period = 'day' AND start_ms < ?3))",
+                )
+                .and_then(|mut s| s.execute(params![env.as_str(), now_ms - 35 * DAY_MS, now_ms - 400 * DAY_MS]))
+                .map_err(db_err)?;
+                Ok(Pruned {
+                    logs,
+                    records,
+                    more: logs == u64::from(batch) || records == u64::from(batch),
+                })
+            })
+            .await
+    }
+
+    async fn append_spans(&self, spans: Vec<SpanRecord>) -> Result<()> {
+        self.db
+            .write(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO spans (env, trace_id, span_id, parent_span_id, name, start_us, duration_us, status, function)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    )
+                    .map_err(db_err)?;
+                for s in &spans {
+                    stmt.execute(params![
+                        s.env.as_str(), s.trace_id, s.span_id, s.parent_span_id, s.name, s.start_us,
+                        s.duration_us, s.status, s.function
+                    ])
+                    .map_err(db_err)?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn trace(
+        &self,
+        env: &EnvId,
+        trace_id: &str,
+    ) -> Result<(Vec<InvocationRecord>, Vec<SpanRecord>)> {
+        let (env, trace_id) = (env.clone(), trace_id.to_owned());
+        self.db
+            .read(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached(&format!(
+                        "SELECT {INVOCATION_COLS} FROM invocations WHERE trace_id = ?1 AND env = ?2 ORDER BY started_at_ms"
+                    ))
+                    .map_err(db_err)?;
+                let invocations = stmt
+                    .query_map(params![trace_id, env.as_str()], invocation_row)
+                    .map_err(db_err)?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                    .map_err(db_err)?;
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT env, trace_id, span_id, parent_span_id, name, start_us, duration_us, status, function
+                         FROM spans WHERE trace_id = ?1 AND env = ?2 ORDER BY start_us",
+                    )
+                    .map_err(db_err)?;
+                let spans = stmt
+                    .query_map(params![trace_id, env.as_str()], |r| {
+                        Ok(SpanRecord {
+                            env: env_col(r, 0)?,
+                            trace_id: r.get(1)?,
+                            span_id: r.get(2)?,
+                            parent_span_id: r.get(3)?,
+                            name: r.get(4)?,
+                            start_us: r.get(5)?,
+                            duration_us: r.get(6)?,
+                            status: r.get(7)?,
+                            function: r.get(8)?,
+                        })
+                    })
+                    .map_err(db_err)?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                    .map_err(db_err)?;
+                Ok((invocations, spans))
+            })
+            .await
+    }
+
+    async fn insert_alert(&self, rule: &AlertRule) -> Result<()> {
+        let rule = rule.clone();
+        let spec = serde_json::to_string(&rule).map_err(YunError::internal)?;
+        self.db
+            .write(move |conn| {
+                let n = conn
+                    .execute(
+                        "INSERT INTO alerts (env, name, spec) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                        params![rule.env.as_str(), rule.name, spec],
+                    )
+                    .map_err(db_err)?;
+                if n == 0 {
+                    return Err(YunError::new(
+                        ErrorCode::AlreadyExists,
+                        format!("env {} already has an alert named {}", rule.env, rule.name),
+                    ));
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn list_alerts(&self, env: Option<&EnvId>) -> Result<Vec<AlertRule>> {
+        let env = env.cloned();
+        self.db
+            .read(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT spec FROM alerts WHERE ?1 IS NULL OR env = ?1 ORDER BY env, name",
+                    )
+                    .map_err(db_err)?;
+                let rows = stmt
+                    .query_map(params![env.as_ref().map(EnvId::as_str)], |r| {
+                        r.get::<_, String>(0)
+                    })
+                    .map_err(db_err)?;
+                rows.map(|spec| {
+                    let spec = spec.map_err(db_err)?;
+                    serde_json::from_str(&spec).map_err(YunError::internal)
+                })
+                .collect()
+            })
+            .await
+    }
+
+    async fn delete_alert(&self, env: &EnvId, name: &str) -> Result<bool> {
+        let (env, name) = (env.clone(), name.to_owned());
+        self.db
+            .write(move |conn| {
+                conn.execute(
+                    "DELETE FROM alerts WHERE env = ?1 AND name = ?2",
+                    params![env.as_str(), name],
+                )
+                .map(|n| n > 0)
+                .map_err(db_err)
+            })
+            .await
+    }
+
+    async fn set_alert_state(
+        &self,
+        env: &EnvId,
+        name: &str,
+        value: f64,
+        firing: bool,
+        at_ms: i64,
+    ) -> Result<()> {
+        let (env, name) = (env.clone(), name.to_owned());
+        self.db
+            .write(move |conn| {
+                let spec: Option<String> = conn
+                    .query_row(
+                        "SELECT spec FROM alerts WHERE env = ?1 AND name = ?2",
+                        params![env.as_str(), name],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(db_err)?;
+                // Deleted meanwhile: nothing to record.
+                let Some(spec) = spec else { return Ok(()) };
+                let mut rule: AlertRule =
+                    serde_json::from_str(&spec).map_err(YunError::internal)?;
+                if rule.firing != firing {
+                    rule.changed_at_ms = Some(at_ms);
+                }
+                rule.firing = firing;
+                rule.last_value = Some(value);
+                let spec = serde_json::to_string(&rule).map_err(YunError::internal)?;
+                conn.execute(
+                    "UPDATE alerts SET spec = ?3 WHERE env = ?1 AND name = ?2",
+                    params![env.as_str(), name, spec],
+                )
+                .map(drop)
+                .map_err(db_err)
+            })
+            .await
+    }
+
+    async fn invocation_stats(
+        &self,
+        env: &EnvId,
+        function: Option<&FunctionName>,
+        since_ms: i64,
+    ) -> Result<InvocationStats> {
+        let (env, function) = (env.clone(), function.cloned());
+        self.db
+            .read(move |conn| {
+                let f = function.as_ref().map(FunctionName::as_str);
+                let (invocations, errors, throttles): (u64, u64, u64) = conn
+                    .prepare_cached(
+                        "SELECT COUNT(*), COALESCE(SUM(status != 'success'), 0), COALESCE(SUM(status = 'throttled'), 0)
+                         FROM invocations WHERE env = ?1 AND (?2 IS NULL OR function = ?2) AND started_at_ms >= ?3",
+                    )
+                    .and_then(|mut s| s.query_row(params![env.as_str(), f, since_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))))
+                    .map_err(db_err)?;
+                // Nearest rank: the ceil(0.95 n)-th smallest.
+                let p95_ms = if invocations == 0 {
+                    0
+                } else {
+                    let rank = (invocations * 95).div_ceil(100).max(1) - 1;
+                    conn.prepare_cached(
+                        "SELECT duration_ms FROM invocations WHERE env = ?1 AND (?2 IS NULL OR function = ?2) AND started_at_ms >= ?3
+                         ORDER BY duration_ms LIMIT 1 OFFSET ?4",
+                    )
+                    .and_then(|mut s| s.query_row(params![env.as_str(), f, since_ms, rank], |r| r.get(0)))
+                    .map_err(db_err)?
+                };
+                Ok(InvocationStats {
+                    invocations,
+                    errors,
+                    throttles,
+                    p95_ms,
+                })
+            })
+            .await
+    }
+
+    async fn log_bytes(&self, env: &EnvId) -> Result<u64> {
+        let env = env.clone();
+        self.db
+            .read(move |conn| {
+                conn.query_row(
+                    "SELECT bytes FROM log_bytes WHERE env = ?1",
+                    params![env.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map(Option::unwrap_or_default)
+                .map_err(db_err)
+            })
+            .await
     }
 }
 
@@ -964,7 +1533,7 @@ mod tests {
     async fn invocation_records_survive_the_moves_of_their_table() {
         // From before the table keyed by request id, and from before the one keyed by
         // (request id, attempt): both had these eleven columns.
-        for before in [MIGRATIONS.len() - 2, MIGRATIONS.len() - 1] {
+        for before in [MIGRATIONS.len() - 3, MIGRATIONS.len() - 2] {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("meta.db");
             {
@@ -1139,6 +1708,7 @@ mod tests {
             request_id: rid.into(),
             at_ms: 10,
             stream: "stdout".into(),
+            level: "info".into(),
             message: msg.into(),
         };
         store
@@ -1186,5 +1756,181 @@ mod tests {
             .await
             .unwrap();
         assert!(other_env.is_empty());
+    }
+
+    fn record(rid: &str, parent: Option<&str>, started_at_ms: i64) -> InvocationRecord {
+        InvocationRecord {
+            request_id: rid.into(),
+            env: env("a"),
+            function: FunctionName::parse("f").unwrap(),
+            version: 1,
+            started_at_ms,
+            duration_ms: 7,
+            billed_ms: 7,
+            memory_peak_kb: 0,
+            status: InvocationStatus::Success,
+            cold_start: false,
+            error: None,
+            attempt: 1,
+            trigger: None,
+            memory_mb: 256,
+            response_bytes: 10,
+            parent_request_id: parent.map(str::to_owned),
+            trace_id: String::new(),
+            span_id: String::new(),
+            parent_span_id: None,
+            waited_ms: 0,
+        }
+    }
+
+    fn log(rid: &str, at_ms: i64, level: &str, message: &str) -> NewLogLine {
+        NewLogLine {
+            env: env("a"),
+            function: FunctionName::parse("f").unwrap(),
+            request_id: rid.into(),
+            at_ms,
+            stream: "stdout".into(),
+            level: level.into(),
+            message: message.into(),
+        }
+    }
+
+    async fn messages(store: &SqliteMetaStore, filter: LogFilter) -> Vec<String> {
+        store
+            .query_logs(&LogQuery {
+                env: env("a"),
+                function: None,
+                filter,
+            })
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| l.line.message)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_request_finds_the_invocations_it_caused_and_levels_and_patterns_filter() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteMetaStore::open(&dir.path().join("meta.db")).unwrap();
+        store.create_env(&env("a")).await.unwrap();
+        store
+            .append_invocations(vec![
+                record("root", None, 1),
+                record("child", Some("root"), 2),
+                record("grandchild", Some("child"), 3),
+                record("other", None, 4),
+            ])
+            .await
+            .unwrap();
+        store
+            .append_logs(vec![
+                log("root", 1, "info", "r"),
+                log("child", 2, "warn", "c"),
+                log("grandchild", 3, "error", "g"),
+                log("other", 4, "info", "o"),
+            ])
+            .await
+            .unwrap();
+        let by = |caused| LogFilter {
+            request_id: Some("root".into()),
+            caused,
+            ..LogFilter::default()
+        };
+        assert_eq!(messages(&store, by(true)).await, ["r", "c", "g"]);
+        assert_eq!(messages(&store, by(false)).await, ["r"]);
+        let level = LogFilter {
+            level: Some("warn".into()),
+            ..LogFilter::default()
+        };
+        assert_eq!(messages(&store, level).await, ["c", "g"]);
+        let grep = LogFilter {
+            grep: Some("^[cg]$".into()),
+            limit: Some(1),
+            ..LogFilter::default()
+        };
+        assert_eq!(
+            messages(&store, grep).await,
+            ["c"],
+            "the limit counts matches"
+        );
+        let bad = store
+            .query_logs(&LogQuery {
+                env: env("a"),
+                function: None,
+                filter: LogFilter {
+                    grep: Some("(".into()),
+                    ..LogFilter::default()
+                },
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(bad.code, ErrorCode::InvalidParam);
+        let usage = store.usage(&env("a"), "hour", 0).await.unwrap();
+        assert_eq!(usage.len(), 1, "four records in the first hour of 1970");
+        assert_eq!(
+            (
+                usage[0].counts.invocations,
+                usage[0].counts.mb_ms,
+                usage[0].counts.egress_bytes
+            ),
+            (4, 4 * 256 * 7, 40)
+        );
+    }
+
+    #[tokio::test]
+    async fn retention_removes_what_is_too_old_or_over_the_size_in_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteMetaStore::open(&dir.path().join("meta.db")).unwrap();
+        store.create_env(&env("a")).await.unwrap();
+        let lines: Vec<NewLogLine> = (0..10)
+            .map(|i| log(&format!("r{i}"), 1000 * i, "info", &"x".repeat(36)))
+            .collect();
+        store.append_logs(lines).await.unwrap();
+        store
+            .append_invocations(
+                (0..10)
+                    .map(|i| record(&format!("r{i}"), None, 1000 * i))
+                    .collect(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store.log_bytes(&env("a")).await.unwrap(),
+            1000,
+            "100 bytes a line"
+        );
+        // Over the size: the oldest go until 450 bytes are left (four lines).
+        let by_size = Retention {
+            max_age_ms: i64::MAX,
+            max_bytes: 450,
+        };
+        let pruned = store.prune(&env("a"), by_size, 10_000, 2000).await.unwrap();
+        assert_eq!((pruned.logs, pruned.records, pruned.more), (6, 0, false));
+        assert_eq!(store.log_bytes(&env("a")).await.unwrap(), 400);
+        assert_eq!(messages(&store, LogFilter::default()).await.len(), 4);
+        // By age, two rows a batch: lines and records older than 8 s go.
+        let by_age = Retention {
+            max_age_ms: 2000,
+            max_bytes: u64::MAX,
+        };
+        let first = store.prune(&env("a"), by_age, 10_000, 2).await.unwrap();
+        assert_eq!((first.logs, first.records, first.more), (2, 2, true));
+        while store
+            .prune(&env("a"), by_age, 10_000, 2)
+            .await
+            .unwrap()
+            .more
+        {}
+        let kept: Vec<String> = store
+            .list_invocations(&env("a"), None, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.request_id)
+            .collect();
+        assert_eq!(kept, ["r9", "r8"]);
+        assert_eq!(messages(&store, LogFilter::default()).await.len(), 2);
+        assert_eq!(store.log_bytes(&env("a")).await.unwrap(), 200);
     }
 }

@@ -62,6 +62,24 @@ pub struct DevConfig {
     /// The `yun` binary, which runs the sandbox's init (`yun sandbox-init`); `None` in
     /// harnesses that run the server inside another program (no sandbox there).
     pub init_exe: Option<PathBuf>,
+    /// Prometheus metrics at `/metrics` (the recorder is per process: once on, on).
+    pub metrics: bool,
+    /// Traces of invocations and their operations, exported as OTLP when the
+    /// `OTEL_EXPORTER_OTLP_*` variables name an endpoint.
+    pub tracing: bool,
+    /// How often log and record retention runs.
+    pub retention_every: Duration,
+    /// How often alert rules are evaluated.
+    pub alerts_every: Duration,
+}
+
+/// How a server stops: at once (Ctrl-C on a laptop), or after draining (SIGTERM from an
+/// orchestrator): `/readyz` answers 503 for `drain` while requests still arrive and are
+/// served, then the server stops taking new connections and finishes those under way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    Now,
+    Drain(Duration),
 }
 
 /// Whether instances run in the namespaces sandbox (`yun-sandbox`).
@@ -474,6 +492,11 @@ impl Server {
             }
         };
 
+        if cfg.metrics {
+            // Before the stores open: they take their metric handles when they do.
+            yun_app::ops::install_metrics();
+            yun_app::ops::on_scrape(yun_sqlite::publish_health);
+        }
         let meta: Arc<dyn MetaStore> = Arc::new(SqliteMetaStore::open(&meta_dir.join("yun.db"))?);
         let docs: Arc<dyn DocStore> =
             Arc::new(SqliteDocStore::open(&meta_dir.join("documents.db"))?);
@@ -545,7 +568,14 @@ impl Server {
                 (None, None) => "no sandbox: instances run as the current user",
             }
         );
-        let recorder = Recorder::start(meta.clone());
+        let otlp = cfg
+            .tracing
+            .then(|| yun_app::ops::OtlpConfig::from_env(|k| std::env::var(k).ok()))
+            .flatten();
+        if let Some(otlp) = &otlp {
+            tracing::info!(url = %otlp.url, "exporting traces (OTLP/HTTP JSON)");
+        }
+        let recorder = Recorder::start(meta.clone(), otlp);
         let runtime = Runtime::start(
             RuntimeConfig {
                 spawn: SpawnConfig {
@@ -572,6 +602,7 @@ impl Server {
             npm: cfg.npm.clone(),
             npm_cache,
             region: "ap-shanghai".into(),
+            tracing: cfg.tracing,
         };
         let app = Arc::new(
             App::new(
@@ -592,6 +623,8 @@ impl Server {
         tokio::spawn(app.clone().run_timers());
         tokio::spawn(app.clone().run_change_triggers(ChangeSource::Documents));
         tokio::spawn(app.clone().run_change_triggers(ChangeSource::Files));
+        tokio::spawn(app.clone().run_retention(cfg.retention_every));
+        tokio::spawn(app.clone().run_alerts(cfg.alerts_every));
         // Instances' gateways serve from now on (they wait until then).
         let _ = router_slot.send(Some(yun_api::instance_router(app.clone())));
         ChannelApi::serve(&app);
@@ -640,11 +673,23 @@ impl Server {
         })
     }
 
-    /// Serves until `shutdown` resolves, then stops instances and flushes records.
+    /// Serves until `shutdown` resolves (draining first if it says so), then stops
+    /// instances and flushes records.
     pub async fn serve(
         self,
-        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+        shutdown: impl std::future::Future<Output = Stop> + Send + 'static,
     ) -> Result<(), ServerError> {
+        let app = self.app.clone();
+        let shutdown = async move {
+            if let Stop::Drain(period) = shutdown.await {
+                tracing::info!(
+                    seconds = period.as_secs_f64(),
+                    "draining: /readyz answers 503"
+                );
+                app.start_draining();
+                tokio::time::sleep(period).await;
+            }
+        };
         let router = yun_api::router(self.app.clone());
         let local = self
             .listener

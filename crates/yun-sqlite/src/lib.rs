@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, Weak};
 
 use rusqlite::{Connection, OpenFlags};
 use yun_types::YunError;
@@ -37,6 +37,8 @@ const MAX_GROUP: usize = 512;
 #[derive(Clone)]
 pub struct Sqlite {
     path: PathBuf,
+    /// The file's stem (`yun`, `documents`, …): the `store` label of its metrics.
+    name: Arc<str>,
     jobs: mpsc::Sender<Job>,
     writer: Arc<Writer>,
     readers: Arc<Mutex<Vec<Connection>>>,
@@ -53,6 +55,66 @@ struct Writer {
     /// Jobs sent to the writer thread that it has not started: while there are any, no
     /// caller writes on its own thread, so queued jobs are not overtaken for long.
     queued: AtomicUsize,
+    commits: metrics::Counter,
+    commit_seconds: metrics::Histogram,
+}
+
+/// How one open database is doing, read when metrics are scraped.
+#[derive(Debug, Clone)]
+pub struct StoreHealth {
+    pub name: Arc<str>,
+    /// Write jobs waiting for the writer thread.
+    pub queued_writes: usize,
+    /// Long reads running now (at most [`Sqlite`]'s bound).
+    pub long_reads: usize,
+    pub idle_readers: usize,
+}
+
+/// Every database this process opened, while it is open (weakly: a dropped store
+/// leaves): scrapes walk it instead of each store trait growing a health method.
+struct Registered {
+    name: Arc<str>,
+    writer: Weak<Writer>,
+    readers: Weak<Mutex<Vec<Connection>>>,
+    long_reads: Weak<tokio::sync::Semaphore>,
+    max_long_reads: usize,
+}
+
+static OPEN: Mutex<Vec<Registered>> = Mutex::new(Vec::new());
+
+/// Sets the pool gauges of every open database (called when metrics are scraped).
+pub fn publish_health() {
+    for store in health() {
+        let name = store.name.to_string();
+        metrics::gauge!("yun_store_queued_writes", "store" => name.clone())
+            .set(store.queued_writes as f64);
+        metrics::gauge!("yun_store_long_reads", "store" => name.clone())
+            .set(store.long_reads as f64);
+        metrics::gauge!("yun_store_idle_readers", "store" => name).set(store.idle_readers as f64);
+    }
+}
+
+/// The health of every open database.
+pub fn health() -> Vec<StoreHealth> {
+    let mut open = OPEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    open.retain(|r| r.writer.strong_count() > 0);
+    open.iter()
+        .filter_map(|r| {
+            let (writer, readers, long_reads) = (
+                r.writer.upgrade()?,
+                r.readers.upgrade()?,
+                r.long_reads.upgrade()?,
+            );
+            Some(StoreHealth {
+                name: r.name.clone(),
+                queued_writes: writer.queued.load(Ordering::Relaxed),
+                long_reads: r.max_long_reads - long_reads.available_permits(),
+                idle_readers: readers.lock().map_or(0, |r| r.len()),
+            })
+        })
+        .collect()
 }
 
 fn lock_conn(writer: &Writer) -> std::sync::MutexGuard<'_, Connection> {
@@ -77,6 +139,7 @@ fn commit_groups(writer: Arc<Writer>, jobs: mpsc::Receiver<Job>) {
         let mut guard = lock_conn(&writer);
         writer.queued.fetch_sub(group.len(), Ordering::AcqRel);
         let conn = &mut *guard;
+        let began = std::time::Instant::now();
         if let Err(e) = run(conn, "BEGIN IMMEDIATE") {
             // Dropping the jobs closes their reply channels: each caller sees an error.
             tracing::error!(error = %e, "could not begin a write transaction");
@@ -90,6 +153,8 @@ fn commit_groups(writer: Arc<Writer>, jobs: mpsc::Receiver<Job>) {
         if failure.is_some() {
             let _ = run(conn, "ROLLBACK");
         }
+        writer.commits.increment(1);
+        writer.commit_seconds.record(began.elapsed());
         for complete in completions {
             complete(failure.clone());
         }
@@ -218,24 +283,39 @@ impl Sqlite {
             tracing::info!(db = %path.display(), migration = i + 1, "applied migration");
         }
         let (jobs, queue) = mpsc::channel::<Job>();
+        let name: Arc<str> = path
+            .file_stem()
+            .map_or("db".into(), |s| s.to_string_lossy().into());
         let writer = Arc::new(Writer {
             conn: Mutex::new(conn),
             queued: AtomicUsize::new(0),
+            commits: metrics::counter!("yun_store_commits_total", "store" => name.to_string()),
+            commit_seconds: metrics::histogram!("yun_store_commit_seconds", "store" => name.to_string()),
         });
         let thread_writer = writer.clone();
         std::thread::Builder::new()
             .name("yun-sqlite-writer".into())
             .spawn(move || commit_groups(thread_writer, queue))
             .map_err(|e| YunError::internal(format!("cannot start the writer thread: {e}")))?;
-        Ok(Self {
+        let max_long_reads = 2 * std::thread::available_parallelism().map_or(2, usize::from);
+        let db = Self {
             path: path.to_owned(),
+            name,
             jobs,
             writer,
             readers: Arc::new(Mutex::new(Vec::new())),
-            long_reads: Arc::new(tokio::sync::Semaphore::new(
-                2 * std::thread::available_parallelism().map_or(2, usize::from),
-            )),
-        })
+            long_reads: Arc::new(tokio::sync::Semaphore::new(max_long_reads)),
+        };
+        OPEN.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Registered {
+                name: db.name.clone(),
+                writer: Arc::downgrade(&db.writer),
+                readers: Arc::downgrade(&db.readers),
+                long_reads: Arc::downgrade(&db.long_reads),
+                max_long_reads,
+            });
+        Ok(db)
     }
 
     /// Runs `f` on the writer connection inside the current group's transaction. Its
@@ -276,7 +356,11 @@ impl Sqlite {
     ) -> Result<T, YunError> {
         if self.writer.queued.load(Ordering::Acquire) == 0 {
             if let Ok(mut conn) = self.writer.conn.try_lock() {
-                return commit_alone(&mut conn, f);
+                let began = std::time::Instant::now();
+                let result = commit_alone(&mut conn, f);
+                self.writer.commits.increment(1);
+                self.writer.commit_seconds.record(began.elapsed());
+                return result;
             }
         }
         self.write(f).await

@@ -379,6 +379,11 @@ impl Storage {
     }
 
     /// Files under `prefix` in path order, `limit` at a time after `after`.
+    /// Bytes the env's files take (what its quota counts).
+    pub async fn used_bytes(&self, env: &EnvId) -> Result<u64, YunError> {
+        self.index.used_bytes(env).await
+    }
+
     pub async fn list(
         &self,
         env: &EnvId,

@@ -123,6 +123,10 @@ impl TestYun {
             instance_uids: yun_server::DEFAULT_INSTANCE_UIDS,
             tmp_mb: 64,
             init_exe: yun_binary(),
+            metrics: true,
+            tracing: true,
+            retention_every: Duration::from_secs(60),
+            alerts_every: Duration::from_secs(15),
         })
         .await
         .expect("yun starts");
@@ -132,6 +136,7 @@ impl TestYun {
             server
                 .serve(async {
                     let _ = stopped.await;
+                    yun_server::Stop::Now
                 })
                 .await
                 .expect("serve");

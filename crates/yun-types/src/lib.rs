@@ -8,7 +8,7 @@ mod error;
 mod names;
 
 pub use error::{ErrorCode, YunError};
-pub use names::{new_id, new_sortable_id, EnvId, FunctionName, NameError};
+pub use names::{new_id, new_sortable_id, new_span_id, EnvId, FunctionName, NameError};
 
 /// Seconds since the Unix epoch (0 if the clock is before it).
 pub fn unix_now() -> i64 {

@@ -122,6 +122,12 @@ pub fn new_sortable_id() -> String {
     hex_id("", bytes)
 }
 
+/// A W3C trace-context span id: 16 lowercase hex digits, never all zero.
+pub fn new_span_id() -> String {
+    let id: u64 = rand::rng().random::<u64>().max(1);
+    format!("{id:016x}")
+}
+
 fn hex_id(prefix: &str, bytes: [u8; 16]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(prefix.len() + 32);

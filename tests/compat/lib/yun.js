@@ -29,7 +29,7 @@ async function waitFor(check, what, timeoutMs = 20000) {
  * Starts `yun dev`. With `cwd`, it runs there with the default relative data dir, as a
  * newcomer types it.
  */
-async function startYun(extraArgs = [], { dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'yun-compat-')), cwd, installLayer = false } = {}) {
+async function startYun(extraArgs = [], { dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'yun-compat-')), cwd, installLayer = false, env = {} } = {}) {
   const dataArgs = cwd ? [] : ['--data-dir', dataDir];
   if (cwd) dataDir = path.join(cwd, '.yun');
   // By default the suites lend Yun their pinned SDKs; `installLayer` leaves Yun to install
@@ -38,7 +38,7 @@ async function startYun(extraArgs = [], { dataDir = fs.mkdtempSync(path.join(os.
   const child = spawn(BIN, ['dev', ...dataArgs, '--listen', '127.0.0.1:0', ...layerArgs, ...extraArgs], {
     cwd,
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, YUN_LOG: 'warn' },
+    env: { ...process.env, YUN_LOG: 'warn', ...env },
   });
   let output = '';
   child.stdout.on('data', (d) => (output += d));

@@ -48,6 +48,12 @@ pub(crate) struct QueuedEvent {
     pub source: String,
     pub trigger: Option<String>,
     pub enqueued_at_ms: i64,
+    /// The invocation that queued it, when a function did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_request_id: Option<String>,
+    /// The trace context it was queued in: its delivery continues that trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// What to do with a delivery after its attempt.
@@ -82,13 +88,14 @@ fn after_failure(policy: &AsyncRetry, code: ErrorCode, attempt: u32, age: Durati
 }
 
 impl App {
-    /// Queues `event` for `name` and answers its request id at once.
+    /// Queues `event` for `name` and answers its request id at once. `caller` gives the
+    /// source and, when a function queues it, the invocation that did.
     pub async fn invoke_async(
         &self,
         identity: &Identity,
         name: &FunctionName,
         event: String,
-        source: &str,
+        caller: &CallerContext,
     ) -> Result<String, YunError> {
         Self::authorize(identity, Operation::InvokeFunctionAsync)?;
         let event = if event.is_empty() { "{}".into() } else { event };
@@ -109,9 +116,11 @@ impl App {
             function: name.to_string(),
             request_id: new_sortable_id(),
             event,
-            source: source.into(),
+            source: caller.source.clone(),
             trigger: None,
             enqueued_at_ms: yun_types::unix_ms(),
+            parent_request_id: caller.parent_request_id.clone(),
+            traceparent: crate::ops::TraceContext::current().map(|c| c.header()),
         };
         self.enqueue(&queued).await?;
         Ok(queued.request_id)
@@ -252,6 +261,7 @@ impl App {
             source: queued.source.clone(),
             client_ip: None,
             seq_id: None,
+            parent_request_id: queued.parent_request_id.clone(),
         };
         let attempt_of = Attempt {
             number: attempt,
@@ -259,10 +269,16 @@ impl App {
             // Only a timer's own events: a caller's source is whatever it sent.
             timer: queued.trigger.is_some() && queued.source == "timer",
         };
-        let outcome = self
-            .invoke_checked(&identity, &name, queued.event.clone(), &caller, attempt_of)
-            .await
-            .and_then(|i| i.result.map(|_| ()));
+        let context = queued
+            .traceparent
+            .as_deref()
+            .and_then(crate::ops::TraceContext::parse);
+        let outcome = crate::ops::traced(
+            context,
+            self.invoke_checked(&identity, &name, queued.event.clone(), &caller, attempt_of),
+        )
+        .await
+        .and_then(|i| i.result.map(|_| ()));
         match outcome {
             Ok(()) => Next::Done,
             Err(e) => match after_failure(&policy, e.code, attempt, age) {
@@ -361,6 +377,8 @@ impl App {
                 source: "replay".into(),
                 trigger: letter.trigger,
                 enqueued_at_ms: yun_types::unix_ms(),
+                parent_request_id: None,
+                traceparent: None,
             };
             self.enqueue(&queued).await?;
             self.meta

@@ -314,6 +314,8 @@ impl App {
                     source: trigger.record.kind.clone(),
                     trigger: Some(r.name.clone()),
                     enqueued_at_ms: now,
+                    parent_request_id: None,
+                    traceparent: None,
                 };
                 self.enqueue(&queued).await?;
             }

@@ -162,6 +162,8 @@ impl App {
                     source: "timer".into(),
                     trigger: Some(record.name.clone()),
                     enqueued_at_ms: now,
+                    parent_request_id: None,
+                    traceparent: None,
                 };
                 self.enqueue(&queued).await?;
                 if fresh {

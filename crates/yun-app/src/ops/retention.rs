@@ -1,0 +1,50 @@
+//! Retention of function logs and invocation records: each env's limits by age and by
+//! size (`EnvSettings::retention`), enforced by a background loop in small batches, one
+//! short write transaction each, so the writes of running functions are never held up
+//! behind a large delete.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::App;
+
+/// Rows a batch removes at most: a transaction of a few milliseconds.
+const BATCH: u32 = 2000;
+
+impl App {
+    /// Enforces retention every `every` until the process ends.
+    pub async fn run_retention(self: Arc<Self>, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.enforce_retention().await {
+                tracing::warn!(error = %e.message, "log retention: will try again");
+            }
+        }
+    }
+
+    /// One pass over every env.
+    async fn enforce_retention(&self) -> Result<(), yun_types::YunError> {
+        // What is queued counts against the limits too.
+        self.recorder.flush().await;
+        for env in self.meta.list_envs().await? {
+            let retention = self.env_settings(&env.id).await?.retention();
+            loop {
+                let pruned = self
+                    .meta
+                    .prune(&env.id, retention, yun_types::unix_ms(), BATCH)
+                    .await?;
+                if pruned.logs + pruned.records > 0 {
+                    tracing::debug!(env = %env.id, logs = pruned.logs, records = pruned.records, "retention");
+                }
+                if !pruned.more {
+                    break;
+                }
+                // Let queued writes in between batches.
+                tokio::task::yield_now().await;
+            }
+        }
+        Ok(())
+    }
+}
