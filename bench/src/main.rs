@@ -506,6 +506,12 @@ async fn cold_starts(yun: &Yun, http: &reqwest::Client) -> (Vec<Duration>, Vec<D
     (after_deploy, after_reap)
 }
 
+/// The median of same-run ratios (the mean of the middle two for an even count).
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    (values[(values.len() - 1) / 2] + values[values.len() / 2]) / 2.0
+}
+
 /// Rounds of warm load per mode in the sandbox comparison, interleaved.
 const SANDBOX_ROUNDS: usize = 4;
 
@@ -548,8 +554,7 @@ async fn sandbox() {
             ms(runs[1].p99)
         );
     }
-    ratios.sort_by(f64::total_cmp);
-    let median = (ratios[(ratios.len() - 1) / 2] + ratios[ratios.len() / 2]) / 2.0;
+    let median = median(&mut ratios);
     println!(
         "\nwarm throughput, sandbox on / off, median of {SANDBOX_ROUNDS} rounds: {median:.2}×\n"
     );
@@ -572,9 +577,9 @@ async fn sandbox() {
 /// Rounds of wrk per mode in the metrics comparison, interleaved.
 const METRICS_ROUNDS: usize = 4;
 
-/// What metrics cost: `yun dev --no-metrics` and `yun dev` (metrics on, scraped once a
-/// second as Prometheus would) side by side, `wrk` with the JSON POST in interleaved
-/// rounds; the median ratio is the figure.
+/// What metrics and traces cost: `yun dev --no-metrics --no-traces` and `yun dev` (both
+/// on, metrics scraped once a second as Prometheus would) side by side, `wrk` with the
+/// JSON POST in interleaved rounds; the median ratio is the figure.
 async fn metrics_overhead() {
     if !has_wrk().await {
         return;
@@ -584,7 +589,7 @@ async fn metrics_overhead() {
     };
     let bin = yun_bin();
     let http = reqwest::Client::new();
-    let off = spawn_yun(&bin, &["--no-metrics"]).await;
+    let off = spawn_yun(&bin, &["--no-metrics", "--no-traces"]).await;
     let on = spawn_yun(&bin, &[]).await;
     for yun in [&off, &on] {
         yun.deploy_json(&http).await;
@@ -622,7 +627,7 @@ async fn metrics_overhead() {
         )
         .await;
     }
-    println!("## Metrics: off vs on (scraped every second), wrk -t2 -c32 JSON POST, {LOAD_SECONDS} s each");
+    println!("## Metrics and traces: off vs on (scraped every second), wrk -t2 -c32 JSON POST, {LOAD_SECONDS} s each");
     println!(
         "| round | off req/s | on req/s | on/off | off p99 | on p99 |\n|---|---|---|---|---|---|"
     );
@@ -655,10 +660,9 @@ async fn metrics_overhead() {
     }
     scraper.abort();
     if !ratios.is_empty() {
-        ratios.sort_by(f64::total_cmp);
-        let median = (ratios[(ratios.len() - 1) / 2] + ratios[ratios.len() / 2]) / 2.0;
+        let median = median(&mut ratios);
         println!(
-            "\nwarm throughput, metrics on / off, median of {} rounds: {median:.3}× (overhead {:.1}%)\n",
+            "\nwarm throughput, metrics and traces on / off, median of {} rounds: {median:.3}× (overhead {:.1}%)\n",
             ratios.len(),
             (1.0 - median) * 100.0
         );

@@ -410,7 +410,11 @@ pub async fn run() {
                 .filter_map(|(a, b)| Some(a.as_ref()?.wrk.rate / b.as_ref()?.wrk.rate))
                 .collect();
             let shown: Vec<String> = per.iter().map(|r| format!("{r:.2}×")).collect();
-            println!("| {label} | {} | {} |", shown.join(" / "), median(&mut per));
+            println!(
+                "| {label} | {} | {} |",
+                shown.join(" / "),
+                median_text(&mut per)
+            );
         }
     }
 
@@ -425,12 +429,11 @@ pub async fn run() {
     stop(&mut yun.child, "INT").await;
 }
 
-fn median(v: &mut [f64]) -> String {
+fn median_text(v: &mut [f64]) -> String {
     if v.is_empty() {
         return "-".into();
     }
-    v.sort_by(f64::total_cmp);
-    format!("{:.2}×", (v[(v.len() - 1) / 2] + v[v.len() / 2]) / 2.0)
+    format!("{:.2}×", crate::median(v))
 }
 
 /// One measured wrk run, with the CPU of the target's processes around it.

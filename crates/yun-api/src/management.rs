@@ -467,6 +467,18 @@ async fn env_logs(
     ok(json!({ "logs": app.logs(&who, None, filter).await? }))
 }
 
+async fn create_backup(State(app): State<AppState>, KeyHolder(who): KeyHolder) -> ApiResult {
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "backup": app.create_backup(&who).await? })),
+    )
+        .into_response())
+}
+
+async fn list_backups(State(app): State<AppState>, KeyHolder(who): KeyHolder) -> ApiResult {
+    ok(json!({ "backups": app.list_backups(&who).await? }))
+}
+
 async fn list_alerts(State(app): State<AppState>, InEnv(who): InEnv) -> ApiResult {
     ok(json!({ "alerts": app.list_alerts(&who).await? }))
 }
@@ -1097,6 +1109,8 @@ pub fn management_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)
         route(Method::GET, "/api/v1/envs/{env}/logs", env_logs),
         route(Method::GET, "/api/v1/envs/{env}/usage", env_usage),
         route(Method::GET, "/api/v1/envs/{env}/alerts", list_alerts),
+        route(Method::GET, "/api/v1/backups", list_backups),
+        route(Method::POST, "/api/v1/backups", create_backup),
         route(Method::POST, "/api/v1/envs/{env}/alerts", create_alert),
         route(
             Method::DELETE,

@@ -128,6 +128,8 @@ operations! {
     ReadUsage => Admin,
     ManageAlerts => Admin,
     ListAlerts => Admin,
+    // A backup holds every env, keys and the master key included.
+    ManageBackups => Platform,
     // Metrics cover every env: the platform's operator only.
     ReadMetrics => Platform,
     // The database without rules (`database.rs`).

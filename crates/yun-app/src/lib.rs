@@ -73,6 +73,7 @@ pub struct App {
     trigger_signal: tokio::sync::watch::Sender<u64>,
     /// Set on SIGTERM: `/readyz` answers 503 while requests under way finish.
     draining: AtomicBool,
+    backups: Option<Arc<dyn ops::Backups>>,
 }
 
 /// The stores the use-cases run on, as the composition root picked them.
@@ -82,6 +83,8 @@ pub struct Stores {
     pub storage: Arc<yun_storage::Storage>,
     pub users: Arc<yun_users::Users>,
     pub events: Arc<dyn yun_events::EventBus>,
+    /// Backups of the data, where the backends support them.
+    pub backups: Option<Arc<dyn ops::Backups>>,
 }
 
 impl App {
@@ -97,6 +100,7 @@ impl App {
             storage,
             users,
             events,
+            backups,
         } = stores;
         let master = meta.master_key().await?;
         Ok(Self {
@@ -113,6 +117,7 @@ impl App {
             events,
             trigger_signal: tokio::sync::watch::Sender::new(0),
             draining: AtomicBool::new(false),
+            backups,
         })
     }
 

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use yun_meta::{InvocationRecord, MetaStore, NewLogLine, SpanRecord, UsageCounts, UsageIncrement};
 use yun_types::EnvId;
 
-use crate::ops::trace::{invocation_spans, TraceSpan};
+use crate::ops::trace::invocation_spans;
 use crate::ops::OtlpConfig;
 
 /// Queued log lines beyond this make function output wait (back-pressure), never drop.
@@ -35,7 +35,7 @@ pub struct Recorder {
 }
 
 /// Where the written spans go besides the store.
-type Export = Option<mpsc::Sender<(EnvId, TraceSpan)>>;
+type Export = Option<mpsc::Sender<SpanRecord>>;
 
 impl Recorder {
     /// Starts the writer; with `otlp`, traced invocations and spans are exported too.
@@ -169,12 +169,8 @@ async fn write(
 ) {
     if let Some(export) = export {
         let traced = records.iter().filter(|r| !r.trace_id.is_empty());
-        let invocations =
-            traced.flat_map(|r| invocation_spans(r).into_iter().map(|s| (r.env.clone(), s)));
-        let operations = spans
-            .iter()
-            .map(|s| (s.env.clone(), TraceSpan::from(s.clone())));
-        for span in invocations.chain(operations) {
+        let invocations = traced.flat_map(invocation_spans);
+        for span in invocations.chain(spans.iter().cloned()) {
             if export.try_send(span).is_err() {
                 tracing::warn!("OTLP export is behind: spans dropped");
                 break;

@@ -1751,3 +1751,38 @@ pub async fn alert(command: AlertCommand, conn: Connection) -> anyhow::Result<()
     }
     Ok(())
 }
+
+pub async fn backup_create(conn: Connection) -> anyhow::Result<()> {
+    let client = Client::connect(&conn)?;
+    let v = client
+        .request(Method::POST, "/api/v1/backups", None)
+        .await?;
+    output::emit(conn.json, &v, |v| {
+        let b = &v["backup"];
+        println!(
+            "Backup {} taken in {} ms: {} files, {} bytes",
+            text(b.get("id")),
+            text(b.get("duration_ms")),
+            text(b.get("files")),
+            text(b.get("file_bytes"))
+        );
+    });
+    Ok(())
+}
+
+pub async fn backup_list(conn: Connection) -> anyhow::Result<()> {
+    let client = Client::connect(&conn)?;
+    let v = client.request(Method::GET, "/api/v1/backups", None).await?;
+    output::emit(conn.json, &v, |v| {
+        println!("{:<28} {:>10} {:>14}", "ID", "FILES", "FILE BYTES");
+        for b in v["backups"].as_array().into_iter().flatten() {
+            println!(
+                "{:<28} {:>10} {:>14}",
+                text(b.get("id")),
+                text(b.get("files")),
+                text(b.get("file_bytes"))
+            );
+        }
+    });
+    Ok(())
+}

@@ -128,6 +128,12 @@ enum Command {
         #[command(flatten)]
         conn: Connection,
     },
+    /// Backups of the whole data folder: create and list (a platform key, through the
+    /// server), restore into a new data folder (here, from the data folder's backups).
+    Backup {
+        #[command(subcommand)]
+        command: BackupCommand,
+    },
     /// Alert rules: error rate, p95 duration, throttles or dead letters over a window,
     /// sent to a webhook when they fire and when they are resolved.
     Alert {
@@ -155,6 +161,31 @@ enum Command {
         mode: Option<String>,
         #[command(flatten)]
         conn: Connection,
+    },
+}
+
+#[derive(Subcommand)]
+enum BackupCommand {
+    /// Take a backup now, online: every store as of one moment, files and function code.
+    Create {
+        #[command(flatten)]
+        conn: Connection,
+    },
+    List {
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Make a new data folder of backup ID (of the data folder --data-dir); then run
+    /// `yun dev --data-dir TO` on it. The live data folder is only read.
+    Restore {
+        id: String,
+        #[arg(long)]
+        to: PathBuf,
+        #[arg(long, default_value = ".yun")]
+        data_dir: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -320,6 +351,7 @@ fn main() {
             Command::Db { command, conn } => commands::db(command, conn).await,
             Command::Trace { request_id, conn } => commands::trace(&request_id, conn).await,
             Command::Alert { command, conn } => commands::alert(command, conn).await,
+            Command::Backup { command } => backup(command).await,
             Command::Usage {
                 since,
                 by,
@@ -382,6 +414,33 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     output::dev_banner(&server);
     server.serve(shutdown_signal(args.drain)).await?;
     Ok(())
+}
+
+async fn backup(command: BackupCommand) -> anyhow::Result<()> {
+    match command {
+        BackupCommand::Create { conn } => commands::backup_create(conn).await,
+        BackupCommand::List { conn } => commands::backup_list(conn).await,
+        BackupCommand::Restore {
+            id,
+            to,
+            data_dir,
+            json,
+        } => {
+            let info = yun_server::backup::restore(&data_dir, &id, &to)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&info)?);
+            } else {
+                println!(
+                    "Restored backup {} ({} files) into {}: yun dev --data-dir {}",
+                    info.id,
+                    info.files,
+                    to.display(),
+                    to.display()
+                );
+            }
+            Ok(())
+        }
+    }
 }
 
 async fn doctor(node: &std::path::Path, json: bool) -> anyhow::Result<()> {

@@ -242,24 +242,27 @@ pub struct InvocationRecord {
     pub waited_ms: u64,
 }
 
-/// An operation inside a trace (a database or storage call); invocations are spans too,
-/// kept as their records.
+/// A span of a trace: an operation inside it (a database or storage call), stored as a
+/// row; or an invocation (or its wait for an instance), derived from its record.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SpanRecord {
     pub env: EnvId,
     pub trace_id: String,
     pub span_id: String,
     pub parent_span_id: Option<String>,
-    /// `db.find`, `storage.upload`, …
+    /// `invoke {function}`, `instance wait`, `db.find`, `storage.upload`, …
     pub name: String,
     /// Unix microseconds.
     pub start_us: i64,
     pub duration_us: u64,
-    /// `ok` or `error`.
+    /// `ok`, `error` or `unset`; an invocation's outcome (`success`, `timeout`, …).
     pub status: String,
-    /// The calling function, if a function made the call.
+    /// The function invoked, or the calling function, if a function made the call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub function: Option<String>,
+    /// The invocation, for invocation spans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// Usage counted per env, function and period (an hour or a day starting at

@@ -1339,6 +1339,7 @@ impl MetaStore for SqliteMetaStore {
                             duration_us: r.get(6)?,
                             status: r.get(7)?,
                             function: r.get(8)?,
+                            request_id: None,
                         })
                     })
                     .map_err(db_err)?

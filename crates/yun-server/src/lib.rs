@@ -2,6 +2,7 @@
 //! builds the [`App`], starts the functions runtime and serves every HTTP surface on one
 //! port; shuts down in reverse order (stop accepting, stop instances, flush records).
 
+pub mod backup;
 pub mod doctor;
 mod gateway;
 
@@ -515,6 +516,7 @@ impl Server {
             Arc::new(SqliteFileIndex::open(&meta_dir.join("files.db"))?),
             cfg.storage_limits,
         )?);
+        let storage_for_backups = storage.clone();
         let users = Arc::new(Users::new(Arc::new(SqliteUserStore::open(
             &meta_dir.join("users.db"),
         )?)));
@@ -612,6 +614,10 @@ impl Server {
                     storage,
                     users,
                     events,
+                    backups: Some(Arc::new(backup::LocalBackups::new(
+                        &cfg.data_dir,
+                        storage_for_backups,
+                    ))),
                 },
                 runtime,
                 recorder,

@@ -119,6 +119,17 @@ pub struct SqliteFileIndex {
     db: Sqlite,
 }
 
+/// The objects the files of an index copy (a backup's `files.db`) point at.
+pub fn objects_in_copy(path: &Path) -> Result<Vec<String>, YunError> {
+    let conn =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(db_err)?;
+    let mut stmt = conn.prepare("SELECT object FROM files").map_err(db_err)?;
+    let rows = stmt.query_map([], |r| r.get(0)).map_err(db_err)?;
+    rows.collect::<rusqlite::Result<Vec<String>>>()
+        .map_err(db_err)
+}
+
 impl SqliteFileIndex {
     pub fn open(path: &Path) -> Result<Self, YunError> {
         Ok(Self {

@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 use yun_types::{new_id, EnvId, ErrorCode, YunError};
 
-pub use index::{FileIndex, FileRecord, SqliteFileIndex};
+pub use index::{objects_in_copy, FileIndex, FileRecord, SqliteFileIndex};
 pub use path::{file_id, parse_file_id, CloudPath};
 pub use signing::{UploadGrant, UrlSigner};
 pub use thumbnail::ImageOps;
@@ -131,6 +131,9 @@ pub struct Storage {
     limits: StorageLimits,
     /// Image renders are CPU-bound: at most one per core at a time.
     renders: tokio::sync::Semaphore,
+    /// While a backup links objects, replaced and deleted files' objects are kept
+    /// (holds open, the files retired meanwhile).
+    held: std::sync::Mutex<(usize, Vec<FileRecord>)>,
 }
 
 /// An image rendering of a file.
@@ -162,7 +165,41 @@ impl Storage {
             renders: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             ),
+            held: std::sync::Mutex::new((0, Vec::new())),
         })
+    }
+
+    /// The folder of the local backend's objects (`None` on S3).
+    pub fn local_root(&self) -> Option<&std::path::Path> {
+        self.local_root.as_deref()
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, (usize, Vec<FileRecord>)> {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Keeps the objects of files replaced or deleted from now on until
+    /// [`Storage::release_objects`]: a backup links the objects of its snapshot of the
+    /// index meanwhile.
+    pub fn hold_objects(&self) {
+        self.held().0 += 1;
+    }
+
+    /// Ends a [`Storage::hold_objects`]; the last one deletes what was kept.
+    pub async fn release_objects(&self) {
+        let retired = {
+            let mut held = self.held();
+            held.0 = held.0.saturating_sub(1);
+            if held.0 > 0 {
+                return;
+            }
+            std::mem::take(&mut held.1)
+        };
+        for file in retired {
+            self.retire(&file).await;
+        }
     }
 
     /// Makes a new object durable before it becomes visible (local disk only).
@@ -305,6 +342,13 @@ impl Storage {
     /// Deletes the object of a file no index row points at any more, with its cached
     /// renderings; only images can have any, so other files cost no listing.
     async fn retire(&self, file: &FileRecord) {
+        {
+            let mut held = self.held();
+            if held.0 > 0 {
+                held.1.push(file.clone());
+                return;
+            }
+        }
         self.delete_object(&file.object).await;
         if thumbnail::renderable(&file.content_type) {
             self.delete_prefix(&renderings_of(&file.object)).await;

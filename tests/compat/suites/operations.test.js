@@ -361,6 +361,81 @@ test('alerts: a failing function trips an error-rate rule; the webhook gets it, 
   }
 });
 
+test('backups: taken online while writes go on, consistent across documents and files; a restore makes a new data folder as of then', async () => {
+  const live = await startYun();
+  let restored;
+  const restoreDir = fs.mkdtempSync(path.join(os.tmpdir(), 'yun-restored-'));
+  try {
+    const app = live.admin();
+    const db = app.database();
+    await live.cliJson(['db', 'create', 'notes']);
+    await live.cliJson(['db', 'create', 'pairs']);
+    await live.deploy('ops', 'ops');
+    for (const id of ['a', 'b', 'c']) await db.collection('notes').add({ _id: id, text: `note ${id}` });
+    const bytes = (seed, n) => Buffer.from(Array.from({ length: n }, (_, i) => (i * seed + seed) % 256));
+    const f1 = (await app.uploadFile({ cloudPath: 'keep/one.bin', fileContent: bytes(7, 300000) })).fileID;
+    const f2 = (await app.uploadFile({ cloudPath: 'keep/two.bin', fileContent: bytes(11, 5000) })).fileID;
+
+    // A writer that uploads a file, then records it: a consistent backup never holds a
+    // record without its file.
+    let writing = true;
+    const writer = (async () => {
+      for (let k = 0; writing; k++) {
+        const up = await app.uploadFile({ cloudPath: `pairs/${k}.bin`, fileContent: bytes(k % 251 + 1, 2000) });
+        await db.collection('pairs').add({ k, fileID: up.fileID });
+      }
+    })();
+    await sleep(300);
+    const envKey = await live.cliJson(['key', 'create']);
+    const refused = await live.cli(['backup', 'create'], { YUN_SECRET_ID: envKey.key.secret_id, YUN_SECRET_KEY: envKey.key.secret_key });
+    assert.notEqual(refused.code, 0, 'a backup holds every env: platform keys only');
+    const { backup } = await live.cliJson(['backup', 'create']);
+    await sleep(300);
+    writing = false;
+    await writer;
+    assert.ok(backup.files >= 2, JSON.stringify(backup));
+    assert.deepEqual((await live.cliJson(['backup', 'list'])).backups.map((b) => b.id), [backup.id]);
+
+    // After the backup: a change, a delete, an insert; a file deleted, one replaced, one added.
+    await db.collection('notes').doc('a').update({ text: 'changed' });
+    await db.collection('notes').doc('b').remove();
+    await db.collection('notes').add({ _id: 'd', text: 'after' });
+    await app.deleteFile({ fileList: [f1] });
+    await app.uploadFile({ cloudPath: 'keep/two.bin', fileContent: bytes(13, 9000) });
+    await app.uploadFile({ cloudPath: 'keep/three.bin', fileContent: bytes(17, 10) });
+
+    const notEmpty = await live.cli(['backup', 'restore', backup.id, '--data-dir', live.dataDir, '--to', live.dataDir]);
+    assert.notEqual(notEmpty.code, 0);
+    assert.match(notEmpty.stderr, /is not empty/);
+    const done = await live.cli(['backup', 'restore', backup.id, '--data-dir', live.dataDir, '--to', restoreDir, '--json']);
+    assert.equal(done.code, 0, done.stderr);
+
+    restored = await startYun([], { dataDir: restoreDir });
+    const rapp = restored.admin();
+    const rdb = rapp.database();
+    const notes = (await rdb.collection('notes').orderBy('_id', 'asc').get()).data;
+    assert.deepEqual(notes.map((n) => [n._id, n.text]), [['a', 'note a'], ['b', 'note b'], ['c', 'note c']]);
+    const one = await rapp.downloadFile({ fileID: f1 });
+    assert.ok(one.fileContent.equals(bytes(7, 300000)), 'a file deleted after the backup is back, byte for byte');
+    const two = await rapp.downloadFile({ fileID: f2 });
+    assert.ok(two.fileContent.equals(bytes(11, 5000)), 'a file replaced after the backup has its old bytes');
+    await assert.rejects(rapp.downloadFile({ fileID: f2.replace('two.bin', 'three.bin') }), { code: 'STORAGE_FILE_NONEXIST' });
+    const pairs = (await rdb.collection('pairs').limit(1000).get()).data;
+    assert.ok(pairs.length > 0, 'the backup caught some of the writer\'s work');
+    for (const pair of pairs) {
+      const file = await rapp.downloadFile({ fileID: pair.fileID });
+      assert.ok(file.fileContent.equals(bytes(pair.k % 251 + 1, 2000)), `record ${pair.k} has its file`);
+    }
+    const ran = await rapp.callFunction({ name: 'ops', data: { tag: 'restored' } });
+    assert.equal(ran.result.tag, 'restored', 'function code and records come back too');
+    // The live folder did not move.
+    assert.deepEqual((await db.collection('notes').orderBy('_id', 'asc').get()).data.map((n) => n._id), ['a', 'c', 'd']);
+  } finally {
+    if (restored) await restored.stop();
+    await live.stop();
+  }
+});
+
 test('readiness: /readyz answers 503 while draining on SIGTERM; requests are still served, then Yun stops', async () => {
   const draining = await startYun(['--drain', '3s']);
   try {

@@ -3,6 +3,7 @@
 //! `otlp.rs`), readiness and draining.
 
 mod alerts;
+mod backup;
 pub(crate) mod metrics;
 mod otlp;
 mod retention;
@@ -18,9 +19,10 @@ use yun_types::YunError;
 use crate::{App, Operation};
 
 pub use alerts::{Delivery, NewAlert};
+pub use backup::{BackupInfo, Backups};
 pub use metrics::{install_metrics, metrics_on, on_scrape};
 pub use otlp::OtlpConfig;
-pub use trace::{traced, Trace, TraceContext, TraceSpan};
+pub use trace::{traced, Trace, TraceContext};
 pub use usage::{UsageLine, UsageQuery, UsageReport};
 
 /// A database operation under way: counted in metrics and usage, and a span of the

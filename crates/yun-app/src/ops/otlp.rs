@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
-use yun_types::EnvId;
-
-use super::trace::TraceSpan;
+use yun_meta::SpanRecord;
 
 /// Spans waiting for export beyond this are dropped (and counted in the log): a
 /// receiver that is down must not hold up Yun.
@@ -77,8 +75,8 @@ impl OtlpConfig {
     }
 
     /// Starts the exporter task; spans sent to the returned queue are exported.
-    pub(crate) fn start(self) -> mpsc::Sender<(EnvId, TraceSpan)> {
-        let (spans, mut queue) = mpsc::channel::<(EnvId, TraceSpan)>(QUEUE);
+    pub(crate) fn start(self) -> mpsc::Sender<SpanRecord> {
+        let (spans, mut queue) = mpsc::channel::<SpanRecord>(QUEUE);
         tokio::spawn(async move {
             let client = reqwest::Client::builder()
                 .timeout(self.timeout)
@@ -142,13 +140,13 @@ fn string_attr(key: &str, value: &str) -> Value {
 }
 
 /// An `ExportTraceServiceRequest` in OTLP's JSON mapping (ids as hex, times as strings).
-fn export_request(service_name: &str, spans: &[(EnvId, TraceSpan)]) -> Value {
+fn export_request(service_name: &str, spans: &[SpanRecord]) -> Value {
     let spans: Vec<Value> = spans
         .iter()
-        .map(|(env, s)| {
+        .map(|s| {
             let start_ns = s.start_us.max(0) as u128 * 1000;
             let end_ns = start_ns + u128::from(s.duration_us) * 1000;
-            let mut attributes = vec![string_attr("yun.env", env.as_str())];
+            let mut attributes = vec![string_attr("yun.env", s.env.as_str())];
             if let Some(function) = &s.function {
                 attributes.push(string_attr("faas.name", function));
             }

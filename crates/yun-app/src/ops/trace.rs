@@ -144,41 +144,23 @@ impl OpSpan {
             duration_us: self.began.elapsed().as_micros() as u64,
             status: status.into(),
             function: function.map(str::to_owned),
+            request_id: None,
         });
     }
-}
-
-/// One span of a trace as `yun trace` shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct TraceSpan {
-    #[serde(skip)]
-    pub trace_id: String,
-    pub span_id: String,
-    pub parent_span_id: Option<String>,
-    /// `invoke {function}`, `instance wait`, `db.find`, …
-    pub name: String,
-    /// Unix microseconds.
-    pub start_us: i64,
-    pub duration_us: u64,
-    pub status: String,
-    /// The invocation, for invocation spans.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub request_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub function: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Trace {
     pub trace_id: String,
-    pub spans: Vec<TraceSpan>,
+    pub spans: Vec<SpanRecord>,
 }
 
 /// The spans an invocation record stands for: the invocation, and its wait for an
 /// instance when it waited.
-pub(crate) fn invocation_spans(record: &InvocationRecord) -> Vec<TraceSpan> {
+pub(crate) fn invocation_spans(record: &InvocationRecord) -> Vec<SpanRecord> {
     let start_us = record.started_at_ms * 1000;
-    let mut spans = vec![TraceSpan {
+    let mut spans = vec![SpanRecord {
+        env: record.env.clone(),
         trace_id: record.trace_id.clone(),
         span_id: record.span_id.clone(),
         parent_span_id: record.parent_span_id.clone(),
@@ -190,10 +172,11 @@ pub(crate) fn invocation_spans(record: &InvocationRecord) -> Vec<TraceSpan> {
         function: Some(record.function.to_string()),
     }];
     if record.waited_ms > 0 {
-        spans.push(TraceSpan {
+        spans.push(SpanRecord {
+            env: record.env.clone(),
             trace_id: record.trace_id.clone(),
-            // Derived, so the same on every read: the invocation's span id, its last
-            // digit's bits flipped.
+            // Derived, so the same on every read: the invocation's span id with its
+            // first four digits inverted.
             span_id: wait_span_id(&record.span_id),
             parent_span_id: Some(record.span_id.clone()),
             name: "instance wait".into(),
@@ -205,22 +188,6 @@ pub(crate) fn invocation_spans(record: &InvocationRecord) -> Vec<TraceSpan> {
         });
     }
     spans
-}
-
-impl From<SpanRecord> for TraceSpan {
-    fn from(s: SpanRecord) -> Self {
-        Self {
-            trace_id: s.trace_id,
-            span_id: s.span_id,
-            parent_span_id: s.parent_span_id,
-            name: s.name,
-            start_us: s.start_us,
-            duration_us: s.duration_us,
-            status: s.status,
-            request_id: None,
-            function: s.function,
-        }
-    }
 }
 
 fn wait_span_id(span_id: &str) -> String {
@@ -245,8 +212,8 @@ impl App {
                 )
             })?;
         let (invocations, spans) = self.meta.trace(&identity.env, &root.trace_id).await?;
-        let mut all: Vec<TraceSpan> = invocations.iter().flat_map(invocation_spans).collect();
-        all.extend(spans.into_iter().map(TraceSpan::from));
+        let mut all: Vec<SpanRecord> = invocations.iter().flat_map(invocation_spans).collect();
+        all.extend(spans);
         all.sort_by_key(|s| s.start_us);
         Ok(Trace {
             trace_id: root.trace_id,
