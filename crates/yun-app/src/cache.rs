@@ -20,6 +20,8 @@ use crate::App;
 pub(crate) struct LoadedFunction {
     pub record: FunctionRecord,
     pub spec: FunctionSpec,
+    /// Its metric handles, taken once rather than looked up by label per invocation.
+    pub metrics: crate::ops::metrics::FunctionMetrics,
 }
 
 /// A function's temporary credential as the text its invocations carry. Every event
@@ -124,6 +126,7 @@ impl App {
         let network = self.network_policy(env).await?;
         let loaded = Arc::new(LoadedFunction {
             spec: self.runtime_spec(&record, network),
+            metrics: crate::ops::metrics::FunctionMetrics::new(env, name),
             record,
         });
         write(&self.cache.functions, key, loaded.clone());

@@ -609,6 +609,9 @@ impl App {
                 .as_ref()
                 .map_or_else(|| request_id.clone(), |p| p.trace_id.clone()),
             span_id: yun_types::new_span_id(),
+            sampled: parent
+                .as_ref()
+                .map_or_else(|| self.settings.sample_root_trace(), |p| p.sampled),
         });
         let traceparent = trace.as_ref().map(TraceContext::header);
         let env = self.invocation_env(
@@ -637,8 +640,7 @@ impl App {
                         request_id: request_id.clone(),
                         event,
                         env,
-                        from_function: caller.parent_request_id.is_some()
-                            && matches!(identity.caller, Caller::Function { .. }),
+                        from_function: matches!(identity.caller, Caller::Function { .. }),
                         traceparent,
                     },
                 )
@@ -690,7 +692,11 @@ impl App {
                 version: loaded.record.version,
                 started_at_ms,
                 duration_ms,
-                billed_ms: duration_ms.max(1),
+                // What ran: not the wait for an instance, nothing for a call refused.
+                billed_ms: match status {
+                    InvocationStatus::Throttled => 0,
+                    _ => (report.duration.saturating_sub(report.waited).as_millis() as u64).max(1),
+                },
                 memory_peak_kb: report.memory_peak_kb,
                 status,
                 cold_start: report.cold_start,
@@ -709,14 +715,9 @@ impl App {
                 waited_ms: report.waited.as_millis() as u64,
             })
             .await;
-        crate::ops::metrics::invocation(
-            &identity.env,
-            name,
-            status,
-            report.cold_start,
-            report.duration,
-            report.waited,
-        );
+        loaded
+            .metrics
+            .record(status, report.cold_start, report.duration, report.waited);
         Ok(Invocation {
             request_id,
             result,

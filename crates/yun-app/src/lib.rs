@@ -55,6 +55,15 @@ pub struct AppSettings {
     pub region: String,
     /// Invocations and the operations they make are traced (`yun trace`).
     pub tracing: bool,
+    /// The share of traces an invocation starts (no `traceparent`) whose operation spans
+    /// are recorded, 0 to 1.
+    pub trace_sample_ratio: f64,
+}
+
+impl AppSettings {
+    fn sample_root_trace(&self) -> bool {
+        self.trace_sample_ratio >= 1.0 || rand::random::<f64>() < self.trace_sample_ratio
+    }
 }
 
 pub struct App {

@@ -23,7 +23,9 @@ const LINGER: std::time::Duration = std::time::Duration::from_millis(20);
 /// Counted usage is written at least this often.
 const USAGE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
-type UsageTally = Arc<Mutex<HashMap<(EnvId, String), UsageCounts>>>;
+/// Per env, per function: looked up by reference, so counting allocates only the first
+/// time an env and function are seen between writes.
+type UsageTally = Arc<Mutex<HashMap<EnvId, HashMap<String, UsageCounts>>>>;
 
 #[derive(Clone)]
 pub struct Recorder {
@@ -102,10 +104,16 @@ impl Recorder {
             .usage
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        tally
-            .entry((env.clone(), function.to_owned()))
-            .or_default()
-            .add(&counts);
+        let functions = match tally.get_mut(env) {
+            Some(functions) => functions,
+            None => tally.entry(env.clone()).or_default(),
+        };
+        match functions.get_mut(function) {
+            Some(counted) => counted.add(&counts),
+            None => {
+                functions.insert(function.to_owned(), counts);
+            }
+        }
     }
 
     /// The sender the functions runtime writes instance output to.
@@ -148,11 +156,15 @@ async fn write_usage(meta: &dyn MetaStore, tally: &UsageTally) {
     let at_ms = yun_types::unix_ms();
     let increments = counted
         .into_iter()
-        .map(|((env, function), counts)| UsageIncrement {
-            env,
-            function,
-            at_ms,
-            counts,
+        .flat_map(|(env, functions)| {
+            functions
+                .into_iter()
+                .map(move |(function, counts)| UsageIncrement {
+                    env: env.clone(),
+                    function,
+                    at_ms,
+                    counts,
+                })
         })
         .collect();
     if let Err(e) = meta.add_usage(increments).await {
@@ -177,19 +189,32 @@ async fn write(
             }
         }
     }
-    if !spans.is_empty() {
-        if let Err(e) = meta.append_spans(std::mem::take(spans)).await {
-            tracing::error!(error = %e, "could not store trace spans");
+    let (spans, lines, records) = (
+        std::mem::take(spans),
+        std::mem::take(lines),
+        std::mem::take(records),
+    );
+    let store_spans = async {
+        if !spans.is_empty() {
+            if let Err(e) = meta.append_spans(spans).await {
+                tracing::error!(error = %e, "could not store trace spans");
+            }
         }
-    }
-    if !lines.is_empty() {
-        if let Err(e) = meta.append_logs(std::mem::take(lines)).await {
-            tracing::error!(error = %e, "could not store function logs");
+    };
+    let store_lines = async {
+        if !lines.is_empty() {
+            if let Err(e) = meta.append_logs(lines).await {
+                tracing::error!(error = %e, "could not store function logs");
+            }
         }
-    }
-    if !records.is_empty() {
-        if let Err(e) = meta.append_invocations(std::mem::take(records)).await {
-            tracing::error!(error = %e, "could not store invocation records");
+    };
+    let store_records = async {
+        if !records.is_empty() {
+            if let Err(e) = meta.append_invocations(records).await {
+                tracing::error!(error = %e, "could not store invocation records");
+            }
         }
-    }
+    };
+    // Issued together, they share one commit of the store's writer (group commit).
+    tokio::join!(store_spans, store_lines, store_records);
 }

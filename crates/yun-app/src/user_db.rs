@@ -263,8 +263,9 @@ impl App {
         collection: &str,
         query: Value,
     ) -> Result<u64, YunError> {
-        let _op = self.db_operation(identity, Operation::UserCount)?;
         if single_id(&query).is_some() {
+            // A find of one document, measured and billed as that find.
+            Self::authorize(identity, Operation::UserCount)?;
             let found = self
                 .user_find(
                     identity,
@@ -280,6 +281,7 @@ impl App {
                 .await?;
             return Ok(found.len() as u64);
         }
+        let _op = self.db_operation(identity, Operation::UserCount)?;
         self.checker(identity, collection)
             .await?
             .read_query(&query)?;

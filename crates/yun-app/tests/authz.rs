@@ -183,6 +183,7 @@ async fn start_app(dir: &std::path::Path) -> App {
             npm_cache: dir.join("npm-cache"),
             region: "ap-shanghai".into(),
             tracing: true,
+            trace_sample_ratio: 1.0,
         },
     )
     .await

@@ -255,6 +255,10 @@ struct DevArgs {
     /// Record no traces (`yun trace`; OTLP export with OTEL_EXPORTER_OTLP_ENDPOINT).
     #[arg(long)]
     no_traces: bool,
+    /// The share of traces begun here (requests without a sampled `traceparent`) whose
+    /// database and storage calls are recorded as spans, 0 to 1.
+    #[arg(long, default_value_t = 1.0, value_parser = parse_ratio)]
+    trace_sample: f64,
     /// How often old function logs and records are deleted (per env limits:
     /// `yun env configure --log-retention … --log-max-mb …`).
     #[arg(long, default_value = "1m", value_parser = commands::parse_duration)]
@@ -266,6 +270,13 @@ struct DevArgs {
     /// load balancer stops sending requests; then stop. Ctrl-C stops at once.
     #[arg(long, default_value = "0s", value_parser = commands::parse_duration)]
     drain: std::time::Duration,
+}
+
+fn parse_ratio(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("expected a number from 0 to 1, not {text:?}")),
+    }
 }
 
 fn parse_uid_range(text: &str) -> Result<std::ops::RangeInclusive<u32>, String> {
@@ -407,6 +418,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         init_exe: std::env::current_exe().ok(),
         metrics: !args.no_metrics,
         tracing: !args.no_traces,
+        trace_sample_ratio: args.trace_sample,
         retention_every: args.retention_interval,
         alerts_every: args.alert_interval,
     })

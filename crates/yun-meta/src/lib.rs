@@ -154,12 +154,14 @@ pub trait MetaStore: Send + Sync + 'static {
         firing: bool,
         at_ms: i64,
     ) -> Result<()>;
-    /// The env's (or one function's) invocations that started at `since_ms` or later.
+    /// The env's (or one function's) invocations that started at `since_ms` or later;
+    /// `p95_ms` only `with_p95` (it sorts the window's durations).
     async fn invocation_stats(
         &self,
         env: &EnvId,
         function: Option<&FunctionName>,
         since_ms: i64,
+        with_p95: bool,
     ) -> Result<InvocationStats>;
     /// How many dead letters each function of the env has (those with any).
     async fn count_dead_letters(&self, env: &EnvId) -> Result<Vec<(FunctionName, u64)>>;

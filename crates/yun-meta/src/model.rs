@@ -208,7 +208,8 @@ pub struct InvocationRecord {
     /// Unix milliseconds.
     pub started_at_ms: i64,
     pub duration_ms: u64,
-    /// Duration rounded up to the next millisecond block SCF bills in (1 ms).
+    /// The run time billed: the duration without the wait for an instance, at least
+    /// 1 ms (SCF bills in 1 ms blocks); 0 for a throttled call, which never ran.
     pub billed_ms: u64,
     /// Peak resident memory of the instance in KiB, as last reported.
     pub memory_peak_kb: u64,
@@ -225,8 +226,8 @@ pub struct InvocationRecord {
     /// Bytes of the result returned to the caller (egress).
     #[serde(default)]
     pub response_bytes: u64,
-    /// The invocation whose code made this one happen (a `callFunction`, an async
-    /// invoke, a write that fired a trigger), if any.
+    /// The invocation whose code made this one happen (a `callFunction` or an async
+    /// invoke over its instance's channel), if any. Trigger deliveries are not linked yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_request_id: Option<String>,
     /// The W3C trace it belongs to (32 hex digits), its span (16) and the span that

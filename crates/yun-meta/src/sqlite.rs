@@ -1131,6 +1131,9 @@ impl MetaStore for SqliteMetaStore {
             }
         }
         let limit = q.filter.limit.unwrap_or(1000) as usize;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         self.db
             .read(move |conn| {
                 let (sql, params) = log_query_sql(&q);
@@ -1261,12 +1264,13 @@ impl MetaStore for SqliteMetaStore {
                     )
                     .and_then(|mut s| s.execute(params![env.as_str(), cutoff, batch]))
                     .map_err(db_err)? as u64;
-                tx.prepare_cached(
-                    "DELETE FROM spans WHERE env = ?1 AND start_us < ?2 AND (trace_id, span_id) IN
-                       (SELECT trace_id, span_id FROM spans WHERE env = ?1 AND start_us < ?2 LIMIT ?3)",
-                )
-                .and_then(|mut s| s.execute(params![env.as_str(), cutoff.saturating_mul(1000), batch]))
-                .map_err(db_err)?;
+                let spans = tx
+                    .prepare_cached(
+                        "DELETE FROM spans WHERE env = ?1 AND start_us < ?2 AND (trace_id, span_id) IN
+                           (SELECT trace_id, span_id FROM spans WHERE env = ?1 AND start_us < ?2 LIMIT ?3)",
+                    )
+                    .and_then(|mut s| s.execute(params![env.as_str(), cutoff.saturating_mul(1000), batch]))
+                    .map_err(db_err)? as u64;
                 // Usage is kept longer than logs: hours for 35 days, days for 400.
                 tx.prepare_cached(
                     "DELETE FROM usage WHERE env = ?1 AND ((period = 'hour' AND start_ms < ?2) OR (period = 'day' AND start_ms < ?3))",
@@ -1276,7 +1280,7 @@ impl MetaStore for SqliteMetaStore {
                 Ok(Pruned {
                     logs,
                     records,
-                    more: logs == u64::from(batch) || records == u64::from(batch),
+                    more: [logs, records, spans].contains(&u64::from(batch)),
                 })
             })
             .await
@@ -1313,7 +1317,8 @@ impl MetaStore for SqliteMetaStore {
             .read(move |conn| {
                 let mut stmt = conn
                     .prepare_cached(&format!(
-                        "SELECT {INVOCATION_COLS} FROM invocations WHERE trace_id = ?1 AND env = ?2 ORDER BY started_at_ms"
+                        "SELECT {INVOCATION_COLS} FROM invocations WHERE trace_id = ?1 AND trace_id != '' AND env = ?2
+                         ORDER BY started_at_ms LIMIT 10000"
                     ))
                     .map_err(db_err)?;
                 let invocations = stmt
@@ -1324,7 +1329,7 @@ impl MetaStore for SqliteMetaStore {
                 let mut stmt = conn
                     .prepare_cached(
                         "SELECT env, trace_id, span_id, parent_span_id, name, start_us, duration_us, status, function
-                         FROM spans WHERE trace_id = ?1 AND env = ?2 ORDER BY start_us",
+                         FROM spans WHERE trace_id = ?1 AND env = ?2 ORDER BY start_us LIMIT 10000",
                     )
                     .map_err(db_err)?;
                 let spans = stmt
@@ -1453,6 +1458,7 @@ impl MetaStore for SqliteMetaStore {
         env: &EnvId,
         function: Option<&FunctionName>,
         since_ms: i64,
+        with_p95: bool,
     ) -> Result<InvocationStats> {
         let (env, function) = (env.clone(), function.cloned());
         self.db
@@ -1466,7 +1472,7 @@ impl MetaStore for SqliteMetaStore {
                     .and_then(|mut s| s.query_row(params![env.as_str(), f, since_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))))
                     .map_err(db_err)?;
                 // Nearest rank: the ceil(0.95 n)-th smallest.
-                let p95_ms = if invocations == 0 {
+                let p95_ms = if invocations == 0 || !with_p95 {
                     0
                 } else {
                     let rank = (invocations * 95).div_ceil(100).max(1) - 1;
@@ -1474,8 +1480,10 @@ impl MetaStore for SqliteMetaStore {
                         "SELECT duration_ms FROM invocations WHERE env = ?1 AND (?2 IS NULL OR function = ?2) AND started_at_ms >= ?3
                          ORDER BY duration_ms LIMIT 1 OFFSET ?4",
                     )
-                    .and_then(|mut s| s.query_row(params![env.as_str(), f, since_ms, rank], |r| r.get(0)))
+                    .and_then(|mut s| s.query_row(params![env.as_str(), f, since_ms, rank], |r| r.get(0)).optional())
                     .map_err(db_err)?
+                    // Pruned between the two reads: no figure this time.
+                    .unwrap_or(0)
                 };
                 Ok(InvocationStats {
                     invocations,

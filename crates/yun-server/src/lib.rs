@@ -68,6 +68,8 @@ pub struct DevConfig {
     /// Traces of invocations and their operations, exported as OTLP when the
     /// `OTEL_EXPORTER_OTLP_*` variables name an endpoint.
     pub tracing: bool,
+    /// The share of root traces whose database and storage spans are recorded.
+    pub trace_sample_ratio: f64,
     /// How often log and record retention runs.
     pub retention_every: Duration,
     /// How often alert rules are evaluated.
@@ -605,6 +607,7 @@ impl Server {
             npm_cache,
             region: "ap-shanghai".into(),
             tracing: cfg.tracing,
+            trace_sample_ratio: cfg.trace_sample_ratio,
         };
         let app = Arc::new(
             App::new(
@@ -693,7 +696,11 @@ impl Server {
                     "draining: /readyz answers 503"
                 );
                 app.start_draining();
-                tokio::time::sleep(period).await;
+                // Ctrl-C still stops at once.
+                tokio::select! {
+                    _ = tokio::time::sleep(period) => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
             }
         };
         let router = yun_api::router(self.app.clone());

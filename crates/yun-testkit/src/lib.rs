@@ -125,6 +125,7 @@ impl TestYun {
             init_exe: yun_binary(),
             metrics: true,
             tracing: true,
+            trace_sample_ratio: 1.0,
             retention_every: Duration::from_secs(60),
             alerts_every: Duration::from_secs(15),
         })

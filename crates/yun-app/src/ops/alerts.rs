@@ -15,6 +15,8 @@ use crate::{App, Operation};
 
 /// Deliveries a webhook gets for one alert: the first and up to this many retries.
 const WEBHOOK_RETRIES: u32 = 4;
+/// Rules an env may have: each is evaluated every interval against the shared store.
+const MAX_RULES_PER_ENV: usize = 50;
 const WINDOW_S: std::ops::RangeInclusive<u64> = 1..=7 * 86_400;
 
 /// A rule as a caller asks for it.
@@ -92,6 +94,11 @@ impl App {
         let function = check(&new)?;
         if let Some(function) = &function {
             self.function(&identity.env, function).await?;
+        }
+        if self.meta.list_alerts(Some(&identity.env)).await?.len() >= MAX_RULES_PER_ENV {
+            return Err(YunError::invalid_param(format!(
+                "an env has at most {MAX_RULES_PER_ENV} alert rules"
+            )));
         }
         let rule = AlertRule {
             env: identity.env.clone(),
@@ -176,7 +183,12 @@ impl App {
         } else {
             let stats = self
                 .meta
-                .invocation_stats(&rule.env, rule.function.as_ref(), since)
+                .invocation_stats(
+                    &rule.env,
+                    rule.function.as_ref(),
+                    since,
+                    rule.metric == "p95_ms",
+                )
                 .await?;
             match rule.metric.as_str() {
                 "error_rate" if stats.invocations == 0 => 0.0,
@@ -225,8 +237,10 @@ async fn deliver(rule: &AlertRule, state: &str, value: f64) -> Delivery {
         "window_s": rule.window_s,
         "at_ms": yun_types::unix_ms(),
     });
+    // Redirects are not followed: the rule names where alerts go.
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap_or_default();
     let mut delivery = Delivery {

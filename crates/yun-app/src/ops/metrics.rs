@@ -37,7 +37,13 @@ const SECONDS_BUCKETS: &[f64] = &[
 /// every recording site costs a no-op call.
 pub fn install_metrics() {
     HANDLE.get_or_init(|| {
+        // Gauges are set when scraped: one not set at a scrape is of something gone (a
+        // deleted function, purged dead letters) and leaves the output.
         let built = PrometheusBuilder::new()
+            .idle_timeout(
+                metrics_util::MetricKindMask::GAUGE,
+                Some(Duration::from_secs(1)),
+            )
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
             .and_then(PrometheusBuilder::install_recorder);
         match built {
@@ -153,33 +159,63 @@ pub fn metrics_on() -> bool {
     HANDLE.get().is_some_and(Option::is_some)
 }
 
-/// One invocation's figures.
-pub(crate) fn invocation(
-    env: &EnvId,
-    function: &FunctionName,
-    status: InvocationStatus,
-    cold_start: bool,
-    duration: Duration,
-    waited: Duration,
-) {
-    if !metrics_on() {
-        return;
+/// A function's invocation metrics: handles taken when it is loaded (no-ops when
+/// metrics are off), so an invocation costs a few atomic adds, not label lookups.
+pub(crate) struct FunctionMetrics {
+    /// One per [`InvocationStatus`], in `OUTCOMES` order.
+    invocations: Vec<metrics::Counter>,
+    duration: metrics::Histogram,
+    wait: metrics::Histogram,
+    cold_starts: metrics::Counter,
+    throttles: metrics::Counter,
+}
+
+const OUTCOMES: [InvocationStatus; 6] = [
+    InvocationStatus::Success,
+    InvocationStatus::Error,
+    InvocationStatus::Timeout,
+    InvocationStatus::Crashed,
+    InvocationStatus::OutOfMemory,
+    InvocationStatus::Throttled,
+];
+
+impl FunctionMetrics {
+    pub fn new(env: &EnvId, function: &FunctionName) -> Self {
+        let (env, function) = (env.to_string(), function.to_string());
+        let labels = || [("env", env.clone()), ("function", function.clone())];
+        Self {
+            invocations: OUTCOMES
+                .iter()
+                .map(|o| {
+                    counter!("yun_invocations_total", "env" => env.clone(), "function" => function.clone(), "outcome" => o.as_str())
+                })
+                .collect(),
+            duration: metrics::histogram!("yun_invocation_duration_seconds", &labels()),
+            wait: metrics::histogram!("yun_instance_wait_seconds", &labels()),
+            cold_starts: counter!("yun_cold_starts_total", &labels()),
+            throttles: counter!("yun_throttles_total", &labels()),
+        }
     }
-    let (env, function) = (env.to_string(), function.to_string());
-    counter!("yun_invocations_total", "env" => env.clone(), "function" => function.clone(), "outcome" => status.as_str())
-        .increment(1);
-    metrics::histogram!("yun_invocation_duration_seconds", "env" => env.clone(), "function" => function.clone())
-        .record(duration);
-    if waited > Duration::ZERO {
-        metrics::histogram!("yun_instance_wait_seconds", "env" => env.clone(), "function" => function.clone())
-            .record(waited);
-    }
-    if cold_start {
-        counter!("yun_cold_starts_total", "env" => env.clone(), "function" => function.clone())
-            .increment(1);
-    }
-    if status == InvocationStatus::Throttled {
-        counter!("yun_throttles_total", "env" => env, "function" => function).increment(1);
+
+    /// One invocation's figures.
+    pub fn record(
+        &self,
+        status: InvocationStatus,
+        cold_start: bool,
+        duration: Duration,
+        waited: Duration,
+    ) {
+        if let Some(at) = OUTCOMES.iter().position(|o| *o == status) {
+            self.invocations[at].increment(1);
+        }
+        self.duration.record(duration);
+        self.wait.record(waited);
+        if cold_start {
+            self.cold_starts.increment(1);
+        }
+        if status == InvocationStatus::Throttled {
+            self.throttles.increment(1);
+        }
     }
 }
 

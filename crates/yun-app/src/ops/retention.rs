@@ -29,22 +29,29 @@ impl App {
         // What is queued counts against the limits too.
         self.recorder.flush().await;
         for env in self.meta.list_envs().await? {
-            let retention = self.env_settings(&env.id).await?.retention();
-            loop {
-                let pruned = self
-                    .meta
-                    .prune(&env.id, retention, yun_types::unix_ms(), BATCH)
-                    .await?;
-                if pruned.logs + pruned.records > 0 {
-                    tracing::debug!(env = %env.id, logs = pruned.logs, records = pruned.records, "retention");
-                }
-                if !pruned.more {
-                    break;
-                }
-                // Let queued writes in between batches.
-                tokio::task::yield_now().await;
+            // One env's failure leaves the others' retention running.
+            if let Err(e) = self.prune_env(&env.id).await {
+                tracing::warn!(env = %env.id, error = %e.message, "log retention: will try again");
             }
         }
         Ok(())
+    }
+
+    async fn prune_env(&self, env: &yun_types::EnvId) -> Result<(), yun_types::YunError> {
+        let retention = self.env_settings(env).await?.retention();
+        loop {
+            let pruned = self
+                .meta
+                .prune(env, retention, yun_types::unix_ms(), BATCH)
+                .await?;
+            if pruned.logs + pruned.records > 0 {
+                tracing::debug!(%env, logs = pruned.logs, records = pruned.records, "retention");
+            }
+            if !pruned.more {
+                return Ok(());
+            }
+            // Let queued writes in between batches.
+            tokio::task::yield_now().await;
+        }
     }
 }

@@ -23,6 +23,9 @@ pub struct TraceContext {
     pub trace_id: String,
     /// 16 lowercase hex digits.
     pub span_id: String,
+    /// W3C's sampled flag: operation spans are recorded only in sampled traces
+    /// (invocations always are: their records carry the ids anyway).
+    pub sampled: bool,
 }
 
 tokio::task_local! {
@@ -58,14 +61,17 @@ impl TraceContext {
         {
             return None;
         }
+        let sampled = u8::from_str_radix(flags, 16).is_ok_and(|f| f & 1 == 1);
         (is_hex(trace_id, 32) && is_hex(span_id, 16)).then(|| Self {
             trace_id: trace_id.to_owned(),
             span_id: span_id.to_owned(),
+            sampled,
         })
     }
 
     pub fn header(&self) -> String {
-        format!("00-{}-{}-01", self.trace_id, self.span_id)
+        let flags = if self.sampled { "01" } else { "00" };
+        format!("00-{}-{}-{flags}", self.trace_id, self.span_id)
     }
 
     /// The context requests run in now, if they are traced.
@@ -130,7 +136,9 @@ impl OpSpan {
 
     /// Records it (when traced): `status` is `ok`, `error` or `unset`.
     pub fn end_in(self, app: &App, env: &EnvId, function: Option<&str>, status: &str) {
-        let Some(context) = self.context else { return };
+        let Some(context) = self.context.filter(|c| c.sampled) else {
+            return;
+        };
         if !app.settings.tracing {
             return;
         }
@@ -236,6 +244,11 @@ mod tests {
             ok.header(),
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
         );
+        assert!(ok.sampled);
+        let unsampled =
+            TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00").unwrap();
+        assert!(!unsampled.sampled);
+        assert!(unsampled.header().ends_with("-00"));
         for bad in [
             "",
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
