@@ -824,6 +824,20 @@ fn report_line(r: &Value) -> Vec<String> {
 pub enum DbCommand {
     /// List the env's collections.
     Collections,
+    /// Point-in-time restore: a new data folder (INTO) as the data folder was at TIME —
+    /// the newest backup before it, and the changes that followed up to it. Runs here,
+    /// on the data folder's backups; the live folder is only read.
+    Restore {
+        /// RFC 3339 (2026-12-05T08:00:00Z) or Unix milliseconds.
+        #[arg(long, value_parser = crate::parse_time)]
+        to: i64,
+        #[arg(long)]
+        into: std::path::PathBuf,
+        #[arg(long, default_value = ".yun")]
+        data_dir: std::path::PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Create a collection.
     Create { name: String },
     /// Drop a collection with its documents and indexes.
@@ -1257,6 +1271,8 @@ fn json_arg(flag: &str, text: Option<String>) -> anyhow::Result<Option<Value>> {
 pub async fn db(command: DbCommand, conn: Connection) -> anyhow::Result<()> {
     let client = Client::connect(&conn)?;
     match command {
+        // Handled before a connection is made (`main.rs`).
+        DbCommand::Restore { .. } => anyhow::bail!("yun db restore runs without a server"),
         DbCommand::Collections => {
             print_list(
                 &client,

@@ -175,12 +175,17 @@ enum BackupCommand {
         #[command(flatten)]
         conn: Connection,
     },
-    /// Make a new data folder of backup ID (of the data folder --data-dir); then run
-    /// `yun dev --data-dir TO` on it. The live data folder is only read.
+    /// Make a new data folder of backup ID (of the data folder --data-dir), as it was
+    /// then, or with --at as it was at that time (replayed from the change logs, which
+    /// keep a week); then run `yun dev --data-dir TO` on it. The live folder is only read.
     Restore {
-        id: String,
+        /// The backup (default with --at: the newest taken before that time).
+        id: Option<String>,
         #[arg(long)]
         to: PathBuf,
+        /// RFC 3339 (2026-12-05T08:00:00Z) or Unix milliseconds.
+        #[arg(long, value_parser = parse_time)]
+        at: Option<i64>,
         #[arg(long, default_value = ".yun")]
         data_dir: PathBuf,
         /// Print JSON instead of text.
@@ -359,6 +364,16 @@ fn main() {
                 mode,
                 conn,
             } => commands::deploy_project(&dir, &names, mode.as_deref(), conn).await,
+            Command::Db {
+                command:
+                    commands::DbCommand::Restore {
+                        to,
+                        into,
+                        data_dir,
+                        json,
+                    },
+                ..
+            } => restore(&data_dir, None, &into, Some(to), json).await,
             Command::Db { command, conn } => commands::db(command, conn).await,
             Command::Trace { request_id, conn } => commands::trace(&request_id, conn).await,
             Command::Alert { command, conn } => commands::alert(command, conn).await,
@@ -435,24 +450,63 @@ async fn backup(command: BackupCommand) -> anyhow::Result<()> {
         BackupCommand::Restore {
             id,
             to,
+            at,
             data_dir,
             json,
-        } => {
-            let info = yun_server::backup::restore(&data_dir, &id, &to)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&info)?);
-            } else {
-                println!(
-                    "Restored backup {} ({} files) into {}: yun dev --data-dir {}",
-                    info.id,
-                    info.files,
-                    to.display(),
-                    to.display()
-                );
-            }
-            Ok(())
-        }
+        } => restore(&data_dir, id, &to, at, json).await,
     }
+}
+
+/// A backup restored into a new data folder, at the time `at` when given.
+async fn restore(
+    data_dir: &std::path::Path,
+    id: Option<String>,
+    to: &std::path::Path,
+    at: Option<i64>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let id = match (id, at) {
+        (Some(id), _) => id,
+        (None, Some(at)) => yun_server::backup::list_in(data_dir)
+            .into_iter()
+            .rev()
+            .find(|b| b.created_at_ms <= at)
+            .map(|b| b.id)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no backup of {} was taken before that time",
+                    data_dir.display()
+                )
+            })?,
+        (None, None) => anyhow::bail!("name a backup, or a time with --at"),
+    };
+    let info = yun_server::backup::restore(data_dir, &id, to, at).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+    } else {
+        println!(
+            "Restored backup {}{} into {}: yun dev --data-dir {}",
+            info.id,
+            if at.is_some() {
+                " and the changes that followed it"
+            } else {
+                ""
+            },
+            to.display(),
+            to.display()
+        );
+    }
+    Ok(())
+}
+
+/// RFC 3339, or Unix milliseconds.
+fn parse_time(text: &str) -> Result<i64, String> {
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(ms);
+    }
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+        .map_err(|e| format!("expected RFC 3339 or Unix milliseconds: {e}"))
 }
 
 async fn doctor(node: &std::path::Path, json: bool) -> anyhow::Result<()> {

@@ -548,6 +548,44 @@ impl DocDb {
         .await
     }
 
+    /// Applies change-log entries of `env` in order, each leaving its document as the
+    /// entry says (a point-in-time restore replays what followed a backup). One write.
+    pub async fn replay(
+        &self,
+        env: &EnvId,
+        changes: Vec<yun_types::changes::ChangeEntry>,
+    ) -> Result<(), YunError> {
+        run(&*self.store, env, Access::Write, move |txn| {
+            for change in &changes {
+                if change.op == "drop" {
+                    txn.drop_collection(&change.target)?;
+                    continue;
+                }
+                if !txn.collection_exists(&change.target)? {
+                    txn.create_collection(&change.target)?;
+                }
+                let mut writer = IndexedWriter::new(txn, &change.target)?;
+                match &change.after {
+                    Some(text) => {
+                        let doc: Value = serde_json::from_str(text).map_err(|e| {
+                            YunError::internal(format!("a logged document does not decode: {e}"))
+                        })?;
+                        if writer.get(&change.key)?.is_some() {
+                            writer.replace(&change.key, &doc)?;
+                        } else {
+                            writer.insert(&change.key, &doc)?;
+                        }
+                    }
+                    None => {
+                        writer.delete(&change.key)?;
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// Documents in all of the env's collections (usage reports).
     pub async fn document_count(&self, env: &EnvId) -> Result<u64, YunError> {
         run(&*self.store, env, Access::Read, |txn| {

@@ -153,22 +153,34 @@ impl Backups for LocalBackups {
     }
 
     async fn list(&self) -> Result<Vec<BackupInfo>, YunError> {
-        let dir = self.data_dir.join("backups");
-        let mut found: Vec<BackupInfo> = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries
-                .filter_map(Result::ok)
-                .filter_map(|e| read_manifest(&e.path()))
-                .collect(),
-            Err(_) => Vec::new(),
-        };
-        found.sort_by_key(|b| b.created_at_ms);
-        Ok(found)
+        Ok(list_in(&self.data_dir))
     }
 }
 
-/// Makes `to` a data folder holding backup `id` of `data_dir`: start `yun dev --data-dir
-/// TO` on it. `to` must not exist, or be empty; the live folder is only read.
-pub fn restore(data_dir: &Path, id: &str, to: &Path) -> Result<BackupInfo, ServerError> {
+/// The backups of a data folder, oldest first.
+pub fn list_in(data_dir: &Path) -> Vec<BackupInfo> {
+    let mut found: Vec<BackupInfo> = match std::fs::read_dir(data_dir.join("backups")) {
+        Ok(entries) => entries
+            .filter_map(Result::ok)
+            .filter_map(|e| read_manifest(&e.path()))
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    found.sort_by_key(|b| b.created_at_ms);
+    found
+}
+
+/// Makes `to` a data folder holding backup `id` of `data_dir`, and with `at`, as of that
+/// moment: what followed the backup up to `at` is replayed from the live folder's change
+/// logs (documents and files; retired file objects are kept as long as the logs). Start
+/// `yun dev --data-dir TO` on it. `to` must not exist, or be empty; the live folder is
+/// only read.
+pub async fn restore(
+    data_dir: &Path,
+    id: &str,
+    to: &Path,
+    at: Option<i64>,
+) -> Result<BackupInfo, ServerError> {
     let backup = data_dir.join("backups").join(id);
     let info = read_manifest(&backup).ok_or_else(|| {
         YunError::new(
@@ -176,6 +188,12 @@ pub fn restore(data_dir: &Path, id: &str, to: &Path) -> Result<BackupInfo, Serve
             format!("no backup {id} in {}", data_dir.join("backups").display()),
         )
     })?;
+    if at.is_some_and(|at| at < info.created_at_ms) {
+        return Err(YunError::invalid_param(format!(
+            "backup {id} was taken after that time: restore an earlier one"
+        ))
+        .into());
+    }
     if std::fs::read_dir(to).is_ok_and(|mut entries| entries.next().is_some()) {
         return Err(YunError::invalid_param(format!(
             "{} is not empty: a backup is restored into a new data folder (start yun dev --data-dir on it)",
@@ -212,5 +230,74 @@ pub fn restore(data_dir: &Path, id: &str, to: &Path) -> Result<BackupInfo, Serve
         std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600))
             .map_err(io_err("cannot protect", &target))?;
     }
+    if let Some(at) = at {
+        replay_until(data_dir, to, at).await?;
+    }
     Ok(info)
+}
+
+/// The live change entries of `store` that follow the restored copy's, up to `at`;
+/// an error when the live log no longer reaches back to the copy.
+fn changes_since_copy(
+    live: &Path,
+    copy: &Path,
+    at: i64,
+) -> Result<Vec<yun_types::changes::ChangeEntry>, YunError> {
+    let from = yun_sqlite::changelog::last_seq_of_file(copy)?;
+    let (changes, oldest) = yun_sqlite::changelog::read_file(live, from, at)?;
+    if oldest.is_some_and(|oldest| oldest > from + 1) {
+        return Err(YunError::invalid_param(format!(
+            "the change log of {} no longer reaches back to the backup (it keeps a week): restore a later backup",
+            live.display()
+        )));
+    }
+    Ok(changes)
+}
+
+/// Replays documents and files from the live folder's change logs onto the restored one.
+async fn replay_until(data_dir: &Path, to: &Path, at: i64) -> Result<(), ServerError> {
+    let (live, restored) = (data_dir.join("meta"), to.join("meta"));
+    let documents = changes_since_copy(
+        &live.join("documents.db"),
+        &restored.join("documents.db"),
+        at,
+    )?;
+    let files = changes_since_copy(&live.join("files.db"), &restored.join("files.db"), at)?;
+    {
+        let docdb = yun_docdb::DocDb::new(
+            Arc::new(yun_docdb::sqlite::SqliteDocStore::open(
+                &restored.join("documents.db"),
+            )?),
+            yun_docdb::Limits::default(),
+        );
+        let mut by_env: std::collections::BTreeMap<String, Vec<_>> = Default::default();
+        for change in documents {
+            by_env.entry(change.env.clone()).or_default().push(change);
+        }
+        for (env, changes) in by_env {
+            let env =
+                yun_types::EnvId::parse(&env).map_err(|e| YunError::internal(e.to_string()))?;
+            docdb.replay(&env, changes).await?;
+        }
+    }
+    let index = yun_storage::SqliteFileIndex::open(&restored.join("files.db"))?;
+    yun_storage::replay_index(&index, &files).await?;
+    drop(index);
+    // The bytes of the files the restored index now names, from the live folder (kept
+    // there when retired since).
+    let root = data_dir.join("files");
+    for object in yun_storage::objects_in_copy(&restored.join("files.db"))? {
+        let target = to.join("files").join(&object);
+        if target.exists() {
+            continue;
+        }
+        let source = yun_storage::find_object(&root, &object).ok_or_else(|| {
+            YunError::internal(format!(
+                "the bytes of object {object} are gone from {} (kept a week after a file is replaced or deleted)",
+                root.display()
+            ))
+        })?;
+        link_file(&source, &target).map_err(io_err("cannot link", &source))?;
+    }
+    Ok(())
 }

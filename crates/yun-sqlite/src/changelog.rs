@@ -27,6 +27,59 @@ CREATE INDEX changes_by_env ON changes (env, seq);
 CREATE TABLE change_cursors (name TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
 "#;
 
+/// The change log of a database file another process may be writing (a point-in-time
+/// restore reads the live one): the entries after `after` committed by `until_ms`, and the
+/// oldest `seq` it still holds (retention drops old entries).
+pub fn read_file(
+    path: &std::path::Path,
+    after: u64,
+    until_ms: i64,
+) -> Result<(Vec<ChangeEntry>, Option<u64>), YunError> {
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(db_err)?;
+    conn.execute_batch("PRAGMA busy_timeout=5000; BEGIN;")
+        .map_err(db_err)?;
+    let oldest: Option<i64> = conn
+        .query_row("SELECT min(seq) FROM changes", [], |r| r.get(0))
+        .map_err(db_err)?;
+    let mut stmt = conn
+        .prepare(
+            "SELECT seq, env, origin, target, op, key, before, after, at FROM changes WHERE seq > ?1 AND at <= ?2 ORDER BY seq",
+        )
+        .map_err(db_err)?;
+    let entries = stmt
+        .query_map(params![after as i64, until_ms], entry)
+        .map_err(db_err)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(db_err)?;
+    Ok((entries, oldest.map(|s| s as u64)))
+}
+
+/// The newest `seq` of a database file's change log (0 when empty).
+pub fn last_seq_of_file(path: &std::path::Path) -> Result<u64, YunError> {
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(db_err)?;
+    conn.query_row("SELECT coalesce(max(seq), 0) FROM changes", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map(|s| s as u64)
+    .map_err(db_err)
+}
+
+fn entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChangeEntry> {
+    Ok(ChangeEntry {
+        seq: r.get::<_, i64>(0)? as u64,
+        env: r.get(1)?,
+        origin: r.get(2)?,
+        target: r.get(3)?,
+        op: r.get(4)?,
+        key: r.get(5)?,
+        before: r.get(6)?,
+        after: r.get(7)?,
+        at_ms: r.get(8)?,
+    })
+}
+
 /// Appends `change` for `env` in the transaction open on `conn`; the writer is the one
 /// running on this thread ([`yun_types::changes::writing`]).
 pub fn append(conn: &Connection, env: &str, change: &NewChange<'_>) -> Result<(), YunError> {
@@ -60,19 +113,7 @@ impl ChangeLog for Sqlite {
                 )
                 .map_err(db_err)?;
             let rows = stmt
-                .query_map(params![after as i64, limit as i64], |r| {
-                    Ok(ChangeEntry {
-                        seq: r.get::<_, i64>(0)? as u64,
-                        env: r.get(1)?,
-                        origin: r.get(2)?,
-                        target: r.get(3)?,
-                        op: r.get(4)?,
-                        key: r.get(5)?,
-                        before: r.get(6)?,
-                        after: r.get(7)?,
-                        at_ms: r.get(8)?,
-                    })
-                })
+                .query_map(params![after as i64, limit as i64], entry)
                 .map_err(db_err)?;
             rows.collect::<Result<_, _>>().map_err(db_err)
         })

@@ -92,6 +92,43 @@ fn select_one(
     .map_err(db_err)
 }
 
+/// A record as the change log keeps it: with its object (a point-in-time restore needs
+/// the bytes; trigger events take only the public fields).
+fn logged(record: &FileRecord) -> Result<String, YunError> {
+    let mut value = serde_json::to_value(record).map_err(db_err)?;
+    value["object"] = serde_json::Value::String(record.object.clone());
+    serde_json::to_string(&value).map_err(db_err)
+}
+
+/// A record from the change log (see [`logged`]).
+pub fn record_from_log(text: &str) -> Result<FileRecord, YunError> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(db_err)?;
+    let object = value["object"].as_str().unwrap_or_default().to_owned();
+    let mut record: FileRecord = serde_json::from_value(value).map_err(db_err)?;
+    record.object = object;
+    Ok(record)
+}
+
+/// Applies file change-log entries (`created`, `removed`) to `index` in order: a
+/// point-in-time restore replays what followed a backup.
+pub async fn replay_index(
+    index: &dyn FileIndex,
+    changes: &[yun_types::changes::ChangeEntry],
+) -> Result<(), YunError> {
+    for change in changes {
+        let env = EnvId::parse(&change.env).map_err(|e| YunError::internal(e.to_string()))?;
+        match &change.after {
+            Some(text) => {
+                index.put(&env, record_from_log(text)?).await?;
+            }
+            None => {
+                index.delete(&env, &change.key).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn log_change(
     conn: &rusqlite::Connection,
     env: &str,
@@ -100,7 +137,7 @@ fn log_change(
     before: Option<&FileRecord>,
     after: Option<&FileRecord>,
 ) -> Result<(), YunError> {
-    let text = |r: Option<&FileRecord>| r.map(serde_json::to_string).transpose().map_err(db_err);
+    let text = |r: Option<&FileRecord>| r.map(logged).transpose();
     let (before, after) = (text(before)?, text(after)?);
     yun_sqlite::changelog::append(
         conn,

@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 use yun_types::{new_id, EnvId, ErrorCode, YunError};
 
-pub use index::{objects_in_copy, FileIndex, FileRecord, SqliteFileIndex};
+pub use index::{objects_in_copy, replay_index, FileIndex, FileRecord, SqliteFileIndex};
 pub use path::{file_id, parse_file_id, CloudPath};
 pub use signing::{UploadGrant, UrlSigner};
 pub use thumbnail::ImageOps;
@@ -142,6 +142,29 @@ pub struct Rendered {
     pub content_type: &'static str,
 }
 
+/// Where retired objects wait (a `.` cannot start an env id).
+const RETIRED: &str = ".retired";
+const HOUR_MS: i64 = 3_600_000;
+
+fn retired_path(root: &std::path::Path, at_ms: i64, object: &str) -> std::path::PathBuf {
+    root.join(RETIRED)
+        .join((at_ms.div_euclid(HOUR_MS) * HOUR_MS).to_string())
+        .join(object)
+}
+
+/// The bytes of `object` under the local root `root`: live, or retired and still kept.
+pub fn find_object(root: &std::path::Path, object: &str) -> Option<std::path::PathBuf> {
+    let live = root.join(object);
+    if live.exists() {
+        return Some(live);
+    }
+    std::fs::read_dir(root.join(RETIRED))
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|hour| hour.path().join(object))
+        .find(|p| p.exists())
+}
+
 /// Where renderings of an object are cached. A `.` cannot start an env id, so this never
 /// meets an env's objects; keyed by object, a replaced file's renderings are never served.
 fn renderings_of(object: &str) -> String {
@@ -167,6 +190,33 @@ impl Storage {
             ),
             held: std::sync::Mutex::new((0, Vec::new())),
         })
+    }
+
+    /// Deletes the retired objects older than `keep` (local disk only).
+    pub async fn sweep_retired(&self, keep: std::time::Duration) {
+        let Some(root) = self.local_root.clone() else {
+            return;
+        };
+        let cutoff = yun_types::unix_ms() - keep.as_millis() as i64;
+        let swept = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let dir = root.join(RETIRED);
+            let Ok(hours) = std::fs::read_dir(&dir) else {
+                return Ok(());
+            };
+            for hour in hours {
+                let hour = hour?;
+                let start: i64 = hour.file_name().to_string_lossy().parse().unwrap_or(0);
+                // The whole hour is past the window.
+                if start + HOUR_MS < cutoff {
+                    std::fs::remove_dir_all(hour.path())?;
+                }
+            }
+            Ok(())
+        })
+        .await;
+        if let Ok(Err(e)) = swept {
+            tracing::warn!(error = %e, "could not sweep retired objects");
+        }
     }
 
     /// The folder of the local backend's objects (`None` on S3).
@@ -349,7 +399,28 @@ impl Storage {
                 return;
             }
         }
-        self.delete_object(&file.object).await;
+        // On disk, the bytes wait out the restore window under `.retired/{hour}/`, for a
+        // point-in-time restore to find ([`find_object`]); `sweep_retired` ends them.
+        match &self.local_root {
+            Some(root) => {
+                let (from, to) = (
+                    root.join(&file.object),
+                    retired_path(root, yun_types::unix_ms(), &file.object),
+                );
+                let moved = tokio::task::spawn_blocking(move || {
+                    std::fs::create_dir_all(to.parent().unwrap_or(&to))?;
+                    std::fs::rename(&from, &to)
+                })
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r);
+                if let Err(e) = moved {
+                    tracing::warn!(object = %file.object, error = %e, "could not keep a retired object");
+                    self.delete_object(&file.object).await;
+                }
+            }
+            None => self.delete_object(&file.object).await,
+        }
         if thumbnail::renderable(&file.content_type) {
             self.delete_prefix(&renderings_of(&file.object)).await;
         }

@@ -431,6 +431,35 @@ test('backups: taken online while writes go on, consistent across documents and 
     assert.equal(ran.result.tag, 'restored', 'function code and records come back too');
     // The live folder did not move.
     assert.deepEqual((await db.collection('notes').orderBy('_id', 'asc').get()).data.map((n) => n._id), ['a', 'c', 'd']);
+    await restored.stop();
+    restored = null;
+
+    // Point in time: the state at t1, between two rounds of changes, from the backup and
+    // the change logs (files retired after t1 are still found).
+    await sleep(50);
+    const t1 = Date.now();
+    await sleep(50);
+    await db.collection('notes').doc('c').update({ text: 'later' });
+    await db.collection('notes').doc('d').remove();
+    await app.deleteFile({ fileList: [f2.replace('two.bin', 'three.bin')] });
+    await app.uploadFile({ cloudPath: 'keep/two.bin', fileContent: bytes(19, 100) });
+    const atDir = fs.mkdtempSync(path.join(os.tmpdir(), 'yun-at-'));
+    const pitr = await live.cli(['db', 'restore', '--to', new Date(t1).toISOString(), '--into', atDir, '--data-dir', live.dataDir]);
+    assert.equal(pitr.code, 0, pitr.stderr);
+    assert.match(pitr.stdout, new RegExp(`Restored backup ${backup.id} and the changes that followed it`));
+    const early = await live.cli(['db', 'restore', '--to', String(backup.created_at_ms - 60000), '--into', fs.mkdtempSync(path.join(os.tmpdir(), 'yun-at-')), '--data-dir', live.dataDir]);
+    assert.notEqual(early.code, 0);
+    assert.match(early.stderr, /no backup .* was taken before that time/);
+    restored = await startYun([], { dataDir: atDir });
+    const adb = restored.admin().database();
+    const atNotes = (await adb.collection('notes').orderBy('_id', 'asc').get()).data;
+    assert.deepEqual(atNotes.map((n) => [n._id, n.text]), [['a', 'changed'], ['c', 'note c'], ['d', 'after']]);
+    const ratapp = restored.admin();
+    await assert.rejects(ratapp.downloadFile({ fileID: f1 }), { code: 'STORAGE_FILE_NONEXIST' });
+    assert.ok((await ratapp.downloadFile({ fileID: f2 })).fileContent.equals(bytes(13, 9000)), 'the version of t1, retired since');
+    assert.ok((await ratapp.downloadFile({ fileID: f2.replace('two.bin', 'three.bin') })).fileContent.equals(bytes(17, 10)), 'deleted after t1, back');
+    const indexed = await adb.collection('notes').where({ text: 'after' }).get();
+    assert.deepEqual(indexed.data.map((n) => n._id), ['d']);
   } finally {
     if (restored) await restored.stop();
     await live.stop();

@@ -28,6 +28,10 @@ impl App {
     async fn enforce_retention(&self) -> Result<(), yun_types::YunError> {
         // What is queued counts against the limits too.
         self.recorder.flush().await;
+        // Retired file objects are kept as long as the change log that could need them.
+        self.storage
+            .sweep_retired(yun_types::changes::ChangeRetention::default().max_age)
+            .await;
         for env in self.meta.list_envs().await? {
             // One env's failure leaves the others' retention running.
             if let Err(e) = self.prune_env(&env.id).await {
