@@ -152,7 +152,7 @@ fn rss_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -405,6 +405,7 @@ async fn wait_http(url: &str) {
 }
 
 mod auth;
+mod backup;
 mod db;
 mod events;
 mod load;
@@ -430,6 +431,10 @@ async fn main() {
         Some("functions") => functions().await,
         Some("sandbox") => sandbox().await,
         Some("metrics") => metrics_overhead().await,
+        Some("backup") => {
+            let yun = spawn_yun(&yun_bin(), &[]).await;
+            backup::run(&yun).await;
+        }
         Some("peers") => peers::run().await,
         Some("queries") => {
             let yun = spawn_yun(&yun_bin(), &[]).await;
@@ -467,7 +472,7 @@ async fn main() {
             );
         }
         Some(other) => {
-            eprintln!("usage: yun-bench [functions|first-start|sandbox|metrics|peers|queries|events|db|storage|auth|load URL [CONNECTIONS]] (got {other:?})")
+            eprintln!("usage: yun-bench [functions|first-start|sandbox|metrics|backup|peers|queries|events|db|storage|auth|load URL [CONNECTIONS]] (got {other:?})")
         }
     }
 }

@@ -95,7 +95,7 @@ fn file_chunks(source: &Path) -> reqwest::Body {
     reqwest::Body::wrap_stream(chunks)
 }
 
-async fn put_file(http: &reqwest::Client, yun: &Yun, path: &str, source: &Path) {
+pub(crate) async fn put_file(http: &reqwest::Client, yun: &Yun, path: &str, source: &Path) {
     let body = file_chunks(source);
     let res = http
         .put(file_route(yun, path))
