@@ -581,7 +581,11 @@ impl Runtime {
         loop {
             let admitting = Instant::now();
             let admitted = self.admit(&pool, arrived, !from_function).await;
-            waited += admitting.elapsed();
+            // An admission at once is no wait (its microseconds are the pool's own).
+            let took = admitting.elapsed();
+            if took >= Duration::from_millis(1) {
+                waited += took;
+            }
             let lane = match admitted {
                 Ok(Some(lane)) => lane,
                 Ok(None) => match self.cold_instance(spec, &pool).await {

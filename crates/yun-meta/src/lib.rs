@@ -75,10 +75,12 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn query_logs(&self, query: &LogQuery) -> Result<Vec<LogLine>>;
     /// Stores spans of traced operations (batches from the background writer).
     async fn append_spans(&self, spans: Vec<SpanRecord>) -> Result<()>;
-    /// A trace of the env: its invocations (spans themselves) and its operation spans.
+    /// The trace of invocation `request_id` (of trace `trace_id`): it and the invocations
+    /// it caused (spans themselves), and the trace's operation spans.
     async fn trace(
         &self,
         env: &EnvId,
+        request_id: &str,
         trace_id: &str,
     ) -> Result<(Vec<InvocationRecord>, Vec<SpanRecord>)>;
     /// Bytes the env's log lines count for against its size limit.

@@ -168,7 +168,6 @@ ALTER TABLE invocations ADD COLUMN trace_id TEXT NOT NULL DEFAULT '';
 ALTER TABLE invocations ADD COLUMN span_id TEXT NOT NULL DEFAULT '';
 ALTER TABLE invocations ADD COLUMN parent_span_id TEXT;
 ALTER TABLE invocations ADD COLUMN waited_ms INTEGER NOT NULL DEFAULT 0;
-CREATE INDEX invocations_by_trace ON invocations(trace_id) WHERE trace_id != '';
 CREATE TABLE spans (
     env TEXT NOT NULL,
     trace_id TEXT NOT NULL,
@@ -1310,19 +1309,24 @@ impl MetaStore for SqliteMetaStore {
     async fn trace(
         &self,
         env: &EnvId,
+        request_id: &str,
         trace_id: &str,
     ) -> Result<(Vec<InvocationRecord>, Vec<SpanRecord>)> {
-        let (env, trace_id) = (env.clone(), trace_id.to_owned());
+        let (env, request_id, trace_id) = (env.clone(), request_id.to_owned(), trace_id.to_owned());
         self.db
             .read(move |conn| {
+                // The request and what it caused, by the parent links (an index only
+                // caused invocations have), rather than an index of every record's trace.
                 let mut stmt = conn
                     .prepare_cached(&format!(
-                        "SELECT {INVOCATION_COLS} FROM invocations WHERE trace_id = ?1 AND trace_id != '' AND env = ?2
+                        "WITH RECURSIVE tree(id) AS (
+                            SELECT ?3 UNION SELECT i.request_id FROM invocations i JOIN tree ON i.parent_request_id = tree.id WHERE i.env = ?2)
+                         SELECT {INVOCATION_COLS} FROM invocations WHERE request_id IN tree AND env = ?2 AND trace_id = ?1
                          ORDER BY started_at_ms LIMIT 10000"
                     ))
                     .map_err(db_err)?;
                 let invocations = stmt
-                    .query_map(params![trace_id, env.as_str()], invocation_row)
+                    .query_map(params![trace_id, env.as_str(), request_id], invocation_row)
                     .map_err(db_err)?
                     .collect::<rusqlite::Result<Vec<_>>>()
                     .map_err(db_err)?;

@@ -90,7 +90,7 @@ fn describe() {
     describe_histogram!(
         "yun_instance_wait_seconds",
         Unit::Seconds,
-        "How long invocations waited for a free instance"
+        "How long invocations that had to wait for a free instance waited"
     );
     describe_gauge!(
         "yun_instances",
@@ -209,7 +209,9 @@ impl FunctionMetrics {
             self.invocations[at].increment(1);
         }
         self.duration.record(duration);
-        self.wait.record(waited);
+        if !waited.is_zero() {
+            self.wait.record(waited);
+        }
         if cold_start {
             self.cold_starts.increment(1);
         }

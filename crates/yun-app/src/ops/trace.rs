@@ -219,7 +219,10 @@ impl App {
                     format!("no traced invocation {request_id} in env {}", identity.env),
                 )
             })?;
-        let (invocations, spans) = self.meta.trace(&identity.env, &root.trace_id).await?;
+        let (invocations, spans) = self
+            .meta
+            .trace(&identity.env, request_id, &root.trace_id)
+            .await?;
         let mut all: Vec<SpanRecord> = invocations.iter().flat_map(invocation_spans).collect();
         all.extend(spans);
         all.sort_by_key(|s| s.start_us);
