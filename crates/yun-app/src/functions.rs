@@ -604,24 +604,22 @@ impl App {
         // The invocation's span: under the caller's context, or the root of a trace
         // named by its request id.
         let parent = TraceContext::current();
-        let trace = self.settings.tracing.then(|| TraceContext {
-            trace_id: parent
-                .as_ref()
-                .map_or_else(|| request_id.clone(), |p| p.trace_id.clone()),
-            span_id: yun_types::new_span_id(),
-            sampled: parent
-                .as_ref()
-                .map_or_else(|| self.settings.sample_root_trace(), |p| p.sampled),
+        let trace = self.settings.tracing.then(|| match &parent {
+            Some(parent) => TraceContext {
+                trace_id: parent.trace_id.clone(),
+                span_id: yun_types::new_span_id(),
+                sampled: parent.sampled,
+            },
+            None => TraceContext::rooted_at(&request_id, self.settings.sample_root_trace()),
         });
         let traceparent = trace.as_ref().map(TraceContext::header);
-        let env = self.invocation_env(
-            identity,
-            spec,
-            caller,
-            &request_id,
-            attempt.timer,
-            traceparent.as_deref().unwrap_or_default(),
-        );
+        // The instance derives a sampled root's own context from the request id (see
+        // `TraceContext::rooted_at`); only others are sent.
+        let sent = match (&parent, &trace) {
+            (None, Some(t)) if t.sampled && t.trace_id == request_id => "",
+            _ => traceparent.as_deref().unwrap_or_default(),
+        };
+        let env = self.invocation_env(identity, spec, caller, &request_id, attempt.timer, sent);
         let report = if loaded.record.spec.reserved_concurrency == Some(0) {
             // SCF: a reserved concurrency of 0 disables the function; every call is over
             // the limit (async events are retried as throttles, then dead-lettered).

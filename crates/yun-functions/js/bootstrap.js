@@ -44,8 +44,16 @@ function setOwnVar(key, value) {
   envGeneration++;
 }
 const layered = (key) => typeof key === 'string' && Object.hasOwn(invocationEnv, key);
+// TRACEPARENT comes empty when it is the event's own: a trace Yun started is named by
+// the request id, and the invocation's span by the id's last 16 digits (sending it
+// would change a variable on every event).
+function layeredValue(key) {
+  const value = invocationEnv[key];
+  if (value !== '' || key !== 'TRACEPARENT' || current === null) return value;
+  return `00-${current}-${current.slice(16)}-01`;
+}
 process.env = new Proxy(ownEnv, {
-  get: (target, key) => (layered(key) ? invocationEnv[key] : ownCopy[key]),
+  get: (target, key) => (layered(key) ? layeredValue(key) : ownCopy[key]),
   has: (target, key) => layered(key) || key in ownCopy,
   set: (target, key, value) => {
     if (layered(key)) setInvocationVar(key, `${value}`);
@@ -60,7 +68,7 @@ process.env = new Proxy(ownEnv, {
   },
   ownKeys: (target) => [...new Set([...Reflect.ownKeys(target), ...Object.keys(invocationEnv)])],
   getOwnPropertyDescriptor: (target, key) => (layered(key)
-    ? { value: invocationEnv[key], writable: true, enumerable: true, configurable: true }
+    ? { value: layeredValue(key), writable: true, enumerable: true, configurable: true }
     : Reflect.getOwnPropertyDescriptor(target, key)),
 });
 

@@ -121,8 +121,13 @@ test('a real Prometheus scrapes /metrics (platform key, Basic auth) and counts t
 test('usage reconciles with the invocation records: invocations, errors, GB-seconds, egress, writes', async () => {
   await yun.deploy('ops', 'metered', ['--memory', '512']);
   const sizes = [0, 1000, 5000, 20000];
-  const expectedEgress = sizes.reduce((sum, size) => sum + JSON.stringify({ tag: `u${size}`, child: null, body: 'x'.repeat(size) }).length, 0);
-  for (const size of sizes) await invoke(yun, 'metered', { tag: `u${size}`, size, write: true });
+  let expectedEgress = 0;
+  for (const size of sizes) {
+    const res = await invoke(yun, 'metered', { tag: `u${size}`, size, write: true });
+    assert.equal(res.result.body.length, size);
+    // The result's JSON text, as the caller got it.
+    expectedEgress += Buffer.byteLength(JSON.stringify(res.result));
+  }
   await invoke(yun, 'metered', { tag: 'ufail', fail: true });
 
   const records = (await api(yun, '/functions/metered/invocations?limit=100')).body.invocations;
@@ -255,7 +260,8 @@ test('traces: a traceparent at the edge, a call to another function and a write 
       headers: { authorization: basic(traced.secretId, traced.secretKey), traceparent: `00-${traceId}-${callerSpan}-01` },
       body: JSON.stringify({ tag: 't', call: 'callee', write: true }),
     });
-    const { request_id: rid } = await res.json();
+    const invoked = await res.json();
+    const rid = invoked.request_id;
 
     const trace = await traced.cliJson(['trace', rid]);
     assert.equal(trace.trace_id, traceId, 'the trace the caller started');
@@ -263,6 +269,7 @@ test('traces: a traceparent at the edge, a call to another function and a write 
     const [root] = byName('invoke ops');
     assert.equal(root.request_id, rid);
     assert.equal(root.parent_span_id, callerSpan, 'under the caller\'s span');
+    assert.equal(invoked.result.traceparent, `00-${traceId}-${root.span_id}-01`, 'the function sees its own span in TRACEPARENT');
     const [child] = byName('invoke callee');
     assert.ok(child, JSON.stringify(trace.spans));
     assert.equal(child.parent_span_id, root.span_id, 'the called function is a child of its caller');
@@ -478,6 +485,7 @@ test('readiness: /readyz answers 503 while draining on SIGTERM; requests are sti
     }, 'readyz to say draining', 5000);
     assert.match(reason, /draining/);
     const served = await draining.admin().callFunction({ name: 'ops', data: { tag: 'during-drain' } });
+    assert.equal(served.result.traceparent, `00-${served.requestId}-${served.requestId.slice(16)}-01`, 'a trace Yun starts is named by the request id');
     assert.equal(served.result.tag, 'during-drain', 'requests arriving while draining are served');
     const { code } = await draining.stop();
     assert.equal(code, 0, draining.output());

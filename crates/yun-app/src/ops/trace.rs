@@ -74,6 +74,25 @@ impl TraceContext {
         format!("00-{}-{}-{flags}", self.trace_id, self.span_id)
     }
 
+    /// The root of a trace Yun starts for an invocation: named by its request id (32 hex
+    /// digits), its span by the id's last 16 (random) digits, so the instance can tell
+    /// its own context without being sent it. Other ids get a random span.
+    pub fn rooted_at(request_id: &str, sampled: bool) -> Self {
+        let span = request_id.get(16..).filter(|s| is_hex(s, 16));
+        match span {
+            Some(span) if is_hex(request_id, 32) => Self {
+                trace_id: request_id.to_owned(),
+                span_id: span.to_owned(),
+                sampled,
+            },
+            _ => Self {
+                trace_id: yun_types::new_id(""),
+                span_id: yun_types::new_span_id(),
+                sampled,
+            },
+        }
+    }
+
     /// The context requests run in now, if they are traced.
     pub fn current() -> Option<Self> {
         CURRENT.try_with(Clone::clone).ok()

@@ -17,5 +17,5 @@ exports.main = async (event) => {
   if (event.write) {
     await cloud.database().collection('ops').add({ data: { tag } });
   }
-  return { tag, child, body: 'x'.repeat(event.size || 0) };
+  return { tag, child, traceparent: process.env.TRACEPARENT, body: 'x'.repeat(event.size || 0) };
 };
