@@ -580,7 +580,7 @@ async fn sandbox() {
 }
 
 /// Rounds of wrk per mode in the metrics comparison, interleaved.
-const METRICS_ROUNDS: usize = 4;
+const METRICS_ROUNDS: usize = 6;
 
 /// What metrics and traces cost: `yun dev --no-metrics --no-traces` and `yun dev` (both
 /// on, metrics scraped once a second as Prometheus would) side by side, `wrk` with the
@@ -638,16 +638,17 @@ async fn metrics_overhead() {
     );
     let mut ratios = Vec::new();
     for round in 1..=METRICS_ROUNDS {
-        let mut runs = Vec::new();
-        for (_, yun) in &targets {
-            runs.push(
-                wrk(
-                    script.path(),
-                    &format!("{}/{}/json", yun.url, yun.env),
-                    LOAD_SECONDS,
-                )
-                .await,
-            );
+        // Which goes first alternates: the VM's drift within a round favours neither.
+        let order = if round % 2 == 1 { [0, 1] } else { [1, 0] };
+        let mut runs = [None, None];
+        for i in order {
+            let yun = targets[i].1;
+            runs[i] = wrk(
+                script.path(),
+                &format!("{}/{}/json", yun.url, yun.env),
+                LOAD_SECONDS,
+            )
+            .await;
         }
         let (Some(a), Some(b)) = (&runs[0], &runs[1]) else {
             println!("| {round} | wrk failed | | | | |");
