@@ -704,11 +704,16 @@ impl App {
                 memory_mb: spec.memory_mb,
                 response_bytes,
                 parent_request_id: caller.parent_request_id.clone(),
+                // A root named by its request id stores no ids (`trace_ids` derives them).
                 trace_id: trace
                     .as_ref()
+                    .filter(|t| t.trace_id != request_id)
                     .map(|t| t.trace_id.clone())
                     .unwrap_or_default(),
-                span_id: trace.map(|t| t.span_id).unwrap_or_default(),
+                span_id: trace
+                    .filter(|t| t.trace_id != request_id)
+                    .map(|t| t.span_id)
+                    .unwrap_or_default(),
                 parent_span_id: parent.filter(|_| self.settings.tracing).map(|p| p.span_id),
                 waited_ms: report.waited.as_millis() as u64,
             })

@@ -180,8 +180,7 @@ async fn write(
     export: &Export,
 ) {
     if let Some(export) = export {
-        let traced = records.iter().filter(|r| !r.trace_id.is_empty());
-        let invocations = traced.flat_map(invocation_spans);
+        let invocations = records.iter().flat_map(invocation_spans);
         for span in invocations.chain(spans.iter().cloned()) {
             if export.try_send(span).is_err() {
                 tracing::warn!("OTLP export is behind: spans dropped");

@@ -231,7 +231,8 @@ pub struct InvocationRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_request_id: Option<String>,
     /// The W3C trace it belongs to (32 hex digits), its span (16) and the span that
-    /// caused it (a caller's `traceparent`, the calling invocation's span).
+    /// caused it (a caller's `traceparent`, the calling invocation's span). Empty for
+    /// the root of a trace Yun started: see [`InvocationRecord::trace_ids`].
     #[serde(default)]
     pub trace_id: String,
     #[serde(default)]
@@ -241,6 +242,21 @@ pub struct InvocationRecord {
     /// How long it waited for a free instance.
     #[serde(default)]
     pub waited_ms: u64,
+}
+
+impl InvocationRecord {
+    /// Its trace and span ids. The root of a trace Yun started stores none: the trace is
+    /// named by the request id and its span by the id's last 16 digits.
+    pub fn trace_ids(&self) -> (&str, &str) {
+        if self.trace_id.is_empty() {
+            (
+                &self.request_id,
+                self.request_id.get(16..).unwrap_or_default(),
+            )
+        } else {
+            (&self.trace_id, &self.span_id)
+        }
+    }
 }
 
 /// A span of a trace: an operation inside it (a database or storage call), stored as a

@@ -1320,13 +1320,13 @@ impl MetaStore for SqliteMetaStore {
                 let mut stmt = conn
                     .prepare_cached(&format!(
                         "WITH RECURSIVE tree(id) AS (
-                            SELECT ?3 UNION SELECT i.request_id FROM invocations i JOIN tree ON i.parent_request_id = tree.id WHERE i.env = ?2)
-                         SELECT {INVOCATION_COLS} FROM invocations WHERE request_id IN tree AND env = ?2 AND trace_id = ?1
+                            SELECT ?2 UNION SELECT i.request_id FROM invocations i JOIN tree ON i.parent_request_id = tree.id WHERE i.env = ?1)
+                         SELECT {INVOCATION_COLS} FROM invocations WHERE request_id IN tree AND env = ?1
                          ORDER BY started_at_ms LIMIT 10000"
                     ))
                     .map_err(db_err)?;
                 let invocations = stmt
-                    .query_map(params![trace_id, env.as_str(), request_id], invocation_row)
+                    .query_map(params![env.as_str(), request_id], invocation_row)
                     .map_err(db_err)?
                     .collect::<rusqlite::Result<Vec<_>>>()
                     .map_err(db_err)?;

@@ -186,10 +186,11 @@ pub struct Trace {
 /// instance when it waited.
 pub(crate) fn invocation_spans(record: &InvocationRecord) -> Vec<SpanRecord> {
     let start_us = record.started_at_ms * 1000;
+    let (trace_id, span_id) = record.trace_ids();
     let mut spans = vec![SpanRecord {
         env: record.env.clone(),
-        trace_id: record.trace_id.clone(),
-        span_id: record.span_id.clone(),
+        trace_id: trace_id.to_owned(),
+        span_id: span_id.to_owned(),
         parent_span_id: record.parent_span_id.clone(),
         name: format!("invoke {}", record.function),
         start_us,
@@ -201,11 +202,11 @@ pub(crate) fn invocation_spans(record: &InvocationRecord) -> Vec<SpanRecord> {
     if record.waited_ms > 0 {
         spans.push(SpanRecord {
             env: record.env.clone(),
-            trace_id: record.trace_id.clone(),
+            trace_id: trace_id.to_owned(),
             // Derived, so the same on every read: the invocation's span id with its
             // first four digits inverted.
-            span_id: wait_span_id(&record.span_id),
-            parent_span_id: Some(record.span_id.clone()),
+            span_id: wait_span_id(span_id),
+            parent_span_id: Some(span_id.to_owned()),
             name: "instance wait".into(),
             start_us,
             duration_us: record.waited_ms * 1000,
@@ -231,22 +232,22 @@ impl App {
             .meta
             .get_invocation(&identity.env, request_id)
             .await?
-            .filter(|r| !r.trace_id.is_empty())
             .ok_or_else(|| {
                 YunError::new(
                     ErrorCode::NotFound,
-                    format!("no traced invocation {request_id} in env {}", identity.env),
+                    format!("no invocation {request_id} in env {}", identity.env),
                 )
             })?;
+        let trace_id = root.trace_ids().0.to_owned();
         let (invocations, spans) = self
             .meta
-            .trace(&identity.env, request_id, &root.trace_id)
+            .trace(&identity.env, request_id, &trace_id)
             .await?;
         let mut all: Vec<SpanRecord> = invocations.iter().flat_map(invocation_spans).collect();
         all.extend(spans);
         all.sort_by_key(|s| s.start_us);
         Ok(Trace {
-            trace_id: root.trace_id,
+            trace_id,
             spans: all,
         })
     }
