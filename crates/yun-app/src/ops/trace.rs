@@ -12,9 +12,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use yun_auth::{Caller, Identity};
 use yun_meta::{InvocationRecord, SpanRecord};
-use yun_types::{EnvId, ErrorCode, YunError};
+use yun_types::{EnvId, YunError};
 
-use crate::{App, Operation};
+use crate::App;
 
 /// Where new spans hang: a trace and the span that is their parent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,18 +226,7 @@ fn wait_span_id(span_id: &str) -> String {
 impl App {
     /// The trace an invocation belongs to, every span of it (this env's).
     pub async fn trace(&self, identity: &Identity, request_id: &str) -> Result<Trace, YunError> {
-        Self::authorize(identity, Operation::GetInvocation)?;
-        self.recorder.flush().await;
-        let root = self
-            .meta
-            .get_invocation(&identity.env, request_id)
-            .await?
-            .ok_or_else(|| {
-                YunError::new(
-                    ErrorCode::NotFound,
-                    format!("no invocation {request_id} in env {}", identity.env),
-                )
-            })?;
+        let root = self.invocation(identity, request_id).await?;
         let trace_id = root.trace_ids().0.to_owned();
         let (invocations, spans) = self
             .meta
