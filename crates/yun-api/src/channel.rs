@@ -21,9 +21,18 @@ pub async fn serve(
     function: &FunctionName,
     request: ApiRequest,
 ) -> ApiResponse {
-    // What the call does is part of the calling invocation's trace.
+    // What the call does is part of the calling invocation's trace, and what its writes
+    // trigger links back to that invocation.
     let context = request.traceparent.as_deref().and_then(TraceContext::parse);
-    traced(context, serve_traced(app, env, function, request)).await
+    let cause = match &request.traceparent {
+        Some(traceparent) => format!("{} {traceparent}", request.caused_by),
+        None => request.caused_by.clone(),
+    };
+    yun_types::changes::caused_by(
+        Some(cause),
+        traced(context, serve_traced(app, env, function, request)),
+    )
+    .await
 }
 
 async fn serve_traced(

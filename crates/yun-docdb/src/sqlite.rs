@@ -74,6 +74,7 @@ CREATE INDEX index_entries_by_document ON index_entries (env, collection, name, 
 DROP TABLE sequence;
 "#,
     yun_sqlite::changelog::MIGRATION,
+    yun_sqlite::changelog::MIGRATION_CAUSE,
 ];
 
 /// The document store on one SQLite file (see `yun-sqlite` for the connection model).

@@ -28,8 +28,8 @@ pub struct ApiRequest {
     pub method: Option<String>,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
-    /// The request id of the event the instance was running when it made the call: the
-    /// invocations the call causes link back to it.
+    /// The request id of the event the instance was running when it made the call: what
+    /// the call causes (an invocation, a write firing a trigger) links back to it.
     pub caused_by: String,
     /// That event's W3C trace context, if it is traced.
     pub traceparent: Option<String>,

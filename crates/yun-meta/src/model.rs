@@ -226,8 +226,8 @@ pub struct InvocationRecord {
     /// Bytes of the result returned to the caller (egress).
     #[serde(default)]
     pub response_bytes: u64,
-    /// The invocation whose code made this one happen (a `callFunction` or an async
-    /// invoke over its instance's channel), if any. Trigger deliveries are not linked yet.
+    /// The invocation whose code made this one happen (a `callFunction`, an async invoke,
+    /// a write that fired a trigger, over its instance's channel), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_request_id: Option<String>,
     /// The W3C trace it belongs to (32 hex digits), its span (16) and the span that

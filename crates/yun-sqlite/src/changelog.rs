@@ -27,6 +27,9 @@ CREATE INDEX changes_by_env ON changes (env, seq);
 CREATE TABLE change_cursors (name TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
 "#;
 
+/// The invocation that wrote: appended to the stores' migrations after [`MIGRATION`].
+pub const MIGRATION_CAUSE: &str = "ALTER TABLE changes ADD COLUMN cause TEXT;";
+
 /// The change log of a database file another process may be writing (a point-in-time
 /// restore reads the live one): the entries after `after` committed by `until_ms`, and the
 /// oldest `seq` it still holds (retention drops old entries).
@@ -44,7 +47,7 @@ pub fn read_file(
         .map_err(db_err)?;
     let mut stmt = conn
         .prepare(
-            "SELECT seq, env, origin, target, op, key, before, after, at FROM changes WHERE seq > ?1 AND at <= ?2 ORDER BY seq",
+            "SELECT seq, env, origin, target, op, key, before, after, at, cause FROM changes WHERE seq > ?1 AND at <= ?2 ORDER BY seq",
         )
         .map_err(db_err)?;
     let entries = stmt
@@ -77,6 +80,7 @@ fn entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChangeEntry> {
         before: r.get(6)?,
         after: r.get(7)?,
         at_ms: r.get(8)?,
+        cause: r.get(9)?,
     })
 }
 
@@ -85,18 +89,19 @@ fn entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChangeEntry> {
 pub fn append(conn: &Connection, env: &str, change: &NewChange<'_>) -> Result<(), YunError> {
     let origin = yun_types::changes::writing();
     conn.prepare_cached(
-        "INSERT INTO changes (env, origin, target, op, key, before, after, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO changes (env, origin, target, op, key, before, after, at, cause) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )
     .and_then(|mut s| {
         s.execute(params![
             env,
-            origin.as_deref(),
+            origin.function.as_deref(),
             change.target,
             change.op,
             change.key,
             change.before,
             change.after,
-            yun_types::unix_ms()
+            yun_types::unix_ms(),
+            origin.cause.as_deref()
         ])
     })
     .map(drop)
@@ -109,7 +114,7 @@ impl ChangeLog for Sqlite {
         self.read(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT seq, env, origin, target, op, key, before, after, at FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                    "SELECT seq, env, origin, target, op, key, before, after, at, cause FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
                 )
                 .map_err(db_err)?;
             let rows = stmt

@@ -64,6 +64,7 @@ CREATE TABLE files (
 ) WITHOUT ROWID;
 "#,
     yun_sqlite::changelog::MIGRATION,
+    yun_sqlite::changelog::MIGRATION_CAUSE,
 ];
 
 const COLUMNS: &str = "path, object, size, content_type, etag, owner, created_at";
@@ -184,10 +185,14 @@ impl FileIndex for SqliteFileIndex {
 
     async fn put(&self, env: &EnvId, r: FileRecord) -> Result<Option<FileRecord>, YunError> {
         let env = env.to_string();
+        // Who wrote goes with the write to the writer's thread (the change log keeps it).
+        let origin = yun_types::changes::origin();
         self.db
             .write(move |conn| {
                 let old = select_one(conn, &env, &r.path)?;
-                log_change(conn, &env, "created", &r.path, old.as_ref(), Some(&r))?;
+                yun_types::changes::during(origin, || {
+                    log_change(conn, &env, "created", &r.path, old.as_ref(), Some(&r))
+                })?;
                 conn.prepare_cached(&format!(
                     "INSERT OR REPLACE INTO files (env, {COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
                 ))
@@ -211,11 +216,14 @@ impl FileIndex for SqliteFileIndex {
 
     async fn delete(&self, env: &EnvId, path: &str) -> Result<Option<FileRecord>, YunError> {
         let (env, path) = (env.to_string(), path.to_owned());
+        let origin = yun_types::changes::origin();
         self.db
             .write(move |conn| {
                 let old = select_one(conn, &env, &path)?;
                 if old.is_some() {
-                    log_change(conn, &env, "removed", &path, old.as_ref(), None)?;
+                    yun_types::changes::during(origin, || {
+                        log_change(conn, &env, "removed", &path, old.as_ref(), None)
+                    })?;
                 }
                 conn.prepare_cached("DELETE FROM files WHERE env = ?1 AND path = ?2")
                     .and_then(|mut s| s.execute(params![env, path]))

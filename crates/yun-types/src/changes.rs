@@ -31,6 +31,9 @@ pub struct ChangeEntry {
     pub env: String,
     /// The function whose code wrote, if one did.
     pub origin: Option<String>,
+    /// The invocation whose code wrote (`request_id`, then a space and its
+    /// `traceparent` when traced), if one did over its instance's channel.
+    pub cause: Option<String>,
     pub target: String,
     pub op: String,
     pub key: String,
@@ -75,10 +78,19 @@ impl Default for ChangeRetention {
 
 tokio::task_local! {
     static CALLER: Option<Arc<str>>;
+    static CAUSE: Option<Arc<str>>;
+}
+
+/// Who a write is by: the function whose code wrote, and the invocation (see
+/// [`ChangeEntry::cause`]).
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    pub function: Option<Arc<str>>,
+    pub cause: Option<Arc<str>>,
 }
 
 thread_local! {
-    static WRITING: RefCell<Option<Arc<str>>> = const { RefCell::new(None) };
+    static WRITING: RefCell<Origin> = RefCell::new(Origin::default());
 }
 
 /// Runs `f` with its writes attributed to `origin` (a function's name), so that the
@@ -87,19 +99,28 @@ pub async fn written_by<F: Future>(origin: Option<&str>, f: F) -> F::Output {
     CALLER.scope(origin.map(Arc::from), f).await
 }
 
+/// Runs `f` with its writes attributed to the invocation `cause` (`request_id`, then
+/// optionally a space and a `traceparent`): what they trigger links back to it.
+pub async fn caused_by<F: Future>(cause: Option<String>, f: F) -> F::Output {
+    CAUSE.scope(cause.map(Arc::from), f).await
+}
+
 /// The origin of the current task's writes; a store takes it before handing its write
 /// to another thread, and runs the write [`during`] it.
-pub fn origin() -> Option<Arc<str>> {
-    CALLER.try_with(Clone::clone).ok().flatten()
+pub fn origin() -> Origin {
+    Origin {
+        function: CALLER.try_with(Clone::clone).ok().flatten(),
+        cause: CAUSE.try_with(Clone::clone).ok().flatten(),
+    }
 }
 
 /// Runs `f` on this thread with `origin` as the writer, then restores the one before
 /// (also when `f` panics: the writer thread catches panics and goes on).
-pub fn during<T>(origin: Option<Arc<str>>, f: impl FnOnce() -> T) -> T {
-    struct Restore(Option<Arc<str>>);
+pub fn during<T>(origin: Origin, f: impl FnOnce() -> T) -> T {
+    struct Restore(Origin);
     impl Drop for Restore {
         fn drop(&mut self) {
-            let before = self.0.take();
+            let before = std::mem::take(&mut self.0);
             WRITING.with(|w| *w.borrow_mut() = before);
         }
     }
@@ -108,6 +129,6 @@ pub fn during<T>(origin: Option<Arc<str>>, f: impl FnOnce() -> T) -> T {
 }
 
 /// The writer of the write running on this thread.
-pub fn writing() -> Option<Arc<str>> {
+pub fn writing() -> Origin {
     WRITING.with(|w| w.borrow().clone())
 }

@@ -196,6 +196,24 @@ test('logs: levels, --grep, --until, --json, and a request id finds the invocati
   const text = await yun.cli(['fn', 'logs', 'ops', '--request-id', rid, '--only']);
   assert.match(text.stdout, new RegExp(`${rid} warn +warn line root`));
 
+  // A write that fires a database trigger: the delivery is an invocation the request
+  // caused, in its trace.
+  await yun.deploy('ops', 'onops');
+  await yun.cliJson(['fn', 'trigger', 'create', 'onops', '--name', 'tagged', '--type', 'database',
+    '--config', JSON.stringify({ collection: 'ops', events: ['create'], filter: { tag: 'fires' } })]);
+  const writer = await yun.admin().callFunction({ name: 'ops', data: { tag: 'fires', write: true } });
+  const fired = await waitFor(async () => {
+    const lines = await yun.logs('ops', writer.requestId);
+    return lines.some((l) => l.message === 'info line untagged') ? lines : null;
+  }, 'the triggered invocation in the writer\'s logs', 20000);
+  const delivery = fired.find((l) => l.message === 'info line untagged').request_id;
+  assert.notEqual(delivery, writer.requestId);
+  const writerTrace = await yun.cliJson(['trace', writer.requestId]);
+  const triggered = writerTrace.spans.find((s) => s.name === 'invoke onops');
+  assert.equal(triggered.request_id, delivery);
+  const writerSpan = writerTrace.spans.find((s) => s.request_id === writer.requestId);
+  assert.equal(triggered.parent_span_id, writerSpan.span_id, 'the trigger delivery hangs under the invocation that wrote');
+
   const badRegex = await yun.cli(['fn', 'logs', 'ops', '--grep', '(unclosed']);
   assert.notEqual(badRegex.code, 0);
   assert.match(badRegex.stderr, /grep is not a valid regular expression/);

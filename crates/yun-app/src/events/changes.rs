@@ -298,6 +298,12 @@ impl App {
     ) -> Result<(), YunError> {
         let now = yun_types::unix_ms();
         for change in batch {
+            // The invocation whose write this was: the delivery is one it caused.
+            let cause = change.cause.as_deref().map_or((None, None), |c| {
+                let (request_id, traceparent) =
+                    c.split_once(' ').map_or((c, None), |(r, t)| (r, Some(t)));
+                (Some(request_id.to_owned()), traceparent.map(str::to_owned))
+            });
             for trigger in triggers.iter().filter(|t| selects(t, change)) {
                 let r = &trigger.record;
                 let queued = QueuedEvent {
@@ -314,8 +320,8 @@ impl App {
                     source: trigger.record.kind.clone(),
                     trigger: Some(r.name.clone()),
                     enqueued_at_ms: now,
-                    parent_request_id: None,
-                    traceparent: None,
+                    parent_request_id: cause.0.clone(),
+                    traceparent: cause.1.clone(),
                 };
                 self.enqueue(&queued).await?;
             }
@@ -350,6 +356,7 @@ mod tests {
             seq: 7,
             env: "dev".into(),
             origin: None,
+            cause: None,
             target: "photos".into(),
             key: "p1".into(),
             op: op.as_str().into(),
