@@ -238,6 +238,13 @@ struct DevArgs {
     /// using it; PREFIX names the streams, default yun)
     #[arg(long)]
     events: Option<String>,
+    /// Where documents live: the data folder (SQLite, the default) or
+    /// `postgres://USER@HOST:PORT/DATABASE` (PostgreSQL; processes may share it)
+    #[arg(long, env = "YUN_DOCUMENTS")]
+    documents: Option<String>,
+    /// The PostgreSQL schema Yun's tables live in (created when missing)
+    #[arg(long, default_value = "yun", env = "YUN_POSTGRES_SCHEMA")]
+    postgres_schema: String,
     /// Largest file an upload may store, in bytes
     #[arg(long, default_value_t = 5 << 30)]
     max_file_size: u64,
@@ -419,6 +426,8 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         queue_timeout: args.queue_timeout,
         storage: args.storage,
         events: args.events,
+        documents: args.documents,
+        postgres_schema: args.postgres_schema,
         storage_limits: yun_server::StorageLimits {
             max_file_bytes: args.max_file_size,
             env_quota_bytes: args.storage_quota,

@@ -68,7 +68,7 @@ pub fn text(value: Option<&Value>) -> String {
 
 pub fn dev_banner(server: &yun_server::Server) {
     let c = &server.credentials;
-    println!("Yun is running (embedded mode: SQLite)\n");
+    println!("Yun is running\n");
     println!("  URL         {}", c.url);
     println!("  Env         {}", c.env_id);
     println!("  SecretId    {}", c.secret_id);
@@ -83,6 +83,7 @@ pub fn dev_banner(server: &yun_server::Server) {
         server.data_dir.display()
     );
     println!("  Isolation   {}", server.isolation);
+    println!("  Documents   {}", server.documents);
     println!("  Files       {}", server.storage);
     if server.first_start {
         println!(

@@ -452,6 +452,14 @@ impl<'t> IndexedWriter<'t> {
     }
 }
 
+/// Whether a document found by a write's filter still matches it as the write reads it
+/// to change it. A backend with several writers at once (PostgreSQL) finds matches
+/// without locking them, then reads each locked, by which time another transaction may
+/// have changed it; with one writer (SQLite) this is always true.
+fn still_matches(filter: &Filter, doc: &Value) -> bool {
+    filter.matches(doc)
+}
+
 /// A write whose filter pins `_id` touches a bounded number of documents.
 fn write_access(filter: &Filter) -> Access {
     if filter.id_candidates().is_some() {
@@ -837,6 +845,9 @@ impl DocDb {
             let mut writer = IndexedWriter::new(txn, &collection)?;
             for id in &ids {
                 let Some(doc) = writer.get(id)? else { continue };
+                if !still_matches(&filter, &doc) {
+                    continue;
+                }
                 let new = match &change {
                     Change::Operators(ops) => update::apply(&doc, ops)?,
                     Change::Replace(data) => update::replace(&doc, data)?,
@@ -1042,6 +1053,9 @@ impl DocDb {
             let mut writer = IndexedWriter::new(txn, &collection)?;
             for id in &ids {
                 let Some(doc) = writer.get(id)? else { continue };
+                if !still_matches(&filter, &doc) {
+                    continue;
+                }
                 check_guard(&guard, Some(&doc), None)?;
                 if writer.delete(id)? {
                     deleted += 1;

@@ -1,7 +1,7 @@
 //! The document database. The model lives here once: values (`value`), their order
 //! (`order`), queries (`filter`), updates (`update`), sort and projection (`find`), and
-//! the operations (`db`). Backends implement the narrow `store` seam: `sqlite` now,
-//! PostgreSQL with cluster mode. No HTTP, no auth: callers pass an env and act in it.
+//! the operations (`db`). Backends implement the narrow `store` seam: `sqlite` here,
+//! PostgreSQL in `yun-store-postgres`. No HTTP, no auth: callers pass an env and act in it.
 
 pub mod aggregate;
 pub mod db;

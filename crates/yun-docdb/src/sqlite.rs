@@ -512,20 +512,6 @@ impl DocStore for SqliteDocStore {
         }
     }
 
-    async fn drop_env(&self, env: &EnvId) -> Result<(), YunError> {
-        self.write(
-            env,
-            false,
-            Box::new(|txn| {
-                for name in txn.list_collections()? {
-                    txn.drop_collection(&name)?;
-                }
-                Ok(())
-            }),
-        )
-        .await
-    }
-
     fn change_log(&self) -> &dyn ChangeLog {
         &self.db
     }

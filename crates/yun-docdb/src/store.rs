@@ -160,7 +160,19 @@ pub trait DocStore: Send + Sync + 'static {
     /// `point`: a short write ([`Access::PointWrite`]).
     async fn write(&self, env: &EnvId, point: bool, work: Work) -> Result<(), YunError>;
     /// Deletes every collection of the env.
-    async fn drop_env(&self, env: &EnvId) -> Result<(), YunError>;
+    async fn drop_env(&self, env: &EnvId) -> Result<(), YunError> {
+        self.write(
+            env,
+            false,
+            Box::new(|txn| {
+                for name in txn.list_collections()? {
+                    txn.drop_collection(&name)?;
+                }
+                Ok(())
+            }),
+        )
+        .await
+    }
 
     /// The change log every write appends to (see [`DocTxn::append_change`]).
     fn change_log(&self) -> &dyn ChangeLog;

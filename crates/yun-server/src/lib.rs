@@ -27,6 +27,7 @@ use yun_meta::sqlite::SqliteMetaStore;
 use yun_meta::MetaStore;
 pub use yun_storage::StorageLimits;
 use yun_storage::{ObjectBackend, SqliteFileIndex, Storage};
+use yun_store_postgres::{PgDocStore, Postgres};
 use yun_types::{EnvId, YunError};
 use yun_users::{SqliteUserStore, Users};
 
@@ -54,6 +55,11 @@ pub struct DevConfig {
     /// (NATS JetStream; processes on one server share the queue and fire a timer's tick
     /// once).
     pub events: Option<String>,
+    /// Where documents live: `None` for SQLite in the data dir, or a `postgres://` URL
+    /// (several processes may share the database).
+    pub documents: Option<String>,
+    /// The PostgreSQL schema Yun's tables live in.
+    pub postgres_schema: String,
     pub storage_limits: StorageLimits,
     pub sandbox: SandboxMode,
     /// Uids sandboxed instances run as, one per live instance.
@@ -251,6 +257,8 @@ pub struct Server {
     pub isolation: String,
     /// Where file bytes live, for the banner.
     pub storage: String,
+    /// Where documents live, for the start-up banner.
+    pub documents: String,
     pub data_dir: PathBuf,
     listener: tokio::net::TcpListener,
     app: Arc<App>,
@@ -501,8 +509,19 @@ impl Server {
             yun_app::ops::on_scrape(yun_sqlite::publish_health);
         }
         let meta: Arc<dyn MetaStore> = Arc::new(SqliteMetaStore::open(&meta_dir.join("yun.db"))?);
-        let docs: Arc<dyn DocStore> =
-            Arc::new(SqliteDocStore::open(&meta_dir.join("documents.db"))?);
+        let (docs, documents): (Arc<dyn DocStore>, String) = match &cfg.documents {
+            None => (
+                Arc::new(SqliteDocStore::open(&meta_dir.join("documents.db"))?),
+                "SQLite in the data folder".into(),
+            ),
+            Some(url) => {
+                let pg = Postgres::connect(url, &cfg.postgres_schema)?;
+                (
+                    Arc::new(PgDocStore::open(pg).await?),
+                    format!("PostgreSQL, schema {}", cfg.postgres_schema),
+                )
+            }
+        };
         let docdb = Arc::new(DocDb::new(docs, Limits::default()));
         let backend = match &cfg.storage {
             Some(spec) => ObjectBackend::parse(spec),
@@ -617,10 +636,14 @@ impl Server {
                     storage,
                     users,
                     events,
-                    backups: Some(Arc::new(backup::LocalBackups::new(
-                        &cfg.data_dir,
-                        storage_for_backups,
-                    ))),
+                    // Backups copy the data folder's stores; documents in PostgreSQL are
+                    // backed up with PostgreSQL's own tools.
+                    backups: cfg.documents.is_none().then(|| {
+                        Arc::new(backup::LocalBackups::new(
+                            &cfg.data_dir,
+                            storage_for_backups,
+                        )) as Arc<dyn yun_app::ops::Backups>
+                    }),
                 },
                 runtime,
                 recorder,
@@ -676,6 +699,7 @@ impl Server {
             first_start: first.is_some(),
             isolation: isolation_text,
             storage: backend.describe(),
+            documents,
             data_dir: cfg.data_dir,
             listener,
             app,

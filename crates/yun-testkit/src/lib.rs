@@ -118,6 +118,8 @@ impl TestYun {
             queue_timeout: options.queue_timeout,
             storage: None,
             events: None,
+            documents: None,
+            postgres_schema: "yun".into(),
             storage_limits: Default::default(),
             sandbox: yun_server::SandboxMode::Auto,
             instance_uids: yun_server::DEFAULT_INSTANCE_UIDS,

@@ -15,6 +15,25 @@ const FUNCTIONS = path.resolve(__dirname, '../functions');
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+// With YUN_TEST_POSTGRES_URL set, every `yun dev` keeps its documents in PostgreSQL, in a
+// schema named after its data folder (a restart on the same folder finds its data), and
+// the schemas go when the suite's process ends.
+const POSTGRES = process.env.YUN_TEST_POSTGRES_URL;
+const schemas = new Set();
+function postgresEnv(dataDir) {
+  if (!POSTGRES) return {};
+  const hash = require('node:crypto').createHash('sha256').update(path.resolve(dataDir)).digest('hex');
+  const schema = `yt_${hash.slice(0, 16)}`;
+  if (schemas.size === 0) {
+    process.on('exit', () => {
+      const drops = [...schemas].map((s) => `DROP SCHEMA IF EXISTS ${s} CASCADE;`).join(' ');
+      require('node:child_process').spawnSync('psql', [POSTGRES, '-q', '-c', drops], { stdio: 'ignore' });
+    });
+  }
+  schemas.add(schema);
+  return { YUN_DOCUMENTS: POSTGRES, YUN_POSTGRES_SCHEMA: schema };
+}
+
 async function waitFor(check, what, timeoutMs = 20000) {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
@@ -38,7 +57,7 @@ async function startYun(extraArgs = [], { dataDir = fs.mkdtempSync(path.join(os.
   const child = spawn(BIN, ['dev', ...dataArgs, '--listen', '127.0.0.1:0', ...layerArgs, ...extraArgs], {
     cwd,
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, YUN_LOG: 'warn', ...env },
+    env: { ...process.env, YUN_LOG: 'warn', ...postgresEnv(dataDir), ...env },
   });
   let output = '';
   child.stdout.on('data', (d) => (output += d));

@@ -4,14 +4,12 @@
 //! identical counts. The reference is the evaluator over every document in `_id` order:
 //! matches sorted stably, then skip and limit.
 
-use std::sync::Arc;
-
 use proptest::prelude::*;
 use serde_json::{json, Value};
+use yun_conformance::Backend;
 use yun_docdb::filter::Filter;
 use yun_docdb::find::{Projection, SortKeys};
 use yun_docdb::index::{IndexField, IndexSpec};
-use yun_docdb::sqlite::SqliteDocStore;
 use yun_docdb::{DocDb, Find, Limits};
 use yun_types::EnvId;
 
@@ -163,16 +161,22 @@ fn order_value(order: &[(&str, i8)]) -> Value {
 }
 
 #[test]
-fn plans_and_the_evaluator_agree() {
-    let rt = tokio::runtime::Builder::new_current_thread()
+fn plans_and_the_evaluator_agree_on_sqlite() {
+    plans_and_the_evaluator_agree(Backend::sqlite());
+}
+
+#[test]
+fn plans_and_the_evaluator_agree_on_postgres() {
+    plans_and_the_evaluator_agree(Backend::postgres());
+}
+
+fn plans_and_the_evaluator_agree(backend: Backend) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let db = DocDb::new(
-        Arc::new(SqliteDocStore::open(&dir.path().join("d.db")).unwrap()),
-        Limits::default(),
-    );
+    let db = DocDb::new(rt.block_on(backend.doc_store()), Limits::default());
     let env = EnvId::parse("dev").unwrap();
     let round = std::sync::atomic::AtomicUsize::new(0);
     let config = ProptestConfig {

@@ -3,15 +3,19 @@
 //! collection), appends its entry in the write's own transaction, and a write that
 //! fails appends nothing.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use yun_conformance::{on_every_backend, Backend};
 use yun_docdb::filter::Filter;
-use yun_docdb::sqlite::SqliteDocStore;
 use yun_docdb::store::{ChangeEntry, ChangeRetention, DocStore};
 use yun_docdb::{Change, DocDb, Limits, UpdateMode};
 use yun_types::{EnvId, ErrorCode};
+
+on_every_backend!(
+    every_write_path_appends_its_change_and_failed_writes_append_none,
+    retention_drops_old_entries_below_the_readers_and_never_reuses_a_sequence,
+);
 
 /// An entry as the test compares it: env, `_id`, op, before, after.
 type Seen<'a> = (&'a str, &'a str, &'a str, Option<Value>, Option<Value>);
@@ -28,11 +32,8 @@ fn filter(v: Value) -> Filter {
     Filter::parse(&v).unwrap()
 }
 
-#[tokio::test]
-async fn every_write_path_appends_its_change_and_failed_writes_append_none() {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn DocStore> =
-        Arc::new(SqliteDocStore::open(&dir.path().join("d.db")).unwrap());
+async fn every_write_path_appends_its_change_and_failed_writes_append_none(backend: Backend) {
+    let store = backend.doc_store().await;
     let db = DocDb::new(store.clone(), Limits::default());
     let env = EnvId::parse("dev").unwrap();
     let other = EnvId::parse("other").unwrap();
@@ -182,11 +183,10 @@ async fn every_write_path_appends_its_change_and_failed_writes_append_none() {
     assert_eq!(tail, log[5..7].to_vec());
 }
 
-#[tokio::test]
-async fn retention_drops_old_entries_below_the_readers_and_never_reuses_a_sequence() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("d.db");
-    let store: Arc<dyn DocStore> = Arc::new(SqliteDocStore::open(&path).unwrap());
+async fn retention_drops_old_entries_below_the_readers_and_never_reuses_a_sequence(
+    backend: Backend,
+) {
+    let store = backend.doc_store().await;
     let db = DocDb::new(store.clone(), Limits::default());
     let env = EnvId::parse("dev").unwrap();
     db.create_collection(&env, "c").await.unwrap();
@@ -262,7 +262,7 @@ async fn retention_drops_old_entries_below_the_readers_and_never_reuses_a_sequen
     assert_eq!(all_changes(&*store).await, log[9..].to_vec());
     drop(db);
     drop(store);
-    let store: Arc<dyn DocStore> = Arc::new(SqliteDocStore::open(&path).unwrap());
+    let store = backend.doc_store().await;
     let db = DocDb::new(store.clone(), Limits::default());
     db.insert(&env, "c", vec![json!({"n": 10})], None, None)
         .await

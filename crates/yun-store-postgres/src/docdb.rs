@@ -1,0 +1,502 @@
+//! The document store on PostgreSQL: documents as JSON text keyed by (env, collection,
+//! `_id`), index entries as byte-string keys, the same layout as the SQLite backend, so
+//! the planner and executor above the seam are the same.
+//!
+//! Isolation, stated once for the trait's two kinds of transaction:
+//! - reads run in one `REPEATABLE READ` snapshot;
+//! - writes run `READ COMMITTED`, and every document a write reads it reads `FOR UPDATE`:
+//!   a read-modify-write (an update, an optimistic transaction's commit re-checking
+//!   versions) holds the row until it commits, so concurrent writers of one document
+//!   take turns and none is lost;
+//! - a unique index is a unique constraint of the database (a partial unique index over
+//!   its entries), so two nodes inserting one key cannot both commit;
+//! - writers hold their collection in share mode (an advisory lock) and dropping it or
+//!   changing its indexes holds it exclusively, so no write misses an index built
+//!   meanwhile;
+//! - deadlocks and serialization failures answer `DATABASE_TRANSACTION_CONFLICT`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use yun_docdb::index::{IndexSpec, KeyRange};
+use yun_docdb::store::{ChangeLog, DocStore, DocTxn, NewChange, Visit, Work};
+use yun_types::{EnvId, ErrorCode, YunError};
+
+use crate::changelog::PgChangeLog;
+use crate::{describe, pg_err, unique_violation, Postgres, Txn};
+
+fn migrations() -> Vec<String> {
+    vec![
+        r#"
+CREATE TABLE doc_collections (
+    env text COLLATE "C" NOT NULL,
+    name text COLLATE "C" NOT NULL,
+    created_at bigint NOT NULL,
+    PRIMARY KEY (env, name)
+);
+CREATE TABLE doc_documents (
+    env text COLLATE "C" NOT NULL,
+    collection text COLLATE "C" NOT NULL,
+    id text COLLATE "C" NOT NULL,
+    doc text NOT NULL,
+    version bigint NOT NULL,
+    PRIMARY KEY (env, collection, id)
+);
+CREATE TABLE doc_indexes (
+    env text COLLATE "C" NOT NULL,
+    collection text COLLATE "C" NOT NULL,
+    name text COLLATE "C" NOT NULL,
+    spec text NOT NULL,
+    PRIMARY KEY (env, collection, name)
+);
+CREATE TABLE doc_index_entries (
+    env text COLLATE "C" NOT NULL,
+    collection text COLLATE "C" NOT NULL,
+    name text COLLATE "C" NOT NULL,
+    key bytea NOT NULL,
+    id text COLLATE "C" NOT NULL,
+    uniq boolean NOT NULL,
+    PRIMARY KEY (env, collection, name, key, id)
+);
+CREATE INDEX doc_index_entries_by_document ON doc_index_entries (env, collection, name, id);
+CREATE UNIQUE INDEX doc_index_entries_unique ON doc_index_entries (env, collection, name, key) WHERE uniq;
+"#
+        .to_owned(),
+        PgChangeLog::migration("doc"),
+    ]
+}
+
+const INDEX_RANGE_SQL: &str =
+    "SELECT key, id FROM doc_index_entries WHERE env = $1 AND collection = $2 AND name = $3 AND key >= $4 AND key < $5 ORDER BY key, id";
+const INDEX_RANGE_BACKWARD_SQL: &str =
+    "SELECT key, id FROM doc_index_entries WHERE env = $1 AND collection = $2 AND name = $3 AND key >= $4 AND key < $5 ORDER BY key DESC, id DESC";
+const INDEX_RANGE_AFTER_SQL: &str =
+    "SELECT key, id FROM doc_index_entries WHERE env = $1 AND collection = $2 AND name = $3 AND key >= $4 AND key < $5 AND (key, id) > ($6, $7) ORDER BY key, id";
+const INDEX_RANGE_BACKWARD_AFTER_SQL: &str =
+    "SELECT key, id FROM doc_index_entries WHERE env = $1 AND collection = $2 AND name = $3 AND key >= $4 AND key < $5 AND (key, id) < ($6, $7) ORDER BY key DESC, id DESC";
+
+/// The document store on PostgreSQL (see the module's comment for its isolation).
+#[derive(Clone)]
+pub struct PgDocStore {
+    pg: Postgres,
+    log: Arc<PgChangeLog>,
+}
+
+impl PgDocStore {
+    pub async fn open(pg: Postgres) -> Result<Self, YunError> {
+        pg.migrate("documents", &migrations()).await?;
+        Ok(Self {
+            log: Arc::new(PgChangeLog::new(pg.clone(), "doc")),
+            pg,
+        })
+    }
+
+    async fn run(&self, env: &EnvId, writing: bool, work: Work) -> Result<(), YunError> {
+        let (env, log) = (env.to_string(), self.log.clone());
+        self.pg
+            .transaction(!writing, move |txn| {
+                work(&mut PgTxn {
+                    txn,
+                    env,
+                    writing,
+                    log: &log,
+                    version: None,
+                    held: HashSet::new(),
+                    unique: HashMap::new(),
+                })
+            })
+            .await
+    }
+}
+
+struct PgTxn<'a> {
+    txn: &'a Txn<'a>,
+    env: String,
+    writing: bool,
+    log: &'a PgChangeLog,
+    /// The version this transaction stamps on what it writes; taken at its first write.
+    version: Option<i64>,
+    /// Collections this write holds in share mode.
+    held: HashSet<String>,
+    /// Whether each index written to is unique, read once per transaction.
+    unique: HashMap<(String, String), bool>,
+}
+
+impl PgTxn<'_> {
+    /// In a write, holds `collection` in share mode before anything of it is read, so the
+    /// set of indexes it then reads stays the set while it writes.
+    fn hold(&mut self, collection: &str) -> Result<(), YunError> {
+        if self.writing && !self.held.contains(collection) {
+            self.txn.execute(
+                "SELECT pg_advisory_xact_lock_shared(hashtextextended($1 || '/' || $2, 0))",
+                &[&self.env, &collection],
+            )?;
+            self.held.insert(collection.to_owned());
+        }
+        Ok(())
+    }
+
+    /// Holds `collection` exclusively: its indexes or its existence change.
+    fn hold_exclusively(&mut self, collection: &str) -> Result<(), YunError> {
+        self.txn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))",
+            &[&self.env, &collection],
+        )?;
+        self.held.insert(collection.to_owned());
+        Ok(())
+    }
+
+    /// A version only has to differ from the one a transaction saw (see the SQLite
+    /// backend): random, 63 bits.
+    fn write_version(&mut self) -> i64 {
+        *self
+            .version
+            .get_or_insert_with(|| rand::random::<i64>() & i64::MAX)
+    }
+
+    /// The stored text (and version) of one document; in a write, locked until commit.
+    fn row(&mut self, collection: &str, id: &str) -> Result<Option<(String, i64)>, YunError> {
+        self.hold(collection)?;
+        let sql = if self.writing {
+            "SELECT doc, version FROM doc_documents WHERE env = $1 AND collection = $2 AND id = $3 FOR UPDATE"
+        } else {
+            "SELECT doc, version FROM doc_documents WHERE env = $1 AND collection = $2 AND id = $3"
+        };
+        Ok(self
+            .txn
+            .query_opt(sql, &[&self.env, &collection, &id])?
+            .map(|r| (r.get(0), r.get(1))))
+    }
+
+    fn is_unique(&mut self, collection: &str, index: &str) -> Result<bool, YunError> {
+        let key = (collection.to_owned(), index.to_owned());
+        if let Some(unique) = self.unique.get(&key) {
+            return Ok(*unique);
+        }
+        let unique = match self.txn.query_opt(
+            "SELECT spec FROM doc_indexes WHERE env = $1 AND collection = $2 AND name = $3",
+            &[&self.env, &collection, &index],
+        )? {
+            Some(row) => decode::<IndexSpec>(row.get(0))?.unique,
+            None => false,
+        };
+        self.unique.insert(key, unique);
+        Ok(unique)
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, YunError> {
+    serde_json::from_str(text)
+        .map_err(|e| YunError::internal(format!("a stored document does not decode: {e}")))
+}
+
+impl DocTxn for PgTxn<'_> {
+    fn collection_exists(&mut self, collection: &str) -> Result<bool, YunError> {
+        self.hold(collection)?;
+        Ok(self
+            .txn
+            .query_opt(
+                "SELECT 1 FROM doc_collections WHERE env = $1 AND name = $2",
+                &[&self.env, &collection],
+            )?
+            .is_some())
+    }
+
+    fn create_collection(&mut self, collection: &str) -> Result<bool, YunError> {
+        self.hold(collection)?;
+        let n = self.txn.execute(
+            "INSERT INTO doc_collections (env, name, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            &[&self.env, &collection, &yun_types::unix_now()],
+        )?;
+        Ok(n > 0)
+    }
+
+    fn list_collections(&mut self) -> Result<Vec<String>, YunError> {
+        Ok(self
+            .txn
+            .query(
+                "SELECT name FROM doc_collections WHERE env = $1 ORDER BY name",
+                &[&self.env],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    fn drop_collection(&mut self, collection: &str) -> Result<bool, YunError> {
+        self.hold_exclusively(collection)?;
+        for sql in [
+            "DELETE FROM doc_index_entries WHERE env = $1 AND collection = $2",
+            "DELETE FROM doc_indexes WHERE env = $1 AND collection = $2",
+            "DELETE FROM doc_documents WHERE env = $1 AND collection = $2",
+        ] {
+            self.txn.execute(sql, &[&self.env, &collection])?;
+        }
+        let n = self.txn.execute(
+            "DELETE FROM doc_collections WHERE env = $1 AND name = $2",
+            &[&self.env, &collection],
+        )?;
+        Ok(n > 0)
+    }
+
+    fn scan_each(
+        &mut self,
+        collection: &str,
+        after: Option<&str>,
+        visit: Visit<'_, str>,
+    ) -> Result<(), YunError> {
+        self.hold(collection)?;
+        // `_id`s are never empty, so "after nothing" is after "".
+        self.txn.each(
+            "SELECT id, doc FROM doc_documents WHERE env = $1 AND collection = $2 AND id > $3 ORDER BY id",
+            &[&self.env, &collection, &after.unwrap_or("")],
+            |row| visit(row.get::<_, &str>(0), row.get::<_, &str>(1)),
+        )
+    }
+
+    fn get(&mut self, collection: &str, id: &str) -> Result<Option<Value>, YunError> {
+        self.row(collection, id)?
+            .map(|(text, _)| decode(&text))
+            .transpose()
+    }
+
+    fn count_documents(&mut self, collection: &str) -> Result<u64, YunError> {
+        Ok(self
+            .txn
+            .query_opt(
+                "SELECT count(*) FROM doc_documents WHERE env = $1 AND collection = $2",
+                &[&self.env, &collection],
+            )?
+            .map_or(0, |r| r.get::<_, i64>(0)) as u64)
+    }
+
+    fn get_text(&mut self, collection: &str, id: &str) -> Result<Option<String>, YunError> {
+        Ok(self.row(collection, id)?.map(|(text, _)| text))
+    }
+
+    fn get_versioned(
+        &mut self,
+        collection: &str,
+        id: &str,
+    ) -> Result<Option<(Value, u64)>, YunError> {
+        self.row(collection, id)?
+            .map(|(text, version)| Ok((decode(&text)?, version as u64)))
+            .transpose()
+    }
+
+    fn insert(&mut self, collection: &str, id: &str, text: &str) -> Result<(), YunError> {
+        self.hold(collection)?;
+        let version = self.write_version();
+        // `DO NOTHING` rather than an error: an error would end the transaction, and a
+        // duplicate is an answer the caller may want to go on from.
+        let n = self.txn.execute(
+            "INSERT INTO doc_documents (env, collection, id, doc, version) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            &[&self.env, &collection, &id, &text, &version],
+        )?;
+        if n == 0 {
+            return Err(YunError::new(
+                ErrorCode::DuplicateKey,
+                format!("E11000 duplicate key error: _id {id:?} already exists"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn replace(&mut self, collection: &str, id: &str, text: &str) -> Result<(), YunError> {
+        self.hold(collection)?;
+        let version = self.write_version();
+        self.txn
+            .execute(
+                "UPDATE doc_documents SET doc = $4, version = $5 WHERE env = $1 AND collection = $2 AND id = $3",
+                &[&self.env, &collection, &id, &text, &version],
+            )
+            .map(drop)
+    }
+
+    fn delete(&mut self, collection: &str, id: &str) -> Result<bool, YunError> {
+        self.hold(collection)?;
+        Ok(self.txn.execute(
+            "DELETE FROM doc_documents WHERE env = $1 AND collection = $2 AND id = $3",
+            &[&self.env, &collection, &id],
+        )? > 0)
+    }
+
+    fn append_change(&mut self, change: &NewChange<'_>) -> Result<(), YunError> {
+        self.log.append(self.txn, &self.env, change)
+    }
+
+    fn list_indexes(&mut self, collection: &str) -> Result<Vec<IndexSpec>, YunError> {
+        self.hold(collection)?;
+        self.txn
+            .query(
+                "SELECT spec FROM doc_indexes WHERE env = $1 AND collection = $2 ORDER BY name",
+                &[&self.env, &collection],
+            )?
+            .iter()
+            .map(|r| decode(r.get(0)))
+            .collect()
+    }
+
+    fn create_index(&mut self, collection: &str, spec: &IndexSpec) -> Result<bool, YunError> {
+        self.hold_exclusively(collection)?;
+        let text = serde_json::to_string(spec).map_err(YunError::internal)?;
+        Ok(self.txn.execute(
+            "INSERT INTO doc_indexes (env, collection, name, spec) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            &[&self.env, &collection, &spec.name, &text],
+        )? > 0)
+    }
+
+    fn drop_index(&mut self, collection: &str, name: &str) -> Result<bool, YunError> {
+        self.hold_exclusively(collection)?;
+        self.txn.execute(
+            "DELETE FROM doc_index_entries WHERE env = $1 AND collection = $2 AND name = $3",
+            &[&self.env, &collection, &name],
+        )?;
+        self.unique
+            .remove(&(collection.to_owned(), name.to_owned()));
+        Ok(self.txn.execute(
+            "DELETE FROM doc_indexes WHERE env = $1 AND collection = $2 AND name = $3",
+            &[&self.env, &collection, &name],
+        )? > 0)
+    }
+
+    fn mark_multikey(&mut self, collection: &str, spec: &IndexSpec) -> Result<(), YunError> {
+        let text = serde_json::to_string(&IndexSpec {
+            multikey: true,
+            ..spec.clone()
+        })
+        .map_err(YunError::internal)?;
+        self.txn
+            .execute(
+                "UPDATE doc_indexes SET spec = $4 WHERE env = $1 AND collection = $2 AND name = $3",
+                &[&self.env, &collection, &spec.name, &text],
+            )
+            .map(drop)
+    }
+
+    fn put_index_keys(
+        &mut self,
+        collection: &str,
+        index: &str,
+        id: &str,
+        keys: &[Vec<u8>],
+    ) -> Result<(), YunError> {
+        let unique = self.is_unique(collection, index)?;
+        for key in keys {
+            // The conflict target is the entry itself (a document listing one key twice);
+            // another document's entry with the key breaks the unique index and fails.
+            let result = self.txn.try_execute(
+                "INSERT INTO doc_index_entries (env, collection, name, key, id, uniq) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (env, collection, name, key, id) DO NOTHING",
+                &[&self.env, &collection, &index, key, &id, &unique],
+            );
+            match result {
+                Ok(_) => {}
+                Err(e) if unique_violation(&e).is_some() => {
+                    tracing::debug!(error = %describe(&e), "unique index entry taken");
+                    return Err(YunError::new(
+                        ErrorCode::DuplicateKey,
+                        format!("E11000 duplicate key error: index {index} is unique"),
+                    ));
+                }
+                Err(e) => return Err(pg_err(e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn delete_index_keys(
+        &mut self,
+        collection: &str,
+        index: &str,
+        id: &str,
+    ) -> Result<(), YunError> {
+        self.txn
+            .execute(
+                "DELETE FROM doc_index_entries WHERE env = $1 AND collection = $2 AND name = $3 AND id = $4",
+                &[&self.env, &collection, &index, &id],
+            )
+            .map(drop)
+    }
+
+    fn index_each(
+        &mut self,
+        collection: &str,
+        index: &str,
+        range: &KeyRange,
+        after: Option<(&[u8], &str)>,
+        backward: bool,
+        visit: Visit<'_, [u8]>,
+    ) -> Result<(), YunError> {
+        self.hold(collection)?;
+        let each = |row: &tokio_postgres::Row| visit(row.get::<_, &[u8]>(0), row.get::<_, &str>(1));
+        let (env, low, high) = (&self.env, &range.low, &range.high);
+        match after {
+            None => {
+                let sql = if backward {
+                    INDEX_RANGE_BACKWARD_SQL
+                } else {
+                    INDEX_RANGE_SQL
+                };
+                self.txn
+                    .each(sql, &[env, &collection, &index, low, high], each)
+            }
+            Some((key, id)) => {
+                let sql = if backward {
+                    INDEX_RANGE_BACKWARD_AFTER_SQL
+                } else {
+                    INDEX_RANGE_AFTER_SQL
+                };
+                self.txn
+                    .each(sql, &[env, &collection, &index, low, high, &key, &id], each)
+            }
+        }
+    }
+
+    fn index_count(
+        &mut self,
+        collection: &str,
+        index: &str,
+        range: &KeyRange,
+    ) -> Result<u64, YunError> {
+        Ok(self
+            .txn
+            .query_opt(
+                "SELECT count(*) FROM doc_index_entries WHERE env = $1 AND collection = $2 AND name = $3 AND key >= $4 AND key < $5",
+                &[&self.env, &collection, &index, &range.low, &range.high],
+            )?
+            .map_or(0, |r| r.get::<_, i64>(0)) as u64)
+    }
+
+    fn index_key_taken(
+        &mut self,
+        collection: &str,
+        index: &str,
+        key: &[u8],
+        except_id: &str,
+    ) -> Result<bool, YunError> {
+        Ok(self
+            .txn
+            .query_opt(
+                "SELECT 1 FROM doc_index_entries WHERE env = $1 AND collection = $2 AND name = $3 AND key = $4 AND id <> $5 LIMIT 1",
+                &[&self.env, &collection, &index, &key, &except_id],
+            )?
+            .is_some())
+    }
+}
+
+#[async_trait]
+impl DocStore for PgDocStore {
+    async fn read(&self, env: &EnvId, _point: bool, work: Work) -> Result<(), YunError> {
+        self.run(env, false, work).await
+    }
+
+    async fn write(&self, env: &EnvId, _point: bool, work: Work) -> Result<(), YunError> {
+        self.run(env, true, work).await
+    }
+
+    fn change_log(&self) -> &dyn ChangeLog {
+        &*self.log
+    }
+}
