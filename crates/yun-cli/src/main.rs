@@ -238,10 +238,10 @@ struct DevArgs {
     /// using it; PREFIX names the streams, default yun)
     #[arg(long)]
     events: Option<String>,
-    /// Where documents live: the data folder (SQLite, the default) or
+    /// Where documents and the file index live: the data folder (SQLite, the default) or
     /// `postgres://USER@HOST:PORT/DATABASE` (PostgreSQL; processes may share it)
-    #[arg(long, env = "YUN_DOCUMENTS")]
-    documents: Option<String>,
+    #[arg(long, env = "YUN_DATABASE_URL")]
+    database: Option<String>,
     /// The PostgreSQL schema Yun's tables live in (created when missing)
     #[arg(long, default_value = "yun", env = "YUN_POSTGRES_SCHEMA")]
     postgres_schema: String,
@@ -426,7 +426,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         queue_timeout: args.queue_timeout,
         storage: args.storage,
         events: args.events,
-        documents: args.documents,
+        database: args.database,
         postgres_schema: args.postgres_schema,
         storage_limits: yun_server::StorageLimits {
             max_file_bytes: args.max_file_size,

@@ -83,7 +83,7 @@ pub fn dev_banner(server: &yun_server::Server) {
         server.data_dir.display()
     );
     println!("  Isolation   {}", server.isolation);
-    println!("  Documents   {}", server.documents);
+    println!("  Stores      {}", server.database);
     println!("  Files       {}", server.storage);
     if server.first_start {
         println!(

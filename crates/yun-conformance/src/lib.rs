@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use yun_docdb::sqlite::SqliteDocStore;
 use yun_docdb::store::DocStore;
-use yun_store_postgres::{PgDocStore, Postgres};
+use yun_storage::{FileIndex, SqliteFileIndex};
+use yun_store_postgres::{PgDocStore, PgFileIndex, Postgres};
 
 /// Runs each named `async fn(Backend)` once per backend, as `NAME::sqlite` and
 /// `NAME::postgres`.
@@ -54,10 +55,6 @@ impl Backend {
         }
     }
 
-    pub fn is_postgres(&self) -> bool {
-        matches!(self, Self::Postgres { .. })
-    }
-
     /// A document store on this backend's data: the first open, or a restart.
     pub async fn doc_store(&self) -> Arc<dyn DocStore> {
         match self {
@@ -68,14 +65,34 @@ impl Backend {
                 let pg = Postgres::connect(url, schema).unwrap();
                 match PgDocStore::open(pg).await {
                     Ok(store) => Arc::new(store),
-                    Err(e) => panic!(
-                        "PostgreSQL is not usable at {url} ({e}): start it or point \
-                         YUN_TEST_POSTGRES_URL at one; these tests do not skip"
-                    ),
+                    Err(e) => unusable(url, e),
                 }
             }
         }
     }
+
+    /// A file index on this backend's data.
+    pub async fn file_index(&self) -> Arc<dyn FileIndex> {
+        match self {
+            Self::Sqlite { folder, .. } => {
+                Arc::new(SqliteFileIndex::open(&folder.join("files.db")).unwrap())
+            }
+            Self::Postgres { url, schema } => {
+                let pg = Postgres::connect(url, schema).unwrap();
+                match PgFileIndex::open(pg).await {
+                    Ok(index) => Arc::new(index),
+                    Err(e) => unusable(url, e),
+                }
+            }
+        }
+    }
+}
+
+fn unusable(url: &str, e: yun_types::YunError) -> ! {
+    panic!(
+        "PostgreSQL is not usable at {url} ({e}): start it or point YUN_TEST_POSTGRES_URL at \
+         one; these tests do not skip"
+    )
 }
 
 pub fn postgres_url() -> String {

@@ -12,6 +12,7 @@ use yun_conformance::{on_every_backend, Backend};
 use yun_docdb::filter::Filter;
 use yun_docdb::find::{Projection, SortKeys};
 use yun_docdb::index::{IndexField, IndexSpec};
+use yun_docdb::Updated;
 use yun_docdb::{Change, DocDb, Find, Limits, UpdateMode};
 use yun_types::{EnvId, ErrorCode};
 
@@ -21,6 +22,10 @@ on_every_backend!(
     optimistic_transactions_writing_one_document_conflict,
     an_index_built_during_writes_misses_none,
     the_change_log_reader_misses_no_commit_and_keeps_each_documents_order,
+    single_document_updates_claim_every_match_once,
+    concurrent_upserts_of_one_id_all_apply,
+    transactions_that_saw_a_document_absent_conflict_with_its_creation,
+    concurrent_index_builds_on_one_collection_both_succeed,
 );
 
 const WRITERS: usize = 8;
@@ -298,4 +303,157 @@ async fn the_change_log_reader_misses_no_commit_and_keeps_each_documents_order(b
     for (key, ops) in ops {
         assert_eq!(ops, ["create", "update"], "{key}");
     }
+}
+
+/// A job queue's claim: `update({status: "pending"}, {$set: …})` on one document. A
+/// worker whose first match is taken by another meanwhile must claim the next one, not
+/// report nothing while jobs are pending.
+async fn single_document_updates_claim_every_match_once(backend: Backend) {
+    let (db, env) = setup(&backend).await;
+    let per_worker = 15;
+    let jobs: Vec<Value> = (0..WRITERS * per_worker)
+        .map(|i| json!({"_id": format!("job{i:03}"), "status": "pending"}))
+        .collect();
+    db.insert(&env, "c", jobs, None, None).await.unwrap();
+    let workers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (db, env) = (db.clone(), env.clone());
+            tokio::spawn(async move {
+                for _ in 0..per_worker {
+                    let (outcome, _) = db
+                        .update(
+                            &env,
+                            "c",
+                            filter(json!({"status": "pending"})),
+                            Change::Operators(json!({"$set": {"status": "taken", "by": w}})),
+                            mode(false),
+                        )
+                        .await
+                        .unwrap();
+                    assert_eq!(outcome.matched, 1, "jobs are pending: one is claimed");
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let pending = db
+        .count(
+            &env,
+            "c",
+            filter(json!({"status": "pending"})),
+            &Limits::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(pending, 0);
+}
+
+/// `doc(id).set(…)`-style upserts of one new `_id` from several writers: one inserts, the
+/// others update what it inserted; none fails.
+async fn concurrent_upserts_of_one_id_all_apply(backend: Backend) {
+    let (db, env) = setup(&backend).await;
+    for round in 0..5 {
+        let id = format!("counter{round}");
+        let tasks: Vec<_> = (0..WRITERS)
+            .map(|_| {
+                let (db, env, id) = (db.clone(), env.clone(), id.clone());
+                tokio::spawn(async move {
+                    let query = json!({"_id": id});
+                    let upsert = Some(yun_docdb::filter::upsert_seed(&query));
+                    db.update(
+                        &env,
+                        "c",
+                        filter(query),
+                        inc(),
+                        UpdateMode {
+                            multi: false,
+                            upsert,
+                            guard: None,
+                        },
+                    )
+                    .await
+                    .map(|(outcome, _): (Updated, _)| outcome.upserted_id.is_some())
+                })
+            })
+            .collect();
+        let mut inserted = 0;
+        for t in tasks {
+            if t.await.unwrap().unwrap() {
+                inserted += 1;
+            }
+        }
+        assert_eq!(inserted, 1, "one upsert inserts");
+        assert_eq!(get(&db, &env, &id).await["n"], json!(WRITERS as i64));
+    }
+}
+
+/// Write skew over absent documents: one transaction reads `x` (absent) and creates `y`,
+/// the other reads `y` (absent) and creates `x`. Serially, the second would have seen the
+/// first's document: both cannot commit.
+async fn transactions_that_saw_a_document_absent_conflict_with_its_creation(backend: Backend) {
+    let (db, env) = setup(&backend).await;
+    for round in 0..5 {
+        let (x, y) = (format!("x{round}"), format!("y{round}"));
+        let (t1, t2) = (db.start_transaction(&env), db.start_transaction(&env));
+        for (t, read, write) in [(&t1, &x, &y), (&t2, &y, &x)] {
+            let seen = db
+                .txn_find(
+                    &env,
+                    t,
+                    "c",
+                    &filter(json!({"_id": read})),
+                    &Projection::All,
+                )
+                .await
+                .unwrap();
+            assert!(seen.is_empty());
+            db.txn_insert(&env, t, "c", vec![json!({"_id": write})])
+                .await
+                .unwrap();
+        }
+        let (r1, r2) = tokio::join!(
+            db.commit_transaction(&env, &t1),
+            db.commit_transaction(&env, &t2)
+        );
+        let committed = [&r1, &r2].iter().filter(|r| r.is_ok()).count();
+        assert_eq!(committed, 1, "{r1:?} {r2:?}");
+        let lost = [r1, r2].into_iter().find_map(Result::err).unwrap();
+        assert_eq!(lost.code, ErrorCode::TransactionConflict, "{lost}");
+    }
+}
+
+async fn concurrent_index_builds_on_one_collection_both_succeed(backend: Backend) {
+    let (db, env) = setup(&backend).await;
+    db.insert(
+        &env,
+        "c",
+        (0..50).map(|i| json!({"a": i, "b": -i})).collect(),
+        None,
+        None,
+    )
+    .await
+    .unwrap();
+    for round in 0..3 {
+        let build = |field: &'static str| {
+            let (db, env) = (db.clone(), env.clone());
+            async move {
+                let spec = IndexSpec {
+                    name: format!("{field}{round}"),
+                    fields: vec![IndexField {
+                        field: field.into(),
+                        direction: 1,
+                    }],
+                    unique: false,
+                    multikey: false,
+                };
+                db.create_index(&env, "c", spec).await
+            }
+        };
+        let (a, b) = tokio::join!(build("a"), build("b"));
+        a.unwrap();
+        b.unwrap();
+    }
+    assert_eq!(db.list_indexes(&env, "c").await.unwrap().len(), 6);
 }

@@ -408,6 +408,25 @@ impl<'t> IndexedWriter<'t> {
         self.txn.get(&self.collection, id)
     }
 
+    /// The documents of `ids` that still match `filter` as this write reads them (locked,
+    /// on a backend with several writers), and whether any had changed since it matched
+    /// (see [`CONCURRENT_WRITE_RETRIES`]).
+    fn still_matching(
+        &mut self,
+        ids: &[String],
+        filter: &Filter,
+    ) -> Result<(Vec<(String, Value)>, bool), YunError> {
+        let mut docs = Vec::with_capacity(ids.len());
+        let mut changed = false;
+        for id in ids {
+            match self.get(id)?.filter(|doc| filter.matches(doc)) {
+                Some(doc) => docs.push((id.clone(), doc)),
+                None => changed = true,
+            }
+        }
+        Ok((docs, changed))
+    }
+
     pub(crate) fn insert(&mut self, id: &str, doc: &Value) -> Result<(), YunError> {
         let text = doc.to_string();
         self.txn.insert(&self.collection, id, &text)?;
@@ -452,13 +471,14 @@ impl<'t> IndexedWriter<'t> {
     }
 }
 
-/// Whether a document found by a write's filter still matches it as the write reads it
-/// to change it. A backend with several writers at once (PostgreSQL) finds matches
-/// without locking them, then reads each locked, by which time another transaction may
-/// have changed it; with one writer (SQLite) this is always true.
-fn still_matches(filter: &Filter, doc: &Value) -> bool {
-    filter.matches(doc)
-}
+/// How often an update or remove of one document looks for a match again. A backend with
+/// several writers at once (PostgreSQL) finds matches without locking them, then reads
+/// each locked, by which time another transaction may have changed or removed it (the
+/// filter is checked again on what it locked). When that left nothing, another document
+/// may match: look again. Each retry follows a commit of another writer (writers racing
+/// for the first match of a queue take turns, so a loser may retry once per rival); with
+/// one writer (SQLite) none happens.
+const CONCURRENT_WRITE_RETRIES: usize = 64;
 
 /// A write whose filter pins `_id` touches a bounded number of documents.
 fn write_access(filter: &Filter) -> Access {
@@ -839,58 +859,67 @@ impl DocDb {
         let access = write_access(&filter);
         run(&*self.store, env, access, move |txn| {
             require_collection(txn, &collection)?;
-            let mut outcome = Updated::default();
-            let mut written = Vec::new();
-            let ids = matching_ids(txn, (&sizes, &env_name), &collection, &filter, !multi)?;
-            let mut writer = IndexedWriter::new(txn, &collection)?;
-            for id in &ids {
-                let Some(doc) = writer.get(id)? else { continue };
-                if !still_matches(&filter, &doc) {
-                    continue;
-                }
-                let new = match &change {
-                    Change::Operators(ops) => update::apply(&doc, ops)?,
-                    Change::Replace(data) => update::replace(&doc, data)?,
-                };
-                check_guard(&guard, Some(&doc), Some(&new))?;
-                outcome.matched += 1;
-                if new != doc {
-                    let bytes = new.to_string().len();
-                    if bytes > limits.max_document_bytes {
-                        return Err(YunError::invalid_param(format!(
-                            "document would be {bytes} bytes, over the limit"
-                        )));
-                    }
-                    writer.replace(id, &new)?;
-                    outcome.updated += 1;
-                }
-                written.push(new);
-            }
-            if outcome.matched == 0 {
-                if let Some(seed) = upsert {
-                    let base = update::replace(&seed, &Value::Object(Map::new()))?;
-                    let mut new = match &change {
-                        Change::Operators(ops) => update::apply(&seed, ops)?,
-                        Change::Replace(data) => update::replace(&base, data)?,
+            for attempt in 1.. {
+                let mut outcome = Updated::default();
+                let mut written = Vec::new();
+                let ids = matching_ids(txn, (&sizes, &env_name), &collection, &filter, !multi)?;
+                let mut writer = IndexedWriter::new(txn, &collection)?;
+                let (docs, changed_meanwhile) = writer.still_matching(&ids, &filter)?;
+                for (id, doc) in &docs {
+                    let new = match &change {
+                        Change::Operators(ops) => update::apply(doc, ops)?,
+                        Change::Replace(data) => update::replace(doc, data)?,
                     };
-                    let id = match new.get("_id") {
-                        Some(v) => id_text(v)?,
-                        None => new_sortable_id(),
-                    };
-                    if let Value::Object(m) = &mut new {
-                        m.shift_remove("_id");
-                        let mut with_id = Map::new();
-                        with_id.insert("_id".into(), Value::String(id.clone()));
-                        with_id.extend(std::mem::take(m));
-                        *m = with_id;
+                    check_guard(&guard, Some(doc), Some(&new))?;
+                    outcome.matched += 1;
+                    if new != *doc {
+                        let bytes = new.to_string().len();
+                        if bytes > limits.max_document_bytes {
+                            return Err(YunError::invalid_param(format!(
+                                "document would be {bytes} bytes, over the limit"
+                            )));
+                        }
+                        writer.replace(id, &new)?;
+                        outcome.updated += 1;
                     }
-                    check_guard(&guard, None, Some(&new))?;
-                    writer.insert(&id, &new)?;
-                    outcome.upserted_id = Some(id);
                     written.push(new);
                 }
+                let retry = attempt < CONCURRENT_WRITE_RETRIES;
+                if outcome.matched == 0 && !multi && changed_meanwhile && retry {
+                    continue;
+                }
+                if outcome.matched == 0 {
+                    if let Some(seed) = &upsert {
+                        let base = update::replace(seed, &Value::Object(Map::new()))?;
+                        let mut new = match &change {
+                            Change::Operators(ops) => update::apply(seed, ops)?,
+                            Change::Replace(data) => update::replace(&base, data)?,
+                        };
+                        let id = match new.get("_id") {
+                            Some(v) => id_text(v)?,
+                            None => new_sortable_id(),
+                        };
+                        if let Value::Object(m) = &mut new {
+                            m.shift_remove("_id");
+                            let mut with_id = Map::new();
+                            with_id.insert("_id".into(), Value::String(id.clone()));
+                            with_id.extend(std::mem::take(m));
+                            *m = with_id;
+                        }
+                        // Another writer's upsert of this `_id` committed meanwhile: update
+                        // that document instead.
+                        if retry && writer.get(&id)?.is_some() {
+                            continue;
+                        }
+                        check_guard(&guard, None, Some(&new))?;
+                        writer.insert(&id, &new)?;
+                        outcome.upserted_id = Some(id);
+                        written.push(new);
+                    }
+                }
+                return Ok((outcome, written));
             }
-            Ok((outcome, written))
+            unreachable!("the last attempt returns")
         })
         .await
     }
@@ -939,13 +968,17 @@ impl DocDb {
         spec.check()?;
         let collection = collection.to_owned();
         run(&*self.store, env, Access::Write, move |txn| {
-            require_collection(txn, &collection)?;
+            // Before anything else reads the collection: a backend with several writers
+            // holds it exclusively from here (see `DocTxn::create_index`), and taking that
+            // after a shared hold would deadlock two index builds.
             if !txn.create_index(&collection, &spec)? {
+                require_collection(txn, &collection)?;
                 return Err(YunError::new(
                     ErrorCode::AlreadyExists,
                     format!("index {} already exists", spec.name),
                 ));
             }
+            require_collection(txn, &collection)?;
             let mut seen = std::collections::HashSet::new();
             // In batches: the entries are written between reads of the collection.
             let mut after: Option<String> = None;
@@ -1048,20 +1081,24 @@ impl DocDb {
         let access = write_access(&filter);
         run(&*self.store, env, access, move |txn| {
             require_collection(txn, &collection)?;
-            let mut deleted = 0;
-            let ids = matching_ids(txn, (&sizes, &env_name), &collection, &filter, !multi)?;
-            let mut writer = IndexedWriter::new(txn, &collection)?;
-            for id in &ids {
-                let Some(doc) = writer.get(id)? else { continue };
-                if !still_matches(&filter, &doc) {
+            for attempt in 1.. {
+                let mut deleted = 0;
+                let ids = matching_ids(txn, (&sizes, &env_name), &collection, &filter, !multi)?;
+                let mut writer = IndexedWriter::new(txn, &collection)?;
+                let (docs, changed_meanwhile) = writer.still_matching(&ids, &filter)?;
+                for (id, doc) in &docs {
+                    check_guard(&guard, Some(doc), None)?;
+                    if writer.delete(id)? {
+                        deleted += 1;
+                    }
+                }
+                if deleted == 0 && !multi && changed_meanwhile && attempt < CONCURRENT_WRITE_RETRIES
+                {
                     continue;
                 }
-                check_guard(&guard, Some(&doc), None)?;
-                if writer.delete(id)? {
-                    deleted += 1;
-                }
+                return Ok(deleted);
             }
-            Ok(deleted)
+            unreachable!("the last attempt returns")
         })
         .await
     }

@@ -54,6 +54,8 @@ pub trait DocTxn {
 
     fn list_indexes(&mut self, collection: &str) -> Result<Vec<IndexSpec>, YunError>;
     /// Records an index definition; false when the name is taken. Entries come separately.
+    /// A backend with several writers holds the collection exclusively from here to the
+    /// commit, so no write misses the index.
     fn create_index(&mut self, collection: &str, spec: &IndexSpec) -> Result<bool, YunError>;
     /// Drops an index and its entries; false when it did not exist.
     fn drop_index(&mut self, collection: &str, name: &str) -> Result<bool, YunError>;

@@ -293,7 +293,12 @@ impl DocDb {
             }
         };
         run(&**self.store(), env, Access::Write, move |t| {
-            for ((collection, doc_id), seen) in &state.seen {
+            // In key order, as the writes below: transactions of a backend with several
+            // writers lock what they check in one order, so two commits wait rather than
+            // deadlock.
+            let mut seen: Vec<_> = state.seen.iter().collect();
+            seen.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            for ((collection, doc_id), seen) in seen {
                 let now = t.get_versioned(collection, doc_id)?.map(|(_, v)| v);
                 if now != seen.version {
                     return Err(conflict());

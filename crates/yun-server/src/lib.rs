@@ -26,8 +26,8 @@ use yun_functions::{
 use yun_meta::sqlite::SqliteMetaStore;
 use yun_meta::MetaStore;
 pub use yun_storage::StorageLimits;
-use yun_storage::{ObjectBackend, SqliteFileIndex, Storage};
-use yun_store_postgres::{PgDocStore, Postgres};
+use yun_storage::{FileIndex, ObjectBackend, SqliteFileIndex, Storage};
+use yun_store_postgres::{PgDocStore, PgFileIndex, Postgres};
 use yun_types::{EnvId, YunError};
 use yun_users::{SqliteUserStore, Users};
 
@@ -55,9 +55,9 @@ pub struct DevConfig {
     /// (NATS JetStream; processes on one server share the queue and fire a timer's tick
     /// once).
     pub events: Option<String>,
-    /// Where documents live: `None` for SQLite in the data dir, or a `postgres://` URL
-    /// (several processes may share the database).
-    pub documents: Option<String>,
+    /// Where the stores PostgreSQL serves so far (documents, the file index) live: `None`
+    /// for SQLite in the data dir, or a `postgres://` URL (processes may share it).
+    pub database: Option<String>,
     /// The PostgreSQL schema Yun's tables live in.
     pub postgres_schema: String,
     pub storage_limits: StorageLimits,
@@ -257,8 +257,8 @@ pub struct Server {
     pub isolation: String,
     /// Where file bytes live, for the banner.
     pub storage: String,
-    /// Where documents live, for the start-up banner.
-    pub documents: String,
+    /// Where the stores live, for the start-up banner.
+    pub database: String,
     pub data_dir: PathBuf,
     listener: tokio::net::TcpListener,
     app: Arc<App>,
@@ -509,19 +509,26 @@ impl Server {
             yun_app::ops::on_scrape(yun_sqlite::publish_health);
         }
         let meta: Arc<dyn MetaStore> = Arc::new(SqliteMetaStore::open(&meta_dir.join("yun.db"))?);
-        let (docs, documents): (Arc<dyn DocStore>, String) = match &cfg.documents {
-            None => (
-                Arc::new(SqliteDocStore::open(&meta_dir.join("documents.db"))?),
-                "SQLite in the data folder".into(),
-            ),
-            Some(url) => {
-                let pg = Postgres::connect(url, &cfg.postgres_schema)?;
-                (
-                    Arc::new(PgDocStore::open(pg).await?),
-                    format!("PostgreSQL, schema {}", cfg.postgres_schema),
-                )
-            }
+        let postgres = match &cfg.database {
+            Some(url) => Some(Postgres::connect(url, &cfg.postgres_schema)?),
+            None => None,
         };
+        let (docs, file_index, database): (Arc<dyn DocStore>, Arc<dyn FileIndex>, String) =
+            match &postgres {
+                None => (
+                    Arc::new(SqliteDocStore::open(&meta_dir.join("documents.db"))?),
+                    Arc::new(SqliteFileIndex::open(&meta_dir.join("files.db"))?),
+                    "SQLite in the data folder".into(),
+                ),
+                Some(pg) => (
+                    Arc::new(PgDocStore::open(pg.clone()).await?),
+                    Arc::new(PgFileIndex::open(pg.clone()).await?),
+                    format!(
+                        "PostgreSQL, schema {} (documents, file index); the rest SQLite in the data folder",
+                        cfg.postgres_schema
+                    ),
+                ),
+            };
         let docdb = Arc::new(DocDb::new(docs, Limits::default()));
         let backend = match &cfg.storage {
             Some(spec) => ObjectBackend::parse(spec),
@@ -532,11 +539,7 @@ impl Server {
             // on the host: an unsandboxed instance as `nobody` cannot open the folder.
             make_dir(dir, 0o700)?;
         }
-        let storage = Arc::new(Storage::new(
-            &backend,
-            Arc::new(SqliteFileIndex::open(&meta_dir.join("files.db"))?),
-            cfg.storage_limits,
-        )?);
+        let storage = Arc::new(Storage::new(&backend, file_index, cfg.storage_limits)?);
         let storage_for_backups = storage.clone();
         let users = Arc::new(Users::new(Arc::new(SqliteUserStore::open(
             &meta_dir.join("users.db"),
@@ -636,9 +639,9 @@ impl Server {
                     storage,
                     users,
                     events,
-                    // Backups copy the data folder's stores; documents in PostgreSQL are
+                    // Backups copy the data folder's stores; what lives in PostgreSQL is
                     // backed up with PostgreSQL's own tools.
-                    backups: cfg.documents.is_none().then(|| {
+                    backups: postgres.is_none().then(|| {
                         Arc::new(backup::LocalBackups::new(
                             &cfg.data_dir,
                             storage_for_backups,
@@ -699,7 +702,7 @@ impl Server {
             first_start: first.is_some(),
             isolation: isolation_text,
             storage: backend.describe(),
-            documents,
+            database,
             data_dir: cfg.data_dir,
             listener,
             app,

@@ -95,7 +95,7 @@ fn select_one(
 
 /// A record as the change log keeps it: with its object (a point-in-time restore needs
 /// the bytes; trigger events take only the public fields).
-fn logged(record: &FileRecord) -> Result<String, YunError> {
+pub fn logged(record: &FileRecord) -> Result<String, YunError> {
     let mut value = serde_json::to_value(record).map_err(db_err)?;
     value["object"] = serde_json::Value::String(record.object.clone());
     serde_json::to_string(&value).map_err(db_err)
@@ -151,6 +151,13 @@ fn log_change(
             after: after.as_deref(),
         },
     )
+}
+
+/// The path range `[start, end)` of a listing by `prefix` past `after`. Paths compare as
+/// UTF-8 bytes; U+10FFFF sorts after every real continuation of the prefix, so the range
+/// is an index seek, not a scan of the env.
+pub fn listing_range(prefix: &str, after: &str) -> (String, String) {
+    (prefix.max(after).to_owned(), format!("{prefix}\u{10FFFF}"))
 }
 
 pub struct SqliteFileIndex {
@@ -241,10 +248,7 @@ impl FileIndex for SqliteFileIndex {
         limit: usize,
     ) -> Result<Vec<FileRecord>, YunError> {
         let env = env.to_string();
-        let start = prefix.max(after).to_owned();
-        // Paths are compared as UTF-8 bytes; U+10FFFF sorts after every real continuation
-        // of the prefix, so the range is an index seek, not a scan of the env.
-        let end = format!("{prefix}\u{10FFFF}");
+        let (start, end) = listing_range(prefix, after);
         let after = after.to_owned();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.db

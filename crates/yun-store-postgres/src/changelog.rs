@@ -12,6 +12,8 @@
 //! Two writes of one document are ordered by its row lock: the second took its `ord`
 //! after the first committed, so entries of one key keep their order.
 
+use std::sync::Arc;
+
 use tokio_postgres::Row;
 use yun_types::changes::{ChangeEntry, ChangeLog, ChangeRetention, NewChange};
 use yun_types::YunError;
@@ -24,9 +26,10 @@ const NUMBERING_BATCH: i64 = 10_000;
 const PRUNE_SLICE: i64 = 5_000;
 
 /// The change log of one store, in tables named after `prefix` (`doc_changes`, …).
+#[derive(Clone)]
 pub struct PgChangeLog {
     pg: Postgres,
-    sql: Sql,
+    sql: Arc<Sql>,
 }
 
 struct Sql {
@@ -100,11 +103,16 @@ CREATE TABLE {prefix}_change_cursors (name text PRIMARY KEY, seq bigint NOT NULL
                 "DELETE FROM {t} WHERE ord IN (SELECT ord FROM {t} WHERE env = $1 AND seq <= $2 ORDER BY seq LIMIT {PRUNE_SLICE})"
             ),
             cursor: format!("SELECT seq FROM {prefix}_change_cursors WHERE name = $1"),
+            // A cursor only moves forward: processes sharing the log may save it out of
+            // order.
             save_cursor: format!(
-                "INSERT INTO {prefix}_change_cursors (name, seq) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET seq = excluded.seq"
+                "INSERT INTO {prefix}_change_cursors (name, seq) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET seq = greatest({prefix}_change_cursors.seq, excluded.seq)"
             ),
         };
-        Self { pg, sql }
+        Self {
+            pg,
+            sql: Arc::new(sql),
+        }
     }
 
     /// Appends `change` for `env` in `txn`; the writer is the one running on this thread

@@ -68,6 +68,10 @@ CREATE UNIQUE INDEX doc_index_entries_unique ON doc_index_entries (env, collecti
     ]
 }
 
+/// Holds a document's `_id` (`$1` env, `$2` collection, `$3` id) until commit, present
+/// or not.
+const ID_LOCK: &str = "pg_advisory_xact_lock(hashtextextended($1 || '/' || $2 || '/' || $3, 0))";
+
 const INDEX_RANGE_SQL: &str =
     "SELECT key, id FROM doc_index_entries WHERE env = $1 AND collection = $2 AND name = $3 AND key >= $4 AND key < $5 ORDER BY key, id";
 const INDEX_RANGE_BACKWARD_SQL: &str =
@@ -156,17 +160,35 @@ impl PgTxn<'_> {
             .get_or_insert_with(|| rand::random::<i64>() & i64::MAX)
     }
 
-    /// The stored text (and version) of one document; in a write, locked until commit.
-    fn row(&mut self, collection: &str, id: &str) -> Result<Option<(String, i64)>, YunError> {
+    /// The stored text (and version) of one document. With `lock` in a write, the
+    /// document is locked until commit, and so is its absence: a transaction that saw no
+    /// document holds its `_id` (an advisory lock every insert takes too), so no other
+    /// transaction creates it before this one commits.
+    fn row(
+        &mut self,
+        collection: &str,
+        id: &str,
+        lock: bool,
+    ) -> Result<Option<(String, i64)>, YunError> {
         self.hold(collection)?;
-        let sql = if self.writing {
+        let lock = lock && self.writing;
+        let sql = if lock {
             "SELECT doc, version FROM doc_documents WHERE env = $1 AND collection = $2 AND id = $3 FOR UPDATE"
         } else {
             "SELECT doc, version FROM doc_documents WHERE env = $1 AND collection = $2 AND id = $3"
         };
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&self.env, &collection, &id];
+        if let Some(row) = self.txn.query_opt(sql, &params)? {
+            return Ok(Some((row.get(0), row.get(1))));
+        }
+        if !lock {
+            return Ok(None);
+        }
+        self.txn.execute(&format!("SELECT {ID_LOCK}"), &params)?;
+        // An insert that held the `_id` may have committed while this waited.
         Ok(self
             .txn
-            .query_opt(sql, &[&self.env, &collection, &id])?
+            .query_opt(sql, &params)?
             .map(|r| (r.get(0), r.get(1))))
     }
 
@@ -227,6 +249,7 @@ impl DocTxn for PgTxn<'_> {
 
     fn drop_collection(&mut self, collection: &str) -> Result<bool, YunError> {
         self.hold_exclusively(collection)?;
+        self.unique.retain(|(c, _), _| c != collection);
         for sql in [
             "DELETE FROM doc_index_entries WHERE env = $1 AND collection = $2",
             "DELETE FROM doc_indexes WHERE env = $1 AND collection = $2",
@@ -257,7 +280,7 @@ impl DocTxn for PgTxn<'_> {
     }
 
     fn get(&mut self, collection: &str, id: &str) -> Result<Option<Value>, YunError> {
-        self.row(collection, id)?
+        self.row(collection, id, true)?
             .map(|(text, _)| decode(&text))
             .transpose()
     }
@@ -272,8 +295,10 @@ impl DocTxn for PgTxn<'_> {
             .map_or(0, |r| r.get::<_, i64>(0)) as u64)
     }
 
+    /// Never locks: the executor reads candidates this way while matching, and a write
+    /// locks (with [`DocTxn::get`]) only what it then changes.
     fn get_text(&mut self, collection: &str, id: &str) -> Result<Option<String>, YunError> {
-        Ok(self.row(collection, id)?.map(|(text, _)| text))
+        Ok(self.row(collection, id, false)?.map(|(text, _)| text))
     }
 
     fn get_versioned(
@@ -281,7 +306,7 @@ impl DocTxn for PgTxn<'_> {
         collection: &str,
         id: &str,
     ) -> Result<Option<(Value, u64)>, YunError> {
-        self.row(collection, id)?
+        self.row(collection, id, true)?
             .map(|(text, version)| Ok((decode(&text)?, version as u64)))
             .transpose()
     }
@@ -291,8 +316,10 @@ impl DocTxn for PgTxn<'_> {
         let version = self.write_version();
         // `DO NOTHING` rather than an error: an error would end the transaction, and a
         // duplicate is an answer the caller may want to go on from.
+        // Holds the `_id` first (in the same statement), as a transaction that saw it
+        // absent does (see `row`).
         let n = self.txn.execute(
-            "INSERT INTO doc_documents (env, collection, id, doc, version) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            &format!("INSERT INTO doc_documents (env, collection, id, doc, version) SELECT $1, $2, $3, $4, $5 FROM (SELECT {ID_LOCK}) held ON CONFLICT DO NOTHING"),
             &[&self.env, &collection, &id, &text, &version],
         )?;
         if n == 0 {
@@ -341,6 +368,8 @@ impl DocTxn for PgTxn<'_> {
 
     fn create_index(&mut self, collection: &str, spec: &IndexSpec) -> Result<bool, YunError> {
         self.hold_exclusively(collection)?;
+        self.unique
+            .remove(&(collection.to_owned(), spec.name.clone()));
         let text = serde_json::to_string(spec).map_err(YunError::internal)?;
         Ok(self.txn.execute(
             "INSERT INTO doc_indexes (env, collection, name, spec) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",

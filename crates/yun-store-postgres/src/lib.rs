@@ -1,10 +1,11 @@
-//! The cluster backends on PostgreSQL: one pool of connections to one database (in one
+//! The cluster backends on PostgreSQL (documents, the file index): one pool of connections to one database (in one
 //! schema), numbered migrations per store, and the stores themselves. Each store states
 //! the isolation it runs at and lets the database enforce what must hold across nodes
 //! (unique keys, row locks), where the SQLite backends rely on SQLite's single writer.
 
 pub mod changelog;
 pub mod docdb;
+pub mod files;
 
 use std::future::Future;
 
@@ -14,9 +15,11 @@ use tokio_postgres::error::SqlState;
 use yun_types::{ErrorCode, YunError};
 
 pub use docdb::PgDocStore;
+pub use files::PgFileIndex;
 
 /// How many connections a node keeps to the database at most.
 const POOL_SIZE: usize = 16;
+const POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A pool of connections to one PostgreSQL database, every one with the same
 /// `search_path` (the schema Yun's tables live in).
@@ -58,6 +61,10 @@ impl Postgres {
         );
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
+            // A request waits this long for a connection, then fails, rather than queue
+            // forever behind transactions waiting on locks.
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(POOL_WAIT))
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| YunError::internal(format!("postgres pool: {e}")))?;
@@ -109,6 +116,15 @@ impl Postgres {
             .await
             .map_err(pg_err)?
             .map_or(0, |row| row.get(0));
+        if done as usize > migrations.len() {
+            return Err(YunError::new(
+                ErrorCode::Internal,
+                format!(
+                    "the {store} tables in PostgreSQL were migrated by a newer Yun ({done} migrations; this one knows {}): upgrade this node",
+                    migrations.len()
+                ),
+            ));
+        }
         for migration in migrations.iter().skip(done as usize) {
             tx.batch_execute(migration).await.map_err(pg_err)?;
         }
@@ -132,18 +148,31 @@ impl Postgres {
         let mut client = self.client().await?;
         let handle = Handle::current();
         tokio::task::spawn_blocking(move || {
-            let mut builder = client.build_transaction();
-            if read_only {
-                builder = builder
-                    .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                    .read_only(true);
-            }
+            // Stated, not left to the server's default: the stores' locking assumes it.
+            let isolation = if read_only {
+                tokio_postgres::IsolationLevel::RepeatableRead
+            } else {
+                tokio_postgres::IsolationLevel::ReadCommitted
+            };
+            let builder = client
+                .build_transaction()
+                .isolation_level(isolation)
+                .read_only(read_only);
             let tx = handle.block_on(builder.start()).map_err(pg_err)?;
             let txn = Txn {
                 tx: &tx,
                 handle: &handle,
+                failed: std::cell::Cell::new(false),
             };
             let value = work(&txn)?;
+            // PostgreSQL answers COMMIT of a transaction a statement failed in with a
+            // rollback, not an error: a caller that went on after an error must not be
+            // told its writes committed.
+            if txn.failed.get() {
+                return Err(YunError::internal(
+                    "a PostgreSQL transaction went on after a failed statement; rolled back",
+                ));
+            }
             handle.block_on(tx.commit()).map_err(pg_err)?;
             Ok(value)
         })
@@ -159,6 +188,8 @@ type Params<'p> = &'p [&'p (dyn tokio_postgres::types::ToSql + Sync)];
 pub struct Txn<'a> {
     tx: &'a deadpool_postgres::Transaction<'a>,
     handle: &'a Handle,
+    /// A statement failed: the transaction can only roll back.
+    failed: std::cell::Cell<bool>,
 }
 
 impl Txn<'_> {
@@ -166,7 +197,17 @@ impl Txn<'_> {
         &self,
         f: impl Future<Output = Result<T, tokio_postgres::Error>>,
     ) -> Result<T, YunError> {
-        self.handle.block_on(f).map_err(pg_err)
+        self.checked(self.handle.block_on(f)).map_err(pg_err)
+    }
+
+    fn checked<T>(
+        &self,
+        result: Result<T, tokio_postgres::Error>,
+    ) -> Result<T, tokio_postgres::Error> {
+        if result.is_err() {
+            self.failed.set(true);
+        }
+        result
     }
 
     pub fn query_opt(
@@ -198,10 +239,10 @@ impl Txn<'_> {
     /// [`Txn::execute`] with the database's own error, for a caller that tells some
     /// apart (a unique violation, say).
     pub fn try_execute(&self, sql: &str, params: Params<'_>) -> Result<u64, tokio_postgres::Error> {
-        self.handle.block_on(async {
+        self.checked(self.handle.block_on(async {
             let statement = self.tx.prepare_cached(sql).await?;
             self.tx.execute(&statement, params).await
-        })
+        }))
     }
 
     /// Streams the rows of `sql` to `each` until it returns false, fetching them in

@@ -118,7 +118,7 @@ impl TestYun {
             queue_timeout: options.queue_timeout,
             storage: None,
             events: None,
-            documents: None,
+            database: None,
             postgres_schema: "yun".into(),
             storage_limits: Default::default(),
             sandbox: yun_server::SandboxMode::Auto,

@@ -15,9 +15,9 @@ const FUNCTIONS = path.resolve(__dirname, '../functions');
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-// With YUN_TEST_POSTGRES_URL set, every `yun dev` keeps its documents in PostgreSQL, in a
-// schema named after its data folder (a restart on the same folder finds its data), and
-// the schemas go when the suite's process ends.
+// With YUN_TEST_POSTGRES_URL set, every `yun dev` keeps documents and the file index in
+// PostgreSQL (`--database`), in a schema named after its data folder (a restart on the
+// same folder finds its data), and the schemas go when the suite's process ends.
 const POSTGRES = process.env.YUN_TEST_POSTGRES_URL;
 const schemas = new Set();
 function postgresEnv(dataDir) {
@@ -31,7 +31,7 @@ function postgresEnv(dataDir) {
     });
   }
   schemas.add(schema);
-  return { YUN_DOCUMENTS: POSTGRES, YUN_POSTGRES_SCHEMA: schema };
+  return { YUN_DATABASE_URL: POSTGRES, YUN_POSTGRES_SCHEMA: schema };
 }
 
 async function waitFor(check, what, timeoutMs = 20000) {
