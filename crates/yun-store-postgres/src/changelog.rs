@@ -138,25 +138,20 @@ CREATE TABLE {prefix}_change_cursors (name text PRIMARY KEY, seq bigint NOT NULL
 
     /// Numbers the committed entries that have no `seq` yet (see the module's comment).
     async fn number(&self) -> Result<(), YunError> {
-        let (any_unnumbered, lock, unnumbered, number) = (
-            self.sql.any_unnumbered.clone(),
-            self.sql.lock.clone(),
-            self.sql.unnumbered.clone(),
-            self.sql.number.clone(),
-        );
+        let sql = self.sql.clone();
         self.pg
             .transaction(false, move |txn| {
                 // Cheap when there is nothing to do: most polls of an idle log.
-                if txn.query_opt(&any_unnumbered, &[])?.is_none() {
+                if txn.query_opt(&sql.any_unnumbered, &[])?.is_none() {
                     return Ok(());
                 }
-                txn.execute(&lock, &[])?;
+                txn.execute(&sql.lock, &[])?;
                 let ords: Vec<i64> = txn
-                    .query(&unnumbered, &[])?
+                    .query(&sql.unnumbered, &[])?
                     .iter()
                     .map(|r| r.get(0))
                     .collect();
-                txn.execute(&number, &[&ords]).map(drop)
+                txn.execute(&sql.number, &[&ords]).map(drop)
             })
             .await
     }
@@ -181,11 +176,11 @@ fn entry(r: &Row) -> ChangeEntry {
 impl ChangeLog for PgChangeLog {
     async fn changes_after(&self, after: u64, limit: usize) -> Result<Vec<ChangeEntry>, YunError> {
         self.number().await?;
-        let sql = self.sql.after.clone();
+        let sql = self.sql.clone();
         self.pg
             .transaction(true, move |txn| {
                 let rows = txn.query(
-                    &sql,
+                    &sql.after,
                     &[&(after.min(i64::MAX as u64) as i64), &(limit as i64)],
                 )?;
                 Ok(rows.iter().map(entry).collect())
@@ -195,10 +190,12 @@ impl ChangeLog for PgChangeLog {
 
     async fn last_change(&self) -> Result<u64, YunError> {
         self.number().await?;
-        let sql = self.sql.last.clone();
+        let sql = self.sql.clone();
         self.pg
             .transaction(true, move |txn| {
-                Ok(txn.query_opt(&sql, &[])?.map_or(0, |r| r.get::<_, i64>(0)) as u64)
+                Ok(txn
+                    .query_opt(&sql.last, &[])?
+                    .map_or(0, |r| r.get::<_, i64>(0)) as u64)
             })
             .await
     }
@@ -207,15 +204,15 @@ impl ChangeLog for PgChangeLog {
         let oldest_kept_ms =
             yun_types::unix_ms() - i64::try_from(retention.max_age.as_millis()).unwrap_or(i64::MAX);
         let max_bytes = i64::try_from(retention.max_bytes).unwrap_or(i64::MAX);
-        let (cuts_sql, last_sql) = (self.sql.cuts.clone(), self.sql.last.clone());
+        let sql = self.sql.clone();
         let cuts: Vec<(String, i64)> = self
             .pg
             .transaction(true, move |txn| {
-                let newest: i64 = txn.query_opt(&last_sql, &[])?.map_or(0, |r| r.get(0));
+                let newest: i64 = txn.query_opt(&sql.last, &[])?.map_or(0, |r| r.get(0));
                 // Entries at or past `limit` stay whatever their age or size.
                 let limit = newest.min(i64::try_from(below).unwrap_or(i64::MAX));
                 Ok(txn
-                    .query(&cuts_sql, &[&max_bytes, &oldest_kept_ms])?
+                    .query(&sql.cuts, &[&max_bytes, &oldest_kept_ms])?
                     .iter()
                     .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1).min(limit - 1)))
                     .filter(|(_, cut)| *cut > 0)
@@ -225,10 +222,10 @@ impl ChangeLog for PgChangeLog {
         let mut pruned = 0;
         for (env, cut) in cuts {
             loop {
-                let (sql, env) = (self.sql.prune.clone(), env.clone());
+                let (sql, env) = (self.sql.clone(), env.clone());
                 let n = self
                     .pg
-                    .transaction(false, move |txn| txn.execute(&sql, &[&env, &cut]))
+                    .transaction(false, move |txn| txn.execute(&sql.prune, &[&env, &cut]))
                     .await?;
                 pruned += n;
                 if (n as i64) < PRUNE_SLICE {
@@ -240,21 +237,22 @@ impl ChangeLog for PgChangeLog {
     }
 
     async fn change_cursor(&self, name: &str) -> Result<Option<u64>, YunError> {
-        let (sql, name) = (self.sql.cursor.clone(), name.to_owned());
+        let (sql, name) = (self.sql.clone(), name.to_owned());
         self.pg
             .transaction(true, move |txn| {
                 Ok(txn
-                    .query_opt(&sql, &[&name])?
+                    .query_opt(&sql.cursor, &[&name])?
                     .map(|r| r.get::<_, i64>(0) as u64))
             })
             .await
     }
 
     async fn save_change_cursor(&self, name: &str, seq: u64) -> Result<(), YunError> {
-        let (sql, name) = (self.sql.save_cursor.clone(), name.to_owned());
+        let (sql, name) = (self.sql.clone(), name.to_owned());
         self.pg
             .transaction(false, move |txn| {
-                txn.execute(&sql, &[&name, &(seq as i64)]).map(drop)
+                txn.execute(&sql.save_cursor, &[&name, &(seq as i64)])
+                    .map(drop)
             })
             .await
     }

@@ -15,11 +15,9 @@
 //!   meanwhile;
 //! - deadlocks and serialization failures answer `DATABASE_TRANSACTION_CONFLICT`.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use serde_json::Value;
+use std::collections::{HashMap, HashSet};
 use yun_docdb::index::{IndexSpec, KeyRange};
 use yun_docdb::store::{ChangeLog, DocStore, DocTxn, NewChange, Visit, Work};
 use yun_types::{EnvId, ErrorCode, YunError};
@@ -69,8 +67,19 @@ CREATE UNIQUE INDEX doc_index_entries_unique ON doc_index_entries (env, collecti
 }
 
 /// Holds a document's `_id` (`$1` env, `$2` collection, `$3` id) until commit, present
-/// or not.
-const ID_LOCK: &str = "pg_advisory_xact_lock(hashtextextended($1 || '/' || $2 || '/' || $3, 0))";
+/// or not (a macro so the statements using it stay literals).
+macro_rules! id_lock {
+    () => {
+        "pg_advisory_xact_lock(hashtextextended($1 || '/' || $2 || '/' || $3, 0))"
+    };
+}
+const HOLD_ID: &str = concat!("SELECT ", id_lock!());
+/// Holds the `_id` in the same statement, as a transaction that saw it absent does.
+const INSERT_HOLDING_ID: &str = concat!(
+    "INSERT INTO doc_documents (env, collection, id, doc, version) SELECT $1, $2, $3, $4, $5 FROM (SELECT ",
+    id_lock!(),
+    ") held ON CONFLICT DO NOTHING"
+);
 
 const INDEX_RANGE_SQL: &str =
     "SELECT key, id FROM doc_index_entries WHERE env = $1 AND collection = $2 AND name = $3 AND key >= $4 AND key < $5 ORDER BY key, id";
@@ -85,14 +94,14 @@ const INDEX_RANGE_BACKWARD_AFTER_SQL: &str =
 #[derive(Clone)]
 pub struct PgDocStore {
     pg: Postgres,
-    log: Arc<PgChangeLog>,
+    log: PgChangeLog,
 }
 
 impl PgDocStore {
     pub async fn open(pg: Postgres) -> Result<Self, YunError> {
         pg.migrate("documents", &migrations()).await?;
         Ok(Self {
-            log: Arc::new(PgChangeLog::new(pg.clone(), "doc")),
+            log: PgChangeLog::new(pg.clone(), "doc"),
             pg,
         })
     }
@@ -184,7 +193,7 @@ impl PgTxn<'_> {
         if !lock {
             return Ok(None);
         }
-        self.txn.execute(&format!("SELECT {ID_LOCK}"), &params)?;
+        self.txn.execute(HOLD_ID, &params)?;
         // An insert that held the `_id` may have committed while this waited.
         Ok(self
             .txn
@@ -316,10 +325,8 @@ impl DocTxn for PgTxn<'_> {
         let version = self.write_version();
         // `DO NOTHING` rather than an error: an error would end the transaction, and a
         // duplicate is an answer the caller may want to go on from.
-        // Holds the `_id` first (in the same statement), as a transaction that saw it
-        // absent does (see `row`).
         let n = self.txn.execute(
-            &format!("INSERT INTO doc_documents (env, collection, id, doc, version) SELECT $1, $2, $3, $4, $5 FROM (SELECT {ID_LOCK}) held ON CONFLICT DO NOTHING"),
+            INSERT_HOLDING_ID,
             &[&self.env, &collection, &id, &text, &version],
         )?;
         if n == 0 {
@@ -526,6 +533,6 @@ impl DocStore for PgDocStore {
     }
 
     fn change_log(&self) -> &dyn ChangeLog {
-        &*self.log
+        &self.log
     }
 }

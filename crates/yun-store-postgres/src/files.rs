@@ -33,7 +33,32 @@ CREATE TABLE file_records (
     ]
 }
 
-const COLUMNS: &str = "path, object, size, content_type, etag, owner, created_at";
+/// The columns `record` reads, in its order (a macro so the statements stay literals:
+/// built once, not per call).
+macro_rules! columns {
+    () => {
+        "path, object, size, content_type, etag, owner, created_at"
+    };
+}
+const SELECT_ONE: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM file_records WHERE env = $1 AND path = $2"
+);
+const SELECT_ONE_LOCKED: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM file_records WHERE env = $1 AND path = $2 FOR UPDATE"
+);
+const INSERT: &str = concat!(
+    "INSERT INTO file_records (env, ",
+    columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING"
+);
+const LIST: &str = concat!(
+    "SELECT ", columns!(),
+    " FROM file_records WHERE env = $1 AND path >= $2 AND path < $3 AND path <> $4 ORDER BY path LIMIT $5"
+);
 
 fn record(row: &Row) -> FileRecord {
     FileRecord {
@@ -78,10 +103,7 @@ impl PgFileIndex {
 
 fn locked(txn: &Txn<'_>, env: &str, path: &str) -> Result<Option<FileRecord>, YunError> {
     Ok(txn
-        .query_opt(
-            &format!("SELECT {COLUMNS} FROM file_records WHERE env = $1 AND path = $2 FOR UPDATE"),
-            &[&env, &path],
-        )?
+        .query_opt(SELECT_ONE_LOCKED, &[&env, &path])?
         .map(|r| record(&r)))
 }
 
@@ -116,10 +138,7 @@ impl FileIndex for PgFileIndex {
         self.pg
             .transaction(true, move |txn| {
                 Ok(txn
-                    .query_opt(
-                        &format!("SELECT {COLUMNS} FROM file_records WHERE env = $1 AND path = $2"),
-                        &[&env, &path],
-                    )?
+                    .query_opt(SELECT_ONE, &[&env, &path])?
                     .map(|r| record(&r)))
             })
             .await
@@ -140,7 +159,7 @@ impl FileIndex for PgFileIndex {
                 // A concurrent first upload of the path makes this wait for it, then do
                 // nothing: the next turn finds its row and replaces it.
                 let inserted = txn.execute(
-                    &format!("INSERT INTO file_records (env, {COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING"),
+                    INSERT,
                     &[&env, &r.path, &r.object, &size, &r.content_type, &r.etag, &r.owner, &r.created_at],
                 )?;
                 if inserted == 1 {
@@ -184,10 +203,7 @@ impl FileIndex for PgFileIndex {
         self.pg
             .transaction(true, move |txn| {
                 Ok(txn
-                    .query(
-                        &format!("SELECT {COLUMNS} FROM file_records WHERE env = $1 AND path >= $2 AND path < $3 AND path <> $4 ORDER BY path LIMIT $5"),
-                        &[&env, &start, &end, &after, &limit],
-                    )?
+                    .query(LIST, &[&env, &start, &end, &after, &limit])?
                     .iter()
                     .map(record)
                     .collect())
