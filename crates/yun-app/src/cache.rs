@@ -1,7 +1,9 @@
 //! Read-through caches of the metadata every request reads: keys, envs, function
 //! records and each env's HTTP routes. Every write path in this crate invalidates what
-//! it changed, so on this node a revoked key, a deleted env or a new deploy takes effect
-//! at once. (A cluster of nodes will need these invalidations broadcast.)
+//! it changed ([`App::forget`]), on this node at once and on the others of a cluster
+//! through the event bus's broadcasts: a revoked key, a deleted env, a disabled user or a
+//! new deploy takes effect everywhere. A node that may have missed broadcasts (its
+//! connection dropped) drops every cache.
 //!
 //! Only positive answers are cached: unknown ids and paths are caller-controlled, and
 //! caching them would let callers grow memory without bound.
@@ -15,6 +17,38 @@ use yun_meta::{EnvSettings, FunctionRecord, KeyRecord, NetworkPolicy};
 use yun_types::{EnvId, ErrorCode, FunctionName, YunError};
 
 use crate::App;
+
+/// What a write makes every node drop from its caches.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "forget", rename_all = "snake_case")]
+pub(crate) enum Forget {
+    Key {
+        secret_id: String,
+    },
+    Env {
+        env: EnvId,
+    },
+    EnvSettings {
+        env: EnvId,
+    },
+    Function {
+        env: EnvId,
+        name: FunctionName,
+    },
+    Rules {
+        env: EnvId,
+    },
+    /// Triggers (or what they depend on) changed: the trigger loops read them again.
+    Triggers,
+    User {
+        env: EnvId,
+        uid: String,
+    },
+    /// The env's end-user token-signing keys.
+    UserKeys {
+        env: EnvId,
+    },
+}
 
 /// A function's record and the runtime spec derived from it (built once per version).
 pub(crate) struct LoadedFunction {
@@ -123,6 +157,7 @@ impl App {
                 format!("function {name} does not exist in env {env}"),
             )
         })?;
+        self.ensure_code(&record.spec).await?;
         let network = self.network_policy(env).await?;
         let loaded = Arc::new(LoadedFunction {
             spec: self.runtime_spec(&record, network),
@@ -189,13 +224,107 @@ impl App {
         Ok(self.env_settings(env).await?.network.unwrap_or_default())
     }
 
-    pub(crate) fn forget_env_settings(&self, env: &EnvId) {
+    /// Drops `what` from this node's caches and tells the other nodes to do the same.
+    pub(crate) fn forget(&self, what: Forget) {
+        self.apply_forget(&what);
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let payload = match serde_json::to_vec(&what) {
+                Ok(p) => p,
+                Err(e) => return tracing::error!(error = %e, "cannot encode an invalidation"),
+            };
+            if let Err(e) = events.broadcast(payload.into()).await {
+                // The other nodes keep a stale entry until they next drop their caches.
+                tracing::warn!(error = %e, ?what, "could not tell the other nodes of a change");
+            }
+        });
+    }
+
+    fn apply_forget(&self, what: &Forget) {
+        match what {
+            Forget::Key { secret_id } => self.forget_key(secret_id),
+            Forget::Env { env } => {
+                self.forget_env(env);
+                self.users.forget_env(env);
+            }
+            Forget::EnvSettings { env } => self.forget_env_settings(env),
+            Forget::Function { env, name } => self.forget_function(env, name),
+            Forget::Rules { env } => self.forget_rules(env),
+            Forget::Triggers => self.triggers_changed(),
+            Forget::User { env, uid } => self.users.forget_user(env, uid),
+            Forget::UserKeys { env } => self.users.forget_keys(env),
+        }
+    }
+
+    /// Broadcasts may have been missed: every cache starts over, every function's
+    /// instances are replaced (a version may have been deployed meanwhile).
+    fn forget_everything(&self) {
+        let functions: Vec<(EnvId, FunctionName)> = self
+            .cache
+            .functions
+            .read()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        for (env, name) in &functions {
+            self.forget_function(env, name);
+        }
+        let c = &self.cache;
+        if let Ok(mut s) = c.envs.write() {
+            s.clear();
+        }
+        if let Ok(mut m) = c.keys.write() {
+            m.clear();
+        }
+        if let Ok(mut m) = c.routes.write() {
+            m.clear();
+        }
+        if let Ok(mut m) = c.credentials.write() {
+            m.clear();
+        }
+        if let Ok(mut m) = c.env_settings.write() {
+            m.clear();
+        }
+        if let Ok(mut m) = c.rules.write() {
+            m.clear();
+        }
+        self.users.forget_everything();
+        self.triggers_changed();
+    }
+
+    /// Applies the other nodes' invalidations, for as long as the node runs.
+    pub async fn run_cache_invalidations(self: Arc<Self>) {
+        use futures_util::StreamExt;
+        let mut heard = loop {
+            match self.events.listen().await {
+                Ok(heard) => break heard,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot hear the other nodes' changes yet");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
+        };
+        while let Some(message) = heard.next().await {
+            match message {
+                yun_events::Heard::Broadcast(payload) => {
+                    match serde_json::from_slice::<Forget>(&payload) {
+                        Ok(what) => self.apply_forget(&what),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "an invalidation this node cannot read")
+                        }
+                    }
+                }
+                yun_events::Heard::Gap => self.forget_everything(),
+            }
+        }
+    }
+
+    fn forget_env_settings(&self, env: &EnvId) {
         if let Ok(mut m) = self.cache.env_settings.write() {
             m.remove(env);
         }
     }
 
-    pub(crate) fn forget_key(&self, secret_id: &str) {
+    fn forget_key(&self, secret_id: &str) {
         if let Ok(mut m) = self.cache.keys.write() {
             m.remove(secret_id);
         }
@@ -203,7 +332,7 @@ impl App {
 
     /// A function was deployed or deleted: drop its record and its env's routes, and
     /// retire its instances.
-    pub(crate) fn forget_function(&self, env: &EnvId, name: &FunctionName) {
+    fn forget_function(&self, env: &EnvId, name: &FunctionName) {
         if let Ok(mut m) = self.cache.functions.write() {
             m.remove(&(env.clone(), name.clone()));
         }
@@ -216,7 +345,7 @@ impl App {
         self.runtime.retire(env, name);
     }
 
-    pub(crate) fn forget_env(&self, env: &EnvId) {
+    fn forget_env(&self, env: &EnvId) {
         if let Ok(mut s) = self.cache.envs.write() {
             s.remove(env);
         }
@@ -236,7 +365,7 @@ impl App {
         self.forget_rules(env);
     }
 
-    pub(crate) fn forget_rules(&self, env: &EnvId) {
+    fn forget_rules(&self, env: &EnvId) {
         if let Ok(mut m) = self.cache.rules.write() {
             m.remove(env);
         }

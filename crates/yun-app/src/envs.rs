@@ -5,6 +5,7 @@ use yun_auth::{Caller, Identity};
 use yun_meta::{EnvRecord, EnvSettings, KeyRecord, KeyRole};
 use yun_types::{new_id, EnvId, ErrorCode, YunError};
 
+use crate::cache::Forget;
 use crate::{App, Operation};
 use yun_types::unix_now;
 
@@ -26,6 +27,14 @@ pub struct NewKey {
     pub secret_key: String,
     pub role: KeyRole,
     pub description: String,
+}
+
+/// A platform key an operator chose (`yun serve`: every node of a cluster knows it from
+/// its configuration, rather than from the first node's output).
+#[derive(Debug, Clone)]
+pub struct PlatformKey {
+    pub secret_id: String,
+    pub secret_key: String,
 }
 
 fn mint_key(env: &EnvId, role: KeyRole, description: &str) -> KeyRecord {
@@ -60,12 +69,26 @@ impl From<KeyRecord> for NewKey {
 
 impl App {
     /// First start: when no env exists, creates `env` and a platform key for it.
-    pub async fn initialize(&self, env: &EnvId) -> Result<Option<NewKey>, YunError> {
+    pub async fn initialize(
+        &self,
+        env: &EnvId,
+        platform_key: Option<&PlatformKey>,
+    ) -> Result<Option<NewKey>, YunError> {
         if !self.meta.list_envs().await?.is_empty() {
             return Ok(None);
         }
-        self.meta.create_env(env).await?;
-        let key = mint_key(env, KeyRole::Platform, "created by yun dev on first start");
+        match self.meta.create_env(env).await {
+            Ok(_) => {}
+            // Nodes of a cluster starting together: another one initialized it.
+            Err(e) if e.code == ErrorCode::AlreadyExists => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let mut key = mint_key(env, KeyRole::Platform, "created on first start");
+        if let Some(given) = platform_key {
+            key.secret_id = given.secret_id.clone();
+            key.secret_key = given.secret_key.clone();
+            key.description = "given in the configuration on first start".into();
+        }
         self.meta.insert_key(&key).await?;
         tracing::info!(env = %env, secret_id = %key.secret_id, "initialized the first env and platform key");
         Ok(Some(key.into()))
@@ -112,7 +135,10 @@ impl App {
             }
         }
         for function in self.meta.list_functions(env).await? {
-            self.forget_function(env, &function.spec.name);
+            self.forget(Forget::Function {
+                env: env.clone(),
+                name: function.spec.name.clone(),
+            });
         }
         let deleted = self.meta.delete_env(env).await?;
         if deleted {
@@ -120,13 +146,16 @@ impl App {
             self.storage.drop_env(env).await?;
             self.users.drop_env(env).await?;
         }
-        self.forget_env(env);
-        self.triggers_changed();
+        self.forget(Forget::Env { env: env.clone() });
+        self.forget(Forget::Triggers);
         if !deleted {
             return Err(YunError::new(
                 ErrorCode::InvalidEnv,
                 format!("env {env} does not exist"),
             ));
+        }
+        if self.settings.shared_packages {
+            self.storage.delete_packages(&format!("{env}/"), &[]).await;
         }
         let dir = self.settings.functions_dir.join(env.as_str());
         if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
@@ -161,12 +190,17 @@ impl App {
         }
         let before = self.network_policy(&identity.env).await?;
         self.meta.put_env_settings(&identity.env, &settings).await?;
-        self.triggers_changed();
-        self.forget_env_settings(&identity.env);
+        self.forget(Forget::Triggers);
+        self.forget(Forget::EnvSettings {
+            env: identity.env.clone(),
+        });
         if settings.network.unwrap_or_default() != before {
             // Running instances keep the network they started with: replace them.
             for function in self.meta.list_functions(&identity.env).await? {
-                self.forget_function(&identity.env, &function.spec.name);
+                self.forget(Forget::Function {
+                    env: identity.env.clone(),
+                    name: function.spec.name.clone(),
+                });
             }
         }
         Ok(settings)
@@ -215,7 +249,9 @@ impl App {
             .meta
             .revoke_key(&identity.env, secret_id, unix_now())
             .await?;
-        self.forget_key(secret_id);
+        self.forget(Forget::Key {
+            secret_id: secret_id.to_owned(),
+        });
         if !revoked {
             return Err(YunError::new(
                 ErrorCode::NotFound,

@@ -21,6 +21,7 @@ use yun_meta::{
 };
 use yun_types::{new_id, EnvId, ErrorCode, FunctionName, YunError};
 
+use crate::cache::Forget;
 use crate::ops::TraceContext;
 use crate::{App, Operation};
 use yun_types::unix_now;
@@ -323,7 +324,10 @@ impl App {
             // A setting of its own (`yun fn concurrency`), kept across deploys.
             reserved_concurrency: previous.as_ref().and_then(|p| p.reserved_concurrency),
         };
-        let staged = self.stage(&spec, req.archive, dir.clone()).await;
+        let mut staged = self.stage(&spec, req.archive, dir.clone()).await;
+        if staged.is_ok() && self.settings.shared_packages {
+            staged = self.share_package(&spec, &dir).await;
+        }
         let stored = match staged {
             Ok(()) => self.meta.put_function(&spec, unix_now()).await,
             Err(e) => Err(e),
@@ -337,10 +341,13 @@ impl App {
                 return Err(e);
             }
         };
-        self.forget_function(env, name);
+        self.forget(Forget::Function {
+            env: env.clone(),
+            name: name.clone(),
+        });
         if let Some(triggers) = &triggers {
             self.meta.replace_triggers(env, name, triggers).await?;
-            self.triggers_changed();
+            self.forget(Forget::Triggers);
         }
         self.remove_old_code(env, name, &code_id, previous.map(|p| p.code_id))
             .await;
@@ -427,6 +434,57 @@ impl App {
         Ok(())
     }
 
+    /// Where a version's package lies in the object store (under a prefix of its function's).
+    fn package_key(env: &EnvId, name: &FunctionName, code_id: Option<&str>) -> String {
+        match code_id {
+            Some(code_id) => format!("{env}/{name}/{code_id}.tar.gz"),
+            None => format!("{env}/{name}/"),
+        }
+    }
+
+    /// Keeps the prepared folder of a new version in the object store, for other nodes.
+    async fn share_package(&self, spec: &NewFunction, dir: &Path) -> Result<(), YunError> {
+        let folder = dir.to_owned();
+        let packed = tokio::task::spawn_blocking(move || package::pack(&folder))
+            .await
+            .map_err(YunError::internal)??;
+        let key = Self::package_key(&spec.env, &spec.name, Some(&spec.code_id));
+        self.storage.put_package(&key, packed).await
+    }
+
+    /// Makes sure this node has the folder of `spec`'s version: one deployed through
+    /// another node is loaded from its package in the object store.
+    pub(crate) async fn ensure_code(&self, spec: &NewFunction) -> Result<(), YunError> {
+        let dir = self.code_dir(&spec.env, &spec.name).join(&spec.code_id);
+        if !self.settings.shared_packages || tokio::fs::try_exists(&dir).await.unwrap_or(false) {
+            return Ok(());
+        }
+        let key = Self::package_key(&spec.env, &spec.name, Some(&spec.code_id));
+        let packed = self.storage.get_package(&key).await?.ok_or_else(|| {
+            YunError::internal(format!(
+                "version {} of function {} has no package in the object store",
+                spec.code_id, spec.name
+            ))
+        })?;
+        // Unpacked aside and renamed: an instance never sees half a folder. Two loads at
+        // once on one node: the second rename finds the folder there, which is as good.
+        let staging = package::staging_dir(&dir).with_extension(new_id("load"));
+        let unpack_into = staging.clone();
+        tokio::task::spawn_blocking(move || {
+            package::unpack(&packed, &unpack_into, PackageLimits::installed())
+        })
+        .await
+        .map_err(YunError::internal)??;
+        if let Err(e) = tokio::fs::rename(&staging, &dir).await {
+            let _ = tokio::fs::remove_dir_all(&staging).await;
+            if !tokio::fs::try_exists(&dir).await.unwrap_or(false) {
+                return Err(YunError::internal(e));
+            }
+        }
+        tracing::info!(env = %spec.env, function = %spec.name, code = %spec.code_id, "loaded a version deployed through another node");
+        Ok(())
+    }
+
     /// Keeps the new code and the one before it (its instances may still be finishing).
     async fn remove_old_code(
         &self,
@@ -435,6 +493,20 @@ impl App {
         current: &str,
         previous: Option<String>,
     ) {
+        if let Some(older) = &previous {
+            if self.settings.shared_packages {
+                // The one before the previous is no node's to load any more.
+                self.storage
+                    .delete_packages(
+                        &Self::package_key(env, name, None),
+                        &[
+                            Self::package_key(env, name, Some(current)),
+                            Self::package_key(env, name, Some(older)),
+                        ],
+                    )
+                    .await;
+            }
+        }
         let Ok(mut entries) = tokio::fs::read_dir(self.code_dir(env, name)).await else {
             return;
         };
@@ -488,7 +560,10 @@ impl App {
             .spec;
         spec.reserved_concurrency = reserved;
         let record = self.meta.put_function(&spec, unix_now()).await?;
-        self.forget_function(&identity.env, name);
+        self.forget(Forget::Function {
+            env: identity.env.clone(),
+            name: name.clone(),
+        });
         Ok(record)
     }
 
@@ -504,10 +579,18 @@ impl App {
                 format!("function {name} does not exist in env {}", identity.env),
             ));
         }
-        self.forget_function(&identity.env, name);
+        self.forget(Forget::Function {
+            env: identity.env.clone(),
+            name: name.clone(),
+        });
         // Its triggers went with it: the loops must stop firing them now.
-        self.triggers_changed();
+        self.forget(Forget::Triggers);
         let _ = tokio::fs::remove_dir_all(self.code_dir(&identity.env, name)).await;
+        if self.settings.shared_packages {
+            self.storage
+                .delete_packages(&Self::package_key(&identity.env, name, None), &[])
+                .await;
+        }
         Ok(())
     }
 

@@ -28,7 +28,7 @@ use yun_meta::MetaStore;
 
 pub use access::SignedRequest;
 pub use authz::{Capability, Operation};
-pub use envs::{Credentials, NewKey};
+pub use envs::{Credentials, NewKey, PlatformKey};
 pub use events::{ChangeSource, NewTrigger};
 pub use functions::{CallerContext, DeployRequest, Invocation};
 pub use ops::{UsageQuery, UsageReport};
@@ -58,6 +58,10 @@ pub struct AppSettings {
     /// The share of traces an invocation starts (no `traceparent`) whose operation spans
     /// are recorded, 0 to 1.
     pub trace_sample_ratio: f64,
+    /// Each deployed version is also kept as a package in the object store, and a node
+    /// that lacks a version's folder loads it from there: the nodes of a cluster share
+    /// their functions. Off on one machine (the folder is all there is).
+    pub shared_packages: bool,
 }
 
 impl AppSettings {

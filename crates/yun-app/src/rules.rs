@@ -7,6 +7,7 @@ use yun_auth::{Caller, EndUser, Identity};
 use yun_rules::{Auth, RuleSet, Target};
 use yun_types::YunError;
 
+use crate::cache::Forget;
 use crate::{App, Operation};
 
 pub(crate) const STORAGE_TARGET: &str = "storage";
@@ -100,7 +101,9 @@ impl App {
         self.meta
             .put_rules(&identity.env, &target.key(), normalised.as_ref())
             .await?;
-        self.forget_rules(&identity.env);
+        self.forget(Forget::Rules {
+            env: identity.env.clone(),
+        });
         self.get_rules(identity, target).await
     }
 }

@@ -5,6 +5,7 @@ use yun_auth::{Caller, EndUser, Identity};
 use yun_types::{EnvId, ErrorCode, YunError};
 use yun_users::{Session, TicketKey, TicketKeyRecord, UserRecord};
 
+use crate::cache::Forget;
 use crate::{App, Operation};
 
 /// Most users a management listing returns per page.
@@ -184,6 +185,10 @@ impl App {
             .set_disabled(&identity.env, uid, disabled)
             .await?
         {
+            self.forget(Forget::User {
+                env: identity.env.clone(),
+                uid: uid.to_owned(),
+            });
             Ok(())
         } else {
             Err(user_not_found(uid))
@@ -193,6 +198,10 @@ impl App {
     pub async fn delete_user(&self, identity: &Identity, uid: &str) -> Result<(), YunError> {
         Self::authorize(identity, Operation::DeleteUser)?;
         if self.users.delete_user(&identity.env, uid).await? {
+            self.forget(Forget::User {
+                env: identity.env.clone(),
+                uid: uid.to_owned(),
+            });
             Ok(())
         } else {
             Err(user_not_found(uid))
@@ -234,7 +243,11 @@ impl App {
     /// refresh tokens still get new ones).
     pub async fn rotate_user_key(&self, identity: &Identity) -> Result<(), YunError> {
         Self::authorize(identity, Operation::RotateUserKey)?;
-        self.users.rotate_key(&identity.env).await
+        self.users.rotate_key(&identity.env).await?;
+        self.forget(Forget::UserKeys {
+            env: identity.env.clone(),
+        });
+        Ok(())
     }
 }
 

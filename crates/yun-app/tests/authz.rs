@@ -184,6 +184,7 @@ async fn start_app(dir: &std::path::Path) -> App {
             region: "ap-shanghai".into(),
             tracing: true,
             trace_sample_ratio: 1.0,
+            shared_packages: false,
         },
     )
     .await
@@ -421,7 +422,7 @@ async fn every_operation_checks_its_capability() {
     let app = start_app(dir.path()).await;
     let env = EnvId::parse("dev").expect("env");
     let platform = app
-        .initialize(&env)
+        .initialize(&env, None)
         .await
         .expect("initialize")
         .expect("first start");

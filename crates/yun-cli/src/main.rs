@@ -7,13 +7,14 @@ mod output;
 mod project;
 mod rules;
 mod rules_test;
+mod serve;
 mod storage;
 mod users;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -49,6 +50,9 @@ pub struct Connection {
 enum Command {
     /// Run Yun on this machine with the embedded backends (SQLite, local files).
     Dev(DevArgs),
+    /// Run a node of a cluster: `yun dev`'s settings from flags, YUN_* variables and
+    /// yun.toml, with the stores in PostgreSQL.
+    Serve(serve::ServeArgs),
     /// Environments: create, list, delete.
     Env {
         #[command(subcommand)]
@@ -206,7 +210,7 @@ enum RulesCommand {
 }
 
 #[derive(Args)]
-struct DevArgs {
+pub(crate) struct DevArgs {
     /// Where Yun keeps its data.
     #[arg(long, default_value = ".yun")]
     data_dir: PathBuf,
@@ -348,7 +352,9 @@ fn main() {
         yun_sandbox::init::run();
     }
     tune_allocator();
-    let cli = Cli::parse();
+    // The matches too: `yun serve` tells a flag from a default.
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -361,7 +367,23 @@ fn main() {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Dev(args) => dev(args).await,
+            Command::Dev(args) => run_node(args, None, None).await,
+            Command::Serve(args) => {
+                let serve_matches = matches
+                    .subcommand_matches("serve")
+                    .expect("the serve subcommand matched");
+                let resolved = serve::resolve(&args, serve_matches)?;
+                if args.print_config() {
+                    print!("{}", resolved.print());
+                    return Ok(());
+                }
+                run_node(
+                    resolved.node,
+                    resolved.platform_key,
+                    Some(resolved.node_name),
+                )
+                .await
+            }
             Command::Env { command, conn } => commands::env(command, conn).await,
             Command::Key { command, conn } => commands::key(command, conn).await,
             Command::Fn { command, conn } => commands::function(command, conn).await,
@@ -406,7 +428,13 @@ fn main() {
     }
 }
 
-async fn dev(args: DevArgs) -> anyhow::Result<()> {
+/// Runs a node until it is stopped: `yun dev`, or `yun serve` with its node's name and
+/// the platform key the cluster's configuration gives.
+async fn run_node(
+    args: DevArgs,
+    platform_key: Option<yun_server::PlatformKey>,
+    node_name: Option<String>,
+) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("YUN_LOG")
@@ -445,9 +473,10 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         trace_sample_ratio: args.trace_sample,
         retention_every: args.retention_interval,
         alerts_every: args.alert_interval,
+        platform_key: platform_key.clone(),
     })
     .await?;
-    output::dev_banner(&server);
+    output::dev_banner(&server, node_name.as_deref(), platform_key.is_some());
     server.serve(shutdown_signal(args.drain)).await?;
     Ok(())
 }

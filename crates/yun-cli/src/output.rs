@@ -66,14 +66,20 @@ pub fn text(value: Option<&Value>) -> String {
     }
 }
 
-pub fn dev_banner(server: &yun_server::Server) {
+/// `key_given`: the platform key came from the configuration (never printed then).
+pub fn dev_banner(server: &yun_server::Server, node_name: Option<&str>, key_given: bool) {
     let c = &server.credentials;
     println!("Yun is running\n");
+    if let Some(name) = node_name {
+        println!("  Node        {name}");
+    }
     println!("  URL         {}", c.url);
     println!("  Env         {}", c.env_id);
     println!("  SecretId    {}", c.secret_id);
     // The SecretKey is shown once, when it is created: start-up output ends up in logs.
-    if server.first_start {
+    if key_given {
+        println!("  SecretKey   (the one in the configuration)");
+    } else if server.first_start {
         println!("  SecretKey   {}", c.secret_key);
     } else {
         println!("  SecretKey   (hidden; `yun key show --reveal` prints it)");

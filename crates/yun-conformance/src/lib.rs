@@ -8,8 +8,11 @@ use std::sync::Arc;
 
 use yun_docdb::sqlite::SqliteDocStore;
 use yun_docdb::store::DocStore;
+use yun_meta::sqlite::SqliteMetaStore;
+use yun_meta::MetaStore;
 use yun_storage::{FileIndex, SqliteFileIndex};
-use yun_store_postgres::{PgDocStore, PgFileIndex, Postgres};
+use yun_store_postgres::{PgDocStore, PgFileIndex, PgMetaStore, PgUserStore, Postgres};
+use yun_users::{SqliteUserStore, UserStore};
 
 /// Runs each named `async fn(Backend)` once per backend, as `NAME::sqlite` and
 /// `NAME::postgres`.
@@ -43,12 +46,14 @@ pub enum Backend {
 
 impl Backend {
     pub fn sqlite() -> Self {
+        log_to_test_output();
         let dir = tempfile::tempdir().unwrap();
         let folder = dir.path().to_owned();
         Self::Sqlite { _dir: dir, folder }
     }
 
     pub fn postgres() -> Self {
+        log_to_test_output();
         Self::Postgres {
             url: postgres_url(),
             schema: format!("yt_{:016x}", rand::random::<u64>()),
@@ -71,6 +76,38 @@ impl Backend {
         }
     }
 
+    /// A metadata store on this backend's data.
+    pub async fn meta_store(&self) -> Arc<dyn MetaStore> {
+        match self {
+            Self::Sqlite { folder, .. } => {
+                Arc::new(SqliteMetaStore::open(&folder.join("yun.db")).unwrap())
+            }
+            Self::Postgres { url, schema } => {
+                let pg = Postgres::connect(url, schema).unwrap();
+                match PgMetaStore::open(pg).await {
+                    Ok(store) => Arc::new(store),
+                    Err(e) => unusable(url, e),
+                }
+            }
+        }
+    }
+
+    /// A user store on this backend's data.
+    pub async fn user_store(&self) -> Arc<dyn UserStore> {
+        match self {
+            Self::Sqlite { folder, .. } => {
+                Arc::new(SqliteUserStore::open(&folder.join("users.db")).unwrap())
+            }
+            Self::Postgres { url, schema } => {
+                let pg = Postgres::connect(url, schema).unwrap();
+                match PgUserStore::open(pg).await {
+                    Ok(store) => Arc::new(store),
+                    Err(e) => unusable(url, e),
+                }
+            }
+        }
+    }
+
     /// A file index on this backend's data.
     pub async fn file_index(&self) -> Arc<dyn FileIndex> {
         match self {
@@ -86,6 +123,14 @@ impl Backend {
             }
         }
     }
+}
+
+/// Internal errors carry their cause only in the log: a failing test shows it.
+fn log_to_test_output() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("warn")
+        .try_init();
 }
 
 fn unusable(url: &str, e: yun_types::YunError) -> ! {

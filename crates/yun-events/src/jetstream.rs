@@ -64,6 +64,9 @@ pub struct JetStreamBus {
     claims: tokio::sync::OnceCell<jetstream::kv::Store>,
     /// This bus's name as a claimant (the value of its claims).
     claimant: String,
+    /// A message each time the connection is back after a loss (broadcasts may have
+    /// been missed meanwhile).
+    reconnects: tokio::sync::broadcast::Sender<()>,
 }
 
 struct Topic {
@@ -115,7 +118,18 @@ impl JetStreamBus {
                 "prefix {prefix:?}: use 1 to 32 of A-Z a-z 0-9 -"
             )));
         }
-        let client = async_nats::connect(url)
+        let (reconnects, _) = tokio::sync::broadcast::channel(4);
+        let on_event = reconnects.clone();
+        let client = async_nats::ConnectOptions::new()
+            .event_callback(move |event| {
+                let on_event = on_event.clone();
+                async move {
+                    if matches!(event, async_nats::Event::Connected) {
+                        let _ = on_event.send(());
+                    }
+                }
+            })
+            .connect(url)
             .await
             .map_err(|e| EventsError::Nats(format!("cannot connect to {url}: {e}")))?;
         Ok(Self {
@@ -126,6 +140,7 @@ impl JetStreamBus {
             sweep_from: AtomicU32::new(0),
             claims: tokio::sync::OnceCell::new(),
             claimant: yun_types::new_id("c"),
+            reconnects,
         })
     }
 
@@ -743,6 +758,54 @@ impl EventBus for JetStreamBus {
             }
             Err(e) => Err(nats(e)),
         }
+    }
+
+    async fn broadcast(&self, payload: Bytes) -> Result<(), EventsError> {
+        // Sent with this process's name, so that its own listener skips it.
+        let mut message = Vec::with_capacity(self.claimant.len() + 1 + payload.len());
+        message.extend_from_slice(self.claimant.as_bytes());
+        message.push(b'\n');
+        message.extend_from_slice(&payload);
+        self.client
+            .publish(format!("{}.broadcast", self.prefix), message.into())
+            .await
+            .map_err(nats)
+    }
+
+    async fn listen(
+        &self,
+    ) -> Result<futures_util::stream::BoxStream<'static, crate::Heard>, EventsError> {
+        use futures_util::StreamExt;
+        let subscription = self
+            .client
+            .subscribe(format!("{}.broadcast", self.prefix))
+            .await
+            .map_err(nats)?;
+        // The server has the subscription once it answers a ping after it: what is
+        // broadcast from now on is heard.
+        self.client.flush().await.map_err(nats)?;
+        let me = format!("{}\n", self.claimant).into_bytes();
+        let heard = subscription.filter_map(move |m| {
+            let payload = m.payload;
+            let theirs = (!payload.starts_with(&me)).then(|| {
+                let start = payload
+                    .iter()
+                    .position(|b| *b == b'\n')
+                    .map_or(0, |i| i + 1);
+                crate::Heard::Broadcast(payload.slice(start..))
+            });
+            std::future::ready(theirs)
+        });
+        let gaps = futures_util::stream::unfold(self.reconnects.subscribe(), |mut rx| async move {
+            match rx.recv().await {
+                // Lagged: reconnects were missed, which is a gap too.
+                Ok(()) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    Some((crate::Heard::Gap, rx))
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
+            }
+        });
+        Ok(Box::pin(futures_util::stream::select(heard, gaps)))
     }
 
     async fn pending(&self, topic: &str, group: &str) -> Result<u64, EventsError> {

@@ -1,5 +1,6 @@
 //! The event seam: Yun's durable, ordered record of what happened and its work queue
-//! (async invocations, triggers, later the realtime watch and cache invalidation).
+//! (async invocations, triggers, the broadcasts that keep nodes' caches current, later
+//! the realtime watch).
 //! Retry policy, dead letters and triggers live above [`EventBus`], once; a backend only
 //! stores and delivers. Two backends pass one conformance suite (`tests/conformance.rs`):
 //! [`SqliteBus`] for one process (`yun dev`, its own file) and [`JetStreamBus`] for a
@@ -114,6 +115,23 @@ pub trait EventBus: Send + Sync + 'static {
     /// false for the others for [`CLAIM_TTL`] after it. A timer's tick is fired by whoever
     /// claims it, so by one process only, however late the others catch up.
     async fn claim(&self, key: &str) -> Result<bool, EventsError>;
+
+    /// Tells every other process on this bus `payload`, at most once and not kept: a
+    /// process that is away misses it, and [`EventBus::listen`] tells it so.
+    async fn broadcast(&self, payload: Bytes) -> Result<(), EventsError>;
+
+    /// The other processes' broadcasts, from now on; [`Heard::Gap`] when some may have
+    /// been missed (the connection was lost and is back). One process alone (SQLite)
+    /// never hears anything.
+    async fn listen(&self) -> Result<futures_util::stream::BoxStream<'static, Heard>, EventsError>;
+}
+
+/// What [`EventBus::listen`] hears.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Heard {
+    Broadcast(Bytes),
+    /// Broadcasts may have been missed: whatever they keep up to date must start over.
+    Gap,
 }
 
 /// Whether a group gets a key's messages one at a time, in order.

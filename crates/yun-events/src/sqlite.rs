@@ -473,6 +473,17 @@ impl EventBus for SqliteBus {
             .await?)
     }
 
+    /// One process per data folder: nobody to tell.
+    async fn broadcast(&self, _payload: Bytes) -> Result<(), EventsError> {
+        Ok(())
+    }
+
+    async fn listen(
+        &self,
+    ) -> Result<futures_util::stream::BoxStream<'static, crate::Heard>, EventsError> {
+        Ok(Box::pin(futures_util::stream::pending()))
+    }
+
     async fn pending(&self, topic: &str, group: &str) -> Result<u64, EventsError> {
         check_name("group", group)?;
         let t = self.inner.topic(topic).await?;

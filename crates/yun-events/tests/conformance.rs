@@ -698,6 +698,29 @@ async fn claims_are_held_once(b: Backend) {
     assert!(!bus.claim("timer-dev-f-t-2000").await.unwrap());
 }
 
+/// A process's broadcasts reach the others on the bus, not itself; on SQLite (one
+/// process) there is nobody to hear them and sending still succeeds.
+async fn broadcasts_reach_the_other_processes(b: Backend) {
+    use futures_util::StreamExt;
+    let bus = b.open().await;
+    let other = b.open().await;
+    let mut mine = bus.listen().await.unwrap();
+    let mut theirs = other.listen().await.unwrap();
+    bus.broadcast(bytes::Bytes::from_static(b"forget f"))
+        .await
+        .unwrap();
+    let heard = tokio::time::timeout(Duration::from_secs(2), theirs.next()).await;
+    let quiet = tokio::time::timeout(Duration::from_millis(300), mine.next()).await;
+    assert!(quiet.is_err(), "a process does not hear itself");
+    match b {
+        Backend::Sqlite { .. } => assert!(heard.is_err(), "nobody else on SQLite"),
+        Backend::JetStream { .. } => assert_eq!(
+            heard.unwrap().unwrap(),
+            yun_events::Heard::Broadcast(bytes::Bytes::from_static(b"forget f"))
+        ),
+    }
+}
+
 /// Instantiates every case for each backend: `sqlite::case` and `jetstream::case`.
 macro_rules! conformance {
     ($($case:ident),+ $(,)?) => {
@@ -736,6 +759,7 @@ conformance!(
     work_queues_forget_acked_messages_and_refuse_when_full,
     extending_keeps_a_delivery_from_others,
     claims_are_held_once,
+    broadcasts_reach_the_other_processes,
 );
 
 /// SQLite's work queues take a message away on the current delivery's ack only (the

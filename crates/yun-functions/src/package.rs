@@ -37,6 +37,30 @@ impl Default for PackageLimits {
     }
 }
 
+impl PackageLimits {
+    /// A version's folder as Yun prepared it (the upload and what npm installed), when a
+    /// node loads it from the object store.
+    pub fn installed() -> Self {
+        Self {
+            max_unpacked_bytes: 4 << 30,
+            max_files: 500_000,
+        }
+    }
+}
+
+/// Packs a prepared version's folder as a `.tar.gz` (links kept as links), for the
+/// other nodes of a cluster to [`unpack`].
+pub fn pack(dir: &Path) -> Result<Vec<u8>, YunError> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    tar.follow_symlinks(false);
+    tar.mode(tar::HeaderMode::Deterministic);
+    tar.append_dir_all(".", dir).map_err(YunError::internal)?;
+    tar.into_inner()
+        .and_then(|gz| gz.finish())
+        .map_err(YunError::internal)
+}
+
 /// Longest name of one path component, and of a whole entry or link target (Linux's
 /// NAME_MAX and PATH_MAX): longer ones could not be created anyway.
 const MAX_COMPONENT_BYTES: usize = 255;

@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use yun_types::{EnvId, FunctionName};
+use yun_types::{EnvId, FunctionName, YunError};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct EnvRecord {
@@ -333,6 +333,50 @@ impl UsageCounts {
     }
 }
 
+/// What a log line counts for against its env's size limit: its text and about what
+/// its row and index entries take besides.
+pub const LOG_LINE_OVERHEAD: i64 = 64;
+const HOUR_MS: i64 = 3_600_000;
+const DAY_MS: i64 = 86_400_000;
+/// Usage is kept longer than logs: hour rows for 35 days, day rows for 400.
+pub const USAGE_HOURS_KEPT_MS: i64 = 35 * DAY_MS;
+pub const USAGE_DAYS_KEPT_MS: i64 = 400 * DAY_MS;
+
+impl UsageIncrement {
+    /// What invocation records add to the usage roll-ups (stored with them, in the same
+    /// transaction: they always reconcile).
+    pub fn of_invocations(records: &[InvocationRecord]) -> Vec<Self> {
+        records
+            .iter()
+            .map(|r| Self {
+                env: r.env.clone(),
+                function: r.function.to_string(),
+                at_ms: r.started_at_ms,
+                counts: UsageCounts::of_invocation(r),
+            })
+            .collect()
+    }
+}
+
+/// One roll-up row's key: env, function, period (`hour` or `day`), period start.
+pub type UsageKey<'a> = (&'a str, &'a str, &'static str, i64);
+
+/// Increments summed per roll-up row (each adds to its hour's and its day's), in key
+/// order: writers that lock rows in this order never deadlock each other.
+pub fn usage_rows(increments: &[UsageIncrement]) -> Vec<(UsageKey<'_>, UsageCounts)> {
+    let mut merged: std::collections::BTreeMap<UsageKey<'_>, UsageCounts> = Default::default();
+    for inc in increments {
+        for (period, len) in [("hour", HOUR_MS), ("day", DAY_MS)] {
+            let start = inc.at_ms.div_euclid(len) * len;
+            merged
+                .entry((inc.env.as_str(), inc.function.as_str(), period, start))
+                .or_default()
+                .add(&inc.counts);
+        }
+    }
+    merged.into_iter().collect()
+}
+
 /// An increment to the usage of one env and function, at `at_ms`.
 #[derive(Debug, Clone)]
 pub struct UsageIncrement {
@@ -483,6 +527,37 @@ pub struct LogFilter {
     /// Only lines after this id: pages and follows.
     pub after_id: Option<i64>,
     pub limit: Option<u32>,
+}
+
+impl LogFilter {
+    /// Checks what a store cannot: the pattern compiles and the level is known. Returns
+    /// the pattern to match messages with, and how many lines at most.
+    pub fn checked(&self) -> Result<(Option<regex::Regex>, usize), YunError> {
+        let grep = match &self.grep {
+            Some(pattern) => Some(regex::Regex::new(pattern).map_err(|e| {
+                YunError::invalid_param(format!("grep is not a valid regular expression: {e}"))
+            })?),
+            None => None,
+        };
+        if let Some(level) = &self.level {
+            if !LOG_LEVELS.contains(&level.as_str()) {
+                return Err(YunError::invalid_param(format!(
+                    "level must be one of {}, not {level:?}",
+                    LOG_LEVELS.join(", ")
+                )));
+            }
+        }
+        Ok((grep, self.limit.unwrap_or(1000) as usize))
+    }
+
+    /// The levels a `level` filter admits (that level and the more severe ones).
+    pub fn levels(&self) -> Option<&'static [&'static str]> {
+        let level = self.level.as_deref()?;
+        LOG_LEVELS
+            .iter()
+            .position(|l| *l == level)
+            .map(|i| &LOG_LEVELS[i..])
+    }
 }
 
 /// A log query: always within one env.

@@ -208,12 +208,6 @@ CREATE TABLE usage (
 "#,
 ];
 
-/// What a log line counts for against its env's size limit: its text and about what
-/// its row and index entries take besides.
-const LOG_LINE_OVERHEAD: i64 = 64;
-const HOUR_MS: i64 = 3_600_000;
-const DAY_MS: i64 = 86_400_000;
-
 /// The metadata store on one SQLite file (see `yun-sqlite` for the connection model).
 #[derive(Clone)]
 pub struct SqliteMetaStore {
@@ -314,16 +308,6 @@ fn count_log_bytes(conn: &rusqlite::Connection, env: &str, bytes: i64) -> Result
 
 /// Adds increments to their hour's and their day's roll-up rows.
 fn add_usage(conn: &rusqlite::Connection, increments: &[UsageIncrement]) -> Result<()> {
-    let mut merged: HashMap<(&str, &str, &str, i64), UsageCounts> = HashMap::new();
-    for inc in increments {
-        for (period, len) in [("hour", HOUR_MS), ("day", DAY_MS)] {
-            let start = inc.at_ms.div_euclid(len) * len;
-            merged
-                .entry((inc.env.as_str(), inc.function.as_str(), period, start))
-                .or_default()
-                .add(&inc.counts);
-        }
-    }
     let mut stmt = conn
         .prepare_cached(
             "INSERT INTO usage (env, function, period, start_ms, invocations, errors, mb_ms, billed_ms, egress_bytes, db_reads, db_writes)
@@ -334,7 +318,7 @@ fn add_usage(conn: &rusqlite::Connection, increments: &[UsageIncrement]) -> Resu
                 db_reads = db_reads + ?10, db_writes = db_writes + ?11",
         )
         .map_err(db_err)?;
-    for ((env, function, period, start), c) in merged {
+    for ((env, function, period, start), c) in usage_rows(increments) {
         stmt.execute(params![
             env,
             function,
@@ -416,12 +400,8 @@ fn log_query_sql(q: &LogQuery) -> (String, Vec<rusqlite::types::Value>) {
             param(V::Text(text.clone()), &mut params)
         ));
     }
-    if let Some(level) = &q.filter.level {
-        let at_least: Vec<String> = LOG_LEVELS
-            .iter()
-            .skip_while(|l| *l != level)
-            .map(|l| format!("'{l}'"))
-            .collect();
+    if let Some(levels) = q.filter.levels() {
+        let at_least: Vec<String> = levels.iter().map(|l| format!("'{l}'")).collect();
         conds.push(format!("level IN ({})", at_least.join(", ")));
     }
     if let Some(id) = q.filter.after_id {
@@ -865,18 +845,7 @@ impl MetaStore for SqliteMetaStore {
                     .map_err(db_err)?;
                 }
             }
-            // The usage roll-ups move with the records, in the same transaction: they
-            // always reconcile.
-            let increments: Vec<UsageIncrement> = records
-                .iter()
-                .map(|r| UsageIncrement {
-                    env: r.env.clone(),
-                    function: r.function.to_string(),
-                    at_ms: r.started_at_ms,
-                    counts: UsageCounts::of_invocation(r),
-                })
-                .collect();
-            add_usage(tx, &increments)
+            add_usage(tx, &UsageIncrement::of_invocations(&records))
         })
         .await
     }
@@ -1115,21 +1084,7 @@ impl MetaStore for SqliteMetaStore {
 
     async fn query_logs(&self, q: &LogQuery) -> Result<Vec<LogLine>> {
         let q = q.clone();
-        let grep = match &q.filter.grep {
-            Some(pattern) => Some(regex::Regex::new(pattern).map_err(|e| {
-                YunError::invalid_param(format!("grep is not a valid regular expression: {e}"))
-            })?),
-            None => None,
-        };
-        if let Some(level) = &q.filter.level {
-            if !LOG_LEVELS.contains(&level.as_str()) {
-                return Err(YunError::invalid_param(format!(
-                    "level must be one of {}, not {level:?}",
-                    LOG_LEVELS.join(", ")
-                )));
-            }
-        }
-        let limit = q.filter.limit.unwrap_or(1000) as usize;
+        let (grep, limit) = q.filter.checked()?;
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -1270,11 +1225,10 @@ impl MetaStore for SqliteMetaStore {
                     )
                     .and_then(|mut s| s.execute(params![env.as_str(), cutoff.saturating_mul(1000), batch]))
                     .map_err(db_err)? as u64;
-                // Usage is kept longer than logs: hours for 35 days, days for 400.
                 tx.prepare_cached(
                     "DELETE FROM usage WHERE env = ?1 AND ((period = 'hour' AND start_ms < ?2) OR (period = 'day' AND start_ms < ?3))",
                 )
-                .and_then(|mut s| s.execute(params![env.as_str(), now_ms - 35 * DAY_MS, now_ms - 400 * DAY_MS]))
+                .and_then(|mut s| s.execute(params![env.as_str(), now_ms - USAGE_HOURS_KEPT_MS, now_ms - USAGE_DAYS_KEPT_MS]))
                 .map_err(db_err)?;
                 Ok(Pruned {
                     logs,
@@ -1524,24 +1478,6 @@ mod tests {
         EnvId::parse(s).unwrap()
     }
 
-    fn function(e: &str, name: &str, http: Option<&str>) -> NewFunction {
-        NewFunction {
-            env: env(e),
-            name: FunctionName::parse(name).unwrap(),
-            handler: "index.main".into(),
-            timeout_ms: 3000,
-            memory_mb: 128,
-            max_instances: 4,
-            env_vars: Default::default(),
-            http_path: http.map(str::to_owned),
-            code_sha256: "x".into(),
-            code_size: 1,
-            code_id: "c1".into(),
-            async_retry: Default::default(),
-            reserved_concurrency: None,
-        }
-    }
-
     #[tokio::test]
     async fn invocation_records_survive_the_moves_of_their_table() {
         // From before the table keyed by request id, and from before the one keyed by
@@ -1581,369 +1517,5 @@ mod tests {
                 .unwrap()
                 .is_none());
         }
-    }
-
-    #[tokio::test]
-    async fn dead_letters_stay_in_their_env_and_function() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteMetaStore::open(&dir.path().join("meta.db")).unwrap();
-        let f = FunctionName::parse("f").unwrap();
-        let letter = |e: &str, function: &FunctionName, id: &str, at: i64| DeadLetter {
-            env: env(e),
-            function: function.clone(),
-            request_id: id.into(),
-            error_code: "FUNCTIONS_EXECUTE_FAIL".into(),
-            error_message: "boom".into(),
-            event: "{}".into(),
-            source: "async".into(),
-            trigger: None,
-            retry_num: 2,
-            enqueued_at_ms: 1,
-            failed_at_ms: at,
-        };
-        for e in ["a", "b"] {
-            store.create_env(&env(e)).await.unwrap();
-        }
-        let g = FunctionName::parse("g").unwrap();
-        for l in [
-            letter("a", &f, "r2", 20),
-            letter("a", &f, "r1", 10),
-            letter("a", &g, "r3", 5),
-            letter("b", &f, "r4", 5),
-        ] {
-            store.put_dead_letter(&l).await.unwrap();
-        }
-        let ids = |v: Vec<DeadLetter>| v.into_iter().map(|l| l.request_id).collect::<Vec<_>>();
-        assert_eq!(
-            ids(store.list_dead_letters(&env("a"), &f, None).await.unwrap()),
-            ["r1", "r2"]
-        );
-        assert_eq!(
-            ids(store
-                .list_dead_letters(&env("a"), &f, Some("r4"))
-                .await
-                .unwrap()),
-            Vec::<String>::new()
-        );
-        assert_eq!(
-            store
-                .delete_dead_letters(&env("a"), &f, Some("r4"))
-                .await
-                .unwrap(),
-            0
-        );
-        assert_eq!(
-            store
-                .delete_dead_letters(&env("a"), &f, None)
-                .await
-                .unwrap(),
-            2
-        );
-        assert_eq!(
-            ids(store.list_dead_letters(&env("a"), &g, None).await.unwrap()),
-            ["r3"]
-        );
-        assert_eq!(
-            ids(store.list_dead_letters(&env("b"), &f, None).await.unwrap()),
-            ["r4"]
-        );
-        // They go with their env.
-        store.delete_env(&env("b")).await.unwrap();
-        assert!(store
-            .list_dead_letters(&env("b"), &f, None)
-            .await
-            .unwrap()
-            .is_empty());
-    }
-
-    #[tokio::test]
-    async fn rows_stay_in_their_env_and_survive_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("meta.db");
-        let store = SqliteMetaStore::open(&path).unwrap();
-        let master = store.master_key().await.unwrap();
-        store.create_env(&env("a")).await.unwrap();
-        store.create_env(&env("b")).await.unwrap();
-        assert_eq!(
-            store.create_env(&env("a")).await.unwrap_err().code,
-            ErrorCode::AlreadyExists
-        );
-
-        let v1 = store
-            .put_function(&function("a", "hello", Some("/hi")), 1)
-            .await
-            .unwrap();
-        let v2 = store
-            .put_function(&function("a", "hello", Some("/hi")), 2)
-            .await
-            .unwrap();
-        assert_eq!((v1.version, v2.version, v2.created_at), (1, 2, 1));
-        let clash = store
-            .put_function(&function("a", "other", Some("/hi")), 3)
-            .await
-            .unwrap_err();
-        assert_eq!(clash.code, ErrorCode::AlreadyExists);
-        // The same path in another env is another route.
-        store
-            .put_function(&function("b", "other", Some("/hi")), 3)
-            .await
-            .unwrap();
-
-        assert!(store
-            .get_function(&env("b"), &FunctionName::parse("hello").unwrap())
-            .await
-            .unwrap()
-            .is_none());
-        assert_eq!(store.list_functions(&env("a")).await.unwrap().len(), 1);
-        drop(store);
-
-        let store = SqliteMetaStore::open(&path).unwrap();
-        assert_eq!(store.master_key().await.unwrap(), master);
-        let found = store
-            .get_function(&env("a"), &FunctionName::parse("hello").unwrap())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(found.version, 2);
-        assert!(store.delete_env(&env("a")).await.unwrap());
-        assert!(store.list_functions(&env("a")).await.unwrap().is_empty());
-        assert_eq!(store.list_functions(&env("b")).await.unwrap().len(), 1);
-    }
-
-    #[tokio::test]
-    async fn logs_filter_by_request_and_follow_by_id() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteMetaStore::open(&dir.path().join("meta.db")).unwrap();
-        store.create_env(&env("a")).await.unwrap();
-        let line = |rid: &str, msg: &str| NewLogLine {
-            env: env("a"),
-            function: FunctionName::parse("f").unwrap(),
-            request_id: rid.into(),
-            at_ms: 10,
-            stream: "stdout".into(),
-            level: "info".into(),
-            message: msg.into(),
-        };
-        store
-            .append_logs(vec![
-                line("r1", "one"),
-                line("r2", "two"),
-                line("r1", "three"),
-            ])
-            .await
-            .unwrap();
-        let q = LogQuery {
-            env: env("a"),
-            function: None,
-            filter: LogFilter {
-                request_id: Some("r1".into()),
-                ..LogFilter::default()
-            },
-        };
-        let got: Vec<String> = store
-            .query_logs(&q)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|l| l.line.message)
-            .collect();
-        assert_eq!(got, ["one", "three"]);
-        let first = store.query_logs(&q).await.unwrap()[0].id;
-        let later = store
-            .query_logs(&LogQuery {
-                filter: LogFilter {
-                    after_id: Some(first),
-                    ..q.filter.clone()
-                },
-                ..q.clone()
-            })
-            .await
-            .unwrap();
-        assert_eq!(later.len(), 1);
-        let other_env = store
-            .query_logs(&LogQuery {
-                env: env("b"),
-                function: None,
-                filter: LogFilter::default(),
-            })
-            .await
-            .unwrap();
-        assert!(other_env.is_empty());
-    }
-
-    fn record(rid: &str, parent: Option<&str>, started_at_ms: i64) -> InvocationRecord {
-        InvocationRecord {
-            request_id: rid.into(),
-            env: env("a"),
-            function: FunctionName::parse("f").unwrap(),
-            version: 1,
-            started_at_ms,
-            duration_ms: 7,
-            billed_ms: 7,
-            memory_peak_kb: 0,
-            status: InvocationStatus::Success,
-            cold_start: false,
-            error: None,
-            attempt: 1,
-            trigger: None,
-            memory_mb: 256,
-            response_bytes: 10,
-            parent_request_id: parent.map(str::to_owned),
-            trace_id: String::new(),
-            span_id: String::new(),
-            parent_span_id: None,
-            waited_ms: 0,
-        }
-    }
-
-    fn log(rid: &str, at_ms: i64, level: &str, message: &str) -> NewLogLine {
-        NewLogLine {
-            env: env("a"),
-            function: FunctionName::parse("f").unwrap(),
-            request_id: rid.into(),
-            at_ms,
-            stream: "stdout".into(),
-            level: level.into(),
-            message: message.into(),
-        }
-    }
-
-    async fn messages(store: &SqliteMetaStore, filter: LogFilter) -> Vec<String> {
-        store
-            .query_logs(&LogQuery {
-                env: env("a"),
-                function: None,
-                filter,
-            })
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|l| l.line.message)
-            .collect()
-    }
-
-    #[tokio::test]
-    async fn a_request_finds_the_invocations_it_caused_and_levels_and_patterns_filter() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteMetaStore::open(&dir.path().join("meta.db")).unwrap();
-        store.create_env(&env("a")).await.unwrap();
-        store
-            .append_invocations(vec![
-                record("root", None, 1),
-                record("child", Some("root"), 2),
-                record("grandchild", Some("child"), 3),
-                record("other", None, 4),
-            ])
-            .await
-            .unwrap();
-        store
-            .append_logs(vec![
-                log("root", 1, "info", "r"),
-                log("child", 2, "warn", "c"),
-                log("grandchild", 3, "error", "g"),
-                log("other", 4, "info", "o"),
-            ])
-            .await
-            .unwrap();
-        let by = |caused| LogFilter {
-            request_id: Some("root".into()),
-            caused,
-            ..LogFilter::default()
-        };
-        assert_eq!(messages(&store, by(true)).await, ["r", "c", "g"]);
-        assert_eq!(messages(&store, by(false)).await, ["r"]);
-        let level = LogFilter {
-            level: Some("warn".into()),
-            ..LogFilter::default()
-        };
-        assert_eq!(messages(&store, level).await, ["c", "g"]);
-        let grep = LogFilter {
-            grep: Some("^[cg]$".into()),
-            limit: Some(1),
-            ..LogFilter::default()
-        };
-        assert_eq!(
-            messages(&store, grep).await,
-            ["c"],
-            "the limit counts matches"
-        );
-        let bad = store
-            .query_logs(&LogQuery {
-                env: env("a"),
-                function: None,
-                filter: LogFilter {
-                    grep: Some("(".into()),
-                    ..LogFilter::default()
-                },
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(bad.code, ErrorCode::InvalidParam);
-        let usage = store.usage(&env("a"), "hour", 0).await.unwrap();
-        assert_eq!(usage.len(), 1, "four records in the first hour of 1970");
-        assert_eq!(
-            (
-                usage[0].counts.invocations,
-                usage[0].counts.mb_ms,
-                usage[0].counts.egress_bytes
-            ),
-            (4, 4 * 256 * 7, 40)
-        );
-    }
-
-    #[tokio::test]
-    async fn retention_removes_what_is_too_old_or_over_the_size_in_batches() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteMetaStore::open(&dir.path().join("meta.db")).unwrap();
-        store.create_env(&env("a")).await.unwrap();
-        let lines: Vec<NewLogLine> = (0..10)
-            .map(|i| log(&format!("r{i}"), 1000 * i, "info", &"x".repeat(36)))
-            .collect();
-        store.append_logs(lines).await.unwrap();
-        store
-            .append_invocations(
-                (0..10)
-                    .map(|i| record(&format!("r{i}"), None, 1000 * i))
-                    .collect(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(
-            store.log_bytes(&env("a")).await.unwrap(),
-            1000,
-            "100 bytes a line"
-        );
-        // Over the size: the oldest go until 450 bytes are left (four lines).
-        let by_size = Retention {
-            max_age_ms: i64::MAX,
-            max_bytes: 450,
-        };
-        let pruned = store.prune(&env("a"), by_size, 10_000, 2000).await.unwrap();
-        assert_eq!((pruned.logs, pruned.records, pruned.more), (6, 0, false));
-        assert_eq!(store.log_bytes(&env("a")).await.unwrap(), 400);
-        assert_eq!(messages(&store, LogFilter::default()).await.len(), 4);
-        // By age, two rows a batch: lines and records older than 8 s go.
-        let by_age = Retention {
-            max_age_ms: 2000,
-            max_bytes: u64::MAX,
-        };
-        let first = store.prune(&env("a"), by_age, 10_000, 2).await.unwrap();
-        assert_eq!((first.logs, first.records, first.more), (2, 2, true));
-        while store
-            .prune(&env("a"), by_age, 10_000, 2)
-            .await
-            .unwrap()
-            .more
-        {}
-        let kept: Vec<String> = store
-            .list_invocations(&env("a"), None, 100)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|r| r.request_id)
-            .collect();
-        assert_eq!(kept, ["r9", "r8"]);
-        assert_eq!(messages(&store, LogFilter::default()).await.len(), 2);
-        assert_eq!(store.log_bytes(&env("a")).await.unwrap(), 200);
     }
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use axum::serve::ListenerExt as _;
 use tokio::sync::watch;
+pub use yun_app::PlatformKey;
 use yun_app::{App, AppSettings, ChangeSource, Credentials, Recorder, Stores};
 use yun_docdb::sqlite::SqliteDocStore;
 use yun_docdb::store::DocStore;
@@ -27,11 +28,20 @@ use yun_meta::sqlite::SqliteMetaStore;
 use yun_meta::MetaStore;
 pub use yun_storage::StorageLimits;
 use yun_storage::{FileIndex, ObjectBackend, SqliteFileIndex, Storage};
-use yun_store_postgres::{PgDocStore, PgFileIndex, Postgres};
+use yun_store_postgres::{PgDocStore, PgFileIndex, PgMetaStore, PgUserStore, Postgres};
 use yun_types::{EnvId, YunError};
-use yun_users::{SqliteUserStore, Users};
+use yun_users::{SqliteUserStore, UserStore, Users};
 
 use crate::gateway::{ChannelApi, UnixGateway};
+
+/// The stores one process runs on: every one in the data folder, or in PostgreSQL.
+struct Backends {
+    meta: Arc<dyn MetaStore>,
+    docs: Arc<dyn DocStore>,
+    file_index: Arc<dyn FileIndex>,
+    users: Arc<dyn UserStore>,
+    described: String,
+}
 
 /// Settings of an embedded (`yun dev`) node.
 #[derive(Debug, Clone)]
@@ -55,8 +65,8 @@ pub struct DevConfig {
     /// (NATS JetStream; processes on one server share the queue and fire a timer's tick
     /// once).
     pub events: Option<String>,
-    /// Where the stores PostgreSQL serves so far (documents, the file index) live: `None`
-    /// for SQLite in the data dir, or a `postgres://` URL (processes may share it).
+    /// Where the stores live (metadata, documents, the file index, users): `None` for
+    /// SQLite in the data dir, or a `postgres://` URL (processes may share it).
     pub database: Option<String>,
     /// The PostgreSQL schema Yun's tables live in.
     pub postgres_schema: String,
@@ -80,6 +90,8 @@ pub struct DevConfig {
     pub retention_every: Duration,
     /// How often alert rules are evaluated.
     pub alerts_every: Duration,
+    /// The platform key to create on first start instead of a random one.
+    pub platform_key: Option<yun_app::PlatformKey>,
 }
 
 /// How a server stops: at once (Ctrl-C on a laptop), or after draining (SIGTERM from an
@@ -508,27 +520,36 @@ impl Server {
             yun_app::ops::install_metrics();
             yun_app::ops::on_scrape(yun_sqlite::publish_health);
         }
-        let meta: Arc<dyn MetaStore> = Arc::new(SqliteMetaStore::open(&meta_dir.join("yun.db"))?);
         let postgres = match &cfg.database {
             Some(url) => Some(Postgres::connect(url, &cfg.postgres_schema)?),
             None => None,
         };
-        let (docs, file_index, database): (Arc<dyn DocStore>, Arc<dyn FileIndex>, String) =
-            match &postgres {
-                None => (
-                    Arc::new(SqliteDocStore::open(&meta_dir.join("documents.db"))?),
-                    Arc::new(SqliteFileIndex::open(&meta_dir.join("files.db"))?),
-                    "SQLite in the data folder".into(),
+        let stores = match &postgres {
+            None => Backends {
+                meta: Arc::new(SqliteMetaStore::open(&meta_dir.join("yun.db"))?),
+                docs: Arc::new(SqliteDocStore::open(&meta_dir.join("documents.db"))?),
+                file_index: Arc::new(SqliteFileIndex::open(&meta_dir.join("files.db"))?),
+                users: Arc::new(SqliteUserStore::open(&meta_dir.join("users.db"))?),
+                described: "SQLite in the data folder".into(),
+            },
+            Some(pg) => Backends {
+                meta: Arc::new(PgMetaStore::open(pg.clone()).await?),
+                docs: Arc::new(PgDocStore::open(pg.clone()).await?),
+                file_index: Arc::new(PgFileIndex::open(pg.clone()).await?),
+                users: Arc::new(PgUserStore::open(pg.clone()).await?),
+                described: format!(
+                    "PostgreSQL, schema {} (metadata, documents, file index, users)",
+                    cfg.postgres_schema
                 ),
-                Some(pg) => (
-                    Arc::new(PgDocStore::open(pg.clone()).await?),
-                    Arc::new(PgFileIndex::open(pg.clone()).await?),
-                    format!(
-                        "PostgreSQL, schema {} (documents, file index); the rest SQLite in the data folder",
-                        cfg.postgres_schema
-                    ),
-                ),
-            };
+            },
+        };
+        let Backends {
+            meta,
+            docs,
+            file_index,
+            users,
+            described: database,
+        } = stores;
         let docdb = Arc::new(DocDb::new(docs, Limits::default()));
         let backend = match &cfg.storage {
             Some(spec) => ObjectBackend::parse(spec),
@@ -541,9 +562,7 @@ impl Server {
         }
         let storage = Arc::new(Storage::new(&backend, file_index, cfg.storage_limits)?);
         let storage_for_backups = storage.clone();
-        let users = Arc::new(Users::new(Arc::new(SqliteUserStore::open(
-            &meta_dir.join("users.db"),
-        )?)));
+        let users = Arc::new(Users::new(users));
         let events: Arc<dyn EventBus> = match &cfg.events {
             None => Arc::new(SqliteBus::open(&meta_dir.join("events.db")).map_err(YunError::from)?),
             Some(url) => {
@@ -554,6 +573,10 @@ impl Server {
                         .map_err(YunError::from)?,
                 )
             }
+        };
+        let database = match &cfg.events {
+            None => format!("{database}; event queue: SQLite in the data folder"),
+            Some(_) => format!("{database}; event queue: NATS JetStream"),
         };
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
@@ -630,6 +653,7 @@ impl Server {
             region: "ap-shanghai".into(),
             tracing: cfg.tracing,
             trace_sample_ratio: cfg.trace_sample_ratio,
+            shared_packages: cfg.database.is_some(),
         };
         let app = Arc::new(
             App::new(
@@ -660,12 +684,15 @@ impl Server {
         tokio::spawn(app.clone().run_change_triggers(ChangeSource::Files));
         tokio::spawn(app.clone().run_retention(cfg.retention_every));
         tokio::spawn(app.clone().run_alerts(cfg.alerts_every));
+        tokio::spawn(app.clone().run_cache_invalidations());
         // Instances' gateways serve from now on (they wait until then).
         let _ = router_slot.send(Some(yun_api::instance_router(app.clone())));
         ChannelApi::serve(&app);
 
         let credentials_path = cfg.data_dir.join("credentials.json");
-        let first = app.initialize(&cfg.default_env).await?;
+        let first = app
+            .initialize(&cfg.default_env, cfg.platform_key.as_ref())
+            .await?;
         let credentials = match (&first, std::fs::read(&credentials_path)) {
             (Some(key), _) => Credentials {
                 url: url.clone(),

@@ -165,6 +165,10 @@ pub fn find_object(root: &std::path::Path, object: &str) -> Option<std::path::Pa
         .find(|p| p.exists())
 }
 
+fn package_path(key: &str) -> ObjectKey {
+    ObjectKey::from(format!(".packages/{key}"))
+}
+
 /// Where renderings of an object are cached. A `.` cannot start an env id, so this never
 /// meets an env's objects; keyed by object, a replaced file's renderings are never served.
 fn renderings_of(object: &str) -> String {
@@ -216,6 +220,45 @@ impl Storage {
         .await;
         if let Ok(Err(e)) = swept {
             tracing::warn!(error = %e, "could not sweep retired objects");
+        }
+    }
+
+    /// Stores one of the platform's own objects (a function version's package) beside
+    /// the files, under `.packages/` (a `.` cannot start an env id).
+    pub async fn put_package(&self, key: &str, bytes: Vec<u8>) -> Result<(), YunError> {
+        let path = package_path(key);
+        self.objects
+            .put(&path, bytes.into())
+            .await
+            .map_err(store_err)?;
+        Ok(())
+    }
+
+    /// A package [`Storage::put_package`] stored; `None` when there is none.
+    pub async fn get_package(&self, key: &str) -> Result<Option<Bytes>, YunError> {
+        match self.objects.get(&package_path(key)).await {
+            Ok(found) => Ok(Some(found.bytes().await.map_err(store_err)?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(store_err(e)),
+        }
+    }
+
+    /// Deletes the packages whose keys start with `prefix` (a function's, an env's), but
+    /// those in `keep`.
+    pub async fn delete_packages(&self, prefix: &str, keep: &[String]) {
+        let keep: Vec<ObjectKey> = keep.iter().map(|k| package_path(k)).collect();
+        let listed: Vec<_> = self
+            .objects
+            .list(Some(&package_path(prefix)))
+            .collect()
+            .await;
+        for meta in listed.into_iter().flatten() {
+            if keep.contains(&meta.location) {
+                continue;
+            }
+            if let Err(e) = self.objects.delete(&meta.location).await {
+                tracing::warn!(package = %meta.location, error = %e, "could not delete a function package");
+            }
         }
     }
 

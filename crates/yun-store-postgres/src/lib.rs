@@ -1,4 +1,4 @@
-//! The cluster backends on PostgreSQL (documents, the file index): one pool of connections to one database (in one
+//! The cluster backends on PostgreSQL (documents, the file index, metadata, users): one pool of connections to one database (in one
 //! schema), numbered migrations per store, and the stores themselves. Each store states
 //! the isolation it runs at and lets the database enforce what must hold across nodes
 //! (unique keys, row locks), where the SQLite backends rely on SQLite's single writer.
@@ -6,16 +6,21 @@
 pub mod changelog;
 pub mod docdb;
 pub mod files;
+pub mod meta;
+pub mod users;
 
 use std::future::Future;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::runtime::Handle;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::Row;
 use yun_types::{ErrorCode, YunError};
 
 pub use docdb::PgDocStore;
 pub use files::PgFileIndex;
+pub use meta::PgMetaStore;
+pub use users::PgUserStore;
 
 /// How many connections a node keeps to the database at most.
 const POOL_SIZE: usize = 16;
@@ -135,6 +140,43 @@ impl Postgres {
         .await
         .map_err(pg_err)?;
         tx.commit().await.map_err(pg_err)
+    }
+
+    /// One statement on its own (autocommit): the rows it returns.
+    pub async fn query(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, YunError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await.map_err(pg_err)?;
+        client.query(&statement, params).await.map_err(pg_err)
+    }
+
+    /// One statement on its own: its row, if it returned one.
+    pub async fn query_opt(&self, sql: &str, params: Params<'_>) -> Result<Option<Row>, YunError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await.map_err(pg_err)?;
+        client.query_opt(&statement, params).await.map_err(pg_err)
+    }
+
+    /// One statement on its own: how many rows it changed.
+    pub async fn execute(&self, sql: &str, params: Params<'_>) -> Result<u64, YunError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await.map_err(pg_err)?;
+        client.execute(&statement, params).await.map_err(pg_err)
+    }
+
+    /// [`Postgres::query`] that tells a unique violation apart: `None` when a row it
+    /// would write clashes with one that exists.
+    pub async fn query_unique(
+        &self,
+        sql: &str,
+        params: Params<'_>,
+    ) -> Result<Option<Vec<Row>>, YunError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await.map_err(pg_err)?;
+        match client.query(&statement, params).await {
+            Ok(rows) => Ok(Some(rows)),
+            Err(e) if unique_violation(&e).is_some() => Ok(None),
+            Err(e) => Err(pg_err(e)),
+        }
     }
 
     /// Runs `work` on a blocking thread inside one transaction: a snapshot
@@ -303,7 +345,10 @@ pub fn pg_err(e: tokio_postgres::Error) -> YunError {
 pub fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{}: {}", db.code().code(), db.message()),
-        None => e.to_string(),
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
     }
 }
 

@@ -130,6 +130,7 @@ impl TestYun {
             trace_sample_ratio: 1.0,
             retention_every: Duration::from_secs(60),
             alerts_every: Duration::from_secs(15),
+            platform_key: None,
         })
         .await
         .expect("yun starts");

@@ -156,8 +156,8 @@ fn check_custom_id(uid: &str) -> Result<(), YunError> {
 pub struct Users {
     store: Arc<dyn UserStore>,
     /// Every request of an end user verifies a token: keys and users are kept in memory.
-    /// Writes through `Users` invalidate what they change on this node (a cluster will
-    /// need these invalidations broadcast, like the metadata cache's).
+    /// Writes through `Users` invalidate what they change on this node; the app tells
+    /// the other nodes (`forget_*`).
     cache: Cache,
 }
 
@@ -295,6 +295,34 @@ impl Users {
         self.store.drop_env(env).await?;
         self.cache.forget_env(env);
         Ok(())
+    }
+
+    /// Drops a user another node changed from this node's memory.
+    pub fn forget_user(&self, env: &EnvId, uid: &str) {
+        self.cache.forget_user(env, uid);
+    }
+
+    /// Drops an env's signing keys another node rotated.
+    pub fn forget_keys(&self, env: &EnvId) {
+        self.cache.forget_keys(env);
+    }
+
+    /// Drops everything of an env another node deleted.
+    pub fn forget_env(&self, env: &EnvId) {
+        self.cache.forget_env(env);
+    }
+
+    /// Drops every user and key kept in memory.
+    pub fn forget_everything(&self) {
+        if let Ok(mut keys) = self.cache.keys.write() {
+            keys.clear();
+        }
+        if let Ok(mut users) = self.cache.users.write() {
+            users.clear();
+        }
+        if let Ok(mut active) = self.cache.active.write() {
+            active.clear();
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn UserStore> {

@@ -46,18 +46,21 @@ async function waitFor(check, what, timeoutMs = 20000) {
 
 /**
  * Starts `yun dev`. With `cwd`, it runs there with the default relative data dir, as a
- * newcomer types it.
+ * newcomer types it. `command: 'serve'` starts a cluster node instead (its database and
+ * the rest come from `env`); `key` is the platform key to use when the node did not
+ * create one (every node but a cluster's first).
  */
-async function startYun(extraArgs = [], { dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'yun-compat-')), cwd, installLayer = false, env = {} } = {}) {
+async function startYun(extraArgs = [], { dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'yun-compat-')), cwd, installLayer = false, env = {}, command = 'dev', key } = {}) {
   const dataArgs = cwd ? [] : ['--data-dir', dataDir];
   if (cwd) dataDir = path.join(cwd, '.yun');
   // By default the suites lend Yun their pinned SDKs; `installLayer` leaves Yun to install
   // its own from the registry, as on a newcomer's first start.
   const layerArgs = installLayer ? [] : ['--node-layer', LAYER];
-  const child = spawn(BIN, ['dev', ...dataArgs, '--listen', '127.0.0.1:0', ...layerArgs, ...extraArgs], {
+  const database = command === 'dev' ? postgresEnv(dataDir) : {};
+  const child = spawn(BIN, [command, ...dataArgs, '--listen', '127.0.0.1:0', ...layerArgs, ...extraArgs], {
     cwd,
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, YUN_LOG: 'warn', ...postgresEnv(dataDir), ...env },
+    env: { ...process.env, YUN_LOG: 'warn', ...database, ...env },
   });
   let output = '';
   child.stdout.on('data', (d) => (output += d));
@@ -74,6 +77,7 @@ async function startYun(extraArgs = [], { dataDir = fs.mkdtempSync(path.join(os.
       return null;
     }
   }, 'yun to start');
+  if (key) Object.assign(creds, key);
 
   const yun = {
     ...creds,

@@ -20,6 +20,7 @@ use yun_types::{EnvId, ErrorCode, FunctionName, YunError};
 
 use super::cron::{self, Schedule};
 use crate::authz::Operation;
+use crate::cache::Forget;
 use crate::App;
 
 /// SCF's limit: triggers of one type per function.
@@ -293,7 +294,7 @@ impl App {
             ));
         }
         self.meta.insert_trigger(&record).await?;
-        self.triggers_changed();
+        self.forget(Forget::Triggers);
         Ok(record)
     }
 
@@ -323,7 +324,7 @@ impl App {
                 format!("function {function} has no trigger {name:?}"),
             ));
         }
-        self.triggers_changed();
+        self.forget(Forget::Triggers);
         Ok(())
     }
 
