@@ -9,6 +9,7 @@
 //! caching them would let callers grow memory without bound.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use yun_auth::TempCredential;
@@ -92,6 +93,14 @@ pub(crate) struct MetaCache {
     env_settings: RwLock<HashMap<EnvId, EnvSettings>>,
     /// Each env's stored rules, parsed, by target (`collection:{name}`, `storage`).
     pub(crate) rules: RwLock<HashMap<EnvId, EnvRules>>,
+    /// Bumped by every forget: a read that began before one does not keep its result.
+    generation: AtomicU64,
+}
+
+impl MetaCache {
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
 }
 
 pub(crate) type EnvRules = Arc<HashMap<String, Arc<yun_rules::RuleSet>>>;
@@ -106,9 +115,21 @@ fn read<K: std::hash::Hash + Eq, V: Clone>(map: &RwLock<HashMap<K, V>>, key: &K)
     map.read().ok().and_then(|m| m.get(key).cloned())
 }
 
-fn write<K: std::hash::Hash + Eq, V>(map: &RwLock<HashMap<K, V>>, key: K, value: V) {
+/// Keeps what a read found, unless something was forgotten since the read began
+/// (`seen`): the read may have found what the forgetting write replaced.
+fn write<K: std::hash::Hash + Eq, V>(
+    generation: &AtomicU64,
+    seen: u64,
+    map: &RwLock<HashMap<K, V>>,
+    key: K,
+    value: V,
+) {
     if let Ok(mut m) = map.write() {
-        m.insert(key, value);
+        // Checked under the map's lock: a forget bumps the generation before it takes
+        // the lock to remove, so either it removes this entry or this sees its bump.
+        if generation.load(Ordering::SeqCst) == seen {
+            m.insert(key, value);
+        }
     }
 }
 
@@ -118,13 +139,20 @@ impl App {
         if let Some(key) = read(&self.cache.keys, &secret_id.to_owned()) {
             return Ok(Some(key));
         }
+        let seen = self.cache.generation();
         let key = self
             .meta
             .get_key(secret_id)
             .await?
             .filter(|k| k.revoked_at.is_none());
         if let Some(key) = &key {
-            write(&self.cache.keys, secret_id.to_owned(), key.clone());
+            write(
+                &self.cache.generation,
+                seen,
+                &self.cache.keys,
+                secret_id.to_owned(),
+                key.clone(),
+            );
         }
         Ok(key)
     }
@@ -133,10 +161,13 @@ impl App {
         if self.cache.envs.read().is_ok_and(|s| s.contains(env)) {
             return Ok(true);
         }
+        let seen = self.cache.generation();
         let exists = self.meta.get_env(env).await?.is_some();
         if exists {
             if let Ok(mut s) = self.cache.envs.write() {
-                s.insert(env.clone());
+                if self.cache.generation() == seen {
+                    s.insert(env.clone());
+                }
             }
         }
         Ok(exists)
@@ -151,6 +182,7 @@ impl App {
         if let Some(hit) = read(&self.cache.functions, &key) {
             return Ok(hit);
         }
+        let seen = self.cache.generation();
         let record = self.meta.get_function(env, name).await?.ok_or_else(|| {
             YunError::new(
                 ErrorCode::FunctionNotFound,
@@ -164,7 +196,13 @@ impl App {
             metrics: crate::ops::metrics::FunctionMetrics::new(env, name),
             record,
         });
-        write(&self.cache.functions, key, loaded.clone());
+        write(
+            &self.cache.generation,
+            seen,
+            &self.cache.functions,
+            key,
+            loaded.clone(),
+        );
         Ok(loaded)
     }
 
@@ -172,6 +210,7 @@ impl App {
         if let Some(routes) = read(&self.cache.routes, env) {
             return Ok(routes);
         }
+        let seen = self.cache.generation();
         let mut routes: Vec<(String, FunctionName)> = self
             .meta
             .list_functions(env)
@@ -181,7 +220,13 @@ impl App {
             .collect();
         routes.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
         let routes = Arc::new(routes);
-        write(&self.cache.routes, env.clone(), routes.clone());
+        write(
+            &self.cache.generation,
+            seen,
+            &self.cache.routes,
+            env.clone(),
+            routes.clone(),
+        );
         Ok(routes)
     }
 
@@ -201,12 +246,19 @@ impl App {
                 return cred;
             }
         }
+        let seen = self.cache.generation();
         let cred = FunctionCredential::from(self.issuer.issue(
             env,
             name,
             now + timeout_secs + CREDENTIAL_LIFETIME_SECS,
         ));
-        write(&self.cache.credentials, key, cred.clone());
+        write(
+            &self.cache.generation,
+            seen,
+            &self.cache.credentials,
+            key,
+            cred.clone(),
+        );
         cred
     }
 
@@ -214,8 +266,15 @@ impl App {
         if let Some(s) = read(&self.cache.env_settings, env) {
             return Ok(s);
         }
+        let seen = self.cache.generation();
         let settings = self.meta.env_settings(env).await?;
-        write(&self.cache.env_settings, env.clone(), settings.clone());
+        write(
+            &self.cache.generation,
+            seen,
+            &self.cache.env_settings,
+            env.clone(),
+            settings.clone(),
+        );
         Ok(settings)
     }
 
@@ -241,6 +300,7 @@ impl App {
     }
 
     fn apply_forget(&self, what: &Forget) {
+        self.cache.generation.fetch_add(1, Ordering::SeqCst);
         match what {
             Forget::Key { secret_id } => self.forget_key(secret_id),
             Forget::Env { env } => {
@@ -259,6 +319,7 @@ impl App {
     /// Broadcasts may have been missed: every cache starts over, every function's
     /// instances are replaced (a version may have been deployed meanwhile).
     fn forget_everything(&self) {
+        self.cache.generation.fetch_add(1, Ordering::SeqCst);
         let functions: Vec<(EnvId, FunctionName)> = self
             .cache
             .functions
@@ -294,27 +355,32 @@ impl App {
     /// Applies the other nodes' invalidations, for as long as the node runs.
     pub async fn run_cache_invalidations(self: Arc<Self>) {
         use futures_util::StreamExt;
-        let mut heard = loop {
-            match self.events.listen().await {
-                Ok(heard) => break heard,
+        loop {
+            let mut heard = match self.events.listen().await {
+                Ok(heard) => heard,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot hear the other nodes' changes yet");
                     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
                 }
-            }
-        };
-        while let Some(message) = heard.next().await {
-            match message {
-                yun_events::Heard::Broadcast(payload) => {
-                    match serde_json::from_slice::<Forget>(&payload) {
-                        Ok(what) => self.apply_forget(&what),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "an invalidation this node cannot read")
+            };
+            while let Some(message) = heard.next().await {
+                match message {
+                    yun_events::Heard::Broadcast(payload) => {
+                        match serde_json::from_slice::<Forget>(&payload) {
+                            Ok(what) => self.apply_forget(&what),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "an invalidation this node cannot read")
+                            }
                         }
                     }
+                    yun_events::Heard::Gap => self.forget_everything(),
                 }
-                yun_events::Heard::Gap => self.forget_everything(),
             }
+            // The subscription ended: what came meanwhile is lost; listen again.
+            tracing::warn!("stopped hearing the other nodes' changes; listening again");
+            self.forget_everything();
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         }
     }
 
@@ -376,6 +442,7 @@ impl App {
         if let Some(rules) = read(&self.cache.rules, env) {
             return Ok(rules);
         }
+        let seen = self.cache.generation();
         let mut parsed = HashMap::new();
         for (target, spec) in self.meta.list_rules(env).await? {
             let kind = if target == crate::rules::STORAGE_TARGET {
@@ -391,7 +458,13 @@ impl App {
             parsed.insert(target, Arc::new(set));
         }
         let rules: EnvRules = Arc::new(parsed);
-        write(&self.cache.rules, env.clone(), rules.clone());
+        write(
+            &self.cache.generation,
+            seen,
+            &self.cache.rules,
+            env.clone(),
+            rules.clone(),
+        );
         Ok(rules)
     }
 }

@@ -155,7 +155,9 @@ impl App {
             ));
         }
         if self.settings.shared_packages {
-            self.storage.delete_packages(&format!("{env}/"), &[]).await;
+            self.storage
+                .delete_packages(&format!("{env}/"), &[], std::time::Duration::ZERO)
+                .await;
         }
         let dir = self.settings.functions_dir.join(env.as_str());
         if let Err(e) = tokio::fs::remove_dir_all(&dir).await {

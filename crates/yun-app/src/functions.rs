@@ -179,6 +179,10 @@ fn check_http_path(path: &str) -> Result<(), YunError> {
     Ok(())
 }
 
+/// A package younger than this is never deleted as replaced: it may belong to a deploy
+/// still under way on another node.
+const PACKAGE_GRACE: Duration = Duration::from_secs(3600);
+
 impl App {
     fn code_dir(&self, env: &EnvId, name: &FunctionName) -> PathBuf {
         self.settings
@@ -335,6 +339,10 @@ impl App {
         let record = match stored {
             Ok(record) => record,
             Err(e) => {
+                if self.settings.shared_packages {
+                    let own = Self::package_key(env, name, Some(&code_id));
+                    self.storage.delete_package(&own).await;
+                }
                 let _ = tokio::fs::remove_dir_all(&dir).await;
                 // The function's folder too, when this attempt was all it held.
                 let _ = tokio::fs::remove_dir(self.code_dir(env, name)).await;
@@ -493,17 +501,18 @@ impl App {
         current: &str,
         previous: Option<String>,
     ) {
-        if let Some(older) = &previous {
-            if self.settings.shared_packages {
-                // The one before the previous is no node's to load any more.
+        if self.settings.shared_packages {
+            // Packages of replaced versions go, but not the ones of deploys under way
+            // on other nodes (stored recently) nor the one the database now names.
+            if let Ok(record) = self.meta.get_function(env, name).await {
+                let live = record.map(|r| r.spec.code_id);
+                let keep: Vec<String> = [Some(current.to_owned()), previous.clone(), live]
+                    .into_iter()
+                    .flatten()
+                    .map(|code_id| Self::package_key(env, name, Some(&code_id)))
+                    .collect();
                 self.storage
-                    .delete_packages(
-                        &Self::package_key(env, name, None),
-                        &[
-                            Self::package_key(env, name, Some(current)),
-                            Self::package_key(env, name, Some(older)),
-                        ],
-                    )
+                    .delete_packages(&Self::package_key(env, name, None), &keep, PACKAGE_GRACE)
                     .await;
             }
         }
@@ -588,7 +597,11 @@ impl App {
         let _ = tokio::fs::remove_dir_all(self.code_dir(&identity.env, name)).await;
         if self.settings.shared_packages {
             self.storage
-                .delete_packages(&Self::package_key(&identity.env, name, None), &[])
+                .delete_packages(
+                    &Self::package_key(&identity.env, name, None),
+                    &[],
+                    Duration::ZERO,
+                )
                 .await;
         }
         Ok(())

@@ -239,6 +239,17 @@ pub fn resolve(args: &ServeArgs, matches: &ArgMatches) -> anyhow::Result<Resolve
         (None, None) => None,
         _ => bail!("give both platform_secret_id and platform_secret_key, or neither"),
     };
+    if !node
+        .events
+        .as_deref()
+        .is_some_and(|e| e.starts_with("nats://"))
+    {
+        bail!(
+            "yun serve's nodes share async events, timer ticks and cache invalidations \
+             through NATS JetStream: give --events nats://HOST:PORT, YUN_EVENTS or \
+             `events = \"nats://…\"` in yun.toml"
+        );
+    }
     let node_name = value("node_name").unwrap_or_else(host_name);
     Ok(Resolved {
         node,
@@ -276,39 +287,46 @@ fn describe(setting: &Setting) -> String {
     }
 }
 
-/// A URL with its password (and a `password=` setting) replaced by `****`.
+/// A URL with its credentials replaced by `****`: the password of `user:password@`, a
+/// token alone before `@` (NATS), and `password=` settings (the key=value form).
 pub fn mask_url(url: &str) -> String {
-    let masked_settings: Vec<String> = url
+    let url: String = url
         .split(' ')
         .map(|part| match part.split_once('=') {
             Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=****"),
             _ => part.to_owned(),
         })
-        .collect();
-    let url = masked_settings.join(" ");
+        .collect::<Vec<_>>()
+        .join(" ");
     let Some((scheme, rest)) = url.split_once("://") else {
         return url;
     };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
+    let (rest, query) = match rest.split_once('?') {
+        Some((r, q)) => (r, Some(q)),
+        None => (rest, None),
     };
-    let Some((userinfo, host)) = authority.rsplit_once('@') else {
-        return url;
+    // The last `@` ends the credentials, whatever they hold (a `/` in a password too).
+    let rest = match rest.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) if scheme.starts_with("postgres") => format!("{user}:****@{host}"),
+            _ if scheme.starts_with("postgres") => format!("{userinfo}@{host}"),
+            _ => format!("****@{host}"),
+        },
+        None => rest.to_owned(),
     };
-    let user = match userinfo.split_once(':') {
-        Some((user, _)) => format!("{user}:****"),
-        None => userinfo.to_owned(),
-    };
-    let query_masked: String = path
-        .split('&')
-        .map(|kv| match kv.split_once("password=") {
-            Some((k, _)) => format!("{k}password=****"),
-            None => kv.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join("&");
-    format!("{scheme}://{user}@{host}{query_masked}")
+    let query = query.map(|q| {
+        q.split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=****"),
+                _ => kv.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("&")
+    });
+    match query {
+        Some(q) => format!("{scheme}://{rest}?{q}"),
+        None => format!("{scheme}://{rest}"),
+    }
 }
 
 impl Resolved {
@@ -321,13 +339,18 @@ impl Resolved {
                 .map_or("yun.toml (none found)".into(), |p| p.display().to_string())
         );
         for (key, setting) in &self.settings {
-            let value = if SECRETS.contains(&key.as_str()) {
-                "****".to_owned()
+            // A secret is printed commented out: the printout used as a configuration
+            // file must not make `****` a key.
+            let (comment, value) = if SECRETS.contains(&key.as_str()) {
+                ("# ", "****".to_owned())
             } else {
-                mask_url(&setting.value)
+                ("", mask_url(&setting.value))
             };
             let value = toml::Value::String(value).to_string();
-            out.push_str(&format!("{key} = {value}  # {}\n", describe(setting)));
+            out.push_str(&format!(
+                "{comment}{key} = {value}  # {}\n",
+                describe(setting)
+            ));
         }
         for variable in ["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"] {
             if std::env::var_os(variable).is_some() {

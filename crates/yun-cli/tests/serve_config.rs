@@ -83,13 +83,35 @@ platform_secret_key = "very-secret"
         line(&out, "database"),
         r#"database = "postgres://yun:****@db.internal:5432/yun"  # configuration file"#
     );
-    assert_eq!(
-        line(&out, "platform_secret_key"),
-        r#"platform_secret_key = "****"  # configuration file"#
+    assert!(
+        out.contains("\n# platform_secret_key = \"****\"  # configuration file\n"),
+        "a secret is printed commented out:\n{out}"
     );
     assert!(
         !out.contains("hunter2") && !out.contains("very-secret"),
         "{out}"
+    );
+    // Other credentials in URLs: a NATS token, a password with a `/`, a `password=`.
+    let masked = serve(
+        dir.path(),
+        &[
+            "--print-config",
+            "--events",
+            "nats://s3cr3t-token@nats:4222",
+            "--database",
+            "postgres://yun:pa/ss@db/yun?sslmode=disable&password=other",
+        ],
+        &[],
+    );
+    let (masked_out, masked_err) = text(&masked);
+    assert!(masked.status.success(), "{masked_err}");
+    assert_eq!(
+        line(&masked_out, "events"),
+        r#"events = "nats://****@nats:4222"  # flag"#
+    );
+    assert_eq!(
+        line(&masked_out, "database"),
+        r#"database = "postgres://yun:****@db/yun?sslmode=disable&password=****"  # flag"#
     );
     // The printout is itself a configuration file.
     let printed = dir.path().join("printed.toml");
@@ -97,7 +119,7 @@ platform_secret_key = "very-secret"
     let again = serve(
         dir.path(),
         &["--print-config", "--config", printed.to_str().unwrap()],
-        &[],
+        &[("YUN_PLATFORM_SECRET_KEY", "very-secret")],
     );
     let (again_out, again_err) = text(&again);
     assert!(again.status.success(), "{again_err}");
@@ -115,6 +137,11 @@ fn what_is_wrong_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let cases: &[(&str, Vars, &str)] = &[
         ("", &[], "PostgreSQL"),
+        (
+            "database = \"postgres://127.0.0.1/x\"",
+            &[],
+            "NATS JetStream",
+        ),
         (
             "database = \"postgres://127.0.0.1/x\"\nlisten = \"nowhere\"",
             &[],

@@ -14,6 +14,7 @@ on_every_backend!(
     logs_filter_by_request_and_follow_by_id,
     a_request_finds_the_invocations_it_caused_and_levels_and_patterns_filter,
     retention_removes_what_is_too_old_or_over_the_size_in_batches,
+    a_nul_in_a_log_line_or_error_loses_nothing,
     concurrent_deploys_make_one_version_each,
     concurrent_first_uses_agree_and_counters_add_up,
     names_are_unique_where_they_must_be,
@@ -399,6 +400,43 @@ async fn retention_removes_what_is_too_old_or_over_the_size_in_batches(backend: 
     assert_eq!(store.log_bytes(&env("a")).await.unwrap(), 200);
 }
 
+async fn a_nul_in_a_log_line_or_error_loses_nothing(backend: Backend) {
+    // A function may print anything; PostgreSQL cannot store a NUL in text. The batch
+    // (other functions' lines and records too) must still be stored.
+    let store = backend.meta_store().await;
+    store.create_env(&env("a")).await.unwrap();
+    let mut failed = record("nul", None, 5);
+    failed.error = Some("bad\0byte".into());
+    store
+        .append_invocations(vec![failed, record("fine", None, 6)])
+        .await
+        .unwrap();
+    store
+        .append_logs(vec![
+            log("nul", 5, "info", "a\0b"),
+            log("fine", 6, "info", "ok"),
+        ])
+        .await
+        .unwrap();
+    let lines = messages(&store, LogFilter::default()).await;
+    assert_eq!(lines.len(), 2);
+    assert!(
+        lines[0].starts_with('a') && lines[0].ends_with('b'),
+        "{lines:?}"
+    );
+    let stored = store
+        .get_invocation(&env("a"), "nul")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(stored.error.unwrap().starts_with("bad"));
+    assert!(store
+        .get_invocation(&env("a"), "fine")
+        .await
+        .unwrap()
+        .is_some());
+}
+
 async fn concurrent_deploys_make_one_version_each(backend: Backend) {
     // Two nodes deploying one function at once: each deploy is a version of its own.
     let store = backend.meta_store().await;
@@ -540,10 +578,21 @@ async fn names_are_unique_where_they_must_be(backend: Backend) {
         store.insert_alert(&alert).await.unwrap_err().code,
         ErrorCode::AlreadyExists
     );
-    store
-        .set_alert_state(&env("a"), "errors", 0.75, true, 99)
-        .await
-        .unwrap();
+    // Nodes evaluating at once: exactly one changes the state.
+    let evaluations = (0..6).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .set_alert_state(&env("a"), "errors", 0.75, true, 99)
+                .await
+                .unwrap()
+        })
+    });
+    let mut changed = 0;
+    for evaluation in evaluations {
+        changed += usize::from(evaluation.await.unwrap());
+    }
+    assert_eq!(changed, 1, "one evaluation sees the rule start firing");
     let alerts = store.list_alerts(Some(&env("a"))).await.unwrap();
     assert_eq!(
         (

@@ -64,8 +64,8 @@ pub struct JetStreamBus {
     claims: tokio::sync::OnceCell<jetstream::kv::Store>,
     /// This bus's name as a claimant (the value of its claims).
     claimant: String,
-    /// A message each time the connection is back after a loss (broadcasts may have
-    /// been missed meanwhile).
+    /// A message each time the connection is back after a loss, or the client dropped
+    /// messages (broadcasts may have been missed).
     reconnects: tokio::sync::broadcast::Sender<()>,
 }
 
@@ -124,7 +124,11 @@ impl JetStreamBus {
             .event_callback(move |event| {
                 let on_event = on_event.clone();
                 async move {
-                    if matches!(event, async_nats::Event::Connected) {
+                    // Back after a loss, or messages dropped for a slow subscriber.
+                    if matches!(
+                        event,
+                        async_nats::Event::Connected | async_nats::Event::SlowConsumer(_)
+                    ) {
                         let _ = on_event.send(());
                     }
                 }

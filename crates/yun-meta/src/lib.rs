@@ -147,7 +147,9 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Alert rules of an env, or of every env with `env` unset.
     async fn list_alerts(&self, env: Option<&EnvId>) -> Result<Vec<AlertRule>>;
     async fn delete_alert(&self, env: &EnvId, name: &str) -> Result<bool>;
-    /// Records an evaluation: the value, and whether the rule now fires.
+    /// Records an evaluation: the value, and whether the rule now fires. True when this
+    /// call changed whether it fires (of nodes evaluating a rule at once, one sees the
+    /// change and notifies); false when it did not, or the rule is gone.
     async fn set_alert_state(
         &self,
         env: &EnvId,
@@ -155,7 +157,7 @@ pub trait MetaStore: Send + Sync + 'static {
         value: f64,
         firing: bool,
         at_ms: i64,
-    ) -> Result<()>;
+    ) -> Result<bool>;
     /// The env's (or one function's) invocations that started at `since_ms` or later;
     /// `p95_ms` only `with_p95` (it sorts the window's durations).
     async fn invocation_stats(

@@ -1379,7 +1379,7 @@ impl MetaStore for SqliteMetaStore {
         value: f64,
         firing: bool,
         at_ms: i64,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let (env, name) = (env.clone(), name.to_owned());
         self.db
             .write(move |conn| {
@@ -1392,10 +1392,11 @@ impl MetaStore for SqliteMetaStore {
                     .optional()
                     .map_err(db_err)?;
                 // Deleted meanwhile: nothing to record.
-                let Some(spec) = spec else { return Ok(()) };
+                let Some(spec) = spec else { return Ok(false) };
                 let mut rule: AlertRule =
                     serde_json::from_str(&spec).map_err(YunError::internal)?;
-                if rule.firing != firing {
+                let changed = rule.firing != firing;
+                if changed {
                     rule.changed_at_ms = Some(at_ms);
                 }
                 rule.firing = firing;
@@ -1405,7 +1406,7 @@ impl MetaStore for SqliteMetaStore {
                     "UPDATE alerts SET spec = ?3 WHERE env = ?1 AND name = ?2",
                     params![env.as_str(), name, spec],
                 )
-                .map(drop)
+                .map(|_| changed)
                 .map_err(db_err)
             })
             .await

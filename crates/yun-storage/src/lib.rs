@@ -243,17 +243,34 @@ impl Storage {
         }
     }
 
+    /// Deletes one package (a deploy that failed after storing it).
+    pub async fn delete_package(&self, key: &str) {
+        match self.objects.delete(&package_path(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => {
+                tracing::warn!(package = key, error = %e, "could not delete a function package")
+            }
+        }
+    }
+
     /// Deletes the packages whose keys start with `prefix` (a function's, an env's), but
-    /// those in `keep`.
-    pub async fn delete_packages(&self, prefix: &str, keep: &[String]) {
+    /// those in `keep` and those stored less than `min_age` ago.
+    pub async fn delete_packages(
+        &self,
+        prefix: &str,
+        keep: &[String],
+        min_age: std::time::Duration,
+    ) {
         let keep: Vec<ObjectKey> = keep.iter().map(|k| package_path(k)).collect();
         let listed: Vec<_> = self
             .objects
             .list(Some(&package_path(prefix)))
             .collect()
             .await;
+        let now_ms = yun_types::unix_ms();
         for meta in listed.into_iter().flatten() {
-            if keep.contains(&meta.location) {
+            let age_ms = now_ms.saturating_sub(meta.last_modified.timestamp_millis());
+            if keep.contains(&meta.location) || age_ms < min_age.as_millis() as i64 {
                 continue;
             }
             if let Err(e) = self.objects.delete(&meta.location).await {

@@ -51,7 +51,8 @@ impl Postgres {
             )));
         }
         let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
-            YunError::invalid_param(format!("not a PostgreSQL connection URL ({e}): {url:?}"))
+            // Not repeated: the URL may hold a password.
+            YunError::invalid_param(format!("not a PostgreSQL connection URL: {e}"))
         })?;
         config.options(format!("-c search_path={schema}"));
         if config.get_application_name().is_none() {

@@ -315,6 +315,16 @@ fn log_line(row: &Row) -> Result<LogLine> {
     })
 }
 
+/// Text PostgreSQL can store: a NUL (which SQLite keeps) becomes U+FFFD, so one function
+/// printing one does not lose the whole batch its lines or records are written in.
+fn storable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        text.replace('\0', "\u{fffd}").into()
+    } else {
+        text.into()
+    }
+}
+
 fn all<T>(rows: Vec<Row>, each: impl Fn(&Row) -> Result<T>) -> Result<Vec<T>> {
     rows.iter().map(each).collect()
 }
@@ -785,7 +795,10 @@ impl MetaStore for PgMetaStore {
                         &big(|r| signed(r.memory_peak_kb)),
                         &text(|r| r.status.as_str()),
                         &rows.iter().map(|r| r.cold_start).collect::<Vec<bool>>(),
-                        &optional(|r| r.error.as_deref()),
+                        &rows
+                            .iter()
+                            .map(|r| r.error.as_deref().map(storable))
+                            .collect::<Vec<_>>(),
                         &small(|r| r.attempt),
                         &optional(|r| r.trigger.as_deref()),
                         &small(|r| r.memory_mb),
@@ -821,7 +834,7 @@ impl MetaStore for PgMetaStore {
                         &lines.iter().map(|l| l.at_ms).collect::<Vec<i64>>(),
                         &text(|l| &l.stream),
                         &text(|l| &l.level),
-                        &text(|l| &l.message),
+                        &lines.iter().map(|l| storable(&l.message)).collect::<Vec<_>>(),
                     ],
                 )?;
                 // In env order: batches of several nodes lock the counters alike.
@@ -1019,7 +1032,8 @@ impl MetaStore for PgMetaStore {
                 let cutoff = now_ms.saturating_sub(retention.max_age_ms);
                 let batch = i64::from(batch);
                 let bytes = txn
-                    .query_opt("SELECT bytes FROM log_bytes WHERE env = $1", &[&env])?
+                    // Locked: nodes pruning at once each see the others' deletions.
+                    .query_opt("SELECT bytes FROM log_bytes WHERE env = $1 FOR UPDATE", &[&env])?
                     .map_or(0, |r| r.get::<_, i64>(0));
                 let excess = bytes.saturating_sub(signed(retention.max_bytes));
                 // The env's oldest lines: those past the age limit, and as many more as
@@ -1110,6 +1124,12 @@ impl MetaStore for PgMetaStore {
         let (env, function, triggers) = (env.to_string(), function.to_string(), triggers.to_vec());
         self.pg
             .transaction(false, move |txn| {
+                // One replacement of a function's triggers at a time (two at once would
+                // both insert after both deleted).
+                txn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended('triggers/' || $1 || '/' || $2, 0))",
+                    &[&env, &function],
+                )?;
                 txn.execute(
                     "DELETE FROM triggers WHERE env = $1 AND function = $2",
                     &[&env, &function],
@@ -1312,7 +1332,7 @@ impl MetaStore for PgMetaStore {
         value: f64,
         firing: bool,
         at_ms: i64,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let (env, name) = (env.to_string(), name.to_owned());
         self.pg
             .transaction(false, move |txn| {
@@ -1322,11 +1342,12 @@ impl MetaStore for PgMetaStore {
                 )?
                 else {
                     // Deleted meanwhile: nothing to record.
-                    return Ok(());
+                    return Ok(false);
                 };
                 let mut rule: AlertRule =
                     serde_json::from_str(row.get(0)).map_err(stored("alert"))?;
-                if rule.firing != firing {
+                let changed = rule.firing != firing;
+                if changed {
                     rule.changed_at_ms = Some(at_ms);
                 }
                 rule.firing = firing;
@@ -1336,7 +1357,7 @@ impl MetaStore for PgMetaStore {
                     "UPDATE alerts SET spec = $3 WHERE env = $1 AND name = $2",
                     &[&env, &name, &spec],
                 )?;
-                Ok(())
+                Ok(changed)
             })
             .await
     }

@@ -174,6 +174,9 @@ struct Cache {
     users: RwLock<HashMap<(EnvId, String), UserRecord>>,
     /// Each env's current signing key.
     active: RwLock<HashMap<EnvId, SigningKey>>,
+    /// Bumped by every forget: a store read that began before one is not kept (it may
+    /// have found what the forgetting write replaced, on this node or another).
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Cache {
@@ -189,7 +192,17 @@ impl Cache {
             .cloned()
     }
 
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn bump(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
     fn forget_keys(&self, env: &EnvId) {
+        self.bump();
         if let Ok(mut keys) = self.keys.write() {
             keys.retain(|_, (e, _)| e != env);
         }
@@ -199,6 +212,7 @@ impl Cache {
     }
 
     fn forget_user(&self, env: &EnvId, uid: &str) {
+        self.bump();
         if let Ok(mut users) = self.users.write() {
             users.remove(&(env.clone(), uid.to_owned()));
         }
@@ -231,9 +245,12 @@ impl Users {
         {
             return Ok(key);
         }
+        let seen = self.cache.generation();
         let key = self.store.active_key(env, fresh_key()).await?;
         if let Ok(mut active) = self.cache.active.write() {
-            active.insert(env.clone(), key.clone());
+            if self.cache.generation() == seen {
+                active.insert(env.clone(), key.clone());
+            }
         }
         Ok(key)
     }
@@ -243,6 +260,7 @@ impl Users {
         if let Some(found) = self.cache.key(kid) {
             return Ok(found);
         }
+        let seen = self.cache.generation();
         let key = self
             .store
             .key(env, kid)
@@ -250,7 +268,9 @@ impl Users {
             .ok_or_else(|| unauthenticated("the token's signing key was rotated"))?;
         let found = (env.clone(), Arc::new(key.secret));
         if let Ok(mut keys) = self.cache.keys.write() {
-            keys.insert(kid.to_owned(), found.clone());
+            if self.cache.generation() == seen {
+                keys.insert(kid.to_owned(), found.clone());
+            }
         }
         Ok(found)
     }
@@ -259,6 +279,7 @@ impl Users {
         if let Some(user) = self.cache.user(env, uid) {
             return Ok(user);
         }
+        let seen = self.cache.generation();
         let user = self
             .store
             .user(env, uid)
@@ -268,7 +289,9 @@ impl Users {
             if users.len() >= MAX_CACHED_USERS {
                 users.clear();
             }
-            users.insert((env.clone(), uid.to_owned()), user.clone());
+            if self.cache.generation() == seen {
+                users.insert((env.clone(), uid.to_owned()), user.clone());
+            }
         }
         Ok(user)
     }
@@ -314,6 +337,7 @@ impl Users {
 
     /// Drops every user and key kept in memory.
     pub fn forget_everything(&self) {
+        self.cache.bump();
         if let Ok(mut keys) = self.cache.keys.write() {
             keys.clear();
         }

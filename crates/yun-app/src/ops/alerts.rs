@@ -198,10 +198,13 @@ impl App {
             }
         };
         let firing = value > rule.threshold;
-        self.meta
+        // The store says whether this evaluation changed the state: with several nodes
+        // evaluating, only the one that changed it notifies.
+        let changed = self
+            .meta
             .set_alert_state(&rule.env, &rule.name, value, firing, now)
             .await?;
-        if firing != rule.firing {
+        if changed {
             let rule = rule.clone();
             // Delivery retries for a while: it must not hold up the other rules.
             tokio::spawn(async move {
