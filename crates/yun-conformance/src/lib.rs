@@ -32,6 +32,23 @@ macro_rules! on_every_backend {
     )*};
 }
 
+/// Opens a store on a backend: SQLite's in `file` of its folder, PostgreSQL's in its
+/// schema (a macro: each store's `open` has a type of its own, PostgreSQL's is async).
+macro_rules! open_on {
+    ($backend:expr, $file:literal, $sqlite:path, $postgres:path) => {
+        match $backend {
+            Backend::Sqlite { folder, .. } => Arc::new($sqlite(&folder.join($file)).unwrap()),
+            Backend::Postgres { url, schema } => {
+                let pg = Postgres::connect(url, schema).unwrap();
+                match $postgres(pg).await {
+                    Ok(store) => Arc::new(store),
+                    Err(e) => unusable(url, e),
+                }
+            }
+        }
+    };
+}
+
 /// A backend's data that stores can be opened on, again after a "restart".
 pub enum Backend {
     Sqlite {
@@ -62,66 +79,22 @@ impl Backend {
 
     /// A document store on this backend's data: the first open, or a restart.
     pub async fn doc_store(&self) -> Arc<dyn DocStore> {
-        match self {
-            Self::Sqlite { folder, .. } => {
-                Arc::new(SqliteDocStore::open(&folder.join("documents.db")).unwrap())
-            }
-            Self::Postgres { url, schema } => {
-                let pg = Postgres::connect(url, schema).unwrap();
-                match PgDocStore::open(pg).await {
-                    Ok(store) => Arc::new(store),
-                    Err(e) => unusable(url, e),
-                }
-            }
-        }
+        open_on!(self, "documents.db", SqliteDocStore::open, PgDocStore::open)
     }
 
     /// A metadata store on this backend's data.
     pub async fn meta_store(&self) -> Arc<dyn MetaStore> {
-        match self {
-            Self::Sqlite { folder, .. } => {
-                Arc::new(SqliteMetaStore::open(&folder.join("yun.db")).unwrap())
-            }
-            Self::Postgres { url, schema } => {
-                let pg = Postgres::connect(url, schema).unwrap();
-                match PgMetaStore::open(pg).await {
-                    Ok(store) => Arc::new(store),
-                    Err(e) => unusable(url, e),
-                }
-            }
-        }
+        open_on!(self, "yun.db", SqliteMetaStore::open, PgMetaStore::open)
     }
 
     /// A user store on this backend's data.
     pub async fn user_store(&self) -> Arc<dyn UserStore> {
-        match self {
-            Self::Sqlite { folder, .. } => {
-                Arc::new(SqliteUserStore::open(&folder.join("users.db")).unwrap())
-            }
-            Self::Postgres { url, schema } => {
-                let pg = Postgres::connect(url, schema).unwrap();
-                match PgUserStore::open(pg).await {
-                    Ok(store) => Arc::new(store),
-                    Err(e) => unusable(url, e),
-                }
-            }
-        }
+        open_on!(self, "users.db", SqliteUserStore::open, PgUserStore::open)
     }
 
     /// A file index on this backend's data.
     pub async fn file_index(&self) -> Arc<dyn FileIndex> {
-        match self {
-            Self::Sqlite { folder, .. } => {
-                Arc::new(SqliteFileIndex::open(&folder.join("files.db")).unwrap())
-            }
-            Self::Postgres { url, schema } => {
-                let pg = Postgres::connect(url, schema).unwrap();
-                match PgFileIndex::open(pg).await {
-                    Ok(index) => Arc::new(index),
-                    Err(e) => unusable(url, e),
-                }
-            }
-        }
+        open_on!(self, "files.db", SqliteFileIndex::open, PgFileIndex::open)
     }
 }
 
