@@ -129,7 +129,7 @@ async fn in_transaction(
             json!({})
         }
         "database.abortTransaction" => {
-            app.db_abort_transaction(who, txn)?;
+            app.db_abort_transaction(who, txn).await?;
             json!({})
         }
         "database.insertDocument" => {
@@ -187,7 +187,7 @@ pub async fn handle(
             // The SDK reads the id from the top level of the envelope.
             extras.insert(
                 "transactionId".into(),
-                Value::String(app.db_start_transaction(who)?),
+                Value::String(app.db_start_transaction(who).await?),
             );
             json!({})
         }

@@ -173,9 +173,9 @@ fn writer(identity: &Identity) -> Option<&str> {
 
 /// Transactions: bound to the caller's env; another env's transaction id is unknown here.
 impl App {
-    pub fn db_start_transaction(&self, identity: &Identity) -> Result<String, YunError> {
+    pub async fn db_start_transaction(&self, identity: &Identity) -> Result<String, YunError> {
         let _op = self.db_operation(identity, Operation::StartTransaction)?;
-        Ok(self.docdb.start_transaction(&identity.env))
+        self.docdb.start_transaction(&identity.env).await
     }
 
     pub async fn db_commit_transaction(
@@ -191,9 +191,13 @@ impl App {
         .await
     }
 
-    pub fn db_abort_transaction(&self, identity: &Identity, txn: &str) -> Result<(), YunError> {
+    pub async fn db_abort_transaction(
+        &self,
+        identity: &Identity,
+        txn: &str,
+    ) -> Result<(), YunError> {
         let _op = self.db_operation(identity, Operation::AbortTransaction)?;
-        self.docdb.abort_transaction(&identity.env, txn)
+        self.docdb.abort_transaction(&identity.env, txn).await
     }
 
     pub async fn db_txn_find(

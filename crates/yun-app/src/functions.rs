@@ -203,7 +203,7 @@ impl App {
             ("SCF_RUNTIME", "Nodejs".to_owned()),
             (
                 "TCB_CONTEXT_CNFG",
-                serde_json::json!({ "URL": format!("{}/admin", self.settings.public_url) })
+                serde_json::json!({ "URL": format!("{}/admin", self.settings.node_url) })
                     .to_string(),
             ),
         ];

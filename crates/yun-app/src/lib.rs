@@ -45,8 +45,12 @@ pub use yun_users::{Session, TicketKey, TicketKeyRecord, UserRecord, SUDO_SECS};
 /// Settings fixed at start-up.
 #[derive(Debug, Clone)]
 pub struct AppSettings {
-    /// The URL functions use to reach Yun (`TCB_CONTEXT_CNFG`), e.g. `http://127.0.0.1:8787`.
+    /// The URL clients reach Yun at, in the links it makes (files, uploads): a load
+    /// balancer's in a cluster.
     pub public_url: String,
+    /// This node's own URL, which its functions use (`TCB_CONTEXT_CNFG`): they call the
+    /// node they run on, not back through the load balancer.
+    pub node_url: String,
     /// Root of deployed function code: `{functions_dir}/{env}/{name}/{code_id}`.
     pub functions_dir: PathBuf,
     pub npm: PathBuf,

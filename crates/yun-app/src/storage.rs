@@ -188,6 +188,17 @@ impl App {
         format!("{}/files/{env}/", self.settings.public_url)
     }
 
+    /// Where `identity` sends an upload: a function's SDK uploads at once, to the node
+    /// the function runs on (all it can reach from its sandbox); anyone else through
+    /// the public URL.
+    fn upload_base(&self, identity: &Identity) -> String {
+        let origin = match identity.caller {
+            Caller::Function { .. } => &self.settings.node_url,
+            _ => &self.settings.public_url,
+        };
+        format!("{origin}/files/{}/", identity.env)
+    }
+
     /// A temporary download URL, raw (not percent-encoded): the SDK encodes it itself.
     fn download_url(&self, env: &EnvId, path: &CloudPath, max_age: i64) -> String {
         let expires = unix_now() + max_age;
@@ -213,7 +224,7 @@ impl App {
             unix_now() + UPLOAD_GRANT_SECS,
         );
         Ok(UploadTarget {
-            url: format!("{}{}", self.files_base(env), path.url_encoded()),
+            url: format!("{}{}", self.upload_base(identity), path.url_encoded()),
             token,
             authorization,
             file_id: file_id(env, &path),

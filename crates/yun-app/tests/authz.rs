@@ -162,6 +162,7 @@ async fn start_app(dir: &std::path::Path) -> App {
             output_limit: 1 << 20,
             layer: yun_functions::layer_ready(),
             log_limit: 1 << 20,
+            public_url: None,
         },
         recorder.log_sender(),
     );
@@ -178,6 +179,7 @@ async fn start_app(dir: &std::path::Path) -> App {
         recorder,
         AppSettings {
             public_url: "http://127.0.0.1:1".into(),
+            node_url: "http://127.0.0.1:1".into(),
             functions_dir: dir.join("functions"),
             npm: "npm".into(),
             npm_cache: dir.join("npm-cache"),
@@ -311,9 +313,9 @@ async fn call(
             .map(drop),
         Operation::AggregateDocuments => app.db_aggregate(who, col, vec![]).await.map(drop),
         Operation::RemoveDocuments => app.db_remove(who, col, everything(), false).await.map(drop),
-        Operation::StartTransaction => app.db_start_transaction(who).map(drop),
+        Operation::StartTransaction => app.db_start_transaction(who).await.map(drop),
         Operation::CommitTransaction => app.db_commit_transaction(who, txn).await,
-        Operation::AbortTransaction => app.db_abort_transaction(who, txn),
+        Operation::AbortTransaction => app.db_abort_transaction(who, txn).await,
         Operation::TransactionFind => app
             .db_txn_find(who, txn, col, &everything(), &Projection::All)
             .await

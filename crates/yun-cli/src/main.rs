@@ -209,6 +209,18 @@ enum RulesCommand {
     },
 }
 
+/// An `http://` or `https://` URL with a host, as links are made from it.
+fn http_url(text: &str) -> Result<String, String> {
+    let rest = text
+        .strip_prefix("https://")
+        .or_else(|| text.strip_prefix("http://"))
+        .ok_or("a URL starting with http:// or https://")?;
+    if rest.split('/').next().unwrap_or_default().is_empty() {
+        return Err("a URL with a host, like https://yun.example.com".into());
+    }
+    Ok(text.to_owned())
+}
+
 #[derive(Args)]
 pub(crate) struct DevArgs {
     /// Where Yun keeps its data.
@@ -217,6 +229,10 @@ pub(crate) struct DevArgs {
     /// Address to listen on (loopback by default: nothing is exposed to the network).
     #[arg(long, default_value = "127.0.0.1:8787")]
     listen: SocketAddr,
+    /// The URL clients reach Yun at, in the links it makes (temporary file URLs, upload
+    /// URLs): a load balancer's in a cluster (default: this node's own address)
+    #[arg(long, value_parser = http_url)]
+    public_url: Option<String>,
     /// Folder whose node_modules holds wx-server-sdk and @cloudbase/node-sdk (default: installed into the data dir).
     #[arg(long)]
     node_layer: Option<PathBuf>,
@@ -445,6 +461,7 @@ async fn run_node(
     let server = yun_server::Server::start_dev(yun_server::DevConfig {
         data_dir: args.data_dir,
         listen: args.listen,
+        public_url: args.public_url,
         default_env: yun_types::EnvId::parse("dev").expect("valid"),
         node: args.node,
         npm: args.npm,

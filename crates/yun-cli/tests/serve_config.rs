@@ -162,6 +162,11 @@ fn what_is_wrong_is_named() {
             &[],
             "platform_secret_key",
         ),
+        (
+            "database = \"postgres://127.0.0.1/x\"\nevents = \"nats://127.0.0.1\"\npublic_url = \"yun.example.com\"",
+            &[],
+            "http:// or https://",
+        ),
         ("database = [1]", &[], "database must be"),
         ("database = ", &[], "not valid TOML"),
     ];

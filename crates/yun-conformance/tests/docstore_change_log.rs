@@ -85,7 +85,7 @@ async fn every_write_path_appends_its_change_and_failed_writes_append_none(backe
     )
     .await
     .unwrap();
-    let txn = db.start_transaction(&env);
+    let txn = db.start_transaction(&env).await.unwrap();
     db.txn_insert(&env, &txn, "c", vec![json!({"_id": "t", "n": 5})])
         .await
         .unwrap();

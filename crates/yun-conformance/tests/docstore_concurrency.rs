@@ -26,6 +26,7 @@ on_every_backend!(
     concurrent_upserts_of_one_id_all_apply,
     transactions_that_saw_a_document_absent_conflict_with_its_creation,
     concurrent_index_builds_on_one_collection_both_succeed,
+    concurrent_requests_of_one_transaction_all_land,
 );
 
 const WRITERS: usize = 8;
@@ -168,7 +169,10 @@ async fn optimistic_transactions_writing_one_document_conflict(backend: Backend)
         .unwrap();
     for _ in 0..5 {
         // Both read the document, both write it: one commit wins, the other conflicts.
-        let (t1, t2) = (db.start_transaction(&env), db.start_transaction(&env));
+        let (t1, t2) = (
+            db.start_transaction(&env).await.unwrap(),
+            db.start_transaction(&env).await.unwrap(),
+        );
         for t in [&t1, &t2] {
             db.txn_update(&env, t, "c", &filter(json!({"_id": "a"})), &inc(), None)
                 .await
@@ -396,7 +400,10 @@ async fn transactions_that_saw_a_document_absent_conflict_with_its_creation(back
     let (db, env) = setup(&backend).await;
     for round in 0..5 {
         let (x, y) = (format!("x{round}"), format!("y{round}"));
-        let (t1, t2) = (db.start_transaction(&env), db.start_transaction(&env));
+        let (t1, t2) = (
+            db.start_transaction(&env).await.unwrap(),
+            db.start_transaction(&env).await.unwrap(),
+        );
         for (t, read, write) in [(&t1, &x, &y), (&t2, &y, &x)] {
             let seen = db
                 .txn_find(
@@ -456,4 +463,27 @@ async fn concurrent_index_builds_on_one_collection_both_succeed(backend: Backend
         b.unwrap();
     }
     assert_eq!(db.list_indexes(&env, "c").await.unwrap().len(), 6);
+}
+
+async fn concurrent_requests_of_one_transaction_all_land(backend: Backend) {
+    let (db, env) = setup(&backend).await;
+    let t = db.start_transaction(&env).await.unwrap();
+    // A client may send a transaction's requests at once: each saves the state, none
+    // overwrites another's writes.
+    let inserts = (0..WRITERS).map(|i| {
+        let (db, env, t) = (db.clone(), env.clone(), t.clone());
+        tokio::spawn(async move {
+            db.txn_insert(&env, &t, "c", vec![json!({"_id": format!("d{i}")})])
+                .await
+        })
+    });
+    for insert in inserts {
+        insert.await.unwrap().unwrap();
+    }
+    db.commit_transaction(&env, &t).await.unwrap();
+    let count = db
+        .count(&env, "c", Filter::all(), &Limits::default())
+        .await
+        .unwrap();
+    assert_eq!(count, WRITERS as u64);
 }

@@ -94,7 +94,6 @@ pub struct DocDb {
     limits: Limits,
     sizes: Arc<Sizes>,
     slow: SlowLog,
-    pub(crate) transactions: crate::txn::Transactions,
 }
 
 /// A valid collection name: CloudBase's rule (letters, digits, `_` `-` `.`; 1–100; no `$`).
@@ -534,7 +533,6 @@ impl DocDb {
             limits,
             sizes: Default::default(),
             slow: Default::default(),
-            transactions: Default::default(),
         }
     }
 

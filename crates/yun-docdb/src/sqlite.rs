@@ -3,6 +3,7 @@
 //! of read-only connections.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension};
@@ -12,6 +13,7 @@ use yun_types::{EnvId, ErrorCode, YunError};
 
 use crate::index::{IndexSpec, KeyRange};
 use crate::store::{ChangeLog, DocStore, DocTxn, NewChange, Visit, Work};
+use crate::txn::{InProcessTransactions, OpenTransactions};
 
 /// A key range scan of one index: a search on the entries' primary key, in its order.
 const INDEX_RANGE_SQL: &str =
@@ -81,12 +83,15 @@ DROP TABLE sequence;
 #[derive(Clone)]
 pub struct SqliteDocStore {
     db: Sqlite,
+    /// One process owns the file: its transactions stay in its memory.
+    transactions: Arc<InProcessTransactions>,
 }
 
 impl SqliteDocStore {
     pub fn open(path: &Path) -> Result<Self, YunError> {
         Ok(Self {
             db: Sqlite::open(path, MIGRATIONS)?,
+            transactions: Arc::default(),
         })
     }
 }
@@ -514,6 +519,10 @@ impl DocStore for SqliteDocStore {
 
     fn change_log(&self) -> &dyn ChangeLog {
         &self.db
+    }
+
+    fn open_transactions(&self) -> &dyn OpenTransactions {
+        &*self.transactions
     }
 }
 

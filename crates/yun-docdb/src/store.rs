@@ -178,6 +178,9 @@ pub trait DocStore: Send + Sync + 'static {
 
     /// The change log every write appends to (see [`DocTxn::append_change`]).
     fn change_log(&self) -> &dyn ChangeLog;
+
+    /// Where transactions stay open between their requests.
+    fn open_transactions(&self) -> &dyn crate::txn::OpenTransactions;
 }
 
 /// Runs a closure with a result through [`DocStore::read`] or [`DocStore::write`].

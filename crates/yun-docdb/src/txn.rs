@@ -10,6 +10,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use yun_types::{new_id, EnvId, ErrorCode, YunError};
 
@@ -24,24 +26,145 @@ pub const TRANSACTION_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 type Key = (String, String);
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Seen {
     doc: Option<Value>,
     version: Option<u64>,
 }
 
-#[derive(Debug)]
-struct TxnState {
-    env: EnvId,
-    touched: Instant,
+/// What a transaction has seen and will write, kept between its requests.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(from = "StoredState", into = "StoredState")]
+pub struct TxnState {
     seen: HashMap<Key, Seen>,
     /// `None` deletes.
     writes: BTreeMap<Key, Option<Value>>,
 }
 
+/// [`TxnState`] as JSON has it: maps keyed by (collection, id) become lists of pairs.
+#[derive(Serialize, Deserialize)]
+struct StoredState {
+    seen: Vec<(Key, Seen)>,
+    writes: Vec<(Key, Option<Value>)>,
+}
+
+impl From<StoredState> for TxnState {
+    fn from(s: StoredState) -> Self {
+        Self {
+            seen: s.seen.into_iter().collect(),
+            writes: s.writes.into_iter().collect(),
+        }
+    }
+}
+
+impl From<TxnState> for StoredState {
+    fn from(s: TxnState) -> Self {
+        Self {
+            seen: s.seen.into_iter().collect(),
+            writes: s.writes.into_iter().collect(),
+        }
+    }
+}
+
+/// Where open transactions live between their requests. Each request of a transaction
+/// may reach another node of a cluster, so a shared backend keeps them in the database;
+/// one process keeps them in memory ([`InProcessTransactions`]). A transaction belongs to
+/// one env: another env's requests find nothing. One idle past
+/// [`TRANSACTION_IDLE_TIMEOUT`] is gone.
+#[async_trait]
+pub trait OpenTransactions: Send + Sync {
+    /// Opens transaction `id` with nothing seen or written.
+    async fn begin(&self, env: &EnvId, id: &str) -> Result<(), YunError>;
+    /// Its state and revision, when it is open.
+    async fn load(&self, env: &EnvId, id: &str) -> Result<Option<(TxnState, u64)>, YunError>;
+    /// Stores `state` if the transaction is still at `revision`; false when another
+    /// request changed or ended it first (load again and redo).
+    async fn save(
+        &self,
+        env: &EnvId,
+        id: &str,
+        state: &TxnState,
+        revision: u64,
+    ) -> Result<bool, YunError>;
+    /// Ends it, returning its last state when it was open.
+    async fn end(&self, env: &EnvId, id: &str) -> Result<Option<TxnState>, YunError>;
+}
+
+struct OpenInProcess {
+    env: EnvId,
+    touched: Instant,
+    state: TxnState,
+    revision: u64,
+}
+
+/// Open transactions in this process's memory: the embedded store's, one process.
 #[derive(Default)]
-pub struct Transactions {
-    open: Mutex<HashMap<String, TxnState>>,
+pub struct InProcessTransactions {
+    open: Mutex<HashMap<String, OpenInProcess>>,
+}
+
+impl InProcessTransactions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, OpenInProcess>> {
+        self.open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn live<'a>(
+        open: &'a mut HashMap<String, OpenInProcess>,
+        env: &EnvId,
+        id: &str,
+    ) -> Option<&'a mut OpenInProcess> {
+        open.get_mut(id)
+            .filter(|t| &t.env == env && t.touched.elapsed() < TRANSACTION_IDLE_TIMEOUT)
+    }
+}
+
+#[async_trait]
+impl OpenTransactions for InProcessTransactions {
+    async fn begin(&self, env: &EnvId, id: &str) -> Result<(), YunError> {
+        let mut open = self.lock();
+        open.retain(|_, t| t.touched.elapsed() < TRANSACTION_IDLE_TIMEOUT);
+        open.insert(
+            id.to_owned(),
+            OpenInProcess {
+                env: env.clone(),
+                touched: Instant::now(),
+                state: TxnState::default(),
+                revision: 0,
+            },
+        );
+        Ok(())
+    }
+
+    async fn load(&self, env: &EnvId, id: &str) -> Result<Option<(TxnState, u64)>, YunError> {
+        Ok(Self::live(&mut self.lock(), env, id).map(|t| (t.state.clone(), t.revision)))
+    }
+
+    async fn save(
+        &self,
+        env: &EnvId,
+        id: &str,
+        state: &TxnState,
+        revision: u64,
+    ) -> Result<bool, YunError> {
+        let mut open = self.lock();
+        let Some(t) = Self::live(&mut open, env, id).filter(|t| t.revision == revision) else {
+            return Ok(false);
+        };
+        t.state = state.clone();
+        t.revision += 1;
+        t.touched = Instant::now();
+        Ok(true)
+    }
+
+    async fn end(&self, env: &EnvId, id: &str) -> Result<Option<TxnState>, YunError> {
+        let mut open = self.lock();
+        if Self::live(&mut open, env, id).is_none() {
+            return Ok(None);
+        }
+        Ok(open.remove(id).map(|t| t.state))
+    }
 }
 
 fn gone(id: &str) -> YunError {
@@ -63,39 +186,35 @@ fn pinned(filter: &Filter) -> Result<Vec<String>, YunError> {
     })
 }
 
-impl Transactions {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, TxnState>> {
-        self.open
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
 impl DocDb {
-    pub fn start_transaction(&self, env: &EnvId) -> String {
-        let mut open = self.transactions.lock();
-        open.retain(|_, t| t.touched.elapsed() < TRANSACTION_IDLE_TIMEOUT);
+    pub async fn start_transaction(&self, env: &EnvId) -> Result<String, YunError> {
         let id = new_id("txn");
-        open.insert(
-            id.clone(),
-            TxnState {
-                env: env.clone(),
-                touched: Instant::now(),
-                seen: HashMap::new(),
-                writes: BTreeMap::new(),
-            },
-        );
-        id
+        self.store().open_transactions().begin(env, &id).await?;
+        Ok(id)
     }
 
-    pub fn abort_transaction(&self, env: &EnvId, id: &str) -> Result<(), YunError> {
-        let mut open = self.transactions.lock();
-        match open.get(id) {
-            Some(t) if &t.env == env => {
-                open.remove(id);
-                Ok(())
+    pub async fn abort_transaction(&self, env: &EnvId, id: &str) -> Result<(), YunError> {
+        match self.store().open_transactions().end(env, id).await? {
+            Some(_) => Ok(()),
+            None => Err(gone(id)),
+        }
+    }
+
+    /// Applies `change` to the transaction's state, again on a fresh copy when another
+    /// request of the same transaction saved first.
+    async fn change_state<T>(
+        &self,
+        env: &EnvId,
+        txn: &str,
+        mut change: impl FnMut(&mut TxnState) -> T,
+    ) -> Result<T, YunError> {
+        let open = self.store().open_transactions();
+        loop {
+            let (mut state, revision) = open.load(env, txn).await?.ok_or_else(|| gone(txn))?;
+            let out = change(&mut state);
+            if open.save(env, txn, &state, revision).await? {
+                return Ok(out);
             }
-            _ => Err(gone(id)),
         }
     }
 
@@ -107,18 +226,17 @@ impl DocDb {
         txn: &str,
         keys: Vec<Key>,
     ) -> Result<Vec<Option<Value>>, YunError> {
-        let unseen: Vec<Key> = {
-            let mut open = self.transactions.lock();
-            let state = open
-                .get_mut(txn)
-                .filter(|t| &t.env == env && t.touched.elapsed() < TRANSACTION_IDLE_TIMEOUT)
-                .ok_or_else(|| gone(txn))?;
-            state.touched = Instant::now();
-            keys.iter()
-                .filter(|k| !state.writes.contains_key(*k) && !state.seen.contains_key(*k))
-                .cloned()
-                .collect()
-        };
+        let (state, _) = self
+            .store()
+            .open_transactions()
+            .load(env, txn)
+            .await?
+            .ok_or_else(|| gone(txn))?;
+        let unseen: Vec<Key> = keys
+            .iter()
+            .filter(|k| !state.writes.contains_key(*k) && !state.seen.contains_key(*k))
+            .cloned()
+            .collect();
         let fetched = run(&**self.store(), env, Access::Point, move |t| {
             unseen
                 .into_iter()
@@ -126,26 +244,36 @@ impl DocDb {
                 .collect::<Result<Vec<_>, YunError>>()
         })
         .await?;
-        let mut open = self.transactions.lock();
-        let state = open.get_mut(txn).ok_or_else(|| gone(txn))?;
-        for (found, key) in fetched {
-            let (doc, version) = found.map_or((None, None), |(d, v)| (Some(d), Some(v)));
-            state.seen.entry(key).or_insert(Seen { doc, version });
-        }
-        Ok(keys
-            .iter()
-            .map(|k| match state.writes.get(k) {
-                Some(w) => w.clone(),
-                None => state.seen.get(k).and_then(|s| s.doc.clone()),
-            })
-            .collect())
+        self.change_state(env, txn, |state| {
+            for (found, key) in &fetched {
+                let (doc, version) = found
+                    .clone()
+                    .map_or((None, None), |(d, v)| (Some(d), Some(v)));
+                state
+                    .seen
+                    .entry(key.clone())
+                    .or_insert(Seen { doc, version });
+            }
+            keys.iter()
+                .map(|k| match state.writes.get(k) {
+                    Some(w) => w.clone(),
+                    None => state.seen.get(k).and_then(|s| s.doc.clone()),
+                })
+                .collect()
+        })
+        .await
     }
 
-    fn buffer(&self, txn: &str, writes: Vec<(Key, Option<Value>)>) -> Result<(), YunError> {
-        let mut open = self.transactions.lock();
-        let state = open.get_mut(txn).ok_or_else(|| gone(txn))?;
-        state.writes.extend(writes);
-        Ok(())
+    async fn buffer(
+        &self,
+        env: &EnvId,
+        txn: &str,
+        writes: Vec<(Key, Option<Value>)>,
+    ) -> Result<(), YunError> {
+        self.change_state(env, txn, |state| {
+            state.writes.extend(writes.iter().cloned())
+        })
+        .await
     }
 
     async fn ensure_collection(&self, env: &EnvId, collection: &str) -> Result<(), YunError> {
@@ -199,12 +327,14 @@ impl DocDb {
         }
         let ids = prepared.iter().map(|(id, _)| id.clone()).collect();
         self.buffer(
+            env,
             txn,
             prepared
                 .into_iter()
                 .map(|(id, doc)| ((collection.to_owned(), id), Some(doc)))
                 .collect(),
-        )?;
+        )
+        .await?;
         Ok(ids)
     }
 
@@ -252,7 +382,7 @@ impl DocDb {
                 outcome.upserted_id = Some(id.clone());
             }
         }
-        self.buffer(txn, writes)?;
+        self.buffer(env, txn, writes).await?;
         Ok(outcome)
     }
 
@@ -276,22 +406,19 @@ impl DocDb {
             .map(|(k, _)| (k, None))
             .collect();
         let n = removed.len() as u64;
-        self.buffer(txn, removed)?;
+        self.buffer(env, txn, removed).await?;
         Ok(n)
     }
 
     /// Checks that nothing the transaction saw has changed, then writes its changes,
     /// all in one storage transaction. The transaction ends either way.
     pub async fn commit_transaction(&self, env: &EnvId, id: &str) -> Result<(), YunError> {
-        let state = {
-            let mut open = self.transactions.lock();
-            match open.get(id) {
-                Some(t) if &t.env == env && t.touched.elapsed() < TRANSACTION_IDLE_TIMEOUT => {
-                    open.remove(id).ok_or_else(|| gone(id))?
-                }
-                _ => return Err(gone(id)),
-            }
-        };
+        let state = self
+            .store()
+            .open_transactions()
+            .end(env, id)
+            .await?
+            .ok_or_else(|| gone(id))?;
         run(&**self.store(), env, Access::Write, move |t| {
             // In key order, as the writes below: transactions of a backend with several
             // writers lock what they check in one order, so two commits wait rather than
@@ -349,7 +476,7 @@ mod tests {
             .await
             .unwrap();
 
-        let t = db.start_transaction(&a);
+        let t = db.start_transaction(&a).await.unwrap();
         assert!(
             db.txn_find(&b, &t, "c", &by_id("keep"), &Projection::All)
                 .await
@@ -381,7 +508,7 @@ mod tests {
         );
 
         // A delete commits; the document is gone afterwards, and nothing else changed.
-        let t = db.start_transaction(&a);
+        let t = db.start_transaction(&a).await.unwrap();
         assert_eq!(db.txn_remove(&a, &t, "c", &by_id("keep")).await.unwrap(), 1);
         assert_eq!(
             db.txn_find(&a, &t, "c", &by_id("keep"), &Projection::All)

@@ -182,6 +182,15 @@ Module._resolveFilename = function resolveFilename(request, parent, isMain, opti
 const VIA_CHANNEL = Symbol('yun.viaChannel');
 let adminUrlPrefix = null; // `${Yun's /admin URL}?` once loaded with the channel
 let filesUrlPrefix = null; // `${Yun's URL}/files/`, likewise
+// A cluster's public `${URL}/files/` (its load balancer's) and this node's: a link made for
+// clients that the layer's SDK follows goes to the node, which the sandbox can reach.
+let publicFilesPrefix = null;
+let nodeFilesPrefix = null;
+function toOwnNode(opts) {
+  if (publicFilesPrefix === null || nodeFilesPrefix === null || !opts || typeof opts.url !== 'string'
+    || !opts.url.startsWith(publicFilesPrefix)) return opts;
+  return { ...opts, url: nodeFilesPrefix + opts.url.slice(publicFilesPrefix.length) };
+}
 const pendingCalls = new Map();
 let nextCallId = 1;
 
@@ -417,8 +426,9 @@ const sdkPatches = {
   'utils/request-core.js': (exports) => {
     const httpRequest = exports.request;
     if (typeof httpRequest !== 'function') return;
-    exports.request = function request(opts, done) {
-      if (opts && opts.headers && opts.headers[VIA_CHANNEL]) return callOverChannel(opts, done);
+    exports.request = function request(given, done) {
+      if (given && given.headers && given.headers[VIA_CHANNEL]) return callOverChannel(given, done);
+      const opts = toOwnNode(given);
       if (transfersToYun(opts)) return transferOverChannel(opts, done, httpRequest);
       return httpRequest(opts, done);
     };
@@ -479,12 +489,17 @@ function load(message) {
   }
   staticContext = message.context || {};
   for (const [k, v] of Object.entries(message.env || {})) setOwnVar(k, v);
-  if (message.sdk_channel) {
-    try {
-      const adminUrl = JSON.parse(ownEnv.TCB_CONTEXT_CNFG).URL;
+  let adminUrl = null;
+  try {
+    adminUrl = JSON.parse(ownEnv.TCB_CONTEXT_CNFG).URL;
+  } catch (_) { /* no URL to recognise: everything goes over HTTP */ }
+  if (typeof adminUrl === 'string') {
+    nodeFilesPrefix = `${adminUrl.replace(/\/admin$/, '')}/files/`;
+    if (message.public_url) publicFilesPrefix = `${message.public_url}/files/`;
+    if (message.sdk_channel) {
       adminUrlPrefix = `${adminUrl}?`;
-      filesUrlPrefix = `${adminUrl.replace(/\/admin$/, '')}/files/`;
-    } catch (_) { /* no URL to recognise: everything goes over HTTP */ }
+      filesUrlPrefix = nodeFilesPrefix;
+    }
   }
   process.chdir(message.code_dir);
   codeDir = `${process.cwd()}${path.sep}`;

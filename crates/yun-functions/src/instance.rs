@@ -282,6 +282,8 @@ pub struct LoadSpec<'a> {
     pub network: NetworkPolicy,
     /// Serves the layer SDKs' calls over the channel (`None`: they go over HTTP).
     pub api: Option<&'a Arc<dyn InstanceApi>>,
+    /// See [`crate::RuntimeConfig::public_url`].
+    pub public_url: Option<&'a str>,
 }
 
 /// Gives the child `cmd` starts each `(ours, theirs)` descriptor at number `theirs`.
@@ -648,6 +650,7 @@ impl Instance {
             context: function.context,
             uid,
             sdk_channel: self.api.is_some(),
+            public_url: function.public_url,
         };
         let writer = self
             .writer

@@ -28,6 +28,9 @@ pub enum HostMessage<'a> {
         uid: Option<u32>,
         /// Whether the layer's SDKs may call Yun over this channel (`api` frames).
         sdk_channel: bool,
+        /// Links to Yun's files under this URL are followed to the node instead.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        public_url: Option<&'a str>,
     },
     /// Run one event (the payload). `env` and `unset` change the per-invocation
     /// variables from the previous event's (the SDKs read identity from there): the

@@ -49,6 +49,10 @@ pub struct RuntimeConfig {
     pub log_limit: usize,
     /// Whether the platform SDK layer is in place (see [`LayerState`]).
     pub layer: watch::Receiver<LayerState>,
+    /// The URL clients reach Yun at, when it is not this node's own (a load balancer's):
+    /// a link made for clients that a function's SDK follows (a temporary file URL) is
+    /// sent to the node the function runs on, which its sandbox can reach.
+    pub public_url: Option<String>,
 }
 
 /// The platform SDK layer (`wx-server-sdk`, `@cloudbase/node-sdk`) as instances find it.
@@ -490,7 +494,12 @@ impl Runtime {
                 .map_err(InvokeError::Unavailable)?,
         };
         match instance
-            .load(&load_spec(spec, &static_context(spec), self.api.get()))
+            .load(&load_spec(
+                spec,
+                &static_context(spec),
+                self.api.get(),
+                self.cfg.public_url.as_deref(),
+            ))
             .await
         {
             Ok(()) => {
@@ -514,7 +523,12 @@ impl Runtime {
                 .await
                 .map_err(InvokeError::Unavailable)?;
         let result = instance
-            .load(&load_spec(spec, &static_context(spec), self.api.get()))
+            .load(&load_spec(
+                spec,
+                &static_context(spec),
+                self.api.get(),
+                self.cfg.public_url.as_deref(),
+            ))
             .await;
         instance.shutdown().await;
         result.map_err(InvokeError::from)
@@ -680,9 +694,11 @@ fn load_spec<'a>(
     spec: &'a FunctionSpec,
     context: &'a serde_json::Value,
     api: Option<&'a Arc<dyn InstanceApi>>,
+    public_url: Option<&'a str>,
 ) -> LoadSpec<'a> {
     LoadSpec {
         api,
+        public_url,
         env: &spec.env,
         name: &spec.name,
         code_dir: &spec.code_dir,

@@ -48,6 +48,8 @@ struct Backends {
 pub struct DevConfig {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
+    /// The URL clients reach Yun at (a load balancer's); `None`: this node's address.
+    pub public_url: Option<String>,
     /// The env created on first start.
     pub default_env: EnvId,
     pub node: PathBuf,
@@ -589,6 +591,11 @@ impl Server {
             source,
         })?;
         let url = format!("http://{local}");
+        let public_url = cfg
+            .public_url
+            .as_deref()
+            .map(|u| u.trim_end_matches('/').to_owned())
+            .filter(|u| *u != url);
 
         let sandbox = Arc::new(Sandbox::detect(&format!("yun-{}", std::process::id())));
         let bootstrap = install_bootstrap(&runtime_dir)
@@ -642,11 +649,13 @@ impl Server {
                 output_limit: 6 << 20,
                 log_limit: 1 << 20,
                 layer: layer_state,
+                public_url: public_url.clone(),
             },
             recorder.log_sender(),
         );
         let settings = AppSettings {
-            public_url: url.clone(),
+            public_url: public_url.unwrap_or_else(|| url.clone()),
+            node_url: url.clone(),
             functions_dir,
             npm: cfg.npm.clone(),
             npm_cache,

@@ -20,6 +20,7 @@ use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use yun_docdb::index::{IndexSpec, KeyRange};
 use yun_docdb::store::{ChangeLog, DocStore, DocTxn, NewChange, Visit, Work};
+use yun_docdb::txn::{OpenTransactions, TxnState, TRANSACTION_IDLE_TIMEOUT};
 use yun_types::{EnvId, ErrorCode, YunError};
 
 use crate::changelog::PgChangeLog;
@@ -63,6 +64,18 @@ CREATE UNIQUE INDEX doc_index_entries_unique ON doc_index_entries (env, collecti
 "#
         .to_owned(),
         PgChangeLog::migration("doc"),
+        // Open transactions: any node may serve a transaction's next request.
+        r#"
+CREATE TABLE doc_transactions (
+    id text COLLATE "C" PRIMARY KEY,
+    env text COLLATE "C" NOT NULL,
+    state text NOT NULL,
+    revision bigint NOT NULL,
+    touched_at timestamptz NOT NULL
+);
+CREATE INDEX doc_transactions_by_touch ON doc_transactions (touched_at);
+"#
+        .to_owned(),
     ]
 }
 
@@ -95,6 +108,7 @@ const INDEX_RANGE_BACKWARD_AFTER_SQL: &str =
 pub struct PgDocStore {
     pg: Postgres,
     log: PgChangeLog,
+    transactions: PgOpenTransactions,
 }
 
 impl PgDocStore {
@@ -102,6 +116,7 @@ impl PgDocStore {
         pg.migrate("documents", &migrations()).await?;
         Ok(Self {
             log: PgChangeLog::new(pg.clone(), "doc"),
+            transactions: PgOpenTransactions { pg: pg.clone() },
             pg,
         })
     }
@@ -534,5 +549,107 @@ impl DocStore for PgDocStore {
 
     fn change_log(&self) -> &dyn ChangeLog {
         &self.log
+    }
+
+    fn open_transactions(&self) -> &dyn OpenTransactions {
+        &self.transactions
+    }
+}
+
+/// Open transactions in a table, each row its state as JSON text (not `jsonb`, which
+/// would reorder the keys of the documents it holds). Idleness is the database's clock,
+/// not a node's.
+#[derive(Clone)]
+struct PgOpenTransactions {
+    pg: Postgres,
+}
+
+/// `$3` in seconds: a transaction touched before `now() - $3` is gone.
+const LIVE: &str = "touched_at > now() - make_interval(secs => $3)";
+
+fn idle_seconds() -> f64 {
+    TRANSACTION_IDLE_TIMEOUT.as_secs_f64()
+}
+
+fn state_text(state: &TxnState) -> Result<String, YunError> {
+    serde_json::to_string(state).map_err(|e| YunError::internal(format!("transaction state: {e}")))
+}
+
+fn state_of(text: &str) -> Result<TxnState, YunError> {
+    serde_json::from_str(text).map_err(|e| YunError::internal(format!("transaction state: {e}")))
+}
+
+#[async_trait]
+impl OpenTransactions for PgOpenTransactions {
+    async fn begin(&self, env: &EnvId, id: &str) -> Result<(), YunError> {
+        self.pg
+            .execute(
+                "DELETE FROM doc_transactions WHERE touched_at < now() - make_interval(secs => $1)",
+                &[&idle_seconds()],
+            )
+            .await?;
+        let empty = state_text(&TxnState::default())?;
+        self.pg
+            .execute(
+                "INSERT INTO doc_transactions (id, env, state, revision, touched_at) VALUES ($1, $2, $3, 0, now())",
+                &[&id, &env.as_str(), &empty],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn load(&self, env: &EnvId, id: &str) -> Result<Option<(TxnState, u64)>, YunError> {
+        let sql = format!(
+            "SELECT state, revision FROM doc_transactions WHERE id = $1 AND env = $2 AND {LIVE}"
+        );
+        let Some(row) = self
+            .pg
+            .query_opt(&sql, &[&id, &env.as_str(), &idle_seconds()])
+            .await?
+        else {
+            return Ok(None);
+        };
+        Ok(Some((state_of(row.get(0))?, row.get::<_, i64>(1) as u64)))
+    }
+
+    async fn save(
+        &self,
+        env: &EnvId,
+        id: &str,
+        state: &TxnState,
+        revision: u64,
+    ) -> Result<bool, YunError> {
+        let sql = format!(
+            "UPDATE doc_transactions SET state = $4, revision = revision + 1, touched_at = now() \
+             WHERE id = $1 AND env = $2 AND {LIVE} AND revision = $5"
+        );
+        let changed = self
+            .pg
+            .execute(
+                &sql,
+                &[
+                    &id,
+                    &env.as_str(),
+                    &idle_seconds(),
+                    &state_text(state)?,
+                    &(revision as i64),
+                ],
+            )
+            .await?;
+        Ok(changed == 1)
+    }
+
+    async fn end(&self, env: &EnvId, id: &str) -> Result<Option<TxnState>, YunError> {
+        let sql = format!(
+            "DELETE FROM doc_transactions WHERE id = $1 AND env = $2 AND {LIVE} RETURNING state"
+        );
+        match self
+            .pg
+            .query_opt(&sql, &[&id, &env.as_str(), &idle_seconds()])
+            .await?
+        {
+            Some(row) => Ok(Some(state_of(row.get(0))?)),
+            None => Ok(None),
+        }
     }
 }

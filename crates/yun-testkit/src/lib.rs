@@ -105,6 +105,7 @@ impl TestYun {
         let server = yun_server::Server::start_dev(yun_server::DevConfig {
             data_dir: data_dir.path().to_owned(),
             listen: "127.0.0.1:0".parse().expect("addr"),
+            public_url: None,
             default_env: yun_types::EnvId::parse("dev").expect("env"),
             node: "node".into(),
             npm: "npm".into(),

@@ -27,7 +27,8 @@ test('callFunction returns the result, the request id, and the SCF context', asy
   const env = res.result.env;
   assert.equal(env.TCB_ENV, yun.envId);
   assert.equal(env.SCF_NAMESPACE, yun.envId);
-  assert.equal(JSON.parse(env.TCB_CONTEXT_CNFG).URL, `${yun.url}/admin`);
+  // Functions call the node they run on (one of a cluster's, not its load balancer).
+  assert.ok(yun.nodes.map((n) => `${n.url}/admin`).includes(JSON.parse(env.TCB_CONTEXT_CNFG).URL));
   assert.equal(env.GREETING, 'hi');
   assert.equal(env.hasSecretId, true);
   assert.equal(env.secretIdIsTemporary, true, 'functions get a temporary credential, never the admin key');
@@ -71,7 +72,7 @@ test('context.environment follows each event on a warm instance', async () => {
     const raw = await signedPost({ action: 'functions.invokeFunction', function_name: 'echo', request_data: '{}' });
     results.push(JSON.parse(raw.data.response_data));
   }
-  assert.equal(new Set(results.map((r) => r.uid)).size, 1, 'one warm instance served them all');
+  assert.ok(new Set(results.map((r) => r.uid)).size <= yun.nodes.length, 'one warm instance (per node) served them all');
   for (const r of results) {
     assert.equal(r.context.environment.TCB_SEQID, r.env.TCB_SEQID);
     assert.equal(r.context.environment.TCB_SOURCE, r.env.TCB_SOURCE);

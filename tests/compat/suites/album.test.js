@@ -191,7 +191,8 @@ test('two users through the album: share by code, like, comment, and the rules h
   await thumbsLoaded(a, 2);
   await byTestId(a, 'thumb').first().click();
   await a.waitForSelector('[data-testid="comment"]:has-text("nice colours!")');
-  assert.equal(await byTestId(a, 'likes').textContent(), '1');
+  // Likes and comments render from two queries at once: wait for the count, not only the comment.
+  await a.waitForFunction(() => document.querySelector('[data-testid="likes"]').textContent === '1');
   await a.click('[data-testid="delete-photo"]');
   await thumbsLoaded(a, 1);
   assert.match(await status(a), /Photo deleted/);

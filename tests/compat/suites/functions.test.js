@@ -9,6 +9,9 @@ const { startYun, sleep, waitFor, instanceGone } = require('../lib/yun');
 const { tarGz } = require('../lib/tar');
 
 let yun;
+// Instances are a node's: tests of instance reuse, replacement, limits and draining call
+// one node (the only one, or the first of a cluster) and deploy through the front.
+const oneNode = () => yun.nodes[0].admin();
 before(async () => {
   yun = await startYun(['--queue-timeout', '700ms']);
   await yun.deploy('echo', 'echo');
@@ -37,8 +40,8 @@ test('wx-server-sdk inside a function calls another function through Yun', async
 });
 
 test('instances run as an unprivileged user and are reused while warm', async () => {
-  const a = await yun.admin().callFunction({ name: 'echo', data: {} });
-  const b = await yun.admin().callFunction({ name: 'echo', data: {} });
+  const a = await oneNode().callFunction({ name: 'echo', data: {} });
+  const b = await oneNode().callFunction({ name: 'echo', data: {} });
   assert.equal(a.result.uid, b.result.uid, 'the warm instance served both calls');
   if (process.getuid && process.getuid() === 0) assert.notEqual(a.result.uid, 0, 'functions never run as root');
 });
@@ -46,16 +49,16 @@ test('instances run as an unprivileged user and are reused while warm', async ()
 test('an event larger than the instance\'s read buffer arrives whole, and the next one after it', async () => {
   // About 1 MB in many reads, multi-byte characters split across read boundaries.
   const text = 'ab€😀'.repeat(100_000);
-  const big = await yun.admin().callFunction({ name: 'echo', data: { text } });
+  const big = await oneNode().callFunction({ name: 'echo', data: { text } });
   assert.equal(big.result.event.text, text);
-  const small = await yun.admin().callFunction({ name: 'echo', data: { n: 1 } });
+  const small = await oneNode().callFunction({ name: 'echo', data: { n: 1 } });
   assert.deepEqual(small.result.event, { n: 1 });
   assert.equal(small.result.uid, big.result.uid, 'the same instance read both');
 });
 
 async function fault(kind) {
   try {
-    const res = await yun.admin().callFunction({ name: 'faults', data: { kind } });
+    const res = await oneNode().callFunction({ name: 'faults', data: { kind } });
     return { ok: true, res };
   } catch (e) {
     return { ok: false, code: e.code, message: e.message, requestId: e.requestId };
@@ -109,7 +112,7 @@ test('logs are stored per request id and readable with yun fn logs', async () =>
 
 test('excess concurrent calls wait briefly, then get EXCEED_CONCURRENT_REQUEST_LIMIT', async () => {
   await yun.deploy('slow', 'slow', ['--max-instances', '1', '--timeout', '5s']);
-  const calls = [0, 1, 2].map(() => yun.admin().callFunction({ name: 'slow', data: { ms: 1500 } }).then(
+  const calls = [0, 1, 2].map(() => oneNode().callFunction({ name: 'slow', data: { ms: 1500 } }).then(
     (r) => ({ ok: true, r }),
     (e) => ({ ok: false, code: e.code, message: e.message }),
   ));
@@ -124,8 +127,8 @@ test('excess concurrent calls wait briefly, then get EXCEED_CONCURRENT_REQUEST_L
   }
   // A call that fits in the queue window waits for the instance instead of failing.
   const [first, second] = await Promise.all([
-    yun.admin().callFunction({ name: 'slow', data: { ms: 300 } }),
-    sleep(50).then(() => yun.admin().callFunction({ name: 'slow', data: { ms: 10 } })),
+    oneNode().callFunction({ name: 'slow', data: { ms: 300 } }),
+    sleep(50).then(() => oneNode().callFunction({ name: 'slow', data: { ms: 10 } })),
   ]);
   assert.equal(first.result.uid, second.result.uid);
 });
@@ -134,12 +137,12 @@ test('a redeploy serves the new code and drains the old instances', async () => 
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'yun-fn-'));
   fs.writeFileSync(path.join(dir, 'index.js'), 'exports.main = async () => ({ v: 1, uid: process.getuid() })');
   await yun.cliJson(['fn', 'deploy', dir, '--name', 'versioned']);
-  const v1 = await yun.admin().callFunction({ name: 'versioned' });
+  const v1 = await oneNode().callFunction({ name: 'versioned' });
   assert.equal(v1.result.v, 1);
   fs.writeFileSync(path.join(dir, 'index.js'), 'exports.main = async () => ({ v: 2, uid: process.getuid() })');
   const deployed = await yun.cliJson(['fn', 'deploy', dir, '--name', 'versioned']);
   assert.equal(deployed.function.version, 2);
-  const v2 = await yun.admin().callFunction({ name: 'versioned' });
+  const v2 = await oneNode().callFunction({ name: 'versioned' });
   assert.equal(v2.result.v, 2);
   assert.notEqual(v2.result.uid, v1.result.uid);
   await waitFor(() => instanceGone(v1.result.uid), 'the old instance to stop');
@@ -188,10 +191,12 @@ test('hostile archives are refused and nothing is half-deployed', async () => {
   }
   const notGzip = await deployArchive('archived', Buffer.from('plain text'));
   assert.equal(notGzip.status, 400);
-  const res = await yun.admin().callFunction({ name: 'archived' });
+  const res = await oneNode().callFunction({ name: 'archived' });
   assert.equal(res.result, 'from tar', 'the good version still serves');
-  const codeDir = path.join(yun.dataDir, 'functions', yun.envId, 'archived');
-  assert.equal(fs.readdirSync(codeDir).length, 1, 'failed deploys left no code behind');
+  for (const node of yun.nodes) {
+    const codeDir = path.join(node.dataDir, 'functions', yun.envId, 'archived');
+    if (node === yun.nodes[0] || fs.existsSync(codeDir)) assert.equal(fs.readdirSync(codeDir).length, 1, 'failed deploys left no code behind');
+  }
 });
 
 test('npm dependencies are installed at deploy time', async () => {

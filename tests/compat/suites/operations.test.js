@@ -7,10 +7,9 @@ const assert = require('node:assert/strict');
 const { spawn } = require('node:child_process');
 const fs = require('node:fs');
 const http = require('node:http');
-const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
-const { startYun, waitFor, sleep } = require('../lib/yun');
+const { startYun, waitFor, sleep, freePort } = require('../lib/yun');
 
 let yun;
 before(async () => {
@@ -31,17 +30,6 @@ async function api(server, pathAndQuery) {
 
 async function invoke(server, name, data) {
   return server.admin().callFunction({ name, data }).catch((e) => ({ failed: e }));
-}
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
 }
 
 test('a real Prometheus scrapes /metrics (platform key, Basic auth) and counts the invocations made', async () => {
