@@ -16,10 +16,12 @@ use yun_docdb::find::{Projection, SortKeys};
 use yun_docdb::index::IndexSpec;
 use yun_docdb::{Change, DocDb, Find, Limits};
 use yun_functions::{install_bootstrap, Runtime, RuntimeConfig, Sandbox, SpawnConfig};
-use yun_meta::sqlite::SqliteMetaStore;
-use yun_storage::{ObjectBackend, SqliteFileIndex, Storage, StorageLimits};
+use yun_storage::{ObjectBackend, Storage, StorageLimits};
+use yun_store_sqlite::{
+    SqliteBus, SqliteDocStore, SqliteFileIndex, SqliteMetaStore, SqliteUserStore,
+};
 use yun_types::{EnvId, ErrorCode, FunctionName, YunError};
-use yun_users::{SqliteUserStore, Users};
+use yun_users::Users;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -129,9 +131,7 @@ const MATRIX: &[(Operation, &[Kind])] = &[
 async fn start_app(dir: &std::path::Path) -> App {
     let meta: Arc<dyn yun_meta::MetaStore> =
         Arc::new(SqliteMetaStore::open(&dir.join("yun.db")).expect("meta store"));
-    let docs = Arc::new(
-        yun_docdb::sqlite::SqliteDocStore::open(&dir.join("documents.db")).expect("doc store"),
-    );
+    let docs = Arc::new(SqliteDocStore::open(&dir.join("documents.db")).expect("doc store"));
     let storage = Arc::new(
         Storage::new(
             &ObjectBackend::Local(dir.join("files")),
@@ -172,7 +172,7 @@ async fn start_app(dir: &std::path::Path) -> App {
             docdb: Arc::new(DocDb::new(docs, Limits::default())),
             storage,
             users,
-            events: Arc::new(yun_events::SqliteBus::open(&dir.join("events.db")).unwrap()),
+            events: Arc::new(SqliteBus::open(&dir.join("events.db")).unwrap()),
             backups: None,
         },
         runtime,

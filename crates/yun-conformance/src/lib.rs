@@ -6,13 +6,12 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use yun_docdb::sqlite::SqliteDocStore;
 use yun_docdb::store::DocStore;
-use yun_meta::sqlite::SqliteMetaStore;
 use yun_meta::MetaStore;
-use yun_storage::{FileIndex, SqliteFileIndex};
+use yun_storage::FileIndex;
 use yun_store_postgres::{PgDocStore, PgFileIndex, PgMetaStore, PgUserStore, Postgres};
-use yun_users::{SqliteUserStore, UserStore};
+use yun_store_sqlite::{SqliteDocStore, SqliteFileIndex, SqliteMetaStore, SqliteUserStore};
+use yun_users::UserStore;
 
 /// Runs each named `async fn(Backend)` once per backend, as `NAME::sqlite` and
 /// `NAME::postgres`.

@@ -1,7 +1,8 @@
 //! The document database. The model lives here once: values (`value`), their order
 //! (`order`), queries (`filter`), updates (`update`), sort and projection (`find`), and
-//! the operations (`db`). Backends implement the narrow `store` seam: `sqlite` here,
-//! PostgreSQL in `yun-store-postgres`. No HTTP, no auth: callers pass an env and act in it.
+//! the operations (`db`). Backends implement the narrow `store` seam: SQLite in
+//! `yun-store-sqlite`, PostgreSQL in `yun-store-postgres`. No HTTP, no auth: callers
+//! pass an env and act in it.
 
 pub mod aggregate;
 pub mod db;
@@ -14,7 +15,6 @@ pub mod index;
 pub mod order;
 pub mod plan;
 pub mod slow;
-pub mod sqlite;
 pub mod store;
 pub mod txn;
 pub mod update;

@@ -2,9 +2,10 @@
 //! (async invocations, triggers, the broadcasts that keep nodes' caches current, later
 //! the realtime watch).
 //! Retry policy, dead letters and triggers live above [`EventBus`], once; a backend only
-//! stores and delivers. Two backends pass one conformance suite (`tests/conformance.rs`):
-//! [`SqliteBus`] for one process (`yun dev`, its own file) and [`JetStreamBus`] for a
-//! cluster. No `rusqlite` or `async-nats` type crosses the seam.
+//! stores and delivers. Two backends pass one conformance suite
+//! (`yun-conformance/tests/event_bus.rs`): `yun_store_sqlite::SqliteBus` for one process
+//! (`yun dev`, its own file) and `yun_store_nats::JetStreamBus` for a cluster. No
+//! `rusqlite` or `async-nats` type crosses the seam.
 //!
 //! The contract:
 //! - **At least once.** A message is delivered to each consumer group until the group
@@ -39,12 +40,6 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 use yun_types::YunError;
-
-mod jetstream;
-mod sqlite;
-
-pub use jetstream::JetStreamBus;
-pub use sqlite::SqliteBus;
 
 /// How long a `dedupe_id` is remembered at least (JetStream's `duplicate_window`).
 pub const DEDUPE_WINDOW: Duration = Duration::from_secs(120);
@@ -229,12 +224,12 @@ pub struct Delivery {
     /// 1 on the first delivery to this group, then one more each time.
     pub attempt: u32,
     pub published_at: SystemTime,
-    /// What the backend needs to ack it.
-    receipt: Receipt,
+    /// What the backend needs to ack it (set and read by backends only).
+    pub receipt: Receipt,
 }
 
 #[derive(Debug, Clone)]
-enum Receipt {
+pub enum Receipt {
     /// SQLite finds a delivery by (topic, group, seq, attempt).
     Sqlite,
     /// JetStream's ack subject for this delivery.
@@ -284,9 +279,11 @@ impl From<EventsError> for YunError {
     }
 }
 
+// The checks every backend makes before it stores anything, so both refuse the same input.
+
 /// Topic and group names: 1 to 64 of `A-Z a-z 0-9 _ -`. They become JetStream stream
 /// and consumer names as they are, so no two names can map to one.
-fn check_name(what: &str, name: &str) -> Result<(), EventsError> {
+pub fn check_name(what: &str, name: &str) -> Result<(), EventsError> {
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME
         && name
@@ -302,7 +299,7 @@ fn check_name(what: &str, name: &str) -> Result<(), EventsError> {
 }
 
 /// Keys and dedupe ids travel in NATS headers: no control characters (CR, LF), bounded.
-fn check_key(what: &str, key: &str) -> Result<(), EventsError> {
+pub fn check_key(what: &str, key: &str) -> Result<(), EventsError> {
     if key.len() <= MAX_KEY && !key.chars().any(char::is_control) {
         Ok(())
     } else {
@@ -314,7 +311,7 @@ fn check_key(what: &str, key: &str) -> Result<(), EventsError> {
 
 /// A `max_age` under a second is refused: zero means "forever" to JetStream, and
 /// anything that short is a unit mistake. A `max_bytes` of zero would keep nothing.
-fn check_spec(spec: &TopicSpec) -> Result<(), EventsError> {
+pub fn check_spec(spec: &TopicSpec) -> Result<(), EventsError> {
     if spec.max_age < Duration::from_secs(1) || spec.max_bytes == 0 {
         return Err(EventsError::Invalid(format!(
             "topic spec {spec:?}: max_age must be at least 1s and max_bytes positive"
@@ -324,7 +321,7 @@ fn check_spec(spec: &TopicSpec) -> Result<(), EventsError> {
 }
 
 /// A zero visibility would hand every message to every fetcher.
-fn check_visibility(visibility: Duration) -> Result<(), EventsError> {
+pub fn check_visibility(visibility: Duration) -> Result<(), EventsError> {
     if visibility < Duration::from_millis(1) {
         return Err(EventsError::Invalid(
             "visibility must be at least 1ms".into(),
@@ -334,7 +331,7 @@ fn check_visibility(visibility: Duration) -> Result<(), EventsError> {
 }
 
 /// Claims are JetStream key-value keys: 1 to 256 of `A-Z a-z 0-9 - _ = .`.
-fn check_claim(key: &str) -> Result<(), EventsError> {
+pub fn check_claim(key: &str) -> Result<(), EventsError> {
     let ok = (1..=MAX_KEY).contains(&key.len())
         && key
             .bytes()
@@ -348,7 +345,7 @@ fn check_claim(key: &str) -> Result<(), EventsError> {
     }
 }
 
-fn check_message(msg: &Message) -> Result<(), EventsError> {
+pub fn check_message(msg: &Message) -> Result<(), EventsError> {
     check_key("key", &msg.key)?;
     if let Some(id) = &msg.dedupe_id {
         check_key("dedupe id", id)?;
@@ -361,7 +358,7 @@ fn check_message(msg: &Message) -> Result<(), EventsError> {
 
 /// A key's partition on JetStream: FNV-1a, stable across builds and processes (std's
 /// hasher is not), so every node puts a key in the same partition.
-fn partition(key: &str) -> u32 {
+pub fn partition(key: &str) -> u32 {
     let mut hash: u32 = 0x811c_9dc5;
     for b in key.bytes() {
         hash ^= u32::from(b);

@@ -1,11 +1,10 @@
 //! Platform metadata: envs, keys, function versions, invocation records and function logs.
 //!
-//! [`MetaStore`] is the seam; [`sqlite::SqliteMetaStore`] is the embedded backend (the
-//! PostgreSQL one arrives with cluster mode). Nothing above this crate sees SQL. Must not
+//! [`MetaStore`] is the seam; the backends are in `yun-store-sqlite` (embedded) and
+//! `yun-store-postgres` (cluster). Nothing above this crate sees SQL. Must not
 //! depend on HTTP, process or function-runtime crates.
 
 mod model;
-pub mod sqlite;
 
 pub use model::*;
 

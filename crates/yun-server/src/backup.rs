@@ -1,5 +1,5 @@
 //! Backups of an embedded data folder, taken online: every SQLite store copied as of one
-//! moment (`yun_sqlite::backup_all`), the objects its file index points at hard-linked
+//! moment (`yun_store_sqlite::backup_all`), the objects its file index points at hard-linked
 //! (objects are never changed in place, and those retired during the backup are kept
 //! until it ends), function code hard-linked, and a manifest. A backup is a folder
 //! `{data}/backups/{id}` that `restore` turns into a new data folder; restoring never
@@ -75,7 +75,7 @@ fn link_file(source: &Path, target: &Path) -> std::io::Result<()> {
 /// The objects a backup's file index points at, linked from `root` into `to`.
 fn link_objects(index: &Path, root: &Path, to: &Path) -> Result<(u64, u64), YunError> {
     let mut totals = (0, 0);
-    for object in yun_storage::objects_in_copy(index)? {
+    for object in yun_store_sqlite::objects_in_copy(index)? {
         let source = root.join(&object);
         let size = std::fs::metadata(&source)
             .map_err(|e| internal("a file's object is missing:", &source, e))?
@@ -112,7 +112,7 @@ impl Backups for LocalBackups {
         self.storage.hold_objects();
         let (data_dir, work) = (self.data_dir.clone(), partial.clone());
         let taken = tokio::task::spawn_blocking(move || {
-            let stores = yun_sqlite::backup_all(&data_dir.join("meta"), &work.join("meta"))?;
+            let stores = yun_store_sqlite::backup_all(&data_dir.join("meta"), &work.join("meta"))?;
             let (files, file_bytes) =
                 link_objects(&work.join("meta/files.db"), &root, &work.join("files"))?;
             link_tree(&data_dir.join("functions"), &work.join("functions"))
@@ -243,8 +243,8 @@ fn changes_since_copy(
     copy: &Path,
     at: i64,
 ) -> Result<Vec<yun_types::changes::ChangeEntry>, YunError> {
-    let from = yun_sqlite::changelog::last_seq_of_file(copy)?;
-    let (changes, oldest) = yun_sqlite::changelog::read_file(live, from, at)?;
+    let from = yun_store_sqlite::changelog::last_seq_of_file(copy)?;
+    let (changes, oldest) = yun_store_sqlite::changelog::read_file(live, from, at)?;
     if oldest.is_some_and(|oldest| oldest > from + 1) {
         return Err(YunError::invalid_param(format!(
             "the change log of {} no longer reaches back to the backup (it keeps a week): restore a later backup",
@@ -265,7 +265,7 @@ async fn replay_until(data_dir: &Path, to: &Path, at: i64) -> Result<(), ServerE
     let files = changes_since_copy(&live.join("files.db"), &restored.join("files.db"), at)?;
     {
         let docdb = yun_docdb::DocDb::new(
-            Arc::new(yun_docdb::sqlite::SqliteDocStore::open(
+            Arc::new(yun_store_sqlite::SqliteDocStore::open(
                 &restored.join("documents.db"),
             )?),
             yun_docdb::Limits::default(),
@@ -280,13 +280,13 @@ async fn replay_until(data_dir: &Path, to: &Path, at: i64) -> Result<(), ServerE
             docdb.replay(&env, changes).await?;
         }
     }
-    let index = yun_storage::SqliteFileIndex::open(&restored.join("files.db"))?;
+    let index = yun_store_sqlite::SqliteFileIndex::open(&restored.join("files.db"))?;
     yun_storage::replay_index(&index, &files).await?;
     drop(index);
     // The bytes of the files the restored index now names, from the live folder (kept
     // there when retired since).
     let root = data_dir.join("files");
-    for object in yun_storage::objects_in_copy(&restored.join("files.db"))? {
+    for object in yun_store_sqlite::objects_in_copy(&restored.join("files.db"))? {
         let target = to.join("files").join(&object);
         if target.exists() {
             continue;

@@ -16,21 +16,23 @@ use axum::serve::ListenerExt as _;
 use tokio::sync::watch;
 pub use yun_app::PlatformKey;
 use yun_app::{App, AppSettings, ChangeSource, Credentials, Recorder, Stores};
-use yun_docdb::sqlite::SqliteDocStore;
 use yun_docdb::store::DocStore;
 use yun_docdb::{DocDb, Limits};
-use yun_events::{EventBus, JetStreamBus, SqliteBus};
+use yun_events::EventBus;
 use yun_functions::{
     install_bootstrap, layer_ready, sandbox_trial, Isolation, LayerState, Runtime, RuntimeConfig,
     Sandbox, SpawnConfig, UidPool,
 };
-use yun_meta::sqlite::SqliteMetaStore;
 use yun_meta::MetaStore;
 pub use yun_storage::StorageLimits;
-use yun_storage::{FileIndex, ObjectBackend, SqliteFileIndex, Storage};
+use yun_storage::{FileIndex, ObjectBackend, Storage};
+use yun_store_nats::JetStreamBus;
 use yun_store_postgres::{PgDocStore, PgFileIndex, PgMetaStore, PgUserStore, Postgres};
+use yun_store_sqlite::{
+    SqliteBus, SqliteDocStore, SqliteFileIndex, SqliteMetaStore, SqliteUserStore,
+};
 use yun_types::{EnvId, YunError};
-use yun_users::{SqliteUserStore, UserStore, Users};
+use yun_users::{UserStore, Users};
 
 use crate::gateway::{ChannelApi, UnixGateway};
 
@@ -520,7 +522,7 @@ impl Server {
         if cfg.metrics {
             // Before the stores open: they take their metric handles when they do.
             yun_app::ops::install_metrics();
-            yun_app::ops::on_scrape(yun_sqlite::publish_health);
+            yun_app::ops::on_scrape(yun_store_sqlite::publish_health);
         }
         let postgres = match &cfg.database {
             Some(url) => Some(Postgres::connect(url, &cfg.postgres_schema)?),

@@ -1,7 +1,7 @@
 //! The change log's model, shared by the stores that keep one (documents, the file
 //! index): each write appends `(seq, env, target, op, key, before, after, time)` in its
 //! own transaction (an outbox), with the function whose code wrote, if one did. The
-//! trigger dispatchers read it; the SQLite form is `yun_sqlite::changelog`.
+//! trigger dispatchers read it; the SQLite form is `yun_store_sqlite::changelog`.
 
 use std::cell::RefCell;
 use std::future::Future;

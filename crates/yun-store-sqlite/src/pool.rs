@@ -1,5 +1,4 @@
-//! SQLite plumbing shared by Yun's embedded stores (metadata, documents): a database
-//! file in WAL mode with `synchronous=NORMAL`, numbered migrations recorded in
+//! The connection model every store here shares: a database file in WAL mode with `synchronous=NORMAL`, numbered migrations recorded in
 //! `PRAGMA user_version`, a pool of read-only connections, and one writer thread (SQLite
 //! has one writer) that commits in groups: it runs the write jobs waiting for it in one
 //! transaction, each inside its own savepoint (a failing job is undone alone), and
@@ -12,10 +11,6 @@ use std::sync::{mpsc, Arc, Mutex, Weak};
 
 use rusqlite::{Connection, OpenFlags};
 use yun_types::YunError;
-
-pub mod changelog;
-
-pub use rusqlite;
 
 /// Wraps a SQLite error as an internal error (logged, generic to callers).
 pub fn db_err(e: impl std::fmt::Display) -> YunError {

@@ -1,4 +1,4 @@
-//! The cluster backend: NATS JetStream. One stream per topic, `{prefix}_{topic}`, file
+//! The cluster event bus on NATS JetStream (the seam is `yun_events::EventBus`). One stream per topic, `{prefix}_{topic}`, file
 //! storage, limits retention (`max_age`, `max_bytes`, discard old), dedupe through the
 //! `Nats-Msg-Id` header within `duplicate_window`. A group is a durable pull consumer
 //! with explicit acks whose `ack_wait` is the visibility; a nack is a `-NAK` with delay.
@@ -30,7 +30,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::{FutureExt as _, StreamExt as _};
 
-use crate::{
+use yun_events::{
     check_claim, check_message, check_name, check_spec, check_visibility, partition, Delivery,
     EventBus, EventsError, Message, Order, Published, Receipt, Retention, TopicSpec, CLAIM_TTL,
     DEDUPE_WINDOW, PARTITIONS,
@@ -778,7 +778,7 @@ impl EventBus for JetStreamBus {
 
     async fn listen(
         &self,
-    ) -> Result<futures_util::stream::BoxStream<'static, crate::Heard>, EventsError> {
+    ) -> Result<futures_util::stream::BoxStream<'static, yun_events::Heard>, EventsError> {
         use futures_util::StreamExt;
         let subscription = self
             .client
@@ -796,7 +796,7 @@ impl EventBus for JetStreamBus {
                     .iter()
                     .position(|b| *b == b'\n')
                     .map_or(0, |i| i + 1);
-                crate::Heard::Broadcast(payload.slice(start..))
+                yun_events::Heard::Broadcast(payload.slice(start..))
             });
             std::future::ready(theirs)
         });
@@ -804,7 +804,7 @@ impl EventBus for JetStreamBus {
             match rx.recv().await {
                 // Lagged: reconnects were missed, which is a gap too.
                 Ok(()) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    Some((crate::Heard::Gap, rx))
+                    Some((yun_events::Heard::Gap, rx))
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
             }

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt as _;
-use yun_events::{
-    Delivery, EventBus, EventsError, JetStreamBus, Message, Order, Retention, SqliteBus, TopicSpec,
-};
+use yun_events::{Delivery, EventBus, EventsError, Message, Order, Retention, TopicSpec};
+use yun_store_nats::JetStreamBus;
+use yun_store_sqlite::SqliteBus;
 
 const GROUP: &str = "workers";
 const NO_WAIT: Duration = Duration::ZERO;

@@ -1,4 +1,4 @@
-//! The embedded backend: documents as JSON text in one SQLite file (WAL), keyed by
+//! The embedded document store: documents as JSON text in one SQLite file (WAL), keyed by
 //! (env, collection, `_id`). One writer connection (SQLite has one writer) and a pool
 //! of read-only connections.
 
@@ -8,12 +8,13 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension};
 use serde_json::Value;
-use yun_sqlite::{db_err, Sqlite};
 use yun_types::{EnvId, ErrorCode, YunError};
 
-use crate::index::{IndexSpec, KeyRange};
-use crate::store::{ChangeLog, DocStore, DocTxn, NewChange, Visit, Work};
-use crate::txn::{InProcessTransactions, OpenTransactions};
+use yun_docdb::index::{IndexSpec, KeyRange};
+use yun_docdb::store::{ChangeLog, DocStore, DocTxn, NewChange, Visit, Work};
+use yun_docdb::txn::{InProcessTransactions, OpenTransactions};
+
+use crate::{db_err, Sqlite};
 
 /// A key range scan of one index: a search on the entries' primary key, in its order.
 const INDEX_RANGE_SQL: &str =
@@ -75,11 +76,11 @@ CREATE INDEX index_entries_by_document ON index_entries (env, collection, name, 
 -- more page written by every commit.
 DROP TABLE sequence;
 "#,
-    yun_sqlite::changelog::MIGRATION,
-    yun_sqlite::changelog::MIGRATION_CAUSE,
+    crate::changelog::MIGRATION,
+    crate::changelog::MIGRATION_CAUSE,
 ];
 
-/// The document store on one SQLite file (see `yun-sqlite` for the connection model).
+/// The document store on one SQLite file (see `pool` for the connection model).
 #[derive(Clone)]
 pub struct SqliteDocStore {
     db: Sqlite,
@@ -310,7 +311,7 @@ impl DocTxn for SqliteTxn<'_> {
     }
 
     fn append_change(&mut self, change: &NewChange<'_>) -> Result<(), YunError> {
-        yun_sqlite::changelog::append(self.tx, &self.env, change)
+        crate::changelog::append(self.tx, &self.env, change)
     }
 
     fn list_indexes(&mut self, collection: &str) -> Result<Vec<IndexSpec>, YunError> {
@@ -484,7 +485,7 @@ impl DocStore for SqliteDocStore {
         let env = env.to_string();
         let snapshot = move |conn: &mut rusqlite::Connection| {
             // One snapshot for the whole unit of work.
-            yun_sqlite::snapshot(conn, |tx| {
+            crate::snapshot(conn, |tx| {
                 work(&mut SqliteTxn {
                     tx,
                     env,

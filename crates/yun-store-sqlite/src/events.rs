@@ -1,5 +1,5 @@
-//! The embedded backend: one SQLite file of its own (`data/events.db`), written through
-//! `yun-sqlite`'s group-commit writer, so concurrent publishes share commits.
+//! The embedded event bus: one SQLite file of its own (`data/events.db`), written through
+//! this crate's group-commit writer, so concurrent publishes share commits.
 //!
 //! Per group, a cursor (every message below it has been delivered at least once) and a
 //! row per delivered message not yet past the cursor or not yet acked (`deliveries`:
@@ -20,14 +20,15 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::Notify;
-use yun_sqlite::{db_err, Sqlite};
 use yun_types::YunError;
 
-use crate::{
+use yun_events::{
     check_claim, check_message, check_name, check_spec, check_visibility, Delivery, EventBus,
     EventsError, Message, Order, Published, Receipt, Retention, TopicSpec, CLAIM_TTL,
     DEDUPE_WINDOW,
 };
+
+use crate::{db_err, Sqlite};
 
 /// Append-only: never edit one that shipped.
 const MIGRATIONS: &[&str] = &[
@@ -480,7 +481,7 @@ impl EventBus for SqliteBus {
 
     async fn listen(
         &self,
-    ) -> Result<futures_util::stream::BoxStream<'static, crate::Heard>, EventsError> {
+    ) -> Result<futures_util::stream::BoxStream<'static, yun_events::Heard>, EventsError> {
         Ok(Box::pin(futures_util::stream::pending()))
     }
 

@@ -1,4 +1,4 @@
-//! The embedded backend: one SQLite file in the data dir, WAL mode,
+//! The embedded metadata store: one SQLite file in the data dir, WAL mode,
 //! `synchronous=NORMAL` (a committed transaction survives a process crash; an OS crash
 //! may lose the last moments, which is the trade-off ARCHITECTURE.md states).
 
@@ -7,10 +7,11 @@ use std::path::Path;
 
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, Row};
-use yun_sqlite::{db_err, Sqlite};
 use yun_types::{unix_now, EnvId, ErrorCode, FunctionName, YunError};
 
-use crate::*;
+use yun_meta::*;
+
+use crate::{db_err, Sqlite};
 
 /// Numbered migrations; `PRAGMA user_version` records how many ran. Never edit one that
 /// has shipped: append.
@@ -208,7 +209,7 @@ CREATE TABLE usage (
 "#,
 ];
 
-/// The metadata store on one SQLite file (see `yun-sqlite` for the connection model).
+/// The metadata store on one SQLite file (see `pool` for the connection model).
 #[derive(Clone)]
 pub struct SqliteMetaStore {
     db: Sqlite,
