@@ -523,6 +523,7 @@ impl Server {
             // Before the stores open: they take their metric handles when they do.
             yun_app::ops::install_metrics();
             yun_app::ops::on_scrape(yun_store_sqlite::publish_health);
+            yun_app::ops::on_scrape(yun_store_postgres::publish_health);
         }
         let postgres = match &cfg.database {
             Some(url) => Some(Postgres::connect(url, &cfg.postgres_schema)?),

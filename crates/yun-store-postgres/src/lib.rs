@@ -10,8 +10,9 @@ pub mod meta;
 pub mod users;
 
 use std::future::Future;
+use std::sync::Mutex;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, WeakPool};
 use tokio::runtime::Handle;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Row;
@@ -25,6 +26,40 @@ pub use users::PgUserStore;
 /// How many connections a node keeps to the database at most.
 const POOL_SIZE: usize = 16;
 const POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Every pool this process made, while it lives (weakly): scrapes read their health.
+static OPEN_POOLS: Mutex<Vec<WeakPool>> = Mutex::new(Vec::new());
+
+/// Sets the connection-pool gauges (called when metrics are scraped): connections open
+/// and idle, and requests waiting for one (a pool at its size with waiters is the first
+/// sign that the database, or a lock in it, is the bottleneck).
+pub fn publish_health() {
+    let (mut open, mut idle, mut waiting, mut max) = (0, 0, 0, 0);
+    OPEN_POOLS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .retain(|weak| {
+            let Some(pool) = weak.upgrade() else {
+                return false;
+            };
+            let status = pool.status();
+            open += status.size;
+            idle += status.available;
+            waiting += status.waiting;
+            max += status.max_size;
+            true
+        });
+    if max == 0 {
+        return;
+    }
+    let gauge = |name: &'static str, value: usize| {
+        metrics::gauge!(name, "store" => "postgres").set(value as f64);
+    };
+    gauge("yun_store_pool_connections", open);
+    gauge("yun_store_pool_idle", idle);
+    gauge("yun_store_pool_waiting", waiting);
+    gauge("yun_store_pool_max", max);
+}
 
 /// A pool of connections to one PostgreSQL database, every one with the same
 /// `search_path` (the schema Yun's tables live in).
@@ -74,6 +109,10 @@ impl Postgres {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| YunError::internal(format!("postgres pool: {e}")))?;
+        OPEN_POOLS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(pool.weak());
         Ok(Self {
             pool,
             schema: schema.to_owned(),

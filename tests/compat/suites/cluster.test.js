@@ -125,3 +125,13 @@ test('documents and files written through one node are read through the other', 
   const downloaded = await b.admin().downloadFile({ fileID });
   assert.equal(downloaded.fileContent.toString(), 'hello from a');
 });
+
+test('a node\'s /metrics shows its PostgreSQL connection pool', async () => {
+  const auth = `Basic ${Buffer.from(`${KEY.secretId}:${KEY.secretKey}`).toString('base64')}`;
+  const text = await (await fetch(`${a.url}/metrics`, { headers: { authorization: auth } })).text();
+  const gauge = (name) => Number((text.match(new RegExp(`^${name}\\{store="postgres"\\} (\\d+)`, 'm')) || [])[1]);
+  const [open, idle, waiting, max] = ['connections', 'idle', 'waiting', 'max'].map((n) => gauge(`yun_store_pool_${n}`));
+  assert.ok(open >= 1 && open <= max, `open connections ${open} of ${max}`);
+  assert.ok(idle >= 0 && idle <= open, `idle ${idle} of ${open}`);
+  assert.equal(waiting, 0, 'nothing waits for a connection on an idle node');
+});

@@ -4,7 +4,7 @@
 //! a request id or a user id. Gauges of what exists (instances, stem cells, stored
 //! bytes, queued events, dead letters, store pools) are read when scraped.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, Unit};
@@ -18,11 +18,14 @@ static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// What the composition root publishes at each scrape about the backends it picked
 /// (the stores' pool health): the app does not know which backends those are.
-static SCRAPE_HOOK: OnceLock<fn()> = OnceLock::new();
+static SCRAPE_HOOKS: Mutex<Vec<fn()>> = Mutex::new(Vec::new());
 
-/// Sets the backends' scrape-time publisher (once per process).
+/// Adds a backend's scrape-time publisher.
 pub fn on_scrape(publish: fn()) {
-    let _ = SCRAPE_HOOK.set(publish);
+    SCRAPE_HOOKS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(publish);
 }
 
 /// Latency buckets (seconds): from a warm call's sub-millisecond to a slow function's
@@ -266,7 +269,11 @@ impl App {
                 .set(pool.busy as f64);
         }
         gauge!("yun_stem_cells").set(self.runtime.stem_cell_count() as f64);
-        if let Some(publish) = SCRAPE_HOOK.get() {
+        let hooks = SCRAPE_HOOKS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        for publish in hooks {
             publish();
         }
         for env in self.meta.list_envs().await? {
