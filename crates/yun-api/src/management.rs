@@ -479,6 +479,46 @@ async fn list_backups(State(app): State<AppState>, KeyHolder(who): KeyHolder) ->
     ok(json!({ "backups": app.list_backups(&who).await? }))
 }
 
+async fn export_env(State(app): State<AppState>, InEnv(who): InEnv) -> ApiResult {
+    use axum::http::header;
+    use futures_util::StreamExt as _;
+    let archive = app.export_env(&who, &who.env).await?;
+    let file = tokio::fs::File::open(&archive.path)
+        .await
+        .map_err(YunError::internal)?;
+    let size = file.metadata().await.map_err(YunError::internal)?.len();
+    let counts = serde_json::to_string(&archive.counts).map_err(YunError::internal)?;
+    let disposition = format!("attachment; filename=\"{}.yun.tar.gz\"", who.env);
+    // The archive's folder goes when the stream that reads it is done.
+    let body = tokio_util::io::ReaderStream::new(file).map(move |chunk| {
+        let _held = &archive;
+        chunk
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/gzip".to_owned()),
+            (header::CONTENT_LENGTH, size.to_string()),
+            (header::CONTENT_DISPOSITION, disposition),
+            (header::HeaderName::from_static("yun-export-counts"), counts),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+async fn import_env(
+    State(app): State<AppState>,
+    KeyHolder(who): KeyHolder,
+    body: Body,
+) -> ApiResult {
+    let (env, counts) = app.import_env(&who, body.into_data_stream()).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "env": env, "imported": counts })),
+    )
+        .into_response())
+}
+
 async fn list_alerts(State(app): State<AppState>, InEnv(who): InEnv) -> ApiResult {
     ok(json!({ "alerts": app.list_alerts(&who).await? }))
 }
@@ -1111,6 +1151,8 @@ pub fn management_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)
         route(Method::GET, "/api/v1/envs/{env}/alerts", list_alerts),
         route(Method::GET, "/api/v1/backups", list_backups),
         route(Method::POST, "/api/v1/backups", create_backup),
+        route(Method::GET, "/api/v1/envs/{env}/export", export_env),
+        route(Method::POST, "/api/v1/import", import_env),
         route(Method::POST, "/api/v1/envs/{env}/alerts", create_alert),
         route(
             Method::DELETE,

@@ -130,6 +130,8 @@ operations! {
     ListAlerts => Admin,
     // A backup holds every env, keys and the master key included.
     ManageBackups => Platform,
+    // An export holds the env's keys, its users' password hashes and its signing key.
+    TransferEnv => Platform,
     // Metrics cover every env: the platform's operator only.
     ReadMetrics => Platform,
     // The database without rules (`database.rs`).

@@ -184,7 +184,7 @@ fn check_http_path(path: &str) -> Result<(), YunError> {
 const PACKAGE_GRACE: Duration = Duration::from_secs(3600);
 
 impl App {
-    fn code_dir(&self, env: &EnvId, name: &FunctionName) -> PathBuf {
+    pub(crate) fn code_dir(&self, env: &EnvId, name: &FunctionName) -> PathBuf {
         self.settings
             .functions_dir
             .join(env.as_str())

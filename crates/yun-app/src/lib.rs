@@ -15,6 +15,7 @@ pub mod ops;
 mod recorder;
 mod rules;
 mod storage;
+mod transfer;
 mod user_db;
 mod users;
 
@@ -35,6 +36,7 @@ pub use ops::{UsageQuery, UsageReport};
 pub use recorder::Recorder;
 pub use rules::RulesTarget;
 pub use storage::{FileOutcome, UploadTarget, MAX_LIST_PAGE};
+pub use transfer::{ExportArchive, TransferCounts};
 pub use user_db::UserQuery;
 pub use users::{UserSession, MAX_USER_PAGE};
 pub use yun_auth::{Caller, Identity};

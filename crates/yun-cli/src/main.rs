@@ -9,6 +9,7 @@ mod rules;
 mod rules_test;
 mod serve;
 mod storage;
+mod transfer;
 mod users;
 
 use std::net::SocketAddr;
@@ -114,6 +115,25 @@ enum Command {
     Fn {
         #[command(subcommand)]
         command: commands::FnCommand,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Write the env (--env) into an archive for `yun import` on another server: settings,
+    /// rules, keys, alerts, users and their sessions, collections, documents and indexes,
+    /// files, functions (a platform key). Logs and invocation records stay.
+    Export {
+        /// The archive to write (default: {env}.yun.tar.gz).
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Make the env of an archive of `yun export` on this server (a cluster through its
+    /// load balancer, or a `yun dev`): a new env, or one that holds nothing yet. Never
+    /// overwrites (a platform key).
+    Import {
+        /// The archive `yun export` wrote.
+        file: PathBuf,
         #[command(flatten)]
         conn: Connection,
     },
@@ -423,6 +443,8 @@ fn main() {
             Command::Trace { request_id, conn } => commands::trace(&request_id, conn).await,
             Command::Alert { command, conn } => commands::alert(command, conn).await,
             Command::Backup { command } => backup(command).await,
+            Command::Export { out, conn } => transfer::export(out, conn).await,
+            Command::Import { file, conn } => transfer::import(file, conn).await,
             Command::Usage {
                 since,
                 by,

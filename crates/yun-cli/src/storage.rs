@@ -127,7 +127,7 @@ async fn list_all(client: &Client, prefix: &str) -> anyhow::Result<Vec<Value>> {
     }
 }
 
-fn progress(total: u64, json: bool) -> ProgressBar {
+pub(crate) fn progress(total: u64, json: bool) -> ProgressBar {
     if json {
         return ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden());
     }
@@ -171,9 +171,18 @@ async fn download_one(
     bar: &ProgressBar,
 ) -> anyhow::Result<u64> {
     bar.set_message(remote.to_owned());
-    let response = client
-        .execute(client.raw(Method::GET, &file_route(client, remote)?))
-        .await?;
+    fetch_into(client, &file_route(client, remote)?, local, bar).await
+}
+
+/// Streams the answer to `GET route` into `local`, through a temporary file renamed at
+/// the end.
+pub(crate) async fn fetch_into(
+    client: &Client,
+    route: &str,
+    local: &Path,
+    bar: &ProgressBar,
+) -> anyhow::Result<u64> {
+    let response = client.execute(client.raw(Method::GET, route)).await?;
     if let Some(parent) = local.parent().filter(|p| !p.as_os_str().is_empty()) {
         tokio::fs::create_dir_all(parent)
             .await

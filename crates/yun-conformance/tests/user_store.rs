@@ -11,6 +11,7 @@ use yun_users::{RefreshRecord, RefreshUse, SigningKey, TicketKeyRecord, UserReco
 on_every_backend!(
     names_are_unique_per_env_even_when_raced,
     a_refresh_token_is_spent_once,
+    live_refresh_tokens_are_the_unspent_unexpired_ones_of_the_env,
     one_signing_key_per_env,
     users_page_and_go_with_their_env,
 );
@@ -244,4 +245,40 @@ async fn users_page_and_go_with_their_env(backend: Backend) {
         .is_empty());
     assert!(store.list_ticket_keys(&env("a")).await.unwrap().is_empty());
     assert_eq!(store.list_users(&env("b"), "", 10).await.unwrap().len(), 1);
+}
+
+async fn live_refresh_tokens_are_the_unspent_unexpired_ones_of_the_env(backend: Backend) {
+    let store = backend.user_store().await;
+    let token = |env: &str, expires_at: i64| RefreshRecord {
+        env: env.into(),
+        uid: "u1".into(),
+        family: format!("fam-{env}-{expires_at}"),
+        expires_at,
+    };
+    store
+        .insert_refresh("live", token("a", 2_000))
+        .await
+        .unwrap();
+    store
+        .insert_refresh("spent", token("a", 2_000))
+        .await
+        .unwrap();
+    store
+        .insert_refresh("expired", token("a", 999))
+        .await
+        .unwrap();
+    store
+        .insert_refresh("elsewhere", token("b", 2_000))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.use_refresh("spent").await.unwrap(),
+        RefreshUse::Fresh(_)
+    ));
+    let live = store.live_refresh(&env("a"), 1_000).await.unwrap();
+    let seen: Vec<(&str, &str, i64)> = live
+        .iter()
+        .map(|(hash, t)| (hash.as_str(), t.env.as_str(), t.expires_at))
+        .collect();
+    assert_eq!(seen, [("live", "a", 2_000)]);
 }

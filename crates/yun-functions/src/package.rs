@@ -51,7 +51,12 @@ impl PackageLimits {
 /// Packs a prepared version's folder as a `.tar.gz` (links kept as links), for the
 /// other nodes of a cluster to [`unpack`].
 pub fn pack(dir: &Path) -> Result<Vec<u8>, YunError> {
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    pack_into(dir, Vec::new())
+}
+
+/// [`pack`] into `out` (a file, for folders too big for memory); returns `out`.
+pub fn pack_into<W: std::io::Write>(dir: &Path, out: W) -> Result<W, YunError> {
+    let gz = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
     let mut tar = tar::Builder::new(gz);
     tar.follow_symlinks(false);
     tar.mode(tar::HeaderMode::Deterministic);
@@ -117,6 +122,15 @@ enum Kind {
 /// Unpacks a `.tar.gz` into `dir`, which must not exist yet (its parent is created).
 /// Returns the unpacked size. On error `dir` is removed.
 pub fn unpack(archive: &[u8], dir: &Path, limits: PackageLimits) -> Result<u64, YunError> {
+    unpack_from(archive, dir, limits)
+}
+
+/// [`unpack`] reading the archive from `archive` (a file, for archives too big for memory).
+pub fn unpack_from(
+    archive: impl std::io::Read,
+    dir: &Path,
+    limits: PackageLimits,
+) -> Result<u64, YunError> {
     if let Some(parent) = dir.parent() {
         std::fs::create_dir_all(parent).map_err(YunError::internal)?;
     }
@@ -132,7 +146,11 @@ pub fn unpack(archive: &[u8], dir: &Path, limits: PackageLimits) -> Result<u64, 
     result
 }
 
-fn unpack_inner(archive: &[u8], dir: &Path, limits: PackageLimits) -> Result<u64, YunError> {
+fn unpack_inner(
+    archive: impl std::io::Read,
+    dir: &Path,
+    limits: PackageLimits,
+) -> Result<u64, YunError> {
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
     let entries = tar
         .entries()

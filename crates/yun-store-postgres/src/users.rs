@@ -257,6 +257,35 @@ impl UserStore for PgUserStore {
         Ok(())
     }
 
+    async fn live_refresh(
+        &self,
+        env: &EnvId,
+        now_s: i64,
+    ) -> Result<Vec<(String, RefreshRecord)>, YunError> {
+        let rows = self
+            .pg
+            .query(
+                "SELECT hash, uid, family, expires_at FROM refresh_tokens
+                 WHERE env = $1 AND NOT used AND expires_at > $2 ORDER BY hash",
+                &[&env.as_str(), &now_s],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                (
+                    row.get(0),
+                    RefreshRecord {
+                        env: env.to_string(),
+                        uid: row.get(1),
+                        family: row.get(2),
+                        expires_at: row.get(3),
+                    },
+                )
+            })
+            .collect())
+    }
+
     async fn use_refresh(&self, hash: &str) -> Result<RefreshUse, YunError> {
         // Of two nodes presenting one token at once, exactly one spends it; the other
         // sees it spent, which is a replay.

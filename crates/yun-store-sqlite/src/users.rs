@@ -236,6 +236,37 @@ impl UserStore for SqliteUserStore {
             .await
     }
 
+    async fn live_refresh(
+        &self,
+        env: &EnvId,
+        now_s: i64,
+    ) -> Result<Vec<(String, RefreshRecord)>, YunError> {
+        let env = env.to_string();
+        self.db
+            .read(move |conn| {
+                conn.prepare_cached(
+                    "SELECT hash, uid, family, expires_at FROM refresh_tokens
+                     WHERE env = ?1 AND used = 0 AND expires_at > ?2 ORDER BY hash",
+                )
+                .and_then(|mut s| {
+                    s.query_map(params![env, now_s], |row| {
+                        Ok((
+                            row.get(0)?,
+                            RefreshRecord {
+                                env: env.clone(),
+                                uid: row.get(1)?,
+                                family: row.get(2)?,
+                                expires_at: row.get(3)?,
+                            },
+                        ))
+                    })?
+                    .collect()
+                })
+                .map_err(db_err)
+            })
+            .await
+    }
+
     async fn use_refresh(&self, hash: &str) -> Result<RefreshUse, YunError> {
         let hash = hash.to_owned();
         self.db

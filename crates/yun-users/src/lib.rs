@@ -233,7 +233,8 @@ impl Users {
     }
 
     /// The env's current signing key (created on first use), from memory when known.
-    async fn active_key(&self, env: &EnvId) -> Result<SigningKey, YunError> {
+    /// The key the env's access tokens are signed with now (made on first use).
+    pub async fn active_key(&self, env: &EnvId) -> Result<SigningKey, YunError> {
         if let Some(key) = self
             .cache
             .active

@@ -81,6 +81,13 @@ pub trait UserStore: Send + Sync + 'static {
     ) -> Result<Vec<UserRecord>, YunError>;
     async fn insert_refresh(&self, hash: &str, token: RefreshRecord) -> Result<(), YunError>;
     async fn use_refresh(&self, hash: &str) -> Result<RefreshUse, YunError>;
+    /// The env's refresh tokens not yet spent nor expired at `now_s`, as (hash, record):
+    /// what an export carries so that sessions survive a move.
+    async fn live_refresh(
+        &self,
+        env: &EnvId,
+        now_s: i64,
+    ) -> Result<Vec<(String, RefreshRecord)>, YunError>;
     async fn revoke_family(&self, family: &str) -> Result<(), YunError>;
     /// The env's signing key, created on first use.
     async fn active_key(&self, env: &EnvId, fresh: SigningKey) -> Result<SigningKey, YunError>;

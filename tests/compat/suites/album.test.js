@@ -2,55 +2,28 @@
 // The photo-album example end to end in Debian's Chromium, as two users: A signs in with
 // a name, creates a public and a private album, uploads photos and shares one album by
 // code; B (anonymous) opens the code, likes and comments, and can neither delete A's
-// photos nor read A's private album. Screenshots go to tests/compat/artifacts/.
+// photos nor read A's private album. Then the album moves to a cluster (`yun export`, `yun
+// import` into three `yun serve` nodes behind HAProxy) and both users carry on there,
+// still signed in. Screenshots go to tests/compat/artifacts/.
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const { execFile } = require('node:child_process');
 const fs = require('node:fs');
 const path = require('node:path');
-const zlib = require('node:zlib');
-const { startYun, BIN } = require('../lib/yun');
+const os = require('node:os');
+const { startYun, startCluster, BIN } = require('../lib/yun');
 const { bundle, serveStatic, launchBrowser, screenshot } = require('../lib/browser');
+const { png } = require('../lib/png');
 
 const ALBUM = path.resolve(__dirname, '../../../examples/album');
 
 let yun;
 let site;
 let browser;
-
-// ---- a PNG encoder small enough to live here: solid-colour test photos.
-const CRC_TABLE = Array.from({ length: 256 }, (_, n) => {
-  let c = n;
-  for (let k = 0; k < 8; k += 1) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-  return c >>> 0;
-});
-function crc32(buf) {
-  let c = 0xffffffff;
-  for (const b of buf) c = CRC_TABLE[(c ^ b) & 0xff] ^ (c >>> 8);
-  return (c ^ 0xffffffff) >>> 0;
-}
-function chunk(type, data) {
-  const len = Buffer.alloc(4);
-  len.writeUInt32BE(data.length);
-  const body = Buffer.concat([Buffer.from(type), data]);
-  const crc = Buffer.alloc(4);
-  crc.writeUInt32BE(crc32(body));
-  return Buffer.concat([len, body, crc]);
-}
-function png(width, height, [r, g, b]) {
-  const header = Buffer.alloc(13);
-  header.writeUInt32BE(width, 0);
-  header.writeUInt32BE(height, 4);
-  header.set([8, 2, 0, 0, 0], 8);
-  const row = Buffer.concat([Buffer.from([0]), Buffer.from(Array.from({ length: width }, () => [r, g, b]).flat())]);
-  const raw = Buffer.concat(Array.from({ length: height }, () => row));
-  return Buffer.concat([
-    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
-    chunk('IHDR', header),
-    chunk('IDAT', zlib.deflateSync(raw)),
-    chunk('IEND', Buffer.alloc(0)),
-  ]);
-}
+let cluster;
+// The two users' pages, kept across the tests: the move must not sign them out.
+let a;
+let b;
 
 before(async () => {
   yun = await startYun();
@@ -69,6 +42,7 @@ before(async () => {
 });
 
 after(async () => {
+  if (cluster) await cluster.stop();
   if (browser) await browser.close();
   if (site) await site.close();
   if (yun) await yun.stop();
@@ -78,8 +52,13 @@ async function userPage() {
   const context = await browser.newContext({ viewport: { width: 960, height: 800 } });
   const page = await context.newPage();
   page.on('pageerror', (e) => console.error('page error:', e.message));
-  await page.goto(`${site.url}/?yun=${encodeURIComponent(yun.url)}&env=${yun.envId}`);
+  await openAlbum(page, yun);
   return page;
+}
+
+/** Opens the album app on `server` (its URL in the page's query, as a user bookmarks it). */
+async function openAlbum(page, server, extra = '') {
+  await page.goto(`${site.url}/?yun=${encodeURIComponent(server.url)}&env=${server.envId}${extra}`);
 }
 
 const byTestId = (page, id) => page.locator(`[data-testid="${id}"]`);
@@ -98,7 +77,7 @@ async function status(page) {
 
 test('two users through the album: share by code, like, comment, and the rules hold', async () => {
   // ---- A signs in with a name (first time: signs up) and makes two albums.
-  const a = await userPage();
+  a = await userPage();
   await a.fill('#named [name=username]', 'alice');
   await a.fill('#named [name=password]', 'alice-password');
   await a.click('#named button');
@@ -141,7 +120,7 @@ test('two users through the album: share by code, like, comment, and the rules h
   await thumbsLoaded(a, 1);
 
   // ---- B, anonymous, opens the code: sees Trip, not the owner's tools.
-  const b = await userPage();
+  b = await userPage();
   await b.click('[data-testid="anon"]');
   await byTestId(b, 'albums').waitFor({ state: 'visible' });
   await b.fill('#open-code [name=code]', code.toLowerCase());
@@ -181,7 +160,7 @@ test('two users through the album: share by code, like, comment, and the rules h
     everything: 'DATABASE_PERMISSION_DENIED',
   });
   // Through the UI too: a share link cannot be forged into the private album.
-  await b.goto(`${site.url}/?yun=${encodeURIComponent(yun.url)}&env=${yun.envId}&share=NOPE23`);
+  await openAlbum(b, yun, '&share=NOPE23');
   await b.waitForFunction(() => /no album has the code/.test(document.querySelector('[data-testid="status"]').textContent));
   await screenshot(b, 'album-b-refused');
 
@@ -200,3 +179,69 @@ test('two users through the album: share by code, like, comment, and the rules h
   const shots = fs.readdirSync(path.resolve(__dirname, '../artifacts')).filter((f) => f.startsWith('album-'));
   assert.ok(shots.length >= 4, `screenshots kept: ${shots}`);
 });
+
+test('the album moves into a cluster with yun export and yun import; both users carry on there, still signed in', async () => {
+  // ---- Before the move: B likes the photo left in Trip.
+  await openAlbum(b, yun, `&share=${await shareCode(a, yun)}`);
+  await byTestId(b, 'album').waitFor({ state: 'visible' });
+  await thumbsLoaded(b, 1);
+  await byTestId(b, 'thumb').first().click();
+  await b.click('[data-testid="like"]');
+  await b.waitForFunction(() => document.querySelector('[data-testid="likes"]').textContent === '1');
+  const before = await Promise.all([a, b].map((p) => p.evaluate(() => window.album.state.user.id)));
+
+  const archive = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'yun-export-')), 'album.yun.tar.gz');
+  const exported = await yun.cliJson(['export', '--out', archive]);
+  assert.equal(exported.bytes, fs.statSync(archive).size);
+
+  cluster = await startCluster();
+  const imported = await cluster.cliJson(['import', archive]);
+  assert.equal(imported.env, yun.envId);
+  assert.equal(imported.imported.collections, 5, 'albums, photos, likes, comments, shares');
+  assert.equal(imported.imported.functions, 1, 'the share function');
+  assert.equal(imported.imported.users, 2, 'alice and the anonymous B');
+  assert.ok(imported.imported.files >= 2, `the photos left (and the share QR images): ${imported.imported.files}`);
+  assert.ok(imported.imported.rules >= 6, 'the rules of five collections and of storage');
+  const again = await cluster.cli(['import', archive]);
+  assert.notEqual(again.code, 0, 'a second import is refused');
+  assert.match(again.stderr, /never overwrites/);
+
+  // ---- After the move, against the load balancer: A is still alice, without signing in.
+  await openAlbum(a, cluster);
+  await byTestId(a, 'albums').waitFor({ state: 'visible' });
+  assert.equal(await byTestId(a, 'who').textContent(), 'alice');
+  await a.waitForSelector('[data-testid="open-album"]:has-text("Diary")');
+  await a.click('[data-testid="open-album"]:has-text("Trip")');
+  await thumbsLoaded(a, 1);
+  await byTestId(a, 'thumb').first().click();
+  await a.waitForFunction(() => document.querySelector('[data-testid="likes"]').textContent === '1');
+  // The share function runs on the cluster; its code opens Trip for B, still the same
+  // anonymous user, who comments.
+  const code = await shareCode(a, cluster);
+  await openAlbum(b, cluster, `&share=${code}`);
+  await byTestId(b, 'album').waitFor({ state: 'visible' });
+  assert.equal(await byTestId(b, 'album-title').textContent(), 'Trip');
+  await thumbsLoaded(b, 1);
+  await byTestId(b, 'thumb').first().click();
+  await b.fill('#comment [name=text]', 'moved and still here');
+  await b.click('#comment button');
+  await b.waitForSelector('[data-testid="comment"]:has-text("moved and still here")');
+  const after = await Promise.all([a, b].map((p) => p.evaluate(() => window.album.state.user.id)));
+  assert.deepEqual(after, before, 'the same users, signed in before the move');
+  // The rules moved with the data: B still cannot read A's private album.
+  const refused = await b.evaluate(async () => (await window.album.db.collection('photos').get()).code);
+  assert.equal(refused, 'DATABASE_PERMISSION_DENIED');
+  await screenshot(b, 'album-b-on-the-cluster');
+});
+
+/** A opens Trip on `server`, shares it and returns its code. */
+async function shareCode(page, server) {
+  await openAlbum(page, server);
+  await page.click('[data-testid="open-album"]:has-text("Trip")');
+  await byTestId(page, 'owner-tools').waitFor({ state: 'visible' });
+  await page.evaluate(() => { document.querySelector('[data-testid="share-code"]').textContent = ''; });
+  await page.click('[data-testid="share"]');
+  await page.waitForFunction(() => document.querySelector('[data-testid="share-code"]').textContent || document.querySelector('[data-testid="status"]').textContent, null, { timeout: 60000 });
+  assert.equal(await status(page), '', 'sharing works');
+  return (await byTestId(page, 'share-code').textContent()).trim();
+}

@@ -583,6 +583,36 @@ test('deploy: after the hostile archives nothing was planted and nothing is left
 });
 
 // ---------------------------------------------------------------------------------------
+// Imports (`yun import`, platform key): an env archive that tries to read the host through
+// a link or write outside its folder is refused before anything is made.
+
+const DATA_FOLDER = '{data}';
+const MANIFEST = { name: 'yun-export.json', body: JSON.stringify({ format: 1, env: 'stolen', exported_at_ms: 0, counts: {} }) };
+const HOSTILE_IMPORTS = [
+  ['a file entry that is a link to /etc/passwd', [MANIFEST, { name: 'files.ndjson', body: '{"path":"p","size":1,"contentType":"text/plain","etag":"x","owner":"","createdAt":0}\n' }, { name: 'files/0', type: '2', link: '/etc/passwd' }]],
+  ['settings read through a link to the data folder', [MANIFEST, { name: 'settings.json', type: '2', link: `${'../'.repeat(12)}${DATA_FOLDER}/credentials.json` }]],
+  ['an entry named ../../escape', [MANIFEST, { name: '../../yun-hostile-import', body: 'PWNED' }]],
+  ['a device node', [MANIFEST, { name: 'settings.json', type: '3', major: 1, minor: 3 }]],
+];
+
+for (const [what, entries] of HOSTILE_IMPORTS) {
+  test(`import: ${what} -> HTTP 400, no env made`, async () => {
+    const archive = tarGz(entries.map((e) => (e.link ? { ...e, link: e.link.replace(DATA_FOLDER, yun.dataDir.slice(1)) } : e)));
+    const res = await fetch(`${yun.url}/api/v1/import`, {
+      method: 'POST',
+      headers: { authorization: 'Basic ' + Buffer.from(`${yun.secretId}:${yun.secretKey}`).toString('base64'), 'content-type': 'application/gzip' },
+      body: archive,
+    });
+    const body = await res.json();
+    assert.equal(res.status, 400, JSON.stringify(body));
+    assert.match(body.error.message, /not a Yun export/);
+    const envs = await yun.cliJson(['env', 'list']);
+    assert.ok(!envs.envs.some((e) => e.id === 'stolen'), 'no env was made');
+    assert.equal(fs.existsSync(path.join(yun.dataDir, '..', 'yun-hostile-import')), false);
+  });
+}
+
+// ---------------------------------------------------------------------------------------
 // yun doctor: exactly the protections the host gives. As root here: all of them. Without
 // CAP_SYS_ADMIN (as in a container that does not grant it): no namespaces, so none of the
 // sandbox, but the cgroup limits. As an ordinary user: none.
