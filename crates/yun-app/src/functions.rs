@@ -556,24 +556,37 @@ impl App {
         if let Some(n) = reserved {
             check_range("reserved concurrency", n, &(0..=*MAX_INSTANCES_RANGE.end()))?;
         }
-        let mut spec = self
-            .meta
-            .get_function(&identity.env, name)
-            .await?
-            .ok_or_else(|| {
-                YunError::new(
-                    ErrorCode::FunctionNotFound,
-                    format!("function {name} does not exist in env {}", identity.env),
-                )
-            })?
-            .spec;
-        spec.reserved_concurrency = reserved;
-        let record = self.meta.put_function(&spec, unix_now()).await?;
-        self.forget(Forget::Function {
-            env: identity.env.clone(),
-            name: name.clone(),
-        });
-        Ok(record)
+        // Read, change, write only if nothing else wrote between: a deploy on another node
+        // meanwhile is kept, and the setting applied to it on the next round.
+        for _ in 0..10 {
+            let current = self
+                .meta
+                .get_function(&identity.env, name)
+                .await?
+                .ok_or_else(|| {
+                    YunError::new(
+                        ErrorCode::FunctionNotFound,
+                        format!("function {name} does not exist in env {}", identity.env),
+                    )
+                })?;
+            let mut spec = current.spec;
+            spec.reserved_concurrency = reserved;
+            let stored = self
+                .meta
+                .update_function(&spec, current.version, unix_now())
+                .await?;
+            if let Some(record) = stored {
+                self.forget(Forget::Function {
+                    env: identity.env.clone(),
+                    name: name.clone(),
+                });
+                return Ok(record);
+            }
+        }
+        Err(YunError::new(
+            ErrorCode::TransactionConflict,
+            format!("function {name} kept changing while its concurrency was set: try again"),
+        ))
     }
 
     pub async fn delete_function(

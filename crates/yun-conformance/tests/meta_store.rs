@@ -16,6 +16,7 @@ on_every_backend!(
     retention_removes_what_is_too_old_or_over_the_size_in_batches,
     a_nul_in_a_log_line_or_error_loses_nothing,
     concurrent_deploys_make_one_version_each,
+    a_settings_change_from_a_stale_read_writes_nothing,
     concurrent_first_uses_agree_and_counters_add_up,
     names_are_unique_where_they_must_be,
 );
@@ -654,4 +655,50 @@ async fn names_are_unique_where_they_must_be(backend: Backend) {
         .await
         .unwrap()
         .is_empty());
+}
+
+async fn a_settings_change_from_a_stale_read_writes_nothing(backend: Backend) {
+    let store = backend.meta_store().await;
+    store.create_env(&env("a")).await.unwrap();
+    let first = store
+        .put_function(&function("a", "f", None), 1)
+        .await
+        .unwrap();
+    // A deploy on another node after the read: new code.
+    let deployed = NewFunction {
+        code_id: "c2".into(),
+        ..function("a", "f", None)
+    };
+    store.put_function(&deployed, 2).await.unwrap();
+    let stale = NewFunction {
+        reserved_concurrency: Some(3),
+        ..first.spec.clone()
+    };
+    assert!(store
+        .update_function(&stale, first.version, 3)
+        .await
+        .unwrap()
+        .is_none());
+    let f = FunctionName::parse("f").unwrap();
+    let now = store.get_function(&env("a"), &f).await.unwrap().unwrap();
+    assert_eq!(
+        (now.version, now.spec.code_id.as_str()),
+        (2, "c2"),
+        "the deploy stays"
+    );
+    let fresh = NewFunction {
+        reserved_concurrency: Some(3),
+        ..now.spec.clone()
+    };
+    let updated = store.update_function(&fresh, 2, 4).await.unwrap().unwrap();
+    assert_eq!(updated.version, 3);
+    let now = store.get_function(&env("a"), &f).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            now.version,
+            now.spec.code_id.as_str(),
+            now.spec.reserved_concurrency
+        ),
+        (3, "c2", Some(3))
+    );
 }

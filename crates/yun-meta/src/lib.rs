@@ -48,6 +48,15 @@ pub trait MetaStore: Send + Sync + 'static {
 
     /// Stores a new version of the function (version = previous + 1, or 1).
     async fn put_function(&self, function: &NewFunction, now: i64) -> Result<FunctionRecord>;
+    /// Stores `function` as the next version only while the current one is `version`
+    /// (a change of settings made from what was read); `None` when another write came
+    /// first, so a settings change never puts back code a deploy replaced.
+    async fn update_function(
+        &self,
+        function: &NewFunction,
+        version: i64,
+        now: i64,
+    ) -> Result<Option<FunctionRecord>>;
     async fn get_function(
         &self,
         env: &EnvId,

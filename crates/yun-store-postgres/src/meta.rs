@@ -704,6 +704,30 @@ impl MetaStore for PgMetaStore {
         })
     }
 
+    async fn update_function(
+        &self,
+        spec: &NewFunction,
+        version: i64,
+        now: i64,
+    ) -> Result<Option<FunctionRecord>> {
+        let json = serde_json::to_string(spec).map_err(YunError::internal)?;
+        // The version check and the write are one statement: the row is locked between.
+        let row = self
+            .pg
+            .query_opt(
+                "UPDATE functions SET version = version + 1, spec = $4, http_path = $5, updated_at = $6
+                 WHERE env = $1 AND name = $2 AND version = $3 RETURNING version, created_at",
+                &[&spec.env.as_str(), &spec.name.as_str(), &version, &json, &spec.http_path, &now],
+            )
+            .await?;
+        Ok(row.map(|row| FunctionRecord {
+            spec: spec.clone(),
+            version: row.get(0),
+            created_at: row.get(1),
+            updated_at: now,
+        }))
+    }
+
     async fn get_function(
         &self,
         env: &EnvId,

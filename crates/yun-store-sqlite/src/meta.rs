@@ -769,6 +769,36 @@ impl MetaStore for SqliteMetaStore {
         .await
     }
 
+    async fn update_function(
+        &self,
+        function: &NewFunction,
+        version: i64,
+        now: i64,
+    ) -> Result<Option<FunctionRecord>> {
+        let spec = function.clone();
+        self.db
+            .write(move |conn| {
+                let json = serde_json::to_string(&spec).map_err(db_err)?;
+                conn.query_row(
+                    "UPDATE functions SET version = version + 1, spec = ?4, http_path = ?5, updated_at = ?6
+                     WHERE env = ?1 AND name = ?2 AND version = ?3 RETURNING version, created_at",
+                    params![spec.env.as_str(), spec.name.as_str(), version, json, spec.http_path, now],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(db_err)
+                .map(|row| {
+                    row.map(|(version, created_at)| FunctionRecord {
+                        spec,
+                        version,
+                        created_at,
+                        updated_at: now,
+                    })
+                })
+            })
+            .await
+    }
+
     async fn get_function(
         &self,
         env: &EnvId,
