@@ -490,6 +490,17 @@ impl App {
             }
         }
         tracing::info!(env = %spec.env, function = %spec.name, code = %spec.code_id, "loaded a version deployed through another node");
+        // As the deploying node does: this version and the one before it stay.
+        let previous = self
+            .newest_other_code(&spec.env, &spec.name, &spec.code_id)
+            .await;
+        let keep = [Some(spec.code_id.as_str()), previous.as_deref()];
+        self.remove_code_except(
+            &spec.env,
+            &spec.name,
+            &keep.into_iter().flatten().collect::<Vec<_>>(),
+        )
+        .await;
         Ok(())
     }
 
@@ -516,15 +527,48 @@ impl App {
                     .await;
             }
         }
+        let keep = [Some(current), previous.as_deref()];
+        self.remove_code_except(env, name, &keep.into_iter().flatten().collect::<Vec<_>>())
+            .await;
+    }
+
+    /// Removes the function's version folders on this node but `keep`. Hidden folders
+    /// are loads and deploys under way (`package::staging_dir`): they stay.
+    async fn remove_code_except(&self, env: &EnvId, name: &FunctionName, keep: &[&str]) {
         let Ok(mut entries) = tokio::fs::read_dir(self.code_dir(env, name)).await else {
             return;
         };
         while let Ok(Some(entry)) = entries.next_entry().await {
             let file_name = entry.file_name().to_string_lossy().into_owned();
-            if file_name != current && Some(&file_name) != previous.as_ref() {
+            if !file_name.starts_with('.') && !keep.contains(&file_name.as_str()) {
                 let _ = tokio::fs::remove_dir_all(entry.path()).await;
             }
         }
+    }
+
+    /// The newest version folder on this node other than `code_id`: the version a node
+    /// ran before it loaded `code_id` (its instances may still be finishing).
+    async fn newest_other_code(
+        &self,
+        env: &EnvId,
+        name: &FunctionName,
+        code_id: &str,
+    ) -> Option<String> {
+        let mut entries = tokio::fs::read_dir(self.code_dir(env, name)).await.ok()?;
+        let mut newest: Option<(std::time::SystemTime, String)> = None;
+        while let Ok(Some(entry)) = entries.next_entry().await {
+            let file_name = entry.file_name().to_string_lossy().into_owned();
+            if file_name.starts_with('.') || file_name == code_id {
+                continue;
+            }
+            let Ok(modified) = entry.metadata().await.and_then(|m| m.modified()) else {
+                continue;
+            };
+            if newest.as_ref().is_none_or(|(t, _)| modified > *t) {
+                newest = Some((modified, file_name));
+            }
+        }
+        newest.map(|(_, file_name)| file_name)
     }
 
     pub async fn list_functions(

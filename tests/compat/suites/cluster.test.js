@@ -71,6 +71,18 @@ test('a function deployed through one node runs on the other; a redeploy reaches
   await assert.rejects(b.admin().callFunction({ name: 'shared', data: {} }), /FUNCTION_NOT_FOUND|not exist/);
 });
 
+test('a node that loaded versions deployed elsewhere keeps only the newest two folders', async () => {
+  const folders = () => fs.readdirSync(path.join(b.dataDir, 'functions', 'dev', 'churn')).filter((n) => !n.startsWith('.'));
+  for (const n of [1, 2, 3, 4]) {
+    await a.deploy('echo', 'churn', ['--env-var', `GREETING=v${n}`]);
+    assert.equal(await greeting(b, 'churn'), `v${n}`);
+    assert.ok(folders().length <= 2, `after version ${n} node b holds ${folders()}`);
+  }
+  const live = (await a.cliJson(['fn', 'list'])).functions.find((f) => f.name === 'churn');
+  assert.ok(folders().includes(live.code_id), 'the live version is one of them');
+  await a.cli(['fn', 'delete', 'churn']);
+});
+
 test('two nodes deploying one function at once make two versions', async () => {
   const [first, second] = await Promise.all([
     a.deploy('echo', 'raced', ['--env-var', 'GREETING=from-a']),
