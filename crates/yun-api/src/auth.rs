@@ -70,6 +70,7 @@ impl IntoResponse for AuthError {
             ErrorCode::AlreadyExists => (StatusCode::CONFLICT, "already_exists"),
             ErrorCode::NotFound | ErrorCode::InvalidEnv => (StatusCode::NOT_FOUND, "not_found"),
             ErrorCode::InvalidAction => (StatusCode::NOT_IMPLEMENTED, "unimplemented"),
+            ErrorCode::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ErrorCode::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             _ => (StatusCode::BAD_REQUEST, "invalid_argument"),
         };

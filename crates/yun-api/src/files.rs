@@ -39,6 +39,7 @@ fn xml_error(e: &YunError) -> Response {
         ErrorCode::StorageQuotaExceeded => "QuotaExceeded",
         ErrorCode::InvalidParam => "InvalidArgument",
         ErrorCode::StorageForbidden => "AccessDenied",
+        ErrorCode::Unavailable => "ServiceUnavailable",
         _ => "InternalError",
     };
     let status = StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::BAD_REQUEST);

@@ -31,6 +31,10 @@ pub const SORT_MEMORY_LIMIT: usize = 100 << 20;
 
 /// Index entries read per statement: the walk fetches documents between batches.
 const BATCH: usize = 256;
+/// Documents of a known list of `_id`s fetched per store call: few at first (a `limit`
+/// often stops early), then more.
+const FETCH_FIRST: usize = 32;
+const FETCH_MAX: usize = 512;
 
 /// What a query examined, for `explain` and the slow-query log.
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
@@ -522,13 +526,22 @@ impl<'t> Source<'t> {
         }
         ids.sort_unstable();
         ids.dedup();
-        for id in &ids {
-            if !meter.doc()? {
-                return Ok(());
-            }
-            if let Some(text) = self.txn.get_text(self.collection, id)? {
-                if !visit(id, &text)? {
+        // Fetched a chunk at a time (one round trip on a networked store); the first
+        // chunk is small, since a `limit` often stops the visit early.
+        let mut chunk = FETCH_FIRST;
+        let mut rest = ids.as_slice();
+        while !rest.is_empty() {
+            let (now, later) = rest.split_at(chunk.min(rest.len()));
+            rest = later;
+            chunk = (chunk * 4).min(FETCH_MAX);
+            for (id, text) in now.iter().zip(self.txn.get_texts(self.collection, now)?) {
+                if !meter.doc()? {
                     return Ok(());
+                }
+                if let Some(text) = text {
+                    if !visit(id, &text)? {
+                        return Ok(());
+                    }
                 }
             }
         }
@@ -622,19 +635,21 @@ impl Window {
         ids: &mut Vec<String>,
     ) -> Result<(), YunError> {
         ids.sort_unstable();
-        for id in ids.drain(..) {
-            if self.full() {
-                break;
-            }
-            if self.position < self.skip {
-                self.position += 1;
-                continue;
-            }
-            if !meter.doc()? {
-                break;
-            }
-            if let Some(text) = source.txn.get_text(source.collection, &id)? {
-                self.place(serde_json::from_str(&text).map_err(stored)?);
+        // Those before the window are counted; those in it fetched a window's worth at a
+        // time (one round trip on a networked store).
+        let before = ids.len().min(self.skip.saturating_sub(self.position));
+        self.position += before;
+        let mut rest = &ids[before..];
+        'fill: while !self.full() && !rest.is_empty() {
+            let (now, later) = rest.split_at(rest.len().min(self.want - self.position));
+            rest = later;
+            for text in source.txn.get_texts(source.collection, now)? {
+                if !meter.doc()? {
+                    break 'fill;
+                }
+                if let Some(text) = text {
+                    self.place(serde_json::from_str(&text).map_err(stored)?);
+                }
             }
         }
         ids.clear();

@@ -36,6 +36,16 @@ pub trait DocTxn {
     fn count_documents(&mut self, collection: &str) -> Result<u64, YunError>;
     /// The stored JSON text of one document.
     fn get_text(&mut self, collection: &str, id: &str) -> Result<Option<String>, YunError>;
+    /// The stored texts of `ids` (in their order; `None` for those missing). One point
+    /// read each by default (cheap in process); a backend across a network reads them
+    /// in one round trip.
+    fn get_texts(
+        &mut self,
+        collection: &str,
+        ids: &[String],
+    ) -> Result<Vec<Option<String>>, YunError> {
+        ids.iter().map(|id| self.get_text(collection, id)).collect()
+    }
     /// The document and its version: a number that changes on every write to it.
     fn get_versioned(
         &mut self,

@@ -260,6 +260,10 @@ pub enum EventsError {
     Store(#[from] YunError),
     #[error("nats: {0}")]
     Nats(String),
+    /// The bus's server cannot be reached, or did not confirm in time; the message says
+    /// whether the message may still be delivered.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl From<EventsError> for YunError {
@@ -267,6 +271,9 @@ impl From<EventsError> for YunError {
         match e {
             EventsError::Invalid(message) => YunError::invalid_param(message),
             EventsError::Store(e) => e,
+            EventsError::Unavailable(message) => {
+                YunError::new(yun_types::ErrorCode::Unavailable, message)
+            }
             e @ EventsError::Full(_) => YunError::new(
                 yun_types::ErrorCode::ConcurrencyLimit,
                 format!("events: {e}"),

@@ -9,8 +9,10 @@ pub mod path;
 pub mod signing;
 pub mod thumbnail;
 
+use std::future::Future;
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream::{BoxStream, Stream, StreamExt};
@@ -27,6 +29,8 @@ pub use thumbnail::ImageOps;
 
 /// Upload parts: S3 wants at least 5 MiB per part; two in flight bound an upload's memory.
 const PART_BYTES: usize = 8 << 20;
+/// How long S3 may take to start answering a request (see [`Storage::answered`]).
+const S3_ANSWER_WITHIN: Duration = Duration::from_secs(10);
 const PARTS_IN_FLIGHT: usize = 2;
 const READ_CHUNK_BYTES: usize = 256 << 10;
 
@@ -78,9 +82,28 @@ impl ObjectBackend {
                         .map_err(store_err)?,
                 ))
             }
+            // object_store's defaults retry for up to three minutes, so a store that is
+            // down held each request that long: a few quick retries, then the error.
             Self::S3 { bucket } => Ok(Arc::new(
                 object_store::aws::AmazonS3Builder::from_env()
                     .with_bucket_name(bucket)
+                    .with_retry(object_store::RetryConfig {
+                        backoff: object_store::BackoffConfig {
+                            init_backoff: Duration::from_millis(100),
+                            max_backoff: Duration::from_secs(1),
+                            base: 2.0,
+                        },
+                        max_retries: 3,
+                        retry_timeout: Duration::from_secs(10),
+                    })
+                    // Through the config keys: client options would replace those
+                    // from the AWS_* variables (AWS_ALLOW_HTTP among them).
+                    .with_config(
+                        object_store::aws::AmazonS3ConfigKey::Client(
+                            object_store::ClientConfigKey::ConnectTimeout,
+                        ),
+                        "3s",
+                    )
                     .build()
                     .map_err(store_err)?,
             )),
@@ -123,6 +146,9 @@ fn content_type(declared: Option<&str>, head: &[u8], path: &CloudPath) -> String
 
 pub struct Storage {
     objects: Arc<dyn ObjectStore>,
+    /// How long an object request may wait for the start of an answer (S3 only; the
+    /// body that follows is not bounded).
+    answer_within: Option<Duration>,
     /// The folder of the local backend: its objects are synced to disk before the index
     /// points at them (`object_store` does not), so an acknowledged upload survives a
     /// power cut. S3 acknowledges durable writes itself.
@@ -187,12 +213,34 @@ impl Storage {
                 ObjectBackend::Local(dir) => Some(dir.clone()),
                 ObjectBackend::S3 { .. } => None,
             },
+            answer_within: match backend {
+                ObjectBackend::Local(_) => None,
+                ObjectBackend::S3 { .. } => Some(S3_ANSWER_WITHIN),
+            },
             index,
             limits,
             renders: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             ),
             held: std::sync::Mutex::new((0, Vec::new())),
+        })
+    }
+
+    /// `op`'s result, unless the object store (S3) took longer than it may to answer: one
+    /// that accepts connections and says nothing would hold the request until its
+    /// timeout (30 s a try) instead of failing it clearly.
+    async fn answered<T>(&self, what: &str, op: impl Future<Output = T>) -> Result<T, YunError> {
+        let Some(limit) = self.answer_within else {
+            return Ok(op.await);
+        };
+        tokio::time::timeout(limit, op).await.map_err(|_| {
+            YunError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "file storage (S3) did not answer {what} within {} s",
+                    limit.as_secs()
+                ),
+            )
         })
     }
 
@@ -227,16 +275,22 @@ impl Storage {
     /// the files, under `.packages/` (a `.` cannot start an env id).
     pub async fn put_package(&self, key: &str, bytes: Vec<u8>) -> Result<(), YunError> {
         let path = package_path(key);
-        self.objects
-            .put(&path, bytes.into())
-            .await
-            .map_err(store_err)?;
+        self.answered(
+            "storing a function package",
+            self.objects.put(&path, bytes.into()),
+        )
+        .await?
+        .map_err(store_err)?;
         Ok(())
     }
 
     /// A package [`Storage::put_package`] stored; `None` when there is none.
     pub async fn get_package(&self, key: &str) -> Result<Option<Bytes>, YunError> {
-        match self.objects.get(&package_path(key)).await {
+        let path = package_path(key);
+        match self
+            .answered("a function package", self.objects.get(&path))
+            .await?
+        {
             Ok(found) => Ok(Some(found.bytes().await.map_err(store_err)?)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(store_err(e)),
@@ -367,7 +421,10 @@ impl Storage {
         let version = new_id("");
         let object = format!("{env}/{version}");
         let key = ObjectKey::from(object.as_str());
-        let upload = self.objects.put_multipart(&key).await.map_err(store_err)?;
+        let upload = self
+            .answered("an upload", self.objects.put_multipart(&key))
+            .await?
+            .map_err(store_err)?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
         let mut size = 0u64;
         let mut head = Vec::new();
@@ -525,10 +582,10 @@ impl Storage {
                 thumbnail::MAX_SOURCE_BYTES >> 20
             )));
         }
+        let source_key = ObjectKey::from(file.object.as_str());
         let source = self
-            .objects
-            .get(&ObjectKey::from(file.object.as_str()))
-            .await
+            .answered("a read", self.objects.get(&source_key))
+            .await?
             .map_err(store_err)?
             .bytes()
             .await
@@ -586,10 +643,10 @@ impl Storage {
             range: range.map(GetRange::Bounded),
             ..Default::default()
         };
+        let key = ObjectKey::from(file.object.as_str());
         let got = self
-            .objects
-            .get_opts(&ObjectKey::from(file.object.as_str()), options)
-            .await
+            .answered("a read", self.objects.get_opts(&key, options))
+            .await?
             .map_err(|e| match e {
                 object_store::Error::NotFound { .. } => not_found(&file.path),
                 other => store_err(other),

@@ -639,6 +639,14 @@ impl EventBus for JetStreamBus {
 
     async fn publish(&self, topic: &str, msg: Message) -> Result<Published, EventsError> {
         check_message(&msg)?;
+        // async-nats queues a publish while disconnected and sends it on reconnect: a
+        // caller told "failed" would see it run later anyway (and twice if it retried).
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            return Err(EventsError::Unavailable(
+                "the event queue (NATS) cannot be reached: nothing was queued, try again later"
+                    .into(),
+            ));
+        }
         let t = self.topic(topic).await?;
         let subject = match t.order {
             Order::Any => self.subject(topic),
@@ -651,16 +659,23 @@ impl EventBus for JetStreamBus {
         if let Some(id) = &msg.dedupe_id {
             headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
         }
-        let unknown = |e: jetstream::context::PublishError| match e.kind() {
+        let unknown = |e: jetstream::context::PublishError| {
+            match e.kind() {
             jetstream::context::PublishErrorKind::StreamNotFound => {
                 lock(&self.topics).remove(topic);
                 EventsError::UnknownTopic(topic.to_owned())
             }
+            // Sent, but unconfirmed: it may be stored and delivered after all.
+            jetstream::context::PublishErrorKind::TimedOut => EventsError::Unavailable(
+                "the event queue (NATS) did not confirm in time: the event may still run once it answers"
+                    .into(),
+            ),
             // A work queue at its limit (discard new): the server's words, no kind.
             _ if e.to_string().contains("maximum bytes exceeded") => {
                 EventsError::Full(topic.to_owned())
             }
             _ => nats(e),
+        }
         };
         // Publishes from many tasks share the connection and wait for their acks
         // together: the server's answers are not awaited one by one.

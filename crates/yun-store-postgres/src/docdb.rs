@@ -325,6 +325,24 @@ impl DocTxn for PgTxn<'_> {
         Ok(self.row(collection, id, false)?.map(|(text, _)| text))
     }
 
+    fn get_texts(
+        &mut self,
+        collection: &str,
+        ids: &[String],
+    ) -> Result<Vec<Option<String>>, YunError> {
+        self.hold(collection)?;
+        let mut found: HashMap<String, String> = HashMap::with_capacity(ids.len());
+        self.txn.each(
+            "SELECT id, doc FROM doc_documents WHERE env = $1 AND collection = $2 AND id = ANY($3)",
+            &[&self.env, &collection, &ids],
+            |row| {
+                found.insert(row.get(0), row.get(1));
+                Ok(true)
+            },
+        )?;
+        Ok(ids.iter().map(|id| found.remove(id)).collect())
+    }
+
     fn get_versioned(
         &mut self,
         collection: &str,

@@ -65,6 +65,9 @@ pub enum ErrorCode {
     AccessTokenExpired,
     /// A wrong username or password, or a refresh token that is not valid.
     InvalidCredentials,
+    /// A service Yun depends on (the event bus, the object store) did not answer; the
+    /// message says which and whether anything was done. Worth retrying later.
+    Unavailable,
     /// A fault inside Yun; details are in the server log, not the response.
     Internal,
 }
@@ -109,6 +112,7 @@ impl ErrorCode {
             Self::Unauthenticated => "UNAUTHENTICATED",
             Self::AccessTokenExpired => "ACCESS_TOKEN_EXPIRED",
             Self::InvalidCredentials => "INVALID_CREDENTIALS",
+            Self::Unavailable => "SERVICE_UNAVAILABLE",
             Self::Internal => "SYS_ERR",
         }
     }
@@ -134,6 +138,7 @@ impl ErrorCode {
             Self::StorageForbidden => 403,
             Self::UnsupportedImage => 415,
             Self::Unauthenticated | Self::AccessTokenExpired | Self::InvalidCredentials => 401,
+            Self::Unavailable => 503,
             Self::Internal => 500,
         }
     }

@@ -79,7 +79,7 @@ fn after_failure(policy: &AsyncRetry, code: ErrorCode, attempt: u32, age: Durati
         ErrorCode::FunctionExecuteFail if attempt <= policy.retries => within_age(interval),
         ErrorCode::FunctionExecuteFail => Next::DeadLetter,
         ErrorCode::ConcurrencyLimit => within_age(interval.min(Duration::from_secs(60))),
-        ErrorCode::Internal => {
+        ErrorCode::Internal | ErrorCode::Unavailable => {
             let doubling = Duration::from_secs(1u64 << attempt.min(16));
             within_age(doubling.min(MAX_BACKOFF))
         }
