@@ -74,14 +74,32 @@ impl App {
         env: &EnvId,
         platform_key: Option<&PlatformKey>,
     ) -> Result<Option<NewKey>, YunError> {
-        if !self.meta.list_envs().await?.is_empty() {
+        let created = self.meta.list_envs().await?.is_empty()
+            && match self.meta.create_env(env).await {
+                Ok(_) => true,
+                // Nodes of a cluster starting together: another one initialized it.
+                Err(e) if e.code == ErrorCode::AlreadyExists => false,
+                Err(e) => return Err(e),
+            };
+        if !created {
+            // A configured key is stored even when the env was made without it (the node
+            // that made it stopped before storing its key).
+            if let Some(given) = platform_key {
+                if self.meta.get_key(&given.secret_id).await?.is_none()
+                    && self.meta.get_env(env).await?.is_some()
+                {
+                    let mut key = mint_key(env, KeyRole::Platform, "given in the configuration");
+                    key.secret_id = given.secret_id.clone();
+                    key.secret_key = given.secret_key.clone();
+                    if let Err(e) = self.meta.insert_key(&key).await {
+                        // Unless another node starting now stored it first.
+                        if self.meta.get_key(&given.secret_id).await?.is_none() {
+                            return Err(e);
+                        }
+                    }
+                }
+            }
             return Ok(None);
-        }
-        match self.meta.create_env(env).await {
-            Ok(_) => {}
-            // Nodes of a cluster starting together: another one initialized it.
-            Err(e) if e.code == ErrorCode::AlreadyExists => return Ok(None),
-            Err(e) => return Err(e),
         }
         let mut key = mint_key(env, KeyRole::Platform, "created on first start");
         if let Some(given) = platform_key {

@@ -147,3 +147,22 @@ test('a node\'s /metrics shows its PostgreSQL connection pool', async () => {
   assert.ok(idle >= 0 && idle <= open, `idle ${idle} of ${open}`);
   assert.equal(waiting, 0, 'nothing waits for a connection on an idle node');
 });
+
+test('a node configured with a platform key the database lacks stores it (a first node stopped before storing its key, or a new key)', async () => {
+  const other = { secretId: `AKIDother${tag}`, secretKey: `other-secret-${tag}` };
+  const c = await startYun([], {
+    command: 'serve',
+    env: { ...clusterEnv, YUN_NODE_NAME: 'c', YUN_PLATFORM_SECRET_ID: other.secretId, YUN_PLATFORM_SECRET_KEY: other.secretKey },
+    key: other,
+  });
+  try {
+    const listed = await c.cliJson(['env', 'list']);
+    assert.deepEqual(listed.envs.map((e) => e.id), ['dev']);
+    // Stored, so every node knows it, and the first key still works.
+    const onA = await a.cliJson(['env', 'list'], { YUN_SECRET_ID: other.secretId, YUN_SECRET_KEY: other.secretKey });
+    assert.deepEqual(onA.envs.map((e) => e.id), ['dev']);
+    assert.deepEqual((await a.cliJson(['env', 'list'])).envs.map((e) => e.id), ['dev']);
+  } finally {
+    await c.stop();
+  }
+});
