@@ -51,18 +51,28 @@ async fn spawn_yun(bin: &Path, extra: &[&str]) -> Yun {
 /// `yun dev` on an empty data folder with only `extra` as flags: without
 /// `--node-layer`, it installs its SDK layer from the npm registry as a newcomer's does.
 async fn spawn_yun_bare(bin: &Path, extra: &[&str]) -> Yun {
+    spawn_yun_as(bin, "dev", extra, &[]).await
+}
+
+/// `yun COMMAND` (`dev`, or `serve` with its settings in `vars`) on an empty data folder
+/// and a free loopback port, once it answers `/healthz`.
+async fn spawn_yun_as(bin: &Path, command: &str, extra: &[&str], vars: &[(&str, String)]) -> Yun {
     let dir = tempfile::tempdir().expect("temp dir");
-    let child = tokio::process::Command::new(bin)
-        .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
+    let mut child = tokio::process::Command::new(bin)
+        .args([command, "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
         .args(extra)
         .env("YUN_LOG", "warn")
+        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .expect("start yun");
     let creds_path = dir.path().join("credentials.json");
     for _ in 0..400 {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("yun {command} exited at start ({status})");
+        }
         if let Ok(bytes) = std::fs::read(&creds_path) {
             let c: Value = serde_json::from_slice(&bytes).unwrap_or_default();
             let url = c["url"].as_str().unwrap_or_default().to_owned();
@@ -406,6 +416,7 @@ async fn wait_http(url: &str) {
 
 mod auth;
 mod backup;
+mod cluster;
 mod db;
 mod events;
 mod load;
@@ -436,6 +447,7 @@ async fn main() {
             backup::run(&yun).await;
         }
         Some("peers") => peers::run().await,
+        Some("cluster") => cluster::run().await,
         Some("queries") => {
             let yun = spawn_yun(&yun_bin(), &[]).await;
             queries::run(&yun).await;
@@ -472,7 +484,7 @@ async fn main() {
             );
         }
         Some(other) => {
-            eprintln!("usage: yun-bench [functions|first-start|sandbox|metrics|backup|peers|queries|events|db|storage|auth|load URL [CONNECTIONS]] (got {other:?})")
+            eprintln!("usage: yun-bench [functions|first-start|sandbox|metrics|backup|peers|cluster|queries|events|db|storage|auth|load URL [CONNECTIONS]] (got {other:?})")
         }
     }
 }

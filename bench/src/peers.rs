@@ -25,13 +25,13 @@ use crate::{
     LOAD_SECONDS, WARMUP_SECONDS, WRK_JSON_POST,
 };
 
-const ROUNDS: usize = 3;
-const PHOTOS: usize = 100;
-const APP_ID: &str = "yun-bench";
-const MASTER_KEY: &str = "yun-bench-master-key";
+pub(crate) const ROUNDS: usize = 3;
+pub(crate) const PHOTOS: usize = 100;
+pub(crate) const APP_ID: &str = "yun-bench";
+pub(crate) const MASTER_KEY: &str = "yun-bench-master-key";
 const PARSE_DB: &str = "yun_bench_parse";
 
-const LIKE_FN: &str = "const cloud = require('wx-server-sdk');
+pub(crate) const LIKE_FN: &str = "const cloud = require('wx-server-sdk');
 cloud.init({ env: cloud.DYNAMIC_CURRENT_ENV });
 const db = cloud.database();
 const _ = db.command;
@@ -44,9 +44,9 @@ exports.main = async (event) => {
 ";
 
 /// The feed query of issue 16 over this many documents `{n, album, s}`.
-const FEED_ITEMS: u64 = 10_000;
+pub(crate) const FEED_ITEMS: u64 = 10_000;
 
-const FEED_FN: &str = "const cloud = require('wx-server-sdk');
+pub(crate) const FEED_FN: &str = "const cloud = require('wx-server-sdk');
 cloud.init({ env: cloud.DYNAMIC_CURRENT_ENV });
 const db = cloud.database();
 const _ = db.command;
@@ -65,8 +65,8 @@ enum Row {
 }
 
 /// Whose CPU is sampled around a target's measured runs.
-#[derive(Clone, Copy)]
-enum Cpu {
+#[derive(Clone)]
+pub(crate) enum Cpu {
     None,
     /// The `yun` process; its descendants are the function instances (and their sandbox
     /// inits, stem cells).
@@ -74,6 +74,21 @@ enum Cpu {
     /// Parse's Node process (and any descendants); PostgreSQL's backends serving its
     /// database are looked up per run.
     Parse(u32),
+    /// A `yun` on PostgreSQL (`yun serve`): the process and its instances as for `Yun`,
+    /// and the PostgreSQL backends whose `application_name` is this (set in its database
+    /// URL), looked up per run.
+    YunPostgres(u32, String),
+}
+
+impl Cpu {
+    /// Which `pg_stat_activity` rows are this target's PostgreSQL backends.
+    fn backends(&self) -> Option<String> {
+        match self {
+            Cpu::None | Cpu::Yun(_) => None,
+            Cpu::Parse(_) => Some(format!("datname = '{PARSE_DB}'")),
+            Cpu::YunPostgres(_, app) => Some(format!("application_name = '{app}'")),
+        }
+    }
 }
 
 struct Target {
@@ -85,8 +100,8 @@ struct Target {
 }
 
 /// What one measured run gave.
-struct Sample {
-    wrk: Wrk,
+pub(crate) struct Sample {
+    pub(crate) wrk: Wrk,
     cpu: Option<CpuUse>,
 }
 
@@ -120,11 +135,11 @@ pub async fn run() {
     )
     .await;
     let yun_seeded = seed_yun(&yun, &http).await;
-    let feed_seeded = seed_yun_feed(&yun, &http).await;
+    let feed_seeded = seed_yun_feed(&yun, &http, &["items", "items_ix"]).await;
     let yun_pid = yun.child.id().unwrap_or(0);
 
     let parse = match Parse::start(&http).await {
-        Ok(p) => match p.seed_feed(&http).await {
+        Ok(p) => match p.seed_feed(&http, &["Item", "ItemIx"]).await {
             Ok(()) => Some(p),
             Err(why) => {
                 println!("**Parse Server rows skipped**: seeding the feed: {why}\n");
@@ -139,18 +154,7 @@ pub async fn run() {
     };
 
     let hello_lua = |headers: &str| format!("{WRK_JSON_POST}{headers}");
-    let like_lua = |headers: &str, ids: &[String]| {
-        let ids: Vec<String> = ids.iter().map(|i| format!("\"{i}\"")).collect();
-        format!(
-            "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\n{headers}\
-             local ids = {{{}}}\n\
-             request = function()\n  \
-             local body = '{{\"id\":\"' .. ids[math.random(#ids)] .. '\"}}'\n  \
-             return wrk.format(\"POST\", nil, nil, body)\nend\n",
-            ids.join(",")
-        )
-    };
-    let parse_headers = format!("wrk.headers[\"X-Parse-Application-Id\"] = \"{APP_ID}\"\n");
+    let parse_headers = parse_headers();
     let yun_ids: Vec<String> = (0..PHOTOS).map(|i| format!("p{i}")).collect();
 
     let mut specs: Vec<(Row, &'static str, String, String, Cpu)> = vec![
@@ -194,11 +198,6 @@ pub async fn run() {
             Cpu::Yun(yun_pid),
         ));
     }
-    let feed_lua = |headers: &str, cls: &str| {
-        format!(
-            "wrk.method = \"POST\"\nwrk.body = '{{\"cls\":\"{cls}\"}}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n{headers}"
-        )
-    };
     if feed_seeded {
         for (name, cls) in [
             ("Yun function, no index", "items"),
@@ -302,7 +301,7 @@ pub async fn run() {
     let mut samples: Vec<Vec<Option<Sample>>> = targets.iter().map(|_| Vec::new()).collect();
     for _ in 0..ROUNDS {
         for (t, out) in targets.iter().zip(&mut samples) {
-            out.push(measure(t).await);
+            out.push(measure(t.script.path(), &t.url, &t.cpu, LOAD_SECONDS).await);
         }
     }
 
@@ -429,31 +428,56 @@ pub async fn run() {
     stop(&mut yun.child, "INT").await;
 }
 
-fn median_text(v: &mut [f64]) -> String {
+/// A wrk script's lines that send Parse's application id.
+pub(crate) fn parse_headers() -> String {
+    format!("wrk.headers[\"X-Parse-Application-Id\"] = \"{APP_ID}\"\n")
+}
+
+/// The like row's wrk script: a JSON POST `{"id": …}` of a random one of `ids`.
+pub(crate) fn like_lua(headers: &str, ids: &[String]) -> String {
+    let ids: Vec<String> = ids.iter().map(|i| format!("\"{i}\"")).collect();
+    format!(
+        "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\n{headers}\
+         local ids = {{{}}}\n\
+         request = function()\n  \
+         local body = '{{\"id\":\"' .. ids[math.random(#ids)] .. '\"}}'\n  \
+         return wrk.format(\"POST\", nil, nil, body)\nend\n",
+        ids.join(",")
+    )
+}
+
+/// The feed row's wrk script: a JSON POST `{"cls": CLS}`.
+pub(crate) fn feed_lua(headers: &str, cls: &str) -> String {
+    format!(
+        "wrk.method = \"POST\"\nwrk.body = '{{\"cls\":\"{cls}\"}}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n{headers}"
+    )
+}
+
+pub(crate) fn median_text(v: &mut [f64]) -> String {
     if v.is_empty() {
         return "-".into();
     }
     format!("{:.2}×", crate::median(v))
 }
 
-/// One measured wrk run, with the CPU of the target's processes around it.
-async fn measure(t: &Target) -> Option<Sample> {
-    let backends_before = match t.cpu {
-        Cpu::Parse(_) => parse_backends().await,
-        _ => Vec::new(),
+/// One measured wrk run of `seconds`, with the CPU of the target's processes around it.
+pub(crate) async fn measure(script: &Path, url: &str, cpu: &Cpu, seconds: u64) -> Option<Sample> {
+    let filter = cpu.backends();
+    let backends_before = match &filter {
+        Some(f) => pg_backends(f).await,
+        None => Vec::new(),
     };
     let before = Snapshot::take();
-    let wrk = wrk(t.script.path(), &t.url, LOAD_SECONDS).await;
+    let wrk = wrk(script, url, seconds).await;
     let after = Snapshot::take();
-    let cpu = match t.cpu {
+    let mut cpu = match *cpu {
         Cpu::None => None,
-        Cpu::Yun(pid) => Some(CpuUse::tree(&before, &after, pid, false)),
-        Cpu::Parse(pid) => {
-            let mut u = CpuUse::tree(&before, &after, pid, true);
-            u.add_backends(&before, &after, &backends_before, &parse_backends().await);
-            Some(u)
-        }
+        Cpu::Yun(pid) | Cpu::YunPostgres(pid, _) => Some(CpuUse::tree(&before, &after, pid, false)),
+        Cpu::Parse(pid) => Some(CpuUse::tree(&before, &after, pid, true)),
     };
+    if let (Some(u), Some(f)) = (&mut cpu, &filter) {
+        u.add_backends(&before, &after, &backends_before, &pg_backends(f).await);
+    }
     Some(Sample { wrk: wrk?, cpu })
 }
 
@@ -544,12 +568,15 @@ struct CpuUse {
     /// `yun` itself, or Parse's Node process and its descendants.
     main: u64,
     /// Yun: the descendants of `yun` (instances, their sandbox inits, stem cells).
-    /// Parse: PostgreSQL backends serving its database.
     helpers: u64,
+    /// PostgreSQL backends serving the target (Parse, a `yun serve`).
+    db: u64,
     /// Everything the machine did, including the above (and wrk).
     machine: u64,
     /// Helper processes seen at the start and the end, started and gone in between.
     seen: [usize; 4],
+    /// The same for the PostgreSQL backends.
+    db_seen: [usize; 4],
 }
 
 impl CpuUse {
@@ -582,18 +609,19 @@ impl CpuUse {
                 tb.difference(&ta).count(),
                 ta.difference(&tb).count(),
             ],
+            ..CpuUse::default()
         }
     }
 
-    /// PostgreSQL backends (children of the postmaster, not of Parse): those listed at
-    /// both ends count their difference, those only at the end all they used; those gone
-    /// by the end are not seen (counted in `seen`).
+    /// PostgreSQL backends (children of the postmaster, not of the target): those listed
+    /// at both ends count their difference, those only at the end all they used; those
+    /// gone by the end are not seen (counted in `db_seen`).
     fn add_backends(&mut self, a: &Snapshot, b: &Snapshot, before: &[u32], after: &[u32]) {
         for &pid in after {
             let start = if before.contains(&pid) { a.own(pid) } else { 0 };
-            self.helpers += b.own(pid).saturating_sub(start);
+            self.db += b.own(pid).saturating_sub(start);
         }
-        self.seen = [
+        self.db_seen = [
             before.len(),
             after.len(),
             after.iter().filter(|p| !before.contains(p)).count(),
@@ -604,11 +632,12 @@ impl CpuUse {
     fn add(&mut self, o: &CpuUse) {
         self.main += o.main;
         self.helpers += o.helpers;
+        self.db += o.db;
         self.machine += o.machine;
     }
 }
 
-async fn clock_ticks() -> u64 {
+pub(crate) async fn clock_ticks() -> u64 {
     command_line("getconf", &["CLK_TCK"])
         .await
         .parse()
@@ -616,7 +645,7 @@ async fn clock_ticks() -> u64 {
 }
 
 /// A command's first output line, or "?".
-async fn command_line(cmd: &str, args: &[&str]) -> String {
+pub(crate) async fn command_line(cmd: &str, args: &[&str]) -> String {
     tokio::process::Command::new(cmd)
         .args(args)
         .output()
@@ -632,21 +661,25 @@ async fn command_line(cmd: &str, args: &[&str]) -> String {
 }
 
 /// µs of CPU per request in each part, summed over a target's rounds.
-struct PerRequest {
-    main: f64,
-    helpers: f64,
-    rest: f64,
-    requests: u64,
-    seen: Vec<[usize; 4]>,
+pub(crate) struct PerRequest {
+    pub(crate) main: f64,
+    pub(crate) helpers: f64,
+    pub(crate) db: f64,
+    pub(crate) rest: f64,
+    pub(crate) requests: u64,
+    pub(crate) seen: Vec<[usize; 4]>,
+    pub(crate) db_seen: Vec<[usize; 4]>,
 }
 
-fn per_request(samples: &[Option<Sample>], tck: u64) -> Option<PerRequest> {
-    let (mut sum, mut requests, mut seen) = (CpuUse::default(), 0, Vec::new());
+pub(crate) fn per_request(samples: &[Option<Sample>], tck: u64) -> Option<PerRequest> {
+    let (mut sum, mut requests, mut seen, mut db_seen) =
+        (CpuUse::default(), 0, Vec::new(), Vec::new());
     for s in samples.iter().flatten() {
         let c = s.cpu.as_ref()?;
         sum.add(c);
         requests += s.wrk.requests;
         seen.push(c.seen);
+        db_seen.push(c.db_seen);
     }
     if requests == 0 {
         return None;
@@ -655,9 +688,11 @@ fn per_request(samples: &[Option<Sample>], tck: u64) -> Option<PerRequest> {
     Some(PerRequest {
         main: us(sum.main),
         helpers: us(sum.helpers),
-        rest: us(sum.machine.saturating_sub(sum.main + sum.helpers)),
+        db: us(sum.db),
+        rest: us(sum.machine.saturating_sub(sum.main + sum.helpers + sum.db)),
         requests,
         seen,
+        db_seen,
     })
 }
 
@@ -669,7 +704,7 @@ fn print_cpu(targets: &[Target], samples: &[Vec<Option<Sample>>], tck: u64) {
                 t.row == row
                     && match t.cpu {
                         Cpu::None => false,
-                        Cpu::Yun(_) => !parse,
+                        Cpu::Yun(_) | Cpu::YunPostgres(..) => !parse,
                         Cpu::Parse(_) => parse,
                     }
             })
@@ -699,7 +734,17 @@ fn print_cpu(targets: &[Target], samples: &[Vec<Option<Sample>>], tck: u64) {
         let (Some(hello), Some(like)) = (runs(Row::Hello, parse), runs(Row::Like, parse)) else {
             continue;
         };
-        let (Some(h), Some(l)) = (per_request(hello, tck), per_request(like, tck)) else {
+        // Parse's helpers are its PostgreSQL backends.
+        let per_request = |s: &[Option<Sample>]| {
+            per_request(s, tck).map(|mut r| {
+                r.helpers += r.db;
+                if parse {
+                    r.seen = std::mem::take(&mut r.db_seen);
+                }
+                r
+            })
+        };
+        let (Some(h), Some(l)) = (per_request(hello), per_request(like)) else {
             continue;
         };
         println!(
@@ -727,7 +772,7 @@ fn print_cpu(targets: &[Target], samples: &[Vec<Option<Sample>>], tck: u64) {
             .iter()
             .zip(like)
             .map(|(h, l)| {
-                let one = |s: &Option<Sample>| per_request(std::slice::from_ref(s), tck);
+                let one = |s: &Option<Sample>| per_request(std::slice::from_ref(s));
                 match (one(h), one(l)) {
                     (Some(h), Some(l)) => {
                         format!("{:.0}", d(l.main + l.helpers, h.main + h.helpers))
@@ -768,19 +813,19 @@ fn print_cpu(targets: &[Target], samples: &[Vec<Option<Sample>>], tck: u64) {
 
 // ---- Parse Server ----
 
-struct Parse {
+pub(crate) struct Parse {
     child: tokio::process::Child,
-    pid: u32,
+    pub(crate) pid: u32,
     /// `http://127.0.0.1:PORT/parse`
-    url: String,
-    photo_ids: Vec<String>,
-    version: String,
-    pg_version: String,
+    pub(crate) url: String,
+    pub(crate) photo_ids: Vec<String>,
+    pub(crate) version: String,
+    pub(crate) pg_version: String,
     _log: tempfile::TempDir,
 }
 
 impl Parse {
-    async fn start(http: &reqwest::Client) -> Result<Parse, String> {
+    pub(crate) async fn start(http: &reqwest::Client) -> Result<Parse, String> {
         let modules = install_peers().await?;
         pg_sql(&[
             &format!("DROP DATABASE IF EXISTS {PARSE_DB} WITH (FORCE)"),
@@ -876,10 +921,14 @@ impl Parse {
         })
     }
 
-    /// The feed's documents: `Item` without an index, `ItemIx` with one on `n` (Parse's
-    /// schema API creates it in PostgreSQL).
-    async fn seed_feed(&self, http: &reqwest::Client) -> Result<(), String> {
-        for cls in ["Item", "ItemIx"] {
+    /// The feed's documents in `classes`: `Item` without an index, `ItemIx` with one on
+    /// `n` (Parse's schema API creates it in PostgreSQL).
+    pub(crate) async fn seed_feed(
+        &self,
+        http: &reqwest::Client,
+        classes: &[&str],
+    ) -> Result<(), String> {
+        for cls in classes {
             let r = http
                 .post(format!("{}/functions/seedItems", self.url))
                 .header("X-Parse-Application-Id", APP_ID)
@@ -906,15 +955,15 @@ impl Parse {
         Ok(())
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         stop(&mut self.child, "TERM").await;
         let _ = pg_sql(&[&format!("DROP DATABASE IF EXISTS {PARSE_DB} WITH (FORCE)")]).await;
     }
 }
 
-/// PostgreSQL backends connected to Parse's database.
-async fn parse_backends() -> Vec<u32> {
-    let sql = format!("SELECT pid FROM pg_stat_activity WHERE datname = '{PARSE_DB}'");
+/// PostgreSQL backends that `pg_stat_activity` lists `WHERE filter`.
+async fn pg_backends(filter: &str) -> Vec<u32> {
+    let sql = format!("SELECT pid FROM pg_stat_activity WHERE {filter}");
     pg_sql(&[&sql])
         .await
         .unwrap_or_default()
@@ -925,7 +974,7 @@ async fn parse_backends() -> Vec<u32> {
 
 /// Statements run one by one as `postgres` on 127.0.0.1:5432 (trust auth): with `psql`,
 /// or without it with `pg` from Parse Server's own dependencies. Rows as `a|b` lines.
-async fn pg_sql(statements: &[&str]) -> Result<String, String> {
+pub(crate) async fn pg_sql(statements: &[&str]) -> Result<String, String> {
     let mut psql = tokio::process::Command::new("psql");
     psql.args([
         "-h",
@@ -1027,7 +1076,6 @@ async fn install_peers() -> Result<PathBuf, String> {
 
 // ---- Yun ----
 
-/// `photos`: `{_id: "p0".."p99", likes: 0}` through the management API.
 /// The collection a feed target reads.
 fn feed_class(target: &str) -> &'static str {
     match (target.starts_with("Yun"), target.ends_with("(n)")) {
@@ -1038,12 +1086,17 @@ fn feed_class(target: &str) -> &'static str {
     }
 }
 
-/// The feed's documents: `items` without an index, `items_ix` with one on `n`.
-async fn seed_yun_feed(yun: &crate::Yun, http: &reqwest::Client) -> bool {
+/// The feed's documents in `collections`: `items` without an index, `items_ix` with one
+/// on `n`.
+pub(crate) async fn seed_yun_feed(
+    yun: &crate::Yun,
+    http: &reqwest::Client,
+    collections: &[&str],
+) -> bool {
     fn item(n: u64) -> Value {
         json!({ "n": n, "album": format!("a{}", n % 100), "s": format!("item {n}") })
     }
-    for collection in ["items", "items_ix"] {
+    for &collection in collections {
         if crate::db::admin(
             http,
             yun,
@@ -1057,50 +1110,62 @@ async fn seed_yun_feed(yun: &crate::Yun, http: &reqwest::Client) -> bool {
         }
         crate::db::load(yun, http, collection, FEED_ITEMS, item).await;
     }
-    crate::db::create_index(
-        yun,
-        http,
-        "items_ix",
-        "by_n",
-        json!([{ "field": "n", "direction": 1 }]),
-    )
-    .await;
+    if collections.contains(&"items_ix") {
+        crate::db::create_index(
+            yun,
+            http,
+            "items_ix",
+            "by_n",
+            json!([{ "field": "n", "direction": 1 }]),
+        )
+        .await;
+    }
     true
 }
 
-async fn seed_yun(yun: &crate::Yun, http: &reqwest::Client) -> bool {
-    let base = format!("{}/api/v1/envs/{}/collections", yun.url, yun.env);
+/// `photos`: `{_id: "p0".."p99", likes: 0}` through the management API.
+pub(crate) async fn seed_yun(yun: &crate::Yun, http: &reqwest::Client) -> bool {
     let docs: Vec<Value> = (0..PHOTOS)
         .map(|i| json!({ "_id": format!("p{i}"), "likes": 0 }))
         .collect();
+    match import(yun, http, "photos", docs).await {
+        Ok(()) => true,
+        Err(why) => {
+            println!("**Yun like row skipped**: seeding photos: {why}");
+            false
+        }
+    }
+}
+
+/// A new collection with `docs` in it, through the management API's create and import.
+pub(crate) async fn import(
+    yun: &crate::Yun,
+    http: &reqwest::Client,
+    collection: &str,
+    docs: Vec<Value>,
+) -> Result<(), String> {
+    let base = format!("{}/api/v1/envs/{}/collections", yun.url, yun.env);
     for (url, body) in [
-        (base.clone(), json!({ "name": "photos" })),
+        (base.clone(), json!({ "name": collection })),
         (
-            format!("{base}/photos/import"),
+            format!("{base}/{collection}/import"),
             json!({ "mode": "insert", "documents": docs }),
         ),
     ] {
-        let res = http
+        let r = http
             .post(&url)
             .basic_auth(&yun.id, Some(&yun.key))
             .json(&body)
             .send()
-            .await;
-        match res {
-            Ok(r) if r.status().is_success() => {}
-            Ok(r) => {
-                println!(
-                    "**Yun like row skipped**: seeding photos: {} {}",
-                    r.status(),
-                    r.text().await.unwrap_or_default()
-                );
-                return false;
-            }
-            Err(e) => {
-                println!("**Yun like row skipped**: seeding photos: {e}");
-                return false;
-            }
+            .await
+            .map_err(|e| e.to_string())?;
+        if !r.status().is_success() {
+            return Err(format!(
+                "{} {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            ));
         }
     }
-    true
+    Ok(())
 }
