@@ -94,6 +94,8 @@ const INSERT_HOLDING_ID: &str = concat!(
     ") held ON CONFLICT DO NOTHING"
 );
 
+const CATALOG_SQL: &str = "SELECT EXISTS (SELECT 1 FROM doc_collections WHERE env = $1 AND name = $2), \
+     coalesce((SELECT json_agg(spec::json ORDER BY name)::text FROM doc_indexes WHERE env = $1 AND collection = $2), '[]')";
 const INDEX_RANGE_SQL: &str =
     "SELECT key, id FROM doc_index_entries WHERE env = $1 AND collection = $2 AND name = $3 AND key >= $4 AND key < $5 ORDER BY key, id";
 const INDEX_RANGE_BACKWARD_SQL: &str =
@@ -133,6 +135,7 @@ impl PgDocStore {
                     version: None,
                     held: HashSet::new(),
                     unique: HashMap::new(),
+                    catalog: HashMap::new(),
                 })
             })
             .await
@@ -150,6 +153,9 @@ struct PgTxn<'a> {
     held: HashSet<String>,
     /// Whether each index written to is unique, read once per transaction.
     unique: HashMap<(String, String), bool>,
+    /// Whether each collection exists and its indexes, read once per transaction (every
+    /// operation asks both: one round trip, not two).
+    catalog: HashMap<String, (bool, Vec<IndexSpec>)>,
 }
 
 impl PgTxn<'_> {
@@ -166,8 +172,25 @@ impl PgTxn<'_> {
         Ok(())
     }
 
+    /// Whether `collection` exists, and its indexes (after [`PgTxn::hold`]: a write keeps
+    /// to the set it read).
+    fn catalog(&mut self, collection: &str) -> Result<&(bool, Vec<IndexSpec>), YunError> {
+        if !self.catalog.contains_key(collection) {
+            self.hold(collection)?;
+            let row = self
+                .txn
+                .query_opt(CATALOG_SQL, &[&self.env, &collection])?
+                .ok_or_else(|| YunError::internal("the catalog query returned no row"))?;
+            let indexes = decode(row.get::<_, &str>(1))?;
+            self.catalog
+                .insert(collection.to_owned(), (row.get(0), indexes));
+        }
+        Ok(&self.catalog[collection])
+    }
+
     /// Holds `collection` exclusively: its indexes or its existence change.
     fn hold_exclusively(&mut self, collection: &str) -> Result<(), YunError> {
+        self.catalog.remove(collection);
         self.txn.execute(
             "SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))",
             &[&self.env, &collection],
@@ -240,18 +263,12 @@ fn decode<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, YunError> {
 
 impl DocTxn for PgTxn<'_> {
     fn collection_exists(&mut self, collection: &str) -> Result<bool, YunError> {
-        self.hold(collection)?;
-        Ok(self
-            .txn
-            .query_opt(
-                "SELECT 1 FROM doc_collections WHERE env = $1 AND name = $2",
-                &[&self.env, &collection],
-            )?
-            .is_some())
+        Ok(self.catalog(collection)?.0)
     }
 
     fn create_collection(&mut self, collection: &str) -> Result<bool, YunError> {
         self.hold(collection)?;
+        self.catalog.remove(collection);
         let n = self.txn.execute(
             "INSERT INTO doc_collections (env, name, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
             &[&self.env, &collection, &yun_types::unix_now()],
@@ -395,15 +412,7 @@ impl DocTxn for PgTxn<'_> {
     }
 
     fn list_indexes(&mut self, collection: &str) -> Result<Vec<IndexSpec>, YunError> {
-        self.hold(collection)?;
-        self.txn
-            .query(
-                "SELECT spec FROM doc_indexes WHERE env = $1 AND collection = $2 ORDER BY name",
-                &[&self.env, &collection],
-            )?
-            .iter()
-            .map(|r| decode(r.get(0)))
-            .collect()
+        Ok(self.catalog(collection)?.1.clone())
     }
 
     fn create_index(&mut self, collection: &str, spec: &IndexSpec) -> Result<bool, YunError> {
@@ -432,6 +441,7 @@ impl DocTxn for PgTxn<'_> {
     }
 
     fn mark_multikey(&mut self, collection: &str, spec: &IndexSpec) -> Result<(), YunError> {
+        self.catalog.remove(collection);
         let text = serde_json::to_string(&IndexSpec {
             multikey: true,
             ..spec.clone()
