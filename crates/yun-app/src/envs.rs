@@ -81,33 +81,32 @@ impl App {
                 Err(e) if e.code == ErrorCode::AlreadyExists => false,
                 Err(e) => return Err(e),
             };
-        if !created {
-            // A configured key is stored even when the env was made without it (the node
-            // that made it stopped before storing its key).
-            if let Some(given) = platform_key {
-                if self.meta.get_key(&given.secret_id).await?.is_none()
-                    && self.meta.get_env(env).await?.is_some()
-                {
-                    let mut key = mint_key(env, KeyRole::Platform, "given in the configuration");
-                    key.secret_id = given.secret_id.clone();
-                    key.secret_key = given.secret_key.clone();
-                    if let Err(e) = self.meta.insert_key(&key).await {
-                        // Unless another node starting now stored it first.
-                        if self.meta.get_key(&given.secret_id).await?.is_none() {
-                            return Err(e);
-                        }
-                    }
-                }
-            }
+        let key = match platform_key {
+            Some(given) => KeyRecord {
+                secret_id: given.secret_id.clone(),
+                secret_key: given.secret_key.clone(),
+                ..mint_key(env, KeyRole::Platform, "given in the configuration")
+            },
+            None if created => mint_key(env, KeyRole::Platform, "created on first start"),
+            None => return Ok(None),
+        };
+        // A configured key is stored whenever the database lacks it: also when another node
+        // made the env and has yet to store its key, or stopped before it did.
+        if !created
+            && (self.meta.get_key(&key.secret_id).await?.is_some()
+                || self.meta.get_env(env).await?.is_none())
+        {
             return Ok(None);
         }
-        let mut key = mint_key(env, KeyRole::Platform, "created on first start");
-        if let Some(given) = platform_key {
-            key.secret_id = given.secret_id.clone();
-            key.secret_key = given.secret_key.clone();
-            key.description = "given in the configuration on first start".into();
+        if let Err(e) = self.meta.insert_key(&key).await {
+            // Unless a node starting beside this one stored the same key first.
+            if self.meta.get_key(&key.secret_id).await?.is_none() {
+                return Err(e);
+            }
         }
-        self.meta.insert_key(&key).await?;
+        if !created {
+            return Ok(None);
+        }
         tracing::info!(env = %env, secret_id = %key.secret_id, "initialized the first env and platform key");
         Ok(Some(key.into()))
     }
@@ -152,6 +151,17 @@ impl App {
                 ));
             }
         }
+        if !self.remove_env(env).await? {
+            return Err(YunError::new(
+                ErrorCode::InvalidEnv,
+                format!("env {env} does not exist"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Deletes `env` with everything it owns; false when there was no such env.
+    pub(crate) async fn remove_env(&self, env: &EnvId) -> Result<bool, YunError> {
         for function in self.meta.list_functions(env).await? {
             self.forget(Forget::Function {
                 env: env.clone(),
@@ -167,10 +177,7 @@ impl App {
         self.forget(Forget::Env { env: env.clone() });
         self.forget(Forget::Triggers);
         if !deleted {
-            return Err(YunError::new(
-                ErrorCode::InvalidEnv,
-                format!("env {env} does not exist"),
-            ));
+            return Ok(false);
         }
         if self.settings.shared_packages {
             self.storage
@@ -183,7 +190,7 @@ impl App {
                 tracing::warn!(dir = %dir.display(), error = %e, "could not remove env code");
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     pub async fn env_settings_of(&self, identity: &Identity) -> Result<EnvSettings, YunError> {

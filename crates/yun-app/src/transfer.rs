@@ -34,7 +34,7 @@ use yun_users::{RefreshRecord, SigningKey, TicketKeyRecord, UserRecord};
 
 use crate::cache::Forget;
 use crate::functions::DeployRequest;
-use crate::{App, Operation};
+use crate::{App, NewTrigger, Operation};
 
 /// The archive layout's version; an import refuses others.
 const FORMAT: u32 = 1;
@@ -44,6 +44,7 @@ const PAGE: usize = 500;
 
 /// What an export holds, or what an import made.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct TransferCounts {
     pub collections: u64,
     pub documents: u64,
@@ -60,6 +61,7 @@ struct Manifest {
     format: u32,
     env: String,
     exported_at_ms: i64,
+    /// What the export held, for people reading it (an import counts for itself).
     counts: TransferCounts,
 }
 
@@ -107,6 +109,15 @@ struct Collection {
 struct Function {
     record: FunctionRecord,
     triggers: Vec<TriggerRecord>,
+}
+
+/// How an import came by its env.
+enum Claim {
+    Created,
+    /// An empty env that was there, with its settings as they were.
+    Existing {
+        settings: EnvSettings,
+    },
 }
 
 /// An export on disk, removed when dropped.
@@ -435,7 +446,12 @@ impl App {
             let Some(last) = page.last() else { break };
             after = last.path.clone();
             for record in page {
-                let mut bytes = self.storage.read(&record, None).await?;
+                let mut bytes = match self.storage.read(&record, None).await {
+                    Ok(bytes) => bytes,
+                    // Deleted since it was listed: not part of the env any more.
+                    Err(e) if e.code == ErrorCode::StorageFileNotFound => continue,
+                    Err(e) => return Err(e),
+                };
                 let target = dir.join(format!("files/{}", counts.files));
                 let mut out = tokio::fs::File::create(&target)
                     .await
@@ -518,8 +534,12 @@ impl App {
                 max_unpacked_bytes: 1 << 50,
                 max_files: 1 << 32,
             };
-            package::unpack_from(std::io::BufReader::new(file), &into, limits)
-                .map_err(|e| not_an_export(e.message))
+            package::unpack_from(std::io::BufReader::new(file), &into, limits).map_err(|e| match e
+                .code
+            {
+                ErrorCode::Internal => e,
+                _ => not_an_export(e.message),
+            })
         })
         .await
         .map_err(YunError::internal)??;
@@ -532,45 +552,83 @@ impl App {
         }
         let env = EnvId::parse(&manifest.env).map_err(not_an_export)?;
         let acting = Self::acting_in(identity, &env);
-        self.claim_env_for_import(&env).await?;
+        // What can be refused is refused before anything is made.
+        let keys: Vec<KeyRecord> = read_json(&dir.join("keys.json")).await?;
+        for key in &keys {
+            if key.role != KeyRole::Env || key.revoked_at.is_some() {
+                return Err(not_an_export(format!(
+                    "key {} is not a live env key: an export carries no other",
+                    key.secret_id
+                )));
+            }
+            if self
+                .meta
+                .get_key(&key.secret_id)
+                .await?
+                .is_some_and(|k| k.env != env)
+            {
+                return Err(YunError::new(
+                    ErrorCode::AlreadyExists,
+                    format!(
+                        "key {} of the export belongs to another env on this server",
+                        key.secret_id
+                    ),
+                ));
+            }
+        }
+        let claim = self.claim_env_for_import(&env).await?;
+        let mut inserted_keys = Vec::new();
+        match self
+            .apply_import(&acting, &dir, keys, &mut inserted_keys)
+            .await
+        {
+            Ok(counts) => {
+                self.forget(Forget::Env { env: env.clone() });
+                tracing::info!(env = %env, ?counts, by = %identity.label(), "imported");
+                Ok((env, counts))
+            }
+            Err(e) => {
+                self.undo_import(&acting, claim, &inserted_keys).await;
+                Err(e)
+            }
+        }
+    }
 
+    /// Everything of an import after the env is claimed; `inserted_keys` says which keys
+    /// it stored, for [`App::undo_import`].
+    async fn apply_import(
+        &self,
+        acting: &Identity,
+        dir: &Path,
+        keys: Vec<KeyRecord>,
+        inserted_keys: &mut Vec<String>,
+    ) -> Result<TransferCounts, YunError> {
+        let env = &acting.env;
         let settings: EnvSettings = read_json(&dir.join("settings.json")).await?;
-        self.put_env_settings(&acting, settings).await?;
+        self.put_env_settings(acting, settings).await?;
         let rules: Vec<(String, Value)> = read_json(&dir.join("rules.json")).await?;
         for (target, spec) in &rules {
-            self.meta.put_rules(&env, target, Some(spec)).await?;
+            self.meta.put_rules(env, target, Some(spec)).await?;
         }
         self.forget(Forget::Rules { env: env.clone() });
         let mut counts = TransferCounts {
             rules: rules.len() as u64,
             ..TransferCounts::default()
         };
-        let keys: Vec<KeyRecord> = read_json(&dir.join("keys.json")).await?;
         for key in keys {
-            match self.meta.get_key(&key.secret_id).await? {
-                None => {
-                    self.meta
-                        .insert_key(&KeyRecord {
-                            env: env.clone(),
-                            ..key.clone()
-                        })
-                        .await?;
-                    self.forget(Forget::Key {
-                        secret_id: key.secret_id,
-                    });
-                    counts.keys += 1;
-                }
-                // Imported before (into this env): nothing to do.
-                Some(existing) if existing.env == env => {}
-                Some(_) => {
-                    return Err(YunError::new(
-                        ErrorCode::AlreadyExists,
-                        format!(
-                            "key {} of the export belongs to another env on this server",
-                            key.secret_id
-                        ),
-                    ))
-                }
+            // One already here is this env's (checked above): imported before.
+            if self.meta.get_key(&key.secret_id).await?.is_none() {
+                self.meta
+                    .insert_key(&KeyRecord {
+                        env: env.clone(),
+                        ..key.clone()
+                    })
+                    .await?;
+                self.forget(Forget::Key {
+                    secret_id: key.secret_id.clone(),
+                });
+                inserted_keys.push(key.secret_id);
+                counts.keys += 1;
             }
         }
         let alerts: Vec<AlertRule> = read_json(&dir.join("alerts.json")).await?;
@@ -582,22 +640,56 @@ impl App {
                 })
                 .await?;
         }
-
-        counts.users = self.import_users(&env, &dir).await?;
-        self.import_documents(&env, &dir, &mut counts).await?;
-        self.import_files(&env, &dir, &mut counts).await?;
+        counts.users = self.import_users(env, dir).await?;
+        self.import_documents(env, dir, &mut counts).await?;
+        self.import_files(env, dir, &mut counts).await?;
         // Last: triggers made earlier would fire on the documents and files imported.
-        counts.functions = self.import_functions(&acting, &dir).await?;
-        self.forget(Forget::Env { env: env.clone() });
-        tracing::info!(env = %env, ?counts, by = %identity.label(), "imported");
-        Ok((env, counts))
+        counts.functions = self.import_functions(acting, dir).await?;
+        Ok(counts)
+    }
+
+    /// Takes back what a failed import made, so that it can be run again: the env when
+    /// the import made it, else what it put into the empty env it found.
+    async fn undo_import(&self, acting: &Identity, claim: Claim, inserted_keys: &[String]) {
+        let env = &acting.env;
+        let undone: Result<(), YunError> = async {
+            let Claim::Existing { settings } = claim else {
+                self.remove_env(env).await?;
+                return Ok(());
+            };
+            for function in self.meta.list_functions(env).await? {
+                self.delete_function(acting, &function.spec.name).await?;
+            }
+            self.docdb.store().drop_env(env).await?;
+            self.storage.drop_env(env).await?;
+            self.users.drop_env(env).await?;
+            for (target, _) in self.meta.list_rules(env).await? {
+                self.meta.put_rules(env, &target, None).await?;
+            }
+            self.forget(Forget::Rules { env: env.clone() });
+            for alert in self.meta.list_alerts(Some(env)).await? {
+                self.meta.delete_alert(env, &alert.name).await?;
+            }
+            for secret_id in inserted_keys {
+                self.meta.revoke_key(env, secret_id, unix_now()).await?;
+                self.forget(Forget::Key {
+                    secret_id: secret_id.clone(),
+                });
+            }
+            self.put_env_settings(acting, settings).await?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = undone {
+            tracing::warn!(env = %env, error = %e, "could not take back a failed import");
+        }
     }
 
     /// Creates `env`, or accepts it when it holds nothing an import could overwrite.
-    async fn claim_env_for_import(&self, env: &EnvId) -> Result<(), YunError> {
+    async fn claim_env_for_import(&self, env: &EnvId) -> Result<Claim, YunError> {
         if self.meta.get_env(env).await?.is_none() {
             self.meta.create_env(env).await?;
-            return Ok(());
+            return Ok(Claim::Created);
         }
         let holds = [
             (
@@ -620,10 +712,16 @@ impl App {
                 "security rules",
                 !self.meta.list_rules(env).await?.is_empty(),
             ),
+            (
+                "alert rules",
+                !self.meta.list_alerts(Some(env)).await?.is_empty(),
+            ),
         ];
         let held: Vec<&str> = holds.iter().filter(|h| h.1).map(|h| h.0).collect();
         if held.is_empty() {
-            return Ok(());
+            return Ok(Claim::Existing {
+                settings: self.meta.env_settings(env).await?,
+            });
         }
         Err(YunError::new(
             ErrorCode::AlreadyExists,
@@ -771,7 +869,6 @@ impl App {
     }
 
     async fn import_functions(&self, acting: &Identity, dir: &Path) -> Result<u64, YunError> {
-        let env = &acting.env;
         let mut count = 0;
         for i in 0.. {
             let spec = dir.join(format!("functions/{i}.json"));
@@ -783,6 +880,15 @@ impl App {
                 .await
                 .map_err(|e| not_an_export(format!("function {}: {e}", record.spec.name)))?;
             let f = record.spec;
+            // Through the deploy's own checks, as `config.json` triggers are, and for
+            // this function whatever the records say.
+            let triggers = (triggers.into_iter())
+                .map(|t| NewTrigger {
+                    name: t.name,
+                    kind: t.kind,
+                    config: Value::String(t.config),
+                })
+                .collect();
             let request = DeployRequest {
                 archive,
                 handler: Some(f.handler),
@@ -792,19 +898,9 @@ impl App {
                 env_vars: Some(f.env_vars),
                 http_path: Some(f.http_path.unwrap_or_default()),
                 async_retry: Some(f.async_retry),
-                triggers: None,
+                triggers: Some(triggers),
             };
             self.deploy(acting, &f.name, request).await?;
-            if !triggers.is_empty() {
-                let triggers: Vec<TriggerRecord> = (triggers.into_iter())
-                    .map(|t| TriggerRecord {
-                        env: env.clone(),
-                        ..t
-                    })
-                    .collect();
-                self.meta.replace_triggers(env, &f.name, &triggers).await?;
-                self.forget(Forget::Triggers);
-            }
             if f.reserved_concurrency.is_some() {
                 self.set_reserved_concurrency(acting, &f.name, f.reserved_concurrency)
                     .await?;

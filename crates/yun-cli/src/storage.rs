@@ -171,15 +171,16 @@ async fn download_one(
     bar: &ProgressBar,
 ) -> anyhow::Result<u64> {
     bar.set_message(remote.to_owned());
-    fetch_into(client, &file_route(client, remote)?, local, bar).await
+    fetch_into(client, &file_route(client, remote)?, local, None, bar).await
 }
 
 /// Streams the answer to `GET route` into `local`, through a temporary file renamed at
-/// the end.
+/// the end; created with `mode` when given (else the umask's default).
 pub(crate) async fn fetch_into(
     client: &Client,
     route: &str,
     local: &Path,
+    mode: Option<u32>,
     bar: &ProgressBar,
 ) -> anyhow::Result<u64> {
     let response = client.execute(client.raw(Method::GET, route)).await?;
@@ -196,7 +197,12 @@ pub(crate) async fn fetch_into(
             .unwrap_or("download")
     ));
     let result = async {
-        let mut out = tokio::fs::File::create(&partial).await?;
+        let mut options = tokio::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        if let Some(mode) = mode {
+            options.mode(mode);
+        }
+        let mut out = options.open(&partial).await?;
         let mut stream = response.bytes_stream();
         let mut written = 0u64;
         while let Some(chunk) = stream.try_next().await? {

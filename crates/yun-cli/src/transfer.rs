@@ -19,7 +19,15 @@ pub async fn export(out: Option<PathBuf>, conn: Connection) -> anyhow::Result<()
     let out = out.unwrap_or_else(|| PathBuf::from(format!("{}.yun.tar.gz", client.env)));
     let bar = progress(0, conn.json);
     bar.set_message("export");
-    let bytes = fetch_into(&client, &client.env_path("/export"), &out, &bar).await?;
+    // It holds the env's keys and password hashes: for its owner's eyes only.
+    let bytes = fetch_into(
+        &client,
+        &client.env_path("/export"),
+        &out,
+        Some(0o600),
+        &bar,
+    )
+    .await?;
     bar.finish_and_clear();
     let v =
         serde_json::json!({ "env": client.env, "file": out.display().to_string(), "bytes": bytes });

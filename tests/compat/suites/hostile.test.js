@@ -588,27 +588,41 @@ test('deploy: after the hostile archives nothing was planted and nothing is left
 
 const DATA_FOLDER = '{data}';
 const MANIFEST = { name: 'yun-export.json', body: JSON.stringify({ format: 1, env: 'stolen', exported_at_ms: 0, counts: {} }) };
+const EMPTY_PARTS = [
+  { name: 'settings.json', body: '{}' }, { name: 'rules.json', body: '[]' }, { name: 'alerts.json', body: '[]' },
+  { name: 'users.ndjson', body: '' }, { name: 'ticket-keys.json', body: '[]' }, { name: 'refresh-tokens.ndjson', body: '' },
+  { name: 'signing-key.json', body: JSON.stringify({ kid: 'k1', secret_hex: '00'.repeat(32) }) }, { name: 'files.ndjson', body: '' },
+];
+const keyOf = (secretId, role) => ({ secret_id: secretId, secret_key: 'x'.repeat(32), env: 'stolen', role, description: '', created_at: 0, revoked_at: null });
+// [what, entries (or a function of the suite's state), expected status, expected message]
 const HOSTILE_IMPORTS = [
-  ['a file entry that is a link to /etc/passwd', [MANIFEST, { name: 'files.ndjson', body: '{"path":"p","size":1,"contentType":"text/plain","etag":"x","owner":"","createdAt":0}\n' }, { name: 'files/0', type: '2', link: '/etc/passwd' }]],
-  ['settings read through a link to the data folder', [MANIFEST, { name: 'settings.json', type: '2', link: `${'../'.repeat(12)}${DATA_FOLDER}/credentials.json` }]],
-  ['an entry named ../../escape', [MANIFEST, { name: '../../yun-hostile-import', body: 'PWNED' }]],
-  ['a device node', [MANIFEST, { name: 'settings.json', type: '3', major: 1, minor: 3 }]],
+  ['a file entry that is a link to /etc/passwd', [MANIFEST, { name: 'files.ndjson', body: '{"path":"p","size":1,"contentType":"text/plain","etag":"x","owner":"","createdAt":0}\n' }, { name: 'files/0', type: '2', link: '/etc/passwd' }], 400, /not a Yun export.*(outside|inside)/],
+  ['settings read through a link to the data folder', [MANIFEST, { name: 'settings.json', type: '2', link: `${'../'.repeat(12)}${DATA_FOLDER}/credentials.json` }], 400, /not a Yun export.*outside/],
+  ['an entry named ../../escape', [MANIFEST, { name: '../../yun-hostile-import', body: 'PWNED' }], 400, /not a Yun export/],
+  ['a device node', [MANIFEST, { name: 'settings.json', type: '3', major: 1, minor: 3 }], 400, /not a Yun export/],
+  ['a key that claims the platform role', [MANIFEST, ...EMPTY_PARTS, { name: 'keys.json', body: JSON.stringify([keyOf('AKIDstolenplatform', 'platform')]) }], 400, /not a live env key/],
+  ["a key that is another env's", () => [MANIFEST, ...EMPTY_PARTS, { name: 'keys.json', body: JSON.stringify([keyOf(otherKey.secretId, 'env')]) }], 409, /belongs to another env/],
+  ['documents that are not JSON, after the env was made (the import is taken back)', [MANIFEST, ...EMPTY_PARTS, { name: 'keys.json', body: JSON.stringify([keyOf('AKIDstolenenv', 'env')]) }, { name: 'collections/0.json', body: JSON.stringify({ name: 'loot', indexes: [] }) }, { name: 'collections/0.ndjson', body: '{"_id": "a"}\nnot json\n' }], 400, /not a Yun export: 0\.ndjson/],
 ];
 
-for (const [what, entries] of HOSTILE_IMPORTS) {
-  test(`import: ${what} -> HTTP 400, no env made`, async () => {
-    const archive = tarGz(entries.map((e) => (e.link ? { ...e, link: e.link.replace(DATA_FOLDER, yun.dataDir.slice(1)) } : e)));
+for (const [what, entries, status, message] of HOSTILE_IMPORTS) {
+  test(`import: ${what} -> HTTP ${status}, nothing made, nothing left`, async () => {
+    const list = typeof entries === 'function' ? entries() : entries;
+    const archive = tarGz(list.map((e) => (e.link ? { ...e, link: e.link.replace(DATA_FOLDER, yun.dataDir.slice(1)) } : e)));
     const res = await fetch(`${yun.url}/api/v1/import`, {
       method: 'POST',
       headers: { authorization: 'Basic ' + Buffer.from(`${yun.secretId}:${yun.secretKey}`).toString('base64'), 'content-type': 'application/gzip' },
       body: archive,
     });
     const body = await res.json();
-    assert.equal(res.status, 400, JSON.stringify(body));
-    assert.match(body.error.message, /not a Yun export/);
+    assert.equal(res.status, status, JSON.stringify(body));
+    assert.match(body.error.message, message);
     const envs = await yun.cliJson(['env', 'list']);
-    assert.ok(!envs.envs.some((e) => e.id === 'stolen'), 'no env was made');
-    assert.equal(fs.existsSync(path.join(yun.dataDir, '..', 'yun-hostile-import')), false);
+    assert.ok(!envs.envs.some((e) => e.id === 'stolen'), 'no env was made, or it was taken back');
+    const transfers = path.join(yun.dataDir, 'transfers');
+    assert.deepEqual(fs.existsSync(transfers) ? fs.readdirSync(transfers) : [], [], 'the import folder is gone');
+    const bad = await fetch(`${yun.url}/api/v1/envs/dev/keys`, { headers: { authorization: 'Basic ' + Buffer.from('AKIDstolenenv:' + 'x'.repeat(32)).toString('base64') } });
+    assert.equal(bad.status, 401, 'no key of the archive works');
   });
 }
 
