@@ -247,7 +247,9 @@ impl App {
     ) -> Result<FunctionRecord, YunError> {
         Self::authorize(identity, Operation::DeployFunction)?;
         let env = &identity.env;
-        let previous = self.meta.get_function(env, name).await?.map(|r| r.spec);
+        let read = self.meta.get_function(env, name).await?;
+        let read_version = read.as_ref().map(|r| r.version);
+        let previous = read.map(|r| r.spec);
         let handler = req
             .handler
             .or_else(|| previous.as_ref().map(|p| p.handler.clone()))
@@ -333,7 +335,7 @@ impl App {
             staged = self.share_package(&spec, &dir).await;
         }
         let stored = match staged {
-            Ok(()) => self.meta.put_function(&spec, unix_now()).await,
+            Ok(()) => self.store_version(&spec, read_version).await,
             Err(e) => Err(e),
         };
         let record = match stored {
@@ -361,6 +363,33 @@ impl App {
             .await;
         tracing::info!(env = %env, function = %name, version = record.version, by = %identity.label(), "deployed");
         Ok(record)
+    }
+
+    /// Stores `spec` as the function's next version. Over a version read before, only
+    /// while it is still the current one; when another write came first (a deploy or a
+    /// concurrency change on another node), over that one, keeping its reserved
+    /// concurrency (a setting of its own that a deploy does not change).
+    async fn store_version(
+        &self,
+        spec: &NewFunction,
+        mut read_version: Option<i64>,
+    ) -> Result<FunctionRecord, YunError> {
+        let mut spec = spec.clone();
+        loop {
+            let Some(version) = read_version else {
+                return self.meta.put_function(&spec, unix_now()).await;
+            };
+            if let Some(record) = self
+                .meta
+                .update_function(&spec, version, unix_now())
+                .await?
+            {
+                return Ok(record);
+            }
+            let current = self.meta.get_function(&spec.env, &spec.name).await?;
+            read_version = current.as_ref().map(|r| r.version);
+            spec.reserved_concurrency = current.and_then(|r| r.spec.reserved_concurrency);
+        }
     }
 
     async fn stage(

@@ -701,4 +701,15 @@ async fn a_settings_change_from_a_stale_read_writes_nothing(backend: Backend) {
         ),
         (3, "c2", Some(3))
     );
+    // An HTTP path another function serves is refused as on a deploy.
+    store
+        .put_function(&function("a", "g", Some("/taken")), 5)
+        .await
+        .unwrap();
+    let taking = NewFunction {
+        http_path: Some("/taken".into()),
+        ..now.spec.clone()
+    };
+    let refused = store.update_function(&taking, 3, 6).await.unwrap_err();
+    assert_eq!(refused.code, ErrorCode::AlreadyExists);
 }

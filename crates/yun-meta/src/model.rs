@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use yun_types::{EnvId, FunctionName, YunError};
+use yun_types::{EnvId, ErrorCode, FunctionName, YunError};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct EnvRecord {
@@ -149,6 +149,19 @@ impl Default for AsyncRetry {
             interval_s: 60,
             max_age_s: 6 * 3600,
         }
+    }
+}
+
+impl NewFunction {
+    /// The error a store answers when another function of the env has this one's HTTP path.
+    pub fn http_path_taken(&self) -> YunError {
+        YunError::new(
+            ErrorCode::AlreadyExists,
+            format!(
+                "another function already serves HTTP path {:?}",
+                self.http_path.as_deref().unwrap_or_default()
+            ),
+        )
     }
 }
 

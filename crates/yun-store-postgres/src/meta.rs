@@ -684,15 +684,7 @@ impl MetaStore for PgMetaStore {
                 &[&spec.env.as_str(), &spec.name.as_str(), &json, &spec.http_path, &now],
             )
             .await?
-            .ok_or_else(|| {
-                YunError::new(
-                    ErrorCode::AlreadyExists,
-                    format!(
-                        "another function already serves HTTP path {:?}",
-                        spec.http_path.as_deref().unwrap_or_default()
-                    ),
-                )
-            })?;
+            .ok_or_else(|| spec.http_path_taken())?;
         let row = rows
             .first()
             .ok_or_else(|| YunError::internal("a deploy returned no version"))?;
@@ -712,15 +704,16 @@ impl MetaStore for PgMetaStore {
     ) -> Result<Option<FunctionRecord>> {
         let json = serde_json::to_string(spec).map_err(YunError::internal)?;
         // The version check and the write are one statement: the row is locked between.
-        let row = self
+        let rows = self
             .pg
-            .query_opt(
+            .query_unique(
                 "UPDATE functions SET version = version + 1, spec = $4, http_path = $5, updated_at = $6
                  WHERE env = $1 AND name = $2 AND version = $3 RETURNING version, created_at",
                 &[&spec.env.as_str(), &spec.name.as_str(), &version, &json, &spec.http_path, &now],
             )
-            .await?;
-        Ok(row.map(|row| FunctionRecord {
+            .await?
+            .ok_or_else(|| spec.http_path_taken())?;
+        Ok(rows.first().map(|row| FunctionRecord {
             spec: spec.clone(),
             version: row.get(0),
             created_at: row.get(1),

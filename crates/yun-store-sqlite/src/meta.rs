@@ -209,6 +209,10 @@ CREATE TABLE usage (
 "#,
 ];
 
+fn is_constraint(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(e, _) if e.code == rusqlite::ErrorCode::ConstraintViolation)
+}
+
 /// The metadata store on one SQLite file (see `pool` for the connection model).
 #[derive(Clone)]
 pub struct SqliteMetaStore {
@@ -756,12 +760,7 @@ impl MetaStore for SqliteMetaStore {
                 params![spec.env.as_str(), spec.name.as_str(), version, json, spec.http_path, created_at, now],
             );
             match result {
-                Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
-                    return Err(YunError::new(
-                        ErrorCode::AlreadyExists,
-                        format!("another function already serves HTTP path {:?}", spec.http_path.unwrap_or_default()),
-                    ));
-                }
+                Err(e) if is_constraint(&e) => return Err(spec.http_path_taken()),
                 other => other.map_err(db_err)?,
             };
             Ok(FunctionRecord { spec, version, created_at, updated_at: now })
@@ -786,7 +785,7 @@ impl MetaStore for SqliteMetaStore {
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()
-                .map_err(db_err)
+                .map_err(|e| if is_constraint(&e) { spec.http_path_taken() } else { db_err(e) })
                 .map(|row| {
                     row.map(|(version, created_at)| FunctionRecord {
                         spec,
