@@ -567,7 +567,10 @@ impl Storage {
         let format = ops.output_format(&file.content_type)?;
         let cached = ObjectKey::from(format!("{}/{}", renderings_of(&file.object), ops.key()));
         let content_type = format.mime_type();
-        if let Ok(hit) = self.objects.get(&cached).await {
+        if let Ok(hit) = self
+            .answered("a cached rendering", self.objects.get(&cached))
+            .await?
+        {
             if let Ok(bytes) = hit.bytes().await {
                 return Ok(Rendered {
                     bytes,
@@ -601,7 +604,11 @@ impl Storage {
             .map_err(|e| YunError::internal(format!("image rendering failed: {e}")))??;
         drop(permit);
         let bytes = Bytes::from(bytes);
-        if let Err(e) = self.objects.put(&cached, bytes.clone().into()).await {
+        let stored = self.answered(
+            "caching a rendering",
+            self.objects.put(&cached, bytes.clone().into()),
+        );
+        if let Err(e) = stored.await.and_then(|put| put.map_err(store_err)) {
             tracing::warn!(key = %cached, error = %e, "could not cache a rendering");
         }
         Ok(Rendered {
