@@ -97,6 +97,15 @@ impl Meter {
         Ok(true)
     }
 
+    /// How many more entries or documents it may examine (at least one: the one that
+    /// finds the budget spent).
+    fn remaining(&self) -> usize {
+        let examined = self.stats.keys_examined + self.stats.docs_examined;
+        usize::try_from(self.budget.saturating_sub(examined))
+            .unwrap_or(usize::MAX)
+            .max(1)
+    }
+
     fn key(&mut self) -> Result<bool, YunError> {
         self.stats.keys_examined += 1;
         self.tick()
@@ -531,7 +540,7 @@ impl<'t> Source<'t> {
         let mut chunk = FETCH_FIRST;
         let mut rest = ids.as_slice();
         while !rest.is_empty() {
-            let (now, later) = rest.split_at(chunk.min(rest.len()));
+            let (now, later) = rest.split_at(chunk.min(rest.len()).min(meter.remaining()));
             rest = later;
             chunk = (chunk * 4).min(FETCH_MAX);
             for (id, text) in now.iter().zip(self.txn.get_texts(self.collection, now)?) {
