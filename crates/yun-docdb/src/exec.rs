@@ -606,12 +606,16 @@ pub(crate) fn select(
     }
 }
 
-/// The results being placed: positions before `skip` are only counted.
+/// The results being placed: positions before `skip` are only counted. Documents known
+/// to match by `_id` take their place at once and are fetched later, together (one
+/// round trip for a page on a networked store).
 struct Window {
     skip: usize,
     want: usize,
     position: usize,
     out: Vec<Value>,
+    /// `_id`s placed (in order, after `out`) whose documents are yet to be fetched.
+    pending: Vec<String>,
 }
 
 impl Window {
@@ -621,6 +625,7 @@ impl Window {
             want,
             position: 0,
             out: Vec::new(),
+            pending: Vec::new(),
         }
     }
 
@@ -628,40 +633,43 @@ impl Window {
         self.position >= self.want
     }
 
+    /// Places a document; what is pending must be fetched first ([`Window::fetch`]).
     fn place(&mut self, doc: Value) {
+        debug_assert!(self.pending.is_empty(), "pending documents go first");
         if self.position >= self.skip && self.position < self.want {
             self.out.push(doc);
         }
         self.position += 1;
     }
 
-    /// Places documents known to match by `_id` (in order), fetching only those that
-    /// land in the window.
-    fn place_ids(
-        &mut self,
-        source: &mut Source,
-        meter: &mut Meter,
-        ids: &mut Vec<String>,
-    ) -> Result<(), YunError> {
+    /// Places documents known to match by `_id` (in order): those before the window are
+    /// counted, those in it wait for [`Window::fetch`].
+    fn place_ids(&mut self, ids: &mut Vec<String>) {
         ids.sort_unstable();
-        // Those before the window are counted; those in it fetched a window's worth at a
-        // time (one round trip on a networked store).
         let before = ids.len().min(self.skip.saturating_sub(self.position));
-        self.position += before;
-        let mut rest = &ids[before..];
-        'fill: while !self.full() && !rest.is_empty() {
-            let (now, later) = rest.split_at(rest.len().min(self.want - self.position));
+        let inside = (ids.len() - before).min(self.want.saturating_sub(self.position + before));
+        self.position += before + inside;
+        self.pending.extend(ids.drain(..).skip(before).take(inside));
+        ids.clear();
+    }
+
+    /// Fetches the pending documents into their places.
+    fn fetch(&mut self, source: &mut Source, meter: &mut Meter) -> Result<(), YunError> {
+        let pending = std::mem::take(&mut self.pending);
+        let mut rest = pending.as_slice();
+        while !rest.is_empty() {
+            let (now, later) = rest.split_at(rest.len().min(meter.remaining()));
             rest = later;
             for text in source.txn.get_texts(source.collection, now)? {
                 if !meter.doc()? {
-                    break 'fill;
+                    return Ok(());
                 }
+                // Gone only if the entry outlived its document: nothing to place.
                 if let Some(text) = text {
-                    self.place(serde_json::from_str(&text).map_err(stored)?);
+                    self.out.push(serde_json::from_str(&text).map_err(stored)?);
                 }
             }
         }
-        ids.clear();
         Ok(())
     }
 }
@@ -763,9 +771,13 @@ fn ordered(
         }
         let prefix = order_prefix(key, &descending, 0, components);
         if group_prefix.as_ref() != Some(&prefix) {
-            window.place_ids(source, meter, &mut group_ids)?;
+            window.place_ids(&mut group_ids);
             let done = std::mem::replace(&mut group, TopK::new(0, &sorter, memory));
-            done.finish()?.into_iter().for_each(|d| window.place(d));
+            let docs = done.finish()?;
+            if !docs.is_empty() {
+                window.fetch(source, meter)?;
+            }
+            docs.into_iter().for_each(|d| window.place(d));
             if window.full() {
                 return Ok(false);
             }
@@ -812,9 +824,14 @@ fn ordered(
         Ok(true)
     })?;
     if !window.full() {
-        window.place_ids(source, meter, &mut group_ids)?;
-        group.finish()?.into_iter().for_each(|d| window.place(d));
+        window.place_ids(&mut group_ids);
+        let docs = group.finish()?;
+        if !docs.is_empty() {
+            window.fetch(source, meter)?;
+        }
+        docs.into_iter().for_each(|d| window.place(d));
     }
+    window.fetch(source, meter)?;
     Ok(window.out)
 }
 

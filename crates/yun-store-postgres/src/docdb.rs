@@ -347,10 +347,16 @@ impl DocTxn for PgTxn<'_> {
         collection: &str,
         ids: &[String],
     ) -> Result<Vec<Option<String>>, YunError> {
+        if let [id] = ids {
+            return Ok(vec![self.get_text(collection, id)?]);
+        }
         self.hold(collection)?;
         let mut found: HashMap<String, String> = HashMap::with_capacity(ids.len());
+        // One key lookup per id whatever the statistics say: `id = ANY($3)` is planned
+        // as a scan of the collection with the ids as a filter when they are missing.
         self.txn.each(
-            "SELECT id, doc FROM doc_documents WHERE env = $1 AND collection = $2 AND id = ANY($3)",
+            "SELECT u.id, d.doc FROM unnest($3::text[]) AS u(id) CROSS JOIN LATERAL \
+             (SELECT doc FROM doc_documents WHERE env = $1 AND collection = $2 AND id = u.id COLLATE \"C\" OFFSET 0) AS d",
             &[&self.env, &collection, &ids],
             |row| {
                 found.insert(row.get(0), row.get(1));
