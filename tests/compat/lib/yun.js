@@ -315,10 +315,52 @@ async function startCluster(extraArgs = [], { dataDir = fs.mkdtempSync(path.join
       const [result] = await Promise.all(nodes.map((n) => n.stop(signal)));
       if (haproxy.exitCode === null) haproxy.kill('SIGTERM');
       await haproxyExited;
+      await deleteStreams(NATS, `yk${tag}`);
       return result;
     },
   };
   return yun;
+}
+
+/**
+ * Deletes the JetStream streams (and key-value buckets) Yun made under `prefix` on the
+ * NATS at `url` (or, `prefix` a RegExp, under every prefix it matches). Each stream reserves its `max_bytes` of the server's storage: streams
+ * left behind by test runs would soon leave none for the next. Speaks the NATS protocol
+ * itself (a request is a PUB with a reply subject), so the suites need no NATS client.
+ */
+async function deleteStreams(url, prefix) {
+  const { hostname, port } = new URL(url);
+  const sock = require('node:net').connect(Number(port) || 4222, hostname);
+  let buffer = '';
+  const waiting = [];
+  sock.on('data', (d) => {
+    buffer += d;
+    for (let m; (m = /MSG _INBOX\.yun\.(\d+) \d+ (\d+)\r\n/.exec(buffer));) {
+      const start = m.index + m[0].length;
+      if (buffer.length < start + Number(m[2])) break;
+      const body = buffer.slice(start, start + Number(m[2]));
+      buffer = buffer.slice(start + Number(m[2]));
+      const w = waiting[Number(m[1])];
+      if (w) w(JSON.parse(body));
+    }
+  });
+  await new Promise((resolve, reject) => sock.once('connect', resolve).once('error', reject));
+  sock.write('CONNECT {"verbose":false}\r\nSUB _INBOX.yun.* 1\r\n');
+  const request = (subject, body = '') => new Promise((resolve, reject) => {
+    const id = waiting.length;
+    waiting.push(resolve);
+    setTimeout(() => reject(new Error(`no answer to ${subject}`)), 5000);
+    sock.write(`PUB ${subject} _INBOX.yun.${id} ${Buffer.byteLength(body)}\r\n${body}\r\n`);
+  });
+  try {
+    const { streams } = await request('$JS.API.STREAM.NAMES');
+    // `{prefix}_{topic}`, `KV_{prefix}_{bucket}`: the suites' prefixes have no `_`.
+    const owner = (s) => s.replace(/^KV_/, '').split('_')[0];
+    const ours = (streams || []).filter((s) => (prefix instanceof RegExp ? prefix.test(owner(s)) : owner(s) === prefix));
+    for (const name of ours) await request(`$JS.API.STREAM.DELETE.${name}`);
+  } finally {
+    sock.destroy();
+  }
 }
 
 /**
@@ -337,4 +379,4 @@ function instanceGone(uid) {
   return true;
 }
 
-module.exports = { CLUSTER, startYun, startCluster, startMoto, freePort, sleep, waitFor, instanceGone, BIN, FUNCTIONS };
+module.exports = { CLUSTER, startYun, startCluster, startMoto, deleteStreams, freePort, sleep, waitFor, instanceGone, BIN, FUNCTIONS };

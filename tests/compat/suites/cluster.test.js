@@ -8,7 +8,7 @@ const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 const { spawnSync } = require('node:child_process');
-const { startYun, waitFor } = require('../lib/yun');
+const { startYun, waitFor, deleteStreams } = require('../lib/yun');
 
 const POSTGRES = process.env.YUN_TEST_POSTGRES_URL || 'postgres://postgres@127.0.0.1:5432/test';
 const NATS = process.env.YUN_TEST_NATS_URL || 'nats://127.0.0.1:4222';
@@ -38,6 +38,7 @@ test.before(async () => {
 
 test.after(async () => {
   await Promise.all([a && a.stop(), b && b.stop()]);
+  await deleteStreams(NATS, `yc${tag}`);
   spawnSync('psql', [POSTGRES, '-q', '-c', `DROP SCHEMA IF EXISTS ${clusterEnv.YUN_POSTGRES_SCHEMA} CASCADE`], { stdio: 'ignore' });
   fs.rmSync(shared, { recursive: true, force: true });
 });

@@ -3,7 +3,7 @@
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const path = require('node:path');
-const { startYun, waitFor, FUNCTIONS } = require('../lib/yun');
+const { startYun, waitFor, deleteStreams, FUNCTIONS } = require('../lib/yun');
 
 let yun;
 before(async () => {
@@ -299,7 +299,8 @@ test('storage triggers fire on uploadFile and deleteFile in COS\'s shape, by pre
 test('two Yun processes on one NATS JetStream fire each timer tick once between them', async () => {
   // Each process has its own data folder (its own env dev, function and trigger); they
   // share the queue, so a tick both publish is one event, delivered by one of them.
-  const events = `nats://127.0.0.1:4222/yuntest${Date.now().toString(36)}`;
+  const prefix = `yuntest${Date.now().toString(36)}`;
+  const events = `nats://127.0.0.1:4222/${prefix}`;
   const pair = [await startYun(['--events', events]), await startYun(['--events', events])];
   try {
     for (const y of pair) {
@@ -318,6 +319,7 @@ test('two Yun processes on one NATS JetStream fire each timer tick once between 
     assert.equal(new Set(times).size, times.length, `a tick fired twice: ${times.sort().join(' ')}`);
   } finally {
     for (const y of pair) await y.stop();
+    await deleteStreams('nats://127.0.0.1:4222', prefix);
   }
 });
 
