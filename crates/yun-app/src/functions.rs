@@ -523,13 +523,8 @@ impl App {
         let previous = self
             .newest_other_code(&spec.env, &spec.name, &spec.code_id)
             .await;
-        let keep = [Some(spec.code_id.as_str()), previous.as_deref()];
-        self.remove_code_except(
-            &spec.env,
-            &spec.name,
-            &keep.into_iter().flatten().collect::<Vec<_>>(),
-        )
-        .await;
+        self.remove_code_except(&spec.env, &spec.name, &spec.code_id, previous.as_deref())
+            .await;
         Ok(())
     }
 
@@ -556,20 +551,26 @@ impl App {
                     .await;
             }
         }
-        let keep = [Some(current), previous.as_deref()];
-        self.remove_code_except(env, name, &keep.into_iter().flatten().collect::<Vec<_>>())
+        self.remove_code_except(env, name, current, previous.as_deref())
             .await;
     }
 
-    /// Removes the function's version folders on this node but `keep`. Hidden folders
-    /// are loads and deploys under way (`package::staging_dir`): they stay.
-    async fn remove_code_except(&self, env: &EnvId, name: &FunctionName, keep: &[&str]) {
+    /// Removes the function's version folders on this node but `current` and `previous`.
+    /// Hidden folders are loads and deploys under way (`package::staging_dir`): they stay.
+    async fn remove_code_except(
+        &self,
+        env: &EnvId,
+        name: &FunctionName,
+        current: &str,
+        previous: Option<&str>,
+    ) {
         let Ok(mut entries) = tokio::fs::read_dir(self.code_dir(env, name)).await else {
             return;
         };
         while let Ok(Some(entry)) = entries.next_entry().await {
             let file_name = entry.file_name().to_string_lossy().into_owned();
-            if !file_name.starts_with('.') && !keep.contains(&file_name.as_str()) {
+            let kept = file_name == current || previous == Some(file_name.as_str());
+            if !file_name.starts_with('.') && !kept {
                 let _ = tokio::fs::remove_dir_all(entry.path()).await;
             }
         }

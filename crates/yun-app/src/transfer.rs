@@ -85,6 +85,24 @@ struct TicketKey {
     created_at: i64,
 }
 
+/// A field-for-field mirror each way: the archive's forms keep what the API's skip.
+macro_rules! mirror {
+    ($archived:ident <-> $record:ident { $($field:ident),* }) => {
+        impl From<$record> for $archived {
+            fn from(r: $record) -> Self {
+                Self { $($field: r.$field),* }
+            }
+        }
+        impl From<$archived> for $record {
+            fn from(a: $archived) -> Self {
+                Self { $($field: a.$field),* }
+            }
+        }
+    };
+}
+mirror!(User <-> UserRecord { uid, username, password_hash, anonymous, custom_id, disabled, created_at });
+mirror!(TicketKey <-> TicketKeyRecord { kid, public_pem, created_at });
+
 #[derive(Serialize, Deserialize)]
 struct Signing {
     kid: String,
@@ -323,27 +341,13 @@ impl App {
             let Some(last) = page.last() else { break };
             after = last.uid.clone();
             for u in page {
-                lines
-                    .push(&User {
-                        uid: u.uid,
-                        username: u.username,
-                        password_hash: u.password_hash,
-                        anonymous: u.anonymous,
-                        custom_id: u.custom_id,
-                        disabled: u.disabled,
-                        created_at: u.created_at,
-                    })
-                    .await?;
+                lines.push(&User::from(u)).await?;
                 count += 1;
             }
         }
         lines.finish().await?;
         let ticket_keys: Vec<TicketKey> = (store.list_ticket_keys(env).await?.into_iter())
-            .map(|k| TicketKey {
-                kid: k.kid,
-                public_pem: k.public_pem,
-                created_at: k.created_at,
-            })
+            .map(TicketKey::from)
             .collect();
         write_json(&dir.join("ticket-keys.json"), &ticket_keys).await?;
         // The key the env's access tokens are signed with now (made if there is none
@@ -742,35 +746,13 @@ impl App {
                 break;
             }
             for u in batch {
-                store
-                    .insert_user(
-                        env,
-                        UserRecord {
-                            uid: u.uid,
-                            username: u.username,
-                            password_hash: u.password_hash,
-                            anonymous: u.anonymous,
-                            custom_id: u.custom_id,
-                            disabled: u.disabled,
-                            created_at: u.created_at,
-                        },
-                    )
-                    .await?;
+                store.insert_user(env, u.into()).await?;
                 count += 1;
             }
         }
         let ticket_keys: Vec<TicketKey> = read_json(&dir.join("ticket-keys.json")).await?;
         for k in ticket_keys {
-            store
-                .insert_ticket_key(
-                    env,
-                    TicketKeyRecord {
-                        kid: k.kid,
-                        public_pem: k.public_pem,
-                        created_at: k.created_at,
-                    },
-                )
-                .await?;
+            store.insert_ticket_key(env, k.into()).await?;
         }
         let signing: Signing = read_json(&dir.join("signing-key.json")).await?;
         let key = SigningKey {
